@@ -1,0 +1,100 @@
+"""Input checks shared by the public entry points of ``ssm_ref`` and ``fast``.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the
+argument, what it got (shape, dtype or value) and what was expected, in the
+style of ``scipy.signal``: ``"Parameter A has shape (3, 2) but should be (3, 3)"``.
+Validation happens at public entry points only; inner helpers trust their input.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__: list[str] = []  # private module: nothing is re-exported
+
+
+def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None):
+    """Return ``x`` as a NumPy float/complex array, or raise naming ``name``.
+
+    Integers and booleans are promoted to float64; object and string arrays
+    are refused.  ``ndim`` may be an int or a tuple of allowed ints.
+    """
+    if x is None:
+        raise TypeError(f"Parameter {name} is None but an array was expected")
+    arr = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+    if arr.dtype.kind in "biu":
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "fc":
+        raise TypeError(
+            f"Parameter {name} has dtype {arr.dtype} but a real or complex "
+            "floating-point array was expected"
+        )
+    if arr.dtype.kind == "c" and not allow_complex:
+        raise TypeError(f"Parameter {name} is complex ({arr.dtype}) but must be real")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(
+                f"Parameter {name} has shape {arr.shape} ({arr.ndim}-D) "
+                f"but should be {want}-D"
+            )
+    return arr
+
+
+def check_shape(arr, name, expected):
+    """Raise unless ``arr.shape == expected``; ``None`` entries match any size.
+
+    ``expected`` is a tuple; symbolic names can be given as strings in a
+    second form ``(("B", 2), ("D", 4))`` but the plain tuple is enough here.
+    """
+    shape = tuple(arr.shape)
+    ok = len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected)
+    )
+    if not ok:
+        want = "(" + ", ".join("any" if e is None else str(e) for e in expected)
+        want += ",)" if len(expected) == 1 else ")"
+        raise ValueError(f"Parameter {name} has shape {shape} but should be {want}")
+    return arr
+
+
+def check_finite(arr, name):
+    """Raise ``ValueError`` if ``arr`` holds NaN or infinity."""
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(
+            f"Parameter {name} has {bad} non-finite value(s) (NaN or inf); "
+            "all entries must be finite"
+        )
+    return arr
+
+
+def check_positive_scalar(x, name):
+    """Return ``x`` as a float after checking it is a finite number > 0."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"Parameter {name} = {x!r} must be a real number")
+    x = float(x)
+    if not np.isfinite(x) or x <= 0:
+        raise ValueError(f"Parameter {name} = {x!r} must be finite and > 0")
+    return x
+
+
+def check_positive_int(x, name, minimum=1):
+    """Return ``x`` as an int after checking it is an integer >= ``minimum``."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"Parameter {name} = {x!r} must be an integer")
+    x = int(x)
+    if x < minimum:
+        raise ValueError(f"Parameter {name} = {x} must be >= {minimum}")
+    return x
+
+
+def check_choice(value, name, choices):
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(
+            f"Parameter {name} = {value!r} is not one of {sorted(choices)}"
+        )
+    return value

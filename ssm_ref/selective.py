@@ -1,0 +1,375 @@
+"""The selective state-space model (S6) of Mamba: scan, decoding step, backward.
+
+Glossary
+--------
+======  ================================================================
+B       batch size (the *matrix* B is written ``Bmat`` where both meet)
+L       sequence length
+D       channels (the *skip vector* D is written ``Dvec`` where both meet)
+N       state size per channel
+G       number of groups sharing one input-dependent B (or C)
+delta   step size Δ, one per (batch, channel, time): shape (B, D, L)
+A       (D, N) diagonal state matrices, one diagonal per channel
+B, C    input / output projections: constant (D, N), variable (B, N, L),
+        or grouped (B, G, N, L); channel d reads group d // (D // G)
+D       (D,) skip connection, ``y += D * u``
+z       (B, D, L) gate, ``y *= silu(z)``
+h       (B, D, N) hidden state
+======  ================================================================
+
+The functions mirror the official Mamba package (state-spaces/mamba):
+:func:`selective_scan` has the signature and semantics of
+``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` (plus an initial
+state ``h0``), :func:`selective_state_update` those of
+``mamba_ssm.ops.triton.selective_state_update.selective_state_update_ref``,
+and :func:`selective_scan_backward` is the hand-derived gradient of the scan.
+
+Semantics, in this order (book equations ``eq-selective-delta``,
+``eq-selective-disc``, ``eq-selective-recurrence``, ``eq-selective-output``)::
+
+    delta <- delta + delta_bias                      (if delta_bias is given)
+    delta <- softplus(delta)                         (if delta_softplus; linear above 20)
+    Abar_t = exp(delta_t * A)                        zero-order hold for A
+    Bbar_t = delta_t * B_t                           Euler for B (Mamba's choice)
+    h_t    = Abar_t * h_{t-1} + Bbar_t * u_t         h_{-1} = h0 (zeros by default)
+    y_t    = <C_t, h_t>                              2 Re<C_t, h_t> for complex A
+    y      = (y + D * u) * silu(z)
+
+Mamba discretizes A with the exact zero-order hold but B with the simpler
+Euler rule ``Bbar = delta * B``; the exact ZOH would be
+``(exp(delta A) - 1) / A * B``.  The two agree to first order in delta.
+
+All arithmetic is done in float64 (complex128 for complex A); the output is
+cast back to the dtype of ``u``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import as_array, check_finite, check_shape
+
+__all__ = ["selective_scan"]
+
+
+# ---------------------------------------------------------------------------
+# small elementwise functions, each next to its derivative
+# ---------------------------------------------------------------------------
+
+def _softplus(x):
+    """softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold)."""
+    safe = np.minimum(x, 20.0)  # no overflow in exp for the branch we discard
+    return np.where(x > 20.0, x, np.log1p(np.exp(safe)))
+
+
+def _softplus_grad(x):
+    """d softplus / dx = sigmoid(x), and exactly 1 in the linear region x > 20."""
+    return np.where(x > 20.0, 1.0, _sigmoid(x))
+
+
+def _sigmoid(x):
+    # written with exp(-|x|) so that neither branch overflows
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _silu(x):
+    """silu(x) = x * sigmoid(x)."""
+    return x * _sigmoid(x)
+
+
+def _silu_grad(x):
+    """d silu / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x)))."""
+    s = _sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+# ---------------------------------------------------------------------------
+# validation shared by the scan, its backward and hidden attention
+# ---------------------------------------------------------------------------
+
+def _bc_form(X, name, batch, dim, length, dstate):
+    """Return the form of B or C: ``"constant"``, ``"variable"`` or ``"grouped"``."""
+    if X.ndim == 2:
+        check_shape(X, name, (dim, dstate))
+        return "constant"
+    if X.ndim == 3:
+        if X.shape == (batch, dstate, 2 * length) and X.dtype.kind == "f":
+            raise ValueError(
+                f"Parameter {name} has shape {X.shape} but should be "
+                f"({batch}, {dstate}, {length}); it looks like the official "
+                "real/imaginary interleaved layout of mamba_ssm for complex A: "
+                "pass a genuinely complex array instead "
+                "(X[..., 0::2] + 1j * X[..., 1::2])"
+            )
+        check_shape(X, name, (batch, dstate, length))
+        return "variable"
+    if X.ndim == 4:
+        groups = X.shape[1]
+        if groups < 1 or dim % groups != 0:
+            raise ValueError(
+                f"Parameter {name} has shape {X.shape}: its group count G = {groups} "
+                f"must divide the number of channels D = {dim}"
+            )
+        check_shape(X, name, (batch, groups, dstate, length))
+        return "grouped"
+    raise ValueError(
+        f"Parameter {name} has shape {X.shape} ({X.ndim}-D) but should be "
+        f"({dim}, {dstate}) constant, ({batch}, {dstate}, {length}) variable, "
+        f"or ({batch}, G, {dstate}, {length}) grouped"
+    )
+
+
+def _per_channel(X, form, dim):
+    """View B or C as (B or 1, D, N, L or 1), the form read inside the scan loop."""
+    if form == "constant":
+        return X[None, :, :, None]  # (1, D, N, 1)
+    if form == "variable":
+        return X[:, None, :, :]  # (B, 1, N, L)
+    groups = X.shape[1]
+    return np.repeat(X, dim // groups, axis=1)  # (B, G, N, L) -> (B, D, N, L)
+
+
+def _reduce_to_form(g, form, groups):
+    """Sum a per-channel gradient (B, D, N, L) back to the shape of B or C."""
+    if form == "constant":
+        return g.sum(axis=(0, 3))  # (D, N)
+    if form == "variable":
+        return g.sum(axis=1)  # (B, N, L)
+    batch, dim, dstate, length = g.shape
+    g = g.reshape(batch, groups, dim // groups, dstate, length)  # (B, G, D/G, N, L)
+    return g.sum(axis=2)  # (B, G, N, L)
+
+
+def _effective_delta(delta, delta_bias, delta_softplus):
+    """Apply eq-selective-delta: bias, then optional softplus. Returns (raw, delta)."""
+    raw = delta if delta_bias is None else delta + delta_bias[None, :, None]  # (B, D, L)
+    return raw, (_softplus(raw) if delta_softplus else raw)
+
+
+def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, h0=None):
+    """Check every argument of the scan; return a dict of float64/complex128 arrays.
+
+    Shared by :func:`selective_scan`, :func:`selective_scan_backward`,
+    ``hidden_attention`` and the fast backends, so that every entry point
+    accepts and refuses exactly the same inputs.  ``u`` may be None
+    (hidden attention has no input); then the sizes come from ``delta``.
+    """
+    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
+    if u is not None:
+        u = as_array(u, "u", allow_complex=False, ndim=3)
+        batch, dim, length = u.shape
+        check_shape(delta, "delta", (batch, dim, length))
+    else:
+        batch, dim, length = delta.shape
+    A = as_array(A, "A", ndim=2)
+    check_shape(A, "A", (dim, None))
+    dstate = A.shape[1]
+    if dstate < 1 or length < 1 or batch < 1 or dim < 1:
+        raise ValueError(
+            f"empty sizes: batch={batch}, D={dim}, L={length}, N={dstate}; all must be >= 1"
+        )
+    is_complex = A.dtype.kind == "c"
+    B = as_array(B, "B")
+    C = as_array(C, "C")
+    for X, name in ((B, "B"), (C, "C")):
+        if X.dtype.kind == "c" and not is_complex:
+            raise TypeError(
+                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
+                "complex B/C need a complex A"
+            )
+    form_B = _bc_form(B, "B", batch, dim, length, dstate)
+    form_C = _bc_form(C, "C", batch, dim, length, dstate)
+    out = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": None, "z": None,
+           "delta_bias": None, "h0": None}
+    if D is not None:
+        out["D"] = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
+    if z is not None:
+        out["z"] = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
+                               (batch, dim, length))
+    if delta_bias is not None:
+        out["delta_bias"] = check_shape(
+            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
+            "delta_bias", (dim,))
+    if h0 is not None:
+        h0 = as_array(h0, "h0", allow_complex=is_complex, ndim=3)
+        out["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
+    if not isinstance(delta_softplus, (bool, np.bool_)):
+        raise TypeError(f"Parameter delta_softplus = {delta_softplus!r} must be a bool")
+    for name, arr in out.items():
+        if arr is not None:
+            check_finite(arr, name)
+    if np.any(A.real > 0):
+        raise ValueError(
+            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real "
+            f"part (max {A.real.max():.3g}); the recurrence would grow like "
+            "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
+        )
+    # promote to the working precision: float64, or complex128 for complex A
+    work = np.complex128 if is_complex else np.float64
+    for name in ("u", "delta", "D", "z", "delta_bias"):
+        if out[name] is not None:
+            out[name] = out[name].astype(np.float64)
+    for name in ("A", "B", "C", "h0"):
+        if out[name] is not None:
+            out[name] = out[name].astype(work)
+    raw, eff = _effective_delta(out["delta"], out["delta_bias"], bool(delta_softplus))
+    if np.any(eff < 0):
+        raise ValueError(
+            f"Parameter delta has {int(np.sum(eff < 0))} negative step(s) after "
+            f"delta_bias{' and softplus' if delta_softplus else ''} (min {eff.min():.3g}); "
+            "a negative step makes |exp(delta * A)| > 1 and the recurrence grows. "
+            "Pass delta >= 0 or use delta_softplus=True"
+        )
+    out.update(batch=batch, dim=dim, length=length, dstate=dstate,
+               is_complex=is_complex, form_B=form_B, form_C=form_C,
+               delta_raw=raw, delta_eff=eff, delta_softplus=bool(delta_softplus),
+               u_dtype=(u.dtype if u is not None else delta.dtype))
+    return out
+
+
+def _state_dtype(real_dtype, is_complex):
+    """dtype of returned states: the input's float dtype, or its complex partner."""
+    return np.result_type(real_dtype, np.complex64) if is_complex else np.dtype(real_dtype)
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+
+def _forward_states(p):
+    """Run eq-selective-disc and eq-selective-recurrence; return every state.
+
+    Returns ``hs`` of shape (B, D, L, N): ``hs[:, :, t]`` is h_t.  Used by the
+    backward pass, which needs h_{t-1} at every step.
+    """
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
+    delta, A, u = p["delta_eff"], p["A"], p["u"]
+    Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
+    dA = delta[:, :, :, None] * A[None, :, None, :]  # (B, D, L, N)
+    Abar = np.exp(dA)  # (B, D, L, N)   zero-order hold for A
+    Bbar_u = (delta * u)[:, :, :, None] * np.moveaxis(Bc, 3, 2)  # (B, D, L, N)  Euler for B
+    h = np.zeros((batch, dim, dstate), dtype=Abar.dtype) if p["h0"] is None else p["h0"].copy()
+    hs = np.empty((batch, dim, length, dstate), dtype=np.result_type(Abar, Bbar_u))  # (B, D, L, N)
+    for t in range(length):
+        h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N)
+        hs[:, :, t] = h
+    return hs, Abar
+
+
+def _readout(p, hs):
+    """y_t = <C_t, h_t> (2 Re for complex A), then the D skip and the gate."""
+    Cc = _per_channel(p["C"], p["form_C"], p["dim"])  # (B|1, D|1, N, L|1)
+    y = np.sum(np.moveaxis(Cc, 3, 2) * hs, axis=-1)  # (B, D, L)
+    if p["is_complex"]:
+        y = 2.0 * y.real  # conjugate pairs: only half of them are stored
+    v = y if p["D"] is None else y + p["D"][None, :, None] * p["u"]  # (B, D, L)
+    return v, (v if p["z"] is None else v * _silu(p["z"]))
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False, h0=None):
+    """Mamba's selective scan (S6), with the semantics of ``selective_scan_ref``.
+
+    Parameters
+    ----------
+    u : array_like, shape (B, D, L)
+        Input sequence, real.  Its dtype is the dtype of the output.
+    delta : array_like, shape (B, D, L)
+        Step sizes Δ before ``delta_bias`` and softplus, real.
+    A : array_like, shape (D, N)
+        Diagonal state matrices, real or complex, with ``Re(A) <= 0``.
+    B, C : array_like
+        Each independently constant ``(D, N)``, variable ``(B, N, L)``, or
+        grouped ``(B, G, N, L)`` with G dividing D (channel d reads group
+        ``d // (D // G)``).  Complex only when A is complex; with complex A,
+        real B/C are read as complex numbers with zero imaginary part.
+    D : array_like, shape (D,), optional
+        Skip connection: ``y += D * u``.
+    z : array_like, shape (B, D, L), optional
+        Gate: ``y *= silu(z)``.
+    delta_bias : array_like, shape (D,), optional
+        Added to ``delta`` before the softplus.
+    delta_softplus : bool, default False
+        Apply ``softplus`` (linear above 20, as PyTorch) to ``delta + delta_bias``.
+    return_last_state : bool, default False
+        Also return the final state h_{L-1}.
+    h0 : array_like, shape (B, D, N), optional
+        Initial state h_{-1} (zeros when omitted).  Not in the official
+        function; ``h0`` = the last state of a previous call continues it.
+
+    Returns
+    -------
+    y : ndarray, shape (B, D, L)
+        Output, in ``u``'s dtype.
+    last_state : ndarray, shape (B, D, N)
+        Only with ``return_last_state``: in ``u``'s dtype for real A, in its
+        complex partner (complex64 for float32) for complex A.  The official
+        function returns it in A's dtype.
+
+    Raises
+    ------
+    ValueError
+        A shape that does not fit (B, D, L) from ``u`` and N from ``A``; a B/C
+        of the wrong form or with a group count G that does not divide D;
+        non-finite values; ``Re(A) > 0`` (the recurrence would blow up); a
+        negative step after ``delta_bias`` and softplus (|exp(delta A)| > 1:
+        the recurrence would blow up; the official code accepts both and lets
+        the values grow).
+    TypeError
+        Complex B, C or h0 with a real A; complex u, delta, z, D or
+        delta_bias; non-numeric input.
+
+    Notes
+    -----
+    Implements ``eq-selective-delta``, ``eq-selective-disc``,
+    ``eq-selective-recurrence`` and ``eq-selective-output`` of the book
+    (chapter "Selective state spaces")::
+
+        delta = softplus(delta + delta_bias)          (each part optional)
+        h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
+        y_t = <C_t, h_t> + D u_t,  then y_t *= silu(z_t)
+
+    A is discretized with the zero-order hold, B with the Euler rule
+    ``Bbar = delta * B`` (Mamba's choice).  For complex A the model stands for
+    a real system whose state holds conjugate pairs; only one of each pair is
+    stored, so the output is ``2 Re <C_t, h_t>``.  The official code stores a
+    *variable* complex B or C as a real array with real and imaginary parts
+    interleaved along the last axis, ``(B, N, 2L)``; here pass a complex array
+    ``(B, N, L)`` (``X[..., 0::2] + 1j * X[..., 1::2]`` converts).
+
+    Computed in float64 (complex128 for complex A) with an explicit loop over
+    time; cost O(B D L N), memory O(B D L N).
+
+    References
+    ----------
+    A. Gu and T. Dao, "Mamba: Linear-Time Sequence Modeling with Selective
+    State Spaces", 2023, arXiv:2312.00752, Algorithm 2.
+    state-spaces/mamba, ``mamba_ssm/ops/selective_scan_interface.py``,
+    ``selective_scan_ref``.
+
+    Examples
+    --------
+    One channel, one state, constant B = C = 1, A = -1, delta = 0.5:
+    h_t = e^{-0.5} h_{t-1} + 0.5 u_t.
+
+    >>> import numpy as np
+    >>> from ssm_ref import selective_scan
+    >>> u = np.ones((1, 1, 3))
+    >>> y, h = selective_scan(u, 0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]],
+    ...                       return_last_state=True)
+    >>> y
+    array([[[0.5       , 0.80326533, 0.98720046]]])
+    >>> h
+    array([[[0.98720046]]])
+    """
+    p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    if not isinstance(return_last_state, (bool, np.bool_)):
+        raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
+    hs, _ = _forward_states(p)  # (B, D, L, N)
+    _, y = _readout(p, hs)  # (B, D, L)
+    y = y.astype(p["u_dtype"])
+    if not return_last_state:
+        return y
+    last = hs[:, :, -1].astype(_state_dtype(p["u_dtype"], p["is_complex"]))  # (B, D, N)
+    return y, last

@@ -1,0 +1,6 @@
+"""Vision: images as token sequences (scan orders), multi-direction scans, vision Mamba blocks.
+
+Images are (B, H, W, C) channels last; token sequences (B, L, C) with L = H·W.
+"""
+from .scan_orders import *  # noqa: F401,F403
+from .multi import *  # noqa: F401,F403

@@ -1,0 +1,101 @@
+"""Shared test configuration: the one tolerance table and the one assert helper.
+
+Every equivalence test in the project compares through :func:`assert_close`,
+with tolerances looked up in :data:`TOLERANCES` by the *dtype of the result
+under test* and by the kind of comparison.  References are computed in float64.
+
+Kinds of comparison
+-------------------
+``exact``     two algorithms for the same float64 quantity (recurrence vs
+              convolution, sequential vs parallel scan).
+``backend``   a fast backend (Numba, CUDA) against the float64 reference.
+``golden``    against the official ``mamba_ssm`` reference (computed by it in
+              float32), see ``../shared/golden``.
+``fd``        analytic gradients against central finite differences.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (rtol, atol) by comparison kind and result dtype.
+TOLERANCES = {
+    "exact": {np.float64: (1e-10, 1e-12), np.float32: (2e-5, 2e-6),
+              np.complex128: (1e-10, 1e-12), np.complex64: (2e-5, 2e-6)},
+    "backend": {np.float64: (1e-9, 1e-11), np.float32: (2e-4, 2e-5),
+                np.complex128: (1e-9, 1e-11), np.complex64: (2e-4, 2e-5)},
+    "golden": {np.float64: (2e-4, 2e-4), np.float32: (2e-4, 2e-4)},
+    "fd": {np.float64: (1e-5, 1e-7), np.complex128: (1e-5, 1e-7)},
+}
+
+
+def tolerance(kind, dtype):
+    """Return ``(rtol, atol)`` for comparison ``kind`` at ``dtype``."""
+    table = TOLERANCES[kind]
+    key = np.dtype(dtype).type
+    if key not in table:
+        raise KeyError(f"no {kind!r} tolerance for dtype {np.dtype(dtype)}")
+    return table[key]
+
+
+def assert_close(actual, expected, kind="exact", dtype=None, err_msg=""):
+    """Assert ``actual`` ≈ ``expected`` with the shared tolerance for ``kind``.
+
+    ``dtype`` defaults to ``actual``'s dtype.  On failure the message reports
+    the maximum absolute and relative error and where it occurs.  Shapes must
+    match exactly (no broadcasting).
+    """
+    actual = _to_numpy(actual)
+    expected = _to_numpy(expected)
+    assert actual.shape == expected.shape, (
+        f"{err_msg} shape mismatch: actual {actual.shape} vs expected {expected.shape}"
+    )
+    rtol, atol = tolerance(kind, dtype if dtype is not None else actual.dtype)
+    diff = np.abs(actual.astype(np.complex128) - expected.astype(np.complex128))
+    scale = np.abs(expected.astype(np.complex128))
+    bad = diff > atol + rtol * scale
+    if np.any(bad) or not np.all(np.isfinite(actual)) == np.all(np.isfinite(expected)):
+        i = np.unravel_index(np.argmax(diff - rtol * scale), diff.shape) if diff.size else ()
+        rel = diff / np.maximum(scale, np.finfo(np.float64).tiny)
+        raise AssertionError(
+            f"{err_msg} not close ({kind}, rtol={rtol}, atol={atol}): "
+            f"{int(bad.sum())}/{bad.size} entries off; max abs err {diff.max():.3e}, "
+            f"max rel err {rel.max():.3e}; worst at {i}: "
+            f"actual {actual[i]!r} vs expected {expected[i]!r}"
+        )
+
+
+def _to_numpy(x):
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        x = x.get()
+    return np.asarray(x)
+
+
+def on_cuda_simulator():
+    """True when Numba's CUDA simulator is switched on for this process."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def real_gpu_available():
+    """True only with a real CUDA GPU and CuPy (never under the simulator)."""
+    if on_cuda_simulator():
+        return False
+    try:
+        from numba.core import config
+        if config.ENABLE_CUDASIM:
+            return False
+        import cupy
+        return cupy.cuda.is_available()
+    except Exception:  # ImportError, CUDARuntimeError without a driver
+        return False
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator per test (deterministic, independent tests)."""
+    return np.random.default_rng(20261125)
