@@ -25,7 +25,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not cudasim"
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m cudasim -p no:doctest
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m cudasim tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not cudasim"

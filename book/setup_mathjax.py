@@ -16,7 +16,7 @@ def main() -> None:
     src = Path(jupyter_server_mathjax.__file__).parent / "static"
     if not (src / "MathJax.js").is_file():
         raise SystemExit(f"MathJax.js not found under {src}; is jupyter-server-mathjax installed?")
-    dst = Path(__file__).parent / "_static" / "mathjax"
+    dst = Path(__file__).parent / "_mathjax" / "mathjax"
     if (dst / "MathJax.js").is_file():
         return
     shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -58,8 +58,10 @@ def assert_close(actual, expected, kind="exact", dtype=None, err_msg=""):
     rtol, atol = tolerance(kind, dtype if dtype is not None else actual.dtype)
     diff = np.abs(actual.astype(np.complex128) - expected.astype(np.complex128))
     scale = np.abs(expected.astype(np.complex128))
-    bad = diff > atol + rtol * scale
-    if np.any(bad) or not np.all(np.isfinite(actual)) == np.all(np.isfinite(expected)):
+    both_nonfinite_equal = ~np.isfinite(expected) & (actual == expected)
+    bad = (diff > atol + rtol * scale) & ~both_nonfinite_equal
+    finite_mismatch = np.isfinite(actual) != np.isfinite(expected)
+    if np.any(bad) or np.any(finite_mismatch):
         i = np.unravel_index(np.argmax(diff - rtol * scale), diff.shape) if diff.size else ()
         rel = diff / np.maximum(scale, np.finfo(np.float64).tiny)
         raise AssertionError(
