@@ -10,7 +10,7 @@ discretize          ZOH, bilinear, Euler, backward Euler, Mamba's ZOH-A/Euler-B 
 initializers        HiPPO-LegS and its NPLR form, S4D-Lin/Inv/Real, Mamba A_log  (ch. 3)
 lti                 recurrence, convolution kernel (naive/Vandermonde), FFT conv  (ch. 3)
 selective           Mamba's selective scan (S6), its backward, the decoding step  (ch. 4)
-hidden_attention    the hidden-attention matrix of a selective SSM                (ch. 4)
+attention           the hidden-attention matrix of a selective SSM                (ch. 4)
 scans               sequential, Hillis-Steele, Blelloch, chunked, log-space scans (ch. 5)
 nn                  layers with hand-derived backward passes (linear, conv1d, norms) (ch. 7)
 mamba               the Mamba block with official weights names and step mode     (ch. 7)
@@ -24,7 +24,7 @@ from .discretize import *  # noqa: F401,F403
 from .initializers import *  # noqa: F401,F403
 from .lti import *  # noqa: F401,F403
 from .selective import *  # noqa: F401,F403
-from .hidden_attention import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
 from .scans import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
 from .mamba import *  # noqa: F401,F403

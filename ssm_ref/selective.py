@@ -48,7 +48,7 @@ import numpy as np
 
 from ._validation import as_array, check_finite, check_shape
 
-__all__ = ["selective_scan"]
+__all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -205,6 +205,7 @@ def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             f"part (max {A.real.max():.3g}); the recurrence would grow like "
             "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
         )
+    out["given_dtype"] = {name: arr.dtype for name, arr in out.items() if arr is not None}
     # promote to the working precision: float64, or complex128 for complex A
     work = np.complex128 if is_complex else np.float64
     for name in ("u", "delta", "D", "z", "delta_bias"):
@@ -359,9 +360,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     >>> y, h = selective_scan(u, 0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]],
     ...                       return_last_state=True)
     >>> y
-    array([[[0.5       , 0.80326533, 0.98720046]]])
+    array([[[0.5       , 0.80326533, 0.98720505]]])
     >>> h
-    array([[[0.98720046]]])
+    array([[[0.98720505]]])
     """
     p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     if not isinstance(return_last_state, (bool, np.bool_)):
@@ -373,3 +374,322 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         return y
     last = hs[:, :, -1].astype(_state_dtype(p["u_dtype"], p["is_complex"]))  # (B, D, N)
     return y, last
+
+
+# ---------------------------------------------------------------------------
+# one decoding step
+# ---------------------------------------------------------------------------
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False):
+    """One recurrent step of the selective SSM, for token-by-token decoding.
+
+    Parameters
+    ----------
+    state : array_like, shape (B, D, N)
+        State h_{t-1}; real for real A, real or complex for complex A.
+        Not modified (see Notes).
+    x : array_like, shape (B, D)
+        Input u_t of this step.  Its dtype is the dtype of ``y``.
+    dt : array_like, shape (B, D)
+        Step Δ_t before ``dt_bias`` and softplus.
+    A : array_like, shape (D, N)
+        Diagonal state matrices, real or complex, ``Re(A) <= 0``.
+    B, C : array_like, shape (B, N) or (B, G, N)
+        Input and output projections of this step; with G groups channel d
+        reads group ``d // (D // G)``, as in :func:`selective_scan`.
+    D : array_like, shape (D,), optional
+        Skip connection.
+    z : array_like, shape (B, D), optional
+        Gate, ``y *= silu(z)``.
+    dt_bias : array_like, shape (D,), optional
+        Added to ``dt`` before the softplus.
+    dt_softplus : bool, default False
+        Apply softplus (linear above 20) to ``dt + dt_bias``.
+
+    Returns
+    -------
+    y : ndarray, shape (B, D)
+        Output of this step in ``x``'s dtype.
+    new_state : ndarray, shape (B, D, N)
+        h_t, in ``state``'s dtype (its complex partner if A is complex and
+        ``state`` real).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit (B, D) from ``x`` and N from ``A``, G not
+        dividing D, non-finite values, ``Re(A) > 0``, a negative step.
+    TypeError
+        Complex B/C/state with real A, complex x/dt/z/D/dt_bias.
+
+    Notes
+    -----
+    Implements ``eq-selective-disc``, ``eq-selective-recurrence`` and
+    ``eq-selective-output`` for a single time step::
+
+        dt  = softplus(dt + dt_bias)
+        h_t = exp(dt A) * h_{t-1} + dt * B * x
+        y   = (<C, h_t> + D x) * silu(z)      (2 Re<C, h_t> for complex A)
+
+    Applied to the tokens of a sequence one after the other it reproduces
+    :func:`selective_scan` exactly.  The official
+    ``selective_state_update`` (``mamba_ssm/ops/triton/selective_state_update.py``)
+    writes the new state *into* ``state`` and returns only ``y``; this
+    reference leaves the caller's array untouched and returns the new state,
+    so no update happens by surprise.  The official grouped form (B, G, N)
+    groups heads of its multi-head (Mamba-2) layout; with the (B, D, N) state
+    used here, groups are over channels exactly as in :func:`selective_scan`.
+    The official function is real only; complex A follows :func:`selective_scan`.
+    Computed in float64 (complex128 for complex A).
+
+    References
+    ----------
+    state-spaces/mamba, ``mamba_ssm/ops/triton/selective_state_update.py``,
+    ``selective_state_update_ref``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssm_ref import selective_state_update
+    >>> h = np.zeros((1, 1, 1))
+    >>> for u_t in [1.0, 1.0, 1.0]:
+    ...     y, h = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    >>> y
+    array([[0.98720505]])
+    """
+    x = as_array(x, "x", allow_complex=False, ndim=2)
+    batch, dim = x.shape
+    dt = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
+    A = as_array(A, "A", ndim=2)
+    check_shape(A, "A", (dim, None))
+    dstate = A.shape[1]
+    is_complex = A.dtype.kind == "c"
+    state = as_array(state, "state", allow_complex=is_complex, ndim=3)
+    check_shape(state, "state", (batch, dim, dstate))
+    args = {"x": x, "dt": dt, "A": A, "state": state}
+    for X, name in ((B, "B"), (C, "C")):
+        X = as_array(X, name, ndim=(2, 3))
+        if X.dtype.kind == "c" and not is_complex:
+            raise TypeError(
+                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
+                "complex B/C need a complex A"
+            )
+        if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
+            raise ValueError(
+                f"Parameter {name} has shape {X.shape}: its group count G = {X.shape[1]} "
+                f"must divide the number of channels D = {dim}"
+            )
+        check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
+        args[name] = X
+    for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
+                             (dt_bias, "dt_bias", (dim,))):
+        if arr is not None:
+            arr = as_array(arr, name, allow_complex=False, ndim=len(shape))
+            args[name] = check_shape(arr, name, shape)
+    if not isinstance(dt_softplus, (bool, np.bool_)):
+        raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
+    for name, arr in args.items():
+        check_finite(arr, name)
+    if np.any(A.real > 0):
+        raise ValueError(
+            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
+            "A must have Re(A) <= 0"
+        )
+
+    work = np.complex128 if is_complex else np.float64
+    step = dt.astype(np.float64)  # (B, D)
+    if dt_bias is not None:
+        step = step + args["dt_bias"][None, :]
+    if dt_softplus:
+        step = _softplus(step)
+    if np.any(step < 0):
+        raise ValueError(
+            f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
+            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
+        )
+
+    def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
+        X = X.astype(work)
+        return X[:, None, :] if X.ndim == 2 else np.repeat(X, dim // X.shape[1], axis=1)
+
+    Bc, Cc = per_channel(args["B"]), per_channel(args["C"])  # (B, D|1, N)
+    xs = x.astype(np.float64)  # (B, D)
+    Abar = np.exp(step[:, :, None] * A.astype(work)[None])  # (B, D, N)
+    h = Abar * state.astype(work) + (step * xs)[:, :, None] * Bc  # (B, D, N)
+    y = np.sum(Cc * h, axis=-1)  # (B, D)
+    if is_complex:
+        y = 2.0 * y.real
+    if D is not None:
+        y = y + args["D"][None, :] * xs
+    if z is not None:
+        y = y * _silu(args["z"].astype(np.float64))
+    new_state = h.astype(_state_dtype(state.dtype, is_complex) if state.dtype.kind == "f"
+                         else state.dtype)
+    return y.astype(x.dtype), new_state
+
+
+# ---------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------
+
+def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                            delta_softplus=False, h0=None, dlast_state=None):
+    """Gradients of the selective scan, derived by hand (a reverse scan).
+
+    For the scalar loss ``sum(dout * y) + Re sum(conj(dlast_state) * h_{L-1})``
+    with ``y, h_{L-1} = selective_scan(..., return_last_state=True)``, return
+    its gradient with respect to every argument.
+
+    Parameters
+    ----------
+    dout : array_like, shape (B, D, L)
+        Gradient of the loss with respect to the output ``y``, real.
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0
+        As in :func:`selective_scan`.
+    dlast_state : array_like, shape (B, D, N), optional
+        Gradient with respect to the last state (complex for complex A).
+
+    Returns
+    -------
+    grads : dict
+        Keys ``"u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"``,
+        always all nine.  Each value has the shape and dtype of its argument
+        (a constant, variable or grouped B/C gets a gradient of the same
+        form, summed over whatever the argument is shared across); the value
+        is ``None`` for an optional argument that was not given.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`selective_scan`, and for ``dout`` or ``dlast_state`` of the
+        wrong shape, non-finite, or complex ``dlast_state`` with real A.
+
+    Notes
+    -----
+    The forward pass is recomputed (states h_t are not stored by the caller).
+    With ``g_t`` the gradient of the loss with respect to ``h_t`` and
+    ``s = 2`` for complex A (``1`` otherwise), the state gradient runs
+    backwards in time (book equation ``eq-selective-backward``)::
+
+        g_{L-1} = dlast_state + s dy_{L-1} conj(C_{L-1})
+        g_{t-1} = conj(Abar_t) g_t + s dy_{t-1} conj(C_{t-1}),    dh0 = conj(Abar_0) g_0
+
+    and the parameter gradients are read off it step by step::
+
+        dC_t     = s dy_t conj(h_t)
+        dB_t     = delta_t u_t g_t
+        dA       = sum_{b,t} delta_t conj(Abar_t h_{t-1}) g_t
+        ddelta_t = Re sum_n [conj(A Abar_t h_{t-1}) + u_t conj(B_t)] g_t
+        du_t     = delta_t Re sum_n conj(B_t) g_t + D dy_t
+
+    then ``ddelta`` goes through the softplus (its derivative is the
+    sigmoid, and 1 above 20) and ``d delta_bias`` sums it over batch and time.
+    With the gate, ``dy = dout * silu(z)`` and ``dz = dout * (y + D u) * silu'(z)``.
+
+    Complex convention: for a complex argument w the returned gradient is
+    ``dL/dRe(w) + i dL/dIm(w)`` (the convention of PyTorch, so a gradient
+    step is ``w - lr * grad``).  A real argument gets a real gradient (the
+    real part of that expression) even when A is complex.
+
+    Computed in float64 (complex128); memory O(B D L N) for the states.
+
+    References
+    ----------
+    A. Gu and T. Dao, 2023, arXiv:2312.00752 (the backward recomputes the
+    states; section 3.3).
+
+    Examples
+    --------
+    d y_0 / d u_0 for the one-state example of :func:`selective_scan` is
+    ``delta B C = 0.5``:
+
+    >>> import numpy as np
+    >>> from ssm_ref import selective_scan_backward
+    >>> dout = np.array([[[1.0, 0.0, 0.0]]])
+    >>> g = selective_scan_backward(dout, np.ones((1, 1, 3)), 0.5 * np.ones((1, 1, 3)),
+    ...                             [[-1.0]], [[1.0]], [[1.0]])
+    >>> g["u"]
+    array([[[0.5, 0. , 0. ]]])
+    >>> g["D"] is None
+    True
+    """
+    p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
+    is_complex = p["is_complex"]
+    dout = as_array(dout, "dout", allow_complex=False, ndim=3)
+    check_shape(dout, "dout", (batch, dim, length))
+    check_finite(dout, "dout")
+    dout = dout.astype(np.float64)  # (B, D, L)
+    work = np.complex128 if is_complex else np.float64
+    if dlast_state is not None:
+        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=is_complex, ndim=3)
+        check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
+        check_finite(dlast_state, "dlast_state")
+        dlast_state = dlast_state.astype(work)  # (B, D, N)
+
+    u, delta_eff, Am = p["u"], p["delta_eff"], p["A"]
+    scale = 2.0 if is_complex else 1.0  # y = 2 Re<C, h> for complex A
+
+    # forward again: every state, and h_{t-1} next to h_t
+    hs, Abar = _forward_states(p)  # (B, D, L, N) each
+    h_init = np.zeros((batch, dim, 1, dstate), work) if p["h0"] is None \
+        else p["h0"][:, :, None, :]  # (B, D, 1, N)
+    h_prev = np.concatenate([h_init, hs[:, :, :-1]], axis=2)  # (B, D, L, N)
+    v, _ = _readout(p, hs)  # (B, D, L), y + D u before the gate
+
+    grads = dict.fromkeys(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"])
+
+    # output: gate, then skip
+    if p["z"] is not None:
+        grads["z"] = dout * v * _silu_grad(p["z"])  # (B, D, L)
+        dy = dout * _silu(p["z"])  # (B, D, L)
+    else:
+        dy = dout
+    du = np.zeros_like(u)  # (B, D, L)
+    if p["D"] is not None:
+        grads["D"] = np.sum(dy * u, axis=(0, 2))  # (D,)
+        du += dy * p["D"][None, :, None]
+
+    # readout y_t = s Re<C_t, h_t>
+    Ct = np.moveaxis(_per_channel(p["C"], p["form_C"], dim), 3, 2)  # (B|1, D|1, L|1, N)
+    Bt = np.moveaxis(_per_channel(p["B"], p["form_B"], dim), 3, 2)  # (B|1, D|1, L|1, N)
+    dC = scale * dy[..., None] * np.conj(hs)  # (B, D, L, N)
+    dh_out = scale * dy[..., None] * np.conj(Ct)  # (B, D, L, N)
+
+    # reverse scan for g_t = dLoss/dh_t  (eq-selective-backward)
+    gs = np.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
+    g = np.zeros((batch, dim, dstate), work) if dlast_state is None else dlast_state.copy()
+    for t in range(length - 1, -1, -1):
+        g = g + dh_out[:, :, t]  # (B, D, N)
+        gs[:, :, t] = g
+        g = np.conj(Abar[:, :, t]) * g  # carried to h_{t-1}
+    if p["h0"] is not None:
+        grads["h0"] = g  # (B, D, N)
+
+    # h_t = Abar_t h_{t-1} + delta_t u_t B_t
+    g_dA = np.conj(Abar * h_prev) * gs  # (B, D, L, N): gradient w.r.t. delta_t * A
+    grads["A"] = np.sum(delta_eff[..., None] * g_dA, axis=(0, 2))  # (D, N)
+    g_BB = np.sum(np.conj(Bt) * gs, axis=-1).real  # (B, D, L): Re sum_n conj(B_t) g_t
+    ddelta = np.sum(np.conj(Am)[None, :, None, :] * g_dA, axis=-1).real + u * g_BB
+    du += delta_eff * g_BB
+    dB = (delta_eff * u)[..., None] * gs  # (B, D, L, N)
+
+    # delta_eff = softplus(delta + delta_bias)
+    if p["delta_softplus"]:
+        ddelta = ddelta * _softplus_grad(p["delta_raw"])  # (B, D, L)
+    grads["u"], grads["delta"] = du, ddelta
+    if p["delta_bias"] is not None:
+        grads["delta_bias"] = np.sum(ddelta, axis=(0, 2))  # (D,)
+
+    groups_B = p["B"].shape[1] if p["form_B"] == "grouped" else 1
+    groups_C = p["C"].shape[1] if p["form_C"] == "grouped" else 1
+    grads["B"] = _reduce_to_form(np.moveaxis(dB, 2, 3), p["form_B"], groups_B)
+    grads["C"] = _reduce_to_form(np.moveaxis(dC, 2, 3), p["form_C"], groups_C)
+
+    # back to each argument's own dtype; real arguments get the real part
+    for name, grad in grads.items():
+        if grad is not None:
+            target = p["given_dtype"][name]
+            grads[name] = (grad if target.kind == "c" else np.real(grad)).astype(target)
+    return grads

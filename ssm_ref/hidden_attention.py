@@ -1,2 +1,0 @@
-"""Placeholder: being written (see issues)."""
-__all__: list[str] = []

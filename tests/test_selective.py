@@ -1,0 +1,427 @@
+"""Forward selective scan and the decoding step, against independent oracles.
+
+Oracles: the official ``selective_scan_ref`` (golden files), a per-(b, d, n)
+scalar loop written here with ``cmath``, the LTI convolution (constant delta,
+B, C), splitting a sequence, and the closed-form steady state.
+"""
+from __future__ import annotations
+
+import cmath
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from ssm_ref import selective_scan, selective_state_update
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+FORMS = ("constant", "variable", "grouped")
+
+
+# ---------------------------------------------------------------------------
+# input factory and an independent scalar oracle
+# ---------------------------------------------------------------------------
+
+def make_bc(rng, form, batch, dim, dstate, length, groups=2, complex_=False):
+    shape = {"constant": (dim, dstate), "variable": (batch, dstate, length),
+             "grouped": (batch, groups, dstate, length)}[form]
+    X = rng.standard_normal(shape)
+    if complex_:
+        X = X + 1j * rng.standard_normal(shape)
+    return X
+
+
+def make_inputs(rng, form_B="variable", form_C="variable", complex_=False,
+                batch=2, dim=4, length=9, dstate=3, extras=True):
+    """Random valid inputs. Returns a dict of keyword arguments for the scan."""
+    A = -np.exp(rng.standard_normal((dim, dstate)))  # Re(A) < 0
+    if complex_:
+        A = A + 1j * np.pi * rng.standard_normal((dim, dstate))
+    kw = dict(
+        u=rng.standard_normal((batch, dim, length)),
+        delta=0.5 * rng.random((batch, dim, length)) + 0.05,
+        A=A,
+        B=make_bc(rng, form_B, batch, dim, dstate, length, complex_=complex_),
+        C=make_bc(rng, form_C, batch, dim, dstate, length, complex_=complex_),
+    )
+    if extras:
+        kw.update(
+            D=rng.standard_normal(dim),
+            z=rng.standard_normal((batch, dim, length)),
+            delta_bias=0.3 * rng.standard_normal(dim),
+            delta_softplus=True,
+            h0=rng.standard_normal((batch, dim, dstate))
+            + (1j * rng.standard_normal((batch, dim, dstate)) if complex_ else 0),
+        )
+        kw["delta"] = rng.standard_normal((batch, dim, length))  # softplus makes it positive
+    return kw
+
+
+def _read(X, b, d, n, t, dim):
+    """B or C for (batch b, channel d, state n, time t), in every form."""
+    if X.ndim == 2:
+        return X[d, n]
+    if X.ndim == 3:
+        return X[b, n, t]
+    return X[b, d // (dim // X.shape[1]), n, t]
+
+
+def oracle(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+           h0=None):
+    """Scalar float64 loops over batch, channel, state and time (cmath.exp)."""
+    batch, dim, length = np.shape(u)
+    dstate = np.shape(A)[1]
+    is_complex = np.iscomplexobj(A)
+    y = np.zeros((batch, dim, length))
+    last = np.zeros((batch, dim, dstate), dtype=complex)
+    for b in range(batch):
+        for d in range(dim):
+            steps = []
+            for t in range(length):
+                s = float(delta[b, d, t]) + (0.0 if delta_bias is None else float(delta_bias[d]))
+                if delta_softplus:
+                    s = s if s > 20 else math.log(1.0 + math.exp(s))
+                steps.append(s)
+            acc = [0j] * length
+            for n in range(dstate):
+                h = 0j if h0 is None else complex(h0[b, d, n])
+                for t in range(length):
+                    s = steps[t]
+                    h = cmath.exp(s * complex(A[d, n])) * h \
+                        + s * complex(_read(B, b, d, n, t, dim)) * float(u[b, d, t])
+                    acc[t] += complex(_read(C, b, d, n, t, dim)) * h
+                last[b, d, n] = h
+            for t in range(length):
+                val = 2 * acc[t].real if is_complex else acc[t].real
+                if D is not None:
+                    val += float(D[d]) * float(u[b, d, t])
+                if z is not None:
+                    zz = float(z[b, d, t])
+                    val *= zz / (1.0 + math.exp(-zz))
+                y[b, d, t] = val
+    return y, (last if is_complex else last.real)
+
+
+# ---------------------------------------------------------------------------
+# golden values from the official implementation
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["selective_scan_const_real", "selective_scan_var_real"])
+def test_golden_official_reference(name):
+    g = np.load(GOLDEN / f"{name}.npz")
+    y, last = selective_scan(g["u"], g["delta"], g["A"], g["B"], g["C"], D=g["D"], z=g["z"],
+                             delta_bias=g["delta_bias"],
+                             delta_softplus=bool(g["delta_softplus"]),
+                             return_last_state=True)
+    assert y.dtype == np.float32 and last.dtype == np.float32
+    assert_close(y, g["out"], kind="golden", err_msg=f"{name} out")
+    assert_close(last, g["last_state"], kind="golden", err_msg=f"{name} last_state")
+
+
+# ---------------------------------------------------------------------------
+# independent oracle, every B/C form, real and complex A
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("form_B,form_C", list(itertools.product(FORMS, FORMS)))
+def test_matches_scalar_oracle_all_forms(rng, form_B, form_C, complex_):
+    kw = make_inputs(rng, form_B, form_C, complex_=complex_)
+    y, last = selective_scan(**kw, return_last_state=True)
+    y_ref, last_ref = oracle(**kw)
+    assert_close(y, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
+    assert_close(last, last_ref, kind="exact", err_msg="last_state")
+    assert last.dtype == (np.complex128 if complex_ else np.float64)
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_matches_oracle_without_optional_arguments(rng, complex_):
+    kw = make_inputs(rng, "variable", "constant", complex_=complex_, extras=False)
+    assert_close(selective_scan(**kw), oracle(**kw)[0], kind="exact")
+
+
+def test_complex_a_with_real_constant_bc_is_promoted(rng):
+    kw = make_inputs(rng, "constant", "constant", complex_=True, extras=False)
+    real_B, real_C = kw["B"].real.copy(), kw["C"].real.copy()
+    y = selective_scan(kw["u"], kw["delta"], kw["A"], real_B, real_C)
+    y_c = selective_scan(kw["u"], kw["delta"], kw["A"], real_B + 0j, real_C + 0j)
+    assert_close(y, y_c, kind="exact")
+    assert_close(y, oracle(kw["u"], kw["delta"], kw["A"], real_B, real_C)[0], kind="exact")
+
+
+def test_complex_conjugate_pair_equals_real_system(rng):
+    """2 Re<C, h> with one of each conjugate pair == the full pair summed."""
+    kw = make_inputs(rng, "variable", "variable", complex_=True, extras=False)
+    y_half = selective_scan(**kw)
+    full = dict(kw, A=np.concatenate([kw["A"], kw["A"].conj()], axis=1),
+                B=np.concatenate([kw["B"], kw["B"].conj()], axis=1),
+                C=np.concatenate([kw["C"], kw["C"].conj()], axis=1))
+    # the full system's output is real; the scan doubles Re, so halve it back
+    assert_close(y_half, selective_scan(**full) / 2, kind="exact")
+
+
+# ---------------------------------------------------------------------------
+# equivalences
+# ---------------------------------------------------------------------------
+
+def test_constant_parameters_equal_lti_convolution(rng):
+    """Constant delta, B, C and no D, z: y = K * u with K_k = sum_n C Abar^k Bbar."""
+    batch, dim, length, dstate = 2, 3, 40, 4
+    A = -np.exp(rng.standard_normal((dim, dstate)))
+    Bm, Cm = rng.standard_normal((dim, dstate)), rng.standard_normal((dim, dstate))
+    step = 0.05 + rng.random(dim)  # one step per channel, constant in time
+    u = rng.standard_normal((batch, dim, length))
+    delta = np.broadcast_to(step[None, :, None], u.shape)
+    y = selective_scan(u, delta, A, Bm, Cm)
+    powers = np.arange(length)
+    for d in range(dim):
+        Abar = np.exp(step[d] * A[d])
+        K = (Cm[d] * step[d] * Bm[d] * Abar[None, :] ** powers[:, None]).sum(axis=1)
+        for b in range(batch):
+            assert_close(y[b, d], np.convolve(u[b, d], K)[:length], kind="exact")
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
+    """The same equivalence through the foundation's ssm_ref.lti (kernel + FFT conv)."""
+    lti = pytest.importorskip("ssm_ref.lti")
+    if not hasattr(lti, "ssm_kernel") or not hasattr(lti, "causal_conv"):
+        pytest.skip("ssm_ref.lti has no ssm_kernel / causal_conv yet")
+    kw = make_inputs(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
+    step = 0.05 + rng.random(4)
+    delta = np.broadcast_to(step[None, :, None], kw["u"].shape)
+    y = selective_scan(kw["u"], delta, kw["A"], kw["B"], kw["C"])
+    K = np.stack([lti.ssm_kernel(np.exp(step[d] * kw["A"][d]), step[d] * kw["B"][d],
+                                 kw["C"][d], 30, method="vandermonde",
+                                 conjugate_pairs=complex_) for d in range(4)])  # (D, L)
+    assert_close(y, lti.causal_conv(kw["u"], K, method="fft"), kind="exact")
+
+
+@pytest.mark.parametrize("which", ["B", "C"])
+def test_grouped_equals_variable_per_group(rng, which):
+    """Grouped (B, G, N, L): channels of group g see exactly variable B_g."""
+    kw = make_inputs(rng, "grouped" if which == "B" else "variable",
+                     "grouped" if which == "C" else "variable", dim=6)
+    kw[which] = rng.standard_normal((2, 3, 3, 9))  # G = 3 groups of 2 channels
+    y = selective_scan(**kw)
+    for g in range(3):
+        sl = slice(2 * g, 2 * g + 2)
+        part = dict(kw, u=kw["u"][:, sl], delta=kw["delta"][:, sl], A=kw["A"][sl],
+                    D=kw["D"][sl], z=kw["z"][:, sl], delta_bias=kw["delta_bias"][sl],
+                    h0=kw["h0"][:, sl])
+        part[which] = kw[which][:, g]
+        other = "C" if which == "B" else "B"
+        part[other] = kw[other]
+        assert_close(y[:, sl], selective_scan(**part), kind="exact", err_msg=f"group {g}")
+
+
+def test_single_group_equals_variable(rng):
+    kw = make_inputs(rng, "variable", "variable")
+    grouped = dict(kw, B=kw["B"][:, None], C=kw["C"][:, None])  # (B, 1, N, L)
+    assert_close(selective_scan(**grouped), selective_scan(**kw), kind="exact")
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_h0_continues_a_split_sequence(rng, complex_):
+    kw = make_inputs(rng, "variable", "grouped", complex_=complex_, length=12)
+    y, last = selective_scan(**kw, return_last_state=True)
+    cut = 5
+
+    def part(sl, h0):
+        out = dict(kw, u=kw["u"][..., sl], delta=kw["delta"][..., sl], z=kw["z"][..., sl],
+                   h0=h0)
+        for k in ("B", "C"):
+            out[k] = kw[k][..., sl] if np.ndim(kw[k]) >= 3 else kw[k]
+        return selective_scan(**out, return_last_state=True)
+
+    y1, h1 = part(slice(0, cut), kw["h0"])
+    y2, h2 = part(slice(cut, None), h1)
+    assert_close(np.concatenate([y1, y2], axis=-1), y, kind="exact")
+    assert_close(h2, last, kind="exact")
+
+
+def test_zero_step_ignores_the_token(rng):
+    """delta_t = 0 gives Abar = 1 and Bbar = 0: the state skips token t."""
+    kw = make_inputs(rng, "variable", "variable", extras=False, length=6)
+    delta = kw["delta"].copy()
+    delta[:, :, 3] = 0.0
+    _, last = selective_scan(**dict(kw, delta=delta), return_last_state=True)
+    keep = [0, 1, 2, 4, 5]
+    _, last_skip = selective_scan(kw["u"][..., keep], delta[..., keep], kw["A"],
+                                  kw["B"][..., keep], kw["C"][..., keep],
+                                  return_last_state=True)
+    assert_close(last, last_skip, kind="exact")
+
+
+def test_softplus_is_linear_above_20(rng):
+    kw = make_inputs(rng, extras=False)
+    big = 20.0 + 5.0 * rng.random(kw["u"].shape) + 1e-9
+    A = -0.01 * np.ones_like(kw["A"])
+    y_sp = selective_scan(**dict(kw, delta=big, A=A), delta_softplus=True)
+    y_lin = selective_scan(**dict(kw, delta=big, A=A), delta_softplus=False)
+    np.testing.assert_array_equal(y_sp, y_lin)
+
+
+# ---------------------------------------------------------------------------
+# dtype contract and long sequences
+# ---------------------------------------------------------------------------
+
+def test_float32_in_float32_out(rng):
+    kw = make_inputs(rng, "grouped", "constant")
+    kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
+            for k, v in kw.items()}
+    y32, last32 = selective_scan(**kw32, return_last_state=True)
+    assert y32.dtype == np.float32 and last32.dtype == np.float32
+    y64, last64 = selective_scan(**kw, return_last_state=True)
+    assert_close(y32, y64, kind="backend", dtype=np.float32)
+    assert_close(last32, last64, kind="backend", dtype=np.float32)
+    # the computation itself is float64: same float32 values, cast up, give the same y
+    kw_up = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+             for k, v in kw32.items()}
+    np.testing.assert_array_equal(y32, selective_scan(**kw_up).astype(np.float32))
+
+
+def test_complex_last_state_dtype_follows_u(rng):
+    kw = make_inputs(rng, complex_=True, extras=False)
+    _, last = selective_scan(**dict(kw, u=kw["u"].astype(np.float32)), return_last_state=True)
+    assert last.dtype == np.complex64
+
+
+def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
+    """L = 100000 with constant input: h converges to delta B u / (1 - exp(delta A))."""
+    batch, dim, length, dstate = 1, 2, 100_000, 4
+    A = -np.array([[0.5, 1.0, 2.0, 4.0], [1e-3, 0.1, 1.0, 10.0]])
+    Bm, Cm = np.ones((dim, dstate)), np.ones((dim, dstate))
+    u = np.ones((batch, dim, length))
+    delta = np.full((batch, dim, length), 0.3)
+    y, last = selective_scan(u, delta, A, Bm, Cm, return_last_state=True)
+    assert np.all(np.isfinite(y))
+    steady = 0.3 / (1.0 - np.exp(0.3 * A))  # (D, N), reached after ~1/(delta |A|) steps
+    assert_close(last[0], steady, kind="exact")
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+def _base(rng):
+    return make_inputs(rng, "variable", "variable")
+
+
+@pytest.mark.parametrize("arg,value,exc,match", [
+    ("u", np.zeros((2, 4)), ValueError, "Parameter u has shape"),
+    ("delta", np.ones((2, 4, 8)), ValueError, r"Parameter delta has shape \(2, 4, 8\)"),
+    ("A", -np.ones((5, 3)), ValueError, r"Parameter A has shape \(5, 3\)"),
+    ("B", np.ones((2, 3, 8)), ValueError, r"Parameter B has shape \(2, 3, 8\)"),
+    ("C", np.ones((4, 2)), ValueError, r"Parameter C has shape \(4, 2\)"),
+    ("B", np.ones((2, 3, 3, 9)), ValueError, "G = 3 must divide"),
+    ("C", np.ones((2, 4, 3, 9, 1)), ValueError, r"Parameter C has shape .* \(5-D\)"),
+    ("D", np.ones(3), ValueError, r"Parameter D has shape \(3,\)"),
+    ("z", np.ones((2, 4, 10)), ValueError, "Parameter z has shape"),
+    ("delta_bias", np.ones((4, 1)), ValueError, "Parameter delta_bias has shape"),
+    ("h0", np.ones((2, 4, 2)), ValueError, "Parameter h0 has shape"),
+    ("B", np.ones((2, 3, 9)) * 1j, TypeError, "Parameter B is complex"),
+    ("h0", np.ones((2, 4, 3)) * 1j, TypeError, "Parameter h0 is complex"),
+    ("u", np.ones((2, 4, 9)) * 1j, TypeError, "Parameter u is complex"),
+    ("A", np.ones((4, 3)), ValueError, "Parameter A has 12 entries with positive real"),
+    ("u", np.array([["a"]]), TypeError, "Parameter u has dtype"),
+    ("delta_softplus", "yes", TypeError, "delta_softplus"),
+])
+def test_bad_input_raises(rng, arg, value, exc, match):
+    kw = _base(rng)
+    kw[arg] = value
+    with pytest.raises(exc, match=match):
+        selective_scan(**kw)
+
+
+@pytest.mark.parametrize("arg", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"])
+def test_non_finite_input_raises(rng, arg):
+    kw = _base(rng)
+    kw[arg] = np.array(kw[arg], dtype=np.result_type(kw[arg], float))
+    kw[arg].flat[0] = np.nan
+    with pytest.raises(ValueError, match=f"Parameter {arg} has 1 non-finite"):
+        selective_scan(**kw)
+
+
+def test_negative_step_raises(rng):
+    kw = make_inputs(rng, extras=False)
+    kw["delta"][0, 1, 2] = -0.1
+    with pytest.raises(ValueError, match="Parameter delta has 1 negative step"):
+        selective_scan(**kw)
+    # with softplus the same raw value is a valid (positive) step
+    selective_scan(**kw, delta_softplus=True)
+
+
+def test_official_interleaved_complex_layout_is_explained(rng):
+    kw = make_inputs(rng, complex_=True, extras=False)
+    kw["B"] = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
+    with pytest.raises(ValueError, match="interleaved"):
+        selective_scan(**kw)
+
+
+# ---------------------------------------------------------------------------
+# the decoding step
+# ---------------------------------------------------------------------------
+
+def _step_inputs(kw, t):
+    """Slice the scan inputs at time t into the (B, D) / (B, [G,] N) step form."""
+    def bc(X):
+        X = np.asarray(X)
+        if X.ndim == 2:  # constant (D, N): the step form has no channel axis,
+            return None  # so constant B/C are tested through variable ones
+        return X[..., t]
+    return dict(x=kw["u"][:, :, t], dt=kw["delta"][:, :, t], A=kw["A"],
+                B=bc(kw["B"]), C=bc(kw["C"]), D=kw.get("D"),
+                z=None if kw.get("z") is None else kw["z"][:, :, t],
+                dt_bias=kw.get("delta_bias"), dt_softplus=kw.get("delta_softplus", False))
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("grouped", "variable"),
+                                           ("variable", "grouped"), ("grouped", "grouped")])
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "D-z-bias-softplus-h0"])
+def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, complex_, extras):
+    kw = make_inputs(rng, form_B, form_C, complex_=complex_, extras=extras)
+    y_scan, last = selective_scan(**kw, return_last_state=True)
+    h = kw.get("h0")
+    if h is None:
+        h = np.zeros((2, 4, 3), dtype=complex if complex_ else float)
+    h_before = h.copy()
+    state = h
+    ys = []
+    for t in range(kw["u"].shape[-1]):
+        y_t, state = selective_state_update(state, **_step_inputs(kw, t))
+        ys.append(y_t)
+    np.testing.assert_array_equal(h, h_before)  # the caller's state is not mutated
+    assert_close(np.stack(ys, axis=-1), y_scan, kind="exact")
+    assert_close(state, last, kind="exact")
+
+
+def test_state_update_dtypes(rng):
+    kw = make_inputs(rng, extras=False)
+    step = _step_inputs(kw, 0)
+    y, h = selective_state_update(np.zeros((2, 4, 3), np.float32),
+                                  **dict(step, x=step["x"].astype(np.float32)))
+    assert y.dtype == np.float32 and h.dtype == np.float32
+
+
+@pytest.mark.parametrize("arg,value,exc,match", [
+    ("state", np.zeros((2, 4, 2)), ValueError, "Parameter state has shape"),
+    ("x", np.zeros((2, 4, 1)), ValueError, "Parameter x has shape"),
+    ("dt", np.ones((2, 3)), ValueError, "Parameter dt has shape"),
+    ("B", np.ones((2, 3, 3)), ValueError, "G = 3 must divide"),
+    ("C", np.ones((2, 2)), ValueError, "Parameter C has shape"),
+    ("B", np.ones((2, 3)) * 1j, TypeError, "Parameter B is complex"),
+    ("z", np.ones((2, 5)), ValueError, "Parameter z has shape"),
+    ("dt", -np.ones((2, 4)), ValueError, "negative step"),
+    ("A", np.ones((4, 3)), ValueError, "positive real part"),
+    ("x", np.full((2, 4), np.inf), ValueError, "Parameter x has 8 non-finite"),
+])
+def test_state_update_bad_input(rng, arg, value, exc, match):
+    kw = make_inputs(rng, extras=False)
+    step = dict(_step_inputs(kw, 0), state=np.zeros((2, 4, 3)))
+    step[arg] = value
+    with pytest.raises(exc, match=match):
+        selective_state_update(**step)
