@@ -1,2 +1,756 @@
-"""Placeholder: being written (see issues)."""
-__all__: list[str] = []
+"""The Mamba block: official initialization, weights interchange, step mode, backward pass.
+
+A NumPy mirror of ``mamba_ssm.modules.mamba_simple.Mamba`` (Gu and Dao 2023,
+arXiv:2312.00752; the ``state-spaces/mamba`` repository), built from the
+layers of :mod:`ssm_ref.nn` and the selective scan of :mod:`ssm_ref.selective`.
+
+Glossary
+--------
+B         batch size (the matrix B is written ``Bmat`` where both meet).
+L         sequence length.
+d_model   width of the tokens that enter and leave the block.
+D         ``d_inner = expand * d_model``, the channels inside the block.
+N         ``d_state``, the state size per channel.
+R         ``dt_rank``, the rank of the low-rank projection that makes delta.
+K         ``d_conv``, the width of the causal depthwise convolution.
+delta     the step size Δ (``dt`` in the official code), per token and channel.
+A, B, C, D  the SSM matrices: A (D, N) = -exp(A_log), B and C (B, N, L) made from
+          the input by ``x_proj``, D (D,) the skip connection.
+x, z      the two halves of ``in_proj``'s output: the SSM branch and the gate.
+
+The data path (book equation ``eq-mamba-block``), tokens (B, L, d_model)::
+
+    xz      = in_proj(u)                          (B, L, 2D)   -> x, z (B, D, L)
+    x       = silu(causal_conv1d(x))              (B, D, L)
+    dt,B,C  = split(x_proj(x))                    (B, L, R), (B, N, L), (B, N, L)
+    delta   = dt_proj.weight @ dt                 (B, D, L)    (bias added inside the scan)
+    y       = selective_scan(x, delta, A, B, C, D, z,
+                             delta_bias=dt_proj.bias, delta_softplus=True)   (B, D, L)
+    out     = out_proj(y)                         (B, L, d_model)
+
+Parameters live in ``block.params``, a dict keyed by the official state-dict
+names (``in_proj.weight``, ``conv1d.weight``, ...), so weights move between
+PyTorch and this project by name.  Everything is computed in float64; the
+output has the input's dtype.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import (
+    as_array,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_positive_scalar,
+    check_shape,
+)
+from .initializers import mamba_a_log
+from .nn import (
+    causal_conv1d,
+    causal_conv1d_backward,
+    linear,
+    linear_backward,
+    silu,
+    silu_backward,
+)
+from .selective import selective_scan, selective_scan_backward, selective_state_update
+
+__all__ = ["MambaConfig", "MambaBlock", "mamba_init"]
+
+#: The official state-dict names, in the order ``Mamba.state_dict()`` lists them.
+#: ``in_proj.bias`` / ``out_proj.bias`` exist only with ``bias=True``,
+#: ``conv1d.bias`` only with ``conv_bias=True`` (the default).
+STATE_DICT_KEYS = (
+    "A_log", "D", "in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias",
+    "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "out_proj.weight", "out_proj.bias",
+)
+_OPTIONAL_KEYS = ("in_proj.bias", "conv1d.bias", "out_proj.bias")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class MambaConfig:
+    """Sizes and initialization settings of a Mamba block (the official constructor's).
+
+    Attributes
+    ----------
+    d_model : int
+        Token width.
+    d_state : int
+        N, the state size per channel (16 in Mamba).
+    d_conv : int
+        K, the causal convolution width (4).
+    expand : float
+        ``d_inner = int(expand * d_model)`` (2).
+    dt_rank : int or "auto"
+        R; ``"auto"`` means ``ceil(d_model / 16)`` and is resolved on construction.
+    dt_min, dt_max : float
+        The initial delta is log-uniform in ``[dt_min, dt_max]`` (1e-3, 1e-1).
+    dt_init : {"random", "constant"}
+        ``dt_proj.weight`` uniform in ``±dt_scale / sqrt(R)``, or that constant.
+    dt_scale : float
+        Scale of the ``dt_proj.weight`` initialization (1).
+    dt_init_floor : float
+        The initial delta is clamped below at this value (1e-4).
+    conv_bias : bool
+        Whether ``conv1d`` has a bias (True).
+    bias : bool
+        Whether ``in_proj`` and ``out_proj`` have biases (False).
+
+    Examples
+    --------
+    >>> cfg = MambaConfig(d_model=40)
+    >>> cfg.d_inner, cfg.dt_rank, cfg.d_state
+    (80, 3, 16)
+    """
+
+    d_model: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: float = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+
+    def __post_init__(self):
+        check_positive_int(self.d_model, "d_model")
+        check_positive_int(self.d_state, "d_state")
+        check_positive_int(self.d_conv, "d_conv")
+        check_positive_scalar(self.expand, "expand")
+        if self.dt_rank == "auto":
+            object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
+        else:
+            check_positive_int(self.dt_rank, "dt_rank")
+        check_positive_scalar(self.dt_min, "dt_min")
+        check_positive_scalar(self.dt_max, "dt_max")
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"Parameter dt_min = {self.dt_min} must be <= dt_max = {self.dt_max}")
+        check_choice(self.dt_init, "dt_init", {"random", "constant"})
+        check_positive_scalar(self.dt_scale, "dt_scale")
+        check_positive_scalar(self.dt_init_floor, "dt_init_floor")
+        if self.d_inner < 1:
+            raise ValueError(f"expand * d_model = {self.expand * self.d_model} must be >= 1")
+
+    @property
+    def d_inner(self) -> int:
+        """``int(expand * d_model)`` as in the official code (a 1e-9 nudge absorbs float error)."""
+        return int(self.expand * self.d_model + 1e-9)
+
+
+# --------------------------------------------------------------------------- initialization
+def _rng(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def mamba_init(config, seed=0, dtype=np.float64):
+    """Parameters of a Mamba block with the official initialization, by state-dict name.
+
+    What ``Mamba.__init__`` does, drawn with NumPy (same distributions, not
+    the same random numbers as PyTorch), in this order:
+
+    * ``in_proj``, ``x_proj``, ``out_proj`` (and biases when ``bias=True``):
+      PyTorch's default ``nn.Linear`` init, uniform in ``±1/sqrt(fan_in)``
+      (kaiming-uniform with ``a = sqrt(5)`` works out to this bound).
+    * ``conv1d.weight`` (D, 1, K) and ``conv1d.bias``: PyTorch's default
+      ``nn.Conv1d`` init; fan_in of a depthwise filter is K, so ``±1/sqrt(K)``.
+    * ``dt_proj.weight`` (D, R): uniform in ``±dt_scale/sqrt(R)`` (``"random"``)
+      or the constant ``dt_scale/sqrt(R)``.
+    * ``dt_proj.bias`` (D,): ``dt = exp(U(0,1)(log dt_max - log dt_min) + log dt_min)``
+      clamped at ``dt_init_floor``, stored through the inverse softplus
+      ``dt + log(-expm1(-dt))`` so that ``softplus(bias) = dt`` (``eq-mamba-dt-init``).
+    * ``A_log`` (D, N): ``log(1), ..., log(N)`` in every channel (S4D-Real, A = -(n+1);
+      :func:`ssm_ref.mamba_a_log`, ``eq-mamba-alog``).
+    * ``D`` (D,): ones.
+
+    This is the bare module's initialization.  The language model around it
+    (``MambaLMHeadModel``'s ``_init_weights``) afterwards zeroes the linear
+    biases and rescales ``out_proj.weight`` by ``1/sqrt(n_layer)``; a stack of
+    blocks that wants that must do it itself.
+
+    Parameters
+    ----------
+    config : MambaConfig
+    seed : int, numpy.random.Generator or None
+        Seed of ``np.random.default_rng`` (or a generator to draw from).
+    dtype : numpy dtype
+        dtype of the returned arrays (float64 by default).
+
+    Returns
+    -------
+    params : dict of str -> ndarray
+        The official names and shapes (see :data:`STATE_DICT_KEYS`).
+
+    References
+    ----------
+    Gu and Dao (2023), "Mamba: Linear-Time Sequence Modeling with Selective
+    State Spaces", arXiv:2312.00752, section 3.6 and appendix; the
+    ``state-spaces/mamba`` repository, ``mamba_ssm/modules/mamba_simple.py``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = mamba_init(MambaConfig(d_model=4, d_state=3), seed=0)
+    >>> p["A_log"][0]
+    array([0.        , 0.69314718, 1.09861229])
+    >>> p["in_proj.weight"].shape, p["conv1d.weight"].shape, p["x_proj.weight"].shape
+    ((16, 4), (8, 1, 4), (7, 8))
+    """
+    if not isinstance(config, MambaConfig):
+        raise TypeError(f"Parameter config is a {type(config).__name__} but a MambaConfig was expected")
+    rng = _rng(seed)
+    d_model, D, N, K, R = config.d_model, config.d_inner, config.d_state, config.d_conv, config.dt_rank
+
+    def uniform(bound, shape):
+        return rng.uniform(-bound, bound, size=shape)
+
+    p = {}
+    p["in_proj.weight"] = uniform(d_model**-0.5, (2 * D, d_model))  # (2D, d_model)
+    if config.bias:
+        p["in_proj.bias"] = uniform(d_model**-0.5, (2 * D,))
+    p["conv1d.weight"] = uniform(K**-0.5, (D, 1, K))  # (D, 1, K)
+    if config.conv_bias:
+        p["conv1d.bias"] = uniform(K**-0.5, (D,))
+    p["x_proj.weight"] = uniform(D**-0.5, (R + 2 * N, D))  # (R + 2N, D)
+    dt_init_std = R**-0.5 * config.dt_scale
+    if config.dt_init == "random":
+        p["dt_proj.weight"] = uniform(dt_init_std, (D, R))  # (D, R)
+    else:
+        p["dt_proj.weight"] = np.full((D, R), dt_init_std)
+    log_min, log_max = math.log(config.dt_min), math.log(config.dt_max)
+    dt = np.exp(rng.random(D) * (log_max - log_min) + log_min)  # (D,), log-uniform
+    dt = np.maximum(dt, config.dt_init_floor)
+    p["dt_proj.bias"] = dt + np.log(-np.expm1(-dt))  # inverse softplus: softplus(bias) = dt
+    p["A_log"] = mamba_a_log(D, N)  # (D, N): log(1), ..., log(N) in every channel
+    p["D"] = np.ones(D)
+    p["out_proj.weight"] = uniform(D**-0.5, (d_model, D))  # (d_model, D)
+    if config.bias:
+        p["out_proj.bias"] = uniform(D**-0.5, (d_model,))
+    return {k: p[k].astype(dtype) for k in STATE_DICT_KEYS if k in p}
+
+
+# --------------------------------------------------------------------------- the block
+class MambaBlock:
+    """The Mamba block of ``mamba_ssm.modules.mamba_simple.Mamba`` on (B, L, d_model) tokens.
+
+    Parameters
+    ----------
+    d_model : int
+        Token width.
+    d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias
+        As in :class:`MambaConfig` (the official constructor's arguments and defaults).
+    seed : int, numpy.random.Generator or None, default 0
+        Seed of the official initialization (:func:`mamba_init`).
+    dtype : numpy dtype, default float64
+        dtype the parameters are stored in (computation is float64 regardless).
+    scan_fn : callable, optional
+        The selective scan, with the signature of :func:`ssm_ref.selective_scan`
+        (default); e.g. ``fast.selective_scan`` to run the compiled backend.
+    scan_backward_fn : callable, optional
+        Its backward, with the signature of :func:`ssm_ref.selective_scan_backward`.
+    state_update_fn : callable, optional
+        The decoding step, with the signature of :func:`ssm_ref.selective_state_update`.
+
+    Attributes
+    ----------
+    config : MambaConfig
+    params : dict of str -> ndarray
+        The weights under their official state-dict names.
+
+    Notes
+    -----
+    Implements ``eq-mamba-block``; the scan inside is ``eq-selective-delta`` to
+    ``eq-selective-output`` of the selective SSM chapter.  The forward follows
+    the official slow path (``Mamba.forward`` with ``use_fast_path=False``):
+    ``dt_proj``'s bias is not added by the linear layer but passed to the scan
+    as ``delta_bias``, before the softplus.  A = -exp(A_log) keeps every
+    channel's poles negative whatever the training does to ``A_log``.
+
+    References
+    ----------
+    Gu and Dao (2023), arXiv:2312.00752, Figure 3 and section 3.4;
+    ``state-spaces/mamba``, ``mamba_ssm/modules/mamba_simple.py``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> block = MambaBlock(d_model=8, d_state=4, seed=0)
+    >>> x = np.random.default_rng(1).standard_normal((2, 5, 8))
+    >>> y = block(x)
+    >>> y.shape, y.dtype
+    ((2, 5, 8), dtype('float64'))
+    >>> conv_state, ssm_state = block.allocate_cache(batch=2)
+    >>> y0, conv_state, ssm_state = block.step(x[:, 0], conv_state, ssm_state)
+    >>> bool(np.allclose(y0, y[:, 0]))
+    True
+    """
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
+                 dt_min=1e-3, dt_max=1e-1, dt_init="random", dt_scale=1.0,
+                 dt_init_floor=1e-4, conv_bias=True, bias=False, *, seed=0,
+                 dtype=np.float64, scan_fn=None, scan_backward_fn=None, state_update_fn=None):
+        self.config = MambaConfig(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max,
+                                  dt_init, dt_scale, dt_init_floor, conv_bias, bias)
+        self.params = mamba_init(self.config, seed=seed, dtype=dtype)
+        self._set_backends(scan_fn, scan_backward_fn, state_update_fn)
+
+    def _set_backends(self, scan_fn, scan_backward_fn, state_update_fn):
+        self.scan_fn = selective_scan if scan_fn is None else scan_fn
+        self.scan_backward_fn = selective_scan_backward if scan_backward_fn is None else scan_backward_fn
+        self.state_update_fn = selective_state_update if state_update_fn is None else state_update_fn
+        for name in ("scan_fn", "scan_backward_fn", "state_update_fn"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"Parameter {name} = {getattr(self, name)!r} is not callable")
+
+    def __repr__(self):
+        c = self.config
+        return (f"MambaBlock(d_model={c.d_model}, d_inner={c.d_inner}, d_state={c.d_state}, "
+                f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, params={self.num_params})")
+
+    @property
+    def num_params(self) -> int:
+        """Number of scalar parameters (the sum of every state-dict entry's size)."""
+        return int(sum(v.size for v in self.params.values()))
+
+    # ------------------------------------------------------------------ weights interchange
+    @classmethod
+    def from_state_dict(cls, state_dict, *, prefix="", scan_fn=None, scan_backward_fn=None,
+                        state_update_fn=None):
+        """Build a block from the official ``Mamba`` module's state dict (NumPy arrays).
+
+        Sizes are inferred from the shapes: ``d_model`` and ``d_inner`` from
+        ``in_proj.weight`` (2·d_inner, d_model), ``d_state`` from ``A_log``,
+        ``d_conv`` from ``conv1d.weight`` (d_inner, 1, d_conv), ``dt_rank``
+        from ``dt_proj.weight`` (d_inner, dt_rank); every other entry is then
+        checked against them.  Arrays are copied and keep their dtype.
+
+        Parameters
+        ----------
+        state_dict : mapping of str -> array_like
+            E.g. ``{k: v.numpy() for k, v in mamba.state_dict().items()}``.
+        prefix : str, optional
+            Only keys starting with it are read, with it removed (e.g.
+            ``"backbone.layers.0.mixer."`` in a full language model's state dict);
+            other keys are ignored.
+        scan_fn, scan_backward_fn, state_update_fn : callable, optional
+            As in :class:`MambaBlock`.
+
+        Returns
+        -------
+        MambaBlock
+
+        Raises
+        ------
+        KeyError
+            A required name is missing or an unknown name is present (all named),
+            or only one of ``in_proj.bias`` / ``out_proj.bias`` is given.
+        ValueError
+            A shape does not match the sizes inferred (the message names the key,
+            its shape and the expected shape), or a value is not finite.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> sd = MambaBlock(d_model=6, d_state=2, seed=3).state_dict()
+        >>> block = MambaBlock.from_state_dict(sd)
+        >>> block.config.d_inner, block.config.dt_rank, block.config.d_conv
+        (12, 1, 4)
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+        sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        required = [k for k in STATE_DICT_KEYS if k not in _OPTIONAL_KEYS]
+        missing = [k for k in required if k not in sd]
+        unknown = sorted(k for k in sd if k not in STATE_DICT_KEYS)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unknown:
+                parts.append(f"unknown keys {unknown}")
+            raise KeyError(
+                f"state_dict (prefix {prefix!r}) does not match Mamba's names: "
+                + "; ".join(parts) + f". Expected {list(STATE_DICT_KEYS)} "
+                "(the three biases in_proj/conv1d/out_proj optional)"
+            )
+        if ("in_proj.bias" in sd) != ("out_proj.bias" in sd):
+            raise KeyError("state_dict has only one of 'in_proj.bias' and 'out_proj.bias'; "
+                           "the official module (bias=True/False) has both or neither")
+
+        arrs = {}
+        for k, v in sd.items():
+            a = as_array(v, f"state_dict[{k!r}]", allow_complex=False)
+            check_finite(a, f"state_dict[{k!r}]")
+            arrs[k] = np.array(a, copy=True)
+
+        w_in = arrs["in_proj.weight"]
+        if w_in.ndim != 2 or w_in.shape[0] % 2:
+            raise ValueError(f"Parameter state_dict['in_proj.weight'] has shape {w_in.shape} "
+                             "but should be (2 * d_inner, d_model)")
+        d_model, D = w_in.shape[1], w_in.shape[0] // 2
+        a_log, w_conv, w_dt = arrs["A_log"], arrs["conv1d.weight"], arrs["dt_proj.weight"]
+        for key, arr, nd, what in (("A_log", a_log, 2, "(d_inner, d_state)"),
+                                   ("conv1d.weight", w_conv, 3, "(d_inner, 1, d_conv)"),
+                                   ("dt_proj.weight", w_dt, 2, "(d_inner, dt_rank)")):
+            if arr.ndim != nd:
+                raise ValueError(f"Parameter state_dict[{key!r}] has shape {arr.shape} "
+                                 f"but should be {what}")
+        N, K, R = a_log.shape[1], w_conv.shape[2], w_dt.shape[1]
+        expected = {
+            "A_log": (D, N), "D": (D,), "in_proj.weight": (2 * D, d_model), "in_proj.bias": (2 * D,),
+            "conv1d.weight": (D, 1, K), "conv1d.bias": (D,), "x_proj.weight": (R + 2 * N, D),
+            "dt_proj.weight": (D, R), "dt_proj.bias": (D,), "out_proj.weight": (d_model, D),
+            "out_proj.bias": (d_model,),
+        }
+        for k, arr in arrs.items():
+            if arr.shape != expected[k]:
+                raise ValueError(
+                    f"Parameter state_dict[{k!r}] has shape {arr.shape} but should be "
+                    f"{expected[k]} (inferred d_model={d_model}, d_inner={D}, d_state={N}, "
+                    f"d_conv={K}, dt_rank={R})"
+                )
+        block = cls.__new__(cls)
+        block.config = MambaConfig(d_model=d_model, d_state=N, d_conv=K, expand=D / d_model,
+                                   dt_rank=R, conv_bias="conv1d.bias" in arrs,
+                                   bias="in_proj.bias" in arrs)
+        if block.config.d_inner != D:  # expand = D / d_model must give D back
+            raise ValueError(f"cannot represent d_inner={D} as int(expand * d_model) with "
+                             f"d_model={d_model}")
+        block.params = {k: arrs[k] for k in STATE_DICT_KEYS if k in arrs}
+        block._set_backends(scan_fn, scan_backward_fn, state_update_fn)
+        return block
+
+    def state_dict(self):
+        """The weights under the official names, as copies (see :meth:`from_state_dict`).
+
+        Examples
+        --------
+        >>> list(MambaBlock(d_model=4).state_dict())
+        ['A_log', 'D', 'in_proj.weight', 'conv1d.weight', 'conv1d.bias', 'x_proj.weight', 'dt_proj.weight', 'dt_proj.bias', 'out_proj.weight']
+        """
+        return {k: v.copy() for k, v in self.params.items()}
+
+    # ------------------------------------------------------------------ helpers
+    def _weights(self):
+        """The parameters in float64, under short names, with A = -exp(A_log)."""
+        p = {k: v.astype(np.float64) for k, v in self.params.items()}
+        return {
+            "w_in": p["in_proj.weight"], "b_in": p.get("in_proj.bias"),
+            "w_conv": p["conv1d.weight"][:, 0, :], "b_conv": p.get("conv1d.bias"),  # (D, K)
+            "w_x": p["x_proj.weight"], "w_dt": p["dt_proj.weight"], "b_dt": p["dt_proj.bias"],
+            "A": -np.exp(p["A_log"]), "D": p["D"],  # (D, N), (D,)
+            "w_out": p["out_proj.weight"], "b_out": p.get("out_proj.bias"),
+        }
+
+    def _check_tokens(self, x, name="x"):
+        x = as_array(x, name, allow_complex=False, ndim=3)
+        check_shape(x, name, (None, None, self.config.d_model))
+        check_finite(x, name)
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def __call__(self, x):
+        """Same as :meth:`forward`."""
+        return self.forward(x)
+
+    def forward(self, x, return_cache=False):
+        """Run the block on a sequence of tokens.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, L, d_model)
+            Input tokens (called ``hidden_states`` in the official code).
+        return_cache : bool, default False
+            Also return the intermediates that :meth:`backward` needs.
+
+        Returns
+        -------
+        out : ndarray, shape (B, L, d_model)
+            In ``x``'s dtype (computed in float64).
+        cache : dict
+            Only with ``return_cache=True``: the input and every intermediate
+            in float64 (``xz``, ``x_conv``, ``x_act``, ``dt_low``, ``delta``,
+            ``Bmat``, ``Cmat``, ``z``, ``y``).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not 3-D with last axis ``d_model``, or not finite.
+
+        Notes
+        -----
+        Implements ``eq-mamba-block``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> block = MambaBlock(d_model=4, d_state=2)
+        >>> block(np.zeros((1, 3, 4), dtype=np.float32)).dtype
+        dtype('float32')
+        """
+        x = self._check_tokens(x)
+        out, cache, _ = self._forward(x.astype(np.float64), return_last_state=False)
+        out = out.astype(x.dtype)
+        return (out, cache) if return_cache else out
+
+    def _forward(self, u, return_last_state):
+        """The data path on float64 tokens u (B, L, d_model); returns (out, cache, last_state)."""
+        c, w = self.config, self._weights()
+        D, N, R = c.d_inner, c.d_state, c.dt_rank
+        xz = linear(u, w["w_in"], w["b_in"])  # (B, L, 2D)
+        x = xz[..., :D].transpose(0, 2, 1)  # (B, D, L)
+        z = xz[..., D:].transpose(0, 2, 1)  # (B, D, L)
+        x_conv = causal_conv1d(x, w["w_conv"], w["b_conv"])  # (B, D, L)
+        x_act = silu(x_conv)  # (B, D, L)
+        x_dbl = linear(x_act.transpose(0, 2, 1), w["w_x"])  # (B, L, R + 2N)
+        dt_low = x_dbl[..., :R]  # (B, L, R)
+        Bmat = x_dbl[..., R:R + N].transpose(0, 2, 1)  # (B, N, L)
+        Cmat = x_dbl[..., R + N:].transpose(0, 2, 1)  # (B, N, L)
+        delta = linear(dt_low, w["w_dt"]).transpose(0, 2, 1)  # (B, D, L), bias goes to the scan
+        res = self.scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z,
+                           delta_bias=w["b_dt"], delta_softplus=True,
+                           return_last_state=return_last_state)
+        y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
+        y = np.asarray(y, dtype=np.float64)
+        out = linear(y.transpose(0, 2, 1), w["w_out"], w["b_out"])  # (B, L, d_model)
+        cache = {"u": u, "xz": xz, "x": x, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
+                 "delta": delta, "Bmat": Bmat, "Cmat": Cmat, "z": z, "y": y}
+        return out, cache, last_state
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, dout, cache):
+        """Gradients of the block, hand-derived layer by layer in reverse order.
+
+        Parameters
+        ----------
+        dout : array_like, shape (B, L, d_model)
+            Gradient of the loss with respect to the block's output.
+        cache : dict
+            From ``forward(x, return_cache=True)`` with the current parameters.
+
+        Returns
+        -------
+        dx : ndarray, shape (B, L, d_model)
+            Gradient with respect to the input, in ``dout``'s dtype.
+        grads : dict of str -> ndarray
+            Gradient of every parameter, keyed by its state-dict name, each in
+            that parameter's shape and dtype.
+
+        Raises
+        ------
+        ValueError
+            If ``dout`` does not have the shape of the cached input.
+
+        Notes
+        -----
+        Reverse of ``eq-mamba-block``: ``out_proj`` -> the selective scan's
+        own backward (a reverse scan, ``eq-selective-backward``; it returns the
+        gradients of x, delta, A, B, C, D, z and delta_bias) -> ``A = -exp(A_log)``
+        so ``dA_log = dA * A`` -> ``dt_proj`` -> ``x_proj`` (its input x_act
+        also feeds the scan, so the two gradients add) -> SiLU -> the causal
+        convolution -> ``in_proj`` (the gradients of x and z are concatenated
+        back into the 2D channels of ``xz``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> block = MambaBlock(d_model=4, d_state=2)
+        >>> x = np.ones((1, 3, 4))
+        >>> out, cache = block.forward(x, return_cache=True)
+        >>> dx, grads = block.backward(np.ones_like(out), cache)
+        >>> dx.shape, grads["A_log"].shape, grads["conv1d.weight"].shape
+        ((1, 3, 4), (8, 2), (8, 1, 4))
+        """
+        if not isinstance(cache, dict) or "u" not in cache:
+            raise TypeError("Parameter cache must be the dict from forward(x, return_cache=True)")
+        dout_arr = as_array(dout, "dout", allow_complex=False, ndim=3)
+        check_shape(dout_arr, "dout", cache["u"].shape)
+        check_finite(dout_arr, "dout")
+        c, w = self.config, self._weights()
+        D, N, R = c.d_inner, c.d_state, c.dt_rank
+        g = {}
+
+        # out = out_proj(y)
+        dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
+            dout_arr.astype(np.float64), cache["y"].transpose(0, 2, 1), w["w_out"], w["b_out"])
+        dy = dy_tok.transpose(0, 2, 1)  # (B, D, L)
+
+        # y = selective_scan(x_act, delta, A, B, C, D, z, delta_bias, softplus)
+        s = self.scan_backward_fn(dy, cache["x_act"], cache["delta"], w["A"], cache["Bmat"],
+                                  cache["Cmat"], D=w["D"], z=cache["z"], delta_bias=w["b_dt"],
+                                  delta_softplus=True)
+        s = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in s.items()}
+        g["A_log"] = s["A"] * w["A"]  # A = -exp(A_log): dA/dA_log = A
+        g["D"], g["dt_proj.bias"] = s["D"], s["delta_bias"]
+
+        # delta = dt_proj.weight @ dt_low
+        d_dt_low, g["dt_proj.weight"], _ = linear_backward(
+            s["delta"].transpose(0, 2, 1), cache["dt_low"], w["w_dt"])  # (B, L, R)
+
+        # (dt_low, B, C) = split(x_proj(x_act))
+        d_xdbl = np.concatenate([d_dt_low, s["B"].transpose(0, 2, 1),
+                                 s["C"].transpose(0, 2, 1)], axis=-1)  # (B, L, R + 2N)
+        dx_act_tok, g["x_proj.weight"], _ = linear_backward(
+            d_xdbl, cache["x_act"].transpose(0, 2, 1), w["w_x"])  # (B, L, D)
+        dx_act = s["u"] + dx_act_tok.transpose(0, 2, 1)  # (B, D, L): scan input + x_proj input
+
+        # x_act = silu(conv(x))
+        dx_conv = silu_backward(dx_act, cache["x_conv"])  # (B, D, L)
+        dx, dw_conv, g["conv1d.bias"] = causal_conv1d_backward(
+            dx_conv, cache["x"], w["w_conv"], w["b_conv"])  # (B, D, L), (D, K)
+        g["conv1d.weight"] = dw_conv[:, None, :]  # (D, 1, K)
+
+        # xz = in_proj(u), x = xz[:D], z = xz[D:]
+        dxz = np.concatenate([dx, s["z"]], axis=1).transpose(0, 2, 1)  # (B, L, 2D)
+        du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
+            dxz, cache["u"], w["w_in"], w["b_in"])  # (B, L, d_model)
+
+        grads = {k: g[k].astype(self.params[k].dtype) for k in self.params}
+        return du.astype(dout_arr.dtype), grads
+
+    # ------------------------------------------------------------------ recurrent mode
+    def allocate_cache(self, batch, dtype=np.float64):
+        """Zero caches for token-by-token decoding with :meth:`step`.
+
+        Parameters
+        ----------
+        batch : int
+        dtype : numpy dtype, default float64
+            dtype of both caches (stated, never taken from a global default).
+
+        Returns
+        -------
+        conv_state : ndarray, shape (batch, d_inner, d_conv)
+            The last ``d_conv`` inputs of the convolution, oldest first.
+        ssm_state : ndarray, shape (batch, d_inner, d_state)
+            The SSM state h.
+
+        Examples
+        --------
+        >>> [a.shape for a in MambaBlock(d_model=4, d_state=3).allocate_cache(2)]
+        [(2, 8, 4), (2, 8, 3)]
+        """
+        batch = check_positive_int(batch, "batch")
+        c = self.config
+        return (np.zeros((batch, c.d_inner, c.d_conv), dtype=dtype),
+                np.zeros((batch, c.d_inner, c.d_state), dtype=dtype))
+
+    def step(self, x_t, conv_state, ssm_state):
+        """Advance the block by one token, from the caches (official ``Mamba.step``).
+
+        Parameters
+        ----------
+        x_t : array_like, shape (B, d_model) or (B, 1, d_model)
+            The new token (the official code passes (B, 1, d_model)).
+        conv_state : array_like, shape (B, d_inner, d_conv)
+        ssm_state : array_like, shape (B, d_inner, d_state)
+            Caches from :meth:`allocate_cache`, :meth:`prefill` or the previous step.
+            They are not modified; the updated ones are returned.
+
+        Returns
+        -------
+        y_t : ndarray, same shape and dtype as ``x_t``
+        conv_state : ndarray, shape (B, d_inner, d_conv)
+            Rolled one step left with the new x at the end (eq-mamba-conv-step),
+            in the dtype it came in.
+        ssm_state : ndarray, shape (B, d_inner, d_state)
+            h_t, in the dtype it came in.
+
+        Raises
+        ------
+        ValueError
+            Wrong shapes (named, with the expected shape) or non-finite values.
+
+        Notes
+        -----
+        Implements ``eq-mamba-conv-step`` then one step of the selective SSM
+        (``selective_state_update``).  Per token this costs
+        O(d_model·d_inner + d_inner·(d_conv + R + N)), independent of how
+        many tokens came before.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> block = MambaBlock(d_model=4, d_state=2)
+        >>> conv, ssm = block.allocate_cache(1)
+        >>> x_t = np.ones((1, 4))
+        >>> y, conv, ssm = block.step(x_t, conv, ssm)
+        >>> x_branch = (x_t @ block.params["in_proj.weight"].T)[:, :8]  # first d_inner channels
+        >>> bool(np.allclose(conv[:, :, -1], x_branch)), bool(np.all(conv[:, :, :-1] == 0))
+        (True, True)
+        """
+        c, w = self.config, self._weights()
+        x_in = as_array(x_t, "x_t", allow_complex=False, ndim=(2, 3))
+        if x_in.ndim == 3:
+            check_shape(x_in, "x_t", (None, 1, c.d_model))
+        else:
+            check_shape(x_in, "x_t", (None, c.d_model))
+        check_finite(x_in, "x_t")
+        batch = x_in.shape[0]
+        conv_in = as_array(conv_state, "conv_state", allow_complex=False, ndim=3)
+        check_shape(conv_in, "conv_state", (batch, c.d_inner, c.d_conv))
+        ssm_in = as_array(ssm_state, "ssm_state", allow_complex=False, ndim=3)
+        check_shape(ssm_in, "ssm_state", (batch, c.d_inner, c.d_state))
+        check_finite(conv_in, "conv_state")
+        check_finite(ssm_in, "ssm_state")
+        D, N, R = c.d_inner, c.d_state, c.dt_rank
+
+        u = x_in.reshape(batch, c.d_model).astype(np.float64)  # (B, d_model)
+        xz = linear(u, w["w_in"], w["b_in"])  # (B, 2D)
+        x, z = xz[:, :D], xz[:, D:]  # (B, D) each
+        conv = np.concatenate([conv_in[:, :, 1:].astype(np.float64), x[:, :, None]],
+                              axis=2)  # (B, D, K): roll left, new x at the end
+        x_conv = np.sum(conv * w["w_conv"], axis=-1)  # (B, D)
+        if w["b_conv"] is not None:
+            x_conv = x_conv + w["b_conv"]
+        x_act = silu(x_conv)  # (B, D)
+        x_dbl = linear(x_act, w["w_x"])  # (B, R + 2N)
+        dt_low, Bmat, Cmat = x_dbl[:, :R], x_dbl[:, R:R + N], x_dbl[:, R + N:]  # (B, R), (B, N), (B, N)
+        delta = linear(dt_low, w["w_dt"])  # (B, D)
+        y, h = self.state_update_fn(ssm_in.astype(np.float64), x_act, delta, w["A"], Bmat, Cmat,
+                                    D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
+        out = linear(np.asarray(y, dtype=np.float64), w["w_out"], w["b_out"])  # (B, d_model)
+        out = out.reshape(x_in.shape).astype(x_in.dtype)
+        return out, conv.astype(conv_in.dtype), np.asarray(h).astype(ssm_in.dtype)
+
+    def prefill(self, x):
+        """Run the forward on a prompt and return the caches that continue it with :meth:`step`.
+
+        Parameters
+        ----------
+        x : array_like, shape (B, L, d_model)
+
+        Returns
+        -------
+        out : ndarray, shape (B, L, d_model), in ``x``'s dtype
+        conv_state : ndarray, shape (B, d_inner, d_conv), float64
+            The last ``d_conv`` inputs of the convolution (zero-padded in front
+            when L < d_conv), as the official forward stores them.
+        ssm_state : ndarray, shape (B, d_inner, d_state), float64
+            The scan's last state.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> block = MambaBlock(d_model=4, d_state=2)
+        >>> x = np.random.default_rng(0).standard_normal((1, 6, 4))
+        >>> _, conv, ssm = block.prefill(x[:, :4])
+        >>> y4, conv, ssm = block.step(x[:, 4], conv, ssm)
+        >>> bool(np.allclose(y4, block(x)[:, 4]))
+        True
+        """
+        x = self._check_tokens(x)
+        out, cache, last_state = self._forward(x.astype(np.float64), return_last_state=True)
+        K, L = self.config.d_conv, x.shape[1]
+        xs = cache["x"][:, :, max(0, L - K):]  # (B, D, min(L, K))
+        conv_state = np.concatenate(
+            [np.zeros(xs.shape[:2] + (K - xs.shape[2],)), xs], axis=2)  # (B, D, K)
+        return out.astype(x.dtype), conv_state, np.asarray(last_state, dtype=np.float64)

@@ -1,2 +1,577 @@
-"""Placeholder: being written (see issues)."""
-__all__: list[str] = []
+"""Layers with hand-derived backward passes: the parts the Mamba and vision blocks are built from.
+
+Each layer is a pair of plain functions, the forward and, right below it, its
+backward (in the spirit of micrograd: one operation next to its own derivative).
+A backward takes the upstream gradient ``dy`` (same shape as the forward
+output) and the forward's inputs, recomputes what it needs, and returns the
+gradients of every input in the order of the forward's arguments.
+
+Glossary
+--------
+B      batch size.
+L      sequence length.
+D      channels (``d_model`` or ``d_inner`` in the Mamba block).
+K      kernel width of the causal 1-D convolution (``d_conv``, 4 in Mamba).
+H, W   image height and width (channels-last images ``(B, H, W, C)``).
+C      image channels (only in :func:`depthwise_conv2d`).
+kh, kw kernel height and width of the depthwise 2-D convolution (3 in VMamba).
+x, y   input and output of a layer; ``dy`` is dL/dy, ``dx`` is dL/dx.
+
+Layouts follow PyTorch so official weights drop in unchanged: a linear weight
+is ``(out, in)``; the depthwise convolution weights are the official
+``conv1d.weight`` ``(D, 1, K)`` and ``conv2d.weight`` ``(C, 1, kh, kw)`` with the
+singleton axis squeezed away.
+
+dtype contract: every function computes in float64 and returns each result
+in the dtype of the argument it belongs to (the output in ``x``'s dtype, a
+weight gradient in the weight's dtype).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from ._validation import as_array, check_finite, check_shape
+
+__all__ = [
+    "linear",
+    "linear_backward",
+    "silu",
+    "silu_backward",
+    "softplus",
+    "softplus_backward",
+    "causal_conv1d",
+    "causal_conv1d_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "layer_norm",
+    "layer_norm_backward",
+    "depthwise_conv2d",
+    "depthwise_conv2d_backward",
+]
+
+#: Above this input softplus is the identity (PyTorch's ``threshold=20``).
+SOFTPLUS_THRESHOLD = 20.0
+
+
+# --------------------------------------------------------------------------- helpers
+def _real(x, name, ndim=None):
+    arr = as_array(x, name, allow_complex=False, ndim=ndim)
+    check_finite(arr, name)
+    return arr
+
+
+def _grad_like(dy, like, name):
+    """Validate an upstream gradient: real, finite, same shape as the forward output."""
+    dy = _real(dy, name)
+    check_shape(dy, name, tuple(like))
+    return dy.astype(np.float64)
+
+
+def _out(value, like):
+    """Cast a float64 result back to the dtype of ``like`` (the dtype contract)."""
+    return np.asarray(value).astype(like.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- linear
+def _check_linear(x, W):
+    x = _real(x, "x")
+    W = _real(W, "W", ndim=2)
+    if x.ndim < 1 or x.shape[-1] != W.shape[1]:
+        raise ValueError(
+            f"Parameter x has shape {x.shape} but its last axis should be {W.shape[1]} "
+            f"(W has shape {W.shape})"
+        )
+    return x, W
+
+
+def linear(x, W, b=None):
+    """Affine map on the last axis, ``y = x W^T + b`` (PyTorch's ``nn.Linear``).
+
+    Parameters
+    ----------
+    x : array_like, shape (..., in)
+        Input features on the last axis, any leading axes (e.g. (B, L, in)).
+    W : array_like, shape (out, in)
+        Weight in PyTorch layout.
+    b : array_like, shape (out,), optional
+        Bias.
+
+    Returns
+    -------
+    y : ndarray, shape (..., out)
+        In ``x``'s dtype (computed in float64).
+
+    Raises
+    ------
+    ValueError
+        If ``W`` is not 2-D, ``x``'s last axis is not ``in``, ``b`` is not
+        ``(out,)``, or an input is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 2.0]])
+    >>> W = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    >>> linear(x, W, b=np.array([0.0, 0.5, 1.0]))
+    array([[ 1. ,  3.5, -1. ]])
+    """
+    x, W = _check_linear(x, W)
+    n_out = W.shape[0]
+    y = x.astype(np.float64) @ W.astype(np.float64).T  # (..., out)
+    if b is not None:
+        b = check_shape(_real(b, "b"), "b", (n_out,))
+        y = y + b
+    return _out(y, x)
+
+
+def linear_backward(dy, x, W, b=None):
+    """Gradients of :func:`linear`: ``dx = dy W``, ``dW = sum dy^T x``, ``db = sum dy``.
+
+    Parameters
+    ----------
+    dy : array_like, shape (..., out)
+        Upstream gradient dL/dy.
+    x, W, b
+        The forward's inputs (``b`` only decides whether ``db`` is returned).
+
+    Returns
+    -------
+    dx : ndarray, shape (..., in)
+    dW : ndarray, shape (out, in)
+        Summed over every leading axis of ``x``.
+    db : ndarray, shape (out,), or None when ``b`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, W = np.ones((2, 3)), np.ones((4, 3))
+    >>> dx, dW, db = linear_backward(np.ones((2, 4)), x, W, np.zeros(4))
+    >>> dx[0], dW[0], db
+    (array([4., 4., 4.]), array([2., 2., 2.]), array([2., 2., 2., 2.]))
+    """
+    x, W = _check_linear(x, W)
+    dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy")
+    dy64 = dy.astype(np.float64).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
+    x64 = x.astype(np.float64).reshape(-1, W.shape[1])  # (M, in)
+    dx = (dy64 @ W.astype(np.float64)).reshape(x.shape)  # (..., in)
+    dW = dy64.T @ x64  # (out, in)
+    db = None if b is None else _out(dy64.sum(axis=0), np.asarray(b))  # (out,)
+    return _out(dx, x), _out(dW, W), db
+
+
+# --------------------------------------------------------------------------- activations
+def silu(x):
+    """SiLU (swish), ``silu(x) = x * sigmoid(x)``, elementwise.
+
+    The sigmoid is ``scipy.special.expit``, which does not overflow for large
+    ``|x|``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> silu(np.array([-1.0, 0.0, 1.0]))
+    array([-0.26894142,  0.        ,  0.73105858])
+    """
+    x = _real(x, "x")
+    x64 = x.astype(np.float64)
+    return _out(x64 * expit(x64), x)
+
+
+def silu_backward(dy, x):
+    """Gradient of :func:`silu`: ``dx = dy * s * (1 + x (1 - s))`` with ``s = sigmoid(x)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> silu_backward(np.ones(1), np.zeros(1))  # silu'(0) = 1/2
+    array([0.5])
+    """
+    x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy")
+    x64 = x.astype(np.float64)
+    s = expit(x64)
+    return _out(dy * s * (1.0 + x64 * (1.0 - s)), x)
+
+
+def softplus(x):
+    """Softplus ``log(1 + e^x)``, the identity above 20 (PyTorch's ``threshold=20``).
+
+    This is how Mamba turns ``delta`` into a positive step size; the switch to
+    the identity above the threshold is part of the official semantics
+    (``torch.nn.functional.softplus``), not only a numerical guard.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> softplus(np.array([0.0, 25.0]))
+    array([ 0.69314718, 25.        ])
+    """
+    x = _real(x, "x")
+    x64 = x.astype(np.float64)
+    small = np.minimum(x64, SOFTPLUS_THRESHOLD)  # exp never overflows
+    return _out(np.where(x64 > SOFTPLUS_THRESHOLD, x64, np.log1p(np.exp(small))), x)
+
+
+def softplus_backward(dy, x):
+    """Gradient of :func:`softplus`: ``sigmoid(x)`` below the threshold, 1 above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> softplus_backward(np.ones(2), np.array([0.0, 30.0]))
+    array([0.5, 1. ])
+    """
+    x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy")
+    x64 = x.astype(np.float64)
+    slope = np.where(x64 > SOFTPLUS_THRESHOLD, 1.0, expit(x64))
+    return _out(dy * slope, x)
+
+
+# --------------------------------------------------------------------------- causal conv1d
+def _check_conv1d(x, weight, bias):
+    x = _real(x, "x", ndim=3)
+    weight = _real(weight, "weight", ndim=2)
+    n_batch, n_chan, length = x.shape
+    if weight.shape[0] != n_chan:
+        raise ValueError(
+            f"Parameter weight has shape {weight.shape} but should be ({n_chan}, K) "
+            f"for x of shape {x.shape} (B, D, L); squeeze the official (D, 1, K) weight"
+        )
+    if bias is not None:
+        bias = check_shape(_real(bias, "bias"), "bias", (n_chan,))
+    return x, weight, bias
+
+
+def causal_conv1d(x, weight, bias=None):
+    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1).
+
+    ``y[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (K-1) + k]`` with
+    ``x`` taken as zero before ``t = 0``.  This is PyTorch's
+    ``nn.Conv1d(D, D, K, groups=D, padding=K-1)`` (a cross-correlation) with
+    the output cut to the first L steps, as ``Mamba.forward`` does; the last
+    tap ``weight[:, K-1]`` multiplies the current token.
+
+    Parameters
+    ----------
+    x : array_like, shape (B, D, L)
+    weight : array_like, shape (D, K)
+        The official ``conv1d.weight`` (D, 1, K) with the middle axis squeezed.
+    bias : array_like, shape (D,), optional
+
+    Returns
+    -------
+    y : ndarray, shape (B, D, L)
+        In ``x``'s dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 3-D, ``weight`` is not (D, K), ``bias`` is not (D,), or
+        an input is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])  # (B=1, D=1, L=4)
+    >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))  # y_t = x_{t-1} + 10 x_t
+    array([[[10., 21., 32., 43.]]])
+    """
+    x, weight, bias = _check_conv1d(x, weight, bias)
+    n_batch, n_chan, length = x.shape
+    K = weight.shape[1]
+    xpad = np.concatenate([np.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    y = np.zeros((n_batch, n_chan, length))  # (B, D, L)
+    for k in range(K):
+        y += weight[:, k, None] * xpad[:, :, k:k + length]  # tap k sees x[t-(K-1)+k]
+    if bias is not None:
+        y += bias[:, None]
+    return _out(y, x)
+
+
+def causal_conv1d_backward(dy, x, weight, bias=None):
+    """Gradients of :func:`causal_conv1d`.
+
+    With the padded input ``xp`` (K-1 zeros in front): ``dweight[d, k] =
+    sum_{b,t} dy[b, d, t] xp[b, d, t + k]``, ``dxp[b, d, t + k] += weight[d, k]
+    dy[b, d, t]`` (then drop the padding), ``dbias = sum_{b,t} dy``.
+
+    Returns
+    -------
+    dx : ndarray, shape (B, D, L)
+    dweight : ndarray, shape (D, K)
+    dbias : ndarray, shape (D,), or None when ``bias`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[[1.0, 2.0, 3.0]]])
+    >>> dx, dw, db = causal_conv1d_backward(np.ones((1, 1, 3)), x, np.array([[1.0, 1.0]]), np.zeros(1))
+    >>> dx, dw, db
+    (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
+    """
+    x, weight, bias = _check_conv1d(x, weight, bias)
+    dy = _grad_like(dy, x.shape, "dy")
+    n_batch, n_chan, length = x.shape
+    K = weight.shape[1]
+    xpad = np.concatenate([np.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    dxpad = np.zeros_like(xpad)  # (B, D, L+K-1)
+    dweight = np.zeros((n_chan, K))  # (D, K)
+    for k in range(K):
+        dweight[:, k] = np.sum(dy * xpad[:, :, k:k + length], axis=(0, 2))
+        dxpad[:, :, k:k + length] += weight[:, k, None] * dy
+    dx = dxpad[:, :, K - 1:]  # (B, D, L)
+    dbias = None if bias is None else _out(dy.sum(axis=(0, 2)), bias)
+    return _out(dx, x), _out(dweight, weight), dbias
+
+
+# --------------------------------------------------------------------------- norms
+def _check_norm(x, weight, bias, with_bias):
+    x = _real(x, "x")
+    if x.ndim < 1:
+        raise ValueError(f"Parameter x has shape {x.shape} but should have at least 1 axis")
+    n_chan = x.shape[-1]
+    weight = check_shape(_real(weight, "weight"), "weight", (n_chan,))
+    if with_bias and bias is not None:
+        bias = check_shape(_real(bias, "bias"), "bias", (n_chan,))
+    return x, weight, bias
+
+
+def rms_norm(x, weight, eps=1e-5):
+    """RMSNorm over the last axis: ``y = x / sqrt(mean(x^2) + eps) * weight``.
+
+    The norm of Mamba's residual blocks and of Vim (``mamba_ssm``'s ``RMSNorm``,
+    default ``eps=1e-5``); no mean is subtracted and there is no bias.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., D)
+    weight : array_like, shape (D,)
+    eps : float
+        Added to the mean square before the square root.
+
+    Returns
+    -------
+    y : ndarray, shape (..., D), in ``x``'s dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rms_norm(np.array([[3.0, 4.0]]), np.ones(2), eps=0.0)  # rms = sqrt(12.5)
+    array([[0.84852814, 1.13137085]])
+    """
+    x, weight, _ = _check_norm(x, weight, None, False)
+    x64 = x.astype(np.float64)
+    rstd = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
+    return _out(x64 * rstd * weight, x)
+
+
+def rms_norm_backward(dy, x, weight, eps=1e-5):
+    """Gradients of :func:`rms_norm`.
+
+    With ``r = (mean(x^2) + eps)^(-1/2)`` and ``g = dy * weight``:
+    ``dx = r * (g - x r^2 mean(g x))`` (the second term because r depends on
+    every x_i: dr/dx_i = -r^3 x_i / D), ``dweight = sum dy * x * r``.
+
+    Returns
+    -------
+    dx : ndarray, shape (..., D)
+    dweight : ndarray, shape (D,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dx, dw = rms_norm_backward(np.ones((1, 2)), np.array([[1.0, 1.0]]), np.ones(2), eps=0.0)
+    >>> dx, dw  # scaling x does not change y, so dL/dx is orthogonal to x
+    (array([[0., 0.]]), array([1., 1.]))
+    """
+    x, weight, _ = _check_norm(x, weight, None, False)
+    dy = _grad_like(dy, x.shape, "dy")
+    x64 = x.astype(np.float64)
+    rstd = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
+    g = dy * weight  # (..., D)
+    dx = rstd * (g - x64 * rstd**2 * np.mean(g * x64, axis=-1, keepdims=True))
+    dweight = np.sum((dy * x64 * rstd).reshape(-1, x.shape[-1]), axis=0)  # (D,)
+    return _out(dx, x), _out(dweight, weight)
+
+
+def layer_norm(x, weight, bias=None, eps=1e-5):
+    """LayerNorm over the last axis: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``var`` is the biased variance (divide by D), as in ``torch.nn.LayerNorm``
+    (default ``eps=1e-5``); VMamba's SS2D uses it as ``out_norm``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., D)
+    weight : array_like, shape (D,)
+    bias : array_like, shape (D,), optional
+    eps : float
+
+    Returns
+    -------
+    y : ndarray, shape (..., D), in ``x``'s dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> layer_norm(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), eps=0.0)
+    array([[-1.,  1.]])
+    """
+    x, weight, bias = _check_norm(x, weight, bias, True)
+    x64 = x.astype(np.float64)
+    mu = np.mean(x64, axis=-1, keepdims=True)  # (..., 1)
+    xc = x64 - mu  # (..., D)
+    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    y = xc * rstd * weight
+    if bias is not None:
+        y = y + bias
+    return _out(y, x)
+
+
+def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5):
+    """Gradients of :func:`layer_norm`.
+
+    With ``xhat = (x - mean) r`` and ``g = dy * weight``:
+    ``dx = r * (g - mean(g) - xhat mean(g xhat))``, ``dweight = sum dy xhat``,
+    ``dbias = sum dy``.
+
+    Returns
+    -------
+    dx : ndarray, shape (..., D)
+    dweight : ndarray, shape (D,)
+    dbias : ndarray, shape (D,), or None when ``bias`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dx, dw, db = layer_norm_backward(np.ones((1, 2)), np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), eps=0.0)
+    >>> dx, dw, db  # a constant shift of y's gradient is killed by the centring
+    (array([[0., 0.]]), array([-1.,  1.]), array([1., 1.]))
+    """
+    x, weight, bias = _check_norm(x, weight, bias, True)
+    dy = _grad_like(dy, x.shape, "dy")
+    x64 = x.astype(np.float64)
+    mu = np.mean(x64, axis=-1, keepdims=True)  # (..., 1)
+    xc = x64 - mu
+    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = xc * rstd  # (..., D)
+    g = dy * weight
+    dx = rstd * (g - np.mean(g, axis=-1, keepdims=True)
+                 - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    n_chan = x.shape[-1]
+    dweight = np.sum((dy * xhat).reshape(-1, n_chan), axis=0)  # (D,)
+    dbias = None if bias is None else _out(np.sum(dy.reshape(-1, n_chan), axis=0), bias)
+    return _out(dx, x), _out(dweight, weight), dbias
+
+
+# --------------------------------------------------------------------------- depthwise conv2d
+def _check_conv2d(x, weight, bias):
+    x = _real(x, "x", ndim=4)
+    weight = _real(weight, "weight", ndim=3)
+    n_chan = x.shape[3]
+    if weight.shape[0] != n_chan:
+        raise ValueError(
+            f"Parameter weight has shape {weight.shape} but should be ({n_chan}, kh, kw) "
+            f"for x of shape {x.shape} (B, H, W, C); squeeze the official (C, 1, kh, kw) weight"
+        )
+    if bias is not None:
+        bias = check_shape(_real(bias, "bias"), "bias", (n_chan,))
+    return x, weight, bias
+
+
+def _pad2d(x, kh, kw):
+    """Zero-pad H and W for a 'same' output: (k-1)//2 before, the rest after (PyTorch)."""
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    return np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+
+
+def depthwise_conv2d(x, weight, bias=None):
+    """Depthwise 2-D convolution on channels-last images with 'same' zero padding.
+
+    ``y[b, i, j, c] = bias[c] + sum_{p,q} weight[c, p, q] x[b, i + p - ph, j + q - pw, c]``
+    with ``ph = (kh-1)//2``, ``pw = (kw-1)//2`` and zeros outside the image: PyTorch's
+    ``nn.Conv2d(C, C, k, groups=C, padding=(k-1)//2)`` (VMamba's 3x3 ``conv2d``) on a
+    (B, H, W, C) tensor; for even kernels the extra zero goes after (PyTorch's
+    ``padding='same'``).
+
+    Parameters
+    ----------
+    x : array_like, shape (B, H, W, C)
+    weight : array_like, shape (C, kh, kw)
+        The official ``conv2d.weight`` (C, 1, kh, kw) with the singleton axis squeezed.
+    bias : array_like, shape (C,), optional
+
+    Returns
+    -------
+    y : ndarray, shape (B, H, W, C), in ``x``'s dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 4-D, ``weight`` is not (C, kh, kw), ``bias`` is not (C,),
+        or an input is not finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((1, 3, 3, 1)); x[0, 1, 1, 0] = 1.0  # a centred impulse
+    >>> w = np.arange(9.0).reshape(1, 3, 3)
+    >>> depthwise_conv2d(x, w)[0, :, :, 0]  # the kernel appears flipped (cross-correlation)
+    array([[8., 7., 6.],
+           [5., 4., 3.],
+           [2., 1., 0.]])
+    """
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    n_batch, height, width, n_chan = x.shape
+    _, kh, kw = weight.shape
+    xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    y = np.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
+    for p in range(kh):
+        for q in range(kw):
+            y += weight[:, p, q] * xpad[:, p:p + height, q:q + width, :]
+    if bias is not None:
+        y += bias
+    return _out(y, x)
+
+
+def depthwise_conv2d_backward(dy, x, weight, bias=None):
+    """Gradients of :func:`depthwise_conv2d`.
+
+    ``dweight[c, p, q] = sum_{b,i,j} dy[b, i, j, c] xpad[b, i + p, j + q, c]``;
+    ``dxpad[b, i + p, j + q, c] += weight[c, p, q] dy[b, i, j, c]`` then the
+    padding is cropped; ``dbias = sum dy``.
+
+    Returns
+    -------
+    dx : ndarray, shape (B, H, W, C)
+    dweight : ndarray, shape (C, kh, kw)
+    dbias : ndarray, shape (C,), or None when ``bias`` is None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dx, dw, db = depthwise_conv2d_backward(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)),
+    ...                                        np.ones((1, 3, 3)), np.zeros(1))
+    >>> dw[0]  # how many output pixels each tap saw a real (non-padding) pixel for
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    dy = _grad_like(dy, x.shape, "dy")
+    n_batch, height, width, n_chan = x.shape
+    _, kh, kw = weight.shape
+    xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    dxpad = np.zeros_like(xpad)
+    dweight = np.zeros((n_chan, kh, kw))  # (C, kh, kw)
+    for p in range(kh):
+        for q in range(kw):
+            window = xpad[:, p:p + height, q:q + width, :]  # (B, H, W, C)
+            dweight[:, p, q] = np.sum(dy * window, axis=(0, 1, 2))
+            dxpad[:, p:p + height, q:q + width, :] += weight[:, p, q] * dy
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    dx = dxpad[:, top:top + height, left:left + width, :]  # (B, H, W, C)
+    dbias = None if bias is None else _out(dy.sum(axis=(0, 1, 2)), bias)
+    return _out(dx, x), _out(dweight, weight), dbias
