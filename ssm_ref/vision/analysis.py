@@ -1,0 +1,2 @@
+"""Placeholder: being written (see issues)."""
+__all__: list[str] = []
