@@ -142,8 +142,8 @@ class MambaConfig:
 
     @property
     def d_inner(self) -> int:
-        """``int(expand * d_model)`` as in the official code (a 1e-9 nudge absorbs float error)."""
-        return int(self.expand * self.d_model + 1e-9)
+        """``int(expand * d_model)``, exactly as the official code computes it."""
+        return int(self.expand * self.d_model)
 
 
 # --------------------------------------------------------------------------- initialization

@@ -47,40 +47,24 @@ from __future__ import annotations
 import numpy as np
 
 from ._validation import as_array, check_finite, check_shape
+from .nn import silu, silu_backward, softplus, softplus_backward
 
 __all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
 
 
 # ---------------------------------------------------------------------------
-# small elementwise functions, each next to its derivative
+# elementwise functions: one source of truth in ssm_ref.nn (threshold 20 for
+# softplus, as torch.nn.functional.softplus), each next to its derivative there
 # ---------------------------------------------------------------------------
-
-def _softplus(x):
-    """softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold)."""
-    safe = np.minimum(x, 20.0)  # no overflow in exp for the branch we discard
-    return np.where(x > 20.0, x, np.log1p(np.exp(safe)))
-
 
 def _softplus_grad(x):
     """d softplus / dx = sigmoid(x), and exactly 1 in the linear region x > 20."""
-    return np.where(x > 20.0, 1.0, _sigmoid(x))
-
-
-def _sigmoid(x):
-    # written with exp(-|x|) so that neither branch overflows
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-def _silu(x):
-    """silu(x) = x * sigmoid(x)."""
-    return x * _sigmoid(x)
+    return softplus_backward(np.ones_like(x), x)
 
 
 def _silu_grad(x):
     """d silu / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x)))."""
-    s = _sigmoid(x)
-    return s * (1.0 + x * (1.0 - s))
+    return silu_backward(np.ones_like(x), x)
 
 
 # ---------------------------------------------------------------------------
@@ -143,7 +127,7 @@ def _reduce_to_form(g, form, groups):
 def _effective_delta(delta, delta_bias, delta_softplus):
     """Apply eq-selective-delta: bias, then optional softplus. Returns (raw, delta)."""
     raw = delta if delta_bias is None else delta + delta_bias[None, :, None]  # (B, D, L)
-    return raw, (_softplus(raw) if delta_softplus else raw)
+    return raw, (softplus(raw) if delta_softplus else raw)
 
 
 def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -259,13 +243,46 @@ def _forward_states(p):
 
 
 def _readout(p, hs):
-    """y_t = <C_t, h_t> (2 Re for complex A), then the D skip and the gate."""
+    """y_t = <C_t, h_t> for all t at once from the stored states (backward pass)."""
     Cc = _per_channel(p["C"], p["form_C"], p["dim"])  # (B|1, D|1, N, L|1)
     y = np.sum(np.moveaxis(Cc, 3, 2) * hs, axis=-1)  # (B, D, L)
+    return _skip_and_gate(p, y)
+
+
+def _skip_and_gate(p, y):
+    """2 Re for complex A, then the D skip and the SiLU gate (eq-selective-output).
+
+    Returns ``(v, out)``: ``v = y + D u`` before the gate (the backward needs
+    it) and ``out = v * silu(z)``.
+    """
     if p["is_complex"]:
         y = 2.0 * y.real  # conjugate pairs: only half of them are stored
     v = y if p["D"] is None else y + p["D"][None, :, None] * p["u"]  # (B, D, L)
-    return v, (v if p["z"] is None else v * _silu(p["z"]))
+    return v, (v if p["z"] is None else v * silu(p["z"]))
+
+
+def _forward_output(p):
+    """The forward scan one time step at a time, keeping only the current state.
+
+    Same recurrence as :func:`_forward_states`, but memory O(B D (L + N))
+    instead of O(B D L N): Abar_t and Bbar_t u_t are formed inside the loop and
+    y_t = <C_t, h_t> is read out at once, as the hardware-aware kernel does.
+    Returns the output (B, D, L) and the last state h_{L-1} (B, D, N).
+    """
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
+    delta, A, u = p["delta_eff"], p["A"], p["u"]
+    Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
+    Cc = _per_channel(p["C"], p["form_C"], dim)  # (B|1, D|1, N, L|1)
+    work = np.result_type(delta, A, Bc, Cc)
+    h = np.zeros((batch, dim, dstate), dtype=work) if p["h0"] is None else p["h0"].astype(work)
+    y = np.empty((batch, dim, length), dtype=work)  # (B, D, L)
+    for t in range(length):
+        Abar_t = np.exp(delta[:, :, t, None] * A[None, :, :])  # (B, D, N)  ZOH for A
+        B_t = Bc[..., t if Bc.shape[3] > 1 else 0]  # (B|1, D|1, N)
+        C_t = Cc[..., t if Cc.shape[3] > 1 else 0]  # (B|1, D|1, N)
+        h = Abar_t * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B_t  # (B, D, N)  Euler for B
+        y[:, :, t] = np.sum(C_t * h, axis=-1)  # (B, D)
+    return _skip_and_gate(p, y)[1], h
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -340,7 +357,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     ``(B, N, L)`` (``X[..., 0::2] + 1j * X[..., 1::2]`` converts).
 
     Computed in float64 (complex128 for complex A) with an explicit loop over
-    time; cost O(B D L N), memory O(B D L N).
+    time; cost O(B D L N), memory O(B D (L + N)): only the current state is kept.
 
     References
     ----------
@@ -367,12 +384,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     if not isinstance(return_last_state, (bool, np.bool_)):
         raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
-    hs, _ = _forward_states(p)  # (B, D, L, N)
-    _, y = _readout(p, hs)  # (B, D, L)
+    y, last = _forward_output(p)  # (B, D, L), (B, D, N)
     y = y.astype(p["u_dtype"])
     if not return_last_state:
         return y
-    last = hs[:, :, -1].astype(_state_dtype(p["u_dtype"], p["is_complex"]))  # (B, D, N)
+    last = last.astype(_state_dtype(p["u_dtype"], p["is_complex"]))  # (B, D, N)
     return y, last
 
 
@@ -382,7 +398,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False):
-    """One recurrent step of the selective SSM, for token-by-token decoding.
+    """One recurrent step of the selective SSM: returns ``(y, new_state)``.
+
+    Unlike the official ``selective_state_update``, which writes the new state
+    into ``state`` in place and returns only ``y``, this returns a tuple and
+    leaves the caller's ``state`` unchanged.  Used for token-by-token decoding.
 
     Parameters
     ----------
@@ -502,7 +522,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     if dt_bias is not None:
         step = step + args["dt_bias"][None, :]
     if dt_softplus:
-        step = _softplus(step)
+        step = softplus(step)
     if np.any(step < 0):
         raise ValueError(
             f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
@@ -523,7 +543,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     if D is not None:
         y = y + args["D"][None, :] * xs
     if z is not None:
-        y = y * _silu(args["z"].astype(np.float64))
+        y = y * silu(args["z"].astype(np.float64))
     new_state = h.astype(_state_dtype(state.dtype, is_complex) if state.dtype.kind == "f"
                          else state.dtype)
     return y.astype(x.dtype), new_state
@@ -643,7 +663,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     # output: gate, then skip
     if p["z"] is not None:
         grads["z"] = dout * v * _silu_grad(p["z"])  # (B, D, L)
-        dy = dout * _silu(p["z"])  # (B, D, L)
+        dy = dout * silu(p["z"])  # (B, D, L)
     else:
         dy = dout
     du = np.zeros_like(u)  # (B, D, L)

@@ -29,7 +29,8 @@ TOLERANCES = {
               np.complex128: (1e-10, 1e-12), np.complex64: (2e-5, 2e-6)},
     "backend": {np.float64: (1e-9, 1e-11), np.float32: (2e-4, 2e-5),
                 np.complex128: (1e-9, 1e-11), np.complex64: (2e-4, 2e-5)},
-    "golden": {np.float64: (2e-4, 2e-4), np.float32: (2e-4, 2e-4)},
+    # the official reference computes in float32; measured error ~4e-6 on |y| <= 31
+    "golden": {np.float64: (2e-5, 2e-5), np.float32: (2e-5, 2e-5)},
     "fd": {np.float64: (1e-5, 1e-7), np.complex128: (1e-5, 1e-7)},
 }
 

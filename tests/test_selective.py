@@ -186,9 +186,7 @@ def test_constant_parameters_equal_lti_convolution(rng):
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
     """The same equivalence through the foundation's ssm_ref.lti (kernel + FFT conv)."""
-    lti = pytest.importorskip("ssm_ref.lti")
-    if not hasattr(lti, "ssm_kernel") or not hasattr(lti, "causal_conv"):
-        pytest.skip("ssm_ref.lti has no ssm_kernel / causal_conv yet")
+    from ssm_ref import lti
     kw = make_inputs(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
     step = 0.05 + rng.random(4)
     delta = np.broadcast_to(step[None, :, None], kw["u"].shape)
@@ -253,6 +251,19 @@ def test_zero_step_ignores_the_token(rng):
                                   kw["B"][..., keep], kw["C"][..., keep],
                                   return_last_state=True)
     assert_close(last, last_skip, kind="exact")
+
+
+def test_softplus_near_its_threshold_matches_oracle(rng):
+    """Raw delta in (10, 20]: softplus(x) = x + log1p(e^-x) differs from x by < 5e-5.
+
+    The scalar oracle computes log1p(exp(x)) with no threshold, so moving the
+    switch to the identity below 20 shows up here.
+    """
+    kw = make_inputs(rng, extras=False)
+    near = 10.0 + 10.0 * rng.random(kw["u"].shape)  # (10, 20]
+    A = -0.01 * np.ones_like(kw["A"])
+    args = dict(kw, delta=near, A=A, delta_softplus=True)
+    assert_close(selective_scan(**args), oracle(**args)[0], kind="exact")
 
 
 def test_softplus_is_linear_above_20(rng):
