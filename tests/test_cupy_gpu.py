@@ -1,0 +1,193 @@
+"""The CUDA selective scan on a real GPU with CuPy arrays, at realistic sizes.
+
+Every test marked ``gpu`` skips cleanly unless a real CUDA GPU and CuPy are present
+(never under the simulator: ``real_gpu_available()`` in conftest). The sizes follow a
+small Mamba layer: B=2, D=64 channels, L=2500 (three chunks of the default 1024, the
+last one partial), N=16. The oracle is the float64 reference ``ssm_ref``.
+
+One test needs no GPU: it compiles the three kernels to PTX for sm_80 in float32 and
+float64, which type-checks them for the real CUDA target (the simulator runs them as
+plain Python and would not notice a typing error) and checks that the float32 kernels
+do no float64 arithmetic (and, where ptxas is installed, that nothing spills from
+registers). It runs where NVVM and NVRTC are installed (the CUDA toolkit,
+or the pip packages nvidia-cuda-nvcc and nvidia-cuda-nvrtc) and skips elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_close, on_cuda_simulator, real_gpu_available
+
+import ssm_ref as sr
+from fast import cuda_scan as cs
+
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not real_gpu_available(),
+                               reason="needs a real CUDA GPU and CuPy (none here)")
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
+BS, ND, L, N = 2, 64, 2500, 16
+
+
+def _inputs(rng, form_B, form_C, dtype):
+    def bc(form):
+        shape = {"const": (ND, N), "var": (BS, N, L), "group": (BS, 4, N, L)}[form]
+        return rng.standard_normal(shape)
+    args = dict(u=rng.standard_normal((BS, ND, L)), delta=rng.uniform(-4, 1, (BS, ND, L)),
+                A=-np.exp(rng.uniform(0, np.log(N), (ND, N))), B=bc(form_B), C=bc(form_C),
+                D=rng.standard_normal(ND), z=rng.standard_normal((BS, ND, L)),
+                delta_bias=rng.uniform(-1, 0, ND), h0=rng.standard_normal((BS, ND, N)))
+    return {k: v.astype(dtype) for k, v in args.items()}
+
+
+def _to_cupy(args):
+    import cupy
+    return {k: cupy.asarray(v) for k, v in args.items()}
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form_B, form_C", [("const", "const"), ("var", "var"),
+                                            ("group", "var")])
+def test_forward_on_cupy(rng, form_B, form_C, dtype):
+    import cupy
+    args = _inputs(rng, form_B, form_C, dtype)
+    y, last = cs.selective_scan(**_to_cupy(args), delta_softplus=True, return_last_state=True)
+    assert isinstance(y, cupy.ndarray) and isinstance(last, cupy.ndarray)  # no host copy
+    assert y.dtype == dtype
+    y_ref, last_ref = sr.selective_scan(**{k: v.astype(np.float64) for k, v in args.items()},
+                                        delta_softplus=True, return_last_state=True)
+    assert_close(y, y_ref, kind="backend", err_msg=f"y, B {form_B}, C {form_C}")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form_B, form_C", [("const", "const"), ("var", "group")])
+def test_backward_on_cupy(rng, form_B, form_C, dtype):
+    import cupy
+    args = _inputs(rng, form_B, form_C, dtype)
+    dout = rng.standard_normal((BS, ND, L)).astype(dtype)
+    dlast = rng.standard_normal((BS, ND, N)).astype(dtype)
+    grads = cs.selective_scan_backward(cupy.asarray(dout), **_to_cupy(args),
+                                       delta_softplus=True, dlast_state=cupy.asarray(dlast))
+    ref = sr.selective_scan_backward(dout.astype(np.float64),
+                                     **{k: v.astype(np.float64) for k, v in args.items()},
+                                     delta_softplus=True, dlast_state=dlast.astype(np.float64))
+    for name in GRAD_NAMES:
+        assert isinstance(grads[name], cupy.ndarray), name
+        assert_close(grads[name], ref[name], kind="backend", err_msg=f"d{name}")
+
+
+@gpu
+@needs_gpu
+def test_state_update_on_cupy(rng):
+    import cupy
+    args = dict(state=rng.standard_normal((BS, ND, N)), x=rng.standard_normal((BS, ND)),
+                dt=rng.standard_normal((BS, ND)), A=-rng.uniform(0.5, 4, (ND, N)),
+                B=rng.standard_normal((BS, 4, N)), C=rng.standard_normal((BS, 4, N)),
+                D=rng.standard_normal(ND), z=rng.standard_normal((BS, ND)),
+                dt_bias=rng.standard_normal(ND))
+    y, h = cs.selective_state_update(**_to_cupy(args), dt_softplus=True)
+    y_ref, h_ref = sr.selective_state_update(**args, dt_softplus=True)
+    assert isinstance(y, cupy.ndarray)
+    assert_close(y, y_ref, kind="backend")
+    assert_close(h, h_ref, kind="backend")
+
+
+@gpu
+@needs_gpu
+def test_numba_device_arrays_and_launch_shapes(rng):
+    from numba import cuda
+    args = _inputs(rng, "var", "var", np.float64)
+    dev = {k: cuda.to_device(v) for k, v in args.items()}
+    y_ref = sr.selective_scan(**args, delta_softplus=True)
+    for chunk_size, threads in [(256, 256), (2048, 128), (64, 32)]:
+        y = cs.selective_scan(**dev, delta_softplus=True, chunk_size=chunk_size, threads=threads)
+        assert_close(y.copy_to_host(), y_ref, kind="backend",
+                     err_msg=f"chunk_size={chunk_size}, threads={threads}")
+
+
+@gpu
+@needs_gpu
+def test_torch_cuda_tensors(rng):
+    """PyTorch CUDA tensors are read in place through __cuda_array_interface__."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    args = _inputs(rng, "var", "var", np.float32)
+    tens = {k: torch.from_numpy(v).cuda() for k, v in args.items()}
+    y = cs.selective_scan(**tens, delta_softplus=True)  # a Numba device array
+    y_ref = sr.selective_scan(**{k: v.astype(np.float64) for k, v in args.items()},
+                              delta_softplus=True)
+    assert_close(torch.as_tensor(y, device="cuda").cpu().numpy(), y_ref, kind="backend")
+
+
+# --------------------------------------------------------------------------- no GPU needed
+
+
+def _ptx_compiler():
+    """compile_ptx and a stand-in device for compiling device functions without a GPU."""
+    if on_cuda_simulator():
+        pytest.skip("the simulator does not compile")
+    from numba import cuda
+    from numba.core import types
+
+    def probe(x):
+        x[0] = 1.0
+    try:
+        cuda.compile_ptx(probe, (types.float32[:],), cc=(8, 0))
+    except Exception as exc:  # no NVVM / NVRTC here
+        pytest.skip(f"cannot compile PTX here: {type(exc).__name__}")
+    return cuda, types
+
+
+def test_kernels_compile_for_a_real_gpu(monkeypatch):
+    cuda, types = _ptx_compiler()
+    import numba.cuda.dispatcher as dispatcher
+
+    class _SM80:  # device functions ask the current device for its compute capability
+        compute_capability = (8, 0)
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: _SM80())
+    for name in ("float32", "float64"):
+        f = getattr(types, name)
+        a1, a2, a3, a4 = (types.Array(f, k, "A") for k in (1, 2, 3, 4))
+        flag = types.boolean
+        sigs = {
+            cs._forward_kernel(name, 128, 8):
+                (a3, a3, a2, a4, a4, a1, a3, a1, a3, a3, a4) + (flag,) * 5,
+            cs._backward_kernel(name, 128, 8):
+                (a3, a3, a3, a2, a4, a4, a1, a3, a1, a3, a4,
+                 a3, a3, a2, a4, a4, a1, a3, a1, a3) + (flag,) * 5,
+            cs._step_kernel(name):
+                (a3, a2, a2, a2, a3, a3, a1, a2, a1, a2, a3) + (flag,) * 4,
+        }
+        for kernel, sig in sigs.items():
+            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
+            assert ".entry" in ptx
+            if name == "float32":  # computed in the input dtype: no float64 arithmetic
+                assert ".f64" not in ptx, f"float64 arithmetic in the float32 {kernel}"
+            assert ".local" not in ptx, "per-thread arrays not kept in registers"
+            _assert_no_spills(ptx, f"{kernel} {name}")
+
+
+def _assert_no_spills(ptx, what):
+    """Where ptxas is installed, assemble for sm_80 and require no register spills."""
+    import shutil
+    import subprocess
+    ptxas = shutil.which("ptxas") or shutil.which("/usr/local/cuda/bin/ptxas")
+    if ptxas is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        done = subprocess.run([ptxas, "-arch=sm_80", "-v", str(src), "-o", os.devnull],
+                              capture_output=True, text=True, check=True)
+    info = done.stdout + done.stderr
+    assert "0 bytes spill stores" in info, f"{what}: {info}"
