@@ -1,4 +1,4 @@
-"""Shared test configuration: the one tolerance table and the one assert helper.
+"""Shared test configuration: the one tolerance table, the one assert helper, finite differences.
 
 Every equivalence test in the project compares through :func:`assert_close`,
 with tolerances looked up in :data:`TOLERANCES` by the *dtype of the result
@@ -11,7 +11,8 @@ Kinds of comparison
 ``backend``   a fast backend (Numba, CUDA) against the float64 reference.
 ``golden``    against the official ``mamba_ssm`` reference (computed by it in
               float32), see ``../shared/golden``.
-``fd``        analytic gradients against central finite differences.
+``fd``        analytic gradients against central finite differences
+              (:func:`numerical_gradient`).
 """
 from __future__ import annotations
 
@@ -71,6 +72,38 @@ def assert_close(actual, expected, kind="exact", dtype=None, err_msg=""):
             f"max rel err {rel.max():.3e}; worst at {i}: "
             f"actual {actual[i]!r} vs expected {expected[i]!r}"
         )
+
+
+def numerical_gradient(f, x, eps=1e-6, indices=None):
+    """Central finite differences of the scalar ``f(x)`` with respect to the entries of ``x``.
+
+    ``x`` (float64 or complex128) is perturbed in place, one entry at a time,
+    and restored afterwards, so ``f`` may also ignore its argument and read
+    ``x`` through a closure (a parameter held by a module).  A complex entry
+    is perturbed along its real and its imaginary part; the result is
+    ``dL/dRe + 1j * dL/dIm``.  ``indices`` (flat indices into ``x``) selects
+    entries: then a 1-D array of their derivatives comes back, otherwise the
+    whole gradient in ``x``'s shape.  Compare with ``kind="fd"``.
+    """
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float64, np.complex128):
+        raise TypeError(f"numerical_gradient needs a float64/complex128 array, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')}")
+    flat = x.reshape(-1)
+    if not np.shares_memory(flat, x):
+        raise ValueError("numerical_gradient perturbs x in place; x must be contiguous")
+    chosen = range(flat.size) if indices is None else indices
+    units = (1.0, 1j) if np.iscomplexobj(x) else (1.0,)
+    grad = np.zeros(len(chosen), dtype=x.dtype)
+    for k, i in enumerate(chosen):
+        old = flat[i]
+        for unit in units:
+            flat[i] = old + eps * unit
+            up = f(x)
+            flat[i] = old - eps * unit
+            down = f(x)
+            flat[i] = old
+            grad[k] += (up - down) / (2 * eps) * unit
+    return grad.reshape(x.shape) if indices is None else grad
 
 
 def _to_numpy(x):

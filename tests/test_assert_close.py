@@ -1,8 +1,9 @@
-"""The shared comparison helper itself must be able to fail."""
+"""The shared test helpers themselves: the comparison must be able to fail, the finite
+differences must agree with a known derivative."""
 import numpy as np
 import pytest
 
-from conftest import assert_close, tolerance
+from conftest import assert_close, numerical_gradient, tolerance
 
 
 def test_passes_within_tolerance():
@@ -28,3 +29,28 @@ def test_float32_tolerance_is_looser_than_float64():
     assert tolerance("backend", np.float32)[0] > tolerance("backend", np.float64)[0]
     with pytest.raises(KeyError):
         tolerance("fd", np.float16)
+
+
+def test_numerical_gradient_of_a_known_function_restores_x(rng):
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal((3, 4))
+    before = x.copy()
+    g = numerical_gradient(lambda v: float(np.sum(w * np.sin(v))), x)
+    assert_close(g, w * np.cos(x), kind="fd")
+    np.testing.assert_array_equal(x, before)
+    idx = np.array([7, 0, 11])
+    sub = numerical_gradient(lambda v: float(np.sum(w * np.sin(v))), x, indices=idx)
+    assert_close(sub, (w * np.cos(x)).flat[idx], kind="fd")
+
+
+def test_numerical_gradient_complex_gives_real_plus_i_imaginary_parts(rng):
+    z = rng.standard_normal(5) + 1j * rng.standard_normal(5)
+    c = rng.standard_normal(5) + 1j * rng.standard_normal(5)
+    # L = sum Re(conj(c) z^2), w = 2 conj(c) z: dL/dRe = Re(w), dL/dIm = -Im(w), so g = conj(w)
+    g = numerical_gradient(lambda v: float(np.sum(np.conj(c) * v**2).real), z)
+    assert_close(g, 2 * c * np.conj(z), kind="fd")
+
+
+def test_numerical_gradient_refuses_low_precision():
+    with pytest.raises(TypeError, match="float64"):
+        numerical_gradient(lambda v: float(v.sum()), np.ones(3, dtype=np.float32))

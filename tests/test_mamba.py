@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
-from ssm_ref import MambaBlock, MambaConfig, mamba_init
-from ssm_ref.mamba import STATE_DICT_KEYS
+from ssm_ref import MambaBlock, MambaConfig, mamba_init, mamba_inner_backward, mamba_inner_forward
+from ssm_ref.mamba import INNER_KEYS, STATE_DICT_KEYS
 
 SMALL = dict(d_model=8, d_state=4)  # the gradient-check size of the issue
 
@@ -284,20 +284,6 @@ def test_float32_in_float32_out(rng):
 
 
 # --------------------------------------------------------------------------- gradients
-def fd_grad(loss, arr, h=1e-6):
-    grad = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = loss()
-        flat[i] = old - h
-        down = loss()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * h)
-    return grad
-
-
 def test_backward_matches_finite_differences(rng):
     block = perturbed_block(rng)  # d_model 8, d_state 4, d_inner 16
     x = rng.standard_normal((2, 6, 8))
@@ -306,13 +292,13 @@ def test_backward_matches_finite_differences(rng):
     dx, grads = block.backward(R, cache)
     assert set(grads) == set(block.params)
 
-    def loss():
+    def loss(_):  # reads x and the parameters as numerical_gradient perturbs them
         return float(np.sum(block(x) * R))
 
-    assert_close(dx, fd_grad(loss, x), kind="fd", err_msg="dx")
+    assert_close(dx, numerical_gradient(loss, x), kind="fd", err_msg="dx")
     for name, param in block.params.items():
         assert grads[name].shape == param.shape, name
-        assert_close(grads[name], fd_grad(loss, param), kind="fd", err_msg=name)
+        assert_close(grads[name], numerical_gradient(loss, param), kind="fd", err_msg=name)
 
 
 def test_backward_biases_finite_differences(rng):
@@ -323,12 +309,46 @@ def test_backward_biases_finite_differences(rng):
     dx, grads = block.backward(R, cache)
     assert "conv1d.bias" not in grads
 
-    def loss():
+    def loss(_):  # reads x and the parameters as numerical_gradient perturbs them
         return float(np.sum(block(x) * R))
 
     for name in ("in_proj.bias", "out_proj.bias", "conv1d.weight", "dt_proj.bias"):
-        assert_close(grads[name], fd_grad(loss, block.params[name]), kind="fd", err_msg=name)
-    assert_close(dx, fd_grad(loss, x), kind="fd", err_msg="dx")
+        assert_close(grads[name], numerical_gradient(loss, block.params[name]), kind="fd",
+                     err_msg=name)
+    assert_close(dx, numerical_gradient(loss, x), kind="fd", err_msg="dx")
+
+
+def test_inner_path_gradients_match_finite_differences(rng):
+    """mamba_inner_backward on its own: dxz and every inner parameter (conv bias absent too)."""
+    for conv_bias in (True, False):
+        p = perturbed_block(rng, conv_bias=conv_bias, d_conv=3).params
+        xz = rng.standard_normal((2, 32, 5))  # (B, 2D, L), d_inner 16
+        y, cache = mamba_inner_forward(xz, p)
+        R = rng.standard_normal(y.shape)
+        dxz, grads = mamba_inner_backward(R, cache, p)
+
+        def loss(_):  # reads xz and the parameters as numerical_gradient perturbs them
+            return float(np.sum(mamba_inner_forward(xz, p)[0] * R))
+
+        assert_close(dxz, numerical_gradient(loss, xz), kind="fd", err_msg="dxz")
+        for name in INNER_KEYS:
+            if name in p:
+                assert_close(grads[name], numerical_gradient(loss, p[name]), kind="fd",
+                             err_msg=name)
+        assert conv_bias or grads["conv1d.bias"] is None
+
+
+def test_inner_path_keeps_dtype_and_is_the_block_without_its_projections(rng):
+    block = perturbed_block(rng)
+    u = rng.standard_normal((2, 6, 8))
+    xz = (u @ block.params["in_proj.weight"].T).transpose(0, 2, 1)  # (B, 2D, L)
+    y, cache = mamba_inner_forward(xz.astype(np.float32), block.params)
+    assert y.dtype == np.float32
+    y64, _ = mamba_inner_forward(xz, block.params)
+    out = y64.transpose(0, 2, 1) @ block.params["out_proj.weight"].T
+    assert_close(out, oracle_mamba(block.params, u), kind="exact")
+    dxz, _ = mamba_inner_backward(np.ones(y.shape, dtype=np.float32), cache, block.params)
+    assert dxz.dtype == np.float32 and dxz.shape == xz.shape
 
 
 def test_backward_dtypes(rng):
@@ -392,6 +412,26 @@ def test_bad_input(call, exc, match):
     block = MambaBlock(**SMALL)
     with pytest.raises(exc, match=match):
         call(block)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda p: mamba_inner_forward(np.ones((1, 31, 3)), p), ValueError,
+     r"xz has shape \(1, 31, 3\) but should be \(B, 2 \* d_inner, L\)"),
+    (lambda p: mamba_inner_forward(np.ones((1, 30, 3)), p), ValueError,
+     r"params\['A_log'\] has shape \(16, 4\) but should be \(15, any\)"),
+    (lambda p: mamba_inner_forward(np.full((1, 32, 3), np.nan), p), ValueError, "xz has 96 non-finite"),
+    (lambda p: mamba_inner_forward(np.ones((1, 32, 3)), {k: v for k, v in p.items() if k != "D"}),
+     KeyError, r"params lacks \['D'\]"),
+    (lambda p: mamba_inner_forward(np.ones((1, 32, 3)), {**p, "x_proj.weight": p["x_proj.weight"][1:]}),
+     ValueError, r"params\['x_proj.weight'\] has shape \(8, 16\) but should be \(9, 16\)"),
+    (lambda p: mamba_inner_backward(np.ones((1, 16, 3)), {"u": 0}, p), TypeError, "cache"),
+    (lambda p: mamba_inner_backward(np.ones((1, 16, 2)),
+                                    mamba_inner_forward(np.ones((1, 32, 3)), p)[1], p),
+     ValueError, r"dy has shape \(1, 16, 2\) but should be \(1, 16, 3\)"),
+])
+def test_inner_path_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(MambaBlock(**SMALL).params)
 
 
 @pytest.mark.parametrize("kw, exc, match", [

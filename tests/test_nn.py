@@ -11,29 +11,13 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
 from ssm_ref.nn import SOFTPLUS_THRESHOLD
 
 
 # --------------------------------------------------------------------------- helpers
-def fd_grad(loss, arr, h=1e-6):
-    """Central finite differences of the scalar ``loss()`` with respect to ``arr`` (in place)."""
-    grad = np.zeros_like(arr)
-    it = np.nditer(arr, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = arr[i]
-        arr[i] = old + h
-        up = loss()
-        arr[i] = old - h
-        down = loss()
-        arr[i] = old
-        grad[i] = (up - down) / (2 * h)
-    return grad
-
-
 def check_grads(forward, backward, inputs, rng, names):
     """Compare ``backward(R, *inputs)`` with finite differences of ``sum(forward(*inputs) * R)``."""
     y = forward(*inputs)
@@ -43,7 +27,7 @@ def check_grads(forward, backward, inputs, rng, names):
         analytic = (analytic,)
     for k, name in enumerate(names):
         arr = inputs[k]
-        numeric = fd_grad(lambda: float(np.sum(forward(*inputs) * R)), arr)
+        numeric = numerical_gradient(lambda _: float(np.sum(forward(*inputs) * R)), arr)
         assert analytic[k] is not None, name
         assert_close(analytic[k], numeric, kind="fd", err_msg=f"d{name}")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 from ssm_ref import selective_scan, selective_scan_backward
 from test_selective import make_bc
@@ -55,19 +55,9 @@ def loss(kw, dout, dlast):
 
 
 def fd_grad(kw, name, dout, dlast):
-    """Central differences of the loss, entry by entry (real and imaginary parts)."""
-    x = np.asarray(kw[name])
-    grad = np.zeros(x.shape, dtype=x.dtype)
-    directions = [1.0] + ([1j] if np.iscomplexobj(x) else [])
-    for idx in np.ndindex(x.shape):
-        for unit in directions:
-            plus, minus = x.copy(), x.copy()
-            plus[idx] += EPS * unit
-            minus[idx] -= EPS * unit
-            slope = (loss(dict(kw, **{name: plus}), dout, dlast)
-                     - loss(dict(kw, **{name: minus}), dout, dlast)) / (2 * EPS)
-            grad[idx] += slope * unit
-    return grad
+    """Central differences of the loss with respect to the argument ``name``."""
+    x = np.array(kw[name])  # a copy, perturbed entry by entry (real and imaginary parts)
+    return numerical_gradient(lambda v: loss(dict(kw, **{name: v}), dout, dlast), x, eps=EPS)
 
 
 CASES = {

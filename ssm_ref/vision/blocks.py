@@ -60,10 +60,14 @@ from .._validation import (
     check_positive_scalar,
     check_shape,
 )
-from ..mamba import MambaConfig, mamba_init
+from ..mamba import (
+    INNER_KEYS,
+    MambaConfig,
+    mamba_inner_backward,
+    mamba_inner_forward,
+    mamba_init,
+)
 from ..nn import (
-    causal_conv1d,
-    causal_conv1d_backward,
     depthwise_conv2d,
     depthwise_conv2d_backward,
     layer_norm,
@@ -194,6 +198,66 @@ class _Module:
 
     def _grads_out(self, g):
         return {k: np.asarray(g[k]).astype(self.params[k].dtype) for k in self.params}
+
+
+class _PreNormBlock(_Module):
+    """``x + mixer(norm(x))``: the layer that Vim, VMamba and PlainMamba share.
+
+    A subclass names the attribute holding its mixer (``_mixer_name``, also
+    the mixer's state-dict prefix), the norm's state-dict prefix
+    (``_norm_name``: ``<prefix>.weight`` and, for LayerNorm, ``<prefix>.bias``)
+    and the input's number of dimensions (``_x_ndim``: 3 for tokens (B, L, C),
+    4 for images (B, H, W, C)); ``norm`` ("layer" or "rms") and ``eps`` say
+    which normalization runs.
+    """
+
+    _mixer_name: str
+    _norm_name: str
+    _x_ndim: int
+    norm: str
+    eps: float
+
+    @property
+    def _mixer(self):
+        return getattr(self, self._mixer_name)
+
+    def state_dict(self):
+        """The norm's names, and the mixer's under its attribute name as prefix."""
+        sd = {k: v.copy() for k, v in self.params.items()}
+        sd.update({f"{self._mixer_name}.{k}": v for k, v in self._mixer.state_dict().items()})
+        return sd
+
+    def _normalize(self, u):
+        weight = self._w(self._norm_name + ".weight")
+        if self.norm == "layer":
+            return layer_norm(u, weight, self._w(self._norm_name + ".bias"), self.eps)
+        return rms_norm(u, weight, self.eps)
+
+    def forward(self, x, return_cache=False):
+        """``x + mixer(norm(x))``; output in x's dtype."""
+        x = _check_input(x, "x", self._x_ndim, self._mixer.config.d_model)
+        u = x.astype(np.float64)
+        h, mcache = self._mixer.forward(self._normalize(u), return_cache=True)
+        out = (u + h).astype(x.dtype)
+        return (out, {"u": u, "mixer": mcache}) if return_cache else out
+
+    def backward(self, dout, cache):
+        """Gradients: ``(dx, grads)`` keyed by the norm's names and the mixer's (prefixed)."""
+        cache = _check_cache(cache, type(self).__name__)
+        dout_in = _check_dout(dout, cache["u"].shape)
+        dout = dout_in.astype(np.float64)
+        dxn, gm = self._mixer.backward(dout, cache["mixer"])
+        w_name, b_name = self._norm_name + ".weight", self._norm_name + ".bias"
+        if self.norm == "layer":
+            dx_norm, dw, db = layer_norm_backward(dxn, cache["u"], self._w(w_name),
+                                                  self._w(b_name), self.eps)
+            g = {w_name: dw, b_name: db}
+        else:
+            dx_norm, dw = rms_norm_backward(dxn, cache["u"], self._w(w_name), self.eps)
+            g = {w_name: dw}
+        grads = self._grads_out(g)
+        grads.update({f"{self._mixer_name}.{k}": v for k, v in gm.items()})
+        return (dout + dx_norm).astype(dout_in.dtype), grads
 
 
 # =========================================================================== patch embedding
@@ -527,59 +591,8 @@ def add_position_embedding_backward(dy):
 
 
 # =========================================================================== Vim
-def _mamba_path_forward(xz, w, scan_fn):
-    """The Mamba block between in_proj and out_proj, on channels-first ``xz`` (B, 2D, L).
-
-    conv1d -> SiLU -> x_proj -> (dt, B, C) -> dt_proj -> selective scan with D,
-    the gate z, delta_bias and softplus.  This is the official
-    ``mamba_inner_fn_no_out_proj`` (what Vim calls for each direction); the
-    same steps as :meth:`ssm_ref.MambaBlock.forward` without its two linear layers.
-    Returns ``y`` (B, D, L) and the cache for :func:`_mamba_path_backward`.
-    """
-    D = xz.shape[1] // 2
-    R, N = w["w_dt"].shape[1], w["A"].shape[1]
-    x, z = xz[:, :D], xz[:, D:]  # (B, D, L) each
-    x_conv = causal_conv1d(x, w["w_conv"], w["b_conv"])  # (B, D, L)
-    x_act = silu(x_conv)  # (B, D, L)
-    x_dbl = linear(x_act.transpose(0, 2, 1), w["w_x"])  # (B, L, R + 2N)
-    dt_low = x_dbl[..., :R]  # (B, L, R)
-    Bmat = x_dbl[..., R:R + N].transpose(0, 2, 1)  # (B, N, L)
-    Cmat = x_dbl[..., R + N:].transpose(0, 2, 1)  # (B, N, L)
-    delta = linear(dt_low, w["w_dt"]).transpose(0, 2, 1)  # (B, D, L); bias goes to the scan
-    y = scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z, delta_bias=w["b_dt"],
-                delta_softplus=True)
-    y = np.asarray(y, dtype=np.float64)  # (B, D, L)
-    cache = {"x": x, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
-             "delta": delta, "Bmat": Bmat, "Cmat": Cmat}
-    return y, cache
-
-
-def _mamba_path_backward(dy, cache, w, scan_backward_fn):
-    """Reverse of :func:`_mamba_path_forward`: returns dxz (B, 2D, L) and the path's grads."""
-    s = scan_backward_fn(dy, cache["x_act"], cache["delta"], w["A"], cache["Bmat"],
-                         cache["Cmat"], D=w["D"], z=cache["z"], delta_bias=w["b_dt"],
-                         delta_softplus=True)
-    s = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in s.items()}
-    g = {"A_log": s["A"] * w["A"],  # A = -exp(A_log): dA/dA_log = A
-         "D": s["D"], "dt_proj.bias": s["delta_bias"]}
-    d_dt_low, g["dt_proj.weight"], _ = linear_backward(
-        s["delta"].transpose(0, 2, 1), cache["dt_low"], w["w_dt"])  # (B, L, R)
-    d_xdbl = np.concatenate([d_dt_low, s["B"].transpose(0, 2, 1),
-                             s["C"].transpose(0, 2, 1)], axis=-1)  # (B, L, R + 2N)
-    dx_act_tok, g["x_proj.weight"], _ = linear_backward(
-        d_xdbl, cache["x_act"].transpose(0, 2, 1), w["w_x"])  # (B, L, D)
-    dx_act = s["u"] + dx_act_tok.transpose(0, 2, 1)  # (B, D, L): scan input + x_proj input
-    dx_conv = silu_backward(dx_act, cache["x_conv"])  # (B, D, L)
-    dx, dw_conv, g["conv1d.bias"] = causal_conv1d_backward(
-        dx_conv, cache["x"], w["w_conv"], w["b_conv"])  # (B, D, L), (D, K)
-    g["conv1d.weight"] = dw_conv[:, None, :]  # (D, 1, K)
-    dxz = np.concatenate([dx, s["z"]], axis=1)  # (B, 2D, L)
-    return dxz, g
-
-
-#: Names of one Mamba inner path; Vim's backward path appends ``_b`` as below.
-_PATH_KEYS = ("A_log", "D", "conv1d.weight", "conv1d.bias", "x_proj.weight",
-              "dt_proj.weight", "dt_proj.bias")
+#: Vim's names for the backward path's copy of each Mamba inner-path parameter
+#: (``ssm_ref.mamba.INNER_KEYS``).
 _BACKWARD_NAMES = {"A_log": "A_b_log", "D": "D_b", "conv1d.weight": "conv1d_b.weight",
                    "conv1d.bias": "conv1d_b.bias", "x_proj.weight": "x_proj_b.weight",
                    "dt_proj.weight": "dt_proj_b.weight", "dt_proj.bias": "dt_proj_b.bias"}
@@ -593,7 +606,8 @@ _VIM_OPTIONAL = ("in_proj.bias", "out_proj.bias", "conv1d.bias", "conv1d_b.bias"
 class VimMixer(_Module):
     """Vim's bidirectional Mamba mixer ("bimamba v2") on (B, L, d_model) tokens.
 
-    One ``in_proj`` feeds two Mamba inner paths with separate parameters: the
+    One ``in_proj`` feeds two Mamba inner paths (:func:`ssm_ref.mamba_inner_forward`,
+    the official ``mamba_inner_fn_no_out_proj``) with separate parameters: the
     forward path reads the sequence as it is, the backward path reads it
     flipped (x and the gate z both flipped); the backward output is flipped
     back, the two are averaged and ``out_proj`` maps them to ``d_model``::
@@ -665,7 +679,7 @@ class VimMixer(_Module):
         fwd = mamba_init(self.config, seed=rng, dtype=dtype)
         bwd = mamba_init(self.config, seed=rng, dtype=dtype)
         p = dict(fwd)
-        for k in _PATH_KEYS:
+        for k in INNER_KEYS:
             if k in bwd:
                 p[_BACKWARD_NAMES[k]] = bwd[k]
         self.params = {k: p[k] for k in _VIM_KEYS if k in p}
@@ -734,14 +748,10 @@ class VimMixer(_Module):
         obj._set_backends(scan_fn, scan_backward_fn)
         return obj
 
-    def _path_weights(self, backward_path):
-        def name(k):
-            return _BACKWARD_NAMES[k] if backward_path else k
-        conv_b = self._w(name("conv1d.bias"))
-        return {"w_conv": self._w(name("conv1d.weight"))[:, 0, :], "b_conv": conv_b,  # (D, K)
-                "w_x": self._w(name("x_proj.weight")), "w_dt": self._w(name("dt_proj.weight")),
-                "b_dt": self._w(name("dt_proj.bias")), "A": -np.exp(self._w(name("A_log"))),
-                "D": self._w(name("D"))}
+    def _path_params(self, backward_path):
+        """One inner path's parameters under the Mamba names (the ``_b`` copies if backward)."""
+        return {k: self.params.get(_BACKWARD_NAMES[k] if backward_path else k)
+                for k in INNER_KEYS}
 
     def forward(self, x, return_cache=False):
         """Mix a token sequence in both directions.
@@ -765,9 +775,10 @@ class VimMixer(_Module):
         u = x.astype(np.float64)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"))  # (B, L, 2D)
         xz = xz.transpose(0, 2, 1)  # (B, 2D, L)
-        y_f, cache_f = _mamba_path_forward(xz, self._path_weights(False), self.scan_fn)
-        y_b, cache_b = _mamba_path_forward(xz[:, :, ::-1], self._path_weights(True),
-                                           self.scan_fn)  # on the flipped sequence
+        y_f, cache_f = mamba_inner_forward(xz, self._path_params(False),
+                                           scan_fn=self.scan_fn)  # (B, D, L)
+        y_b, cache_b = mamba_inner_forward(xz[:, :, ::-1], self._path_params(True),
+                                           scan_fn=self.scan_fn)  # on the flipped sequence
         y = 0.5 * (y_f + y_b[:, :, ::-1])  # (B, D, L): average of the two directions
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"))  # (B, L, d_model)
@@ -800,10 +811,11 @@ class VimMixer(_Module):
             dout.astype(np.float64), cache["y"].transpose(0, 2, 1),
             self._w("out_proj.weight"), self._w("out_proj.bias"))
         dy = 0.5 * dy_tok.transpose(0, 2, 1)  # (B, D, L)
-        dxz_f, g_f = _mamba_path_backward(dy, cache["f"], self._path_weights(False),
-                                          self.scan_backward_fn)
-        dxz_b, g_b = _mamba_path_backward(np.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
-                                          self._path_weights(True), self.scan_backward_fn)
+        dxz_f, g_f = mamba_inner_backward(dy, cache["f"], self._path_params(False),
+                                          scan_backward_fn=self.scan_backward_fn)
+        dxz_b, g_b = mamba_inner_backward(np.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
+                                          self._path_params(True),
+                                          scan_backward_fn=self.scan_backward_fn)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})
         dxz = dxz_f + dxz_b[:, :, ::-1]  # (B, 2D, L)
@@ -813,7 +825,7 @@ class VimMixer(_Module):
         return du.astype(dout.dtype), self._grads_out(g)
 
 
-class VimBlock(_Module):
+class VimBlock(_PreNormBlock):
     """Vim's block: ``x + VimMixer(RMSNorm(x))`` on (B, L, d_model) tokens.
 
     Parameters
@@ -852,7 +864,13 @@ class VimBlock(_Module):
     >>> blk = VimBlock(d_model=4, d_state=2)
     >>> blk(np.zeros((1, 3, 4))).shape
     (1, 3, 4)
+    >>> out, cache = blk.forward(np.ones((1, 3, 4)), return_cache=True)
+    >>> dx, g = blk.backward(np.ones_like(out), cache)
+    >>> "norm.weight" in g and "mixer.A_b_log" in g
+    True
     """
+
+    _mixer_name, _norm_name, _x_ndim, norm = "mixer", "norm", 3, "rms"
 
     def __init__(self, d_model, *, eps=1e-5, seed=0, dtype=np.float64, scan_fn=None,
                  scan_backward_fn=None, **mixer_kwargs):
@@ -884,42 +902,6 @@ class VimBlock(_Module):
         check_shape(w, "state_dict['norm.weight']", (obj.mixer.config.d_model,))
         obj.params = {"norm.weight": np.array(w, copy=True)}
         return obj
-
-    def state_dict(self):
-        """``norm.weight`` and the mixer's names under ``mixer.``."""
-        sd = {"norm.weight": self.params["norm.weight"].copy()}
-        sd.update({"mixer." + k: v for k, v in self.mixer.state_dict().items()})
-        return sd
-
-    def forward(self, x, return_cache=False):
-        """``x + mixer(rms_norm(x))``; x (B, L, d_model), output in x's dtype."""
-        x = _check_input(x, "x", 3, self.mixer.config.d_model)
-        u = x.astype(np.float64)
-        xn = rms_norm(u, self._w("norm.weight"), self.eps)  # (B, L, d_model)
-        h, mcache = self.mixer.forward(xn, return_cache=True)
-        out = (u + h).astype(x.dtype)
-        return (out, {"u": u, "mixer": mcache}) if return_cache else out
-
-    def backward(self, dout, cache):
-        """Gradients: ``(dx, grads)`` keyed ``norm.weight`` and ``mixer.*``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> blk = VimBlock(d_model=4, d_state=2)
-        >>> out, cache = blk.forward(np.ones((1, 3, 4)), return_cache=True)
-        >>> dx, g = blk.backward(np.ones_like(out), cache)
-        >>> "norm.weight" in g and "mixer.A_b_log" in g
-        True
-        """
-        cache = _check_cache(cache, "VimBlock")
-        dout_in = _check_dout(dout, cache["u"].shape)
-        dout = dout_in.astype(np.float64)
-        dxn, gm = self.mixer.backward(dout, cache["mixer"])
-        dx_norm, dw = rms_norm_backward(dxn, cache["u"], self._w("norm.weight"), self.eps)
-        grads = {"norm.weight": dw.astype(self.params["norm.weight"].dtype)}
-        grads.update({"mixer." + k: v for k, v in gm.items()})
-        return (dout + dx_norm).astype(dout_in.dtype), grads
 
 
 # =========================================================================== SS2D
@@ -1349,6 +1331,18 @@ class SS2D(_Module):
         return du.astype(dout.dtype), self._grads_out(g)
 
 
+def _with_scheme(kwargs, scheme, options):
+    """SS2D's keyword arguments with ``directions`` defaulting to ``scheme``, built with ``options``.
+
+    The options apply only when the scheme is the one used (a caller's own
+    ``directions`` or ``direction_options`` are left as given).
+    """
+    kwargs.setdefault("directions", scheme)
+    if kwargs["directions"] == scheme:
+        kwargs.setdefault("direction_options", options)
+    return kwargs
+
+
 class LocalSS2D(SS2D):
     """SS2D over LocalMamba's windowed scans (the ``"localmamba"`` scheme).
 
@@ -1387,10 +1381,7 @@ class LocalSS2D(SS2D):
     """
 
     def __init__(self, d_model, *, window=2, **kwargs):
-        kwargs.setdefault("directions", "localmamba")
-        if kwargs["directions"] == "localmamba":
-            kwargs.setdefault("direction_options", {"window": window})
-        super().__init__(d_model, **kwargs)
+        super().__init__(d_model, **_with_scheme(kwargs, "localmamba", {"window": window}))
 
 
 class ES2D(SS2D):
@@ -1431,13 +1422,10 @@ class ES2D(SS2D):
     """
 
     def __init__(self, d_model, *, step=2, **kwargs):
-        kwargs.setdefault("directions", "es2d")
-        if kwargs["directions"] == "es2d":
-            kwargs.setdefault("direction_options", {"step": step})
-        super().__init__(d_model, **kwargs)
+        super().__init__(d_model, **_with_scheme(kwargs, "es2d", {"step": step}))
 
 
-class VSSBlock(_Module):
+class VSSBlock(_PreNormBlock):
     """VMamba's VSS block (v0): ``x + SS2D(LayerNorm(x))`` on (B, H, W, C) images.
 
     Parameters
@@ -1473,7 +1461,12 @@ class VSSBlock(_Module):
     >>> blk = VSSBlock(d_model=4, d_state=2)
     >>> blk(np.zeros((2, 3, 4, 4))).shape
     (2, 3, 4, 4)
+    >>> out, cache = blk.forward(np.ones((1, 2, 2, 4)), return_cache=True)
+    >>> sorted(blk.backward(np.ones_like(out), cache)[1])[:3]
+    ['ln_1.bias', 'ln_1.weight', 'self_attention.A_logs']
     """
+
+    _mixer_name, _norm_name, _x_ndim, norm = "self_attention", "ln_1", 4, "layer"
 
     def __init__(self, d_model, *, eps=1e-6, seed=0, dtype=np.float64, scan_fn=None,
                  scan_backward_fn=None, mixer_cls=SS2D, **mixer_kwargs):
@@ -1510,43 +1503,6 @@ class VSSBlock(_Module):
             a = as_array(state_dict[prefix + k], f"state_dict[{k!r}]", allow_complex=False)
             obj.params[k] = np.array(check_shape(a, f"state_dict[{k!r}]", (C,)), copy=True)
         return obj
-
-    def state_dict(self):
-        """``ln_1.*`` and the mixer's names under ``self_attention.``."""
-        sd = {k: v.copy() for k, v in self.params.items()}
-        sd.update({"self_attention." + k: v for k, v in self.self_attention.state_dict().items()})
-        return sd
-
-    def forward(self, x, return_cache=False):
-        """``x + SS2D(layer_norm(x))``; x (B, H, W, C), output in x's dtype."""
-        x = _check_input(x, "x", 4, self.self_attention.config.d_model)
-        u = x.astype(np.float64)
-        xn = layer_norm(u, self._w("ln_1.weight"), self._w("ln_1.bias"), self.eps)
-        h, mcache = self.self_attention.forward(xn, return_cache=True)
-        out = (u + h).astype(x.dtype)
-        return (out, {"u": u, "mixer": mcache}) if return_cache else out
-
-    def backward(self, dout, cache):
-        """Gradients: ``(dx, grads)`` keyed ``ln_1.*`` and ``self_attention.*``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> blk = VSSBlock(d_model=4, d_state=2)
-        >>> out, cache = blk.forward(np.ones((1, 2, 2, 4)), return_cache=True)
-        >>> sorted(blk.backward(np.ones_like(out), cache)[1])[:3]
-        ['ln_1.bias', 'ln_1.weight', 'self_attention.A_logs']
-        """
-        cache = _check_cache(cache, "VSSBlock")
-        dout_in = _check_dout(dout, cache["u"].shape)
-        dout = dout_in.astype(np.float64)
-        dxn, gm = self.self_attention.backward(dout, cache["mixer"])
-        dx_norm, dw, db = layer_norm_backward(dxn, cache["u"], self._w("ln_1.weight"),
-                                              self._w("ln_1.bias"), self.eps)
-        grads = {"ln_1.weight": dw.astype(self.params["ln_1.weight"].dtype),
-                 "ln_1.bias": db.astype(self.params["ln_1.bias"].dtype)}
-        grads.update({"self_attention." + k: v for k, v in gm.items()})
-        return (dout + dx_norm).astype(dout_in.dtype), grads
 
 
 # =========================================================================== PlainMamba
@@ -1829,7 +1785,7 @@ class PlainMambaMixer(_Module):
         return du.astype(dout.dtype), self._grads_out(g)
 
 
-class PlainMambaBlock(_Module):
+class PlainMambaBlock(_PreNormBlock):
     """PlainMamba's layer: ``x + PlainMambaMixer(norm(x))`` on (B, H, W, C) images.
 
     Parameters
@@ -1865,6 +1821,8 @@ class PlainMambaBlock(_Module):
     (1, 3, 3, 4)
     """
 
+    _mixer_name, _norm_name, _x_ndim = "mamba", "norm", 4
+
     def __init__(self, d_model, *, norm="layer", eps=1e-5, seed=0, dtype=np.float64,
                  scan_fn=None, scan_backward_fn=None, **mixer_kwargs):
         self.norm = check_choice(norm, "norm", ("layer", "rms"))
@@ -1875,39 +1833,3 @@ class PlainMambaBlock(_Module):
         self.params = {"norm.weight": np.ones(C, dtype=dtype)}
         if norm == "layer":
             self.params["norm.bias"] = np.zeros(C, dtype=dtype)
-
-    def state_dict(self):
-        """``norm.*`` and the mixer's names under ``mamba.``."""
-        sd = {k: v.copy() for k, v in self.params.items()}
-        sd.update({"mamba." + k: v for k, v in self.mamba.state_dict().items()})
-        return sd
-
-    def _normalize(self, u):
-        if self.norm == "layer":
-            return layer_norm(u, self._w("norm.weight"), self._w("norm.bias"), self.eps)
-        return rms_norm(u, self._w("norm.weight"), self.eps)
-
-    def forward(self, x, return_cache=False):
-        """``x + mixer(norm(x))``; x (B, H, W, C), output in x's dtype."""
-        x = _check_input(x, "x", 4, self.mamba.config.d_model)
-        u = x.astype(np.float64)
-        h, mcache = self.mamba.forward(self._normalize(u), return_cache=True)
-        out = (u + h).astype(x.dtype)
-        return (out, {"u": u, "mixer": mcache}) if return_cache else out
-
-    def backward(self, dout, cache):
-        """Gradients: ``(dx, grads)`` keyed ``norm.*`` and ``mamba.*``."""
-        cache = _check_cache(cache, "PlainMambaBlock")
-        dout_in = _check_dout(dout, cache["u"].shape)
-        dout = dout_in.astype(np.float64)
-        dxn, gm = self.mamba.backward(dout, cache["mixer"])
-        if self.norm == "layer":
-            dx_norm, dw, db = layer_norm_backward(dxn, cache["u"], self._w("norm.weight"),
-                                                  self._w("norm.bias"), self.eps)
-            g = {"norm.weight": dw, "norm.bias": db}
-        else:
-            dx_norm, dw = rms_norm_backward(dxn, cache["u"], self._w("norm.weight"), self.eps)
-            g = {"norm.weight": dw}
-        grads = self._grads_out(g)
-        grads.update({"mamba." + k: v for k, v in gm.items()})
-        return (dout + dx_norm).astype(dout_in.dtype), grads
