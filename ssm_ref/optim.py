@@ -1,0 +1,509 @@
+"""Optimisers, the loss and the learning-rate schedule for training the tiny models.
+
+Glossary
+--------
+B        batch size
+K        number of classes
+p        one parameter array (any shape); ``g`` its gradient
+m, v     AdamW's first and second moment estimates of ``g`` (same shape as p)
+t        the step counter, starting at 1 on the first update
+lr       learning rate; ``wd`` weight decay; ``beta1, beta2, eps`` Adam's constants
+
+Everything here works on dicts ``name -> array`` (the ``params`` of a model and
+the ``grads`` its ``backward`` returns, with the same keys).  Updates are made
+**in place** on the parameter arrays, so the model sees them without a reload.
+The arrays may be NumPy or CuPy: the code only uses operators and methods that
+both share (``*``, ``+``, ``.astype``, ``.sum``), so it runs unchanged on a GPU.
+
+Precision: the moments are kept in float64 and each update is computed in
+float64, then written back in the parameter's own dtype (float32 stays float32).
+
+Weight decay is *decoupled* (Loshchilov & Hutter 2019, "Decoupled Weight Decay
+Regularization", arXiv:1711.05101), the algorithm of ``torch.optim.AdamW``: the
+parameter is shrunk by ``lr·wd·p`` before the Adam step, instead of adding
+``wd·p`` to the gradient.  Parameters named in ``no_weight_decay`` are not
+shrunk: the official Mamba code marks ``A_log`` and ``D`` with
+``_no_weight_decay`` (state-spaces/mamba, ``mamba_simple.py``), and vision-Mamba
+models add position embeddings, class tokens and norm weights.  Models list
+their own in ``model.no_weight_decay()``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._validation import as_array, check_choice, check_positive_int, check_positive_scalar
+
+__all__ = [
+    "softmax_cross_entropy",
+    "AdamW",
+    "SGD",
+    "cosine_lr",
+    "clip_grad_norm",
+    "global_norm",
+    "OPTIMIZERS",
+]
+
+
+# ---------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------
+
+def _array_module(x):
+    """``numpy`` or ``cupy``, whichever owns ``x`` (CuPy is never imported otherwise)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy  # noqa: PLC0415 - only reached with a CuPy array in hand
+        return cupy
+    return np
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy over a batch and its gradient with respect to the logits.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (B, K)
+        Unnormalised class scores (NumPy or CuPy, float32 or float64).
+    labels : ndarray of int, shape (B,)
+        The true class of each example, in ``0 .. K-1``.
+
+    Returns
+    -------
+    loss : float
+        ``-mean_b log softmax(logits_b)[labels_b]`` as a Python float
+        (a 0-d array of the same module for CuPy, so no host round-trip).
+    dlogits : ndarray, shape (B, K)
+        ``(softmax(logits) - onehot(labels)) / B``, in the dtype of ``logits``.
+
+    Raises
+    ------
+    ValueError
+        ``logits`` not 2-D or not finite, ``labels`` of the wrong shape or out of range.
+    TypeError
+        ``labels`` not integers.
+
+    Notes
+    -----
+    Numerically stable: the row maximum is subtracted before exponentiating,
+    ``log softmax(z)_k = (z_k - max z) - log sum_j exp(z_j - max z)``, so no
+    ``exp`` overflows.  Computed in float64 and the gradient cast back to the
+    input dtype.  The gradient of the mean is the well-known
+    ``(p - y) / B`` (Goodfellow, Bengio & Courville 2016, section 6.2.2.3).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> loss, d = softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
+    >>> round(loss, 6)          # log 4: uniform scores over 4 classes
+    1.386294
+    >>> d[0]
+    array([-0.375,  0.125,  0.125,  0.125])
+    """
+    xp = _array_module(logits)
+    if xp is np:
+        logits = as_array(logits, "logits", allow_complex=False, ndim=2)
+    elif logits.ndim != 2:
+        raise ValueError(f"Parameter logits has shape {logits.shape} but should be (B, K)")
+    n, k = logits.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"Parameter logits has shape {logits.shape}; B and K must be >= 1")
+    labels = xp.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"Parameter labels has dtype {labels.dtype} but integer class indices were expected")
+    if labels.shape != (n,):
+        raise ValueError(f"Parameter labels has shape {labels.shape} but should be ({n},)")
+    if xp is np:
+        if n and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(
+                f"Parameter labels has values in [{labels.min()}, {labels.max()}] "
+                f"but should lie in [0, {k - 1}]")
+        if not np.all(np.isfinite(logits)):
+            raise ValueError("Parameter logits has non-finite values (NaN or inf)")
+    z = logits.astype(xp.float64)  # (B, K)
+    z = z - z.max(axis=1, keepdims=True)  # (B, K), each row's max is 0
+    log_norm = xp.log(xp.exp(z).sum(axis=1, keepdims=True))  # (B, 1)
+    log_p = z - log_norm  # (B, K)
+    rows = xp.arange(n)
+    loss = -log_p[rows, labels].mean()  # ()
+    dlogits = xp.exp(log_p)  # (B, K) softmax probabilities
+    dlogits[rows, labels] -= 1.0
+    dlogits /= n
+    loss = float(loss) if xp is np else loss
+    return loss, dlogits.astype(logits.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Gradient clipping
+# ---------------------------------------------------------------------------
+
+def global_norm(arrays):
+    """The Euclidean norm of all arrays of a dict taken together, computed in float64.
+
+    Returns a Python float for NumPy arrays, a 0-d array for CuPy arrays (so a
+    GPU training step does not wait for the host).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> global_norm({"a": np.array([3.0]), "b": np.array([[4.0]])})
+    5.0
+    """
+    total = 0.0
+    xp = np
+    for g in arrays.values():
+        xp = _array_module(g)
+        g64 = g.astype(xp.float64)
+        total = total + (g64 * g64).sum()
+    norm = xp.sqrt(total)
+    return float(norm) if xp is np else norm
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients **in place** so that their global norm is at most ``max_norm``.
+
+    Parameters
+    ----------
+    grads : dict of str -> ndarray
+        Gradients, modified in place.
+    max_norm : float
+        The largest global norm allowed (> 0).
+
+    Returns
+    -------
+    float
+        The global norm *before* clipping (useful to log); a 0-d array for CuPy.
+
+    Raises
+    ------
+    ValueError
+        The norm is not finite (NumPy arrays; a NaN gradient means a bug or a
+        divergence, and clipping would hide it).
+
+    Notes
+    -----
+    Global-norm clipping (Pascanu, Mikolov & Bengio 2013, arXiv:1211.5063), as
+    ``torch.nn.utils.clip_grad_norm_``: with ``n = ||g||`` over all arrays,
+    every gradient is multiplied by ``min(1, max_norm / (n + 1e-6))``, so the
+    direction is kept and only the length shrinks.  The factor is applied
+    always (it is exactly 1 when no clipping is needed), which avoids a branch
+    on a device value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = {"w": np.array([3.0, 4.0])}
+    >>> clip_grad_norm(g, 1.0)
+    5.0
+    >>> g["w"].round(6)
+    array([0.6, 0.8])
+    """
+    max_norm = check_positive_scalar(max_norm, "max_norm")
+    norm = global_norm(grads)
+    if isinstance(norm, float) and not math.isfinite(norm):
+        raise ValueError(f"the global gradient norm is {norm}; cannot clip non-finite gradients")
+    for name, g in grads.items():
+        xp = _array_module(g)
+        coef = xp.minimum(1.0, max_norm / (norm + 1e-6))  # () 1 when no clipping is needed
+        g *= xp.asarray(coef, dtype=g.dtype)
+    return norm
+
+
+# ---------------------------------------------------------------------------
+# Learning-rate schedule
+# ---------------------------------------------------------------------------
+
+def cosine_lr(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
+    """Learning rate at ``step`` of a linear-warmup, cosine-decay schedule.
+
+    Parameters
+    ----------
+    step : int
+        The 0-based index of the update about to be made.
+    total_steps : int
+        The number of updates in the whole run (>= 1).
+    base_lr : float
+        The peak learning rate, reached at the end of the warmup.
+    warmup_steps : int, optional
+        Updates of linear warmup from ``base_lr / warmup_steps`` up to ``base_lr``.
+    min_lr : float, optional
+        The floor the cosine decays towards (reached at step total_steps).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    ``lr = base_lr·(step+1)/warmup_steps`` during warmup, then, with
+    ``q = (step - warmup_steps) / max(1, total_steps - warmup_steps)``,
+    ``lr = min_lr + (base_lr - min_lr)·(1 + cos(π q))/2`` (SGDR without
+    restarts, Loshchilov & Hutter 2017, arXiv:1608.03983; the schedule Vim and
+    VMamba train with, at ImageNet scale).
+
+    Examples
+    --------
+    >>> [round(cosine_lr(s, 6, 1.0, warmup_steps=2), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    """
+    step = check_positive_int(step, "step", minimum=0)
+    total_steps = check_positive_int(total_steps, "total_steps")
+    base_lr = check_positive_scalar(base_lr, "base_lr")
+    warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
+    if not isinstance(min_lr, numbers.Real) or not (0.0 <= min_lr <= base_lr):
+        raise ValueError(f"Parameter min_lr = {min_lr!r} must lie in [0, base_lr = {base_lr}]")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    q = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    q = min(q, 1.0)
+    return float(min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * q)))
+
+
+# ---------------------------------------------------------------------------
+# Optimisers
+# ---------------------------------------------------------------------------
+
+class _Optimizer:
+    """What AdamW and SGD share: the params dict, the decay set, the checks, the state I/O."""
+
+    _slots: tuple[str, ...] = ()  # names of the per-parameter state arrays
+
+    def __init__(self, params, lr, weight_decay, no_weight_decay):
+        if not isinstance(params, dict) or not params:
+            raise TypeError("Parameter params must be a non-empty dict name -> array "
+                            f"(got {type(params).__name__})")
+        self.params = params
+        self.lr = check_positive_scalar(lr, "lr")
+        if not isinstance(weight_decay, numbers.Real) or weight_decay < 0 or not math.isfinite(weight_decay):
+            raise ValueError(f"Parameter weight_decay = {weight_decay!r} must be a finite number >= 0")
+        self.weight_decay = float(weight_decay)
+        excluded = set(no_weight_decay or ())
+        unknown = excluded - set(params)
+        if unknown:
+            raise ValueError(f"Parameter no_weight_decay names {sorted(unknown)} which are not "
+                             f"parameters (known: {sorted(params)})")
+        self.no_weight_decay = excluded
+        self.t = 0  # number of updates made so far
+        self.state = {slot: {} for slot in self._slots}
+
+    def decay_for(self, name):
+        """The weight decay applied to parameter ``name`` (0 when excluded)."""
+        return 0.0 if name in self.no_weight_decay else self.weight_decay
+
+    def _check_grads(self, grads):
+        if set(grads) != set(self.params):
+            missing = sorted(set(self.params) - set(grads))
+            extra = sorted(set(grads) - set(self.params))
+            raise ValueError(f"Parameter grads must have exactly the keys of params; "
+                             f"missing {missing}, unexpected {extra}")
+        for name, g in grads.items():
+            if g.shape != self.params[name].shape:
+                raise ValueError(f"gradient {name!r} has shape {g.shape} but the parameter "
+                                 f"has shape {self.params[name].shape}")
+
+    def state_dict(self):
+        """The optimiser state as a flat dict of arrays, ready for ``np.savez``.
+
+        Keys: ``"t"`` (step count), ``"lr"``, ``"weight_decay"``, and
+        ``"<slot>.<param name>"`` for every per-parameter buffer.
+        """
+        out = {"t": np.array(self.t, dtype=np.int64),
+               "lr": np.array(self.lr), "weight_decay": np.array(self.weight_decay)}
+        for slot, bufs in self.state.items():
+            for name, buf in bufs.items():
+                out[f"{slot}.{name}"] = buf
+        return out
+
+    def load_state_dict(self, sd):
+        """Restore what :meth:`state_dict` returned (buffers are copied)."""
+        self.t = int(sd["t"])
+        self.lr = float(sd["lr"])
+        self.weight_decay = float(sd["weight_decay"])
+        self.state = {slot: {} for slot in self._slots}
+        for key, value in sd.items():
+            slot, _, name = key.partition(".")
+            if slot in self.state:
+                if name not in self.params:
+                    raise ValueError(f"optimizer state {key!r} names no parameter")
+                xp = _array_module(self.params[name])
+                self.state[slot][name] = xp.array(value, dtype=np.float64)  # a copy
+
+
+class AdamW(_Optimizer):
+    """Adam with decoupled weight decay, the algorithm of ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    params : dict of str -> ndarray
+        The model's parameters; updated in place by :meth:`step`.
+    lr : float, optional
+        Learning rate (a schedule can pass another one to each :meth:`step`).
+    betas : (float, float), optional
+        Decay rates of the first and second moment estimates.
+    eps : float, optional
+        Added to the denominator ``sqrt(v̂) + eps``.
+    weight_decay : float, optional
+        Decoupled weight decay ``wd``; 0.01 is PyTorch's default.
+    no_weight_decay : iterable of str, optional
+        Parameter names that are never decayed (``model.no_weight_decay()``).
+
+    Notes
+    -----
+    One step, for each parameter ``p`` with gradient ``g`` (t counts from 1),
+    following the pseudo-code of the PyTorch documentation of AdamW and
+    Algorithm 2 of Loshchilov & Hutter (2019), arXiv:1711.05101::
+
+        p  <- p - lr·wd·p                   (skipped for no_weight_decay names)
+        m  <- beta1·m + (1 - beta1)·g
+        v  <- beta2·v + (1 - beta2)·g²
+        m̂ = m / (1 - beta1^t),  v̂ = v / (1 - beta2^t)
+        p  <- p - lr·m̂ / (sqrt(v̂) + eps)
+
+    References
+    ----------
+    Kingma & Ba 2015, "Adam", arXiv:1412.6980.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> params = {"w": np.array([1.0, -2.0]), "A_log": np.array([0.5])}
+    >>> opt = AdamW(params, lr=0.1, weight_decay=0.5, no_weight_decay={"A_log"})
+    >>> opt.step({"w": np.array([1.0, 1.0]), "A_log": np.array([1.0])})
+    >>> params["w"]            # decayed by 0.1*0.5, then one Adam step of size lr
+    array([ 0.85, -2.  ])
+    >>> params["A_log"]        # no decay: only the Adam step
+    array([0.4])
+    """
+
+    _slots = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 no_weight_decay=()):
+        super().__init__(params, lr, weight_decay, no_weight_decay)
+        beta1, beta2 = betas
+        for name, b in (("betas[0]", beta1), ("betas[1]", beta2)):
+            if not isinstance(b, numbers.Real) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Parameter {name} = {b!r} must lie in [0, 1)")
+        self.betas = (float(beta1), float(beta2))
+        self.eps = check_positive_scalar(eps, "eps")
+
+    def step(self, grads, lr=None):
+        """Make one update of every parameter in place from ``grads`` (same keys as params)."""
+        self._check_grads(grads)
+        lr = self.lr if lr is None else check_positive_scalar(lr, "lr")
+        beta1, beta2 = self.betas
+        self.t += 1
+        t = self.t
+        bias1 = 1.0 - beta1 ** t  # bias corrections of the zero-initialised moments
+        bias2 = 1.0 - beta2 ** t
+        for name, p in self.params.items():
+            xp = _array_module(p)
+            g = grads[name].astype(xp.float64)  # same shape as p
+            m = self.state["exp_avg"].get(name)
+            v = self.state["exp_avg_sq"].get(name)
+            if m is None:
+                m = xp.zeros(p.shape, dtype=xp.float64)
+                v = xp.zeros(p.shape, dtype=xp.float64)
+            m = beta1 * m + (1.0 - beta1) * g
+            v = beta2 * v + (1.0 - beta2) * (g * g)
+            self.state["exp_avg"][name] = m
+            self.state["exp_avg_sq"][name] = v
+            p64 = p.astype(xp.float64)
+            p64 = p64 - lr * self.decay_for(name) * p64  # decoupled weight decay first
+            p64 = p64 - lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
+            p[...] = p64.astype(p.dtype)  # in place: the model holds this array
+
+    def state_dict(self):
+        out = super().state_dict()
+        out["betas"] = np.array(self.betas)
+        out["eps"] = np.array(self.eps)
+        return out
+
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        if "betas" in sd:
+            self.betas = tuple(float(b) for b in np.asarray(sd["betas"]))
+        if "eps" in sd:
+            self.eps = float(sd["eps"])
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    Parameters
+    ----------
+    params : dict of str -> ndarray
+        Updated in place by :meth:`step`.
+    lr : float, optional
+    momentum : float, optional
+        In [0, 1); 0 gives plain SGD.
+    weight_decay : float, optional
+        L2 penalty added to the gradient (coupled, as in ``torch.optim.SGD``):
+        ``g <- g + wd·p``, skipped for ``no_weight_decay`` names.
+    nesterov : bool, optional
+        Nesterov momentum: the step uses ``g + momentum·buf``.
+    no_weight_decay : iterable of str, optional
+
+    Notes
+    -----
+    ``buf <- momentum·buf + g`` (``buf = g`` at the first step), then
+    ``p <- p - lr·buf`` (Sutskever et al. 2013, the PyTorch form, dampening 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> params = {"w": np.array([1.0])}
+    >>> opt = SGD(params, lr=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.step({"w": np.array([1.0])})
+    >>> params["w"]   # 1 - 0.1·1 - 0.1·(0.9 + 1)
+    array([0.71])
+    """
+
+    _slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0, nesterov=False,
+                 no_weight_decay=()):
+        super().__init__(params, lr, weight_decay, no_weight_decay)
+        if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Parameter momentum = {momentum!r} must lie in [0, 1)")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("Parameter nesterov = True needs momentum > 0")
+
+    def step(self, grads, lr=None):
+        """Make one update of every parameter in place from ``grads``."""
+        self._check_grads(grads)
+        lr = self.lr if lr is None else check_positive_scalar(lr, "lr")
+        self.t += 1
+        for name, p in self.params.items():
+            xp = _array_module(p)
+            p64 = p.astype(xp.float64)
+            g = grads[name].astype(xp.float64) + self.decay_for(name) * p64
+            if self.momentum > 0.0:
+                buf = self.state["momentum_buffer"].get(name)
+                buf = g.copy() if buf is None else self.momentum * buf + g
+                self.state["momentum_buffer"][name] = buf
+                g = g + self.momentum * buf if self.nesterov else buf
+            p[...] = (p64 - lr * g).astype(p.dtype)
+
+    def state_dict(self):
+        out = super().state_dict()
+        out["momentum"] = np.array(self.momentum)
+        return out
+
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        if "momentum" in sd:
+            self.momentum = float(sd["momentum"])
+
+
+#: Optimisers by name, for the training loop and the command line.
+OPTIMIZERS = {"adamw": AdamW, "sgd": SGD}
+
+
+def _make_optimizer(name, params, **kw):
+    check_choice(name, "optimizer", OPTIMIZERS)
+    return OPTIMIZERS[name](params, **kw)

@@ -1,0 +1,612 @@
+"""A small, readable training loop for the tiny vision models, with metrics and checkpoints.
+
+Glossary
+--------
+B        batch size
+H, W, C  image height, width, channels (images are (B, H, W, C), channels last)
+K        number of classes
+E        number of epochs; ``S`` optimisation steps per epoch
+
+The model interface this loop relies on (the tiny models of
+``ssm_ref.vision.models`` implement it; any object that does can be trained):
+
+``model.params``                 dict name -> array, updated in place by the optimiser
+``model.forward(x, return_cache=True)``   -> ``(logits (B, K), cache)``
+``model.forward(x)``             -> ``logits`` (evaluation)
+``model.backward(dlogits, cache)``        -> grads, a dict with the keys of ``params``
+``model.state_dict()`` / ``model.load_state_dict(sd)``
+``model.n_params()``, ``model.no_weight_decay()`` (names never decayed), ``model.config``
+
+One step: (augment,) forward, softmax cross-entropy, backward, clip the global
+gradient norm, AdamW step at the learning rate of a warmup + cosine schedule.  Each
+epoch visits the training images in an order drawn from ``(seed, epoch)``, so a
+run is reproducible bit for bit and a run resumed from a checkpoint continues
+exactly as if it had never stopped (tested).
+
+Outputs in ``out_dir`` (when given):
+
+``metrics.json``     final and per-epoch figures, timing, parameter count, settings
+``curves.png``       loss and accuracy per epoch (matplotlib, Agg canvas)
+``checkpoint.npz``   model state dict + optimiser state + epoch + history,
+                     rewritten after every epoch; :func:`load_checkpoint` restores it.
+
+``tqdm`` (progress bar) and ``matplotlib`` (curves) are optional extras,
+imported only when used.  On CuPy parameters the loop moves each batch to the
+GPU and keeps losses and counts on the device until the end of the epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_choice, check_positive_int, check_positive_scalar
+from .data import AUGMENTATIONS, ImageDataset, iterate_batches, load_dataset
+from .optim import OPTIMIZERS, _array_module, clip_grad_norm, cosine_lr, softmax_cross_entropy
+
+__all__ = [
+    "train",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "plot_curves",
+    "CHECKPOINT_VERSION",
+]
+
+#: Format version written into every checkpoint.
+CHECKPOINT_VERSION = 1
+
+_MODEL_PREFIX = "model/"
+_OPTIM_PREFIX = "optim/"
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+def _to_numpy(x):
+    """A NumPy copy of a NumPy or CuPy array."""
+    if type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
+
+
+def _jsonable(obj):
+    """Turn a config / settings value into something ``json.dump`` accepts."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, np.dtype):
+        return obj.name
+    if isinstance(obj, type) and issubclass(obj, np.generic):
+        return np.dtype(obj).name
+    if callable(obj):
+        mod = getattr(obj, "__module__", None) or ""
+        name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+        return f"{mod}.{name}" if mod else name
+    return str(obj)
+
+
+def _check_model(model):
+    for attr in ("params", "forward", "backward", "state_dict", "load_state_dict"):
+        if not hasattr(model, attr):
+            raise TypeError(f"Parameter model ({type(model).__name__}) has no attribute {attr!r}; "
+                            "see the model interface in the docstring of ssm_ref.train")
+    if not isinstance(model.params, dict) or not model.params:
+        raise TypeError("Parameter model.params must be a non-empty dict name -> array")
+
+
+def _as_dataset(dataset, seed):
+    if isinstance(dataset, str):
+        return load_dataset(dataset, seed=seed)
+    if isinstance(dataset, ImageDataset):
+        return dataset
+    if isinstance(dataset, (tuple, list)) and len(dataset) == 4:
+        xtr, ytr, xte, yte = dataset
+        ytr, yte = np.asarray(ytr), np.asarray(yte)
+        for name, y in (("y_train", ytr), ("y_test", yte)):
+            if y.ndim != 1 or y.dtype.kind not in "iu":
+                raise ValueError(f"dataset {name} has shape {y.shape} and dtype {y.dtype}; "
+                                 "expected 1-D integer class labels")
+        n_classes = int(max(ytr.max(), yte.max())) + 1
+        chance = float(np.bincount(yte, minlength=n_classes).max() / len(yte))
+        return ImageDataset("custom", xtr, ytr, xte, yte, n_classes, chance)
+    raise TypeError("Parameter dataset must be a data set name, an ImageDataset or a tuple "
+                    f"(x_train, y_train, x_test, y_test); got {type(dataset).__name__}")
+
+
+def _model_info(model):
+    cfg = getattr(model, "config", None)
+    n_params = model.n_params() if hasattr(model, "n_params") else int(
+        sum(int(np.prod(p.shape)) for p in model.params.values()))
+    return {"class": type(model).__name__, "config": _jsonable(cfg), "n_params": int(n_params)}
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+def evaluate(model, x, y, batch_size=256):
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``.
+
+    Parameters
+    ----------
+    model : object with ``forward(x) -> logits (B, K)``
+    x : ndarray, shape (n, H, W, C)
+    y : ndarray of int, shape (n,)
+    batch_size : int, optional
+        Images per forward call (memory only; the result does not depend on it
+        beyond rounding).
+
+    Returns
+    -------
+    loss : float
+    accuracy : float
+        Share of images whose largest logit is the true class.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Constant:                        # always predicts class 1
+    ...     def forward(self, x):
+    ...         return np.tile([0.0, 1.0], (len(x), 1))
+    >>> loss, acc = evaluate(Constant(), np.zeros((4, 2, 2, 1)), np.array([1, 1, 0, 1]))
+    >>> acc
+    0.75
+    """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"Parameters x and y hold {len(x)} and {len(y)} examples; "
+                         "they must match and be non-empty")
+    loss_sum, correct = 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
+        xb, yb = _like_params(model, xb, yb)
+        logits = model.forward(xb)  # (b, K)
+        loss, _ = softmax_cross_entropy(logits, yb)
+        loss_sum = loss_sum + loss * len(yb)
+        correct = correct + (logits.argmax(axis=1) == yb).sum()
+    return float(loss_sum) / len(y), float(correct) / len(y)
+
+
+def _like_params(model, xb, yb):
+    """Move a batch to the array module of the model's parameters (CuPy on a GPU)."""
+    params = getattr(model, "params", None)
+    if params:
+        xp = _array_module(next(iter(params.values())))
+        if xp is not np:
+            return xp.asarray(xb), xp.asarray(yb)
+    return xb, yb
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def save_checkpoint(path, model, optimizer, epoch, history=None, settings=None):
+    """Write model weights, optimiser state and progress to one ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or Path
+    model : object with ``state_dict()``
+        Its state dict names are kept as they are (the Mamba blocks use the
+        official ``mamba_ssm`` names) under the prefix ``model/``.
+    optimizer : AdamW or SGD or None
+        Its ``state_dict()`` is stored under ``optim/``.
+    epoch : int
+        Number of completed epochs.
+    history : dict, optional
+        The per-epoch metrics so far (stored as JSON text).
+    settings : dict, optional
+        The training settings (stored as JSON text).
+
+    Notes
+    -----
+    The file is written to ``path + ".tmp"`` and renamed, so an interrupted
+    write never leaves a truncated checkpoint behind.  Everything is stored as
+    plain arrays: ``np.load(path)`` needs no pickle.
+    """
+    arrays = {"version": np.array(CHECKPOINT_VERSION), "epoch": np.array(int(epoch))}
+    for name, value in model.state_dict().items():
+        arrays[_MODEL_PREFIX + name] = _to_numpy(value)
+    if optimizer is not None:
+        arrays["optimizer_class"] = np.array(type(optimizer).__name__)
+        for name, value in optimizer.state_dict().items():
+            arrays[_OPTIM_PREFIX + name] = _to_numpy(value)
+    arrays["history_json"] = np.array(json.dumps(_jsonable(history or {})))
+    arrays["settings_json"] = np.array(json.dumps(_jsonable(settings or {})))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path, model, optimizer=None):
+    """Restore a checkpoint written by :func:`save_checkpoint` (or by :func:`train`).
+
+    Parameters
+    ----------
+    path : str or Path
+    model : object with ``load_state_dict(sd)``
+        Receives the stored weights, as arrays of the module of its current
+        parameters (CuPy stays CuPy).
+    optimizer : AdamW or SGD, optional
+        Receives the stored optimiser state; it must be of the stored class.
+
+    Returns
+    -------
+    dict
+        ``{"epoch": completed epochs, "history": per-epoch metrics,
+        "settings": training settings}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        The file is not a checkpoint, or the optimiser class differs.
+    """
+    data = _read_checkpoint(path)
+    _restore_model(data, model)
+    if optimizer is not None:
+        _restore_optimizer(data, optimizer, path)
+    return {"epoch": int(data["epoch"]),
+            "history": json.loads(str(data["history_json"])),
+            "settings": json.loads(str(data["settings_json"]))}
+
+
+def _read_checkpoint(path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with np.load(path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    if "version" not in data or "epoch" not in data:
+        raise ValueError(f"{str(path)!r} is not an ssm_ref checkpoint (no 'version'/'epoch' entries)")
+    return data
+
+
+def _restore_model(data, model):
+    xp = np
+    params = getattr(model, "params", None)
+    if params:
+        xp = _array_module(next(iter(params.values())))
+    sd = {k[len(_MODEL_PREFIX):]: (v if xp is np else xp.asarray(v))
+          for k, v in data.items() if k.startswith(_MODEL_PREFIX)}
+    model.load_state_dict(sd)
+
+
+def _restore_optimizer(data, optimizer, path):
+    stored = str(data.get("optimizer_class", ""))
+    if stored != type(optimizer).__name__:
+        raise ValueError(f"checkpoint {str(path)!r} holds {stored or 'no'} optimizer state "
+                         f"but a {type(optimizer).__name__} was given")
+    optimizer.load_state_dict({k[len(_OPTIM_PREFIX):]: v for k, v in data.items()
+                               if k.startswith(_OPTIM_PREFIX)})
+
+
+# ---------------------------------------------------------------------------
+# Curves
+# ---------------------------------------------------------------------------
+
+def plot_curves(metrics, path=None):
+    """Plot loss and accuracy per epoch from a metrics dict; save to ``path`` if given.
+
+    Uses matplotlib's object API with an Agg canvas, so it never changes the
+    backend of an interactive session and works without a display.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting the curves needs matplotlib: pip install matplotlib "
+                          "(or ssm-ref[experiments]), or pass plot=False") from exc
+    epochs = list(range(1, len(metrics["train_loss"]) + 1))
+    fig = Figure(figsize=(9, 3.4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(epochs, metrics["train_loss"], "o-", label="train")
+    ax_loss.plot(epochs, metrics["test_loss_per_epoch"], "s--", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, metrics["train_accuracy"], "o-", label="train")
+    ax_acc.plot(epochs, metrics["test_accuracy_per_epoch"], "s--", label="test")
+    chance = metrics.get("dataset", {}).get("chance")
+    if chance is not None:
+        ax_acc.axhline(chance, color="grey", lw=1, ls=":", label="chance")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    ax_acc.legend()
+    title = metrics.get("model", {}).get("class", "")
+    name = metrics.get("dataset", {}).get("name", "")
+    fig.suptitle(f"{title} on {name}".strip())
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, seed=0,
+          out_dir=None, progress=True, *, optimizer="adamw", clip_norm=1.0, warmup_epochs=1,
+          schedule="cosine", min_lr=0.0, augment="none", eval_batch_size=256, resume=None,
+          plot=True, on_epoch_end=None, settings=None):
+    """Train ``model`` on ``dataset`` with AdamW, a cosine schedule and gradient clipping.
+
+    Parameters
+    ----------
+    model : object
+        Implements the interface in the module docstring.  Trained in place.
+    dataset : str or ImageDataset or tuple
+        A name of ``ssm_ref.data.DATASETS`` (built with ``seed``), an
+        :class:`~ssm_ref.data.ImageDataset`, or ``(x_train, y_train, x_test, y_test)``.
+    epochs : int, optional
+        Total number of epochs (including those done before a ``resume``).
+    batch_size : int, optional
+    lr : float, optional
+        Peak learning rate.
+    weight_decay : float, optional
+        Decoupled weight decay, not applied to ``model.no_weight_decay()``.
+    seed : int, optional
+        Seeds the order of the batches in every epoch (epoch e uses
+        ``(seed, e)``).  The model's initialisation has its own seed.
+    out_dir : str or Path, optional
+        Where ``metrics.json``, ``curves.png`` and ``checkpoint.npz`` go
+        (created if needed).  Nothing is written when None.
+    progress : bool, optional
+        Show a tqdm progress bar per epoch and a one-line summary per epoch.
+    optimizer : {"adamw", "sgd"}, optional
+    clip_norm : float or None, optional
+        Clip the global gradient norm to this value; None turns clipping off.
+    warmup_epochs : float, optional
+        Linear warmup length, in epochs.
+    schedule : {"cosine", "constant"}, optional
+    min_lr : float, optional
+        Floor of the cosine schedule.
+    augment : {"none", "shift"}, optional
+        Training-time augmentation (``ssm_ref.data.AUGMENTATIONS``): ``"shift"``
+        moves each training image by up to one pixel, drawn from
+        ``(seed, epoch, 1)`` so that it is reproducible and resumable.
+    eval_batch_size : int, optional
+    resume : str or Path, optional
+        A checkpoint to continue from: weights, optimiser state, completed
+        epochs and history are restored and training goes on to ``epochs``.
+    plot : bool, optional
+        Write ``curves.png`` (needs matplotlib) when ``out_dir`` is given.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, metrics)`` after each epoch (and its checkpoint);
+        returning True stops training there (early stopping, interruption tests).
+    settings : dict, optional
+        Extra settings recorded in metrics.json (the command line records the
+        model name, scan order, backend...).
+
+    Returns
+    -------
+    dict
+        ``test_accuracy`` and ``test_loss`` (after the last epoch), the
+        per-epoch lists ``train_loss``, ``train_accuracy``, ``test_loss_per_epoch``,
+        ``test_accuracy_per_epoch``, ``lr`` (of the epoch's last step),
+        ``epoch_time_s`` (training and evaluation) and ``train_time_s`` (the
+        steps only); ``wall_time_s`` (sum of the epoch times, over resumes too),
+        ``images_per_s`` (training throughput), ``n_params``, ``epochs``,
+        ``steps``, ``settings``, ``model``, ``dataset``.  The same dict is
+        written to ``out_dir/metrics.json``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad settings, a model that does not implement the interface, a
+        non-finite loss (the run diverged: lower ``lr``).
+
+    Notes
+    -----
+    Deterministic: the same model seed, data and arguments give bit-identical
+    weights (NumPy; the fast backends are deterministic too as long as their
+    reductions are).  The step count, not the epoch, drives the schedule, so a
+    resumed run reproduces the uninterrupted one exactly.
+
+    Examples
+    --------
+    Any object with the interface trains; here softmax regression on the digits
+    (the tiny vision models of ``ssm_ref.vision.models`` are used the same way,
+    and ``ssm-ref train`` calls this function):
+
+    >>> import numpy as np
+    >>> class Softmax:
+    ...     def __init__(self):
+    ...         self.params = {"W": np.zeros((64, 10)), "b": np.zeros(10)}
+    ...     def forward(self, x, return_cache=False):
+    ...         xf = x.reshape(len(x), -1)                        # (B, 64)
+    ...         logits = xf @ self.params["W"] + self.params["b"]  # (B, 10)
+    ...         return (logits, xf) if return_cache else logits
+    ...     def backward(self, dlogits, xf):
+    ...         return {"W": xf.T @ dlogits, "b": dlogits.sum(0)}
+    ...     def state_dict(self):
+    ...         return {k: v.copy() for k, v in self.params.items()}
+    ...     def load_state_dict(self, sd):
+    ...         for k, v in sd.items():
+    ...             self.params[k][...] = v
+    >>> m = train(Softmax(), "digits", epochs=3, lr=0.05, progress=False)
+    >>> m["test_accuracy"] > 0.9, len(m["train_loss"]), m["n_params"]
+    (True, 3, 650)
+    """
+    _check_model(model)
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = check_positive_scalar(lr, "lr")
+    if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+        raise ValueError(f"Parameter weight_decay = {weight_decay!r} must be a number >= 0")
+    seed = check_positive_int(seed, "seed", minimum=0)
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    check_choice(schedule, "schedule", ("cosine", "constant"))
+    check_choice(augment, "augment", AUGMENTATIONS)
+    if clip_norm is not None:
+        clip_norm = check_positive_scalar(clip_norm, "clip_norm")
+    if not isinstance(warmup_epochs, numbers.Real) or warmup_epochs < 0:
+        raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a number >= 0")
+    eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size")
+    ds = _as_dataset(dataset, seed)
+
+    steps_per_epoch = math.ceil(len(ds.y_train) / batch_size)  # S
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    run_settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                    "weight_decay": float(weight_decay), "seed": seed, "optimizer": optimizer,
+                    "clip_norm": clip_norm, "warmup_epochs": warmup_epochs, "schedule": schedule,
+                    "min_lr": min_lr, "augment": augment, **(settings or {})}
+
+    history = {"train_loss": [], "train_accuracy": [], "test_loss_per_epoch": [],
+               "test_accuracy_per_epoch": [], "lr": [], "epoch_time_s": [], "train_time_s": []}
+    start_epoch = 0
+    if resume is not None:  # weights first: the optimiser must hold the restored arrays
+        ckpt = _read_checkpoint(resume)
+        _restore_model(ckpt, model)
+        start_epoch = int(ckpt["epoch"])
+        stored = json.loads(str(ckpt["history_json"]))
+        history.update({k: list(v) for k, v in stored.items() if k in history})
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    opt_kwargs = {"lr": lr, "weight_decay": float(weight_decay), "no_weight_decay": no_decay}
+    opt = OPTIMIZERS[optimizer](model.params, **opt_kwargs)
+    if resume is not None:
+        _restore_optimizer(ckpt, opt, resume)
+
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    bar_factory = _tqdm() if progress else None
+    xp = _array_module(next(iter(model.params.values())))
+
+    metrics = {}
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = iterate_batches(ds.x_train, ds.y_train, batch_size, shuffle=True,
+                                  seed=(seed, epoch))
+        aug_rng = np.random.default_rng((seed, epoch, 1))  # the augmentation's own stream
+        bar = None
+        if bar_factory is not None:
+            bar = bar_factory(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                              leave=False, unit="step")
+        for xb, yb in batches:
+            xb = AUGMENTATIONS[augment](xb, aug_rng)
+            xb, yb = _like_params(model, xb, yb)
+            step_lr = (cosine_lr(opt.t, total_steps, lr, warmup_steps, min_lr)
+                       if schedule == "cosine" else lr)
+            logits, cache = model.forward(xb, return_cache=True)  # (b, K)
+            loss, dlogits = softmax_cross_entropy(logits, yb)  # (), (b, K)
+            grads = model.backward(dlogits, cache)  # dict like params
+            if clip_norm is not None:
+                clip_grad_norm(grads, clip_norm)
+            opt.step(grads, lr=step_lr)
+            loss_sum = loss_sum + loss * len(yb)
+            correct = correct + (logits.argmax(axis=1) == yb).sum()
+            seen += len(yb)
+            if bar is not None:
+                bar.update(1)
+                if xp is np:  # on a GPU the running loss would cost a host round-trip
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        train_loss = float(loss_sum) / seen  # float() waits for a GPU to finish the epoch
+        train_time = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise ValueError(f"the training loss became {train_loss} in epoch {epoch + 1}; "
+                             f"the run diverged (try a smaller lr than {lr})")
+        test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, eval_batch_size)
+        history["train_loss"].append(train_loss)
+        history["train_accuracy"].append(float(correct) / seen)
+        history["test_loss_per_epoch"].append(test_loss)
+        history["test_accuracy_per_epoch"].append(test_acc)
+        history["lr"].append(step_lr)
+        history["epoch_time_s"].append(time.perf_counter() - t0)
+        history["train_time_s"].append(train_time)
+
+        metrics = _metrics(history, run_settings, model, ds, steps_per_epoch)
+        if out_dir is not None:
+            save_checkpoint(out_dir / "checkpoint.npz", model, opt, epoch + 1, history, run_settings)
+            _write_json(out_dir / "metrics.json", metrics)
+        if progress:
+            _say(bar_factory, f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  "
+                              f"train acc {history['train_accuracy'][-1]:.4f}  "
+                              f"test acc {test_acc:.4f}  ({history['epoch_time_s'][-1]:.1f} s)")
+        if on_epoch_end is not None and on_epoch_end(epoch + 1, metrics):
+            break
+
+    if not metrics:  # resumed from a checkpoint that had already finished
+        metrics = _metrics(history, run_settings, model, ds, steps_per_epoch)
+    if out_dir is not None:
+        _write_json(out_dir / "metrics.json", metrics)
+        if plot:
+            plot_curves(metrics, out_dir / "curves.png")
+    return metrics
+
+
+def _metrics(history, settings, model, ds, steps_per_epoch):
+    n_done = len(history["train_loss"])
+    wall = float(sum(history["epoch_time_s"]))
+    train_wall = float(sum(history["train_time_s"]))
+    info = _model_info(model)
+    return {
+        "test_accuracy": history["test_accuracy_per_epoch"][-1] if n_done else None,
+        "test_loss": history["test_loss_per_epoch"][-1] if n_done else None,
+        **{k: list(v) for k, v in history.items()},
+        "wall_time_s": wall,
+        "images_per_s": (n_done * len(ds.y_train) / train_wall) if train_wall > 0 else None,
+        "n_params": info["n_params"],
+        "epochs": n_done,
+        "steps": n_done * steps_per_epoch,
+        "settings": _jsonable(settings),
+        "model": info,
+        "dataset": {"name": ds.name, "n_train": int(len(ds.y_train)), "n_test": int(len(ds.y_test)),
+                    "image_shape": list(ds.x_train.shape[1:]), "n_classes": int(ds.n_classes),
+                    "chance": float(ds.chance), "options": _jsonable(ds.options)},
+    }
+
+
+def _write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _tqdm():
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 - optional extra
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("progress=True needs tqdm: pip install tqdm (or ssm-ref[experiments]), "
+                          "or pass progress=False") from exc
+    return tqdm
+
+
+def _say(bar_factory, line):
+    if bar_factory is not None and hasattr(bar_factory, "write"):
+        bar_factory.write(line)
+    else:
+        print(line, flush=True)

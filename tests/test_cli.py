@@ -1,0 +1,283 @@
+"""Tests of the ``ssm-ref`` command line (ssm_ref.cli): through ``main([...])`` and through
+``python -m ssm_ref.cli`` in a subprocess; outputs, one-line errors with exit status 2,
+backend selection, the bench pass-through, determinism with the seed.
+
+Training through ``main`` uses the ``TinyMLP`` of test_train (patched in as the model
+builder) so that the command line is tested apart from the vision models; one test runs the
+real models at micro size when ``ssm_ref.vision.models.build_model`` exists.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_train import TinyConfig, TinyMLP
+
+import ssm_ref
+from ssm_ref import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Patch the model builder: record its arguments, return a TinyMLP."""
+    calls = []
+
+    def fake_build(name, *, seed, scan_fn, scan_backward_fn, img_size, in_chans, n_classes,
+                   hidden=16, **rest):
+        calls.append(dict(name=name, seed=seed, scan_fn=scan_fn, scan_backward_fn=scan_backward_fn,
+                          img_size=img_size, in_chans=in_chans, n_classes=n_classes, hidden=hidden,
+                          **rest))
+        return TinyMLP(TinyConfig((*img_size, in_chans), hidden, n_classes), seed=seed)
+
+    monkeypatch.setattr(cli, "_build_model", fake_build)
+    return calls
+
+
+def _train_args(out, *extra):
+    return ["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--lr", "0.01",
+            "--no-progress", "--out", str(out), *extra]
+
+
+# --------------------------------------------------------------------------- train
+def test_train_writes_metrics_curves_and_checkpoint(built, tmp_path, capsys):
+    rc = cli.main(_train_args(tmp_path / "run", "--seed", "3", "--scan", "snake", "--augment", "shift",
+                              "--model-opt", "hidden=8", "--model", "vmamba"))
+    assert rc == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.3 < m["test_accuracy"] <= 1.0  # chance is 0.1
+    assert m["train_loss"][-1] < m["train_loss"][0]
+    assert len(m["train_accuracy"]) == 2 and m["wall_time_s"] > 0
+    assert m["n_params"] == 64 * 8 + 8 + 8 + 8 * 10 + 10
+    s = m["settings"]
+    assert (s["model"], s["scan"], s["dataset"], s["backend"]) == ("vmamba", "snake", "digits", "ref")
+    assert (s["epochs"], s["batch_size"], s["lr"], s["seed"]) == (2, 64, 0.01, 3)
+    assert s["model_options"] == {"hidden": 8}  # parsed as an int
+    assert s["augment"] == "shift"
+    assert s["command"].startswith("ssm-ref train")
+    assert (tmp_path / "run" / "curves.png").exists()
+    assert (tmp_path / "run" / "checkpoint.npz").exists()
+    call = built[0]
+    assert call["name"] == "vmamba" and call["seed"] == 3 and call["directions"] == "snake"
+    assert call["scan_fn"] is ssm_ref.selective_scan
+    assert call["scan_backward_fn"] is ssm_ref.selective_scan_backward
+    assert tuple(call["img_size"]) == (8, 8) and call["in_chans"] == 1 and call["n_classes"] == 10
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_train_is_deterministic_with_the_seed(built, tmp_path):
+    def run(name, seed):
+        assert cli.main(_train_args(tmp_path / name, "--seed", str(seed), "--no-plot")) == 0
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        return {k: m[k] for k in ("train_loss", "train_accuracy", "test_accuracy_per_epoch")}
+    assert run("a", 1) == run("b", 1)
+    assert run("a", 1) != run("c", 2)
+
+
+def test_train_resume_continues(built, tmp_path):
+    out = tmp_path / "r"
+    assert cli.main(_train_args(out, "--no-plot")) == 0
+    ckpt = out / "checkpoint.npz"
+    assert cli.main(_train_args(tmp_path / "r2", "--no-plot", "--epochs", "3",
+                                "--resume", str(ckpt))) == 0
+    m = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert m["epochs"] == 3 and len(m["train_loss"]) == 3
+
+
+def test_default_output_directory(built, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--no-plot",
+                     "--data-opt", "test_fraction=0.5"]) == 0
+    assert (tmp_path / "runs" / "vim-digits-seed0" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- errors
+BAD = [
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "two"], "--epochs"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--weight-decay", "nan"], "--weight-decay"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--model", "resnet"], "--model"),
+    (["train", "--scan", "sideways"], "--scan"),
+    (["train", "--dataset", "mnist"], "--dataset"),
+    (["train", "--backend", "tpu"], "--backend"),
+    (["train", "--frobnicate"], "unrecognized"),
+    (["train", "--model-opt", "no-equals-sign"], "--model-opt"),
+    (["train", "--data-opt", "n_train=5"], "n_train"),  # digits has no n_train
+    (["train", "--model", "attention", "--scan", "raster"], "no choice of scan order"),
+    (["train", "--model", "vim", "--scan", "vmamba_cross"], "multi-direction scheme"),
+    (["train", "--resume", "/nonexistent/checkpoint.npz"], "does not exist"),
+    (["fly"], "invalid choice"),
+    ([], "required"),
+]
+
+
+@pytest.mark.parametrize("argv, word", BAD)
+def test_bad_options_fail_with_one_line_and_status_2(built, argv, word, capsys, tmp_path):
+    rc = cli.main(argv + (["--out", str(tmp_path)] if argv[:1] == ["train"] else []))
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "error:" in lines[0] and word in lines[0]
+    assert lines[0].startswith("ssm-ref")
+
+
+def test_model_build_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    def refuse(name, **kw):
+        raise ValueError("scan 'hilbert' is not supported by this model")
+    monkeypatch.setattr(cli, "_build_model", refuse)
+    rc = cli.main(["train", "--scan", "hilbert", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "hilbert" in err[0] and "cannot build model" in err[0]
+
+
+# --------------------------------------------------------------------------- backends
+@pytest.fixture
+def fake_fast(monkeypatch):
+    """Install a stand-in ``fast`` module whose backends() answer is chosen by the test."""
+    mod = types.ModuleType("fast")
+    mod.available = ["numba"]
+    mod.backends = lambda: mod.available
+    mod.selective_scan = lambda *a, **k: ("fwd", k)
+    mod.selective_scan_backward = lambda *a, **k: ("bwd", k)
+    monkeypatch.setitem(sys.modules, "fast", mod)
+    return mod
+
+
+def test_resolve_backend_selects_fast_with_partial(fake_fast):
+    fwd, bwd = cli.resolve_backend("numba")
+    assert isinstance(fwd, functools.partial) and fwd.func is fake_fast.selective_scan
+    assert fwd.keywords == {"backend": "numba"} and bwd.keywords == {"backend": "numba"}
+    assert cli.resolve_backend("ref") == (ssm_ref.selective_scan, ssm_ref.selective_scan_backward)
+
+
+def test_unavailable_backend_is_one_clear_line(fake_fast, built, capsys, tmp_path):
+    rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "'cuda' is not available here" in err[0] and "available: ref, numba" in err[0]
+    assert built == []  # nothing was built or trained
+
+
+def test_cuda_backend_refuses_a_model_that_stays_on_the_host(fake_fast, built, monkeypatch,
+                                                              capsys, tmp_path):
+    fake_fast.available = ["numba", "cuda"]
+    fake_cupy = types.ModuleType("cupy")
+    fake_cupy.asarray = np.asarray  # the TinyMLP copies into its NumPy arrays
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "NumPy arrays" in err[0]
+    assert built[0]["scan_fn"].keywords == {"backend": "cuda"}
+
+
+def test_backend_status_dict_with_reason(fake_fast, capsys):
+    fake_fast.available = {"numba": True, "cuda": "no CUDA driver found"}
+    with pytest.raises(cli.CLIError, match="no CUDA driver found"):
+        cli.resolve_backend("cuda")
+    assert cli.main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "numba   available" in out and "cuda    unavailable  no CUDA driver found" in out
+
+
+def test_backend_status_pairs_as_fast_reports_them(fake_fast, capsys):
+    fake_fast.available = {"ref": (True, "NumPy"), "numba": (True, "Numba on 2 threads"),
+                           "cuda": (False, "no usable CUDA GPU")}
+    with pytest.raises(cli.CLIError, match=r"'cuda' is not available here \(no usable CUDA GPU\); "
+                                           "available: ref, numba"):
+        cli.resolve_backend("cuda")
+    assert cli.resolve_backend("numba")[0].keywords == {"backend": "numba"}
+    assert cli.main(["backends"]) == 0
+    assert "numba   available    Numba on 2 threads" in capsys.readouterr().out
+
+
+def test_backends_lists_all_three(fake_fast, capsys):
+    assert cli.main(["backends"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["ref", "available"], ["numba", "available"],
+                                                ["cuda", "unavailable"]]
+
+
+# --------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", ["train", "bench", "backends"])
+def test_help_explains_every_option(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in out, flag
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help text"
+
+
+# --------------------------------------------------------------------------- bench
+def test_bench_passes_arguments_and_exit_status(monkeypatch, tmp_path):
+    script = tmp_path / "bench_scan.py"
+    record = tmp_path / "argv.json"
+    script.write_text("import json, sys\n"
+                      f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+                      "sys.exit(3)\n")
+    monkeypatch.setattr(cli, "_bench_script", lambda: script)
+    assert cli.main(["bench", "--", "--help", "--L", "64"]) == 3
+    assert json.loads(record.read_text()) == ["--help", "--L", "64"]
+    assert cli.main(["bench", "--quick"]) == 3
+    assert json.loads(record.read_text()) == ["--quick"]
+
+
+def test_bench_missing_script_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "nope.py")
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.py" in err[0]
+
+
+# --------------------------------------------------------------------------- subprocess
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "ssm_ref.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_module_entry_point_help_and_error():
+    ok = _run("--help")
+    assert ok.returncode == 0 and "train" in ok.stdout and "bench" in ok.stdout
+    bad = _run("train", "--epochs", "-3")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "ssm-ref train: error: argument --epochs: -3 must be >= 1 (see 'ssm-ref train --help')"]
+    listed = _run("backends")
+    assert listed.returncode == 0 and listed.stdout.startswith("ref")
+
+
+def _has_models():
+    try:
+        from ssm_ref.vision import models
+    except Exception:  # noqa: BLE001
+        return False
+    return hasattr(models, "build_model")
+
+
+@pytest.mark.skipif(not _has_models(), reason="ssm_ref.vision.models.build_model not available yet")
+def test_module_entry_point_trains_a_micro_vim(tmp_path):
+    res = _run("train", "--model", "vim", "--dataset", "digits", "--epochs", "1",
+               "--data-opt", "test_fraction=0.9", "--no-progress", "--no-plot",
+               "--out", str(tmp_path), *MICRO_VIM)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["settings"]["model"] == "vim" and np.isfinite(m["train_loss"][0])
+
+
+#: Model options that make the Vim of ssm_ref.vision.models tiny (for the subprocess test).
+MICRO_VIM = ["--model-opt", "embed_dim=8", "--model-opt", "depth=1", "--model-opt", "d_state=4",
+             "--scan", "snake"]
