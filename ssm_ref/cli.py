@@ -300,6 +300,10 @@ def build_parser():
     tr.add_argument("--no-progress", action="store_true",
                     help="no progress bar and no per-epoch lines")
     tr.add_argument("--no-plot", action="store_true", help="do not write curves.png")
+    tr.add_argument("--blas-threads", type=_positive_int, default=1, metavar="N",
+                    help="threads for NumPy's BLAS during training (default 1: the tiny "
+                         "matrix products gain nothing from more, and BLAS threads compete "
+                         "with the compiled scan's threads on small machines)")
 
     # -- bench -------------------------------------------------------------
     be = sub.add_parser(
@@ -377,12 +381,14 @@ def _cmd_train(args):
         out = os.path.join("runs", f"{args.model}-{args.dataset}{scan}-seed{args.seed}")
     settings = {"model": args.model, "scan": args.scan, "dataset": args.dataset,
                 "backend": args.backend, "model_options": model_opts, "data_options": data_opts,
-                "command": "ssm-ref " + " ".join(args.argv)}
-    metrics = train(model, dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, seed=args.seed, out_dir=out,
-                    progress=not args.no_progress, clip_norm=args.clip_norm or None,
-                    warmup_epochs=args.warmup_epochs, augment=args.augment, resume=args.resume,
-                    plot=not args.no_plot, settings=settings)
+                "blas_threads": args.blas_threads, "command": "ssm-ref " + " ".join(args.argv)}
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+        metrics = train(model, dataset, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, out_dir=out,
+                        progress=not args.no_progress, clip_norm=args.clip_norm or None,
+                        warmup_epochs=args.warmup_epochs, augment=args.augment,
+                        resume=args.resume, plot=not args.no_plot, settings=settings)
     print(f"{args.model} on {args.dataset} ({args.backend}): test accuracy "
           f"{metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs, "
           f"{metrics['wall_time_s']:.1f} s, {metrics['n_params']} parameters; "

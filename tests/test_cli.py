@@ -64,6 +64,7 @@ def test_train_writes_metrics_curves_and_checkpoint(built, tmp_path, capsys):
     assert s["model_options"] == {"hidden": 8}  # parsed as an int
     assert s["augment"] == "shift"
     assert s["command"].startswith("ssm-ref train")
+    assert s["blas_threads"] == 1  # the default, recorded with the run
     assert (tmp_path / "run" / "curves.png").exists()
     assert (tmp_path / "run" / "checkpoint.npz").exists()
     call = built[0]
@@ -107,6 +108,7 @@ BAD = [
     (["train", "--lr", "-1"], "--lr"),
     (["train", "--weight-decay", "nan"], "--weight-decay"),
     (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--blas-threads", "0"], "--blas-threads"),
     (["train", "--model", "resnet"], "--model"),
     (["train", "--scan", "sideways"], "--scan"),
     (["train", "--dataset", "mnist"], "--dataset"),
