@@ -1,1 +1,29 @@
-"""fast."""
+"""fast: compiled fast paths with the reference's signatures.
+
+==================  ===========================================================
+module              what it holds
+==================  ===========================================================
+_registry           the backends ("ref", "numba", "cuda", "auto") and the
+                    public functions below, which dispatch to them
+numba_cpu           the selective scan, its backward and the decoding step on
+                    the CPU (Numba, parallel over batch x channel)
+_fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
+cuda_scan           the hardware-aware selective scan in Numba-CUDA on CuPy
+                    arrays (imported only when the "cuda" backend is used)
+==================  ===========================================================
+
+Usage: ``fast.selective_scan(u, delta, A, B, C, ..., backend="auto")`` with
+exactly the arguments of :func:`ssm_ref.selective_scan`; ``fast.backends()``
+says what can run here.  An unavailable backend raises, never falls back.
+``import fast`` imports neither Numba nor ``numba.cuda``.
+"""
+from ._registry import (  # noqa: F401
+    BACKENDS,
+    backends,
+    selective_scan,
+    selective_scan_backward,
+    selective_state_update,
+)
+
+__all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
+           "selective_state_update"]

@@ -1,0 +1,207 @@
+"""The one registry of backends behind ``fast.selective_scan`` and friends.
+
+Glossary
+--------
+backend   where a function runs: ``"ref"`` (the NumPy reference in
+          :mod:`ssm_ref.selective`), ``"numba"`` (:mod:`fast.numba_cpu`,
+          compiled for the CPU) or ``"cuda"`` (:mod:`fast.cuda_scan`,
+          Numba-CUDA on CuPy arrays); ``"auto"`` picks one from the inputs
+B, D, L, N, G   batch, channels, length, state size, groups (as in ssm_ref)
+
+Rules
+-----
+* Every backend has the reference's signature and semantics; the fast
+  functions add only the keyword-only ``backend``.
+* ``"auto"`` chooses ``"cuda"`` when an input lives on a GPU (a CuPy array,
+  or any object with ``__cuda_array_interface__``, such as a PyTorch CUDA
+  tensor) and ``"numba"`` otherwise.
+* Asking for a backend that is not available raises ``RuntimeError`` with
+  the reason; an unknown name raises ``ValueError``.  Nothing ever falls
+  back silently to another backend.
+* Backends are imported on first use.  ``import fast`` imports neither Numba
+  nor ``numba.cuda``, and the ``"ref"`` and ``"numba"`` backends never import
+  ``numba.cuda``, so ``NUMBA_ENABLE_CUDASIM`` can still be set after
+  ``import fast`` and before the first CUDA call.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
+           "selective_state_update"]
+
+#: the backend names, in order of preference for NumPy input
+BACKENDS = ("ref", "numba", "cuda")
+
+_MODULES = {"ref": "ssm_ref.selective", "numba": "fast.numba_cpu", "cuda": "fast.cuda_scan"}
+
+
+def _status(name):
+    """``(available, reason)`` for one backend; imports its module."""
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except Exception as exc:  # ImportError, or an error raised while importing
+        return False, f"{_MODULES[name]} cannot be imported: {type(exc).__name__}: {exc}"
+    if name == "ref":
+        return True, "NumPy reference (ssm_ref.selective), float64 inside"
+    if name == "numba":
+        import numba
+        return True, (f"Numba {numba.__version__} on the CPU, "
+                      f"{numba.get_num_threads()} thread(s)")
+    available, reason = module.status()
+    return bool(available), str(reason)
+
+
+def backends():
+    """Which backends can run here, and why not the others.
+
+    Returns
+    -------
+    dict
+        ``{name: (available, reason)}`` for every name in :data:`BACKENDS`;
+        ``reason`` says what runs (version, threads, device) or why it cannot.
+
+    Notes
+    -----
+    Asking about ``"cuda"`` imports ``numba.cuda`` (through
+    :mod:`fast.cuda_scan`); set ``NUMBA_ENABLE_CUDASIM`` before calling this
+    if the CUDA simulator is wanted.
+
+    Examples
+    --------
+    >>> import fast
+    >>> available, reason = fast.backends()["numba"]
+    >>> available
+    True
+    """
+    return {name: _status(name) for name in BACKENDS}
+
+
+def _on_gpu(x):
+    """True for a CuPy array or anything exposing ``__cuda_array_interface__``."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        return True
+    try:  # a PyTorch CPU tensor raises AttributeError here, others may raise otherwise
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:
+        return False
+
+
+def _module(backend, arrays):
+    """Resolve ``backend`` (``"auto"`` from ``arrays``) to a module, or raise."""
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(
+            f"Parameter backend = {backend!r} is not one of "
+            f"{list(BACKENDS + ('auto',))}"
+        )
+    if backend == "auto":
+        backend = "cuda" if any(_on_gpu(x) for x in arrays if x is not None) else "numba"
+    if backend == "ref":
+        return importlib.import_module(_MODULES["ref"])
+    available, reason = _status(backend)
+    if not available:
+        raise RuntimeError(f"backend {backend!r} is not available here: {reason}")
+    return importlib.import_module(_MODULES[backend])
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False, h0=None, *,
+                   backend="auto"):
+    """Mamba's selective scan on the chosen backend.
+
+    Same parameters, results and errors as :func:`ssm_ref.selective_scan`,
+    plus ``backend``.
+
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, h0
+        As in :func:`ssm_ref.selective_scan`.
+    backend : {"auto", "ref", "numba", "cuda"}, default "auto"
+        Where to run; ``"auto"`` is ``"cuda"`` for GPU arrays and
+        ``"numba"`` otherwise.
+
+    Returns
+    -------
+    y or (y, last_state)
+        As the reference; arrays of the input's kind (CuPy in, CuPy out).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``backend``; and every input error of the reference, with the
+        reference's message.
+    RuntimeError
+        The backend asked for (or chosen by ``"auto"``) is not available.
+
+    Notes
+    -----
+    Implements ``eq-selective-delta``, ``eq-selective-disc``,
+    ``eq-selective-recurrence`` and ``eq-selective-output``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> u = np.ones((1, 1, 3))
+    >>> fast.selective_scan(u, 0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]],
+    ...                     backend="numba")
+    array([[[0.5       , 0.80326533, 0.98720505]]])
+    """
+    module = _module(backend, (u, delta, A, B, C, D, z, delta_bias, h0))
+    return module.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                 return_last_state, h0)
+
+
+def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                            delta_softplus=False, h0=None, dlast_state=None, *,
+                            backend="auto"):
+    """Gradients of the selective scan on the chosen backend.
+
+    Same parameters, results and errors as
+    :func:`ssm_ref.selective_scan_backward`, plus ``backend`` (see
+    :func:`selective_scan`).  Returns the dict of nine gradients keyed
+    ``"u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"``.
+
+    Notes
+    -----
+    Implements ``eq-selective-backward``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> g = fast.selective_scan_backward(np.array([[[1.0, 0.0, 0.0]]]), np.ones((1, 1, 3)),
+    ...                                  0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]],
+    ...                                  backend="numba")
+    >>> g["u"]
+    array([[[0.5, 0. , 0. ]]])
+    """
+    module = _module(backend, (dout, u, delta, A, B, C, D, z, delta_bias, h0, dlast_state))
+    return module.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
+                                          delta_softplus, h0, dlast_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False, *, backend="auto"):
+    """One decoding step of the selective SSM on the chosen backend.
+
+    Same parameters, results and errors as
+    :func:`ssm_ref.selective_state_update`, plus ``backend`` (see
+    :func:`selective_scan`).  Returns ``(y, new_state)``.
+
+    Notes
+    -----
+    Implements ``eq-selective-disc``, ``eq-selective-recurrence`` and
+    ``eq-selective-output`` for one step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> y, h = fast.selective_state_update(np.zeros((1, 1, 1)), [[1.0]], [[0.5]], [[-1.0]],
+    ...                                    [[1.0]], [[1.0]], backend="numba")
+    >>> y
+    array([[0.5]])
+    """
+    module = _module(backend, (state, x, dt, A, B, C, D, z, dt_bias))
+    return module.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -1,0 +1,940 @@
+"""The selective scan on the CPU with Numba: forward, backward, decoding step.
+
+Glossary
+--------
+======  ================================================================
+B       batch size (the *matrix* B is written ``Bx`` inside kernels)
+L       sequence length
+D       channels (the *skip vector* D is written ``Dv`` inside kernels)
+N       state size per channel
+G       number of groups sharing one input-dependent B (or C)
+delta   step size Δ (B, D, L); ``dt`` is one row of it after bias/softplus
+A       (D, N) diagonal state matrices
+B, C    input / output projections, constant (D, N), variable (B, N, L) or
+        grouped (B, G, N, L); inside the kernels all three are laid out as
+        ``(B or 1, G', L or 1, N)`` so that the loop over N reads contiguous
+        memory (G' = D for the constant form, 1 for the variable form)
+h       (N,) the state of one (batch, channel) row
+row     one (batch, channel) pair: the unit of parallel work
+======  ================================================================
+
+Same signatures and semantics as :mod:`ssm_ref.selective` (which mirrors
+the official ``selective_scan_ref`` of state-spaces/mamba); the docstrings
+there are the specification, this module says only how it is computed.
+
+How it is computed
+------------------
+* Parallel over the B·D rows (``numba.prange``); each row runs the whole
+  recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t with its state in a
+  length-N scratch array, so nothing of size (B, D, L, N) is ever allocated.
+* The loop over the state dimension N is innermost, contiguous and
+  branch-free, and its exponential is :func:`fast._fastexp.fast_exp_clamped`
+  (its argument Δ·A is never positive), which LLVM vectorizes (the C
+  library's ``exp`` would not vectorize and caps the scan near 0.5 G state
+  updates per second per core).  The per-time-step
+  work (bias, softplus, Δ·u, the D skip and the SiLU gate) is done in separate
+  loops over L before and after the recurrence, also vectorized.  Three
+  more things were needed for LLVM to vectorize well (each measured, see
+  the comments at ``_LANES``, ``_FMK`` and ``_njit_noalias``): N padded to
+  blocks of exactly 16 lanes with an unsigned index, ``error_model="numpy"``
+  (no ZeroDivisionError branch), and ``noalias`` array arguments (no
+  run-time overlap checks in front of every 16-lane loop).
+* Precision: float32 input is computed in float32 (state, exponentials and
+  the dot product with C); anything else in float64.  The float32 result
+  stays within the ``"backend"`` float32 tolerance of the float64 reference
+  (rtol 2e-4, atol 2e-5) on the test sizes; the error grows slowly with L
+  (each step adds about one float32 rounding to a state that forgets at rate
+  exp(Δ A)).  Complex A is computed in complex128 whatever the input dtype
+  (a scalar ``cmath.exp`` loop, not tuned).
+* Backward: each row runs its forward again, keeping its decay factors
+  Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per thread, O(L·N) per thread and never
+  (B, D, L, N)), then the reverse scan of the reference.  Gradients of B and
+  C are summed over the channels that share them, so each thread adds into
+  its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
+  at the end (no races, no atomics).
+* Validation: the same checks, in the same order, as the reference, with
+  the reference's own helpers (``ssm_ref._validation`` and
+  ``ssm_ref.selective._bc_form``).  Checks over the big (B, D, L) arrays
+  (finiteness) are folded into the kernels as a per-row sum, and negative
+  steps are screened by ``min(delta) + min(delta_bias)``; when a screen trips, the reference validator is called so that the
+  error raised is exactly the reference's.
+
+Kernels are compiled once per dtype and cached on disk (``cache=True``).
+"""
+from __future__ import annotations
+
+import cmath
+
+import numba
+import numpy as np
+from numba import njit, prange
+from numba.core import cpu as _numba_cpu
+from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
+
+from ssm_ref import selective as _ref
+from ssm_ref._validation import as_array, check_finite, check_shape
+
+from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
+
+__all__ = ["selective_scan", "selective_scan_backward", "selective_state_update"]
+
+#: fastmath flags of the kernels: FMA contraction and reassociation (so the
+#: dot product over N vectorizes), but no "no NaN / no inf" assumptions.
+#: Every kernel also uses ``error_model="numpy"``: with Python's error model
+#: each float division carries a ZeroDivisionError check, and that branch
+#: alone keeps LLVM from vectorizing the sigmoid and softplus loops (measured
+#: 0.1 G/s instead of 2-5 G/s).
+_FMK = {"contract", "reassoc", "nsz", "arcp"}
+
+#: the real scan kernels pad N to a multiple of this and run the loop over N
+#: in blocks of exactly this many lanes (a compile-time trip count: one
+#: AVX-512 float32 vector, two float64 ones).  With a run-time trip count,
+#: LLVM vectorizes by 16 lanes x 4 unrolled and N = 16 would run entirely in
+#: the remainder loop.  The index inside a block is made unsigned: a signed
+#: computed index gets Numba's negative-index wraparound select, which LLVM
+#: can only vectorize as a gather (about 6x slower, measured).  Padded
+#: entries have A = B = C = h0 = 0, so they stay 0 and add nothing.
+_LANES = 16
+
+#: per-thread scratch rows are padded by this many elements (256 bytes or
+#: more), so that two threads never write into one cache line (false sharing
+#: made the two-thread backward pass slower than one thread, measured)
+_GAP = 64
+
+
+# ---------------------------------------------------------------------------
+# a Numba decorator that marks array arguments "noalias" (C's restrict)
+# ---------------------------------------------------------------------------
+# The loop over N is short (16 lanes).  LLVM vectorizes it, but unless it can
+# prove that the arrays written in the loop (the state, the backward pass's
+# per-step records, dB, dC) do not overlap the arrays read, it guards every
+# entry of the vector loop with run-time overlap checks, one per pair of
+# arrays, and with 16 lanes the checks cost more than the work: measured
+# 1.0 G/s with the checks and 2.7 G/s without, on the backward pass's loop.
+# Numba has a compiler flag for this (``Flags.noalias``, which marks every
+# pointer argument ``noalias``; its parfors set it on a parallel loop body
+# whose arguments cannot alias) but no decorator option, so this dispatcher
+# sets it.  It is safe here because every array a kernel writes is allocated
+# by the caller in this module and is distinct from every other argument
+# (inputs that alias each other are only read, which ``noalias`` allows).
+# Scratch arrays are allocated outside the ``prange`` loop, so that they
+# reach the parallel loop body as (noalias) arguments too.
+
+class _NoAliasOptions(_numba_cpu.CPUTargetOptions):
+    def finalize(self, flags, options):
+        super().finalize(flags, options)
+        flags.noalias = True
+
+
+class _NoAliasTarget(CPUTarget):
+    """The CPU target with ``noalias`` set, sharing Numba's CPU contexts."""
+    options = _NoAliasOptions
+
+    @property
+    def target_context(self):
+        return cpu_target.target_context
+
+    @property
+    def typing_context(self):
+        return cpu_target.typing_context
+
+
+class _NoAliasDispatcher(CPUDispatcher):
+    targetdescr = _NoAliasTarget("cpu")
+
+
+def _njit_noalias(**options):
+    """``numba.njit(**options)`` whose array arguments are ``noalias``."""
+    cache = options.pop("cache", False)
+
+    def decorate(func):
+        dispatcher = _NoAliasDispatcher(func, targetoptions=dict(nopython=True, **options))
+        if cache:
+            dispatcher.enable_caching()
+        return dispatcher
+    return decorate
+
+
+# ---------------------------------------------------------------------------
+# per-row helpers (inlined into the kernels by LLVM)
+# ---------------------------------------------------------------------------
+
+@njit(fastmath=_FMK, error_model="numpy", cache=True)
+def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
+    """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs (a NaN/inf screen)."""
+    s = u_row[0] - u_row[0]  # typed zero
+    for t in range(delta_row.size):
+        dt[t] = delta_row[t] + bias_d
+        s += u_row[t] + delta_row[t]
+    if softplus:
+        for t in range(delta_row.size):
+            dt[t] = fast_softplus(dt[t])
+    for t in range(delta_row.size):
+        bu[t] = dt[t] * u_row[t]
+    if has_z:
+        for t in range(delta_row.size):
+            s += z_row[t]
+    return s
+
+
+@njit(fastmath=_FMK, error_model="numpy", cache=True)
+def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
+    """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``)."""
+    for t in range(out_row.size):
+        v = y[t]
+        if has_D:
+            v += Dd * u_row[t]
+        if has_z:
+            zz = z_row[t]
+            v = v * zz * fast_sigmoid(zz)
+        out_row[t] = v
+
+
+# ---------------------------------------------------------------------------
+# real A: forward, backward, decoding step
+# ---------------------------------------------------------------------------
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    b_sb = 1 if Bx.shape[0] > 1 else 0  # batch stride (0: shared by the batch)
+    b_st = 1 if Bx.shape[2] > 1 else 0  # time stride (0: constant in time)
+    b_gd = nd // Bx.shape[1]  # channels per group
+    c_sb = 1 if Cx.shape[0] > 1 else 0
+    c_st = 1 if Cx.shape[2] > 1 else 0
+    c_gd = nd // Cx.shape[1]
+    nrows = nb * nd
+    # per-thread scratch, allocated here so the parallel body gets it as arguments
+    dt_s = np.empty((nchunks, L + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, L + _GAP), u.dtype)
+    y_s = np.empty((nchunks, L + _GAP), u.dtype)
+    h_s = np.empty((nchunks, N + _GAP), u.dtype)
+    a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    for c in prange(nchunks):  # one block of rows per thread
+        dt, bu, y, h, a = dt_s[c], bu_s[c], y_s[c], h_s[c], a_s[c]
+        for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
+            b = row // nd
+            d = row - b * nd
+            screen[row] = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
+                                     softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
+            for n in range(N):
+                a[n] = A[d, n]
+                h[n] = h0[b, d, n] if has_h0 else zero
+            bb, bg = b * b_sb, d // b_gd
+            cb, cg = b * c_sb, d // c_gd
+            for t in range(L):
+                dtt = dt[t]
+                but = bu[t]
+                Bt = Bx[bb, bg, t * b_st]  # (N,)
+                Ct = Cx[cb, cg, t * c_st]  # (N,)
+                acc = zero
+                for n0 in range(0, N, _LANES):
+                    for j in range(_LANES):  # constant trip count: one vector, no remainder loop
+                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                        hn = fast_exp_clamped(dtt * a[n]) * h[n] + but * Bt[n]
+                        h[n] = hn
+                        acc += hn * Ct[n]
+                y[t] = acc
+            _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
+                        z[b, d] if has_z else u[b, d], has_z, out[b, d])
+            for n in range(N):
+                last[b, d, n] = h[n]
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+              has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    b_sb = 1 if Bx.shape[0] > 1 else 0
+    b_st = 1 if Bx.shape[2] > 1 else 0
+    b_gd = nd // Bx.shape[1]
+    c_sb = 1 if Cx.shape[0] > 1 else 0
+    c_st = 1 if Cx.shape[2] > 1 else 0
+    c_gd = nd // Cx.shape[1]
+    nrows = nb * nd
+    nchunks = dA_c.shape[0]
+    # per-thread scratch, allocated here so the parallel body gets it as arguments
+    dt_s = np.empty((nchunks, L + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, L + _GAP), u.dtype)
+    y_s = np.empty((nchunks, L + _GAP), u.dtype)
+    dy_s = np.empty((nchunks, L + _GAP), u.dtype)
+    abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
+    ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    h_s = np.empty((nchunks, N + _GAP), u.dtype)
+    g_s = np.empty((nchunks, N + _GAP), u.dtype)
+    sdA_s = np.empty((nchunks, N + _GAP), u.dtype)
+    for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
+        dt, bu, y, dy = dt_s[c], bu_s[c], y_s[c], dy_s[c]
+        abar, ah = abar_s[c], ah_s[c]
+        a, h, g, sdA = a_s[c], h_s[c], g_s[c], sdA_s[c]
+        for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
+            b = row // nd
+            d = row - b * nd
+            bias_d = bias[d] if has_bias else zero
+            Dd = Dv[d] if has_D else zero
+            u_row = u[b, d]
+            s = _row_steps(delta[b, d], u_row, bias_d, softplus,
+                           dt, bu, z[b, d] if has_z else u_row, has_z)
+            # gradient reaching y_t = <C_t, h_t>: dy = dout * silu(z)
+            sD = zero
+            for t in range(L):
+                s += dout[b, d, t]
+                if has_z:
+                    zz = z[b, d, t]
+                    dy[t] = dout[b, d, t] * zz * fast_sigmoid(zz)
+                else:
+                    dy[t] = dout[b, d, t]
+                sD += dy[t] * u_row[t]
+            screen[row] = s
+            for n in range(N):
+                a[n] = A[d, n]
+                h[n] = h0[b, d, n] if has_h0 else zero
+            bb, bg = b * b_sb, d // b_gd
+            cb, cg = b * c_sb, d // c_gd
+            # forward again, keeping Abar_t and Abar_t h_{t-1}; dC_t = dy_t h_t on the way
+            for t in range(L):
+                dtt = dt[t]
+                but = bu[t]
+                dyt = dy[t]
+                Bt = Bx[bb, bg, t * b_st]
+                Ct = Cx[cb, cg, t * c_st]
+                dCt = dC_c[c, cb, cg, t * c_st]
+                abar_t = abar[t]
+                ah_t = ah[t]
+                acc = zero
+                for n0 in range(0, N, _LANES):
+                    for j in range(_LANES):
+                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                        at = fast_exp_clamped(dtt * a[n])
+                        ahn = at * h[n]
+                        hn = ahn + but * Bt[n]
+                        abar_t[n] = at
+                        ah_t[n] = ahn
+                        h[n] = hn
+                        acc += hn * Ct[n]
+                        dCt[n] += dyt * hn
+                y[t] = acc
+            if has_z:  # dz = dout * (y + D u) * silu'(z)
+                for t in range(L):
+                    zz = z[b, d, t]
+                    sg = fast_sigmoid(zz)
+                    v = y[t] + Dd * u_row[t]
+                    dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
+            # reverse scan: g = dLoss/dh_t  (eq-selective-backward)
+            for n in range(N):
+                g[n] = dlast[b, d, n] if has_dlast else zero
+                sdA[n] = zero
+            for t in range(L - 1, -1, -1):
+                dyt = dy[t]
+                dtt = dt[t]
+                but = bu[t]
+                Bt = Bx[bb, bg, t * b_st]
+                Ct = Cx[cb, cg, t * c_st]
+                dBt = dB_c[c, bb, bg, t * b_st]
+                abar_t = abar[t]
+                ah_t = ah[t]
+                accA = zero
+                accB = zero
+                for n0 in range(0, N, _LANES):
+                    for j in range(_LANES):
+                        n = np.uint64(n0 + j)
+                        gn = g[n] + dyt * Ct[n]
+                        ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
+                        accA += ga * a[n]
+                        sdA[n] += ga * dtt
+                        accB += gn * Bt[n]
+                        dBt[n] += gn * but
+                        g[n] = gn * abar_t[n]
+                du[b, d, t] = dtt * accB + Dd * dyt
+                ddelta[b, d, t] = accA + u_row[t] * accB
+            # through softplus (derivative sigmoid, 1 above 20) and the bias
+            sb = zero
+            for t in range(L):
+                gd = ddelta[b, d, t]
+                if softplus:
+                    raw = delta[b, d, t] + bias_d
+                    gd = gd if raw > 20 else gd * fast_sigmoid(raw)
+                    ddelta[b, d, t] = gd
+                sb += gd
+            dbias_c[c, d] += sb
+            dD_c[c, d] += sD
+            for n in range(N):
+                dA_c[c, d, n] += sdA[n]
+                dh0[b, d, n] = g[n]
+
+
+@njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _update_real(state, x, dt, A, Bx, Cx, Dv, z, bias,
+                 has_D, has_z, has_bias, softplus, y, new_state):
+    nb, nd, N = state.shape
+    zero = x.dtype.type(0)
+    b_gd = nd // Bx.shape[1]
+    c_gd = nd // Cx.shape[1]
+    for row in prange(nb * nd):
+        b = row // nd
+        d = row - b * nd
+        s = dt[b, d] + (bias[d] if has_bias else zero)
+        if softplus:
+            s = fast_softplus(s)
+        bx = s * x[b, d]
+        Bt = Bx[b, d // b_gd]
+        Ct = Cx[b, d // c_gd]
+        acc = zero
+        for n in range(N):  # short (one step): not worth padding
+            hn = fast_exp_clamped(s * A[d, n]) * state[b, d, n] + bx * Bt[n]
+            new_state[b, d, n] = hn
+            acc += hn * Ct[n]
+        if has_D:
+            acc += Dv[d] * x[b, d]
+        if has_z:
+            zz = z[b, d]
+            acc = acc * zz * fast_sigmoid(zz)
+        y[b, d] = acc
+
+
+# ---------------------------------------------------------------------------
+# complex A (complex128 throughout; y = 2 Re <C, h>)
+# ---------------------------------------------------------------------------
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _fwd_complex(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+                 has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    b_sb = 1 if Bx.shape[0] > 1 else 0
+    b_st = 1 if Bx.shape[2] > 1 else 0
+    b_gd = nd // Bx.shape[1]
+    c_sb = 1 if Cx.shape[0] > 1 else 0
+    c_st = 1 if Cx.shape[2] > 1 else 0
+    c_gd = nd // Cx.shape[1]
+    for row in prange(nb * nd):
+        b = row // nd
+        d = row - b * nd
+        dt = np.empty(L)
+        bu = np.empty(L)
+        y = np.empty(L)
+        h = np.zeros(N, np.complex128)
+        s = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else 0.0, softplus,
+                           dt, bu, z[b, d] if has_z else u[b, d], has_z)
+        screen[row] = s
+        if has_h0:
+            for n in range(N):
+                h[n] = h0[b, d, n]
+        bb, bg = b * b_sb, d // b_gd
+        cb, cg = b * c_sb, d // c_gd
+        for t in range(L):
+            acc = 0.0
+            for n in range(N):
+                hn = cmath.exp(dt[t] * A[d, n]) * h[n] + bu[t] * Bx[bb, bg, t * b_st, n]
+                h[n] = hn
+                acc += (Cx[cb, cg, t * c_st, n] * hn).real
+            y[t] = 2.0 * acc
+        _row_output(y, u[b, d], Dv[d] if has_D else 0.0, has_D,
+                    z[b, d] if has_z else u[b, d], has_z, out[b, d])
+        for n in range(N):
+            last[b, d, n] = h[n]
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _bwd_complex(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+                 has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+                 du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    b_sb = 1 if Bx.shape[0] > 1 else 0
+    b_st = 1 if Bx.shape[2] > 1 else 0
+    b_gd = nd // Bx.shape[1]
+    c_sb = 1 if Cx.shape[0] > 1 else 0
+    c_st = 1 if Cx.shape[2] > 1 else 0
+    c_gd = nd // Cx.shape[1]
+    nrows = nb * nd
+    nchunks = dA_c.shape[0]
+    for c in prange(nchunks):
+        dt = np.empty(L)
+        bu = np.empty(L)
+        y = np.empty(L)
+        dy = np.empty(L)
+        hs = np.empty((L + 1, N), np.complex128)
+        abar = np.empty((L, N), np.complex128)
+        g = np.empty(N, np.complex128)
+        for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
+            b = row // nd
+            d = row - b * nd
+            bias_d = bias[d] if has_bias else 0.0
+            Dd = Dv[d] if has_D else 0.0
+            s = _row_steps(delta[b, d], u[b, d], bias_d, softplus,
+                               dt, bu, z[b, d] if has_z else u[b, d], has_z)
+            for t in range(L):
+                s += dout[b, d, t]
+            screen[row] = s
+            for n in range(N):
+                hs[0, n] = h0[b, d, n] if has_h0 else 0.0
+            bb, bg = b * b_sb, d // b_gd
+            cb, cg = b * c_sb, d // c_gd
+            for t in range(L):
+                acc = 0.0
+                for n in range(N):
+                    at = cmath.exp(dt[t] * A[d, n])
+                    hn = at * hs[t, n] + bu[t] * Bx[bb, bg, t * b_st, n]
+                    abar[t, n] = at
+                    hs[t + 1, n] = hn
+                    acc += (Cx[cb, cg, t * c_st, n] * hn).real
+                y[t] = 2.0 * acc
+            sD = 0.0
+            for t in range(L):
+                if has_z:
+                    zz = z[b, d, t]
+                    sg = 1.0 / (1.0 + np.exp(-zz))
+                    v = y[t] + Dd * u[b, d, t]
+                    dz[b, d, t] = dout[b, d, t] * v * sg * (1.0 + zz * (1.0 - sg))
+                    dy[t] = dout[b, d, t] * zz * sg
+                else:
+                    dy[t] = dout[b, d, t]
+                sD += dy[t] * u[b, d, t]
+            for n in range(N):
+                g[n] = dlast[b, d, n] if has_dlast else 0.0
+            for t in range(L - 1, -1, -1):
+                dyt2 = 2.0 * dy[t]  # y = 2 Re <C, h>
+                accA = 0.0
+                accB = 0.0
+                for n in range(N):
+                    Ctn = Cx[cb, cg, t * c_st, n]
+                    Btn = Bx[bb, bg, t * b_st, n]
+                    gn = g[n] + dyt2 * Ctn.conjugate()
+                    at = abar[t, n]
+                    ga = (at * hs[t, n]).conjugate() * gn  # gradient w.r.t. dt_t * A_n
+                    accA += (A[d, n].conjugate() * ga).real
+                    dA_c[c, d, n] += dt[t] * ga
+                    accB += (Btn.conjugate() * gn).real
+                    dB_c[c, bb, bg, t * b_st, n] += bu[t] * gn
+                    dC_c[c, cb, cg, t * c_st, n] += dyt2 * hs[t + 1, n].conjugate()
+                    g[n] = at.conjugate() * gn
+                du[b, d, t] = dt[t] * accB + Dd * dy[t]
+                ddelta[b, d, t] = accA + u[b, d, t] * accB
+            sb = 0.0
+            for t in range(L):
+                gd = ddelta[b, d, t]
+                if softplus:
+                    raw = delta[b, d, t] + bias_d
+                    gd = gd if raw > 20 else gd / (1.0 + np.exp(-raw))
+                    ddelta[b, d, t] = gd
+                sb += gd
+            dbias_c[c, d] += sb
+            dD_c[c, d] += sD
+            for n in range(N):
+                dh0[b, d, n] = g[n]
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _update_complex(state, x, dt, A, Bx, Cx, Dv, z, bias,
+                    has_D, has_z, has_bias, softplus, y, new_state):
+    nb, nd, N = state.shape
+    b_gd = nd // Bx.shape[1]
+    c_gd = nd // Cx.shape[1]
+    for row in prange(nb * nd):
+        b = row // nd
+        d = row - b * nd
+        s = dt[b, d] + (bias[d] if has_bias else 0.0)
+        if softplus:
+            s = fast_softplus(s)
+        acc = 0.0
+        for n in range(N):
+            hn = cmath.exp(s * A[d, n]) * state[b, d, n] + s * x[b, d] * Bx[b, d // b_gd, n]
+            new_state[b, d, n] = hn
+            acc += (Cx[b, d // c_gd, n] * hn).real
+        acc = 2.0 * acc
+        if has_D:
+            acc += Dv[d] * x[b, d]
+        if has_z:
+            zz = z[b, d]
+            acc = acc * zz / (1.0 + np.exp(-zz))
+        y[b, d] = acc
+
+
+# ---------------------------------------------------------------------------
+# validation and layout (Python)
+# ---------------------------------------------------------------------------
+
+def _compute_dtype(dtype):
+    """float32 (and narrower) input is computed in float32, anything else in float64."""
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize <= 4 else np.dtype(np.float64)
+
+
+def _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    """The reference's checks on dtypes, shapes and the small arrays, in its order.
+
+    Mirrors ``ssm_ref.selective._validate_scan_inputs`` except for the checks
+    over the (B, D, L) arrays, which the kernels screen.  Returns a dict.
+    """
+    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
+    u = as_array(u, "u", allow_complex=False, ndim=3)
+    batch, dim, length = u.shape
+    check_shape(delta, "delta", (batch, dim, length))
+    A = as_array(A, "A", ndim=2)
+    check_shape(A, "A", (dim, None))
+    dstate = A.shape[1]
+    if min(dstate, length, batch, dim) < 1:
+        raise ValueError("empty sizes")  # the reference words it; see _raise_as_reference
+    is_complex = A.dtype.kind == "c"
+    B = as_array(B, "B")
+    C = as_array(C, "C")
+    for X, name in ((B, "B"), (C, "C")):
+        if X.dtype.kind == "c" and not is_complex:
+            raise TypeError(f"Parameter {name} is complex but A is real")
+    form_B = _ref._bc_form(B, "B", batch, dim, length, dstate)
+    form_C = _ref._bc_form(C, "C", batch, dim, length, dstate)
+    p = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": None, "z": None,
+         "delta_bias": None, "h0": None}
+    if D is not None:
+        p["D"] = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
+    if z is not None:
+        p["z"] = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
+                             (batch, dim, length))
+    if delta_bias is not None:
+        p["delta_bias"] = check_shape(
+            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
+            "delta_bias", (dim,))
+    if h0 is not None:
+        h0 = as_array(h0, "h0", allow_complex=is_complex, ndim=3)
+        p["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
+    if not isinstance(delta_softplus, (bool, np.bool_)):
+        raise TypeError("delta_softplus must be a bool")
+    for name in ("A", "B", "C", "D", "delta_bias", "h0"):  # small: checked here
+        if p[name] is not None:
+            check_finite(p[name], name)
+    if np.any(A.real > 0):
+        raise ValueError("Re(A) > 0")
+    if not delta_softplus:  # a cheap, conservative screen for negative steps
+        low = float(np.min(delta)) + (0.0 if p["delta_bias"] is None
+                                      else float(np.min(p["delta_bias"])))
+        p["maybe_negative"] = low < 0
+    else:
+        p["maybe_negative"] = False  # softplus >= 0
+    p.update(batch=batch, dim=dim, length=length, dstate=dstate, is_complex=is_complex,
+             form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus))
+    return p
+
+
+def _padded(n):
+    """N rounded up to a multiple of ``_LANES``."""
+    return -(-n // _LANES) * _LANES
+
+
+def _pad_last(X, n_padded, dtype):
+    """Copy ``X`` into a zero array whose last axis has ``n_padded`` entries."""
+    if X.shape[-1] == n_padded:
+        return np.ascontiguousarray(X, dtype=dtype)
+    out = np.zeros(X.shape[:-1] + (n_padded,), dtype)
+    out[..., :X.shape[-1]] = X
+    return out
+
+
+def _layout_bc(X, form, work, n_padded):
+    """B or C -> (B or 1, G', L or 1, N padded), contiguous, dtype ``work``."""
+    if form == "constant":
+        X = X[None, :, None, :]  # (D, N) -> (1, D, 1, N)
+    elif form == "variable":
+        X = np.swapaxes(X, 1, 2)[:, None]  # (B, N, L) -> (B, 1, L, N)
+    else:
+        X = np.swapaxes(X, 2, 3)  # (B, G, N, L) -> (B, G, L, N)
+    return _pad_last(X, n_padded, work)
+
+
+def _kernel_args(p, real):
+    """The arrays the scan kernels take, dummies for the missing optional ones."""
+    state_t = np.complex128 if p["is_complex"] else real
+    npad = _padded(p["dstate"])
+    dummy1 = np.zeros(1, real)
+    dummy3 = np.zeros((1, 1, 1), real)
+    return dict(
+        u=np.ascontiguousarray(p["u"], dtype=real),
+        delta=np.ascontiguousarray(p["delta"], dtype=real),
+        A=_pad_last(p["A"], npad, state_t),  # (D, Np)
+        Bx=_layout_bc(p["B"], p["form_B"], state_t, npad),  # (B|1, G', L|1, Np)
+        Cx=_layout_bc(p["C"], p["form_C"], state_t, npad),
+        Dv=dummy1 if p["D"] is None else np.ascontiguousarray(p["D"], dtype=real),
+        z=dummy3 if p["z"] is None else np.ascontiguousarray(p["z"], dtype=real),
+        bias=dummy1 if p["delta_bias"] is None
+        else np.ascontiguousarray(p["delta_bias"], dtype=real),
+        h0=np.zeros((1, 1, 1), state_t) if p["h0"] is None
+        else _pad_last(p["h0"], npad, state_t),  # (B, D, Np)
+    )
+
+
+def _screen_failed(screen, p):
+    """True if a (B, D, L) input may hold NaN/inf, or a step may be negative.
+
+    ``screen`` holds one sum of u, delta, z (and dout) per row: a NaN or inf
+    anywhere makes its row's sum non-finite (an overflow of a finite sum only
+    costs a call of the reference's validator).  Negative steps are screened
+    in Python by ``min(delta) + min(delta_bias) < 0``.
+    """
+    return bool(p["maybe_negative"]) or not bool(np.all(np.isfinite(screen)))
+
+
+def _validated(check, reference_check):
+    """Run the fast ``check``; if it raises, let the reference raise its own error.
+
+    The fast checks are the reference's, so normally the reference raises
+    the same error; if it does not (a bug here), the fast error is raised.
+    """
+    try:
+        return check()
+    except (ValueError, TypeError) as fast_error:
+        reference_check()
+        raise fast_error
+
+
+def _threads(rows):
+    """Blocks of rows = Numba's thread count (``numba.set_num_threads``), at most ``rows``."""
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+def _state_dtype(real_dtype, is_complex):
+    return _ref._state_dtype(real_dtype, is_complex)
+
+
+# ---------------------------------------------------------------------------
+# public functions: the reference signatures
+# ---------------------------------------------------------------------------
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                   delta_softplus=False, return_last_state=False, h0=None):
+    """Numba version of :func:`ssm_ref.selective_scan` (same signature and result).
+
+    Parameters, returns and errors are those of :func:`ssm_ref.selective_scan`.
+    float32 input is computed in float32, other real input in float64,
+    complex A in complex128; the output dtype is ``u``'s.
+
+    Notes
+    -----
+    Implements ``eq-selective-delta``, ``eq-selective-disc``,
+    ``eq-selective-recurrence`` and ``eq-selective-output``, parallel over the
+    (batch, channel) rows with a vectorized exponential (``fast._fastexp``).
+    Memory: O(B·D·L) for the output and O(L + N) scratch per row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_cpu import selective_scan
+    >>> u = np.ones((1, 1, 3))
+    >>> y, h = selective_scan(u, 0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]],
+    ...                       return_last_state=True)
+    >>> y
+    array([[[0.5       , 0.80326533, 0.98720505]]])
+    """
+    def reference_check():
+        _ref._validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+
+    p = _validated(lambda: _check_scan_structure(u, delta, A, B, C, D, z, delta_bias,
+                                                 delta_softplus, h0), reference_check)
+    if not isinstance(return_last_state, (bool, np.bool_)):
+        raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
+    u_dtype = p["u"].dtype
+    real = np.dtype(np.float64) if p["is_complex"] else _compute_dtype(u_dtype)
+    k = _kernel_args(p, real)
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
+    out = np.empty((batch, dim, length), real)  # (B, D, L)
+    last = np.empty((batch, dim, k["A"].shape[1]), np.complex128 if p["is_complex"] else real)
+    screen = np.empty(batch * dim, real)
+    kernel = _fwd_complex if p["is_complex"] else _fwd_real
+    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
+           p["D"] is not None, p["z"] is not None, p["delta_bias"] is not None,
+           p["delta_softplus"], p["h0"] is not None, out, last, screen,
+           _threads(batch * dim))
+    if _screen_failed(screen, p):
+        reference_check()  # raises the reference's error (non-finite input, negative step)
+    y = out.astype(u_dtype, copy=False)
+    if not return_last_state:
+        return y
+    last = last[:, :, :dstate]  # (B, D, N): drop the padding
+    return y, last.astype(_state_dtype(u_dtype, p["is_complex"]))
+
+
+def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                            delta_softplus=False, h0=None, dlast_state=None):
+    """Numba version of :func:`ssm_ref.selective_scan_backward` (same result).
+
+    Returns the dict of the nine gradients keyed by argument name, each in
+    its argument's shape and dtype (``None`` for an optional argument not
+    given).
+
+    Notes
+    -----
+    Implements ``eq-selective-backward``.  Each (batch, channel) row reruns
+    its forward pass keeping its (L, N) states and decay factors in per-thread
+    scratch, then runs the reverse scan; shared gradients (A, B, C, D,
+    delta_bias) are summed in per-thread copies.  Memory O(threads · L · N)
+    scratch plus per-thread copies of dB and dC, never (B, D, L, N).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_cpu import selective_scan_backward
+    >>> g = selective_scan_backward(np.array([[[1.0, 0.0, 0.0]]]), np.ones((1, 1, 3)),
+    ...                             0.5 * np.ones((1, 1, 3)), [[-1.0]], [[1.0]], [[1.0]])
+    >>> g["u"]
+    array([[[0.5, 0. , 0. ]]])
+    """
+    def reference_check():
+        _ref.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
+                                     delta_softplus, h0, dlast_state)
+
+    def check():
+        p = _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3)
+        check_shape(dout_, "dout", (p["batch"], p["dim"], p["length"]))
+        p["dout"] = dout_
+        p["dlast"] = None
+        if dlast_state is not None:
+            dl = as_array(dlast_state, "dlast_state", allow_complex=p["is_complex"], ndim=3)
+            check_shape(dl, "dlast_state", (p["batch"], p["dim"], p["dstate"]))
+            check_finite(dl, "dlast_state")
+            p["dlast"] = dl
+        return p
+
+    p = _validated(check, reference_check)
+    is_complex = p["is_complex"]
+    real = np.dtype(np.float64) if is_complex else _compute_dtype(p["u"].dtype)
+    state_t = np.dtype(np.complex128) if is_complex else real
+    k = _kernel_args(p, real)
+    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
+    nchunks = _threads(batch * dim)
+    dout_k = np.ascontiguousarray(p["dout"], dtype=real)
+    npad = k["A"].shape[1]
+    dlast = (np.zeros((1, 1, 1), state_t) if p["dlast"] is None
+             else _pad_last(p["dlast"], npad, state_t))  # (B, D, Np)
+    du = np.empty((batch, dim, length), real)  # (B, D, L)
+    ddelta = np.empty((batch, dim, length), real)  # (B, D, L)
+    dz = np.empty((batch, dim, length) if p["z"] is not None else (1, 1, 1), real)
+    dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
+    dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
+    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
+    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
+    dD_c = np.zeros((nchunks, dim), real)
+    dbias_c = np.zeros((nchunks, dim), real)
+    screen = np.empty(batch * dim, real)
+    kernel = _bwd_complex if is_complex else _bwd_real
+    kernel(dout_k, k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
+           k["h0"], dlast, p["D"] is not None, p["z"] is not None,
+           p["delta_bias"] is not None, p["delta_softplus"], p["h0"] is not None,
+           p["dlast"] is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
+    if _screen_failed(screen, p):
+        reference_check()
+
+    def unlayout(Xc, form):  # sum the per-thread copies, back to the argument's layout
+        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
+        if form == "constant":
+            return X[0, :, 0, :]  # (D, N)
+        if form == "variable":
+            return np.swapaxes(X[:, 0], 1, 2)  # (B, N, L)
+        return np.swapaxes(X, 2, 3)  # (B, G, N, L)
+
+    grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
+             "B": unlayout(dB_c, p["form_B"]), "C": unlayout(dC_c, p["form_C"]),
+             "D": dD_c.sum(axis=0) if p["D"] is not None else None,
+             "z": dz if p["z"] is not None else None,
+             "delta_bias": dbias_c.sum(axis=0) if p["delta_bias"] is not None else None,
+             "h0": dh0[:, :, :dstate] if p["h0"] is not None else None}
+    for name, grad in grads.items():  # each argument's own dtype; real ones get the real part
+        if grad is not None:
+            target = p[name].dtype
+            grad = grad if target.kind == "c" else np.real(grad)
+            grads[name] = np.ascontiguousarray(grad).astype(target, copy=False)
+    return grads
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False):
+    """Numba version of :func:`ssm_ref.selective_state_update` (same result).
+
+    Returns ``(y, new_state)``; ``state`` is not modified.
+
+    Notes
+    -----
+    Implements ``eq-selective-disc``, ``eq-selective-recurrence`` and
+    ``eq-selective-output`` for one time step, parallel over (batch, channel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_cpu import selective_state_update
+    >>> h = np.zeros((1, 1, 1))
+    >>> for u_t in [1.0, 1.0, 1.0]:
+    ...     y, h = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    >>> y
+    array([[0.98720505]])
+    """
+    def reference_check():
+        _ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+    def check():  # the reference's checks, in its order (the arrays are small)
+        x_ = as_array(x, "x", allow_complex=False, ndim=2)
+        batch, dim = x_.shape
+        dt_ = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
+        A_ = as_array(A, "A", ndim=2)
+        check_shape(A_, "A", (dim, None))
+        dstate = A_.shape[1]
+        is_complex = A_.dtype.kind == "c"
+        state_ = as_array(state, "state", allow_complex=is_complex, ndim=3)
+        check_shape(state_, "state", (batch, dim, dstate))
+        q = {"x": x_, "dt": dt_, "A": A_, "state": state_, "is_complex": is_complex}
+        for X, name in ((B, "B"), (C, "C")):
+            X = as_array(X, name, ndim=(2, 3))
+            if X.dtype.kind == "c" and not is_complex:
+                raise TypeError(f"Parameter {name} is complex but A is real")
+            if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
+                raise ValueError(f"Parameter {name}: G does not divide D")
+            check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
+            q[name] = X
+        for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
+                                 (dt_bias, "dt_bias", (dim,))):
+            q[name] = None if arr is None else check_shape(
+                as_array(arr, name, allow_complex=False, ndim=len(shape)), name, shape)
+        if not isinstance(dt_softplus, (bool, np.bool_)):
+            raise TypeError("dt_softplus must be a bool")
+        for name in ("x", "dt", "A", "state", "B", "C", "D", "z", "dt_bias"):
+            if q[name] is not None:
+                check_finite(q[name], name)
+        if np.any(A_.real > 0):
+            raise ValueError("Re(A) > 0")
+        if not dt_softplus:
+            step = dt_.astype(np.float64) + (0.0 if q["dt_bias"] is None
+                                             else q["dt_bias"][None, :])
+            if np.any(step < 0):
+                raise ValueError("negative step")
+        return q
+
+    q = _validated(check, reference_check)
+    is_complex = q["is_complex"]
+    real = np.dtype(np.float64) if is_complex else _compute_dtype(q["x"].dtype)
+    state_t = np.dtype(np.complex128) if is_complex else real
+    batch, dim = q["x"].shape
+    dstate = q["A"].shape[1]
+
+    def bc(X):  # (B, N) -> (B, 1, N); (B, G, N) stays
+        return np.ascontiguousarray(X[:, None, :] if X.ndim == 2 else X, dtype=state_t)
+
+    def opt(X, shape):
+        return np.zeros(shape, real) if X is None else np.ascontiguousarray(X, dtype=real)
+
+    y = np.empty((batch, dim), real)  # (B, D)
+    new_state = np.empty((batch, dim, dstate), state_t)  # (B, D, N)
+    kernel = _update_complex if is_complex else _update_real
+    kernel(np.ascontiguousarray(q["state"], dtype=state_t),
+           np.ascontiguousarray(q["x"], dtype=real), np.ascontiguousarray(q["dt"], dtype=real),
+           np.ascontiguousarray(q["A"], dtype=state_t), bc(q["B"]), bc(q["C"]),
+           opt(q["D"], (1,)), opt(q["z"], (1, 1)), opt(q["dt_bias"], (1,)),
+           q["D"] is not None, q["z"] is not None, q["dt_bias"] is not None,
+           bool(dt_softplus), y, new_state)
+    st = q["state"].dtype
+    new_dtype = _state_dtype(st, is_complex) if st.kind == "f" else st
+    return y.astype(q["x"].dtype, copy=False), new_state.astype(new_dtype, copy=False)

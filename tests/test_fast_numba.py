@@ -1,0 +1,347 @@
+"""The Numba CPU backend against the float64 NumPy reference.
+
+Oracle: ``ssm_ref.selective_scan`` / ``selective_scan_backward`` /
+``selective_state_update`` (themselves checked against the official
+``selective_scan_ref``, scalar loops and finite differences).  Comparisons
+go through ``assert_close(kind="backend")``: float64 inputs within 1e-9,
+float32 inputs (computed in float32 by the kernels) within 2e-4 relative.
+Sizes are small: N = 5 exercises the padding of N to 16 lanes, N = 20 two
+lane blocks; D = 4 rows split over the threads.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import ssm_ref
+from fast import numba_cpu
+
+FORMS = ("constant", "variable", "grouped")
+KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
+
+
+def make_inputs(rng, form_B="variable", form_C="variable", complex_=False, dtype=np.float64,
+                batch=2, dim=4, length=13, dstate=5, extras=True, groups=2):
+    """Random valid scan inputs as keyword arguments; real arrays in ``dtype``."""
+    def bc(form):
+        shape = {"constant": (dim, dstate), "variable": (batch, dstate, length),
+                 "grouped": (batch, groups, dstate, length)}[form]
+        X = rng.standard_normal(shape)
+        return (X + 1j * rng.standard_normal(shape)) if complex_ else X.astype(dtype)
+
+    A = -np.exp(rng.standard_normal((dim, dstate)))  # Re(A) < 0
+    A = (A + 1j * np.pi * rng.standard_normal((dim, dstate))) if complex_ else A.astype(dtype)
+    kw = dict(u=rng.standard_normal((batch, dim, length)).astype(dtype),
+              delta=(0.5 * rng.random((batch, dim, length)) + 0.05).astype(dtype),
+              A=A, B=bc(form_B), C=bc(form_C))
+    if extras:
+        h0 = rng.standard_normal((batch, dim, dstate))
+        kw.update(D=rng.standard_normal(dim).astype(dtype),
+                  z=rng.standard_normal((batch, dim, length)).astype(dtype),
+                  delta_bias=(0.3 * rng.standard_normal(dim)).astype(dtype),
+                  delta_softplus=True,
+                  delta=rng.standard_normal((batch, dim, length)).astype(dtype),
+                  h0=(h0 + 1j * rng.standard_normal(h0.shape)) if complex_ else h0.astype(dtype))
+    return kw
+
+
+CASES = [(fb, fc, cx) for fb, fc in itertools.product(FORMS, FORMS) for cx in (False, True)]
+CASE_IDS = [f"B-{fb}-C-{fc}-{'complex' if cx else 'real'}" for fb, fc, cx in CASES]
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
+def test_forward_matches_reference_all_forms(rng, form_B, form_C, complex_, dtype):
+    kw = make_inputs(rng, form_B, form_C, complex_, dtype)
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert y.dtype == y_ref.dtype == dtype and last.dtype == last_ref.dtype
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_forward_without_optional_arguments(rng, complex_, dtype):
+    kw = make_inputs(rng, complex_=complex_, dtype=dtype, extras=False, dstate=20)
+    assert_close(numba_cpu.selective_scan(**kw), ssm_ref.selective_scan(**kw), kind="backend")
+
+
+@pytest.mark.parametrize("option", ["D", "z", "delta_bias", "h0"])
+def test_forward_each_option_alone(rng, option):
+    full = make_inputs(rng)
+    kw = make_inputs(rng, extras=False)
+    kw[option] = np.abs(full[option]) if option == "delta_bias" else full[option]  # steps >= 0
+    assert_close(numba_cpu.selective_scan(**kw), ssm_ref.selective_scan(**kw), kind="backend")
+
+
+def test_softplus_threshold_and_long_decay(rng):
+    """Raw steps around softplus's linear threshold 20, and exp(delta A) underflowing."""
+    kw = make_inputs(rng, extras=False, length=40)
+    kw["delta"] = np.linspace(-30.0, 30.0, 40)[None, None, :] * np.ones((2, 4, 1))
+    kw["delta"][:, :, 20] = 19.999
+    kw["delta"][:, :, 21] = 20.001
+    kw["A"] = -np.logspace(-3, 2, 20).reshape(4, 5)  # delta A down to -3000: Abar = 0
+    for dtype in (np.float64, np.float32):
+        kw32 = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        y, last = numba_cpu.selective_scan(**kw32, delta_softplus=True, return_last_state=True)
+        y_ref, last_ref = ssm_ref.selective_scan(**kw32, delta_softplus=True,
+                                                 return_last_state=True)
+        assert_close(y, y_ref, kind="backend")
+        assert_close(last, last_ref, kind="backend")
+
+
+def test_h0_continues_a_split_sequence(rng):
+    kw = make_inputs(rng, "constant", "grouped", extras=False, length=20)
+    y_all, h_all = numba_cpu.selective_scan(**kw, return_last_state=True)
+    first = dict(kw, u=kw["u"][..., :11], delta=kw["delta"][..., :11],
+                 C=kw["C"][..., :11])
+    second = dict(kw, u=kw["u"][..., 11:], delta=kw["delta"][..., 11:],
+                  C=kw["C"][..., 11:])
+    y1, h1 = numba_cpu.selective_scan(**first, return_last_state=True)
+    y2, h2 = numba_cpu.selective_scan(**second, h0=h1, return_last_state=True)
+    assert_close(np.concatenate([y1, y2], axis=-1), y_all, kind="backend")
+    assert_close(h2, h_all, kind="backend")
+
+
+def test_float32_long_sequence_stays_within_backend_tolerance(rng):
+    """float32 state accumulation over L = 2000 against the float64 reference."""
+    kw = make_inputs(rng, dtype=np.float32, length=2000, dim=2, dstate=16)
+    assert_close(numba_cpu.selective_scan(**kw), ssm_ref.selective_scan(**kw), kind="backend")
+
+
+def test_result_does_not_depend_on_thread_count(rng):
+    import numba
+    kw = make_inputs(rng, dim=6)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        y1 = numba_cpu.selective_scan(**kw)
+        g1 = numba_cpu.selective_scan_backward(np.ones_like(y1), **kw)
+    finally:
+        numba.set_num_threads(before)
+    y2 = numba_cpu.selective_scan(**kw)
+    g2 = numba_cpu.selective_scan_backward(np.ones_like(y2), **kw)
+    assert_close(y1, y2, kind="backend")
+    for key in KEYS:
+        assert_close(g1[key], g2[key], kind="backend", err_msg=key)
+
+
+# ---------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
+def test_backward_matches_reference_every_gradient(rng, form_B, form_C, complex_, dtype):
+    kw = make_inputs(rng, form_B, form_C, complex_, dtype)
+    dout = rng.standard_normal(kw["u"].shape).astype(dtype)
+    dlast = rng.standard_normal(kw["h0"].shape)
+    dlast = dlast + 1j * rng.standard_normal(dlast.shape) if complex_ else dlast.astype(dtype)
+    g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert set(g) == set(KEYS)
+    for key in KEYS:
+        assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_backward_without_optional_arguments(rng, complex_):
+    kw = make_inputs(rng, complex_=complex_, extras=False, dstate=20)
+    dout = rng.standard_normal(kw["u"].shape)
+    g = numba_cpu.selective_scan_backward(dout, **kw)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    for key in KEYS:
+        if g_ref[key] is None:
+            assert g[key] is None, key
+        else:
+            assert_close(g[key], g_ref[key], kind="backend", err_msg=key)
+
+
+def test_backward_of_last_state_only(rng):
+    """dout = 0 and dlast_state = e_n: the gradient of one entry of the last state."""
+    kw = make_inputs(rng, "grouped", "constant")
+    dlast = np.zeros(kw["h0"].shape)
+    dlast[1, 2, 3] = 1.0
+    dout = np.zeros(kw["u"].shape)
+    g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert np.abs(g["h0"]).sum() > 0  # the test can fail
+    for key in KEYS:
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=key)
+
+
+def test_complex_a_with_real_b_and_c(rng):
+    """Real B/C with complex A are read as complex with zero imaginary part; their
+    gradients are real (the real part), as in the reference."""
+    kw = make_inputs(rng, "constant", "variable", complex_=True)
+    kw["B"], kw["C"] = kw["B"].real.copy(), kw["C"].real.copy()
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert_close(y, y_ref, kind="backend")
+    assert_close(last, last_ref, kind="backend")
+    dout = rng.standard_normal(y.shape)
+    g = numba_cpu.selective_scan_backward(dout, **kw)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    assert g["B"].dtype == g_ref["B"].dtype == np.float64
+    for key in KEYS:
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=key)
+
+
+# ---------------------------------------------------------------------------
+# the decoding step
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["BN", "BGN"])
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "D-z-bias-softplus"])
+def test_state_update_matches_reference(rng, dtype, complex_, grouped, extras):
+    batch, dim, dstate = 2, 4, 5
+    shape_bc = (batch, 2, dstate) if grouped else (batch, dstate)
+    A = -np.exp(rng.standard_normal((dim, dstate)))
+    Bm, Cm = rng.standard_normal(shape_bc), rng.standard_normal(shape_bc)
+    state = rng.standard_normal((batch, dim, dstate))
+    if complex_:
+        A = A + 1j * rng.standard_normal(A.shape)
+        Bm, Cm = Bm + 1j * rng.standard_normal(shape_bc), Cm + 1j * rng.standard_normal(shape_bc)
+        state = state + 1j * rng.standard_normal(state.shape)
+    else:
+        A, Bm, Cm, state = (X.astype(dtype) for X in (A, Bm, Cm, state))
+    kw = dict(state=state, x=rng.standard_normal((batch, dim)).astype(dtype),
+              dt=(0.5 * rng.random((batch, dim)) + 0.05).astype(dtype), A=A, B=Bm, C=Cm)
+    if extras:
+        kw.update(D=rng.standard_normal(dim).astype(dtype),
+                  z=rng.standard_normal((batch, dim)).astype(dtype),
+                  dt_bias=rng.standard_normal(dim).astype(dtype), dt_softplus=True,
+                  dt=rng.standard_normal((batch, dim)).astype(dtype))
+    before = state.copy()
+    y, new = numba_cpu.selective_state_update(**kw)
+    y_ref, new_ref = ssm_ref.selective_state_update(**kw)
+    np.testing.assert_array_equal(state, before)  # not modified in place
+    assert y.dtype == y_ref.dtype and new.dtype == new_ref.dtype
+    assert_close(y, y_ref, kind="backend")
+    assert_close(new, new_ref, kind="backend")
+
+
+def test_state_update_token_by_token_reproduces_numba_scan(rng):
+    kw = make_inputs(rng, "variable", "grouped", dstate=20)
+    y_scan, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    state, ys = kw["h0"], []
+    for t in range(kw["u"].shape[-1]):
+        y_t, state = numba_cpu.selective_state_update(
+            state, kw["u"][:, :, t], kw["delta"][:, :, t], kw["A"], kw["B"][..., t],
+            kw["C"][..., t], kw["D"], kw["z"][:, :, t], kw["delta_bias"], True)
+        ys.append(y_t)
+    assert_close(np.stack(ys, axis=-1), y_scan, kind="backend")
+    assert_close(state, last, kind="backend")
+
+
+# ---------------------------------------------------------------------------
+# bad input: the same exception, with the same message, as the reference
+# ---------------------------------------------------------------------------
+
+def _error(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except (ValueError, TypeError) as exc:
+        return type(exc), str(exc)
+    return None
+
+
+def _nan_at_first(x):
+    x = np.array(x, dtype=np.result_type(x, float))
+    x.flat[0] = np.nan
+    return x
+
+
+SCAN_BAD = [
+    ("u", np.zeros((2, 4))),
+    ("delta", np.ones((2, 4, 8))),
+    ("A", -np.ones((5, 5))),
+    ("B", np.ones((2, 5, 8))),
+    ("C", np.ones((4, 2))),
+    ("B", np.ones((2, 3, 5, 13))),  # G = 3 does not divide D = 4
+    ("C", np.ones((2, 4, 5, 13, 1))),
+    ("D", np.ones(3)),
+    ("z", np.ones((2, 4, 10))),
+    ("delta_bias", np.ones((4, 1))),
+    ("h0", np.ones((2, 4, 2))),
+    ("B", np.ones((2, 5, 13)) * 1j),  # complex B with real A
+    ("h0", np.ones((2, 4, 5)) * 1j),
+    ("u", np.ones((2, 4, 13)) * 1j),
+    ("A", np.ones((4, 5))),  # Re(A) > 0
+    ("u", np.array([["a"]])),
+    ("delta_softplus", "yes"),
+    ("delta", -np.ones((2, 4, 13))),  # negative steps without softplus
+    ("u", "nan"), ("delta", "nan"), ("z", "nan"), ("A", "nan"), ("B", "nan"),
+    ("C", "nan"), ("D", "nan"), ("delta_bias", "nan"), ("h0", "nan"),
+    ("u", "inf-last"), ("z", "inf-last"),
+]
+
+
+@pytest.mark.parametrize("arg,value", SCAN_BAD, ids=[f"{a}-{i}" for i, (a, _) in enumerate(SCAN_BAD)])
+def test_scan_bad_input_same_error_as_reference(rng, arg, value):
+    kw = make_inputs(rng)
+    if arg == "delta" and not isinstance(value, str):
+        kw["delta_softplus"] = False
+    if isinstance(value, str) and value == "nan":
+        value = _nan_at_first(kw[arg])
+    elif isinstance(value, str) and value == "inf-last":
+        value = np.array(kw[arg])
+        value.flat[-1] = np.inf
+    kw[arg] = value
+    expected = _error(ssm_ref.selective_scan, **kw)
+    assert expected is not None, "the reference accepted this input"
+    assert _error(numba_cpu.selective_scan, **kw) == expected
+    dout = np.ones((2, 4, 13))
+    assert _error(numba_cpu.selective_scan_backward, dout, **kw) == \
+        _error(ssm_ref.selective_scan_backward, dout, **kw)
+
+
+def test_return_last_state_must_be_bool(rng):
+    kw = make_inputs(rng)
+    with pytest.raises(TypeError, match="return_last_state"):
+        numba_cpu.selective_scan(**kw, return_last_state="yes")
+
+
+@pytest.mark.parametrize("dout,dlast", [
+    (np.ones((2, 4, 12)), None),
+    (np.full((2, 4, 13), np.nan), None),
+    (np.ones((2, 4, 13)) * 1j, None),
+    (np.ones((2, 4, 13)), np.ones((2, 4, 4))),
+    (np.ones((2, 4, 13)), np.ones((2, 4, 5)) * 1j),
+    (np.ones((2, 4, 13)), np.full((2, 4, 5), np.inf)),
+], ids=["dout-shape", "dout-nan", "dout-complex", "dlast-shape", "dlast-complex", "dlast-inf"])
+def test_backward_bad_gradients_same_error_as_reference(rng, dout, dlast):
+    kw = make_inputs(rng)
+    expected = _error(ssm_ref.selective_scan_backward, dout, **kw, dlast_state=dlast)
+    assert expected is not None
+    assert _error(numba_cpu.selective_scan_backward, dout, **kw, dlast_state=dlast) == expected
+
+
+UPDATE_BAD = [
+    ("state", np.zeros((2, 4, 2))), ("x", np.zeros((2, 4, 1))), ("dt", np.ones((2, 3))),
+    ("B", np.ones((2, 3, 5))), ("C", np.ones((2, 2))), ("B", np.ones((2, 5)) * 1j),
+    ("z", np.ones((2, 5))), ("dt", -np.ones((2, 4))), ("A", np.ones((4, 5))),
+    ("x", np.full((2, 4), np.inf)), ("D", np.ones(3)), ("dt_softplus", 1),
+]
+
+
+@pytest.mark.parametrize("arg,value", UPDATE_BAD,
+                         ids=[f"{a}-{i}" for i, (a, _) in enumerate(UPDATE_BAD)])
+def test_state_update_bad_input_same_error_as_reference(rng, arg, value):
+    kw = dict(state=np.zeros((2, 4, 5)), x=np.ones((2, 4)), dt=np.ones((2, 4)),
+              A=-np.ones((4, 5)), B=np.ones((2, 5)), C=np.ones((2, 5)))
+    kw[arg] = value
+    expected = _error(ssm_ref.selective_state_update, **kw)
+    assert expected is not None
+    assert _error(numba_cpu.selective_state_update, **kw) == expected

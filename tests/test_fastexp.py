@@ -1,0 +1,145 @@
+"""The vectorizable exp of ``fast._fastexp`` against NumPy in extended precision.
+
+Oracle: ``np.exp`` on ``np.longdouble`` (80-bit on x86: ~1e-19 relative),
+so the measured error is the error of the function under test.  Errors are
+counted in ulp of the result's dtype.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fast._fastexp import exp_array, fast_exp, fast_sigmoid, fast_softplus
+
+#: (dtype, smallest x with a normal result, largest x with a finite result)
+RANGES = {np.float32: (-87.33, 88.72), np.float64: (-708.39, 709.78)}
+
+
+def ulp_error(approx, x):
+    """|approx - e^x| in units of the last place of ``approx``'s dtype."""
+    exact = np.exp(x.astype(np.longdouble))
+    spacing = np.spacing(np.abs(exact).astype(approx.dtype)).astype(np.longdouble)
+    return np.abs(approx.astype(np.longdouble) - exact) / spacing
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_most_two_ulp_on_the_normal_range(dtype):
+    lo, hi = RANGES[dtype]
+    x = np.concatenate([np.linspace(lo + 1e-3, hi - 1e-3, 400_001),  # the whole range
+                        np.linspace(-20.0, 0.0, 200_001),  # where the scan lives
+                        np.linspace(-1e-3, 1e-3, 2001)]).astype(dtype)
+    err = ulp_error(exp_array(x), x)
+    assert float(err.max()) <= 2.0, f"max error {float(err.max()):.2f} ulp"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_relative_error_is_float_rounding(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-30, 5, 100_000).astype(dtype)
+    rel = np.abs(exp_array(x) / np.exp(x.astype(np.longdouble)) - 1)
+    assert float(rel.max()) < 2.5 * np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edges_underflow_overflow_nan(dtype):
+    lo, hi = RANGES[dtype]
+    tiny = np.finfo(dtype).tiny
+    x = np.array([lo - 0.5, lo - 50, -1e30, -np.inf, hi + 0.5, 1e30, np.inf, np.nan,
+                  0.0, -0.0], dtype=dtype)
+    y = exp_array(x)
+    np.testing.assert_array_equal(y[:4], 0.0)  # below the normal range: flushed to 0
+    np.testing.assert_array_equal(y[4:7], np.inf)
+    assert np.isnan(y[7])
+    np.testing.assert_array_equal(y[8:], 1.0)
+    # just inside the normal range the result is normal and accurate
+    x_in = np.array([lo + 1e-3, hi - 1e-3], dtype=dtype)
+    y_in = exp_array(x_in)
+    assert np.all(y_in >= tiny) and np.all(np.isfinite(y_in))
+    assert float(ulp_error(y_in, x_in).max()) <= 2.0
+    # subnormal results of np.exp are flushed: absolute error below the smallest normal
+    x_sub = np.linspace(lo - 15, lo - 0.01, 1001).astype(dtype)
+    assert float(np.abs(exp_array(x_sub) - np.exp(x_sub)).max()) <= tiny
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clamped_variant_used_by_the_kernels(dtype):
+    lo, _ = RANGES[dtype]
+    x = np.concatenate([np.linspace(lo + 1e-3, 80.0, 200_001), [lo - 1, -1e4]]).astype(dtype)
+    y = exp_array(x, clamped=True)
+    assert float(ulp_error(y[:-2], x[:-2]).max()) <= 2.0
+    # below the normal range it returns e^lo (the smallest normal numbers), never garbage
+    assert np.all(y[-2:] > 0) and np.all(y[-2:] <= 1.01 * np.finfo(dtype).tiny)
+
+
+def test_libm_and_fast_agree_and_dtype_is_kept():
+    x = np.linspace(-50, 50, 10_001)
+    for dtype in (np.float32, np.float64):
+        fast, libm = exp_array(x.astype(dtype)), exp_array(x.astype(dtype), libm=True)
+        assert fast.dtype == libm.dtype == dtype
+        assert float(np.max(np.abs(fast / libm - 1))) < 4 * np.finfo(dtype).eps
+
+
+def test_exp_array_refuses_other_dtypes():
+    with pytest.raises(TypeError, match="Parameter x has dtype int64"):
+        exp_array(np.arange(3))
+
+
+@njit(fastmath=True, error_model="numpy")
+def _softplus_sigmoid(x, sp, sg):
+    for i in range(x.size):
+        sp[i] = fast_softplus(x[i])
+        sg[i] = fast_sigmoid(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_and_sigmoid(dtype):
+    x = np.concatenate([np.linspace(-60, 60, 20_001), [19.999, 20.0, 20.001, 1e-8, -1e-8]])
+    x = x.astype(dtype)
+    sp, sg = np.empty_like(x), np.empty_like(x)
+    _softplus_sigmoid(x, sp, sg)
+    xl = x.astype(np.longdouble)
+    sp_ref = np.where(xl > 20, xl, np.log1p(np.exp(xl)))  # PyTorch: linear above 20
+    sg_ref = 1 / (1 + np.exp(-xl))
+    eps = np.finfo(dtype).eps
+    assert float(np.max(np.abs(sp / sp_ref - 1))) < 4 * eps
+    assert float(np.max(np.abs(sg / sg_ref - 1))) < 4 * eps
+    np.testing.assert_array_equal(sp[x > 20], x[x > 20])
+
+
+def test_python_fallbacks_are_numpy():
+    assert fast_exp(np.float64(1.0)) == np.exp(1.0)
+    assert float(fast_softplus(np.float64(30.0))) == 30.0
+    assert float(fast_sigmoid(np.float64(0.0))) == 0.5
+
+
+@njit(fastmath=True, error_model="numpy")
+def _serial_fast(x, out):
+    for i in range(x.size):
+        out[i] = fast_exp(x[i])
+
+
+@njit(fastmath=True, error_model="numpy")
+def _serial_libm(x, out):
+    for i in range(x.size):
+        out[i] = math.exp(x[i])
+
+
+def test_vectorized_exp_is_faster_than_libm():
+    """A loose micro-benchmark on one thread (not a timing target): why the module exists."""
+    x = np.random.default_rng(0).uniform(-20, 0, 1 << 18).astype(np.float32)
+    out = np.empty_like(x)
+
+    def best(kernel):
+        kernel(x, out)  # compile
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            kernel(x, out)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    assert best(_serial_fast) < best(_serial_libm)
