@@ -27,6 +27,22 @@ def test_every_tutorial_is_in_the_toc():
     assert on_disk == in_toc, f"not in toc: {on_disk - in_toc}; missing files: {in_toc - on_disk}"
 
 
+@pytest.mark.parametrize("chapter", toc_chapters(), ids=lambda p: p.stem)
+def test_no_code_cell_is_nested_in_a_directive(chapter):
+    """myst-nb runs only top-level code cells; one inside a ````{dropdown} would be
+    executed by jupytext + nbclient here but silently not by the book build."""
+    lines = chapter.read_text().splitlines()
+    outer = re.compile(r"^(`{4,}|:{3,})\{")  # a 4-backtick or colon-fence directive opens
+    opened = None
+    for number, line in enumerate(lines, 1):
+        if opened is None and outer.match(line):
+            opened = outer.match(line).group(1)
+        elif opened is not None and line.strip() == opened:
+            opened = None
+        elif opened is not None and line.startswith("```{code-cell}"):
+            pytest.fail(f"{chapter.name}:{number}: code-cell nested in a directive")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", toc_chapters(), ids=lambda p: p.stem)
 def test_chapter_executes(chapter, tmp_path):
