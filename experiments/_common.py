@@ -10,9 +10,9 @@ summary  mean ± std over the seeds of one configuration (std with ddof=1, the
 
 Every script in this folder imports this module and has the same shape:
 ``main(argv=None) -> dict`` parses ``--quick`` (seconds, for the tests) or the
-full mode, runs, prints a table, writes ``<out>/<name>.json`` and
-``<out>/<name>.png`` and returns the JSON payload.  ``<out>`` defaults to
-``experiments/results``.
+full mode and hands over to :func:`run_experiment`, which runs, prints a
+table, writes ``<out>/<name>.json`` and ``<out>/<name>.png`` and returns the
+JSON payload.  ``<out>`` defaults to ``experiments/results``.
 
 Why BLAS is limited to one thread: on a machine whose cores are shared,
 OpenBLAS's worker threads spin while waiting for each other; the small matrix
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ssm_ref.train import to_jsonable
 
 HERE = Path(__file__).resolve().parent
 #: Where the committed results live.
@@ -174,25 +175,6 @@ def as_dtype(dataset, dtype=np.float64):
 
 
 # --------------------------------------------------------------------------- output
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
 def write_results(name, out_dir, payload, fig=None):
     """Write ``<out_dir>/<name>.json`` (and ``<name>.png`` from ``fig``); returns the payload.
 
@@ -215,10 +197,31 @@ def write_results(name, out_dir, payload, fig=None):
     path = out_dir / f"{name}.json"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(_jsonable(payload), fh, indent=1)
+        json.dump(to_jsonable(payload, finite=True), fh, indent=1)
         fh.write("\n")
     os.replace(tmp, path)
     return payload
+
+
+def run_experiment(name, args, run, plot):
+    """The body of every script's ``main``: run, print the table(s), write the results.
+
+    ``run(args)`` returns ``(results, runs, tables, settings, backend)``, where
+    ``tables`` is one table (a string, stored as ``"table"``) or a dict
+    name -> table (stored as ``"tables"``, printed one after the other);
+    ``plot(results)`` gives the figure.  BLAS is limited to one thread first.
+    Returns the payload written to ``<args.out>/<name>.json``.
+    """
+    limit_blas_threads(1)
+    with Timer() as t:
+        results, runs, tables, settings, backend = run(args)
+    one_table = isinstance(tables, str)
+    print(tables if one_table else "\n\n".join(tables.values()))
+    print(f"({t.s:.0f} s in total, backend {backend})")
+    payload = {"quick": args.quick, "settings": settings, "machine": machine_info(backend),
+               "results": results, "runs": runs, ("table" if one_table else "tables"): tables,
+               "wall_time_s": t.s}
+    return write_results(name, args.out, payload, plot(results))
 
 
 def new_figure(*args, **kwargs):

@@ -221,14 +221,7 @@ def main(argv=None):
     parser.add_argument("--params", type=int, default=None,
                         help="parameter budget per model (default 15000, 3000 with --quick)")
     args = parser.parse_args(argv)
-    C.limit_blas_threads(1)
-    with C.Timer() as t:
-        results, runs, text, settings, backend = run(args)
-    print(text)
-    print(f"({t.s:.0f} s in total, backend {backend})")
-    payload = {"quick": args.quick, "settings": settings, "machine": C.machine_info(backend),
-               "results": results, "runs": runs, "table": text, "wall_time_s": t.s}
-    return C.write_results(NAME, args.out, payload, plot(results))
+    return C.run_experiment(NAME, args, run, plot)
 
 
 if __name__ == "__main__":

@@ -406,12 +406,11 @@ def run(args):
         for k, vals in results["models"]["vim"][key].items():
             rows.append([lab, k] + [f"{v['mean']:.2f}" for v in vals])
     t5 = C.table(rows, ["Vim block 0", "stream"] + [f"L={L}" for L in cfg["lengths"]])
-    text = "\n\n".join([t1, t2, t3, t4, t5])
     settings = dict(cfg, seeds=seeds, models=list(MODELS),
                     shifts={k: list(v) for k, v in cfg["shifts"].items()},
                     widths={n: list(widths[n]) for n in MODELS})
     tables = {"fgsm": t1, "pgd": t2, "probe": t3, "shift": t4, "state": t5}
-    return results, runs, text, tables, settings, backend
+    return results, runs, tables, settings, backend
 
 
 def plot(results):
@@ -463,14 +462,7 @@ def main(argv=None):
                                  "attention and CNN models on digits, which of delta, B, C the "
                                  "attack flows through, and hidden-state accumulation.")
     args = parser.parse_args(argv)
-    C.limit_blas_threads(1)
-    with C.Timer() as t:
-        results, runs, text, tables, settings, backend = run(args)
-    print(text)
-    print(f"({t.s:.0f} s in total, backend {backend})")
-    payload = {"quick": args.quick, "settings": settings, "machine": C.machine_info(backend),
-               "results": results, "runs": runs, "tables": tables, "wall_time_s": t.s}
-    return C.write_results(NAME, args.out, payload, plot(results))
+    return C.run_experiment(NAME, args, run, plot)
 
 
 if __name__ == "__main__":

@@ -463,6 +463,59 @@ if cuda is not None:
             cuda.syncthreads()
             stride //= 2
 
+    # The forward kernel and the backward kernel's recomputation share these
+    # steps; inline="always" splices them in at compile time, so the kernels compile
+    # as if they were written in place (local arrays stay in registers).
+    @cuda.jit(device=True, inline="always")
+    def _bc_row(Bm, Cm, b, d, nD):
+        """Where row (b, d) reads B and C in their 4-D views (Bb, G, N, Lb).
+
+        Returns ``(bB, gB, bC, gC, varB, varC)``: batch and group index of B
+        and of C, and whether each varies along L.
+        """
+        bB = b if Bm.shape[0] > 1 else 0
+        gB = d // (nD // Bm.shape[1])
+        bC = b if Cm.shape[0] > 1 else 0
+        gC = d // (nD // Cm.shape[1])
+        return bB, gB, bC, gC, Bm.shape[3] > 1, Cm.shape[3] > 1
+
+    @cuda.jit(device=True, inline="always")
+    def _step_delta(delta, dbias, b, d, t, has_bias, softplus):
+        """Δ_t of row (b, d): delta (+ delta_bias), through softplus when asked."""
+        x = delta[b, d, t]
+        if has_bias:
+            x += dbias[d]
+        return _softplus(x) if softplus else x
+
+    @cuda.jit(device=True, inline="always")
+    def _carried_state(states, h0, b, d, c, n, has_h0, zero):
+        """h_n entering chunk c: the state at the end of chunk c - 1, else h0 (or zero)."""
+        if c > 0:
+            return states[b, d, c - 1, n]
+        if has_h0:
+            return h0[b, d, n]
+        return zero
+
+    @cuda.jit(device=True, inline="always")
+    def _discretize_and_fold(a_r, bu_r, dt_r, u_r, Bm, bB, gB, n, varB, a_dn, t0, L, items,
+                             one, zero):
+        """Fill this thread's Ā_t, B̄u_t (state n) and fold them into one pair.
+
+        Ā_t = exp(Δ_t·A) and B̄u_t = Δ_t·B_t·u_t (eq-selective-disc; 1 and 0
+        past the end); returns ``(agg_a, agg_b)`` with h_out = agg_a·h_in + agg_b.
+        """
+        agg_a = one
+        agg_b = zero
+        for i in range(items):
+            t = t0 + i
+            a_r[i] = math.exp(dt_r[i] * a_dn)
+            bu_r[i] = zero
+            if t < L:
+                bu_r[i] = dt_r[i] * Bm[bB, gB, n, t if varB else 0] * u_r[i]
+            agg_b = a_r[i] * agg_b + bu_r[i]
+            agg_a = a_r[i] * agg_a
+        return agg_a, agg_b
+
 
 @functools.lru_cache(maxsize=None)
 def _forward_kernel(dtype_name, threads, items):
@@ -481,13 +534,7 @@ def _forward_kernel(dtype_name, threads, items):
         d = cuda.blockIdx.x % nD
         tid = cuda.threadIdx.x
         n_chunks = states.shape[2]
-        # where this row reads B and C in their 4-D views (Bb, G, N, Lb)
-        bB = b if Bm.shape[0] > 1 else 0
-        gB = d // (nD // Bm.shape[1])
-        bC = b if Cm.shape[0] > 1 else 0
-        gC = d // (nD // Cm.shape[1])
-        varB = Bm.shape[3] > 1
-        varC = Cm.shape[3] > 1
+        bB, gB, bC, gC, varB, varC = _bc_row(Bm, Cm, b, d, nD)
 
         sh_a = cuda.shared.array(threads, real)  # scan workspace: Ā products
         sh_b = cuda.shared.array(threads, real)  # scan workspace: accumulated B̄u
@@ -508,30 +555,15 @@ def _forward_kernel(dtype_name, threads, items):
                 u_r[i] = zero
                 dt_r[i] = zero  # dt = 0 past the end makes (Ā, B̄u) = (1, 0): identity
                 if t < L:
-                    x = delta[b, d, t]
-                    if has_bias:
-                        x += dbias[d]
-                    dt_r[i] = _softplus(x) if softplus else x
+                    dt_r[i] = _step_delta(delta, dbias, b, d, t, has_bias, softplus)
                     u_r[i] = u[b, d, t]
             for n in range(N):
                 a_dn = A[d, n]
                 # the running prefix: state at the end of the previous chunk (or h0)
-                h_in = zero
-                if c > 0:
-                    h_in = states[b, d, c - 1, n]
-                elif has_h0:
-                    h_in = h0[b, d, n]
-                # 2. fold this thread's steps into one pair (agg_a, agg_b)
-                agg_a = one
-                agg_b = zero
-                for i in range(items):
-                    t = t0 + i
-                    a_r[i] = math.exp(dt_r[i] * a_dn)  # Ā = exp(Δ·A)   (eq-selective-disc)
-                    bu_r[i] = zero
-                    if t < L:
-                        bu_r[i] = dt_r[i] * Bm[bB, gB, n, t if varB else 0] * u_r[i]  # B̄u
-                    agg_b = a_r[i] * agg_b + bu_r[i]
-                    agg_a = a_r[i] * agg_a
+                h_in = _carried_state(states, h0, b, d, c, n, has_h0, zero)
+                # 2. Ā = exp(Δ·A), B̄u (eq-selective-disc); fold this thread's steps into one pair
+                agg_a, agg_b = _discretize_and_fold(a_r, bu_r, dt_r, u_r, Bm, bB, gB, n, varB,
+                                                    a_dn, t0, L, items, one, zero)
                 sh_a[tid] = agg_a
                 sh_b[tid] = agg_b
                 cuda.syncthreads()
@@ -583,12 +615,7 @@ def _backward_kernel(dtype_name, threads, items):
         d = cuda.blockIdx.x % nD
         tid = cuda.threadIdx.x
         n_chunks = states.shape[2]
-        bB = b if Bm.shape[0] > 1 else 0
-        gB = d // (nD // Bm.shape[1])
-        bC = b if Cm.shape[0] > 1 else 0
-        gC = d // (nD // Cm.shape[1])
-        varB = Bm.shape[3] > 1
-        varC = Cm.shape[3] > 1
+        bB, gB, bC, gC, varB, varC = _bc_row(Bm, Cm, b, d, nD)
 
         sh_a = cuda.shared.array(threads, real)
         sh_b = cuda.shared.array(threads, real)
@@ -621,10 +648,7 @@ def _backward_kernel(dtype_name, threads, items):
                 ddt_r[i] = zero
                 y_r[i] = zero
                 if t < L:
-                    x = delta[b, d, t]
-                    if has_bias:
-                        x += dbias[d]
-                    dt_r[i] = _softplus(x) if softplus else x
+                    dt_r[i] = _step_delta(delta, dbias, b, d, t, has_bias, softplus)
                     u_r[i] = u[b, d, t]
                     g = dout[b, d, t]
                     if has_z:
@@ -635,23 +659,11 @@ def _backward_kernel(dtype_name, threads, items):
                         du_r[i] = Dv[d] * g
             for n in range(N):
                 a_dn = A[d, n]
-                h_in = zero
-                if c > 0:
-                    h_in = states[b, d, c - 1, n]
-                elif has_h0:
-                    h_in = h0[b, d, n]
+                h_in = _carried_state(states, h0, b, d, c, n, has_h0, zero)
                 q_in = dh[b, d, n]  # gradient reaching the state at this chunk's end
                 # forward: recompute the states of this chunk (as in the forward kernel)
-                agg_a = one
-                agg_b = zero
-                for i in range(items):
-                    t = t0 + i
-                    a_r[i] = math.exp(dt_r[i] * a_dn)
-                    bu_r[i] = zero
-                    if t < L:
-                        bu_r[i] = dt_r[i] * Bm[bB, gB, n, t if varB else 0] * u_r[i]
-                    agg_b = a_r[i] * agg_b + bu_r[i]
-                    agg_a = a_r[i] * agg_a
+                agg_a, agg_b = _discretize_and_fold(a_r, bu_r, dt_r, u_r, Bm, bB, gB, n, varB,
+                                                    a_dn, t0, L, items, one, zero)
                 sh_a[tid] = agg_a
                 sh_b[tid] = agg_b
                 cuda.syncthreads()

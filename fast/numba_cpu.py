@@ -159,6 +159,18 @@ def _njit_noalias(**options):
 # per-row helpers (inlined into the kernels by LLVM)
 # ---------------------------------------------------------------------------
 
+@njit(cache=True)
+def _bc_strides(Bx, Cx, nd):
+    """How row (b, d) reads B and C in their (Bb, G, Lb, N) layouts, as 6 ints.
+
+    For B then C: the batch stride (0: shared by the batch), the time stride
+    (0: constant in time) and the channels per group; the row reads
+    ``Bx[b * b_sb, d // b_gd, t * b_st]``.
+    """
+    return (1 if Bx.shape[0] > 1 else 0, 1 if Bx.shape[2] > 1 else 0, nd // Bx.shape[1],
+            1 if Cx.shape[0] > 1 else 0, 1 if Cx.shape[2] > 1 else 0, nd // Cx.shape[1])
+
+
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
     """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs (a NaN/inf screen)."""
@@ -200,12 +212,7 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
-    b_sb = 1 if Bx.shape[0] > 1 else 0  # batch stride (0: shared by the batch)
-    b_st = 1 if Bx.shape[2] > 1 else 0  # time stride (0: constant in time)
-    b_gd = nd // Bx.shape[1]  # channels per group
-    c_sb = 1 if Cx.shape[0] > 1 else 0
-    c_st = 1 if Cx.shape[2] > 1 else 0
-    c_gd = nd // Cx.shape[1]
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     # per-thread scratch, allocated here so the parallel body gets it as arguments
     dt_s = np.empty((nchunks, L + _GAP), u.dtype)
@@ -252,12 +259,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     N = A.shape[1]
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
-    b_sb = 1 if Bx.shape[0] > 1 else 0
-    b_st = 1 if Bx.shape[2] > 1 else 0
-    b_gd = nd // Bx.shape[1]
-    c_sb = 1 if Cx.shape[0] > 1 else 0
-    c_st = 1 if Cx.shape[2] > 1 else 0
-    c_gd = nd // Cx.shape[1]
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     nchunks = dA_c.shape[0]
     # per-thread scratch, allocated here so the parallel body gets it as arguments
@@ -409,12 +411,7 @@ def _fwd_complex(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                  has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
     nb, nd, L = u.shape
     N = A.shape[1]
-    b_sb = 1 if Bx.shape[0] > 1 else 0
-    b_st = 1 if Bx.shape[2] > 1 else 0
-    b_gd = nd // Bx.shape[1]
-    c_sb = 1 if Cx.shape[0] > 1 else 0
-    c_st = 1 if Cx.shape[2] > 1 else 0
-    c_gd = nd // Cx.shape[1]
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     for row in prange(nb * nd):
         b = row // nd
         d = row - b * nd
@@ -449,12 +446,7 @@ def _bwd_complex(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                  du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
     nb, nd, L = u.shape
     N = A.shape[1]
-    b_sb = 1 if Bx.shape[0] > 1 else 0
-    b_st = 1 if Bx.shape[2] > 1 else 0
-    b_gd = nd // Bx.shape[1]
-    c_sb = 1 if Cx.shape[0] > 1 else 0
-    c_st = 1 if Cx.shape[2] > 1 else 0
-    c_gd = nd // Cx.shape[1]
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     nchunks = dA_c.shape[0]
     for c in prange(nchunks):

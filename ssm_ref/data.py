@@ -486,6 +486,10 @@ def _pair_loader(name, layout):
     return load
 
 
+#: Default options of the two pair tasks (each entry gets its own copy).
+_PAIR_OPTIONS = {"n_train": 2000, "n_test": 1000, "size": 16, "n_shapes": 4, "noise": 0.1,
+                 "dtype": np.float32}
+
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         "digits", _load_digits, 10, {"test_fraction": 0.2, "dtype": np.float32},
@@ -493,14 +497,12 @@ DATASETS: dict[str, DatasetSpec] = {
         "stratified seeded split; chance 10%"),
     "pair": DatasetSpec(
         "pair", _pair_loader("pair", "row"), 2,
-        {"n_train": 2000, "n_test": 1000, "size": 16, "n_shapes": 4, "noise": 0.1,
-         "dtype": np.float32},
+        dict(_PAIR_OPTIONS),
         "synthetic long-range task: two 3x3 marks on the same rows, one in the left and "
         "one in the right quarter of a 16x16 image; label = same shape; chance 50%"),
     "pair-column": DatasetSpec(
         "pair-column", _pair_loader("pair-column", "column"), 2,
-        {"n_train": 2000, "n_test": 1000, "size": 16, "n_shapes": 4, "noise": 0.1,
-         "dtype": np.float32},
+        dict(_PAIR_OPTIONS),
         "the pair task transposed: marks in the same columns, top and bottom quarters; "
         "chance 50%"),
 }

@@ -56,6 +56,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "plot_curves",
+    "to_jsonable",
     "CHECKPOINT_VERSION",
 ]
 
@@ -77,20 +78,51 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
-def _jsonable(obj):
-    """Turn a config / settings value into something ``json.dump`` accepts."""
+def to_jsonable(obj, *, finite=False):
+    """A copy of ``obj`` that ``json.dump`` accepts (configs, settings, results).
+
+    Parameters
+    ----------
+    obj : object
+        Nested dicts, lists and tuples of numbers, strings, NumPy scalars and
+        arrays, dtypes, dataclasses and callables.
+    finite : bool, optional
+        If True, NaN and infinite floats become ``None`` (strict JSON, as the
+        experiment result files need); by default they stay floats, which
+        ``json.dump`` writes as ``NaN`` / ``Infinity``.
+
+    Returns
+    -------
+    object
+        Dict keys become strings, tuples and arrays lists, NumPy scalars Python
+        numbers, dataclasses dicts of their fields, dtypes and NumPy scalar
+        types their name, callables ``"module.qualname"``; anything else its
+        ``str``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_jsonable({1: (np.float32(0.5), np.arange(2)), "dtype": np.float64})
+    {'1': [0.5, [0, 1]], 'dtype': 'float64'}
+    >>> to_jsonable([float("nan"), 1.0], finite=True)
+    [None, 1.0]
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name), finite=finite)
+                for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v, finite=finite) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v, finite=finite) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist(), finite=finite)
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, numbers.Integral):
         return int(obj)
     if isinstance(obj, numbers.Real):
-        return float(obj)
+        f = float(obj)
+        return None if finite and not math.isfinite(f) else f
     if obj is None or isinstance(obj, str):
         return obj
     if isinstance(obj, np.dtype):
@@ -136,7 +168,7 @@ def _model_info(model):
     cfg = getattr(model, "config", None)
     n_params = model.n_params() if hasattr(model, "n_params") else int(
         sum(int(np.prod(p.shape)) for p in model.params.values()))
-    return {"class": type(model).__name__, "config": _jsonable(cfg), "n_params": int(n_params)}
+    return {"class": type(model).__name__, "config": to_jsonable(cfg), "n_params": int(n_params)}
 
 
 # ---------------------------------------------------------------------------
@@ -230,8 +262,8 @@ def save_checkpoint(path, model, optimizer, epoch, history=None, settings=None):
         arrays["optimizer_class"] = np.array(type(optimizer).__name__)
         for name, value in optimizer.state_dict().items():
             arrays[_OPTIM_PREFIX + name] = _to_numpy(value)
-    arrays["history_json"] = np.array(json.dumps(_jsonable(history or {})))
-    arrays["settings_json"] = np.array(json.dumps(_jsonable(settings or {})))
+    arrays["history_json"] = np.array(json.dumps(to_jsonable(history or {})))
+    arrays["settings_json"] = np.array(json.dumps(to_jsonable(settings or {})))
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -580,11 +612,11 @@ def _metrics(history, settings, model, ds, steps_per_epoch):
         "n_params": info["n_params"],
         "epochs": n_done,
         "steps": n_done * steps_per_epoch,
-        "settings": _jsonable(settings),
+        "settings": to_jsonable(settings),
         "model": info,
         "dataset": {"name": ds.name, "n_train": int(len(ds.y_train)), "n_test": int(len(ds.y_test)),
                     "image_shape": list(ds.x_train.shape[1:]), "n_classes": int(ds.n_classes),
-                    "chance": float(ds.chance), "options": _jsonable(ds.options)},
+                    "chance": float(ds.chance), "options": to_jsonable(ds.options)},
     }
 
 

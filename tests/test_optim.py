@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 from ssm_ref.optim import SGD, AdamW, clip_grad_norm, cosine_lr, global_norm, softmax_cross_entropy
 
@@ -41,19 +41,6 @@ def sgd_oracle(theta, grads, lr, momentum, wd, nesterov, dtype):
         step = g + momentum * buf if nesterov else buf
         theta = float(dtype(theta - lr * step))
     return theta
-
-
-def fd_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        up = f()
-        x[i] = old - h
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * h)
-    return g
 
 
 # --------------------------------------------------------------------------- AdamW
@@ -174,7 +161,7 @@ def test_cross_entropy_gradient_matches_finite_differences(rng):
     logits = rng.standard_normal((4, 3))
     labels = np.array([0, 2, 1, 2])
     _, d = softmax_cross_entropy(logits, labels)
-    fd = fd_grad(lambda: softmax_cross_entropy(logits, labels)[0], logits)
+    fd = numerical_gradient(lambda z: softmax_cross_entropy(z, labels)[0], logits)
     assert_close(d, fd, kind="fd")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
 from ssm_ref.vision import (
@@ -54,12 +54,7 @@ class RasterMamba:
 def fd_erf(f, x, i0, j0, relu=False, eps=1e-6):
     """ERF by central differences of sum_b sum_c [relu] f(x)[b, i0, j0, c], unnormalised."""
     act = (lambda v: np.maximum(v, 0.0)) if relu else (lambda v: v)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (act(f(xp)[:, i0, j0]).sum() - act(f(xm)[:, i0, j0]).sum()) / (2 * eps)
+    g = numerical_gradient(lambda v: act(f(v)[:, i0, j0]).sum(), x.copy(), eps=eps)
     return np.abs(g).sum(axis=3).mean(axis=0)
 
 

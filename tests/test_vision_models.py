@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
 from ssm_ref.vision import (
@@ -60,14 +60,13 @@ def perturb(model, rng, scale=0.1):
         model.params[k] = model.params[k] + scale * rng.standard_normal(model.params[k].shape)
 
 
-def fd_entry(f, arr, idx, eps=1e-6):
-    old = arr[idx]
-    arr[idx] = old + eps
-    fp = f()
-    arr[idx] = old - eps
-    fm = f()
-    arr[idx] = old
-    return (fp - fm) / (2 * eps)
+def fd_at(f, arr, idxs):
+    """Central differences of the scalar ``f()`` in the entries ``idxs`` (index tuples) of ``arr``.
+
+    ``arr`` is perturbed in place (a model parameter or the input ``f`` reads).
+    """
+    flat = [int(np.ravel_multi_index(i, arr.shape)) for i in idxs]
+    return numerical_gradient(lambda _: f(), arr, indices=flat)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -83,10 +82,10 @@ def test_parameter_gradients_match_finite_differences(rng, name):
     got, want = [], []
     for k, v in model.params.items():
         assert grads[k].shape == v.shape, k
-        for _ in range(2):  # two random entries per parameter keep it fast
-            idx = tuple(int(rng.integers(s)) for s in v.shape)
-            want.append(fd_entry(lambda: float(np.sum(R * model.forward(x))), v, idx))
-            got.append(grads[k][idx])
+        # two random entries per parameter keep it fast
+        idxs = [tuple(int(rng.integers(s)) for s in v.shape) for _ in range(2)]
+        want.extend(fd_at(lambda: float(np.sum(R * model.forward(x))), v, idxs))
+        got.extend(grads[k][i] for i in idxs)
     assert_close(np.array(got), np.array(want), kind="fd", err_msg=name)
 
 
@@ -104,14 +103,14 @@ def test_input_and_feature_gradients_match_finite_differences(rng, name):
     dxf, gf = model.backward_features(S, fcache)
     assert set(gf) == set(model.params)
     idxs = [tuple(int(rng.integers(s)) for s in x.shape) for _ in range(6)]
-    want = [fd_entry(lambda: float(np.sum(R * model.forward(x))), x, i) for i in idxs]
-    want_f = [fd_entry(lambda: float(np.sum(S * model.forward_features(x))), x, i) for i in idxs]
-    assert_close(np.array([dx[i] for i in idxs]), np.array(want), kind="fd")
-    assert_close(np.array([dxf[i] for i in idxs]), np.array(want_f), kind="fd")
+    want = fd_at(lambda: float(np.sum(R * model.forward(x))), x, idxs)
+    want_f = fd_at(lambda: float(np.sum(S * model.forward_features(x))), x, idxs)
+    assert_close(np.array([dx[i] for i in idxs]), want, kind="fd")
+    assert_close(np.array([dxf[i] for i in idxs]), want_f, kind="fd")
     k = "patch_embed.proj.weight"  # a feature-path parameter gradient too
     idx = (1, 0, 1, 0)
-    assert_close(np.array([gf[k][idx]]), np.array([fd_entry(
-        lambda: float(np.sum(S * model.forward_features(x))), model.params[k], idx)]), kind="fd")
+    assert_close(np.array([gf[k][idx]]), fd_at(
+        lambda: float(np.sum(S * model.forward_features(x))), model.params[k], [idx]), kind="fd")
 
 
 def test_gelu_backward_matches_finite_differences(rng):

@@ -166,6 +166,22 @@ def _check_expected(arrs, expected, sizes):
                              f"{expected[k]} (inferred {sizes})")
 
 
+def _check_pair(arrs, a, b):
+    """Optional keys that come together: both ``a`` and ``b`` or neither."""
+    if (a in arrs) != (b in arrs):
+        raise KeyError(f"state_dict has only one of {a!r} and {b!r}; "
+                       "the original module has both or neither")
+
+
+def _in_proj_sizes(arrs):
+    """``(d_model, d_inner)`` from ``in_proj.weight``, (2 * d_inner, d_model)."""
+    w_in = arrs["in_proj.weight"]
+    if w_in.shape[0] % 2:
+        raise ValueError(f"Parameter state_dict['in_proj.weight'] has shape {w_in.shape} "
+                         "but should be (2 * d_inner, d_model)")
+    return w_in.shape[1], w_in.shape[0] // 2
+
+
 class _Module:
     """What every block shares: parameters by state-dict name, backends, ``state_dict``."""
 
@@ -714,20 +730,13 @@ class VimMixer(_Module):
         """
         required = [k for k in _VIM_KEYS if k not in _VIM_OPTIONAL]
         arrs = _read_state_dict(state_dict, prefix, required, _VIM_OPTIONAL, "Vim's Mamba (v2)")
-        if ("in_proj.bias" in arrs) != ("out_proj.bias" in arrs):
-            raise KeyError("state_dict has only one of 'in_proj.bias' and 'out_proj.bias'; "
-                           "the original module has both or neither")
-        if ("conv1d.bias" in arrs) != ("conv1d_b.bias" in arrs):
-            raise KeyError("state_dict has only one of 'conv1d.bias' and 'conv1d_b.bias'")
+        _check_pair(arrs, "in_proj.bias", "out_proj.bias")
+        _check_pair(arrs, "conv1d.bias", "conv1d_b.bias")
         _check_ndim(arrs, "in_proj.weight", 2, "(2 * d_inner, d_model)")
         _check_ndim(arrs, "A_log", 2, "(d_inner, d_state)")
         _check_ndim(arrs, "conv1d.weight", 3, "(d_inner, 1, d_conv)")
         _check_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
-        w_in = arrs["in_proj.weight"]
-        if w_in.shape[0] % 2:
-            raise ValueError(f"Parameter state_dict['in_proj.weight'] has shape {w_in.shape} "
-                             "but should be (2 * d_inner, d_model)")
-        d_model, D = w_in.shape[1], w_in.shape[0] // 2
+        d_model, D = _in_proj_sizes(arrs)
         N, K = arrs["A_log"].shape[1], arrs["conv1d.weight"].shape[2]
         R = arrs["dt_proj.weight"].shape[1]
         path = {"A_log": (D, N), "D": (D,), "conv1d.weight": (D, 1, K), "conv1d.bias": (D,),
@@ -1104,18 +1113,13 @@ class SS2D(_Module):
         """
         required = [k for k in _SS2D_KEYS if k not in _SS2D_OPTIONAL]
         arrs = _read_state_dict(state_dict, prefix, required, _SS2D_OPTIONAL, "VMamba's SS2D")
-        if ("in_proj.bias" in arrs) != ("out_proj.bias" in arrs):
-            raise KeyError("state_dict has only one of 'in_proj.bias' and 'out_proj.bias'")
+        _check_pair(arrs, "in_proj.bias", "out_proj.bias")
         _check_ndim(arrs, "in_proj.weight", 2, "(2 * d_inner, d_model)")
         _check_ndim(arrs, "x_proj_weight", 3, "(K, dt_rank + 2 * d_state, d_inner)")
         _check_ndim(arrs, "dt_projs_weight", 3, "(K, d_inner, dt_rank)")
         _check_ndim(arrs, "A_logs", 2, "(K * d_inner, d_state)")
         _check_ndim(arrs, "conv2d.weight", 4, "(d_inner, 1, k, k)")
-        w_in = arrs["in_proj.weight"]
-        if w_in.shape[0] % 2:
-            raise ValueError(f"Parameter state_dict['in_proj.weight'] has shape {w_in.shape} "
-                             "but should be (2 * d_inner, d_model)")
-        C, D = w_in.shape[1], w_in.shape[0] // 2
+        C, D = _in_proj_sizes(arrs)
         K = arrs["x_proj_weight"].shape[0]
         R, N = arrs["dt_projs_weight"].shape[2], arrs["A_logs"].shape[1]
         k = arrs["conv2d.weight"].shape[2]
@@ -1644,14 +1648,12 @@ class PlainMambaMixer(_Module):
         required = [k for k in _PLAIN_KEYS if k not in _PLAIN_OPTIONAL]
         arrs = _read_state_dict(state_dict, prefix, required, _PLAIN_OPTIONAL,
                                 "PlainMamba's PlainMamba2D")
-        if ("in_proj.bias" in arrs) != ("out_proj.bias" in arrs):
-            raise KeyError("state_dict has only one of 'in_proj.bias' and 'out_proj.bias'")
+        _check_pair(arrs, "in_proj.bias", "out_proj.bias")
         _check_ndim(arrs, "in_proj.weight", 2, "(2 * d_inner, d_model)")
         _check_ndim(arrs, "A_log", 2, "(d_inner, d_state)")
         _check_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
         _check_ndim(arrs, "conv2d.weight", 4, "(d_inner, 1, k, k)")
-        w_in = arrs["in_proj.weight"]
-        C, D = w_in.shape[1], w_in.shape[0] // 2
+        C, D = _in_proj_sizes(arrs)
         N, R = arrs["A_log"].shape[1], arrs["dt_proj.weight"].shape[1]
         k = arrs["conv2d.weight"].shape[2]
         expected = {"A_log": (D, N), "D": (D,), "direction_Bs": (len(DIRECTION_CODES), N),

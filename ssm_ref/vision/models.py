@@ -578,6 +578,39 @@ class _TinyModel:
             self.params["head.bias"].astype(np.float64))  # (B, E)
         return dpooled
 
+    def _pool_head_forward(self, t, eps, cache):
+        """Final LayerNorm (``norm.*``) -> mean over the tokens -> head; the logits (B, K).
+
+        ``t`` is (B, ..., E) with the tokens on the middle axes; it is kept in
+        ``cache["pre_norm"]`` (it is also the models' feature map).
+        """
+        cache["pre_norm"] = t
+        normed = layer_norm(t, self._w("norm.weight"), self._w("norm.bias"), eps)
+        pooled = normed.mean(axis=tuple(range(1, t.ndim - 1)))  # (B, E)
+        cache["pooled"] = pooled
+        return self._head_forward(pooled)  # (B, K)
+
+    def _pool_head_backward(self, dlogits, dfeat, cache, eps, g):
+        """Adjoint of :meth:`_pool_head_forward`, plus ``dfeat`` (either may be None).
+
+        Fills the head and ``norm.*`` gradients into ``g``; returns d pre_norm.
+        """
+        t = cache["pre_norm"]
+        Bsz, E = t.shape[0], t.shape[-1]
+        dnormed = np.zeros(t.shape)  # (B, ..., E)
+        if dlogits is not None:
+            dpooled = self._head_backward(dlogits, cache["pooled"], g)  # (B, E)
+            spread = (Bsz,) + (1,) * (t.ndim - 2) + (E,)
+            dnormed += dpooled.reshape(spread) / (t.size // (Bsz * E))  # the mean spreads evenly
+        else:
+            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
+            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
+        dt, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
+            dnormed, t, self._w("norm.weight"), self._w("norm.bias"), eps)
+        if dfeat is not None:  # the features are the stream before the final norm
+            dt = dt + dfeat.reshape(t.shape)
+        return dt
+
     def _init_head(self, rng):
         c = self.config
         self.params["head.weight"] = _normal(rng, 0.02, (c.n_classes, c.embed_dim))  # (K, E)
@@ -767,27 +800,13 @@ class _GridModel(_TinyModel):
         for blk in self.layers:
             tok, lc = blk.forward(tok, return_cache=True)  # (B, h, w, E)
             cache["layers"].append(lc)
-        cache["pre_norm"] = tok
-        normed = layer_norm(tok, self._w("norm.weight"), self._w("norm.bias"), self.norm_eps)
-        pooled = normed.mean(axis=(1, 2))  # (B, E) global average pool
-        cache["pooled"] = pooled
-        return self._head_forward(pooled), tok, cache
+        logits = self._pool_head_forward(tok, self.norm_eps, cache)  # (B, K) global average pool
+        return logits, tok, cache
 
     def _backward(self, dlogits, dfeat, cache):
         g = {}
-        tok = cache["pre_norm"]
-        Bsz, h, w, E = tok.shape
-        dnormed = np.zeros((Bsz, h, w, E))  # (B, h, w, E)
-        if dlogits is not None:
-            dpooled = self._head_backward(dlogits, cache["pooled"], g)  # (B, E)
-            dnormed += dpooled[:, None, None, :] / (h * w)  # the mean spreads evenly
-        else:
-            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
-            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
-        dtok, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
-            dnormed, tok, self._w("norm.weight"), self._w("norm.bias"), self.norm_eps)
-        if dfeat is not None:  # the features are the backbone output, before the norm
-            dtok = dtok + dfeat
+        # the features are the backbone output, before the norm
+        dtok = self._pool_head_backward(dlogits, dfeat, cache, self.norm_eps, g)  # (B, h, w, E)
         for i in reversed(range(len(self.layers))):
             dtok, gl = self.layers[i].backward(dtok, cache["layers"][i])
             g.update({f"layers.{i}.{k}": v for k, v in gl.items()})
@@ -1023,28 +1042,15 @@ class TinyAttention(_TinyModel):
             bc["act"] = act
             t = t + linear(act, p("mlp.fc2.weight"), p("mlp.fc2.bias"))  # (B, L, E)
             cache["blocks"].append(bc)
-        cache["pre_norm"] = t
-        normed = layer_norm(t, self._w("norm.weight"), self._w("norm.bias"), self.eps)  # (B, L, E)
-        pooled = normed.mean(axis=1)  # (B, E)
-        cache["pooled"] = pooled
-        return self._head_forward(pooled), t.reshape(Bsz, h, w, c.embed_dim), cache
+        logits = self._pool_head_forward(t, self.eps, cache)  # (B, K)
+        return logits, t.reshape(Bsz, h, w, c.embed_dim), cache
 
     def _backward(self, dlogits, dfeat, cache):
         c = self.config
         h, w = c.grid
         g = {}
-        t = cache["pre_norm"]
-        Bsz, L, E = t.shape
-        dnormed = np.zeros((Bsz, L, E))
-        if dlogits is not None:
-            dnormed += self._head_backward(dlogits, cache["pooled"], g)[:, None, :] / L
-        else:
-            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
-            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
-        dt, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
-            dnormed, t, self._w("norm.weight"), self._w("norm.bias"), self.eps)
-        if dfeat is not None:  # the features are the stream before the final norm
-            dt = dt + dfeat.reshape(Bsz, L, E)
+        Bsz, L, E = cache["pre_norm"].shape
+        dt = self._pool_head_backward(dlogits, dfeat, cache, self.eps, g)  # (B, L, E)
         for i in reversed(range(c.depth)):
             pre = f"blocks.{i}."
             p = lambda name: self._w(pre + name)  # noqa: E731
@@ -1156,27 +1162,12 @@ class TinyCNN(_TinyModel):
             bc["act"] = act
             t = t + linear(act, p("pwconv.weight"), p("pwconv.bias"))  # (B, h, w, E)
             cache["blocks"].append(bc)
-        cache["pre_norm"] = t
-        normed = layer_norm(t, self._w("norm.weight"), self._w("norm.bias"), self.eps)
-        pooled = normed.mean(axis=(1, 2))  # (B, E)
-        cache["pooled"] = pooled
-        return self._head_forward(pooled), t, cache
+        return self._pool_head_forward(t, self.eps, cache), t, cache
 
     def _backward(self, dlogits, dfeat, cache):
         c = self.config
         g = {}
-        t = cache["pre_norm"]
-        Bsz, h, w, E = t.shape
-        dnormed = np.zeros((Bsz, h, w, E))
-        if dlogits is not None:
-            dnormed += self._head_backward(dlogits, cache["pooled"], g)[:, None, None, :] / (h * w)
-        else:
-            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
-            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
-        dt, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
-            dnormed, t, self._w("norm.weight"), self._w("norm.bias"), self.eps)
-        if dfeat is not None:  # the features are the stream before the final norm
-            dt = dt + dfeat
+        dt = self._pool_head_backward(dlogits, dfeat, cache, self.eps, g)  # (B, h, w, E)
         for i in reversed(range(c.depth)):
             pre = f"layers.{i}."
             p = lambda name: self._w(pre + name)  # noqa: E731
