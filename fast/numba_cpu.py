@@ -561,57 +561,20 @@ def _compute_dtype(dtype):
 
 
 def _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    """The reference's checks on dtypes, shapes and the small arrays, in its order.
+    """The reference's cheap checks (``ssm_ref.selective._check_scan_structure``).
 
-    Mirrors ``ssm_ref.selective._validate_scan_inputs`` except for the checks
-    over the (B, D, L) arrays, which the kernels screen.  Returns a dict.
+    The checks over the (B, D, L) arrays are left to the kernels, which screen
+    them; here only a conservative screen for negative steps is added.
     """
-    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
-    u = as_array(u, "u", allow_complex=False, ndim=3)
-    batch, dim, length = u.shape
-    check_shape(delta, "delta", (batch, dim, length))
-    A = as_array(A, "A", ndim=2)
-    check_shape(A, "A", (dim, None))
-    dstate = A.shape[1]
-    if min(dstate, length, batch, dim) < 1:
-        raise ValueError("empty sizes")  # the reference words it; see _raise_as_reference
-    is_complex = A.dtype.kind == "c"
-    B = as_array(B, "B")
-    C = as_array(C, "C")
-    for X, name in ((B, "B"), (C, "C")):
-        if X.dtype.kind == "c" and not is_complex:
-            raise TypeError(f"Parameter {name} is complex but A is real")
-    form_B = _ref._bc_form(B, "B", batch, dim, length, dstate)
-    form_C = _ref._bc_form(C, "C", batch, dim, length, dstate)
-    p = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": None, "z": None,
-         "delta_bias": None, "h0": None}
-    if D is not None:
-        p["D"] = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
-    if z is not None:
-        p["z"] = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
-                             (batch, dim, length))
-    if delta_bias is not None:
-        p["delta_bias"] = check_shape(
-            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
-            "delta_bias", (dim,))
-    if h0 is not None:
-        h0 = as_array(h0, "h0", allow_complex=is_complex, ndim=3)
-        p["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
-    if not isinstance(delta_softplus, (bool, np.bool_)):
-        raise TypeError("delta_softplus must be a bool")
-    for name in ("A", "B", "C", "D", "delta_bias", "h0"):  # small: checked here
-        if p[name] is not None:
-            check_finite(p[name], name)
-    if np.any(A.real > 0):
-        raise ValueError("Re(A) > 0")
-    if not delta_softplus:  # a cheap, conservative screen for negative steps
-        low = float(np.min(delta)) + (0.0 if p["delta_bias"] is None
-                                      else float(np.min(p["delta_bias"])))
+    if u is None:
+        raise TypeError("Parameter u is None but an array was expected")
+    p = _ref._check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    if not p["delta_softplus"]:  # a cheap, conservative screen for negative steps
+        low = float(np.min(p["delta"])) + (0.0 if p["delta_bias"] is None
+                                           else float(np.min(p["delta_bias"])))
         p["maybe_negative"] = low < 0
     else:
         p["maybe_negative"] = False  # softplus >= 0
-    p.update(batch=batch, dim=dim, length=length, dstate=dstate, is_complex=is_complex,
-             form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus))
     return p
 
 

@@ -130,14 +130,15 @@ def _effective_delta(delta, delta_bias, delta_softplus):
     return raw, (softplus(raw) if delta_softplus else raw)
 
 
-def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+def _check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, h0=None):
-    """Check every argument of the scan; return a dict of float64/complex128 arrays.
+    """The cheap half of the validation: dtypes, shapes, B/C forms, small arrays.
 
-    Shared by :func:`selective_scan`, :func:`selective_scan_backward`,
-    ``hidden_attention`` and the fast backends, so that every entry point
-    accepts and refuses exactly the same inputs.  ``u`` may be None
-    (hidden attention has no input); then the sizes come from ``delta``.
+    Checks every argument's dtype and shape, the forms of B and C, that the
+    arrays without a length axis (and B, C) are finite, and Re(A) <= 0.  It
+    neither converts nor scans the (B, D, L) arrays ``u``, ``delta``, ``z``:
+    the fast backends call it and screen those inside their kernels.  Returns
+    a dict of the arrays as given plus the sizes and forms.
     """
     delta = as_array(delta, "delta", allow_complex=False, ndim=3)
     if u is not None:
@@ -180,36 +181,55 @@ def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         out["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
     if not isinstance(delta_softplus, (bool, np.bool_)):
         raise TypeError(f"Parameter delta_softplus = {delta_softplus!r} must be a bool")
-    for name, arr in out.items():
-        if arr is not None:
-            check_finite(arr, name)
+    for name in ("A", "B", "C", "D", "delta_bias", "h0"):
+        if out[name] is not None:
+            check_finite(out[name], name)
     if np.any(A.real > 0):
         raise ValueError(
             f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real "
             f"part (max {A.real.max():.3g}); the recurrence would grow like "
             "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
         )
-    out["given_dtype"] = {name: arr.dtype for name, arr in out.items() if arr is not None}
+    out.update(batch=batch, dim=dim, length=length, dstate=dstate, is_complex=is_complex,
+               form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus))
+    return out
+
+
+def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, h0=None):
+    """Check every argument of the scan; return a dict of float64/complex128 arrays.
+
+    Shared by :func:`selective_scan`, :func:`selective_scan_backward`,
+    ``hidden_attention`` and the fast backends, so that every entry point
+    accepts and refuses exactly the same inputs.  ``u`` may be None
+    (hidden attention has no input); then the sizes come from ``delta``.
+    :func:`_check_scan_structure` does the cheap half; this adds the checks
+    over the (B, D, L) arrays and the conversion to the working precision.
+    """
+    out = _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    for name in ("u", "delta", "z"):
+        if out[name] is not None:
+            check_finite(out[name], name)
+    arrays = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
+    out["given_dtype"] = {name: out[name].dtype for name in arrays if out[name] is not None}
     # promote to the working precision: float64, or complex128 for complex A
-    work = np.complex128 if is_complex else np.float64
+    work = np.complex128 if out["is_complex"] else np.float64
     for name in ("u", "delta", "D", "z", "delta_bias"):
         if out[name] is not None:
             out[name] = out[name].astype(np.float64)
     for name in ("A", "B", "C", "h0"):
         if out[name] is not None:
             out[name] = out[name].astype(work)
-    raw, eff = _effective_delta(out["delta"], out["delta_bias"], bool(delta_softplus))
+    raw, eff = _effective_delta(out["delta"], out["delta_bias"], out["delta_softplus"])
     if np.any(eff < 0):
         raise ValueError(
             f"Parameter delta has {int(np.sum(eff < 0))} negative step(s) after "
-            f"delta_bias{' and softplus' if delta_softplus else ''} (min {eff.min():.3g}); "
-            "a negative step makes |exp(delta * A)| > 1 and the recurrence grows. "
-            "Pass delta >= 0 or use delta_softplus=True"
+            f"delta_bias{' and softplus' if out['delta_softplus'] else ''} "
+            f"(min {eff.min():.3g}); a negative step makes |exp(delta * A)| > 1 and the "
+            "recurrence grows. Pass delta >= 0 or use delta_softplus=True"
         )
-    out.update(batch=batch, dim=dim, length=length, dstate=dstate,
-               is_complex=is_complex, form_B=form_B, form_C=form_C,
-               delta_raw=raw, delta_eff=eff, delta_softplus=bool(delta_softplus),
-               u_dtype=(u.dtype if u is not None else delta.dtype))
+    u_given = out["given_dtype"].get("u", out["given_dtype"]["delta"])
+    out.update(delta_raw=raw, delta_eff=eff, u_dtype=u_given)
     return out
 
 
