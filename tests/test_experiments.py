@@ -124,6 +124,9 @@ def test_mark_distance_by_hand():
     assert_close(so.mark_distance([raster], 12, 3), 1.8, kind="exact")
     assert_close(so.mark_distance([raster, raster[::-1]], 12, 3), 1.8, kind="exact")
     assert_close(so.mark_distance([column], 12, 3), 11.4, kind="exact")
+    # several scans: the closest one counts, whatever its place in the list
+    assert_close(so.mark_distance([column, raster], 12, 3), 1.8, kind="exact")
+    assert_close(so.mark_distance([raster, column], 12, 3), 1.8, kind="exact")
 
 
 # --------------------------------------------------------------------------- receptive fields
