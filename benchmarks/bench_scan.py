@@ -284,22 +284,29 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
 
 
 def run_attention(lengths, dim, dstate, repeats, max_gb):
-    rows = []
+    """Forward time of the scan and of softmax attention of the same width, against L.
+
+    All scan timings come first: OpenBLAS threads keep spinning for a while after
+    a large matrix product and would steal the scan's cores if the two alternated.
+    """
     rng = np.random.default_rng(2)
     W = [rng.standard_normal((dim, dim)).astype(np.float32) / math.sqrt(dim) for _ in range(3)]
+    rows = []
     for length in lengths:
         kw = make_inputs(1, dim, length, dstate)
-        t_scan = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
-        row = {"L": length, "D": dim, "N": dstate, "scan_forward_s": t_scan,
-               "attention_forward_s": None}
+        rows.append({"L": length, "D": dim, "N": dstate,
+                     "scan_forward_s": median_time(lambda: numba_cpu.selective_scan(**kw),
+                                                   repeats),
+                     "attention_forward_s": None})
+    for row in rows:
+        length = row["L"]
         score_gb = length * length * 4 / 1e9
         if score_gb <= max_gb:
             x = rng.standard_normal((length, dim)).astype(np.float32)
             row["attention_forward_s"] = median_time(lambda: attention(x, *W),
                                                      1 if length >= 8192 else repeats)
-        rows.append(row)
         att = row["attention_forward_s"]
-        print(f"  L={length:6d}: scan {t_scan * 1e3:9.2f} ms   attention "
+        print(f"  L={length:6d}: scan {row['scan_forward_s'] * 1e3:9.2f} ms   attention "
               + (f"{att * 1e3:9.2f} ms" if att else f"(L x L scores = {score_gb:.1f} GB > "
                  f"{max_gb} GB: not run)"), flush=True)
     return rows
