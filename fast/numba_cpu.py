@@ -831,42 +831,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     def reference_check():
         _ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
-    def check():  # the reference's checks, in its order (the arrays are small)
-        x_ = as_array(x, "x", allow_complex=False, ndim=2)
-        batch, dim = x_.shape
-        dt_ = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
-        A_ = as_array(A, "A", ndim=2)
-        check_shape(A_, "A", (dim, None))
-        dstate = A_.shape[1]
-        is_complex = A_.dtype.kind == "c"
-        state_ = as_array(state, "state", allow_complex=is_complex, ndim=3)
-        check_shape(state_, "state", (batch, dim, dstate))
-        q = {"x": x_, "dt": dt_, "A": A_, "state": state_, "is_complex": is_complex}
-        for X, name in ((B, "B"), (C, "C")):
-            X = as_array(X, name, ndim=(2, 3))
-            if X.dtype.kind == "c" and not is_complex:
-                raise TypeError(f"Parameter {name} is complex but A is real")
-            if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
-                raise ValueError(f"Parameter {name}: G does not divide D")
-            check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
-            q[name] = X
-        for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
-                                 (dt_bias, "dt_bias", (dim,))):
-            q[name] = None if arr is None else check_shape(
-                as_array(arr, name, allow_complex=False, ndim=len(shape)), name, shape)
-        if not isinstance(dt_softplus, (bool, np.bool_)):
-            raise TypeError("dt_softplus must be a bool")
-        for name in ("x", "dt", "A", "state", "B", "C", "D", "z", "dt_bias"):
-            if q[name] is not None:
-                check_finite(q[name], name)
-        if np.any(A_.real > 0):
-            raise ValueError("Re(A) > 0")
-        if not dt_softplus:
-            step = dt_.astype(np.float64) + (0.0 if q["dt_bias"] is None
-                                             else q["dt_bias"][None, :])
-            if np.any(step < 0):
-                raise ValueError("negative step")
-        return q
+    def check():  # the reference's own checks (the arrays are small)
+        return _ref._check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias,
+                                               dt_softplus)
 
     q = _validated(check, reference_check)
     is_complex = q["is_complex"]

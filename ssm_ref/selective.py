@@ -416,6 +416,68 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 # one decoding step
 # ---------------------------------------------------------------------------
 
+def _check_state_update_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+    """Check every argument of :func:`selective_state_update`; return them with the step.
+
+    Shared with the fast backends so that they refuse the same inputs with the
+    same messages.  The arrays come back as given (after ``as_array``), plus
+    ``is_complex`` and ``step`` = softplus(dt + dt_bias) (B, D) in float64.
+    """
+    x = as_array(x, "x", allow_complex=False, ndim=2)
+    batch, dim = x.shape
+    dt = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
+    A = as_array(A, "A", ndim=2)
+    check_shape(A, "A", (dim, None))
+    dstate = A.shape[1]
+    is_complex = A.dtype.kind == "c"
+    state = as_array(state, "state", allow_complex=is_complex, ndim=3)
+    check_shape(state, "state", (batch, dim, dstate))
+    args = {"x": x, "dt": dt, "A": A, "state": state, "is_complex": is_complex,
+            "D": None, "z": None, "dt_bias": None}
+    for X, name in ((B, "B"), (C, "C")):
+        X = as_array(X, name, ndim=(2, 3))
+        if X.dtype.kind == "c" and not is_complex:
+            raise TypeError(
+                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
+                "complex B/C need a complex A"
+            )
+        if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
+            raise ValueError(
+                f"Parameter {name} has shape {X.shape}: its group count G = {X.shape[1]} "
+                f"must divide the number of channels D = {dim}"
+            )
+        check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
+        args[name] = X
+    for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
+                             (dt_bias, "dt_bias", (dim,))):
+        if arr is not None:
+            arr = as_array(arr, name, allow_complex=False, ndim=len(shape))
+            args[name] = check_shape(arr, name, shape)
+    if not isinstance(dt_softplus, (bool, np.bool_)):
+        raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
+    for name in ("x", "dt", "A", "state", "B", "C", "D", "z", "dt_bias"):
+        if args[name] is not None:
+            check_finite(args[name], name)
+    if np.any(A.real > 0):
+        raise ValueError(
+            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
+            "A must have Re(A) <= 0"
+        )
+    step = dt.astype(np.float64)  # (B, D)
+    if dt_bias is not None:
+        step = step + args["dt_bias"][None, :]
+    if dt_softplus:
+        step = softplus(step)
+    if np.any(step < 0):
+        raise ValueError(
+            f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
+            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
+        )
+    args["step"] = step
+    return args
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False):
     """One recurrent step of the selective SSM: returns ``(y, new_state)``.
@@ -498,56 +560,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> y
     array([[0.98720505]])
     """
-    x = as_array(x, "x", allow_complex=False, ndim=2)
+    args = _check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    x, A, state, step = args["x"], args["A"], args["state"], args["step"]
     batch, dim = x.shape
-    dt = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
-    A = as_array(A, "A", ndim=2)
-    check_shape(A, "A", (dim, None))
-    dstate = A.shape[1]
-    is_complex = A.dtype.kind == "c"
-    state = as_array(state, "state", allow_complex=is_complex, ndim=3)
-    check_shape(state, "state", (batch, dim, dstate))
-    args = {"x": x, "dt": dt, "A": A, "state": state}
-    for X, name in ((B, "B"), (C, "C")):
-        X = as_array(X, name, ndim=(2, 3))
-        if X.dtype.kind == "c" and not is_complex:
-            raise TypeError(
-                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
-                "complex B/C need a complex A"
-            )
-        if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
-            raise ValueError(
-                f"Parameter {name} has shape {X.shape}: its group count G = {X.shape[1]} "
-                f"must divide the number of channels D = {dim}"
-            )
-        check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
-        args[name] = X
-    for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
-                             (dt_bias, "dt_bias", (dim,))):
-        if arr is not None:
-            arr = as_array(arr, name, allow_complex=False, ndim=len(shape))
-            args[name] = check_shape(arr, name, shape)
-    if not isinstance(dt_softplus, (bool, np.bool_)):
-        raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
-    for name, arr in args.items():
-        check_finite(arr, name)
-    if np.any(A.real > 0):
-        raise ValueError(
-            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
-            "A must have Re(A) <= 0"
-        )
-
+    is_complex = args["is_complex"]
     work = np.complex128 if is_complex else np.float64
-    step = dt.astype(np.float64)  # (B, D)
-    if dt_bias is not None:
-        step = step + args["dt_bias"][None, :]
-    if dt_softplus:
-        step = softplus(step)
-    if np.any(step < 0):
-        raise ValueError(
-            f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
-            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
-        )
 
     def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
         X = X.astype(work)
