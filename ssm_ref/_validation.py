@@ -11,18 +11,22 @@ import numbers
 
 import numpy as np
 
+from ._xp import array_module, is_device
+
 __all__: list[str] = []  # private module: nothing is re-exported
 
 
 def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None):
-    """Return ``x`` as a NumPy float/complex array, or raise naming ``name``.
+    """Return ``x`` as a float/complex array, or raise naming ``name``.
 
     Integers and booleans are promoted to float64; object and string arrays
-    are refused.  ``ndim`` may be an int or a tuple of allowed ints.
+    are refused.  ``ndim`` may be an int or a tuple of allowed ints.  A device
+    array (CuPy) stays on its device: the result is of ``x``'s array module.
     """
     if x is None:
         raise TypeError(f"Parameter {name} is None but an array was expected")
-    arr = np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype)
+    xp = array_module(x)
+    arr = xp.asarray(x) if dtype is None else xp.asarray(x, dtype=dtype)
     if arr.dtype.kind in "biu":
         arr = arr.astype(np.float64)
     if arr.dtype.kind not in "fc":
@@ -61,7 +65,15 @@ def check_shape(arr, name, expected):
 
 
 def check_finite(arr, name):
-    """Raise ``ValueError`` if ``arr`` holds NaN or infinity."""
+    """Raise ``ValueError`` if ``arr`` holds NaN or infinity (host arrays only).
+
+    On a device array (CuPy) the check is skipped: it would make the GPU wait
+    and copy a flag to the host in every layer of every step.  The training
+    loop checks the loss once per epoch instead, and a NaN that gets in
+    propagates to that loss.
+    """
+    if is_device(arr):
+        return arr
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(

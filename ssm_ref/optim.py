@@ -34,6 +34,7 @@ import numbers
 
 import numpy as np
 
+from ._xp import array_module
 from ._validation import as_array, check_choice, check_positive_int, check_positive_scalar
 
 __all__ = [
@@ -50,14 +51,6 @@ __all__ = [
 # ---------------------------------------------------------------------------
 # The loss
 # ---------------------------------------------------------------------------
-
-def _array_module(x):
-    """``numpy`` or ``cupy``, whichever owns ``x`` (CuPy is never imported otherwise)."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy  # noqa: PLC0415 - only reached with a CuPy array in hand
-        return cupy
-    return np
-
 
 def softmax_cross_entropy(logits, labels):
     """Mean softmax cross-entropy over a batch and its gradient with respect to the logits.
@@ -101,7 +94,7 @@ def softmax_cross_entropy(logits, labels):
     >>> d[0]
     array([-0.375,  0.125,  0.125,  0.125])
     """
-    xp = _array_module(logits)
+    xp = array_module(logits)
     if xp is np:
         logits = as_array(logits, "logits", allow_complex=False, ndim=2)
     elif logits.ndim != 2:
@@ -153,7 +146,7 @@ def global_norm(arrays):
     total = 0.0
     xp = np
     for g in arrays.values():
-        xp = _array_module(g)
+        xp = array_module(g)
         g64 = g.astype(xp.float64)
         total = total + (g64 * g64).sum()
     norm = xp.sqrt(total)
@@ -204,7 +197,7 @@ def clip_grad_norm(grads, max_norm):
     if isinstance(norm, float) and not math.isfinite(norm):
         raise ValueError(f"the global gradient norm is {norm}; cannot clip non-finite gradients")
     for name, g in grads.items():
-        xp = _array_module(g)
+        xp = array_module(g)
         coef = xp.minimum(1.0, max_norm / (norm + 1e-6))  # () 1 when no clipping is needed
         g *= xp.asarray(coef, dtype=g.dtype)
     return norm
@@ -326,7 +319,7 @@ class _Optimizer:
             if slot in self.state:
                 if name not in self.params:
                     raise ValueError(f"optimizer state {key!r} names no parameter")
-                xp = _array_module(self.params[name])
+                xp = array_module(self.params[name])
                 self.state[slot][name] = xp.array(value, dtype=np.float64)  # a copy
 
 
@@ -398,7 +391,7 @@ class AdamW(_Optimizer):
         bias1 = 1.0 - beta1 ** t  # bias corrections of the zero-initialised moments
         bias2 = 1.0 - beta2 ** t
         for name, p in self.params.items():
-            xp = _array_module(p)
+            xp = array_module(p)
             g = grads[name].astype(xp.float64)  # same shape as p
             m = self.state["exp_avg"].get(name)
             v = self.state["exp_avg_sq"].get(name)
@@ -479,7 +472,7 @@ class SGD(_Optimizer):
         lr = self.lr if lr is None else check_positive_scalar(lr, "lr")
         self.t += 1
         for name, p in self.params.items():
-            xp = _array_module(p)
+            xp = array_module(p)
             p64 = p.astype(xp.float64)
             g = grads[name].astype(xp.float64) + self.decay_for(name) * p64
             if self.momentum > 0.0:

@@ -47,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import check_choice, check_positive_int, check_positive_scalar
+from ._xp import array_module, to_host
 from .data import AUGMENTATIONS, ImageDataset, iterate_batches, load_dataset
-from .optim import OPTIMIZERS, _array_module, clip_grad_norm, cosine_lr, softmax_cross_entropy
+from .optim import OPTIMIZERS, clip_grad_norm, cosine_lr, softmax_cross_entropy
 
 __all__ = [
     "train",
@@ -70,13 +71,6 @@ _OPTIM_PREFIX = "optim/"
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-
-def _to_numpy(x):
-    """A NumPy copy of a NumPy or CuPy array."""
-    if type(x).__module__.startswith("cupy"):
-        return x.get()
-    return np.asarray(x)
-
 
 def to_jsonable(obj, *, finite=False):
     """A copy of ``obj`` that ``json.dump`` accepts (configs, settings, results).
@@ -221,7 +215,7 @@ def _like_params(model, xb, yb):
     """Move a batch to the array module of the model's parameters (CuPy on a GPU)."""
     params = getattr(model, "params", None)
     if params:
-        xp = _array_module(next(iter(params.values())))
+        xp = array_module(next(iter(params.values())))
         if xp is not np:
             return xp.asarray(xb), xp.asarray(yb)
     return xb, yb
@@ -257,11 +251,11 @@ def save_checkpoint(path, model, optimizer, epoch, history=None, settings=None):
     """
     arrays = {"version": np.array(CHECKPOINT_VERSION), "epoch": np.array(int(epoch))}
     for name, value in model.state_dict().items():
-        arrays[_MODEL_PREFIX + name] = _to_numpy(value)
+        arrays[_MODEL_PREFIX + name] = to_host(value)
     if optimizer is not None:
         arrays["optimizer_class"] = np.array(type(optimizer).__name__)
         for name, value in optimizer.state_dict().items():
-            arrays[_OPTIM_PREFIX + name] = _to_numpy(value)
+            arrays[_OPTIM_PREFIX + name] = to_host(value)
     arrays["history_json"] = np.array(json.dumps(to_jsonable(history or {})))
     arrays["settings_json"] = np.array(json.dumps(to_jsonable(settings or {})))
     path = Path(path)
@@ -321,7 +315,7 @@ def _restore_model(data, model):
     xp = np
     params = getattr(model, "params", None)
     if params:
-        xp = _array_module(next(iter(params.values())))
+        xp = array_module(next(iter(params.values())))
     sd = {k[len(_MODEL_PREFIX):]: (v if xp is np else xp.asarray(v))
           for k, v in data.items() if k.startswith(_MODEL_PREFIX)}
     model.load_state_dict(sd)
@@ -531,7 +525,7 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     bar_factory = _tqdm() if progress else None
-    xp = _array_module(next(iter(model.params.values())))
+    xp = array_module(next(iter(model.params.values())))
 
     metrics = {}
     for epoch in range(start_epoch, epochs):

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from .._validation import check_choice, check_positive_int
+from .._xp import array_module, on_module, to_host
 
 __all__ = [
     "ScanOrder",
@@ -685,9 +686,7 @@ def scan_order_3d(name, T, H, W, *, spatial="raster", **options):
 
 def _as_index(perm, name, n_cells=None, full=True):
     """Validate an index array: 1-D integers, distinct, in range; a permutation if ``full``."""
-    if hasattr(perm, "get") and type(perm).__module__.startswith("cupy"):
-        perm = perm.get()  # indices are small; keep them on the host
-    arr = np.asarray(perm)
+    arr = to_host(perm)  # indices are small and validated on the host
     if arr.ndim != 1:
         raise ValueError(f"Parameter {name} has shape {arr.shape} but should be 1-D (L,)")
     if arr.size and arr.dtype.kind not in "iu":

@@ -1,0 +1,109 @@
+"""Which array module owns an array: NumPy on the host, CuPy on a GPU.
+
+The layers, blocks, models, optimisers and the training loop of ``ssm_ref``
+are written once against an *array module* ``xp`` (``numpy`` or ``cupy``,
+which share one API) and look it up from their inputs::
+
+    xp = array_module(x, W)     # cupy if any argument is a CuPy array
+    y = xp.exp(x) @ W.T         # runs where x lives
+
+so the same readable code trains on a laptop CPU and, unchanged, on CuPy
+arrays on one GPU without copying activations to the host.  Three rules keep
+a GPU step free of host round-trips:
+
+1. create arrays with ``xp`` (``xp.zeros``, ``xp.asarray``), never ``np``;
+2. never turn a device value into a Python number inside a step
+   (``float(x)``, ``bool(x)``, ``if x.any():``): each such call waits for the
+   GPU and copies to the host;
+3. move index arrays (scan orders) to the device once, with :func:`on_module`.
+
+CuPy is imported only when a CuPy array is met.  Other array libraries with
+NumPy's API can be registered with :func:`register_array_module` (the tests
+register a strict fake device library to check rules 1-3 without a GPU).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__: list[str] = []  # private module: nothing is re-exported
+
+#: Array types (other than CuPy's, found by module name) and their modules.
+_REGISTERED: dict[type, object] = {}
+
+
+def register_array_module(array_type, module):
+    """Make :func:`array_module` answer ``module`` for instances of ``array_type``.
+
+    ``module`` must offer NumPy's creation and math functions (``asarray``,
+    ``zeros``, ``exp``, ``einsum``, ...) and ``asnumpy`` (copy to the host).
+    Returns a function that undoes the registration.
+    """
+    _REGISTERED[array_type] = module
+
+    def unregister():
+        _REGISTERED.pop(array_type, None)
+
+    return unregister
+
+
+def _module_of(x):
+    t = type(x)
+    if t.__module__.split(".")[0] == "cupy":
+        import cupy  # noqa: PLC0415 - only reached with a CuPy array in hand
+        return cupy
+    for cls, module in _REGISTERED.items():
+        if isinstance(x, cls):
+            return module
+    return None
+
+
+def array_module(*arrays):
+    """``numpy``, or the device module (CuPy) of the first device array among ``arrays``.
+
+    ``None`` entries, Python scalars and NumPy arrays all mean NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> array_module(np.ones(2), None, 3.0) is np
+    True
+    """
+    for x in arrays:
+        if x is None:
+            continue
+        module = _module_of(x)
+        if module is not None:
+            return module
+    return np
+
+
+def is_device(x):
+    """True when ``x`` is a device (non-NumPy) array of a known array module."""
+    return _module_of(x) is not None
+
+
+def to_host(x):
+    """A NumPy array of ``x`` (an explicit device-to-host copy for device arrays).
+
+    Examples
+    --------
+    >>> to_host([1.0, 2.0])
+    array([1., 2.])
+    """
+    module = _module_of(x)
+    if module is None:
+        return np.asarray(x)
+    return module.asnumpy(x)
+
+
+def on_module(x, xp):
+    """``x`` (a NumPy array, e.g. an index array) as an array of module ``xp``.
+
+    Returns ``x`` itself for NumPy; otherwise one host-to-device copy.  Callers
+    that reuse the result every step cache it (see ``ssm_ref.vision.multi``).
+    """
+    if xp is np:
+        return to_host(x)
+    if _module_of(x) is xp:
+        return x
+    return xp.asarray(to_host(x))
