@@ -77,6 +77,21 @@ def array_module(*arrays):
     return np
 
 
+def special(xp):
+    """The ``scipy.special`` of array module ``xp`` (for ``erf`` and friends).
+
+    ``scipy.special`` for NumPy, ``cupyx.scipy.special`` for CuPy, and the
+    ``special`` attribute of a registered module.
+    """
+    if xp is np:
+        import scipy.special  # noqa: PLC0415
+        return scipy.special
+    if getattr(xp, "__name__", "") == "cupy":
+        import cupyx.scipy.special  # noqa: PLC0415
+        return cupyx.scipy.special
+    return xp.special
+
+
 def is_device(x):
     """True when ``x`` is a device (non-NumPy) array of a known array module."""
     return _module_of(x) is not None

@@ -267,5 +267,20 @@ def asnumpy(x):
 
 
 fake.asnumpy = asnumpy
+
+
+class _FakeSpecial(types.ModuleType):
+    """``cupyx.scipy.special`` of the fake: SciPy's functions, only the names CuPy has."""
+
+    def __getattr__(self, name):
+        import scipy.special  # noqa: PLC0415
+        if name not in _FUNCTIONS["cupyx.scipy.special"]:
+            raise AttributeError(f"cupyx.scipy.special has no {name!r} (CuPy {CUPY_VERSION})")
+        func = getattr(scipy.special, name)
+        where = f"fake.special.{name}"
+        return lambda *args, **kwargs: _wrap(func(*_unwrap(args, where), **_unwrap(kwargs, where)))
+
+
+fake.special = _FakeSpecial("fake.special")
 fake.get_array_module = lambda *arrays: (
     fake if any(isinstance(a, DeviceArray) for a in arrays) else np)

@@ -68,3 +68,16 @@ def test_the_array_module_helpers_follow_registration(fake_xp):
     assert isinstance(idx, DeviceArray) and on_module(idx, fake) is idx
     np.testing.assert_array_equal(to_host(idx), [2, 0, 1])
     assert COUNTS["to_host"] == 1 and COUNTS["to_device"] == 1
+
+
+def test_special_functions_come_from_the_module_of_the_array(fake_xp):
+    import scipy.special
+
+    from ssm_ref._xp import special
+    assert special(np) is scipy.special
+    x = fake.asarray(np.linspace(-3, 3, 7))
+    y = special(fake).erf(x)
+    assert isinstance(y, DeviceArray)
+    np.testing.assert_allclose(peek(y), scipy.special.erf(np.linspace(-3, 3, 7)), rtol=0, atol=0)
+    with pytest.raises(AttributeError, match="cupyx.scipy.special has no"):
+        special(fake).lambertw_of_nothing  # noqa: B018

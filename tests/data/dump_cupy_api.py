@@ -1,4 +1,5 @@
-"""Regenerate ``cupy_api.json``: the names CuPy offers (functions, ndarray methods, ufunc methods).
+"""Regenerate ``cupy_api.json``: the names CuPy offers (functions, ndarray methods, ufunc methods,
+``cupyx.scipy.special``).
 
 The fake device library in ``tests/fake_device.py`` allows exactly these names,
 so code that passes its tests calls nothing CuPy lacks.  CuPy imports without a
@@ -22,6 +23,9 @@ def main(path="tests/data/cupy_api.json"):
         out["functions"][modname] = sorted(
             n for n in dir(mod)
             if not n.startswith("_") and not isinstance(getattr(mod, n, None), types.ModuleType))
+    import cupyx.scipy.special  # noqa: PLC0415
+    out["functions"]["cupyx.scipy.special"] = sorted(
+        n for n in dir(cupyx.scipy.special) if not n.startswith("_"))
     keep = ("__matmul__", "__bool__", "__float__", "__int__", "__index__", "__len__", "__iter__",
             "__array_ufunc__", "__array_function__")
     out["ndarray_methods"] = sorted(n for n in dir(cupy.ndarray)
