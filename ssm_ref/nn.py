@@ -25,17 +25,23 @@ singleton axis squeezed away.
 dtype contract: every function computes in float64 and returns each result
 in the dtype of the argument it belongs to (the output in ``x``'s dtype, a
 weight gradient in the weight's dtype).
+
+Array module: every function runs on the array module of its inputs
+(``xp = array_module(x, W)``, NumPy or CuPy, see ``ssm_ref._xp``) and returns
+arrays of that module, with no host round-trip; pass all arrays of one call
+on the same module.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from ._validation import as_array, check_finite, check_shape
+from ._xp import array_module
 
 __all__ = [
     "linear",
     "linear_backward",
+    "sigmoid",
     "silu",
     "silu_backward",
     "softplus",
@@ -70,7 +76,8 @@ def _grad_like(dy, like, name):
 
 def _out(value, like):
     """Cast a float64 result back to the dtype of ``like`` (the dtype contract)."""
-    return np.asarray(value).astype(like.dtype, copy=False)
+    xp = array_module(value, like)
+    return xp.asarray(value).astype(like.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- linear
@@ -156,16 +163,63 @@ def linear_backward(dy, x, W, b=None):
     x64 = x.astype(np.float64).reshape(-1, W.shape[1])  # (M, in)
     dx = (dy64 @ W.astype(np.float64)).reshape(x.shape)  # (..., in)
     dW = dy64.T @ x64  # (out, in)
-    db = None if b is None else _out(dy64.sum(axis=0), np.asarray(b))  # (out,)
+    if b is not None:  # b only decides db's presence and dtype
+        b = as_array(b, "b", allow_complex=False)
+    db = None if b is None else _out(dy64.sum(axis=0), b)  # (out,)
     return _out(dx, x), _out(dW, W), db
 
 
 # --------------------------------------------------------------------------- activations
+def sigmoid(x):
+    """Logistic sigmoid ``1 / (1 + e^{-x})``, elementwise, stable for any ``x``.
+
+    Written with the array module of ``x`` (NumPy or CuPy), so it replaces
+    ``scipy.special.expit``, which is a SciPy ufunc and does not run on
+    device arrays.  Only ``e = exp(-|x|) <= 1`` is ever computed, so nothing
+    overflows and both tails keep full relative precision (down to the
+    smallest normal float, ``x ~ -708``):
+
+    ``sigmoid(x) = 1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` for ``x < 0``.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input, any shape.  Infinities are allowed (``sigmoid(inf) = 1``,
+        ``sigmoid(-inf) = 0``) and NaN propagates; this is a building block
+        called inside the layers, so it does not check finiteness.
+
+    Returns
+    -------
+    s : ndarray
+        Same shape as ``x``, in ``x``'s dtype (computed in float64), on
+        ``x``'s array module.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex or not numeric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sigmoid(np.array([-800.0, -1.0, 0.0, 1.0, 800.0]))
+    array([0.        , 0.26894142, 0.5       , 0.73105858, 1.        ])
+    >>> sigmoid(np.array([-50.0]))  # e^-50 / (1 + e^-50): no 1 - (1 - tiny) cancellation
+    array([1.92874985e-22])
+    """
+    x = as_array(x, "x", allow_complex=False)
+    xp = array_module(x)
+    x64 = x.astype(np.float64, copy=False)
+    with np.errstate(under="ignore"):  # e is subnormal or 0 below x ~ -708: still right
+        e = xp.exp(-xp.abs(x64))  # in [0, 1]: never overflows
+        s = xp.where(x64 >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return _out(s, x)
+
+
 def silu(x):
     """SiLU (swish), ``silu(x) = x * sigmoid(x)``, elementwise.
 
-    The sigmoid is ``scipy.special.expit``, which does not overflow for large
-    ``|x|``.
+    The sigmoid is :func:`sigmoid`, which does not overflow for large ``|x|``.
 
     Examples
     --------
@@ -175,7 +229,7 @@ def silu(x):
     """
     x = _real(x, "x")
     x64 = x.astype(np.float64)
-    return _out(x64 * expit(x64), x)
+    return _out(x64 * sigmoid(x64), x)
 
 
 def silu_backward(dy, x):
@@ -190,7 +244,7 @@ def silu_backward(dy, x):
     x = _real(x, "x")
     dy = _grad_like(dy, x.shape, "dy")
     x64 = x.astype(np.float64)
-    s = expit(x64)
+    s = sigmoid(x64)
     return _out(dy * s * (1.0 + x64 * (1.0 - s)), x)
 
 
@@ -208,9 +262,10 @@ def softplus(x):
     array([ 0.69314718, 25.        ])
     """
     x = _real(x, "x")
+    xp = array_module(x)
     x64 = x.astype(np.float64)
-    small = np.minimum(x64, SOFTPLUS_THRESHOLD)  # exp never overflows
-    return _out(np.where(x64 > SOFTPLUS_THRESHOLD, x64, np.log1p(np.exp(small))), x)
+    small = xp.minimum(x64, SOFTPLUS_THRESHOLD)  # exp never overflows
+    return _out(xp.where(x64 > SOFTPLUS_THRESHOLD, x64, xp.log1p(xp.exp(small))), x)
 
 
 def softplus_backward(dy, x):
@@ -224,8 +279,9 @@ def softplus_backward(dy, x):
     """
     x = _real(x, "x")
     dy = _grad_like(dy, x.shape, "dy")
+    xp = array_module(x, dy)
     x64 = x.astype(np.float64)
-    slope = np.where(x64 > SOFTPLUS_THRESHOLD, 1.0, expit(x64))
+    slope = xp.where(x64 > SOFTPLUS_THRESHOLD, 1.0, sigmoid(x64))
     return _out(dy * slope, x)
 
 
@@ -279,10 +335,11 @@ def causal_conv1d(x, weight, bias=None):
     array([[[10., 21., 32., 43.]]])
     """
     x, weight, bias = _check_conv1d(x, weight, bias)
+    xp = array_module(x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
-    xpad = np.concatenate([np.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
-    y = np.zeros((n_batch, n_chan, length))  # (B, D, L)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    y = xp.zeros((n_batch, n_chan, length))  # (B, D, L)
     for k in range(K):
         y += weight[:, k, None] * xpad[:, :, k:k + length]  # tap k sees x[t-(K-1)+k]
     if bias is not None:
@@ -313,13 +370,14 @@ def causal_conv1d_backward(dy, x, weight, bias=None):
     """
     x, weight, bias = _check_conv1d(x, weight, bias)
     dy = _grad_like(dy, x.shape, "dy")
+    xp = array_module(dy, x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
-    xpad = np.concatenate([np.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
-    dxpad = np.zeros_like(xpad)  # (B, D, L+K-1)
-    dweight = np.zeros((n_chan, K))  # (D, K)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    dxpad = xp.zeros_like(xpad)  # (B, D, L+K-1)
+    dweight = xp.zeros((n_chan, K))  # (D, K)
     for k in range(K):
-        dweight[:, k] = np.sum(dy * xpad[:, :, k:k + length], axis=(0, 2))
+        dweight[:, k] = xp.sum(dy * xpad[:, :, k:k + length], axis=(0, 2))
         dxpad[:, :, k:k + length] += weight[:, k, None] * dy
     dx = dxpad[:, :, K - 1:]  # (B, D, L)
     dbias = None if bias is None else _out(dy.sum(axis=(0, 2)), bias)
@@ -362,8 +420,9 @@ def rms_norm(x, weight, eps=1e-5):
     array([[0.84852814, 1.13137085]])
     """
     x, weight, _ = _check_norm(x, weight, None, False)
+    xp = array_module(x, weight)
     x64 = x.astype(np.float64)
-    rstd = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     return _out(x64 * rstd * weight, x)
 
 
@@ -388,11 +447,12 @@ def rms_norm_backward(dy, x, weight, eps=1e-5):
     """
     x, weight, _ = _check_norm(x, weight, None, False)
     dy = _grad_like(dy, x.shape, "dy")
+    xp = array_module(dy, x, weight)
     x64 = x.astype(np.float64)
-    rstd = 1.0 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     g = dy * weight  # (..., D)
-    dx = rstd * (g - x64 * rstd**2 * np.mean(g * x64, axis=-1, keepdims=True))
-    dweight = np.sum((dy * x64 * rstd).reshape(-1, x.shape[-1]), axis=0)  # (D,)
+    dx = rstd * (g - x64 * rstd**2 * xp.mean(g * x64, axis=-1, keepdims=True))
+    dweight = xp.sum((dy * x64 * rstd).reshape(-1, x.shape[-1]), axis=0)  # (D,)
     return _out(dx, x), _out(dweight, weight)
 
 
@@ -420,10 +480,11 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
     array([[-1.,  1.]])
     """
     x, weight, bias = _check_norm(x, weight, bias, True)
+    xp = array_module(x, weight, bias)
     x64 = x.astype(np.float64)
-    mu = np.mean(x64, axis=-1, keepdims=True)  # (..., 1)
+    mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu  # (..., D)
-    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
     y = xc * rstd * weight
     if bias is not None:
         y = y + bias
@@ -452,17 +513,18 @@ def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5):
     """
     x, weight, bias = _check_norm(x, weight, bias, True)
     dy = _grad_like(dy, x.shape, "dy")
+    xp = array_module(dy, x, weight, bias)
     x64 = x.astype(np.float64)
-    mu = np.mean(x64, axis=-1, keepdims=True)  # (..., 1)
+    mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu
-    rstd = 1.0 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
     xhat = xc * rstd  # (..., D)
     g = dy * weight
-    dx = rstd * (g - np.mean(g, axis=-1, keepdims=True)
-                 - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    dx = rstd * (g - xp.mean(g, axis=-1, keepdims=True)
+                 - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
     n_chan = x.shape[-1]
-    dweight = np.sum((dy * xhat).reshape(-1, n_chan), axis=0)  # (D,)
-    dbias = None if bias is None else _out(np.sum(dy.reshape(-1, n_chan), axis=0), bias)
+    dweight = xp.sum((dy * xhat).reshape(-1, n_chan), axis=0)  # (D,)
+    dbias = None if bias is None else _out(xp.sum(dy.reshape(-1, n_chan), axis=0), bias)
     return _out(dx, x), _out(dweight, weight), dbias
 
 
@@ -484,7 +546,8 @@ def _check_conv2d(x, weight, bias):
 def _pad2d(x, kh, kw):
     """Zero-pad H and W for a 'same' output: (k-1)//2 before, the rest after (PyTorch)."""
     top, left = (kh - 1) // 2, (kw - 1) // 2
-    return np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+    xp = array_module(x)
+    return xp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
 
 
 def depthwise_conv2d(x, weight, bias=None):
@@ -524,10 +587,11 @@ def depthwise_conv2d(x, weight, bias=None):
            [2., 1., 0.]])
     """
     x, weight, bias = _check_conv2d(x, weight, bias)
+    xp = array_module(x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
     xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
-    y = np.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
+    y = xp.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
     for p in range(kh):
         for q in range(kw):
             y += weight[:, p, q] * xpad[:, p:p + height, q:q + width, :]
@@ -561,15 +625,16 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None):
     """
     x, weight, bias = _check_conv2d(x, weight, bias)
     dy = _grad_like(dy, x.shape, "dy")
+    xp = array_module(dy, x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
     xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
-    dxpad = np.zeros_like(xpad)
-    dweight = np.zeros((n_chan, kh, kw))  # (C, kh, kw)
+    dxpad = xp.zeros_like(xpad)
+    dweight = xp.zeros((n_chan, kh, kw))  # (C, kh, kw)
     for p in range(kh):
         for q in range(kw):
             window = xpad[:, p:p + height, q:q + width, :]  # (B, H, W, C)
-            dweight[:, p, q] = np.sum(dy * window, axis=(0, 1, 2))
+            dweight[:, p, q] = xp.sum(dy * window, axis=(0, 1, 2))
             dxpad[:, p:p + height, q:q + width, :] += weight[:, p, q] * dy
     top, left = (kh - 1) // 2, (kw - 1) // 2
     dx = dxpad[:, top:top + height, left:left + width, :]  # (B, H, W, C)
