@@ -32,6 +32,11 @@ Parameters live in ``block.params``, a dict keyed by the official state-dict
 names (``in_proj.weight``, ``conv1d.weight``, ...), so weights move between
 PyTorch and this project by name.  Everything is computed in float64; the
 output has the input's dtype.
+
+The functions and the block run on the array module of their inputs (NumPy,
+or CuPy on a GPU, see :mod:`ssm_ref._xp`); the parameters must live on the
+same module as the data (``block.to(cupy)`` moves a block once).
+:func:`mamba_init` draws its parameters with NumPy on the host.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from ._validation import (
     check_positive_scalar,
     check_shape,
 )
+from ._xp import array_module, on_module
 from .initializers import mamba_a_log
 from .nn import (
     causal_conv1d,
@@ -57,7 +63,7 @@ from .nn import (
     silu,
     silu_backward,
 )
-from .selective import selective_scan, selective_scan_backward, selective_state_update
+from .selective import _one_module, selective_scan, selective_scan_backward, selective_state_update
 
 __all__ = ["MambaConfig", "MambaBlock", "mamba_init", "mamba_inner_forward",
            "mamba_inner_backward"]
@@ -244,11 +250,12 @@ INNER_KEYS = ("A_log", "D", "conv1d.weight", "conv1d.bias", "x_proj.weight",
               "dt_proj.weight", "dt_proj.bias")
 
 
-def _inner_weights(params, D):
+def _inner_weights(params, D, data_name, data):
     """Check one inner path's parameters against d_inner = D; return them in float64.
 
     Short names: ``w_conv`` (D, K), ``b_conv`` (D,) or None, ``w_x`` (R + 2N, D),
     ``w_dt`` (D, R), ``b_dt`` (D,), ``A`` (D, N) = -exp(A_log), ``D`` (D,).
+    The parameters must live on the array module of ``data`` (named ``data_name``).
     """
     if not hasattr(params, "keys"):
         raise TypeError(f"Parameter params is a {type(params).__name__}, not a mapping")
@@ -263,6 +270,7 @@ def _inner_weights(params, D):
             continue
         p[k] = as_array(params[k], f"params[{k!r}]", allow_complex=False).astype(np.float64)
         check_finite(p[k], f"params[{k!r}]")
+    xp = _one_module({data_name: data, **{f"params[{k!r}]": v for k, v in p.items()}})
     check_shape(p["A_log"], "params['A_log']", (D, None))
     check_shape(p["conv1d.weight"], "params['conv1d.weight']", (D, 1, None))
     check_shape(p["dt_proj.weight"], "params['dt_proj.weight']", (D, None))
@@ -273,7 +281,7 @@ def _inner_weights(params, D):
             check_shape(p[k], f"params[{k!r}]", shape)
     return {"w_conv": p["conv1d.weight"][:, 0, :], "b_conv": p["conv1d.bias"],  # (D, K)
             "w_x": p["x_proj.weight"], "w_dt": p["dt_proj.weight"], "b_dt": p["dt_proj.bias"],
-            "A": -np.exp(p["A_log"]), "D": p["D"]}  # (D, N), (D,)
+            "A": -xp.exp(p["A_log"]), "D": p["D"], "xp": xp}  # (D, N), (D,)
 
 
 def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
@@ -326,6 +334,8 @@ def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
         whose shape does not fit d_inner = ``xz.shape[1] // 2``.
     KeyError
         A required parameter is missing.
+    TypeError
+        Parameters and ``xz`` on different array modules (NumPy and CuPy).
 
     Notes
     -----
@@ -358,8 +368,8 @@ def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
         raise ValueError(f"Parameter xz has shape {xz_in.shape} but should be (B, 2 * d_inner, L)")
     scan_fn = selective_scan if scan_fn is None else scan_fn
     D = xz_in.shape[1] // 2
-    w = _inner_weights(params, D)
-    R, N = w["w_dt"].shape[1], w["A"].shape[1]
+    w = _inner_weights(params, D, "xz", xz_in)
+    R, N, xp = w["w_dt"].shape[1], w["A"].shape[1], w["xp"]
     xz = xz_in.astype(np.float64)
     x, z = xz[:, :D], xz[:, D:]  # (B, D, L) each
     x_conv = causal_conv1d(x, w["w_conv"], w["b_conv"])  # (B, D, L)
@@ -372,7 +382,7 @@ def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
     res = scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z, delta_bias=w["b_dt"],
                   delta_softplus=True, return_last_state=return_last_state)
     y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
-    y = np.asarray(y, dtype=np.float64)  # (B, D, L)
+    y = xp.asarray(y, dtype=np.float64)  # (B, D, L)
     cache = {"x": x, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
              "delta": delta, "Bmat": Bmat, "Cmat": Cmat}
     y = y.astype(xz_in.dtype)
@@ -434,14 +444,15 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     dy_in = as_array(dy, "dy", allow_complex=False, ndim=3)
     check_shape(dy_in, "dy", cache["x_act"].shape)
     check_finite(dy_in, "dy")
-    w = _inner_weights(params, cache["x_act"].shape[1])
+    w = _inner_weights(params, cache["x_act"].shape[1], "dy", dy_in)
+    xp = w["xp"]
     g = {}
 
     # y = selective_scan(x_act, delta, A, B, C, D, z, delta_bias, softplus)
     s = scan_backward_fn(dy_in.astype(np.float64), cache["x_act"], cache["delta"], w["A"],
                          cache["Bmat"], cache["Cmat"], D=w["D"], z=cache["z"],
                          delta_bias=w["b_dt"], delta_softplus=True)
-    s = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in s.items()}
+    s = {k: (None if v is None else xp.asarray(v, dtype=np.float64)) for k, v in s.items()}
     g["A_log"] = s["A"] * w["A"]  # A = -exp(A_log): dA/dA_log = A
     g["D"], g["dt_proj.bias"] = s["D"], s["delta_bias"]
 
@@ -450,7 +461,7 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
         s["delta"].transpose(0, 2, 1), cache["dt_low"], w["w_dt"])  # (B, L, R)
 
     # (dt_low, B, C) = split(x_proj(x_act))
-    d_xdbl = np.concatenate([d_dt_low, s["B"].transpose(0, 2, 1),
+    d_xdbl = xp.concatenate([d_dt_low, s["B"].transpose(0, 2, 1),
                              s["C"].transpose(0, 2, 1)], axis=-1)  # (B, L, R + 2N)
     dx_act_tok, g["x_proj.weight"], _ = linear_backward(
         d_xdbl, cache["x_act"].transpose(0, 2, 1), w["w_x"])  # (B, L, D)
@@ -463,7 +474,7 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     g["conv1d.weight"] = dw_conv[:, None, :]  # (D, 1, K)
 
     # x = xz[:, :D], z = xz[:, D:]
-    dxz = np.concatenate([dx, s["z"]], axis=1)  # (B, 2D, L)
+    dxz = xp.concatenate([dx, s["z"]], axis=1)  # (B, 2D, L)
     return dxz.astype(dy_in.dtype), g
 
 
@@ -493,7 +504,9 @@ class MambaBlock:
     ----------
     config : MambaConfig
     params : dict of str -> ndarray
-        The weights under their official state-dict names.
+        The weights under their official state-dict names, NumPy arrays
+        after construction; :meth:`to` moves them to another array module
+        (CuPy), where the data passed to the block must then live too.
 
     Notes
     -----
@@ -544,6 +557,34 @@ class MambaBlock:
         c = self.config
         return (f"MambaBlock(d_model={c.d_model}, d_inner={c.d_inner}, d_state={c.d_state}, "
                 f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, params={self.num_params})")
+
+    def to(self, xp):
+        """Move the parameters to array module ``xp`` (``numpy`` or ``cupy``); return self.
+
+        One copy per parameter, done once (e.g. before training on a GPU);
+        afterwards :meth:`forward`, :meth:`backward`, :meth:`step` and
+        :meth:`prefill` take and return arrays of ``xp``.  dtypes are kept.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> block = MambaBlock(d_model=4, d_state=2).to(np)
+        >>> type(block.params["A_log"]).__name__
+        'ndarray'
+        """
+        self.params = {k: on_module(v, xp) for k, v in self.params.items()}
+        return self
+
+    def _check_module(self, arr, name):
+        """The array module of ``arr``; raise unless every parameter lives there too."""
+        xp = array_module(arr)
+        strays = [k for k, v in self.params.items() if array_module(v) is not xp]
+        if strays:
+            raise TypeError(
+                f"Parameter {name} is a {xp.__name__} array but the block's parameters "
+                f"{strays} are not; move the block once with block.to({xp.__name__})"
+            )
+        return xp
 
     @property
     def num_params(self) -> int:
@@ -619,7 +660,7 @@ class MambaBlock:
         for k, v in sd.items():
             a = as_array(v, f"state_dict[{k!r}]", allow_complex=False)
             check_finite(a, f"state_dict[{k!r}]")
-            arrs[k] = np.array(a, copy=True)
+            arrs[k] = a.copy()
 
         w_in = arrs["in_proj.weight"]
         if w_in.ndim != 2 or w_in.shape[0] % 2:
@@ -661,6 +702,8 @@ class MambaBlock:
     def state_dict(self):
         """The weights under the official names, as copies (see :meth:`from_state_dict`).
 
+        The copies are arrays of the module the parameters live on (see :meth:`to`).
+
         Examples
         --------
         >>> list(MambaBlock(d_model=4).state_dict())
@@ -672,17 +715,19 @@ class MambaBlock:
     def _weights(self):
         """The parameters in float64, under short names, with A = -exp(A_log)."""
         p = {k: v.astype(np.float64) for k, v in self.params.items()}
+        xp = array_module(*p.values())
         return {
             "w_in": p["in_proj.weight"], "b_in": p.get("in_proj.bias"),
             "w_conv": p["conv1d.weight"][:, 0, :], "b_conv": p.get("conv1d.bias"),  # (D, K)
             "w_x": p["x_proj.weight"], "w_dt": p["dt_proj.weight"], "b_dt": p["dt_proj.bias"],
-            "A": -np.exp(p["A_log"]), "D": p["D"],  # (D, N), (D,)
+            "A": -xp.exp(p["A_log"]), "D": p["D"],  # (D, N), (D,)
             "w_out": p["out_proj.weight"], "b_out": p.get("out_proj.bias"),
         }
 
     def _check_tokens(self, x, name="x"):
         x = as_array(x, name, allow_complex=False, ndim=3)
         check_shape(x, name, (None, None, self.config.d_model))
+        self._check_module(x, name)
         check_finite(x, name)
         return x
 
@@ -789,6 +834,7 @@ class MambaBlock:
             raise TypeError("Parameter cache must be the dict from forward(x, return_cache=True)")
         dout_arr = as_array(dout, "dout", allow_complex=False, ndim=3)
         check_shape(dout_arr, "dout", cache["u"].shape)
+        self._check_module(dout_arr, "dout")
         check_finite(dout_arr, "dout")
         w = self._weights()
         g = {}
@@ -813,6 +859,8 @@ class MambaBlock:
     def allocate_cache(self, batch, dtype=np.float64):
         """Zero caches for token-by-token decoding with :meth:`step`.
 
+        Allocated on the array module the parameters live on (see :meth:`to`).
+
         Parameters
         ----------
         batch : int
@@ -833,8 +881,9 @@ class MambaBlock:
         """
         batch = check_positive_int(batch, "batch")
         c = self.config
-        return (np.zeros((batch, c.d_inner, c.d_conv), dtype=dtype),
-                np.zeros((batch, c.d_inner, c.d_state), dtype=dtype))
+        xp = array_module(*self.params.values())
+        return (xp.zeros((batch, c.d_inner, c.d_conv), dtype=dtype),
+                xp.zeros((batch, c.d_inner, c.d_state), dtype=dtype))
 
     def step(self, x_t, conv_state, ssm_state):
         """Advance the block by one token, from the caches (official ``Mamba.step``).
@@ -892,6 +941,8 @@ class MambaBlock:
         check_shape(conv_in, "conv_state", (batch, c.d_inner, c.d_conv))
         ssm_in = as_array(ssm_state, "ssm_state", allow_complex=False, ndim=3)
         check_shape(ssm_in, "ssm_state", (batch, c.d_inner, c.d_state))
+        xp = self._check_module(x_in, "x_t")
+        _one_module({"x_t": x_in, "conv_state": conv_in, "ssm_state": ssm_in})
         check_finite(conv_in, "conv_state")
         check_finite(ssm_in, "ssm_state")
         D, N, R = c.d_inner, c.d_state, c.dt_rank
@@ -899,9 +950,9 @@ class MambaBlock:
         u = x_in.reshape(batch, c.d_model).astype(np.float64)  # (B, d_model)
         xz = linear(u, w["w_in"], w["b_in"])  # (B, 2D)
         x, z = xz[:, :D], xz[:, D:]  # (B, D) each
-        conv = np.concatenate([conv_in[:, :, 1:].astype(np.float64), x[:, :, None]],
+        conv = xp.concatenate([conv_in[:, :, 1:].astype(np.float64), x[:, :, None]],
                               axis=2)  # (B, D, K): roll left, new x at the end
-        x_conv = np.sum(conv * w["w_conv"], axis=-1)  # (B, D)
+        x_conv = xp.sum(conv * w["w_conv"], axis=-1)  # (B, D)
         if w["b_conv"] is not None:
             x_conv = x_conv + w["b_conv"]
         x_act = silu(x_conv)  # (B, D)
@@ -910,9 +961,9 @@ class MambaBlock:
         delta = linear(dt_low, w["w_dt"])  # (B, D)
         y, h = self.state_update_fn(ssm_in.astype(np.float64), x_act, delta, w["A"], Bmat, Cmat,
                                     D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
-        out = linear(np.asarray(y, dtype=np.float64), w["w_out"], w["b_out"])  # (B, d_model)
+        out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"])  # (B, d_model)
         out = out.reshape(x_in.shape).astype(x_in.dtype)
-        return out, conv.astype(conv_in.dtype), np.asarray(h).astype(ssm_in.dtype)
+        return out, conv.astype(conv_in.dtype), xp.asarray(h).astype(ssm_in.dtype)
 
     def prefill(self, x):
         """Run the forward on a prompt and return the caches that continue it with :meth:`step`.
@@ -942,8 +993,8 @@ class MambaBlock:
         """
         x = self._check_tokens(x)
         out, cache, last_state = self._forward(x.astype(np.float64), return_last_state=True)
-        K, L = self.config.d_conv, x.shape[1]
+        K, L, xp = self.config.d_conv, x.shape[1], array_module(x)
         xs = cache["x"][:, :, max(0, L - K):]  # (B, D, min(L, K))
-        conv_state = np.concatenate(
-            [np.zeros(xs.shape[:2] + (K - xs.shape[2],)), xs], axis=2)  # (B, D, K)
-        return out.astype(x.dtype), conv_state, np.asarray(last_state, dtype=np.float64)
+        conv_state = xp.concatenate(
+            [xp.zeros(xs.shape[:2] + (K - xs.shape[2],)), xs], axis=2)  # (B, D, K)
+        return out.astype(x.dtype), conv_state, xp.asarray(last_state, dtype=np.float64)

@@ -41,12 +41,20 @@ Euler rule ``Bbar = delta * B``; the exact ZOH would be
 
 All arithmetic is done in float64 (complex128 for complex A); the output is
 cast back to the dtype of ``u``.
+
+Every function runs on the array module of its inputs (NumPy, or CuPy on a
+GPU, see :mod:`ssm_ref._xp`): ``xp = array_module(u, ...)`` and all arrays are
+made with ``xp``.  All array arguments must then live on that one module, and
+the value checks (finite, ``Re(A) <= 0``, ``delta >= 0``) run only on NumPy
+inputs: on a device they would make the GPU wait and copy a flag to the host.
+Complex A works on both (CuPy has complex128).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._validation import as_array, check_finite, check_shape
+from ._xp import array_module
 from .nn import silu, silu_backward, softplus, softplus_backward
 
 __all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
@@ -59,12 +67,12 @@ __all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"
 
 def _softplus_grad(x):
     """d softplus / dx = sigmoid(x), and exactly 1 in the linear region x > 20."""
-    return softplus_backward(np.ones_like(x), x)
+    return softplus_backward(array_module(x).ones_like(x), x)
 
 
 def _silu_grad(x):
     """d silu / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x)))."""
-    return silu_backward(np.ones_like(x), x)
+    return silu_backward(array_module(x).ones_like(x), x)
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +118,7 @@ def _per_channel(X, form, dim):
     if form == "variable":
         return X[:, None, :, :]  # (B, 1, N, L)
     groups = X.shape[1]
-    return np.repeat(X, dim // groups, axis=1)  # (B, G, N, L) -> (B, D, N, L)
+    return X.repeat(dim // groups, axis=1)  # (B, G, N, L) -> (B, D, N, L)
 
 
 def _reduce_to_form(g, form, groups):
@@ -124,6 +132,26 @@ def _reduce_to_form(g, form, groups):
     return g.sum(axis=2)  # (B, G, N, L)
 
 
+def _one_module(arrays):
+    """The array module (NumPy or CuPy) shared by ``arrays``, a dict name -> array or None.
+
+    Raises ``TypeError`` naming the arguments that are NumPy arrays (or lists)
+    when others are device arrays: mixing them would copy to the device on
+    every call (CuPy refuses it).  Move them once, e.g. ``cupy.asarray(A)``.
+    """
+    given = {name: a for name, a in arrays.items() if a is not None}
+    xp = array_module(*given.values())
+    strays = [name for name, a in given.items() if array_module(a) is not xp]
+    if strays:
+        device = next(name for name, a in given.items() if array_module(a) is xp)
+        raise TypeError(
+            f"Parameter(s) {', '.join(strays)} are host (NumPy) arrays but {device} is a "
+            f"{xp.__name__} device array; pass all arrays on one array module "
+            "(move them once with xp.asarray)"
+        )
+    return xp
+
+
 def _effective_delta(delta, delta_bias, delta_softplus):
     """Apply eq-selective-delta: bias, then optional softplus. Returns (raw, delta)."""
     raw = delta if delta_bias is None else delta + delta_bias[None, :, None]  # (B, D, L)
@@ -134,11 +162,12 @@ def _check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, h0=None):
     """The cheap half of the validation: dtypes, shapes, B/C forms, small arrays.
 
-    Checks every argument's dtype and shape, the forms of B and C, that the
-    arrays without a length axis (and B, C) are finite, and Re(A) <= 0.  It
-    neither converts nor scans the (B, D, L) arrays ``u``, ``delta``, ``z``:
-    the fast backends call it and screen those inside their kernels.  Returns
-    a dict of the arrays as given plus the sizes and forms.
+    Checks every argument's dtype and shape, the forms of B and C, that all
+    arrays live on one array module, and (for NumPy arrays) that the arrays
+    without a length axis (and B, C) are finite and Re(A) <= 0.  It neither
+    converts nor scans the (B, D, L) arrays ``u``, ``delta``, ``z``: the fast
+    backends call it and screen those inside their kernels.  Returns a dict of
+    the arrays as given plus the sizes, the forms and ``xp``, their module.
     """
     delta = as_array(delta, "delta", allow_complex=False, ndim=3)
     if u is not None:
@@ -181,17 +210,19 @@ def _check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         out["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
     if not isinstance(delta_softplus, (bool, np.bool_)):
         raise TypeError(f"Parameter delta_softplus = {delta_softplus!r} must be a bool")
+    xp = _one_module({name: out[name] for name in
+                      ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")})
     for name in ("A", "B", "C", "D", "delta_bias", "h0"):
         if out[name] is not None:
             check_finite(out[name], name)
-    if np.any(A.real > 0):
+    if xp is np and np.any(A.real > 0):  # a value check: host arrays only
         raise ValueError(
             f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real "
             f"part (max {A.real.max():.3g}); the recurrence would grow like "
             "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
         )
     out.update(batch=batch, dim=dim, length=length, dstate=dstate, is_complex=is_complex,
-               form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus))
+               form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus), xp=xp)
     return out
 
 
@@ -221,7 +252,7 @@ def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         if out[name] is not None:
             out[name] = out[name].astype(work)
     raw, eff = _effective_delta(out["delta"], out["delta_bias"], out["delta_softplus"])
-    if np.any(eff < 0):
+    if out["xp"] is np and np.any(eff < 0):  # a value check: host arrays only
         raise ValueError(
             f"Parameter delta has {int(np.sum(eff < 0))} negative step(s) after "
             f"delta_bias{' and softplus' if out['delta_softplus'] else ''} "
@@ -249,13 +280,14 @@ def _forward_states(p):
     backward pass, which needs h_{t-1} at every step.
     """
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    delta, A, u = p["delta_eff"], p["A"], p["u"]
+    delta, A, u, xp = p["delta_eff"], p["A"], p["u"], p["xp"]
     Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
     dA = delta[:, :, :, None] * A[None, :, None, :]  # (B, D, L, N)
-    Abar = np.exp(dA)  # (B, D, L, N)   zero-order hold for A
-    Bbar_u = (delta * u)[:, :, :, None] * np.moveaxis(Bc, 3, 2)  # (B, D, L, N)  Euler for B
-    h = np.zeros((batch, dim, dstate), dtype=Abar.dtype) if p["h0"] is None else p["h0"].copy()
-    hs = np.empty((batch, dim, length, dstate), dtype=np.result_type(Abar, Bbar_u))  # (B, D, L, N)
+    Abar = xp.exp(dA)  # (B, D, L, N)   zero-order hold for A
+    Bbar_u = (delta * u)[:, :, :, None] * xp.moveaxis(Bc, 3, 2)  # (B, D, L, N)  Euler for B
+    h = xp.zeros((batch, dim, dstate), dtype=Abar.dtype) if p["h0"] is None else p["h0"].copy()
+    work = np.result_type(Abar.dtype, Bbar_u.dtype)
+    hs = xp.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
     for t in range(length):
         h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N)
         hs[:, :, t] = h
@@ -264,8 +296,9 @@ def _forward_states(p):
 
 def _readout(p, hs):
     """y_t = <C_t, h_t> for all t at once from the stored states (backward pass)."""
+    xp = p["xp"]
     Cc = _per_channel(p["C"], p["form_C"], p["dim"])  # (B|1, D|1, N, L|1)
-    y = np.sum(np.moveaxis(Cc, 3, 2) * hs, axis=-1)  # (B, D, L)
+    y = xp.sum(xp.moveaxis(Cc, 3, 2) * hs, axis=-1)  # (B, D, L)
     return _skip_and_gate(p, y)
 
 
@@ -290,18 +323,18 @@ def _forward_output(p):
     Returns the output (B, D, L) and the last state h_{L-1} (B, D, N).
     """
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    delta, A, u = p["delta_eff"], p["A"], p["u"]
+    delta, A, u, xp = p["delta_eff"], p["A"], p["u"], p["xp"]
     Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
     Cc = _per_channel(p["C"], p["form_C"], dim)  # (B|1, D|1, N, L|1)
-    work = np.result_type(delta, A, Bc, Cc)
-    h = np.zeros((batch, dim, dstate), dtype=work) if p["h0"] is None else p["h0"].astype(work)
-    y = np.empty((batch, dim, length), dtype=work)  # (B, D, L)
+    work = np.result_type(delta.dtype, A.dtype, Bc.dtype, Cc.dtype)
+    h = xp.zeros((batch, dim, dstate), dtype=work) if p["h0"] is None else p["h0"].astype(work)
+    y = xp.empty((batch, dim, length), dtype=work)  # (B, D, L)
     for t in range(length):
-        Abar_t = np.exp(delta[:, :, t, None] * A[None, :, :])  # (B, D, N)  ZOH for A
+        Abar_t = xp.exp(delta[:, :, t, None] * A[None, :, :])  # (B, D, N)  ZOH for A
         B_t = Bc[..., t if Bc.shape[3] > 1 else 0]  # (B|1, D|1, N)
         C_t = Cc[..., t if Cc.shape[3] > 1 else 0]  # (B|1, D|1, N)
         h = Abar_t * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B_t  # (B, D, N)  Euler for B
-        y[:, :, t] = np.sum(C_t * h, axis=-1)  # (B, D)
+        y[:, :, t] = xp.sum(C_t * h, axis=-1)  # (B, D)
     return _skip_and_gate(p, y)[1], h
 
 
@@ -422,7 +455,9 @@ def _check_state_update_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
     Shared with the fast backends so that they refuse the same inputs with the
     same messages.  The arrays come back as given (after ``as_array``), plus
-    ``is_complex`` and ``step`` = softplus(dt + dt_bias) (B, D) in float64.
+    ``is_complex``, ``xp`` (their array module) and ``step`` =
+    softplus(dt + dt_bias) (B, D) in float64.  Value checks (finite,
+    Re(A) <= 0, step >= 0) run on NumPy arrays only.
     """
     x = as_array(x, "x", allow_complex=False, ndim=2)
     batch, dim = x.shape
@@ -456,10 +491,12 @@ def _check_state_update_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
             args[name] = check_shape(arr, name, shape)
     if not isinstance(dt_softplus, (bool, np.bool_)):
         raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
-    for name in ("x", "dt", "A", "state", "B", "C", "D", "z", "dt_bias"):
+    names = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+    xp = args["xp"] = _one_module({name: args[name] for name in names})
+    for name in names:
         if args[name] is not None:
             check_finite(args[name], name)
-    if np.any(A.real > 0):
+    if xp is np and np.any(A.real > 0):  # value checks: host arrays only
         raise ValueError(
             f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
             "A must have Re(A) <= 0"
@@ -469,7 +506,7 @@ def _check_state_update_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         step = step + args["dt_bias"][None, :]
     if dt_softplus:
         step = softplus(step)
-    if np.any(step < 0):
+    if xp is np and np.any(step < 0):
         raise ValueError(
             f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
             f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
@@ -561,20 +598,20 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     array([[0.98720505]])
     """
     args = _check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    x, A, state, step = args["x"], args["A"], args["state"], args["step"]
+    x, A, state, step, xp = args["x"], args["A"], args["state"], args["step"], args["xp"]
     batch, dim = x.shape
     is_complex = args["is_complex"]
     work = np.complex128 if is_complex else np.float64
 
     def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
         X = X.astype(work)
-        return X[:, None, :] if X.ndim == 2 else np.repeat(X, dim // X.shape[1], axis=1)
+        return X[:, None, :] if X.ndim == 2 else X.repeat(dim // X.shape[1], axis=1)
 
     Bc, Cc = per_channel(args["B"]), per_channel(args["C"])  # (B, D|1, N)
     xs = x.astype(np.float64)  # (B, D)
-    Abar = np.exp(step[:, :, None] * A.astype(work)[None])  # (B, D, N)
+    Abar = xp.exp(step[:, :, None] * A.astype(work)[None])  # (B, D, N)
     h = Abar * state.astype(work) + (step * xs)[:, :, None] * Bc  # (B, D, N)
-    y = np.sum(Cc * h, axis=-1)  # (B, D)
+    y = xp.sum(Cc * h, axis=-1)  # (B, D)
     if is_complex:
         y = 2.0 * y.real
     if D is not None:
@@ -673,15 +710,17 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     """
     p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    is_complex = p["is_complex"]
+    is_complex, xp = p["is_complex"], p["xp"]
     dout = as_array(dout, "dout", allow_complex=False, ndim=3)
     check_shape(dout, "dout", (batch, dim, length))
+    if dlast_state is not None:
+        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=is_complex, ndim=3)
+        check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
+    _one_module({"delta": p["delta"], "dout": dout, "dlast_state": dlast_state})
     check_finite(dout, "dout")
     dout = dout.astype(np.float64)  # (B, D, L)
     work = np.complex128 if is_complex else np.float64
     if dlast_state is not None:
-        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=is_complex, ndim=3)
-        check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
         check_finite(dlast_state, "dlast_state")
         dlast_state = dlast_state.astype(work)  # (B, D, N)
 
@@ -690,9 +729,9 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     # forward again: every state, and h_{t-1} next to h_t
     hs, Abar = _forward_states(p)  # (B, D, L, N) each
-    h_init = np.zeros((batch, dim, 1, dstate), work) if p["h0"] is None \
+    h_init = xp.zeros((batch, dim, 1, dstate), work) if p["h0"] is None \
         else p["h0"][:, :, None, :]  # (B, D, 1, N)
-    h_prev = np.concatenate([h_init, hs[:, :, :-1]], axis=2)  # (B, D, L, N)
+    h_prev = xp.concatenate([h_init, hs[:, :, :-1]], axis=2)  # (B, D, L, N)
     v, _ = _readout(p, hs)  # (B, D, L), y + D u before the gate
 
     grads = dict.fromkeys(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"])
@@ -703,32 +742,32 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         dy = dout * silu(p["z"])  # (B, D, L)
     else:
         dy = dout
-    du = np.zeros_like(u)  # (B, D, L)
+    du = xp.zeros_like(u)  # (B, D, L)
     if p["D"] is not None:
-        grads["D"] = np.sum(dy * u, axis=(0, 2))  # (D,)
+        grads["D"] = xp.sum(dy * u, axis=(0, 2))  # (D,)
         du += dy * p["D"][None, :, None]
 
     # readout y_t = s Re<C_t, h_t>
-    Ct = np.moveaxis(_per_channel(p["C"], p["form_C"], dim), 3, 2)  # (B|1, D|1, L|1, N)
-    Bt = np.moveaxis(_per_channel(p["B"], p["form_B"], dim), 3, 2)  # (B|1, D|1, L|1, N)
-    dC = scale * dy[..., None] * np.conj(hs)  # (B, D, L, N)
-    dh_out = scale * dy[..., None] * np.conj(Ct)  # (B, D, L, N)
+    Ct = xp.moveaxis(_per_channel(p["C"], p["form_C"], dim), 3, 2)  # (B|1, D|1, L|1, N)
+    Bt = xp.moveaxis(_per_channel(p["B"], p["form_B"], dim), 3, 2)  # (B|1, D|1, L|1, N)
+    dC = scale * dy[..., None] * xp.conj(hs)  # (B, D, L, N)
+    dh_out = scale * dy[..., None] * xp.conj(Ct)  # (B, D, L, N)
 
     # reverse scan for g_t = dLoss/dh_t  (eq-selective-backward)
-    gs = np.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
-    g = np.zeros((batch, dim, dstate), work) if dlast_state is None else dlast_state.copy()
+    gs = xp.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
+    g = xp.zeros((batch, dim, dstate), work) if dlast_state is None else dlast_state.copy()
     for t in range(length - 1, -1, -1):
         g = g + dh_out[:, :, t]  # (B, D, N)
         gs[:, :, t] = g
-        g = np.conj(Abar[:, :, t]) * g  # carried to h_{t-1}
+        g = xp.conj(Abar[:, :, t]) * g  # carried to h_{t-1}
     if p["h0"] is not None:
         grads["h0"] = g  # (B, D, N)
 
     # h_t = Abar_t h_{t-1} + delta_t u_t B_t
-    g_dA = np.conj(Abar * h_prev) * gs  # (B, D, L, N): gradient w.r.t. delta_t * A
-    grads["A"] = np.sum(delta_eff[..., None] * g_dA, axis=(0, 2))  # (D, N)
-    g_BB = np.sum(np.conj(Bt) * gs, axis=-1).real  # (B, D, L): Re sum_n conj(B_t) g_t
-    ddelta = np.sum(np.conj(Am)[None, :, None, :] * g_dA, axis=-1).real + u * g_BB
+    g_dA = xp.conj(Abar * h_prev) * gs  # (B, D, L, N): gradient w.r.t. delta_t * A
+    grads["A"] = xp.sum(delta_eff[..., None] * g_dA, axis=(0, 2))  # (D, N)
+    g_BB = xp.sum(xp.conj(Bt) * gs, axis=-1).real  # (B, D, L): Re sum_n conj(B_t) g_t
+    ddelta = xp.sum(xp.conj(Am)[None, :, None, :] * g_dA, axis=-1).real + u * g_BB
     du += delta_eff * g_BB
     dB = (delta_eff * u)[..., None] * gs  # (B, D, L, N)
 
@@ -737,16 +776,16 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         ddelta = ddelta * _softplus_grad(p["delta_raw"])  # (B, D, L)
     grads["u"], grads["delta"] = du, ddelta
     if p["delta_bias"] is not None:
-        grads["delta_bias"] = np.sum(ddelta, axis=(0, 2))  # (D,)
+        grads["delta_bias"] = xp.sum(ddelta, axis=(0, 2))  # (D,)
 
     groups_B = p["B"].shape[1] if p["form_B"] == "grouped" else 1
     groups_C = p["C"].shape[1] if p["form_C"] == "grouped" else 1
-    grads["B"] = _reduce_to_form(np.moveaxis(dB, 2, 3), p["form_B"], groups_B)
-    grads["C"] = _reduce_to_form(np.moveaxis(dC, 2, 3), p["form_C"], groups_C)
+    grads["B"] = _reduce_to_form(xp.moveaxis(dB, 2, 3), p["form_B"], groups_B)
+    grads["C"] = _reduce_to_form(xp.moveaxis(dC, 2, 3), p["form_C"], groups_C)
 
     # back to each argument's own dtype; real arguments get the real part
     for name, grad in grads.items():
         if grad is not None:
             target = p["given_dtype"][name]
-            grads[name] = (grad if target.kind == "c" else np.real(grad)).astype(target)
+            grads[name] = (grad if target.kind == "c" else grad.real).astype(target)
     return grads
