@@ -38,8 +38,11 @@ Blocks
                          snake scans with direction-aware B.
 
 All arithmetic is float64; outputs come back in the input's dtype and
-gradients in their parameter's dtype.  The selective scan is pluggable
-(``scan_fn`` / ``scan_backward_fn`` with the signatures of
+gradients in their parameter's dtype.  Inputs and ``params`` may be NumPy or
+CuPy arrays (the model moves ``params``): a block computes on its input's array
+module, and its scan orders stay NumPy index arrays whose device copies are
+made once and cached (``ssm_ref.vision.scan_orders``).  The selective scan is
+pluggable (``scan_fn`` / ``scan_backward_fn`` with the signatures of
 :func:`ssm_ref.selective_scan` / :func:`ssm_ref.selective_scan_backward`), so a
 compiled backend from ``fast`` can replace the reference.
 
@@ -79,9 +82,10 @@ from ..nn import (
     silu,
     silu_backward,
 )
+from .._xp import array_module
 from ..selective import selective_scan, selective_scan_backward
 from .multi import CROSS_SCAN_ORDERS, SCHEMES, scan_scheme
-from .scan_orders import from_sequence, scan_order, to_sequence
+from .scan_orders import _on_module_cached, from_sequence, scan_order, to_sequence
 
 __all__ = [
     "PatchEmbed",
@@ -149,7 +153,7 @@ def _read_state_dict(state_dict, prefix, required, optional, owner):
     for k, v in sd.items():
         a = as_array(v, f"state_dict[{k!r}]", allow_complex=False)
         check_finite(a, f"state_dict[{k!r}]")
-        arrs[k] = np.array(a, copy=True)
+        arrs[k] = a.copy()  # a copy on the array's own module (NumPy or CuPy)
     return arrs
 
 
@@ -213,7 +217,7 @@ class _Module:
         return None if v is None else v.astype(np.float64)
 
     def _grads_out(self, g):
-        return {k: np.asarray(g[k]).astype(self.params[k].dtype) for k in self.params}
+        return {k: g[k].astype(self.params[k].dtype) for k in self.params}
 
 
 class _PreNormBlock(_Module):
@@ -531,8 +535,9 @@ def insert_cls_token(x, cls_token, position="middle"):
     check_shape(cls, "cls_token", (1, 1, E))
     check_finite(cls, "cls_token")
     idx = cls_token_index(L, position)
-    tok = np.broadcast_to(cls.astype(x.dtype), (Bsz, 1, E))  # (B, 1, E)
-    y = np.concatenate([x[:, :idx], tok, x[:, idx:]], axis=1)  # (B, L + 1, E)
+    xp = array_module(x, cls)
+    tok = xp.broadcast_to(cls.astype(x.dtype), (Bsz, 1, E))  # (B, 1, E)
+    y = xp.concatenate([x[:, :idx], tok, x[:, idx:]], axis=1)  # (B, L + 1, E)
     return y, idx
 
 
@@ -555,7 +560,7 @@ def insert_cls_token_backward(dy, index):
     if idx >= n:
         raise ValueError(f"Parameter index = {idx} must lie in 0..{n - 1} for dy of shape "
                          f"{dy.shape}")
-    dx = np.concatenate([dy[:, :idx], dy[:, idx + 1:]], axis=1)  # (B, L, E)
+    dx = array_module(dy).concatenate([dy[:, :idx], dy[:, idx + 1:]], axis=1)  # (B, L, E)
     dcls = dy[:, idx:idx + 1].sum(axis=0, keepdims=True)  # (1, 1, E)
     return dx, dcls
 
@@ -815,6 +820,7 @@ class VimMixer(_Module):
         """
         cache = _check_cache(cache, "VimMixer")
         dout = _check_dout(dout, cache["u"].shape)
+        xp = array_module(dout)
         g = {}
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout.astype(np.float64), cache["y"].transpose(0, 2, 1),
@@ -822,7 +828,7 @@ class VimMixer(_Module):
         dy = 0.5 * dy_tok.transpose(0, 2, 1)  # (B, D, L)
         dxz_f, g_f = mamba_inner_backward(dy, cache["f"], self._path_params(False),
                                           scan_backward_fn=self.scan_backward_fn)
-        dxz_b, g_b = mamba_inner_backward(np.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
+        dxz_b, g_b = mamba_inner_backward(xp.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
                                           self._path_params(True),
                                           scan_backward_fn=self.scan_backward_fn)
         g.update(g_f)
@@ -909,7 +915,7 @@ class VimBlock(_PreNormBlock):
         w = as_array(state_dict[prefix + "norm.weight"], "state_dict['norm.weight']",
                      allow_complex=False)
         check_shape(w, "state_dict['norm.weight']", (obj.mixer.config.d_model,))
-        obj.params = {"norm.weight": np.array(w, copy=True)}
+        obj.params = {"norm.weight": w.copy()}
         return obj
 
 
@@ -1149,7 +1155,8 @@ class SS2D(_Module):
         return obj
 
     # ------------------------------------------------------------------ the directional core
-    def _perms(self, H, W):
+    def _perms(self, H, W, xp=np):
+        """The K scan orders (host NumPy) and the visits of each cell (1, H, W, 1) on ``xp``."""
         perms = [np.asarray(q, dtype=np.int64) for q in self._build(H, W)]
         if len(perms) != self.n_directions:
             raise ValueError(f"directions {self.directions!r} give {len(perms)} sequences on a "
@@ -1157,45 +1164,48 @@ class SS2D(_Module):
         count = np.zeros(H * W)
         for q in perms:
             count[q] += 1
-        return perms, count.reshape(1, H, W, 1)  # (1, H, W, 1): visits of each cell
+        # (1, H, W, 1): visits of each cell, copied to the device once (cached)
+        return perms, _on_module_cached(count.reshape(1, H, W, 1), xp)
 
     def _core_weights(self):
         c = self.config
         K, D = self.n_directions, c.d_inner
+        A_logs = self._w("A_logs")
         return {"w_x": self._w("x_proj_weight"), "w_dt": self._w("dt_projs_weight"),
                 "b_dt": self._w("dt_projs_bias").reshape(K * D),  # (K·D,)
-                "A": -np.exp(self._w("A_logs")), "D": self._w("Ds")}  # (K·D, N), (K·D,)
+                "A": -array_module(A_logs).exp(A_logs), "D": self._w("Ds")}  # (K·D, N), (K·D,)
 
     def _core_forward(self, x_act, w):
         """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache."""
         Bsz, H, W, D = x_act.shape
         c = self.config
         R, N, K = c.dt_rank, c.d_state, self.n_directions
-        perms, count = self._perms(H, W)
+        xp = array_module(x_act)
+        perms, count = self._perms(H, W, xp)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
             xs_k = to_sequence(x_act, perms[k]).transpose(0, 2, 1)  # (B, D, L_k)
-            x_dbl = np.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L_k)
+            x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
             Cs.append(x_dbl[:, R + N:])  # (B, N, L_k)
-            deltas.append(np.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, D, L_k)
+            deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, D, L_k)
             xs.append(xs_k)
         one_call = len({q.size for q in perms}) == 1
         if one_call:  # VMamba: one scan over K·D channels with K groups of B and C
-            y = self.scan_fn(np.concatenate(xs, axis=1), np.concatenate(deltas, axis=1),
-                             w["A"], np.stack(Bs, axis=1), np.stack(Cs, axis=1), D=w["D"],
+            y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
+                             w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
                              z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, K·D, L)
-            y = np.asarray(y, dtype=np.float64)
+            y = xp.asarray(y, dtype=np.float64)
             ys = [y[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
         else:  # sequences of different lengths: one scan per direction, its slice of parameters
             ys = []
             for k in range(K):
                 sl = slice(k * D, (k + 1) * D)
-                ys.append(np.asarray(self.scan_fn(
+                ys.append(xp.asarray(self.scan_fn(
                     xs[k], deltas[k], w["A"][sl], Bs[k], Cs[k], D=w["D"][sl], z=None,
                     delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=np.float64))
-        y_grid = np.zeros((Bsz, H, W, D))  # (B, H, W, D)
+        y_grid = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
         for k in range(K):
             y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W)  # scatter back
         if self.reduce == "mean":
@@ -1208,17 +1218,18 @@ class SS2D(_Module):
         """Reverse of :meth:`_core_forward`: returns dx_act (B, H, W, D) and the core's grads."""
         Bsz, H, W, D = dy_grid.shape
         K = self.n_directions
+        xp = array_module(dy_grid)
         perms, xs = cache["perms"], cache["xs"]
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"]
         dys = [to_sequence(dy_grid, perms[k]).transpose(0, 2, 1) for k in range(K)]  # (B, D, L_k)
         if cache["one_call"]:
             s = self.scan_backward_fn(
-                np.concatenate(dys, axis=1), np.concatenate(xs, axis=1),
-                np.concatenate(cache["deltas"], axis=1), w["A"], np.stack(cache["Bs"], axis=1),
-                np.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
+                xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
+                xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
+                xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                 delta_softplus=True)
-            s = {key: (None if v is None else np.asarray(v, dtype=np.float64))
+            s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
                  for key, v in s.items()}
             dA, dDs, dbias = s["A"], s["D"], s["delta_bias"]
             du = [s["u"][:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
@@ -1226,14 +1237,14 @@ class SS2D(_Module):
             dB = [s["B"][:, k] for k in range(K)]  # K × (B, N, L)
             dC = [s["C"][:, k] for k in range(K)]
         else:
-            dA, dDs, dbias = np.zeros_like(w["A"]), np.zeros_like(w["D"]), np.zeros_like(w["D"])
+            dA, dDs, dbias = xp.zeros_like(w["A"]), xp.zeros_like(w["D"]), xp.zeros_like(w["D"])
             du, ddelta, dB, dC = [], [], [], []
             for k in range(K):
                 sl = slice(k * D, (k + 1) * D)
                 s = self.scan_backward_fn(dys[k], xs[k], cache["deltas"][k], w["A"][sl],
                                           cache["Bs"][k], cache["Cs"][k], D=w["D"][sl], z=None,
                                           delta_bias=w["b_dt"][sl], delta_softplus=True)
-                s = {key: (None if v is None else np.asarray(v, dtype=np.float64))
+                s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
                      for key, v in s.items()}
                 dA[sl], dDs[sl], dbias[sl] = s["A"], s["D"], s["delta_bias"]
                 du.append(s["u"])
@@ -1242,16 +1253,16 @@ class SS2D(_Module):
                 dC.append(s["C"])
         g = {"A_logs": dA * w["A"],  # A = -exp(A_logs)
              "Ds": dDs, "dt_projs_bias": dbias.reshape(K, D),
-             "x_proj_weight": np.zeros_like(w["w_x"]), "dt_projs_weight": np.zeros_like(w["w_dt"])}
-        dx_act = np.zeros((Bsz, H, W, D))  # (B, H, W, D)
+             "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
+        dx_act = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
         for k in range(K):
             # delta_k = dt_projs_weight[k] @ dts_k
-            g["dt_projs_weight"][k] = np.einsum("bdl,brl->dr", ddelta[k], cache["dts"][k])
-            d_dts = np.einsum("bdl,dr->brl", ddelta[k], w["w_dt"][k])  # (B, R, L_k)
+            g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta[k], cache["dts"][k])
+            d_dts = xp.einsum("bdl,dr->brl", ddelta[k], w["w_dt"][k])  # (B, R, L_k)
             # (dts, B, C) = x_proj_weight[k] @ xs_k
-            d_xdbl = np.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
-            g["x_proj_weight"][k] = np.einsum("bcl,bdl->cd", d_xdbl, xs[k])
-            dxs = du[k] + np.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, D, L_k)
+            d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
+            g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
+            dxs = du[k] + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, D, L_k)
             dx_act += from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W)  # adjoint of gather
         return dx_act, g
 
@@ -1329,7 +1340,7 @@ class SS2D(_Module):
         dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
             dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
         g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
-        dxz = np.concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
+        dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"))
         return du.astype(dout.dtype), self._grads_out(g)
@@ -1505,7 +1516,7 @@ class VSSBlock(_PreNormBlock):
         obj.params = {}
         for k in ("ln_1.weight", "ln_1.bias"):
             a = as_array(state_dict[prefix + k], f"state_dict[{k!r}]", allow_complex=False)
-            obj.params[k] = np.array(check_shape(a, f"state_dict[{k!r}]", (C,)), copy=True)
+            obj.params[k] = check_shape(a, f"state_dict[{k!r}]", (C,)).copy()
         return obj
 
 
@@ -1689,6 +1700,7 @@ class PlainMambaMixer(_Module):
         D, N, R = c.d_inner, c.d_state, c.dt_rank
         perms, codes = self._orders(H, W)
         K = len(perms)
+        xp = array_module(u)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"))  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]
         x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
@@ -1702,18 +1714,19 @@ class PlainMambaMixer(_Module):
         def seq(t, perm):  # (B, H, W, F) -> (B, F, L) in scan order
             return to_sequence(t, perm).transpose(0, 2, 1)
 
-        us = np.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
-        ds = np.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
-        Bs = np.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
-                       for q, cd in zip(perms, codes)], axis=1)  # (B, K, N, L)
-        Cs = np.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
-        A = -np.exp(self._w("A_log"))  # (D, N)
-        shared = {"A": np.tile(A, (K, 1)), "D": np.tile(self._w("D"), K),
-                  "b": np.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
-        y_all = np.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,
+        us = xp.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
+        ds = xp.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
+        codes_xp = [_on_module_cached(cd, xp) for cd in codes]  # device copies made once
+        Bs = xp.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
+                       for q, cd in zip(perms, codes_xp)], axis=1)  # (B, K, N, L)
+        Cs = xp.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
+        A = -xp.exp(self._w("A_log"))  # (D, N)
+        shared = {"A": xp.tile(A, (K, 1)), "D": xp.tile(self._w("D"), K),
+                  "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
+        y_all = xp.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,
                                         delta_bias=shared["b"], delta_softplus=True),
                            dtype=np.float64)  # (B, K·D, L)
-        y = np.zeros((Bsz, H, W, D))  # (B, H, W, D)
+        y = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
         for k in range(K):
             y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W)
         gate = silu(z)
@@ -1742,38 +1755,41 @@ class PlainMambaMixer(_Module):
         Bsz, H, W, _ = cache["u"].shape
         perms, codes, sh = cache["perms"], cache["codes"], cache["shared"]
         K = len(perms)
+        xp = array_module(dout)
         g = {}
         dyg, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout.astype(np.float64), cache["y"] * cache["gate"], self._w("out_proj.weight"),
             self._w("out_proj.bias"))  # (B, H, W, D)
         dy = dyg * cache["gate"]
         dz = silu_backward(dyg * cache["y"], cache["z"])  # (B, H, W, D)
-        dys = np.concatenate([to_sequence(dy, q).transpose(0, 2, 1) for q in perms],
+        dys = xp.concatenate([to_sequence(dy, q).transpose(0, 2, 1) for q in perms],
                              axis=1)  # (B, K·D, L)
         s = self.scan_backward_fn(dys, cache["us"], cache["ds"], sh["A"], cache["Bs"],
                                   cache["Cs"], D=sh["D"], z=None, delta_bias=sh["b"],
                                   delta_softplus=True)
-        s = {key: (None if v is None else np.asarray(v, dtype=np.float64)) for key, v in s.items()}
-        A = -np.exp(self._w("A_log"))
+        s = {key: (None if v is None else xp.asarray(v, dtype=np.float64)) for key, v in s.items()}
+        A = -xp.exp(self._w("A_log"))
         g["A_log"] = s["A"].reshape(K, D, N).sum(axis=0) * A  # shared: sum the K copies
         g["D"] = s["D"].reshape(K, D).sum(axis=0)
         g["dt_proj.bias"] = s["delta_bias"].reshape(K, D).sum(axis=0)
-        g["direction_Bs"] = np.zeros_like(self._w("direction_Bs"))  # (5, N)
-        dx_act = np.zeros((Bsz, H, W, D))
-        ddelta = np.zeros((Bsz, H, W, D))
-        dBt = np.zeros((Bsz, H, W, N))
-        dCt = np.zeros((Bsz, H, W, N))
+        g["direction_Bs"] = xp.zeros_like(self._w("direction_Bs"))  # (5, N)
+        dx_act = xp.zeros((Bsz, H, W, D))
+        ddelta = xp.zeros((Bsz, H, W, D))
+        dBt = xp.zeros((Bsz, H, W, N))
+        dCt = xp.zeros((Bsz, H, W, N))
         for k in range(K):
             sl = slice(k * D, (k + 1) * D)
             dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W)
             ddelta += from_sequence(s["delta"][:, sl].transpose(0, 2, 1), perms[k], H, W)
             dBt += from_sequence(s["B"][:, k].transpose(0, 2, 1), perms[k], H, W)
             dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W)
-            for t, code in enumerate(codes[k]):  # B_t += direction_Bs[code_t]
-                g["direction_Bs"][code] += s["B"][:, k, :, t].sum(axis=0)
+            # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
+            # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
+            xp.add.at(g["direction_Bs"], _on_module_cached(codes[k], xp),
+                      s["B"][:, k].sum(axis=0).T)  # (L,) codes, (L, N) values
         d_dt_low, g["dt_proj.weight"], _ = linear_backward(ddelta, cache["dt_low"],
                                                            self._w("dt_proj.weight"))
-        d_xdbl = np.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, H, W, R + 2N)
+        d_xdbl = xp.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, H, W, R + 2N)
         dx_tok, g["x_proj.weight"], _ = linear_backward(d_xdbl, cache["x_act"],
                                                         self._w("x_proj.weight"))
         dx_act += dx_tok
@@ -1782,7 +1798,7 @@ class PlainMambaMixer(_Module):
             dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
         g["conv2d.weight"] = dw[:, None]  # (D, 1, k, k)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
-            np.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
+            xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"))
         return du.astype(dout.dtype), self._grads_out(g)
 

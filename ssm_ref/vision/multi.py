@@ -16,6 +16,9 @@ each sequence, and merges the K outputs back onto the grid::
     out = sum_k from_sequence(ys[:, k], perms[k], H, W)      (multi_merge, reduce="sum")
 
 ``reduce="mean"`` divides every cell by the number of sequences that visit it.
+Token arrays may be NumPy or CuPy (results come back on the same module); the
+orders are NumPy index arrays, checked on the host, whose device copies are
+made once and cached by ``to_sequence`` / ``from_sequence``.
 The named schemes of the literature are data in :data:`SCHEMES`; each says how
 its directions are merged and whether they share parameters (that lives in the
 block that uses the scheme, not here).
@@ -31,9 +34,11 @@ from typing import Callable
 import numpy as np
 
 from .._validation import check_choice, check_positive_int
+from .._xp import array_module
 from .scan_orders import (
     _as_index,
     _check_tokens,
+    _on_module_cached,
     atrous_subgrids,
     from_sequence,
     scan_order,
@@ -191,7 +196,7 @@ def multi_scan(x, orders, *, stack=True):
             f"Parameter orders has sequences of lengths {lengths}, which cannot be stacked "
             "into (B, K, L, C); pass stack=False to get a list"
         )
-    return np.stack(seqs, axis=1)  # (B, K, L, C); NEP-18 dispatches CuPy arrays to cupy.stack
+    return array_module(x).stack(seqs, axis=1)  # (B, K, L, C) on x's device
 
 
 def _check_orders(orders):
@@ -288,7 +293,7 @@ def multi_merge(ys, orders, H, W, reduce="sum"):
         else:
             scale = 1.0 / count  # (L,) every count >= 1 (checked above)
             scale = scale.reshape(1, H, W, 1).astype(out.dtype)  # (1, H, W, 1)
-            out = out * scale  # (B, H, W, C)
+            out = out * _on_module_cached(scale, array_module(out))  # (B, H, W, C)
     return out
 
 

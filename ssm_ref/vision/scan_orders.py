@@ -738,6 +738,32 @@ def inverse(perm):
     return inv
 
 
+#: Device copies of index arrays, keyed by (array module, dtype, shape, bytes).  A training
+#: step gathers with the same few scan orders every time, so each is copied to the device once.
+_DEVICE_INDEX_CACHE: dict = {}
+_DEVICE_INDEX_CACHE_SIZE = 512
+
+
+def _on_module_cached(arr, xp):
+    """``arr`` (a small NumPy array: scan order, cell counts) as an array of module ``xp``.
+
+    NumPy gets ``arr`` itself.  For a device module the copy is made once and
+    reused, so gathering with the same order every step makes no host-to-device
+    copy; looking it up hashes the host bytes (host work only).  The copy is
+    shared by every caller (never write into it) and lives on the GPU current
+    at the first call (the training path uses one GPU).
+    """
+    if xp is np:
+        return arr
+    key = (xp, arr.dtype.str, arr.shape, arr.tobytes())
+    dev = _DEVICE_INDEX_CACHE.get(key)
+    if dev is None:
+        if len(_DEVICE_INDEX_CACHE) >= _DEVICE_INDEX_CACHE_SIZE:
+            _DEVICE_INDEX_CACHE.pop(next(iter(_DEVICE_INDEX_CACHE)))  # drop the oldest
+        dev = _DEVICE_INDEX_CACHE[key] = on_module(arr, xp)
+    return dev
+
+
 def _check_tokens(x, name):
     if not hasattr(x, "ndim"):
         x = np.asarray(x)
@@ -752,15 +778,17 @@ def to_sequence(x, perm):
     Parameters
     ----------
     x : ndarray, shape (B, H, W, C) or (B, L, C)
-        Tokens, channels last (NumPy; CuPy arrays work too).
+        Tokens, channels last (NumPy, or CuPy on a GPU).
     perm : array_like of int, shape (L',)
         Distinct cell indices; usually a full scan order (L' = H·W), or a
-        part of the grid such as one ES2D sub-grid.
+        part of the grid such as one ES2D sub-grid.  A NumPy array: it is
+        validated on the host, and for device tokens its device copy is made
+        once and cached (a device ``perm`` is copied to the host to be checked).
 
     Returns
     -------
     seq : ndarray, shape (B, L', C)
-        Same dtype as ``x``.
+        Same dtype and array module as ``x``.
 
     Raises
     ------
@@ -787,8 +815,8 @@ def to_sequence(x, perm):
         raise ValueError(
             f"Parameter x has shape {tuple(x.shape)} but should be (B, H, W, C) or (B, L, C)"
         )
-    perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)
-    return tokens[:, perm]  # (B, L', C)
+    perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
+    return tokens[:, _on_module_cached(perm, array_module(tokens))]  # (B, L', C)
 
 
 def from_sequence(y, perm, H, W):
@@ -797,17 +825,18 @@ def from_sequence(y, perm, H, W):
     Parameters
     ----------
     y : ndarray, shape (B, L', C)
-        Sequence outputs in scan order.
+        Sequence outputs in scan order (NumPy, or CuPy on a GPU).
     perm : array_like of int, shape (L',)
         The distinct cell indices ``y`` was gathered with (a full scan order,
-        or part of the grid; cells not in ``perm`` stay zero).
+        or part of the grid; cells not in ``perm`` stay zero).  A NumPy
+        array, as in :func:`to_sequence`.
     H, W : int
         Grid size.
 
     Returns
     -------
     out : ndarray, shape (B, H, W, C)
-        Same dtype as ``y``.
+        Same dtype and array module as ``y``.
 
     Raises
     ------
@@ -839,9 +868,10 @@ def from_sequence(y, perm, H, W):
             f"Parameter y has shape {tuple(y.shape)} but should be ({Bsz}, {perm.size}, {C}) "
             f"to match perm of length {perm.size}"
         )
-    out = np.zeros_like(y, shape=(Bsz, H * W, C))  # (B, L, C) same dtype/array type as y
+    xp = array_module(y)
+    out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)
-    out[:, perm] += y
+    out[:, _on_module_cached(perm, xp)] += y
     return out.reshape(Bsz, H, W, C)  # (B, H, W, C)
 
 
