@@ -88,16 +88,22 @@ def _on_gpu(x):
 
 
 def _module(backend, arrays):
-    """Resolve ``backend`` (``"auto"`` from ``arrays``) to a module, or raise."""
+    """Resolve ``backend`` (``"auto"`` from ``arrays``, a dict name -> array) to a module."""
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
         raise ValueError(
             f"Parameter backend = {backend!r} is not one of "
             f"{list(BACKENDS + ('auto',))}"
         )
     if backend == "auto":
-        backend = "cuda" if any(_on_gpu(x) for x in arrays if x is not None) else "numba"
-    if backend == "ref":
+        backend = "cuda" if any(_on_gpu(x) for x in arrays.values() if x is not None) else "numba"
+    if backend == "ref":  # the reference follows its inputs' array module (NumPy or CuPy)
         return importlib.import_module(_MODULES["ref"])
+    if backend == "numba":
+        on_gpu = [name for name, x in arrays.items() if x is not None and _on_gpu(x)]
+        if on_gpu:
+            raise TypeError(f"backend 'numba' computes on the CPU but parameter {on_gpu[0]} is a "
+                            f"GPU array ({type(arrays[on_gpu[0]]).__name__}); use backend "
+                            "'cuda' (or 'auto'), or copy it to the host first")
     available, reason = _status(backend)
     if not available:
         raise RuntimeError(f"backend {backend!r} is not available here: {reason}")
@@ -147,7 +153,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     ...                     backend="numba")
     array([[[0.5       , 0.80326533, 0.98720505]]])
     """
-    module = _module(backend, (u, delta, A, B, C, D, z, delta_bias, h0))
+    module = _module(backend, dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
+                                  delta_bias=delta_bias, h0=h0))
     return module.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                  return_last_state, h0)
 
@@ -176,7 +183,8 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     >>> g["u"]
     array([[[0.5, 0. , 0. ]]])
     """
-    module = _module(backend, (dout, u, delta, A, B, C, D, z, delta_bias, h0, dlast_state))
+    module = _module(backend, dict(dout=dout, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z,
+                                  delta_bias=delta_bias, h0=h0, dlast_state=dlast_state))
     return module.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
                                           delta_softplus, h0, dlast_state)
 
@@ -203,5 +211,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> y
     array([[0.5]])
     """
-    module = _module(backend, (state, x, dt, A, B, C, D, z, dt_bias))
+    module = _module(backend, dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z,
+                                  dt_bias=dt_bias))
     return module.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -175,13 +175,24 @@ def test_unavailable_backend_is_one_clear_line(fake_fast, built, capsys, tmp_pat
 def test_cuda_backend_refuses_a_model_that_stays_on_the_host(fake_fast, built, monkeypatch,
                                                               capsys, tmp_path):
     fake_fast.available = ["numba", "cuda"]
+    monkeypatch.setattr("numba.core.config.ENABLE_CUDASIM", False)
     fake_cupy = types.ModuleType("cupy")
-    fake_cupy.asarray = np.asarray  # the TinyMLP copies into its NumPy arrays
+    fake_cupy.asarray = np.asarray  # a "GPU" whose arrays are NumPy arrays: still on the host
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
     rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "NumPy arrays" in err[0]
+    assert rc == 2 and len(err) == 1 and "cannot move model TinyMLP to the GPU" in err[0]
     assert built[0]["scan_fn"].keywords == {"backend": "cuda"}
+
+
+def test_cuda_backend_without_cupy_is_one_clear_line(fake_fast, built, monkeypatch, capsys,
+                                                     tmp_path):
+    fake_fast.available = ["numba", "cuda"]
+    monkeypatch.setattr("numba.core.config.ENABLE_CUDASIM", False)
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "needs CuPy" in err[0]
 
 
 def test_backend_status_dict_with_reason(fake_fast, capsys):

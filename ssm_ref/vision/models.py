@@ -23,11 +23,17 @@ relies on exactly this)::
     model.state_dict() / model.load_state_dict(sd)     copies; np.savez-friendly
     model.n_params(), model.no_weight_decay(), model.config (a dataclass)
     model.set_backend(scan_fn, scan_backward_fn)       swap the selective scan
+    model.to(xp)                                       move params to numpy or cupy
 
 ``params`` is the single source of truth: the blocks inside read their weights
 from it at every forward, so an optimiser may update the arrays in place or
 replace them.  Computation is float64; logits come back in the input's dtype,
 gradients in their parameter's dtype.
+
+On a GPU: ``model.to(cupy)`` moves the parameters, and a forward/backward on
+CuPy images then runs entirely on the device (every layer looks up its array
+module from its inputs, see ``ssm_ref._xp``); pair it with
+``set_backend`` and the ``"cuda"`` scan of :mod:`fast`.
 
 The models (``build_model(name, **kw)``):
 
@@ -55,7 +61,6 @@ import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import erf
 
 from .._validation import (
     as_array,
@@ -65,6 +70,7 @@ from .._validation import (
     check_positive_scalar,
     check_shape,
 )
+from .._xp import array_module, on_module, special
 from ..nn import (
     depthwise_conv2d,
     depthwise_conv2d_backward,
@@ -117,8 +123,10 @@ def gelu(x):
     >>> gelu(np.array([-1.0, 0.0, 1.0]))
     array([-0.15865525,  0.        ,  0.84134475])
     """
-    x = np.asarray(x)
+    xp = array_module(x)
+    x = xp.asarray(x)
     x64 = x.astype(np.float64)
+    erf = special(xp).erf  # scipy.special.erf, or cupyx.scipy.special.erf on a GPU
     return (0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))).astype(x.dtype)
 
 
@@ -131,10 +139,11 @@ def gelu_backward(dy, x):
     >>> gelu_backward(np.ones(2), np.array([0.0, 10.0]))
     array([0.5, 1. ])
     """
-    x64 = np.asarray(x, dtype=np.float64)
-    cdf = 0.5 * (1.0 + erf(x64 / math.sqrt(2.0)))
-    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
-    return np.asarray(dy, dtype=np.float64) * (cdf + x64 * pdf)
+    xp = array_module(x, dy)
+    x64 = xp.asarray(x, dtype=np.float64)
+    cdf = 0.5 * (1.0 + special(xp).erf(x64 / math.sqrt(2.0)))
+    pdf = xp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
+    return xp.asarray(dy, dtype=np.float64) * (cdf + x64 * pdf)
 
 
 def _normal(rng, std, shape):
@@ -513,16 +522,37 @@ class _TinyModel:
             missing = sorted(set(self.params) - set(grads))
             extra = sorted(set(grads) - set(self.params))
             raise RuntimeError(f"internal: gradient keys differ (missing {missing}, extra {extra})")
-        return {k: np.asarray(grads[k]).astype(self.params[k].dtype) for k in self.params}
+        return {k: grads[k].astype(self.params[k].dtype) for k in self.params}
+
+    def to(self, xp):
+        """Move the parameters to array module ``xp`` (``numpy`` or ``cupy``); returns self.
+
+        One copy per parameter, done once: afterwards forward and backward on
+        images of that module stay there (no host round-trip inside a step).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> m = build_model("vim", depth=1, embed_dim=8).to(np)
+        >>> type(m.params["head.weight"]).__name__
+        'ndarray'
+        """
+        if not hasattr(xp, "asarray") or not hasattr(xp, "zeros"):
+            raise TypeError(f"Parameter xp = {xp!r} must be an array module such as numpy or cupy")
+        self.params = {k: on_module(v, xp) for k, v in self.params.items()}
+        self._push()
+        return self
 
     def state_dict(self):
-        """Copies of the parameters by name (``np.savez(path, **model.state_dict())`` works)."""
+        """Copies of the parameters by name (``np.savez(path, **model.state_dict())`` works
+        on NumPy parameters; on a GPU save ``{k: cupy.asnumpy(v) ...}``)."""
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state_dict):
         """Load parameters by name (a dict or an ``np.load`` of an ``.npz``); strict.
 
-        Values are copied and cast to the model's dtype.
+        Values are copied and cast to the model's dtype, onto the array module
+        the parameters live in (a NumPy state dict loads into a model on a GPU).
 
         Raises
         ------
@@ -545,7 +575,8 @@ class _TinyModel:
                 raise ValueError(f"Parameter state_dict[{k!r}] has shape {v.shape} but the model's "
                                  f"is {self.params[k].shape}")
             check_finite(v, f"state_dict[{k!r}]")
-            new[k] = np.array(v, dtype=self.params[k].dtype, copy=True)
+            xp = array_module(self.params[k])
+            new[k] = on_module(v, xp).astype(self.params[k].dtype, copy=True)
         self.params.update(new)
         self._push()
 
@@ -597,14 +628,15 @@ class _TinyModel:
         """
         t = cache["pre_norm"]
         Bsz, E = t.shape[0], t.shape[-1]
-        dnormed = np.zeros(t.shape)  # (B, ..., E)
+        xp = array_module(t)
+        dnormed = xp.zeros(t.shape)  # (B, ..., E)
         if dlogits is not None:
             dpooled = self._head_backward(dlogits, cache["pooled"], g)  # (B, E)
             spread = (Bsz,) + (1,) * (t.ndim - 2) + (E,)
             dnormed += dpooled.reshape(spread) / (t.size // (Bsz * E))  # the mean spreads evenly
         else:
-            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
-            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
+            g["head.weight"] = xp.zeros(self.params["head.weight"].shape)
+            g["head.bias"] = xp.zeros(self.params["head.bias"].shape)
         dt, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
             dnormed, t, self._w("norm.weight"), self._w("norm.bias"), eps)
         if dfeat is not None:  # the features are the stream before the final norm
@@ -736,8 +768,8 @@ class TinyVim(_TinyModel):
         pooled = normed[:, self.cls_index]  # (B, E) the class token
         cache["pooled"] = pooled
         logits = self._head_forward(pooled)  # (B, K)
-        patches = np.concatenate([seq[:, :self.cls_index], seq[:, self.cls_index + 1:]],
-                                 axis=1)  # (B, L, E) scan order, class token removed
+        patches = array_module(seq).concatenate(
+            [seq[:, :self.cls_index], seq[:, self.cls_index + 1:]], axis=1)  # (B, L, E) scan order, class token removed
         feat = from_sequence(patches, self.perm, h, w)  # (B, h, w, E) back on the grid
         return logits, feat, cache
 
@@ -745,12 +777,13 @@ class TinyVim(_TinyModel):
         g = {}
         seq = cache["pre_norm"]
         Bsz, L1, E = seq.shape
-        dnormed = np.zeros((Bsz, L1, E))  # (B, L + 1, E)
+        xp = array_module(seq)
+        dnormed = xp.zeros((Bsz, L1, E))  # (B, L + 1, E)
         if dlogits is not None:
             dnormed[:, self.cls_index] = self._head_backward(dlogits, cache["pooled"], g)
         else:
-            g["head.weight"] = np.zeros(self.params["head.weight"].shape)
-            g["head.bias"] = np.zeros(self.params["head.bias"].shape)
+            g["head.weight"] = xp.zeros(self.params["head.weight"].shape)
+            g["head.bias"] = xp.zeros(self.params["head.bias"].shape)
         dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"))
         if dfeat is not None:  # the features are the stream before norm_f
             dpatch = to_sequence(dfeat, self.perm)  # (B, L, E) in scan order
@@ -910,7 +943,8 @@ def _attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, n_heads):
     scale = dh ** -0.5
     S = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, nh, L, L) the L x L score matrix
     S = S - S.max(axis=-1, keepdims=True)  # stable softmax
-    P = np.exp(S)
+    xp = array_module(S)
+    P = xp.exp(S)
     P /= P.sum(axis=-1, keepdims=True)  # (B, nh, L, L) attention weights, rows sum to 1
     O = P @ v  # (B, nh, L, dh)
     Oc = O.transpose(0, 2, 1, 3).reshape(Bsz, L, E)  # (B, L, E) heads concatenated
@@ -931,10 +965,11 @@ def _attention_backward(dout, cache, w_qkv, b_qkv, w_proj, b_proj):
     dO = dOc.reshape(Bsz, L, n_heads, dh).transpose(0, 2, 1, 3)  # (B, nh, L, dh)
     dP = dO @ v.transpose(0, 1, 3, 2)  # (B, nh, L, L)
     dv = P.transpose(0, 1, 3, 2) @ dO  # (B, nh, L, dh)
-    dS = P * (dP - np.sum(dP * P, axis=-1, keepdims=True))  # softmax backward, row by row
+    xp = array_module(P)
+    dS = P * (dP - (dP * P).sum(axis=-1, keepdims=True))  # softmax backward, row by row
     dq = (dS @ k) * cache["scale"]  # (B, nh, L, dh)
     dk = (dS.transpose(0, 1, 3, 2) @ q) * cache["scale"]
-    dqkv = np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(Bsz, L, 3 * E)  # (B, L, 3E)
+    dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(Bsz, L, 3 * E)  # (B, L, 3E)
     dx, dw_qkv, db_qkv = linear_backward(dqkv, x, w_qkv, b_qkv)  # (B, L, E)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj
 
