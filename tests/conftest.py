@@ -107,6 +107,16 @@ def numerical_gradient(f, x, eps=1e-6, indices=None):
     return grad.reshape(x.shape) if indices is None else grad
 
 
+def assert_same_on_device(dev, host, what):
+    """``dev`` is a DeviceArray (or None where ``host`` is None) equal to ``host``."""
+    if host is None:
+        assert dev is None, what
+        return
+    assert isinstance(dev, DeviceArray), f"{what} is a {type(dev).__name__}, not on the device"
+    assert dev.dtype == host.dtype, f"{what}: dtype {dev.dtype} vs {host.dtype}"
+    assert_close(dev, host, kind="exact", err_msg=what)
+
+
 def _to_numpy(x):
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
         x = x.get()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fake_device
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, assert_same_on_device
 from fake_device import COUNTS, DeviceArray
 
 from ssm_ref import MambaBlock, MambaConfig, mamba_inner_backward, mamba_inner_forward
@@ -18,16 +18,6 @@ from ssm_ref.mamba import mamba_init
 
 NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 BLOCK_OPTIONS = [dict(), dict(bias=True), dict(conv_bias=False)]
-
-
-def assert_same_on_device(dev, host, what):
-    """``dev`` is a DeviceArray (or None where ``host`` is None) equal to ``host``."""
-    if host is None:
-        assert dev is None, what
-        return
-    assert isinstance(dev, DeviceArray), f"{what} is a {type(dev).__name__}, not on the device"
-    assert dev.dtype == host.dtype, f"{what}: dtype {dev.dtype} vs {host.dtype}"
-    assert_close(dev, host, kind="exact", err_msg=what)
 
 
 def assert_dicts_same(dev, host, what):

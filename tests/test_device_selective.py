@@ -12,7 +12,7 @@ import itertools
 import fake_device
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, assert_same_on_device
 from fake_device import COUNTS, DeviceArray
 from test_selective import FORMS, make_inputs
 
@@ -24,16 +24,6 @@ NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 def to_device(fake, kw):
     """Every array of a keyword dict on the fake device (flags stay Python values)."""
     return {k: fake.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-
-
-def assert_same_on_device(dev, host, what):
-    """``dev`` is a DeviceArray (or None where ``host`` is None) equal to ``host``."""
-    if host is None:
-        assert dev is None, what
-        return
-    assert isinstance(dev, DeviceArray), f"{what} is a {type(dev).__name__}, not on the device"
-    assert dev.dtype == host.dtype, f"{what}: dtype {dev.dtype} vs {host.dtype}"
-    assert_close(dev, host, kind="exact", err_msg=what)
 
 
 CASES = [(fb, fc, cx, ex) for fb, fc in itertools.product(FORMS, FORMS)
