@@ -1,4 +1,4 @@
-"""The ``ssm-ref`` command line: train a tiny vision model, run the scan benchmarks, list backends.
+"""The ``ssm-ref`` command line: train a tiny vision model, run the benchmarks, list backends.
 
 Glossary
 --------
@@ -12,7 +12,9 @@ Usage::
 
     ssm-ref train --model vim --dataset digits --backend numba
     ssm-ref train --model vmamba --scan snake --dataset pair --epochs 20 --out runs/snake
+    ssm-ref train --model vim --dataset digits --backend cuda     # on a GPU (CuPy)
     ssm-ref bench -- --help          # options after "--" go to benchmarks/bench_scan.py
+    ssm-ref bench --suite train      # one training step per backend (bench_train.py)
     ssm-ref backends
 
 ``python -m ssm_ref.cli ...`` does the same.  Every option is explained by
@@ -304,12 +306,20 @@ def build_parser():
 
     # -- bench -------------------------------------------------------------
     be = sub.add_parser(
-        "bench", help="run the selective-scan benchmarks (benchmarks/bench_scan.py)",
-        description="Run benchmarks/bench_scan.py. Every argument after 'bench' is passed to "
-                    "it unchanged, except a lone -h/--help, which shows this text; put '--' "
-                    "first to reach the benchmark's own help: 'ssm-ref bench -- --help'.")
+        "bench", help="run the benchmarks (benchmarks/bench_scan.py, bench_train.py)",
+        description="Run a benchmark script of benchmarks/: the selective scan "
+                    "(bench_scan.py, the default) or one training step of the tiny vision "
+                    "models per backend (bench_train.py). Every argument after 'bench' except "
+                    "--suite is passed to the script unchanged, and a lone -h/--help shows "
+                    "this text; reach a script's own help with 'ssm-ref bench -- --help' or "
+                    "'ssm-ref bench --suite train --help'.")
+    be.add_argument("--suite", choices=tuple(_BENCH_SCRIPTS) + ("all",), default="scan",
+                    help="which benchmark: scan (bench_scan.py), train (bench_train.py), or "
+                         "all (both in turn, each given the same ARGS, so use only the options "
+                         "they share: --quick, --repeats, --out, --no-plot); it must come "
+                         "before a '--'")
     be.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
-                    help="arguments for benchmarks/bench_scan.py")
+                    help="arguments for the benchmark script")
 
     # -- backends ----------------------------------------------------------
     sub.add_parser(
@@ -385,7 +395,7 @@ def _cmd_train(args):
                         progress=not args.no_progress, clip_norm=args.clip_norm or None,
                         warmup_epochs=args.warmup_epochs, augment=args.augment,
                         resume=args.resume, plot=not args.no_plot, settings=settings)
-    print(f"{args.model} on {args.dataset} ({args.backend}): test accuracy "
+    print(f"{args.model} on {args.dataset} ({args.backend}, {device}): test accuracy "
           f"{metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs, "
           f"{metrics['wall_time_s']:.1f} s, {metrics['n_params']} parameters; "
           f"wrote {os.path.join(out, 'metrics.json')}")
@@ -455,18 +465,54 @@ def _to_gpu(model):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _bench_script():
-    return Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scan.py"
+#: ``ssm-ref bench --suite NAME``: the script of each suite, in benchmarks/.
+_BENCH_SCRIPTS = {"scan": "bench_scan.py", "train": "bench_train.py"}
+
+
+def _bench_script(suite="scan"):
+    return Path(__file__).resolve().parents[1] / "benchmarks" / _BENCH_SCRIPTS[suite]
+
+
+def _split_suite(argv):
+    """``(suite, rest)``: take ``--suite NAME`` / ``--suite=NAME`` from the arguments before
+    a ``--``; everything else (the ``--`` dropped) goes to the script unchanged."""
+    suite, rest, i = "scan", [], 0
+    choices = (*_BENCH_SCRIPTS, "all")
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i + 1:]
+            break
+        if arg == "--suite" or arg.startswith("--suite="):
+            if arg == "--suite":
+                if i + 1 == len(argv):
+                    raise CLIError("--suite needs a value: " + ", ".join(choices))
+                i += 1
+                suite = argv[i]
+            else:
+                suite = arg.partition("=")[2]
+            if suite not in choices:
+                raise CLIError(f"--suite {suite!r} is not one of {', '.join(choices)}")
+        else:
+            rest.append(arg)
+        i += 1
+    return suite, rest
 
 
 def _cmd_bench(args):
-    script = _bench_script()
+    suite, rest = _split_suite(list(args.bench_args))
+    status = 0
+    for name in (_BENCH_SCRIPTS if suite == "all" else (suite,)):
+        status = _run_bench_script(_bench_script(name), rest)
+        if status != 0:  # the first failure stops 'all'
+            break
+    return status
+
+
+def _run_bench_script(script, rest):
     if not script.exists():
         raise CLIError(f"the benchmark script {script} is not there (it ships with the source "
                        "repository, not with an installed wheel)")
-    rest = list(args.bench_args)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
     saved = sys.argv
     sys.argv = [str(script), *rest]
     try:

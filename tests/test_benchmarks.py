@@ -1,27 +1,35 @@
-"""The benchmark script runs and writes a well-formed result (its --quick mode).
+"""The benchmark scripts run and write a well-formed result (their --quick mode).
 
-This is a smoke test of the measuring code, not a timed test: it asserts no
-speed target.  It checks what must hold on any machine: every rate is
-positive and finite, the measured machine limit (one vector exp + FMA per
-element, the unavoidable work of a state update) bounds the scan's rate, and
-the result file names the machine and the load it was measured under.
+These are smoke tests of the measuring code, not timed tests: they assert no
+speed target.  They check what must hold on any machine: every rate is
+positive and finite, the measured limit bounds what it limits (for the scan:
+one vector exp + FMA per element, the unavoidable work of a state update; for
+a training step: the same step with a null scan, everything but the scan),
+and the result file names the machine and the load it was measured under.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, real_gpu_available
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_scan", ROOT / "benchmarks" / "bench_scan.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("bench_scan")
     out = tmp_path_factory.mktemp("bench")
     bench.main(["--quick", "--no-plot", "--out", str(out)])
     return json.loads((out / "scan_cpu_quick.json").read_text())
@@ -45,3 +53,97 @@ def test_rates_are_positive_and_below_the_machine_limit(quick_result):
         assert row["numba_forward_G_per_s"] > 0 and row["state_updates"] == (
             row["B"] * row["D"] * row["L"] * row["N"])
 
+
+
+# --------------------------------------------------------------------------- bench_train.py
+@pytest.fixture(scope="module")
+def train_module():
+    return _load("bench_train")
+
+
+@pytest.fixture(scope="module")
+def train_result(train_module, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_train")
+    # the smallest case: digits size only, 8 images, 3 timed steps after 1 warm-up step
+    train_module.main(["--quick", "--no-plot", "--out", str(out), "--batch", "8", "--img", "0"])
+    return json.loads((out / "train_cpu_quick.json").read_text())
+
+
+def test_train_records_machine_load_and_blas(train_result):
+    machine = train_result["machine"]
+    assert machine["cores"] >= 1 and machine["numba_threads"] >= 1
+    assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
+    assert train_result["quick"] is True
+    cpu = train_result["cpu"]
+    assert cpu["blas_threads"] == 1 and all(lib["num_threads"] == 1 for lib in cpu["blas"])
+    for row in cpu["rows"]:
+        others = row["other_processes_cores"]  # other processes' CPU use during the case
+        assert others is None or 0 <= others <= machine["cores"] + 0.5
+        assert len(row["load_average_at_case_start"]) == 3
+
+
+def test_train_rows_are_positive_and_above_the_floor(train_result):
+    rows = train_result["cpu"]["rows"]
+    for model in ("vim", "vmamba"):
+        by = {r["backend"]: r for r in rows if r["model"] == model and r["img"] == 8}
+        assert {"ref", "numba", "floor"} <= set(by), sorted(by)
+        for r in by.values():
+            times = [r["ms"], r["ms_min"], r["ms_max"], r["images_per_s"], *r["ms_all"]]
+            assert all(math.isfinite(t) and t > 0 for t in times), r["backend"]
+            assert r["ms_min"] <= r["ms"] <= r["ms_max"] and r["repeats"] == 3
+            assert r["floor_ms"] == by["floor"]["ms"]
+            # the floor is the step without the scan: never slower (10% for timing noise)
+            assert r["floor_ms"] <= 1.1 * r["ms"], (model, r["backend"], r["ms"], r["floor_ms"])
+        assert by["ref"]["speedup_vs_ref"] == 1.0
+        assert by["ref"]["state_updates_per_forward"] > 0  # the null scan saw the calls
+
+
+@pytest.mark.skipif(real_gpu_available(), reason="a real GPU is here: the GPU section runs")
+def test_train_gpu_section_says_why_it_was_skipped(train_result):
+    gpu = train_result["gpu"]
+    assert set(gpu) == {"skipped"} and len(gpu["skipped"]) > 10
+
+
+def test_null_scan_returns_what_the_scan_returns(train_module):
+    """Same structure, shapes and dtypes as the reference; None where it gives None."""
+    import ssm_ref
+    null = train_module.NullScan()
+    rng = np.random.default_rng(0)
+    Bsz, D, L, N = 2, 3, 5, 4
+    u, z = rng.standard_normal((Bsz, D, L)), rng.standard_normal((Bsz, D, L))
+    delta = rng.uniform(0.01, 0.1, (Bsz, D, L))  # a positive step, with or without softplus
+    Bm, Cm = rng.standard_normal((Bsz, N, L)), rng.standard_normal((Bsz, N, L))
+    options = ({}, {"D": np.ones(D), "z": z, "delta_bias": np.zeros(D), "delta_softplus": True})
+    for A, kw in itertools.product((-np.ones((D, N)), -np.ones((D, N)) + 1j), options):
+        y_ref = ssm_ref.selective_scan(u, delta, A, Bm, Cm, **kw)
+        y = null.forward(u, delta, A, Bm, Cm, **kw)
+        assert (y.shape, y.dtype) == (y_ref.shape, y_ref.dtype) and not y.any()
+        got = null.forward(u, delta, A, Bm, Cm, return_last_state=True, **kw)
+        want = ssm_ref.selective_scan(u, delta, A, Bm, Cm, return_last_state=True, **kw)
+        assert [(a.shape, a.dtype) for a in got] == [(a.shape, a.dtype) for a in want]
+        g_ref = ssm_ref.selective_scan_backward(u, u, delta, A, Bm, Cm, **kw)
+        g = null.backward(u, u, delta, A, Bm, Cm, **kw)
+        assert g.keys() == g_ref.keys()
+        for k in g:
+            if g_ref[k] is None:
+                assert g[k] is None, k
+            else:
+                assert (g[k].shape, g[k].dtype) == (g_ref[k].shape, g_ref[k].dtype), k
+
+
+def test_train_device_path_on_the_fake_device(train_module, fake_xp):
+    """The GPU rows' code path (model.to(xp), batch on the device, sync before the clock),
+    run on the strict fake CuPy with the reference scan in place of the cuda backend."""
+    from fake_device import COUNTS, DeviceArray
+    from ssm_ref.cli import resolve_backend
+    syncs = []
+    rows = train_module.run_case("vim", 8, 4, {"ref": resolve_backend("ref")}, repeats=2,
+                                 warmup=1, xp=fake_xp, sync=lambda: syncs.append(1))
+    assert [r["backend"] for r in rows] == ["ref", "floor"]
+    assert all(r["ms"] > 0 and r["repeats"] == 2 for r in rows)
+    assert len(syncs) == 2 + 2 * 2  # after each backend's warm-up, after each timed step
+    assert COUNTS["sync"] == 0 and COUNTS["to_host"] == 0  # no host round-trip in a step
+    assert rows[0]["scan_calls_per_forward"] == [[4, 48, 17, 8]] * 4
+    null = train_module.NullScan()
+    y = null.forward(fake_xp.zeros((1, 2, 3)), None, fake_xp.zeros((2, 4)), None, None)
+    assert isinstance(y, DeviceArray)

@@ -241,15 +241,74 @@ def test_bench_passes_arguments_and_exit_status(monkeypatch, tmp_path):
     script.write_text("import json, sys\n"
                       f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
                       "sys.exit(3)\n")
-    monkeypatch.setattr(cli, "_bench_script", lambda: script)
+    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": script)
     assert cli.main(["bench", "--", "--help", "--L", "64"]) == 3
     assert json.loads(record.read_text()) == ["--help", "--L", "64"]
     assert cli.main(["bench", "--quick"]) == 3
     assert json.loads(record.read_text()) == ["--quick"]
 
 
+def _fake_bench_scripts(monkeypatch, tmp_path, status=0):
+    """bench_scan.py / bench_train.py stand-ins that append (script, argv) to a log."""
+    log = tmp_path / "log.jsonl"
+    scripts = {}
+    for suite in ("scan", "train"):
+        scripts[suite] = tmp_path / f"bench_{suite}.py"
+        scripts[suite].write_text(
+            "import json, sys\n"
+            f"open({str(log)!r}, 'a').write(json.dumps([{suite!r}, sys.argv[1:]]) + '\\n')\n"
+            f"sys.exit({status})\n")
+    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": scripts[suite])
+
+    def calls():
+        lines = log.read_text().splitlines() if log.exists() else []
+        log.unlink(missing_ok=True)
+        return [json.loads(line) for line in lines]
+    return calls
+
+
+def test_bench_suite_chooses_the_script(monkeypatch, tmp_path):
+    calls = _fake_bench_scripts(monkeypatch, tmp_path)
+    assert cli.main(["bench", "--quick"]) == 0
+    assert calls() == [["scan", ["--quick"]]]  # the default suite: today's behaviour
+    assert cli.main(["bench", "--suite", "train", "--quick", "--img", "0"]) == 0
+    assert calls() == [["train", ["--quick", "--img", "0"]]]
+    assert cli.main(["bench", "--quick", "--suite=train", "--", "--suite", "x"]) == 0
+    assert calls() == [["train", ["--quick", "--suite", "x"]]]  # after "--": the script's
+    assert cli.main(["bench", "--suite", "train", "--help"]) == 0
+    assert calls() == [["train", ["--help"]]]  # the script's own help
+    assert cli.main(["bench", "--suite", "all", "--quick"]) == 0
+    assert calls() == [["scan", ["--quick"]], ["train", ["--quick"]]]
+
+
+def test_bench_suite_all_stops_at_the_first_failure(monkeypatch, tmp_path):
+    calls = _fake_bench_scripts(monkeypatch, tmp_path, status=4)
+    assert cli.main(["bench", "--suite", "all"]) == 4
+    assert calls() == [["scan", []]]
+
+
+@pytest.mark.parametrize("argv", [["--suite", "nope"], ["--suite"], ["--suite="]])
+def test_bench_bad_suite_is_one_line(argv, monkeypatch, tmp_path, capsys):
+    calls = _fake_bench_scripts(monkeypatch, tmp_path)
+    assert cli.main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssm-ref bench: error: --suite"), err
+    assert "scan, train, all" in err[0] and calls() == []
+
+
+def test_bench_help_names_the_suites(capsys):
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--suite" in out and "bench_train.py" in out and "bench_scan.py" in out
+
+
+def test_bench_suites_are_real_scripts():
+    for suite in ("scan", "train"):
+        assert cli._bench_script(suite).is_file(), suite
+
+
 def test_bench_missing_script_is_one_line(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_bench_script", lambda: tmp_path / "nope.py")
+    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": tmp_path / "nope.py")
     assert cli.main(["bench"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.py" in err[0]
