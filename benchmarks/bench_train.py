@@ -41,6 +41,7 @@ row reports the median, min and max.
 from __future__ import annotations
 
 import argparse
+import resource
 import importlib.util
 import json
 import math
@@ -57,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 import numba  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
+from ssm_ref._malloc import keep_freed_memory  # noqa: E402
 from ssm_ref._xp import array_module  # noqa: E402
 from ssm_ref.cli import CLIError, TRAIN_DEFAULTS, resolve_backend  # noqa: E402
 from ssm_ref.optim import AdamW, clip_grad_norm, softmax_cross_entropy  # noqa: E402
@@ -451,7 +453,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory for the JSON and PNG (default benchmarks/results)")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc at its defaults, which hand large freed "
+                             "blocks back to the OS at every step (by default the run keeps "
+                             "them, as 'ssm-ref train' does: see ssm_ref/_malloc.py)")
     args = parser.parse_args(argv)
+    malloc = ("default (--default-malloc)" if args.default_malloc
+              else keep_freed_memory())
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     img = args.img if args.img is not None else (16 if args.quick else 32)
@@ -470,7 +478,7 @@ def main(argv=None):
           f"numba {machine['numba']} with {machine['numba_threads']} threads, "
           f"numpy {machine['numpy']}; load average {machine['load_average_start']}")
     print(f"one training step, batch {args.batch}, float64; median of {repeats} steps after "
-          f"{warmup} warm-up steps; BLAS on 1 thread\n")
+          f"{warmup} warm-up steps; BLAS on 1 thread; freed memory {malloc}\n")
     print(HEADER)
     cpu = run_cpu(args.models, sizes, args.batch, repeats, warmup,
                   ref_repeats=lambda s: repeats if s == DIGITS else ref_repeats)
@@ -478,13 +486,16 @@ def main(argv=None):
     if "skipped" in gpu:
         print(f"gpu    skipped: {gpu['skipped']}")
     machine["load_average_end"] = list(os.getloadavg())
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # system time: page faults, thread waits
+    machine["cpu_time_s"] = {"user": usage.ru_utime, "system": usage.ru_stime}
 
     result = {
         "machine": machine, "quick": args.quick,
         "settings": {"batch": args.batch, "image_sizes": sizes, "models": args.models,
                      "dtype": "float64", "repeats": repeats, "ref_repeats_large_image":
                      ref_repeats, "warmup": warmup, "lr": TRAIN_DEFAULTS["lr"],
-                     "weight_decay": TRAIN_DEFAULTS["weight_decay"], "clip_norm": CLIP_NORM},
+                     "weight_decay": TRAIN_DEFAULTS["weight_decay"], "clip_norm": CLIP_NORM,
+                     "malloc": malloc},
         "step": "forward(return_cache) + softmax_cross_entropy + backward + clip_grad_norm + "
                 "AdamW.step, as ssm_ref.train.train",
         "timing": "median (min, max) wall time over the repeats after the warm-up steps; the "

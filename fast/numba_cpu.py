@@ -578,6 +578,39 @@ def _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h
     return p
 
 
+@njit(parallel=True, cache=True)
+def _tiled_copy(src, out):
+    """``out[...] = src`` for (B, D, L) arrays, ``src`` of any strides, by 32 x 32 tiles of (D, L).
+
+    The vision blocks keep tokens channels-last, so ``u``, ``delta`` and ``z``
+    often arrive as transposed views whose L axis has the largest stride.
+    NumPy copies such a view in output order, reading ``src`` 8 KB apart at
+    every element; a tile touches 32 cache lines of each side, which stay in
+    L1.  About 3x faster than ``np.ascontiguousarray`` (chapter 11).
+    """
+    nb, nd, nl = src.shape
+    tile = 32
+    d_tiles = (nd + tile - 1) // tile
+    for job in prange(nb * d_tiles):
+        b = job // d_tiles
+        d0 = (job % d_tiles) * tile
+        d1 = min(d0 + tile, nd)
+        for l0 in range(0, nl, tile):
+            l1 = min(l0 + tile, nl)
+            for d in range(d0, d1):
+                for t in range(l0, l1):
+                    out[b, d, t] = src[b, d, t]
+
+
+def _contiguous(X, dtype):
+    """A (B, D, L) array as C-contiguous ``dtype``: no copy if it already is one."""
+    if X.flags.c_contiguous or X.ndim != 3 or X.size < 4096:
+        return np.ascontiguousarray(X, dtype=dtype)
+    out = np.empty(X.shape, dtype)
+    _tiled_copy(X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
+    return out
+
+
 def _padded(n):
     """N rounded up to a multiple of ``_LANES``."""
     return -(-n // _LANES) * _LANES
@@ -610,13 +643,13 @@ def _kernel_args(p, real):
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
     return dict(
-        u=np.ascontiguousarray(p["u"], dtype=real),
-        delta=np.ascontiguousarray(p["delta"], dtype=real),
+        u=_contiguous(p["u"], real),
+        delta=_contiguous(p["delta"], real),
         A=_pad_last(p["A"], npad, state_t),  # (D, Np)
         Bx=_layout_bc(p["B"], p["form_B"], state_t, npad),  # (B|1, G', L|1, Np)
         Cx=_layout_bc(p["C"], p["form_C"], state_t, npad),
         Dv=dummy1 if p["D"] is None else np.ascontiguousarray(p["D"], dtype=real),
-        z=dummy3 if p["z"] is None else np.ascontiguousarray(p["z"], dtype=real),
+        z=dummy3 if p["z"] is None else _contiguous(p["z"], real),
         bias=dummy1 if p["delta_bias"] is None
         else np.ascontiguousarray(p["delta_bias"], dtype=real),
         h0=np.zeros((1, 1, 1), state_t) if p["h0"] is None
@@ -763,7 +796,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     k = _kernel_args(p, real)
     batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
     nchunks = _threads(batch * dim)
-    dout_k = np.ascontiguousarray(p["dout"], dtype=real)
+    dout_k = _contiguous(p["dout"], real)
     npad = k["A"].shape[1]
     dlast = (np.zeros((1, 1, 1), state_t) if p["dlast"] is None
              else _pad_last(p["dlast"], npad, state_t))  # (B, D, Np)

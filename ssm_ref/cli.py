@@ -21,6 +21,9 @@ Usage::
 ``ssm-ref <command> --help``; a bad option or an unavailable backend stops with
 one line on stderr and exit status 2.  ``train`` writes ``DIR/metrics.json``,
 ``DIR/curves.png`` and ``DIR/checkpoint.npz`` (see :func:`ssm_ref.train.train`).
+``train`` also tells glibc's malloc to keep freed memory in the process
+(``ssm_ref._malloc``; recorded in the metrics' settings): the models' large
+temporaries are then not faulted back in and zeroed by the kernel at every step.
 """
 from __future__ import annotations
 
@@ -343,6 +346,7 @@ def _build_model(name, **kwargs):
 
 def _cmd_train(args):
     from .data import DATASETS, load_dataset  # noqa: PLC0415
+    from ._malloc import keep_freed_memory  # noqa: PLC0415
     from .train import train  # noqa: PLC0415
 
     scan_fn, scan_backward_fn = resolve_backend(args.backend)
@@ -387,7 +391,9 @@ def _cmd_train(args):
         out = os.path.join("runs", f"{args.model}-{args.dataset}{scan}-seed{args.seed}")
     settings = {"model": args.model, "scan": args.scan, "dataset": args.dataset,
                 "backend": args.backend, "device": device, "model_options": model_opts, "data_options": data_opts,
-                "blas_threads": args.blas_threads, "command": "ssm-ref " + " ".join(args.argv)}
+                "blas_threads": args.blas_threads,
+                "malloc": keep_freed_memory(),  # ~15-30% faster steps on the CPU, ssm_ref/_malloc.py
+                "command": "ssm-ref " + " ".join(args.argv)}
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
         metrics = train(model, dataset, epochs=args.epochs, batch_size=args.batch_size,

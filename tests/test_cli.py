@@ -65,6 +65,8 @@ def test_train_writes_metrics_curves_and_checkpoint(built, tmp_path, capsys):
     assert s["augment"] == "shift"
     assert s["command"].startswith("ssm-ref train")
     assert s["blas_threads"] == 1  # the default, recorded with the run
+    assert s["malloc"].startswith(("kept", "unchanged:"))  # what ssm_ref._malloc did
+    assert s["device"] == "CPU"
     assert (tmp_path / "run" / "curves.png").exists()
     assert (tmp_path / "run" / "checkpoint.npz").exists()
     call = built[0]

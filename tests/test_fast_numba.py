@@ -117,6 +117,37 @@ def test_float32_long_sequence_stays_within_backend_tolerance(rng):
     assert_close(numba_cpu.selective_scan(**kw), ssm_ref.selective_scan(**kw), kind="backend")
 
 
+@pytest.mark.parametrize("in_dtype, u_dtype", [(np.float64, np.float64),
+                                                (np.float64, np.float32),
+                                                (np.float32, np.float64)])
+def test_strided_views_give_the_contiguous_result_bit_for_bit(rng, in_dtype, u_dtype):
+    """Channels-last tokens seen as (B, D, L) (the blocks' layout, copied by tiles) change nothing.
+
+    The sizes span several 32 x 32 tiles with partial ones at both ends; the
+    dtypes include a cast during the tiled copy (float64 views into a float32 scan).
+    """
+    batch, dim, length = 2, 40, 70
+    def channels_last(dtype):  # values in (B, D, L), memory in (L, B, D)
+        return np.moveaxis(rng.standard_normal((length, batch, dim)).astype(dtype), 0, -1)
+    views = dict(u=channels_last(in_dtype), delta=np.abs(channels_last(in_dtype)) + 0.05,
+                 z=channels_last(in_dtype))
+    assert not views["u"].flags.c_contiguous and views["u"].size >= 4096
+    kw = make_inputs(rng, batch=batch, dim=dim, length=length, dtype=u_dtype)
+    kw.pop("u"), kw.pop("delta"), kw.pop("z")
+    dense = {k: np.ascontiguousarray(v) for k, v in views.items()}
+    y_view, last_view = numba_cpu.selective_scan(**views, **kw, return_last_state=True)
+    y_dense, last_dense = numba_cpu.selective_scan(**dense, **kw, return_last_state=True)
+    np.testing.assert_array_equal(y_view, y_dense)
+    np.testing.assert_array_equal(last_view, last_dense)
+    dout = np.moveaxis(rng.standard_normal((length, batch, dim)), 0, -1)
+    g_view = numba_cpu.selective_scan_backward(dout, **views, **kw)
+    g_dense = numba_cpu.selective_scan_backward(np.ascontiguousarray(dout), **dense, **kw)
+    for k in KEYS:
+        if g_dense[k] is not None:
+            np.testing.assert_array_equal(g_view[k], g_dense[k], err_msg=k)
+    assert_close(y_view, ssm_ref.selective_scan(**views, **kw), kind="backend")
+
+
 def test_result_does_not_depend_on_thread_count(rng):
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
