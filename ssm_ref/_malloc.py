@@ -9,11 +9,15 @@ it again.  On the 2-core virtual machine of the performance chapter that was
 about a third of a VMamba step's time (measured as system time by
 ``benchmarks/bench_train.py``).
 
-Two ``mallopt`` settings keep the blocks: ``M_MMAP_THRESHOLD`` = 32 MiB
-(glibc's largest; smaller blocks come from the heap, not from ``mmap``) and
-``M_TRIM_THRESHOLD`` = 2 GiB - 1 (the heap top is not trimmed).  The price is
-that memory freed after a peak stays with the process, as with PyTorch's
-caching allocator.  The setting is process-wide, so the library never makes it
+Two ``mallopt`` settings keep the blocks: ``M_MMAP_MAX`` = 0 (every block
+comes from the heap, none from its own ``mmap``, which ``free`` would unmap)
+and ``M_TRIM_THRESHOLD`` = 2 GiB - 1 (the heap top is not trimmed).  Raising
+only ``M_MMAP_THRESHOLD`` is not enough: glibc caps it at 32 MiB, and the
+scan's (B, D, L, N) temporaries are larger.  Measured on that machine, one
+training step: VMamba 32x32 with the Numba scan 782 -> 613 ms, Vim 32x32 with
+the reference 1535 -> 1291 ms; page faults per step ~30 000 -> ~0 after the
+first step.  The price is that memory freed after a peak stays with the
+process, as with PyTorch's caching allocator.  The setting is process-wide, so the library never makes it
 on import: the command line (``ssm-ref train``) and the benchmarks call
 :func:`keep_freed_memory` and record what it answered.
 """
@@ -25,15 +29,14 @@ import platform
 
 __all__: list[str] = []  # private module
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's <malloc.h>
-MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
-TRIM_THRESHOLD = 2**31 - 1
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # from glibc's <malloc.h>
+TRIM_THRESHOLD = 2**31 - 1  # the largest int mallopt takes
 
 
 def keep_freed_memory():
     """Switch glibc's malloc to keeping freed memory; a line saying what was done.
 
-    Returns ``"kept (mallopt: mmap threshold 32 MiB, no trimming)"`` when both
+    Returns ``"kept (mallopt: no mmap, no trimming)"`` when both
     settings were accepted, or why nothing was changed (another C library, or
     ``mallopt`` refused).  Calling it twice is harmless.
 
@@ -46,10 +49,10 @@ def keep_freed_memory():
         return f"unchanged: not glibc ({platform.system()} {platform.libc_ver()[0] or '?'})"
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        ok = (libc.mallopt(_M_MMAP_MAX, 0) == 1
               and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     except (OSError, AttributeError) as exc:
         return f"unchanged: mallopt not reachable ({exc})"
     if not ok:
         return "unchanged: mallopt refused the settings"
-    return "kept (mallopt: mmap threshold 32 MiB, no trimming)"
+    return "kept (mallopt: no mmap, no trimming)"
