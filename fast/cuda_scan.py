@@ -216,6 +216,26 @@ class _Mover:
                 raise TypeError("Parameter u is a DLPack CUDA object; the cuda backend "
                                 "needs CuPy (cupy.from_dlpack) to take it: install cupy")
             self.kind = "cupy"
+        self.stream = None
+        if self.kind == "cupy":  # launch where CuPy queues its work: no host wait, in order
+            ptr = self.cp.cuda.get_current_stream().ptr
+            self.stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
+
+    def launch(self, kernel, blocks, threads):
+        """``kernel[blocks, threads]``, on CuPy's current stream for CuPy arrays.
+
+        The kernels then run in order with the CuPy operations before and after
+        them, so CuPy arrays are wrapped without a synchronisation
+        (``as_cuda_array(sync=False)``) and temporaries may return to CuPy's
+        stream-ordered memory pool as soon as the call returns.
+        """
+        if self.stream is None:
+            return kernel[blocks, threads]
+        return kernel[blocks, threads, self.stream]
+
+    def _wrap_cupy(self, c):
+        """A Numba view of the CuPy array ``c`` (no copy, no host wait; see :meth:`launch`)."""
+        return cuda.as_cuda_array(c, sync=False)
 
     def adopt(self, x, name):
         """Turn a DLPack-only CUDA object into CuPy (no copy); leave the rest."""
@@ -233,13 +253,14 @@ class _Mover:
         """``x`` as a Numba device array of ``dtype``, viewed as ``shape`` if given.
 
         Device arrays are wrapped without a copy (CuPy casts on the device when the
-        dtype differs); host arrays are copied to the device once.
+        dtype differs, and makes strided views contiguous so that a warp's loads
+        coalesce); host arrays are copied to the device once.
         """
         if _is_cupy(x):
-            x = x.astype(dtype, copy=False)
+            x = self.cp.ascontiguousarray(x.astype(dtype, copy=False))
             if shape is not None:
                 x = x.reshape(shape)
-            return cuda.as_cuda_array(x)
+            return self._wrap_cupy(x)
         if getattr(x, "__cuda_ndarray__", False) or _has_cai(x):
             arr = x if getattr(x, "__cuda_ndarray__", False) else cuda.as_cuda_array(x)
             if arr.dtype != dtype:
@@ -257,18 +278,20 @@ class _Mover:
         if shape is not None:
             x = x.reshape(shape)
         if self.kind == "cupy":
-            return cuda.as_cuda_array(self.cp.asarray(x))
+            return self._wrap_cupy(self.cp.asarray(x))
         return cuda.to_device(x)
 
     def dummy(self, ndim, dtype):
         """A 1-element array standing in for an absent optional argument."""
+        if self.kind == "cupy":  # made on the device: no upload at every call
+            return self._wrap_cupy(self.cp.zeros((1,) * ndim, dtype))
         return self.device(np.zeros((1,) * ndim, dtype), "dummy", dtype)
 
     def empty(self, shape, dtype):
         """(device view, container) of an uninitialised output."""
         if self.kind == "cupy":
             c = self.cp.empty(shape, dtype)
-            return cuda.as_cuda_array(c), c
+            return self._wrap_cupy(c), c
         d = cuda.device_array(shape, dtype)
         return d, d
 
@@ -276,7 +299,7 @@ class _Mover:
         """(device view, container) of an output filled with zeros."""
         if self.kind == "cupy":
             c = self.cp.zeros(shape, dtype)
-            return cuda.as_cuda_array(c), c
+            return self._wrap_cupy(c), c
         d = cuda.to_device(np.zeros(shape, dtype))
         return d, d
 
@@ -284,7 +307,7 @@ class _Mover:
         """(device view, container) of a fresh device copy of ``x`` (it gets written)."""
         if self.kind == "cupy":
             c = self.cp.array(x if _is_cupy(x) else np.asarray(x), dtype=dtype)
-            return cuda.as_cuda_array(c), c
+            return self._wrap_cupy(c), c
         src = self.device(x, name, dtype)
         d = cuda.device_array(src.shape, dtype)
         d.copy_to_device(src)
@@ -833,7 +856,7 @@ def _launch_forward(mover, dev, arrs, sizes, dtype, chunk_size, threads, softplu
     out = mover.empty((Bsz, nD, L), dtype)  # (B, D, L)
     states = mover.empty((Bsz, nD, n_chunks, N), dtype)  # (B, D, n_chunks, N)
     kernel = _forward_kernel(np.dtype(dtype).name, threads, chunk_size // threads)
-    kernel[Bsz * nD, threads](
+    mover.launch(kernel, Bsz * nD, threads)(
         dev["u"], dev["delta"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
         dev["delta_bias"], dev["h0"], out[0], states[0],
         arrs["D"] is not None, arrs["z"] is not None, arrs["delta_bias"] is not None,
@@ -1030,7 +1053,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
              "h0": mover.zeros((Bsz, nD, N), dtype) if arrs["dlast_state"] is None
              else mover.copy(arrs["dlast_state"], "dlast_state", dtype)}  # (B, D, N)
     kernel = _backward_kernel(np.dtype(dtype).name, threads, chunk_size // threads)
-    kernel[Bsz * nD, threads](
+    mover.launch(kernel, Bsz * nD, threads)(
         dev["dout"], dev["u"], dev["delta"], dev["A"], dev["B"], dev["C"], dev["D"],
         dev["z"], dev["delta_bias"], dev["h0"], states[0],
         *(grads[k][0] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")),
@@ -1148,7 +1171,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     new = mover.empty((Bsz, nD, N), dtype)  # (B, D, N)
     threads = SIM_THREADS if _simulator_on() else GPU_THREADS
     blocks = -(-(Bsz * nD) // threads)
-    _step_kernel(np.dtype(dtype).name)[blocks, threads](
+    mover.launch(_step_kernel(np.dtype(dtype).name), blocks, threads)(
         dev["state"], dev["x"], dev["dt"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
         dev["dt_bias"], out[0], new[0], arrs["D"] is not None, arrs["z"] is not None,
         arrs["dt_bias"] is not None, bool(dt_softplus))

@@ -92,6 +92,15 @@ def special(xp):
     return xp.special
 
 
+def current_device(xp):
+    """The GPU that new arrays of ``xp`` go to (CuPy's current device), or None.
+
+    Caches of device copies key on it, so that a second GPU gets its own copy.
+    """
+    runtime = getattr(getattr(xp, "cuda", None), "runtime", None)
+    return None if runtime is None else runtime.getDevice()
+
+
 def is_device(x):
     """True when ``x`` is a device (non-NumPy) array of a known array module."""
     return _module_of(x) is not None

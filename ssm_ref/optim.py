@@ -73,7 +73,9 @@ def softmax_cross_entropy(logits, labels):
     Raises
     ------
     ValueError
-        ``logits`` not 2-D or not finite, ``labels`` of the wrong shape or out of range.
+        ``logits`` not 2-D or not finite, ``labels`` of the wrong shape or out of range
+        (values are checked on NumPy arrays only: on a GPU the check would wait for
+        the device at every step; :func:`ssm_ref.train.train` checks labels once).
     TypeError
         ``labels`` not integers.
 

@@ -21,7 +21,9 @@ One step: (augment,) forward, softmax cross-entropy, backward, clip the global
 gradient norm, AdamW step at the learning rate of a warmup + cosine schedule.  Each
 epoch visits the training images in an order drawn from ``(seed, epoch)``, so a
 run is reproducible bit for bit and a run resumed from a checkpoint continues
-exactly as if it had never stopped (tested).
+exactly as if it had never stopped (tested) -- on the CPU.  On a GPU the CUDA
+scan's backward and the scatter-adds (``cupy.add.at``) sum with atomics, in an
+order that changes from run to run, so runs agree only to rounding.
 
 Outputs in ``out_dir`` (when given):
 
@@ -32,7 +34,10 @@ Outputs in ``out_dir`` (when given):
 
 ``tqdm`` (progress bar) and ``matplotlib`` (curves) are optional extras,
 imported only when used.  On CuPy parameters the loop moves each batch to the
-GPU and keeps losses and counts on the device until the end of the epoch.
+GPU and keeps losses and counts on the device until the end of the epoch.  The
+labels are checked against the model's classes once, on the host, before
+training: inside a step on a GPU an out-of-range label would not raise (CuPy
+wraps out-of-bounds indices) but silently give a wrong loss.
 """
 from __future__ import annotations
 
@@ -156,6 +161,16 @@ def _as_dataset(dataset, seed):
         return ImageDataset("custom", xtr, ytr, xte, yte, n_classes, chance)
     raise TypeError("Parameter dataset must be a data set name, an ImageDataset or a tuple "
                     f"(x_train, y_train, x_test, y_test); got {type(dataset).__name__}")
+
+
+def _check_labels(ds, model):
+    """Labels must index the model's outputs (``config.n_classes``, when it has one)."""
+    n_out = getattr(getattr(model, "config", None), "n_classes", None)
+    for name, y in (("y_train", ds.y_train), ("y_test", ds.y_test)):
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or (n_out is not None and y.max() >= n_out)):
+            raise ValueError(f"dataset {name} has labels in [{y.min()}, {y.max()}] but the "
+                             f"model has {n_out} classes (0 .. {n_out - 1})")
 
 
 def _model_info(model):
@@ -497,6 +512,7 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a number >= 0")
     eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size")
     ds = _as_dataset(dataset, seed)
+    _check_labels(ds, model)
 
     steps_per_epoch = math.ceil(len(ds.y_train) / batch_size)  # S
     total_steps = epochs * steps_per_epoch

@@ -267,3 +267,14 @@ def test_micro_vision_model_loss_falls_and_resumes_bitwise(name, epochs, factor,
         np.testing.assert_array_equal(resumed.params[k], v, err_msg=k)
     with np.load(tmp_path / "full" / "checkpoint.npz") as f:  # the model's own state-dict names
         assert {k[len("model/"):] for k in f.files if k.startswith("model/")} == set(full.params)
+
+
+def test_labels_beyond_the_models_classes_are_refused_before_training(rng):
+    """Checked once on the host: on a GPU an out-of-range label would silently wrap."""
+    model = TinyMLP(TinyConfig(image_shape=(2, 2, 1), hidden=3, n_classes=4), seed=1)
+    x = rng.standard_normal((6, 2, 2, 1))
+    y = np.array([0, 1, 2, 3, 4, 0])  # 4 is not a class of a 4-class model
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(ValueError, match=r"y_train has labels in \[0, 4\] but the model has 4"):
+        train(model, (x, y, x[:2], y[:2]), epochs=1, progress=False, plot=False)
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())  # untouched

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from .._validation import check_choice, check_positive_int
-from .._xp import array_module, on_module, to_host
+from .._xp import array_module, current_device, on_module, to_host
 
 __all__ = [
     "ScanOrder",
@@ -750,12 +750,11 @@ def _on_module_cached(arr, xp):
     NumPy gets ``arr`` itself.  For a device module the copy is made once and
     reused, so gathering with the same order every step makes no host-to-device
     copy; looking it up hashes the host bytes (host work only).  The copy is
-    shared by every caller (never write into it) and lives on the GPU current
-    at the first call (the training path uses one GPU).
+    shared by every caller (never write into it); each GPU gets its own.
     """
     if xp is np:
         return arr
-    key = (xp, arr.dtype.str, arr.shape, arr.tobytes())
+    key = (xp, current_device(xp), arr.dtype.str, arr.shape, arr.tobytes())
     dev = _DEVICE_INDEX_CACHE.get(key)
     if dev is None:
         if len(_DEVICE_INDEX_CACHE) >= _DEVICE_INDEX_CACHE_SIZE:
