@@ -239,3 +239,17 @@ def _assert_no_spills(ptx, what):
                               capture_output=True, text=True, check=True)
     info = done.stdout + done.stderr
     assert "0 bytes spill stores" in info, f"{what}: {info}"
+
+
+@pytest.mark.parametrize("length", [1, 8, 17, 65, 256, 257, 1023, 1024, 1025, 100_000])
+def test_default_gpu_launch_fits_short_sequences(length):
+    """No GPU needed: the default launch shape. Eight steps per thread always; a power-of-two
+    block of 32-128 threads; one chunk covers a sequence that fits in 128 x 8 steps, and its
+    block is no more than twice as wide as the work (beyond one warp)."""
+    threads, chunk = cs.gpu_launch(length)
+    assert chunk == 8 * threads and threads in (32, 64, 128)
+    if length <= 1024:
+        assert chunk >= length
+        assert threads == 32 or 8 * threads < 2 * length
+    else:
+        assert threads == 128
