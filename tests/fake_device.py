@@ -41,9 +41,25 @@ _UFUNC_METHODS = {k: set(v) for k, v in _API["ufunc_methods"].items()}
 
 #: Host reads and transfers since the last :func:`reset_counts`.
 COUNTS = {"sync": 0, "to_host": 0, "to_device": 0}
+#: What ``COUNTS`` must read after a call that stayed on the device.
+NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 
 #: Functions that take host data and make a device array (a counted transfer).
 _FROM_HOST = {"asarray", "array", "ascontiguousarray", "asanyarray"}
+
+
+def on_device(tree):
+    """Every NumPy array in a (nested) list/tuple/dict moved with ``fake.asarray``.
+
+    Anything else (None, flags, numbers) is kept as it is.
+    """
+    if isinstance(tree, np.ndarray):
+        return fake.asarray(tree)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(on_device(v) for v in tree)
+    if isinstance(tree, dict):
+        return {k: on_device(v) for k, v in tree.items()}
+    return tree
 
 
 def peek(x):

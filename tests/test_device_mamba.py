@@ -11,12 +11,11 @@ import fake_device
 import numpy as np
 import pytest
 from conftest import assert_close, assert_same_on_device
-from fake_device import COUNTS, DeviceArray
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, on_device
 
 from ssm_ref import MambaBlock, MambaConfig, mamba_inner_backward, mamba_inner_forward
 from ssm_ref.mamba import mamba_init
 
-NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 BLOCK_OPTIONS = [dict(), dict(bias=True), dict(conv_bias=False)]
 
 
@@ -43,7 +42,7 @@ def test_inner_path_forward_and_backward_on_device(fake_xp, rng, conv_bias, retu
     res = mamba_inner_forward(xz, params, return_last_state=return_last_state)
     dxz, grads = mamba_inner_backward(dy, res[1], params)
 
-    dparams = {k: fake_xp.asarray(v) for k, v in params.items()}
+    dparams = on_device(params)
     dxz_in, ddy = fake_xp.asarray(xz), fake_xp.asarray(dy)
     fake_device.reset_counts()
     res_d = mamba_inner_forward(dxz_in, dparams, return_last_state=return_last_state)

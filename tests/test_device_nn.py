@@ -13,25 +13,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.special
-from fake_device import COUNTS, DeviceArray, fake, peek, reset_counts
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, fake, on_device, peek, reset_counts
 
 from conftest import assert_close
 
 import ssm_ref as sr
 from ssm_ref.nn import SOFTPLUS_THRESHOLD, sigmoid
 
-NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 
 
 # --------------------------------------------------------------------------- helpers
-def _on_device(args):
-    return [None if a is None else fake.asarray(a) for a in args]
-
-
 def check_same_on_device(fn, args):
     """Run ``fn(*args)`` on NumPy and on the fake device; compare results and host traffic."""
     expected = fn(*args)
-    dev_args = _on_device(args)
+    dev_args = on_device(list(args))
     reset_counts()  # moving the inputs was the test's own transfer
     got = fn(*dev_args)
     assert COUNTS == NO_HOST_TRAFFIC, f"{fn.__name__} touched the host: {COUNTS}"

@@ -13,17 +13,11 @@ import fake_device
 import numpy as np
 import pytest
 from conftest import assert_close, assert_same_on_device
-from fake_device import COUNTS, DeviceArray
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, on_device
 from test_selective import FORMS, make_inputs
 
 from ssm_ref import selective_scan, selective_scan_backward, selective_state_update
 
-NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
-
-
-def to_device(fake, kw):
-    """Every array of a keyword dict on the fake device (flags stay Python values)."""
-    return {k: fake.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
 
 
 CASES = [(fb, fc, cx, ex) for fb, fc in itertools.product(FORMS, FORMS)
@@ -40,7 +34,7 @@ def test_scan_and_backward_on_device(fake_xp, rng, form_B, form_C, complex_, ext
     y, last = selective_scan(**kw, return_last_state=True)
     grads = selective_scan_backward(dout, **kw, dlast_state=dlast)
 
-    dkw = to_device(fake_xp, kw)
+    dkw = on_device(kw)
     ddout, ddlast = fake_xp.asarray(dout), fake_xp.asarray(dlast)
     fake_device.reset_counts()
     y_d, last_d = selective_scan(**dkw, return_last_state=True)
@@ -58,7 +52,7 @@ def test_scan_float32_on_device(fake_xp, rng):
     kw = make_inputs(rng, batch=1, dim=2, length=4, dstate=2)
     kw = {k: v.astype(np.float32) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
     y = selective_scan(**kw)
-    dkw = to_device(fake_xp, kw)
+    dkw = on_device(kw)
     fake_device.reset_counts()
     y_d = selective_scan(**dkw)
     assert COUNTS == NO_HOST_TRAFFIC
@@ -85,7 +79,7 @@ def test_state_update_on_device(fake_xp, rng, groups, complex_, extras):
                   dt_bias=rng.standard_normal(dim), dt_softplus=True)
     y, h = selective_state_update(**kw)
 
-    dkw = to_device(fake_xp, kw)
+    dkw = on_device(kw)
     fake_device.reset_counts()
     y_d, h_d = selective_state_update(**dkw)
     assert COUNTS == NO_HOST_TRAFFIC
@@ -95,10 +89,10 @@ def test_state_update_on_device(fake_xp, rng, groups, complex_, extras):
 
 def test_host_array_mixed_with_device_arrays_is_refused(fake_xp, rng):
     kw = make_inputs(rng, batch=1, dim=2, length=3, dstate=2)
-    dkw = to_device(fake_xp, kw)
+    dkw = on_device(kw)
     dkw["A"] = kw["A"]  # left on the host
     with pytest.raises(TypeError, match="A are host"):
         selective_scan(**dkw)
-    dkw = to_device(fake_xp, kw)
+    dkw = on_device(kw)
     with pytest.raises(TypeError, match="dout are host"):
         selective_scan_backward(np.ones(kw["u"].shape), **dkw)

@@ -18,7 +18,7 @@ import copy
 
 import numpy as np
 import pytest
-from fake_device import COUNTS, DeviceArray, fake, reset_counts
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, fake, on_device, reset_counts
 
 from conftest import assert_close
 
@@ -49,23 +49,11 @@ from ssm_ref.vision import (
 )
 from ssm_ref.vision import scan_orders as so
 
-NO_HOST_TRAFFIC = {"sync": 0, "to_host": 0, "to_device": 0}
 HOST_INDEX_KEYS = ("perms", "codes")  # cache entries that are NumPy index arrays by design
 TINY = dict(d_state=2)  # with d_model 4: d_inner 8, dt_rank 1
 
 
 # --------------------------------------------------------------------------- helpers
-def on_device(tree):
-    """Every NumPy array in a (nested) list/tuple/dict moved with ``fake.asarray``."""
-    if isinstance(tree, np.ndarray):
-        return fake.asarray(tree)
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(on_device(v) for v in tree)
-    if isinstance(tree, dict):
-        return {k: on_device(v) for k, v in tree.items()}
-    return tree
-
-
 def assert_same_tree(got, expected, where="result"):
     """``got`` mirrors ``expected`` with every array a DeviceArray equal to the NumPy one.
 
@@ -118,7 +106,7 @@ def move_params(block):
     for obj in (dev, getattr(dev, "mixer", None), getattr(dev, "self_attention", None),
                 getattr(dev, "mamba", None)):
         if obj is not None:
-            obj.params = {k: fake.asarray(v) for k, v in obj.params.items()}
+            obj.params = on_device(obj.params)
     return dev
 
 
