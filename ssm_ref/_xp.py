@@ -15,7 +15,7 @@ a GPU step free of host round-trips:
 2. never turn a device value into a Python number inside a step
    (``float(x)``, ``bool(x)``, ``if x.any():``): each such call waits for the
    GPU and copies to the host;
-3. move index arrays (scan orders) to the device once, with :func:`on_module`.
+3. move index arrays (scan orders) to the device once, with :func:`on_module_cached`.
 
 CuPy is imported only when a CuPy array is met.  Other array libraries with
 NumPy's API can be registered with :func:`register_array_module` (the tests
@@ -77,6 +77,32 @@ def array_module(*arrays):
         if module is not None:
             return module
     return np
+
+
+#: Device copies of small host arrays, keyed by (array module, GPU, dtype, shape, bytes).
+#: A training step gathers with the same few scan orders every time, so each is copied
+#: to the device once.
+_DEVICE_COPIES: dict = {}
+_DEVICE_COPIES_SIZE = 512
+
+
+def on_module_cached(arr, xp):
+    """``arr`` (a small NumPy array: scan order, cell counts) as an array of module ``xp``.
+
+    NumPy gets ``arr`` itself.  For a device module the copy is made once and
+    reused, so gathering with the same order every step makes no host-to-device
+    copy; looking it up hashes the host bytes (host work only).  The copy is
+    shared by every caller (never write into it); each GPU gets its own.
+    """
+    if xp is np:
+        return arr
+    key = (xp, current_device(xp), arr.dtype.str, arr.shape, arr.tobytes())
+    dev = _DEVICE_COPIES.get(key)
+    if dev is None:
+        if len(_DEVICE_COPIES) >= _DEVICE_COPIES_SIZE:
+            _DEVICE_COPIES.pop(next(iter(_DEVICE_COPIES)))  # drop the oldest
+        dev = _DEVICE_COPIES[key] = on_module(arr, xp)
+    return dev
 
 
 def special(xp):

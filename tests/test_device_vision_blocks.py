@@ -47,7 +47,7 @@ from ssm_ref.vision import (
     scan_scheme,
     to_sequence,
 )
-from ssm_ref.vision import scan_orders as so
+from ssm_ref import _xp
 
 HOST_INDEX_KEYS = ("perms", "codes")  # cache entries that are NumPy index arrays by design
 TINY = dict(d_state=2)  # with d_model 4: d_inner 8, dt_rank 1
@@ -171,7 +171,7 @@ def test_partial_orders_on_device(fake_xp, rng):
 
 
 def test_index_arrays_are_copied_to_the_device_once(fake_xp, rng):
-    so._DEVICE_INDEX_CACHE.clear()
+    _xp._DEVICE_COPIES.clear()
     perm = scan_order("snake", 3, 4)
     x = fake.asarray(rng.standard_normal((2, 3, 4, 3)))
     reset_counts()
@@ -180,17 +180,17 @@ def test_index_arrays_are_copied_to_the_device_once(fake_xp, rng):
     from_sequence(seq, perm.copy(), 3, 4)  # an equal perm (another object) hits the cache
     to_sequence(x, perm)
     assert COUNTS == {"sync": 0, "to_host": 0, "to_device": 1}
-    assert len(so._DEVICE_INDEX_CACHE) == 1
+    assert len(_xp._DEVICE_COPIES) == 1
     to_sequence(x, perm[::-1].copy())  # a different order is a new entry
-    assert COUNTS["to_device"] == 2 and len(so._DEVICE_INDEX_CACHE) == 2
+    assert COUNTS["to_device"] == 2 and len(_xp._DEVICE_COPIES) == 2
 
 
 def test_numpy_inputs_never_touch_the_device_cache(rng):
-    so._DEVICE_INDEX_CACHE.clear()
+    _xp._DEVICE_COPIES.clear()
     perm = scan_order("spiral", 3, 3)
     y = to_sequence(rng.standard_normal((1, 3, 3, 2)), perm)
     assert isinstance(from_sequence(y, perm, 3, 3), np.ndarray)
-    assert not so._DEVICE_INDEX_CACHE
+    assert not _xp._DEVICE_COPIES
 
 
 # --------------------------------------------------------------------------- multi-direction

@@ -41,7 +41,7 @@ All arithmetic is float64; outputs come back in the input's dtype and
 gradients in their parameter's dtype.  Inputs and ``params`` may be NumPy or
 CuPy arrays (the model moves ``params``): a block computes on its input's array
 module, and its scan orders stay NumPy index arrays whose device copies are
-made once and cached (``ssm_ref.vision.scan_orders``).  The selective scan is
+made once and cached (``ssm_ref._xp.on_module_cached``).  The selective scan is
 pluggable (``scan_fn`` / ``scan_backward_fn`` with the signatures of
 :func:`ssm_ref.selective_scan` / :func:`ssm_ref.selective_scan_backward`), so a
 compiled backend from ``fast`` can replace the reference.
@@ -82,10 +82,10 @@ from ..nn import (
     silu,
     silu_backward,
 )
-from .._xp import array_module
+from .._xp import array_module, on_module_cached
 from ..selective import selective_scan, selective_scan_backward
 from .multi import CROSS_SCAN_ORDERS, SCHEMES, scan_scheme
-from .scan_orders import _on_module_cached, from_sequence, scan_order, to_sequence
+from .scan_orders import from_sequence, scan_order, to_sequence
 
 __all__ = [
     "PatchEmbed",
@@ -1165,7 +1165,7 @@ class SS2D(_Module):
         for q in perms:
             count[q] += 1
         # (1, H, W, 1): visits of each cell, copied to the device once (cached)
-        return perms, _on_module_cached(count.reshape(1, H, W, 1), xp)
+        return perms, on_module_cached(count.reshape(1, H, W, 1), xp)
 
     def _core_weights(self):
         c = self.config
@@ -1716,7 +1716,7 @@ class PlainMambaMixer(_Module):
 
         us = xp.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
         ds = xp.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
-        codes_xp = [_on_module_cached(cd, xp) for cd in codes]  # device copies made once
+        codes_xp = [on_module_cached(cd, xp) for cd in codes]  # device copies made once
         Bs = xp.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
                        for q, cd in zip(perms, codes_xp)], axis=1)  # (B, K, N, L)
         Cs = xp.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
@@ -1785,7 +1785,7 @@ class PlainMambaMixer(_Module):
             dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W)
             # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
             # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
-            xp.add.at(g["direction_Bs"], _on_module_cached(codes[k], xp),
+            xp.add.at(g["direction_Bs"], on_module_cached(codes[k], xp),
                       s["B"][:, k].sum(axis=0).T)  # (L,) codes, (L, N) values
         d_dt_low, g["dt_proj.weight"], _ = linear_backward(ddelta, cache["dt_low"],
                                                            self._w("dt_proj.weight"))

@@ -34,11 +34,10 @@ from typing import Callable
 import numpy as np
 
 from .._validation import check_choice, check_positive_int
-from .._xp import array_module
+from .._xp import array_module, on_module_cached
 from .scan_orders import (
     _as_index,
     _check_tokens,
-    _on_module_cached,
     atrous_subgrids,
     from_sequence,
     scan_order,
@@ -293,7 +292,7 @@ def multi_merge(ys, orders, H, W, reduce="sum"):
         else:
             scale = 1.0 / count  # (L,) every count >= 1 (checked above)
             scale = scale.reshape(1, H, W, 1).astype(out.dtype)  # (1, H, W, 1)
-            out = out * _on_module_cached(scale, array_module(out))  # (B, H, W, C)
+            out = out * on_module_cached(scale, array_module(out))  # (B, H, W, C)
     return out
 
 

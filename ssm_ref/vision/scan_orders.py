@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 
 from .._validation import check_choice, check_positive_int
-from .._xp import array_module, current_device, on_module, to_host
+from .._xp import array_module, on_module_cached, to_host
 
 __all__ = [
     "ScanOrder",
@@ -738,31 +738,6 @@ def inverse(perm):
     return inv
 
 
-#: Device copies of index arrays, keyed by (array module, dtype, shape, bytes).  A training
-#: step gathers with the same few scan orders every time, so each is copied to the device once.
-_DEVICE_INDEX_CACHE: dict = {}
-_DEVICE_INDEX_CACHE_SIZE = 512
-
-
-def _on_module_cached(arr, xp):
-    """``arr`` (a small NumPy array: scan order, cell counts) as an array of module ``xp``.
-
-    NumPy gets ``arr`` itself.  For a device module the copy is made once and
-    reused, so gathering with the same order every step makes no host-to-device
-    copy; looking it up hashes the host bytes (host work only).  The copy is
-    shared by every caller (never write into it); each GPU gets its own.
-    """
-    if xp is np:
-        return arr
-    key = (xp, current_device(xp), arr.dtype.str, arr.shape, arr.tobytes())
-    dev = _DEVICE_INDEX_CACHE.get(key)
-    if dev is None:
-        if len(_DEVICE_INDEX_CACHE) >= _DEVICE_INDEX_CACHE_SIZE:
-            _DEVICE_INDEX_CACHE.pop(next(iter(_DEVICE_INDEX_CACHE)))  # drop the oldest
-        dev = _DEVICE_INDEX_CACHE[key] = on_module(arr, xp)
-    return dev
-
-
 def _check_tokens(x, name):
     if not hasattr(x, "ndim"):
         x = np.asarray(x)
@@ -815,7 +790,7 @@ def to_sequence(x, perm):
             f"Parameter x has shape {tuple(x.shape)} but should be (B, H, W, C) or (B, L, C)"
         )
     perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
-    return tokens[:, _on_module_cached(perm, array_module(tokens))]  # (B, L', C)
+    return tokens[:, on_module_cached(perm, array_module(tokens))]  # (B, L', C)
 
 
 def from_sequence(y, perm, H, W):
@@ -870,7 +845,7 @@ def from_sequence(y, perm, H, W):
     xp = array_module(y)
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)
-    out[:, _on_module_cached(perm, xp)] += y
+    out[:, on_module_cached(perm, xp)] += y
     return out.reshape(Bsz, H, W, C)  # (B, H, W, C)
 
 
