@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 
+from ssm_ref._xp import is_cupy
+
 __all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
            "selective_state_update"]
 
@@ -79,7 +81,7 @@ def backends():
 
 def _on_gpu(x):
     """True for a CuPy array or anything exposing ``__cuda_array_interface__``."""
-    if type(x).__module__.split(".")[0] == "cupy":
+    if is_cupy(x):
         return True
     try:  # a PyTorch CPU tensor raises AttributeError here, others may raise otherwise
         return hasattr(x, "__cuda_array_interface__")

@@ -62,6 +62,7 @@ import math
 import numpy as np
 
 from ssm_ref._validation import as_array, check_finite, check_positive_int, check_shape
+from ssm_ref._xp import is_cupy as _is_cupy
 
 try:  # numba-cuda imports fine without a GPU; only launching fails
     from numba import cuda
@@ -179,10 +180,6 @@ def _cupy():
     except Exception:
         return None
     return cupy
-
-
-def _is_cupy(x):
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def _is_device(x):

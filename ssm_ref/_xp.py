@@ -46,11 +46,15 @@ def register_array_module(array_type, module):
     return unregister
 
 
+def is_cupy(x):
+    """True for a CuPy array, told by its type's module (CuPy is not imported)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
 def _module_of(x):
-    t = type(x)
-    if t is np.ndarray:  # the common case, on every layer call: answered first
+    if type(x) is np.ndarray:  # the common case, on every layer call: answered first
         return None
-    if t.__module__.split(".")[0] == "cupy":
+    if is_cupy(x):
         import cupy  # noqa: PLC0415 - only reached with a CuPy array in hand
         return cupy
     for cls, module in _REGISTERED.items():

@@ -451,6 +451,8 @@ def _to_gpu(model):
     """
     from numba.core import config  # noqa: PLC0415 - numba is a dependency
 
+    from ._xp import is_cupy  # noqa: PLC0415
+
     if config.ENABLE_CUDASIM:
         return "CUDA simulator (NumPy arrays)"
     try:
@@ -462,7 +464,7 @@ def _to_gpu(model):
     except Exception as exc:  # noqa: BLE001 - reported as one line
         raise CLIError(f"cannot move model {type(model).__name__} to the GPU: "
                        f"{type(exc).__name__}: {exc}") from exc
-    on_host = [k for k, v in model.params.items() if not type(v).__module__.startswith("cupy")]
+    on_host = [k for k, v in model.params.items() if not is_cupy(v)]
     if on_host:
         raise CLIError(f"model {type(model).__name__} kept parameter {on_host[0]!r} on the "
                        "host; --backend cuda is refused rather than copying to the host at "

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from fake_device import DeviceArray, fake, peek, reset_counts
 
+from ssm_ref._xp import is_cupy
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (rtol, atol) by comparison kind and result dtype.
@@ -118,7 +120,7 @@ def assert_same_on_device(dev, host, what):
 
 
 def _to_numpy(x):
-    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+    if is_cupy(x):
         x = x.get()
     if isinstance(x, DeviceArray):  # the fake device: the tests' own look is not counted
         return peek(x)
