@@ -136,8 +136,49 @@ _UNDER_64 = -708.39                      # e^-708.39 > 2.2251e-308 = smallest no
 _OVER_64 = 709.782712893384              # log(float64 max)
 _P64 = tuple(1.0 / math.factorial(j) for j in range(14))  # e^r, degree 13
 
-(_c0, _c1, _c2, _c3, _c4, _c5, _c6, _c7) = _P32
-(_d0, _d1, _d2, _d3, _d4, _d5, _d6, _d7, _d8, _d9, _d10, _d11, _d12, _d13) = _P64
+#: per float width: the constants of the range reduction, the polynomial, the bit casts and
+#: the exponent shift of the scaling, and the edges (argument clamp for k, underflow to 0,
+#: overflow to inf)
+_EXP = {
+    32: dict(log2e=_LOG2E_32, half=_HALF_32, ln2_hi=_LN2_HI_32, ln2_lo=_LN2_LO_32, poly=_P32,
+             bits=_f32_bits, from_bits=_f32_from_bits, int_t=np.int32, shift=23,
+             clamp_lo=_CLAMP_LO_32, clamp_hi=_CLAMP_HI_32, under=_UNDER_32, over=_OVER_32,
+             zero=_ZERO_32, inf=_INF_32),
+    64: dict(log2e=_LOG2E_64, half=0.5, ln2_hi=_LN2_HI_64, ln2_lo=_LN2_LO_64, poly=_P64,
+             bits=_f64_bits, from_bits=_f64_from_bits, int_t=np.int64, shift=52,
+             clamp_lo=-709.0, clamp_hi=710.0, under=_UNDER_64, over=_OVER_64,
+             zero=0.0, inf=np.inf),
+}
+
+
+def _exp_core(xc):
+    """``e^xc`` for ``xc`` already clamped to where ``2^k`` is a normal number; no edge cases.
+
+    The algorithm of the module docstring, written once for both float widths
+    and used by :func:`fast_exp` and :func:`fast_exp_clamped`.  From Python it
+    is ``np.exp``.
+    """
+    return np.exp(xc)
+
+
+@overload(_exp_core, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
+def _exp_core_impl(xc):
+    if not (isinstance(xc, types.Float) and xc.bitwidth in _EXP):
+        return None
+    c = _EXP[xc.bitwidth]
+    log2e, half, ln2_hi, ln2_lo = c["log2e"], c["half"], c["ln2_hi"], c["ln2_lo"]
+    bits, from_bits, int_t, shift = c["bits"], c["from_bits"], c["int_t"], c["shift"]
+    poly, degree = c["poly"], len(c["poly"]) - 1
+
+    def impl(xc):
+        kf = np.floor(_fma(xc, log2e, half))
+        r = _fma(-kf, ln2_hi, xc)  # exact: k * LN2_HI has <= 17 (float32) or 27 bits
+        r = _fma(-kf, ln2_lo, r)
+        p = poly[degree]  # Horner: p = (...(c_deg r + c_deg-1) r + ...) r + c_0
+        for j in range(degree - 1, -1, -1):  # unrolled by LLVM: constant trip count
+            p = _fma(p, r, poly[j])  # e^r, in [0.70, 1.42] at the end
+        return from_bits(bits(p) + (int_t(kf) << shift))  # p * 2^k
+    return impl
 
 
 def fast_exp(x):
@@ -174,49 +215,18 @@ def fast_exp(x):
 
 @overload(fast_exp, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _fast_exp_impl(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        def impl32(x):
-            xc = min(max(x, _CLAMP_LO_32), _CLAMP_HI_32)
-            kf = np.floor(_fma(xc, _LOG2E_32, _HALF_32))
-            r = _fma(-kf, _LN2_HI_32, xc)  # exact: k * LN2_HI has <= 17 bits
-            r = _fma(-kf, _LN2_LO_32, r)
-            p = _fma(_c7, r, _c6)
-            p = _fma(p, r, _c5)
-            p = _fma(p, r, _c4)
-            p = _fma(p, r, _c3)
-            p = _fma(p, r, _c2)
-            p = _fma(p, r, _c1)
-            p = _fma(p, r, _c0)  # e^r, in [0.70, 1.42]
-            res = _f32_from_bits(_f32_bits(p) + (np.int32(kf) << 23))  # p * 2^k
-            res = res if x > _UNDER_32 else _ZERO_32
-            res = res if x < _OVER_32 else _INF_32
-            return res if x == x else x  # NaN stays NaN
-        return impl32
-    if isinstance(x, types.Float) and x.bitwidth == 64:
-        def impl64(x):
-            xc = min(max(x, -709.0), 710.0)
-            kf = np.floor(_fma(xc, _LOG2E_64, 0.5))
-            r = _fma(-kf, _LN2_HI_64, xc)  # exact: k * LN2_HI has <= 27 bits
-            r = _fma(-kf, _LN2_LO_64, r)
-            p = _fma(_d13, r, _d12)
-            p = _fma(p, r, _d11)
-            p = _fma(p, r, _d10)
-            p = _fma(p, r, _d9)
-            p = _fma(p, r, _d8)
-            p = _fma(p, r, _d7)
-            p = _fma(p, r, _d6)
-            p = _fma(p, r, _d5)
-            p = _fma(p, r, _d4)
-            p = _fma(p, r, _d3)
-            p = _fma(p, r, _d2)
-            p = _fma(p, r, _d1)
-            p = _fma(p, r, _d0)
-            res = _f64_from_bits(_f64_bits(p) + (np.int64(kf) << 52))  # p * 2^k
-            res = res if x > _UNDER_64 else 0.0
-            res = res if x < _OVER_64 else np.inf
-            return res if x == x else x
-        return impl64
-    return None
+    if not (isinstance(x, types.Float) and x.bitwidth in _EXP):
+        return None
+    c = _EXP[x.bitwidth]
+    clamp_lo, clamp_hi, under, over = c["clamp_lo"], c["clamp_hi"], c["under"], c["over"]
+    zero, inf = c["zero"], c["inf"]
+
+    def impl(x):
+        res = _exp_core(min(max(x, clamp_lo), clamp_hi))  # the clamp keeps k representable
+        res = res if x > under else zero  # below the smallest normal: 0
+        res = res if x < over else inf
+        return res if x == x else x  # NaN stays NaN
+    return impl
 
 
 def fast_exp_clamped(x):
@@ -259,43 +269,13 @@ def fast_exp_clamped(x):
 
 @overload(fast_exp_clamped, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _fast_exp_clamped_impl(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        def impl32(x):
-            xc = max(x, _UNDER_32)
-            kf = np.floor(_fma(xc, _LOG2E_32, _HALF_32))
-            r = _fma(-kf, _LN2_HI_32, xc)
-            r = _fma(-kf, _LN2_LO_32, r)
-            p = _fma(_c7, r, _c6)
-            p = _fma(p, r, _c5)
-            p = _fma(p, r, _c4)
-            p = _fma(p, r, _c3)
-            p = _fma(p, r, _c2)
-            p = _fma(p, r, _c1)
-            p = _fma(p, r, _c0)
-            return _f32_from_bits(_f32_bits(p) + (np.int32(kf) << 23))
-        return impl32
-    if isinstance(x, types.Float) and x.bitwidth == 64:
-        def impl64(x):
-            xc = max(x, _UNDER_64)
-            kf = np.floor(_fma(xc, _LOG2E_64, 0.5))
-            r = _fma(-kf, _LN2_HI_64, xc)
-            r = _fma(-kf, _LN2_LO_64, r)
-            p = _fma(_d13, r, _d12)
-            p = _fma(p, r, _d11)
-            p = _fma(p, r, _d10)
-            p = _fma(p, r, _d9)
-            p = _fma(p, r, _d8)
-            p = _fma(p, r, _d7)
-            p = _fma(p, r, _d6)
-            p = _fma(p, r, _d5)
-            p = _fma(p, r, _d4)
-            p = _fma(p, r, _d3)
-            p = _fma(p, r, _d2)
-            p = _fma(p, r, _d1)
-            p = _fma(p, r, _d0)
-            return _f64_from_bits(_f64_bits(p) + (np.int64(kf) << 52))
-        return impl64
-    return None
+    if not (isinstance(x, types.Float) and x.bitwidth in _EXP):
+        return None
+    under = _EXP[x.bitwidth]["under"]
+
+    def impl(x):
+        return _exp_core(max(x, under))
+    return impl
 
 
 # ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numbers
 import numpy as np
 
 from ._xp import array_module
-from ._validation import as_array, check_choice, check_positive_int, check_positive_scalar
+from ._validation import as_array, check_positive_int, check_positive_scalar
 
 __all__ = [
     "softmax_cross_entropy",
@@ -497,8 +497,3 @@ class SGD(_Optimizer):
 
 #: Optimisers by name, for the training loop and the command line.
 OPTIMIZERS = {"adamw": AdamW, "sgd": SGD}
-
-
-def _make_optimizer(name, params, **kw):
-    check_choice(name, "optimizer", OPTIMIZERS)
-    return OPTIMIZERS[name](params, **kw)
