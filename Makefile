@@ -35,7 +35,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build book -W --keep-going
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_scan.py
+	$(PY) -m fast.bench.scan
 
 clean:
 	rm -rf book/_build .pytest_cache

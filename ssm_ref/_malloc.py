@@ -7,7 +7,7 @@ freed (``munmap`` for blocks above its mmap threshold, trimming for the top of
 the heap), so the next step faults every page back in and the kernel zeroes
 it again.  On the 2-core virtual machine of the performance chapter that was
 about a third of a VMamba step's time (measured as system time by
-``benchmarks/bench_train.py``).
+``fast.bench.train``).
 
 Two ``mallopt`` settings keep the blocks: ``M_MMAP_MAX`` = 0 (every block
 comes from the heap, none from its own ``mmap``, which ``free`` would unmap)

@@ -13,9 +13,10 @@ Usage::
     ssm-ref train --model vim --dataset digits --backend numba
     ssm-ref train --model vmamba --scan snake --dataset pair --epochs 20 --out runs/snake
     ssm-ref train --model vim --dataset digits --backend cuda     # on a GPU (CuPy)
-    ssm-ref bench -- --help          # options after "--" go to benchmarks/bench_scan.py
-    ssm-ref bench --suite train      # one training step per backend (bench_train.py)
-    ssm-ref backends
+    ssm-ref bench --quick            # the scan benchmark (fast.bench.scan), quick mode
+    ssm-ref bench -- --help          # options after "--" go to the benchmark
+    ssm-ref bench --suite train      # one training step per backend (fast.bench.train)
+    ssm-ref backends                 # fast.backends(): what runs here, and why not the rest
 
 ``python -m ssm_ref.cli ...`` does the same.  Every option is explained by
 ``ssm-ref <command> --help``; a bad option or an unavailable backend stops with
@@ -30,21 +31,19 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import importlib
 import os
-import runpy
 import sys
-from pathlib import Path
 
 import numpy as np
 
+import fast
+from fast import BACKENDS  # the backend names; which of them work here: fast.backends()
+from fast.bench import SUITES  # the benchmarks: fast.bench.scan, fast.bench.train
+
+from .vision import MODELS, SCAN_ORDERS, SCHEMES
+
 __all__ = ["main", "build_parser", "resolve_backend", "BACKENDS", "TRAIN_DEFAULTS"]
-
-#: The backends the command line knows; which of them work here is ``ssm-ref backends``.
-BACKENDS = ("ref", "numba", "cuda")
-
-#: Models the vision package is expected to offer, used when its registry is not importable.
-_DEFAULT_MODELS = ("vim", "vmamba", "localmamba", "efficientvmamba", "plainmamba", "attention",
-                   "cnn")
 
 #: Defaults of ``ssm-ref train``, chosen so that ``ssm-ref train --model vim --dataset digits
 #: --backend numba`` reaches >= 95% test accuracy on digits within 5 minutes on 2 CPU cores.
@@ -77,24 +76,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------
-# Registries (read lazily so that --help works even while a part is missing)
+# The package's registries: ssm_ref.vision (models, scans), ssm_ref.data, fast (backends)
 # ---------------------------------------------------------------------------
 
-def _model_names():
-    try:
-        from .vision import models  # noqa: PLC0415
-    except Exception:  # noqa: BLE001 - a broken optional part must not break --help
-        return _DEFAULT_MODELS
-    for attr in ("MODELS", "MODEL_REGISTRY"):
-        registry = getattr(models, attr, None)
-        if isinstance(registry, dict) and registry:
-            return tuple(registry)
-    return _DEFAULT_MODELS
-
-
 def _scan_names():
-    from .vision.multi import SCHEMES  # noqa: PLC0415
-    from .vision.scan_orders import SCAN_ORDERS  # noqa: PLC0415
+    """Every ``--scan``: the single scan orders and the multi-direction schemes."""
     return tuple(SCAN_ORDERS) + tuple(SCHEMES)
 
 
@@ -121,8 +107,8 @@ def resolve_backend(name):
     Raises
     ------
     CLIError
-        Unknown name, ``fast`` not importable, or the backend not available on
-        this machine (never a silent fallback to another backend).
+        Unknown name, or the backend not available on this machine (the reason
+        from :func:`fast.backends`; never a silent fallback to another backend).
 
     Examples
     --------
@@ -135,46 +121,13 @@ def resolve_backend(name):
     if name == "ref":
         from .selective import selective_scan, selective_scan_backward  # noqa: PLC0415
         return selective_scan, selective_scan_backward
-    try:
-        import fast  # noqa: PLC0415
-        available = _available_backends(fast)
-    except Exception as exc:  # noqa: BLE001 - reported, not swallowed
-        raise CLIError(f"backend {name!r} needs the 'fast' package, which is not usable here "
-                       f"({type(exc).__name__}: {exc})") from exc
-    ok, note = _status(available, name)
-    if not ok:
-        have = ", ".join(["ref", *[b for b in available if b != "ref" and _status(available, b)[0]]])
-        raise CLIError(f"backend {name!r} is not available here"
-                       f"{f' ({note})' if note else ''}; available: {have}")
-    for attr in ("selective_scan", "selective_scan_backward"):
-        if not hasattr(fast, attr):  # pragma: no cover - fast defines both
-            raise CLIError(f"the 'fast' package has no {attr}; cannot train with backend {name!r}")
+    status = fast.backends()  # {name: (available, reason)}
+    available, reason = status[name]
+    if not available:
+        have = ", ".join(b for b, (ok, _) in status.items() if ok)
+        raise CLIError(f"backend {name!r} is not available here ({reason}); available: {have}")
     return (functools.partial(fast.selective_scan, backend=name),
             functools.partial(fast.selective_scan_backward, backend=name))
-
-
-def _available_backends(fast):
-    """``fast.backends()`` as a list of names or a dict name -> status."""
-    got = fast.backends()
-    return got if isinstance(got, dict) else list(got)
-
-
-def _status(available, name):
-    """``(usable, note)`` of backend ``name`` from the answer of ``fast.backends()``.
-
-    Accepts a list of usable names, or a dict whose values are a bool, a
-    ``(bool, note)`` pair, or a note string ("ok"/"available" meaning usable).
-    """
-    if not isinstance(available, dict):
-        return (True, "") if name in available else (False, "not in fast.backends()")
-    if name not in available:
-        return False, "not in fast.backends()"
-    status = available[name]
-    if isinstance(status, (tuple, list)) and status:
-        return bool(status[0]), " ".join(str(s) for s in status[1:]).strip()
-    if isinstance(status, str):
-        return status.strip().lower() in ("ok", "available"), status
-    return bool(status), ""
 
 
 def _parse_options(items, flag):
@@ -245,7 +198,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # -- train -------------------------------------------------------------
-    models = _model_names()
+    models = tuple(MODELS)
     scans = _scan_names()
     tr = sub.add_parser(
         "train", help="train a tiny vision model and write metrics.json, curves.png, checkpoint.npz",
@@ -309,26 +262,28 @@ def build_parser():
 
     # -- bench -------------------------------------------------------------
     be = sub.add_parser(
-        "bench", help="run the benchmarks (benchmarks/bench_scan.py, bench_train.py)",
-        description="Run a benchmark script of benchmarks/: the selective scan "
-                    "(bench_scan.py, the default) or one training step of the tiny vision "
-                    "models per backend (bench_train.py). Every argument after 'bench' except "
-                    "--suite is passed to the script unchanged, and a lone -h/--help shows "
-                    "this text; reach a script's own help with 'ssm-ref bench -- --help' or "
+        "bench", help="run the benchmarks (fast.bench.scan, fast.bench.train)",
+        description="Run a benchmark of the installed package: the selective scan "
+                    "(fast.bench.scan, the default) or one training step of the tiny vision "
+                    "models per backend (fast.bench.train). Results go to "
+                    "benchmarks/results under the current directory unless --out says "
+                    "otherwise. Every argument after 'bench' except --suite is passed to the "
+                    "benchmark unchanged, and a lone -h/--help shows this text; reach a "
+                    "benchmark's own help with 'ssm-ref bench -- --help' or "
                     "'ssm-ref bench --suite train --help'.")
-    be.add_argument("--suite", choices=tuple(_BENCH_SCRIPTS) + ("all",), default="scan",
-                    help="which benchmark: scan (bench_scan.py), train (bench_train.py), or "
-                         "all (both in turn, each given the same ARGS, so use only the options "
-                         "they share: --quick, --repeats, --out, --no-plot); it must come "
-                         "before a '--'")
+    be.add_argument("--suite", choices=tuple(SUITES) + ("all",), default="scan",
+                    help="which benchmark: scan (fast.bench.scan), train (fast.bench.train), "
+                         "or all (both in turn, each given the same ARGS, so use only the "
+                         "options they share: --quick, --repeats, --out, --no-plot); it must "
+                         "come before a '--'")
     be.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
-                    help="arguments for the benchmark script")
+                    help="arguments for the benchmark")
 
     # -- backends ----------------------------------------------------------
     sub.add_parser(
         "backends", help="list the selective-scan backends and whether each works here",
-        description="List the selective-scan backends (ref, numba, cuda) and whether each is "
-                    "available on this machine (from fast.backends()).")
+        description="List the selective-scan backends (ref, numba, cuda), whether each is "
+                    "available on this machine and why (fast.backends()).")
     return parser
 
 
@@ -337,11 +292,9 @@ def build_parser():
 # ---------------------------------------------------------------------------
 
 def _build_model(name, **kwargs):
-    """``ssm_ref.vision.models.build_model(name, **kwargs)`` (a seam for tests)."""
-    from .vision import models  # noqa: PLC0415
-    if not hasattr(models, "build_model"):
-        raise CLIError("ssm_ref.vision.models has no build_model yet; cannot train")
-    return models.build_model(name, **kwargs)
+    """``ssm_ref.vision.build_model(name, **kwargs)`` (a seam for tests)."""
+    from .vision import build_model  # noqa: PLC0415
+    return build_model(name, **kwargs)
 
 
 def _cmd_train(args):
@@ -416,7 +369,6 @@ _SCAN_KEYWORD = {"vim": "scan", "vmamba": "directions", "localmamba": "direction
 
 
 def _scan_keyword(model, scan):
-    from .vision.multi import SCHEMES  # noqa: PLC0415
     key = _SCAN_KEYWORD.get(model)
     if key is None:
         raise CLIError(f"model {model!r} has no choice of scan order; --scan works with "
@@ -473,19 +425,11 @@ def _to_gpu(model):
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-#: ``ssm-ref bench --suite NAME``: the script of each suite, in benchmarks/.
-_BENCH_SCRIPTS = {"scan": "bench_scan.py", "train": "bench_train.py"}
-
-
-def _bench_script(suite="scan"):
-    return Path(__file__).resolve().parents[1] / "benchmarks" / _BENCH_SCRIPTS[suite]
-
-
 def _split_suite(argv):
     """``(suite, rest)``: take ``--suite NAME`` / ``--suite=NAME`` from the arguments before
-    a ``--``; everything else (the ``--`` dropped) goes to the script unchanged."""
+    a ``--``; everything else (the ``--`` dropped) goes to the benchmark unchanged."""
     suite, rest, i = "scan", [], 0
-    choices = (*_BENCH_SCRIPTS, "all")
+    choices = (*SUITES, "all")
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
@@ -507,53 +451,35 @@ def _split_suite(argv):
     return suite, rest
 
 
+def _bench_main(suite):
+    """The ``main(argv, prog)`` of a benchmark suite's module (a seam for tests)."""
+    return importlib.import_module(SUITES[suite]).main
+
+
 def _cmd_bench(args):
     suite, rest = _split_suite(list(args.bench_args))
     status = 0
-    for name in (_BENCH_SCRIPTS if suite == "all" else (suite,)):
-        status = _run_bench_script(_bench_script(name), rest)
+    for name in (SUITES if suite == "all" else (suite,)):
+        status = _run_bench(_bench_main(name), rest, prog=f"ssm-ref bench --suite {name}")
         if status != 0:  # the first failure stops 'all'
             break
     return status
 
 
-def _run_bench_script(script, rest):
-    if not script.exists():
-        raise CLIError(f"the benchmark script {script} is not there (it ships with the source "
-                       "repository, not with an installed wheel)")
-    saved = sys.argv
-    sys.argv = [str(script), *rest]
+def _run_bench(bench_main, rest, prog):
+    """Run one benchmark; its exit status (0, or what its SystemExit says: 0 after --help,
+    2 after a bad option, which argparse has already reported)."""
     try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:  # the benchmark's own exit status
+        bench_main(rest, prog=prog)
+    except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved
     return 0
 
 
 def _cmd_backends(args):
-    rows = [("ref", "available", "ssm_ref.selective_scan (NumPy reference)")]
-    try:
-        import fast  # noqa: PLC0415
-        available = _available_backends(fast)
-        error = None
-    except Exception as exc:  # noqa: BLE001 - shown to the user
-        available, error = [], f"the 'fast' package is not usable: {type(exc).__name__}: {exc}"
-    names = [b for b in BACKENDS if b != "ref"]
-    names += [b for b in available if b not in BACKENDS]  # e.g. "auto", if fast has it
-    for b in names:
-        if error is not None:
-            rows.append((b, "unavailable", error))
-            continue
-        ok, note = _status(available, b)
-        if ok:
-            rows.append((b, "available", note or f"fast.selective_scan(..., backend={b!r})"))
-        else:
-            rows.append((b, "unavailable", note))
-    for name, status, note in rows:
-        print(f"{name:<8}{status:<13}{note}")
+    for name, (available, reason) in fast.backends().items():
+        print(f"{name:<8}{'available' if available else 'unavailable':<13}{reason}")
     return 0
 
 
@@ -574,8 +500,8 @@ def main(argv=None):
     Examples
     --------
     >>> main(["backends"])  # doctest: +ELLIPSIS
-    ref     available    ssm_ref.selective_scan (NumPy reference)
-    ...
+    ref     available    ...
+    numba   available    ...
     0
     """
     parser = build_parser()

@@ -1,4 +1,5 @@
-"""The benchmark scripts run and write a well-formed result (their --quick mode).
+"""The benchmarks (fast.bench.scan, fast.bench.train) run and write a well-formed result
+(their --quick mode).
 
 These are smoke tests of the measuring code, not timed tests: they assert no
 speed target.  They check what must hold on any machine: every rate is
@@ -9,7 +10,6 @@ and the result file names the machine and the load it was measured under.
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -17,21 +17,15 @@ import math
 import numpy as np
 import pytest
 
-from conftest import ROOT, real_gpu_available
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import real_gpu_available
+from fast.bench import scan as bench_scan
+from fast.bench import train as bench_train
 
 
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
-    bench = _load("bench_scan")
     out = tmp_path_factory.mktemp("bench")
-    bench.main(["--quick", "--no-plot", "--out", str(out)])
+    bench_scan.main(["--quick", "--no-plot", "--out", str(out)])
     return json.loads((out / "scan_cpu_quick.json").read_text())
 
 
@@ -55,10 +49,10 @@ def test_rates_are_positive_and_below_the_machine_limit(quick_result):
 
 
 
-# --------------------------------------------------------------------------- bench_train.py
+# --------------------------------------------------------------------------- fast.bench.train
 @pytest.fixture(scope="module")
 def train_module():
-    return _load("bench_train")
+    return bench_train
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ backend selection, the bench pass-through, determinism with the seed.
 
 Training through ``main`` uses the ``TinyMLP`` of test_train (patched in as the model
 builder) so that the command line is tested apart from the vision models; one test runs the
-real models at micro size when ``ssm_ref.vision.models.build_model`` exists.
+real models at micro size.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 
 from test_train import TinyConfig, TinyMLP
 
+import fast
 import ssm_ref
 from ssm_ref import cli
 
@@ -149,19 +150,20 @@ def test_model_build_errors_are_one_line(monkeypatch, capsys, tmp_path):
 # --------------------------------------------------------------------------- backends
 @pytest.fixture
 def fake_fast(monkeypatch):
-    """Install a stand-in ``fast`` module whose backends() answer is chosen by the test."""
-    mod = types.ModuleType("fast")
-    mod.available = ["numba"]
-    mod.backends = lambda: mod.available
-    mod.selective_scan = lambda *a, **k: ("fwd", k)
-    mod.selective_scan_backward = lambda *a, **k: ("bwd", k)
-    monkeypatch.setitem(sys.modules, "fast", mod)
-    return mod
+    """``fast.backends()`` gives ``answer`` (chosen by the test, in the one shape fast
+    returns: {name: (available, reason)}); fast's scan functions are stand-ins."""
+    answer = {"ref": (True, "NumPy reference"), "numba": (True, "Numba on the CPU"),
+              "cuda": (False, "no CUDA GPU here")}
+    monkeypatch.setattr(fast, "backends", lambda: dict(answer))
+    monkeypatch.setattr(fast, "selective_scan", lambda *a, **k: ("fwd", k))
+    monkeypatch.setattr(fast, "selective_scan_backward", lambda *a, **k: ("bwd", k))
+    return types.SimpleNamespace(answer=answer, module=fast)
 
 
 def test_resolve_backend_selects_fast_with_partial(fake_fast):
     fwd, bwd = cli.resolve_backend("numba")
-    assert isinstance(fwd, functools.partial) and fwd.func is fake_fast.selective_scan
+    assert isinstance(fwd, functools.partial) and fwd.func is fake_fast.module.selective_scan
+    assert bwd.func is fake_fast.module.selective_scan_backward
     assert fwd.keywords == {"backend": "numba"} and bwd.keywords == {"backend": "numba"}
     assert cli.resolve_backend("ref") == (ssm_ref.selective_scan, ssm_ref.selective_scan_backward)
 
@@ -170,13 +172,14 @@ def test_unavailable_backend_is_one_clear_line(fake_fast, built, capsys, tmp_pat
     rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert "'cuda' is not available here" in err[0] and "available: ref, numba" in err[0]
+    assert "'cuda' is not available here (no CUDA GPU here)" in err[0]
+    assert "available: ref, numba" in err[0]
     assert built == []  # nothing was built or trained
 
 
 def test_cuda_backend_refuses_a_model_that_stays_on_the_host(fake_fast, built, monkeypatch,
                                                               capsys, tmp_path):
-    fake_fast.available = ["numba", "cuda"]
+    fake_fast.answer["cuda"] = (True, "a GPU")
     monkeypatch.setattr("numba.core.config.ENABLE_CUDASIM", False)
     fake_cupy = types.ModuleType("cupy")
     fake_cupy.asarray = np.asarray  # a "GPU" whose arrays are NumPy arrays: still on the host
@@ -189,7 +192,7 @@ def test_cuda_backend_refuses_a_model_that_stays_on_the_host(fake_fast, built, m
 
 def test_cuda_backend_without_cupy_is_one_clear_line(fake_fast, built, monkeypatch, capsys,
                                                      tmp_path):
-    fake_fast.available = ["numba", "cuda"]
+    fake_fast.answer["cuda"] = (True, "a GPU")
     monkeypatch.setattr("numba.core.config.ENABLE_CUDASIM", False)
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
     rc = cli.main(["train", "--backend", "cuda", "--out", str(tmp_path), "--no-progress"])
@@ -197,24 +200,24 @@ def test_cuda_backend_without_cupy_is_one_clear_line(fake_fast, built, monkeypat
     assert rc == 2 and len(err) == 1 and "needs CuPy" in err[0]
 
 
-def test_backend_status_dict_with_reason(fake_fast, capsys):
-    fake_fast.available = {"numba": True, "cuda": "no CUDA driver found"}
-    with pytest.raises(cli.CLIError, match="no CUDA driver found"):
-        cli.resolve_backend("cuda")
-    assert cli.main(["backends"]) == 0
-    out = capsys.readouterr().out
-    assert "numba   available" in out and "cuda    unavailable  no CUDA driver found" in out
-
-
 def test_backend_status_pairs_as_fast_reports_them(fake_fast, capsys):
-    fake_fast.available = {"ref": (True, "NumPy"), "numba": (True, "Numba on 2 threads"),
-                           "cuda": (False, "no usable CUDA GPU")}
+    fake_fast.answer.update({"ref": (True, "NumPy"), "numba": (True, "Numba on 2 threads"),
+                             "cuda": (False, "no usable CUDA GPU")})
     with pytest.raises(cli.CLIError, match=r"'cuda' is not available here \(no usable CUDA GPU\); "
                                            "available: ref, numba"):
         cli.resolve_backend("cuda")
     assert cli.resolve_backend("numba")[0].keywords == {"backend": "numba"}
     assert cli.main(["backends"]) == 0
-    assert "numba   available    Numba on 2 threads" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [
+        "ref     available    NumPy", "numba   available    Numba on 2 threads",
+        "cuda    unavailable  no usable CUDA GPU"]
+
+
+def test_unavailable_numba_is_refused_with_fast_reason(fake_fast):
+    fake_fast.answer["numba"] = (False, "fast.numba_cpu cannot be imported: ImportError: x")
+    with pytest.raises(cli.CLIError, match=r"'numba' is not available here \(fast.numba_cpu "
+                                           r"cannot be imported: ImportError: x\); available: ref$"):
+        cli.resolve_backend("numba")
 
 
 def test_backends_lists_all_three(fake_fast, capsys):
@@ -222,6 +225,19 @@ def test_backends_lists_all_three(fake_fast, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[:2] for ln in lines] == [["ref", "available"], ["numba", "available"],
                                                 ["cuda", "unavailable"]]
+
+
+def test_backends_listing_is_fast_backends(capsys):
+    """The real registry: one line per backend of fast.backends(), in its order, with its
+    availability and reason word for word."""
+    assert cli.BACKENDS is fast.BACKENDS  # one list of names, fast's
+    assert cli.main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    want = fast.backends()
+    assert [ln.split()[0] for ln in lines] == list(want) == list(fast.BACKENDS)
+    for line, (name, (available, reason)) in zip(lines, want.items()):
+        status = "available" if available else "unavailable"
+        assert line == f"{name:<8}{status:<13}{reason}"
 
 
 # --------------------------------------------------------------------------- help
@@ -237,61 +253,64 @@ def test_help_explains_every_option(command, capsys):
 
 
 # --------------------------------------------------------------------------- bench
-def test_bench_passes_arguments_and_exit_status(monkeypatch, tmp_path):
-    script = tmp_path / "bench_scan.py"
-    record = tmp_path / "argv.json"
-    script.write_text("import json, sys\n"
-                      f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
-                      "sys.exit(3)\n")
-    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": script)
-    assert cli.main(["bench", "--", "--help", "--L", "64"]) == 3
-    assert json.loads(record.read_text()) == ["--help", "--L", "64"]
-    assert cli.main(["bench", "--quick"]) == 3
-    assert json.loads(record.read_text()) == ["--quick"]
+def _fake_bench_mains(monkeypatch, status=0):
+    """Stand-ins for the suites' ``main(argv, prog)`` that log ``[suite, argv, prog]`` and
+    exit with ``status`` (as argparse does after --help or a bad option)."""
+    log = []
 
-
-def _fake_bench_scripts(monkeypatch, tmp_path, status=0):
-    """bench_scan.py / bench_train.py stand-ins that append (script, argv) to a log."""
-    log = tmp_path / "log.jsonl"
-    scripts = {}
-    for suite in ("scan", "train"):
-        scripts[suite] = tmp_path / f"bench_{suite}.py"
-        scripts[suite].write_text(
-            "import json, sys\n"
-            f"open({str(log)!r}, 'a').write(json.dumps([{suite!r}, sys.argv[1:]]) + '\\n')\n"
-            f"sys.exit({status})\n")
-    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": scripts[suite])
+    def make(suite):
+        def main(argv, prog):
+            log.append([suite, list(argv), prog])
+            if status:
+                raise SystemExit(status)
+        return main
+    monkeypatch.setattr(cli, "_bench_main", make)
 
     def calls():
-        lines = log.read_text().splitlines() if log.exists() else []
-        log.unlink(missing_ok=True)
-        return [json.loads(line) for line in lines]
+        got = [entry[:2] for entry in log]
+        log.clear()
+        return got
+    calls.log = log
     return calls
 
 
-def test_bench_suite_chooses_the_script(monkeypatch, tmp_path):
-    calls = _fake_bench_scripts(monkeypatch, tmp_path)
+def test_bench_passes_arguments_and_exit_status(monkeypatch):
+    calls = _fake_bench_mains(monkeypatch, status=3)
+    assert cli.main(["bench", "--", "--help", "--L", "64"]) == 3
+    assert calls() == [["scan", ["--help", "--L", "64"]]]
+    assert cli.main(["bench", "--quick"]) == 3
+    assert calls() == [["scan", ["--quick"]]]
+
+
+def test_bench_names_the_command_in_the_benchmark_help(monkeypatch):
+    calls = _fake_bench_mains(monkeypatch)
+    assert cli.main(["bench", "--suite", "train", "--quick"]) == 0
+    assert calls.log[0][2] == "ssm-ref bench --suite train"
+
+
+def test_bench_suite_chooses_the_module(monkeypatch):
+    calls = _fake_bench_mains(monkeypatch)
     assert cli.main(["bench", "--quick"]) == 0
-    assert calls() == [["scan", ["--quick"]]]  # the default suite: today's behaviour
+    assert calls() == [["scan", ["--quick"]]]  # the default suite
     assert cli.main(["bench", "--suite", "train", "--quick", "--img", "0"]) == 0
     assert calls() == [["train", ["--quick", "--img", "0"]]]
     assert cli.main(["bench", "--quick", "--suite=train", "--", "--suite", "x"]) == 0
-    assert calls() == [["train", ["--quick", "--suite", "x"]]]  # after "--": the script's
+    assert calls() == [["train", ["--quick", "--suite", "x"]]]  # after "--": the benchmark's
     assert cli.main(["bench", "--suite", "train", "--help"]) == 0
-    assert calls() == [["train", ["--help"]]]  # the script's own help
+    assert calls() == [["train", ["--help"]]]  # the benchmark's own help
     assert cli.main(["bench", "--suite", "all", "--quick"]) == 0
     assert calls() == [["scan", ["--quick"]], ["train", ["--quick"]]]
 
 
-def test_bench_suite_all_stops_at_the_first_failure(monkeypatch, tmp_path):
-    calls = _fake_bench_scripts(monkeypatch, tmp_path, status=4)
+def test_bench_suite_all_stops_at_the_first_failure(monkeypatch):
+    calls = _fake_bench_mains(monkeypatch, status=4)
     assert cli.main(["bench", "--suite", "all"]) == 4
     assert calls() == [["scan", []]]
 
 
 @pytest.mark.parametrize("argv", [["--suite", "nope"], ["--suite"], ["--suite="]])
-def test_bench_bad_suite_is_one_line(argv, monkeypatch, tmp_path, capsys):
-    calls = _fake_bench_scripts(monkeypatch, tmp_path)
+def test_bench_bad_suite_is_one_line(argv, monkeypatch, capsys):
+    calls = _fake_bench_mains(monkeypatch)
     assert cli.main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssm-ref bench: error: --suite"), err
@@ -301,19 +320,28 @@ def test_bench_bad_suite_is_one_line(argv, monkeypatch, tmp_path, capsys):
 def test_bench_help_names_the_suites(capsys):
     assert cli.main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--suite" in out and "bench_train.py" in out and "bench_scan.py" in out
+    assert "--suite" in out and "fast.bench.train" in out and "fast.bench.scan" in out
 
 
-def test_bench_suites_are_real_scripts():
-    for suite in ("scan", "train"):
-        assert cli._bench_script(suite).is_file(), suite
+def test_bench_suites_are_modules_of_the_package():
+    from fast import bench
+    from fast.bench import scan, train
+    assert bench.SUITES == {"scan": "fast.bench.scan", "train": "fast.bench.train"}
+    assert cli._bench_main("scan") is scan.main and cli._bench_main("train") is train.main
 
 
-def test_bench_missing_script_is_one_line(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_bench_script", lambda suite="scan": tmp_path / "nope.py")
-    assert cli.main(["bench"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nope.py" in err[0]
+@pytest.mark.parametrize("suite", ["scan", "train"])
+def test_bench_help_of_the_real_benchmark(suite, capsys):
+    assert cli.main(["bench", "--suite", suite, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ssm-ref bench --suite {suite} ")
+    assert "--quick" in out and "--out" in out
+
+
+def test_bench_bad_option_of_the_real_benchmark_is_status_2(capsys):
+    assert cli.main(["bench", "--suite", "scan", "--repeats", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "ssm-ref bench --suite scan: error: argument --repeats" in err
 
 
 # --------------------------------------------------------------------------- subprocess
@@ -321,6 +349,20 @@ def _run(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "ssm_ref.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_bench_runs_outside_the_repository(tmp_path):
+    """From a directory that is not the checkout, the benchmark runs (it is a module of the
+    package, not a file of the repository) and writes under that directory."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "ssm_ref.cli", "bench", "--suite", "train",
+                          "--quick", "--no-plot", "--batch", "8", "--img", "0", "--models", "vim"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "benchmarks" / "results" / "train_cpu_quick.json").read_text())
+    assert result["quick"] is True and result["settings"]["models"] == ["vim"]
+    assert {r["backend"] for r in result["cpu"]["rows"]} >= {"ref", "numba", "floor"}
+    assert "wrote benchmarks/results/train_cpu_quick.json" in res.stdout
 
 
 def test_module_entry_point_help_and_error():
@@ -334,15 +376,6 @@ def test_module_entry_point_help_and_error():
     assert listed.returncode == 0 and listed.stdout.startswith("ref")
 
 
-def _has_models():
-    try:
-        from ssm_ref.vision import models
-    except Exception:  # noqa: BLE001
-        return False
-    return hasattr(models, "build_model")
-
-
-@pytest.mark.skipif(not _has_models(), reason="ssm_ref.vision.models.build_model not available yet")
 def test_module_entry_point_trains_a_micro_vim(tmp_path):
     res = _run("train", "--model", "vim", "--dataset", "digits", "--epochs", "1",
                "--data-opt", "test_fraction=0.9", "--no-progress", "--no-plot",

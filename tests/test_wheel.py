@@ -8,7 +8,8 @@ a ``.pth`` file holding only this environment's site-packages path (never this
 project's editable-install hook, which would find a module the wheel lacks in
 the source tree).  Run from a scratch directory with no ``PYTHONPATH``, every
 module of ``ssm_ref`` and ``fast`` that is in the source tree must import, and
-from the new environment; then its ``ssm-ref`` console script runs.
+from the new environment; then its ``ssm-ref`` console script runs, the benchmarks'
+help included (they are modules of the package, not files of the checkout).
 """
 from __future__ import annotations
 
@@ -131,3 +132,6 @@ def test_console_script_runs_from_the_new_environment(venv, tmp_path):
     assert "train" in res.stdout and "bench" in res.stdout and "backends" in res.stdout
     res = _run([script, "backends"], cwd=tmp_path)
     assert res.stdout.startswith("ref") and "numba" in res.stdout
+    for suite in ("scan", "train"):  # the benchmarks are modules of the installed package
+        res = _run([script, "bench", "--suite", suite, "--help"], cwd=tmp_path)
+        assert res.stdout.startswith(f"usage: ssm-ref bench --suite {suite} ")

@@ -1,0 +1,520 @@
+"""Benchmark the selective scan: reference vs Numba CPU (vs CUDA when a GPU is present).
+
+Usage::
+
+    python -m fast.bench.scan            # full run (a few minutes on 2 cores)
+    python -m fast.bench.scan --quick    # smaller sweep (under a minute)
+    ssm-ref bench --suite scan --quick   # the same through the command line
+
+Prints tables and writes ``scan_<device>.json`` and PNG plots into ``--out``
+(default ``benchmarks/results`` under the current directory: the committed
+results when run from the repository's root).
+
+What is measured (medians over ``--repeats`` runs after one warm-up call):
+
+* the headline case of the fast-path issue: B=1, D=1536, L=1024, N=16,
+  float32, variable B and C, with D, z, delta_bias and softplus; forward and
+  backward, in G state updates per second (B·D·L·N / time);
+* a plain Numba loop (``math.exp``, no vector exp) on the same case: the
+  exp-bound baseline;
+* the machine's limit on the same threads: a kernel doing only what cannot
+  be avoided per state update, one vectorized exp and one FMA
+  (``y = exp(s x) y + x``, in L1 cache), over the same element count;
+* a sweep over L (256 ... 65536) and N (16, 64) at B=1, D=256;
+* the reference (NumPy, float64 inside) is slow: it is timed at the sizes
+  stated in the output (fewer channels, shorter L) and compared per state
+  update, which is fair because its cost is linear in B·D·L·N;
+* linear scaling: the scan's forward time against NumPy softmax attention
+  of the same width (single head, d = D) as L grows, up to the largest L
+  whose L x L float32 score matrix fits in ``--attention-gb``;
+* on a real GPU (CuPy + the ``cuda`` backend available, not the simulator):
+  the CUDA scan, a naive CuPy loop over time, and the GPU limit (bytes that
+  must move / measured device-to-device copy bandwidth).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+import fast
+import ssm_ref
+from fast import numba_cpu
+from fast._fastexp import fast_exp_clamped
+from fast.numba_cpu import _njit_noalias  # the kernels' decorator
+
+#: where results go by default: relative to the current directory, so that a run from the
+#: repository's root updates the committed files and a run elsewhere writes next to it
+RESULTS = Path("benchmarks") / "results"
+HEADLINE = dict(batch=1, dim=1536, length=1024, dstate=16)
+
+
+# ---------------------------------------------------------------------------
+# inputs and timing
+# ---------------------------------------------------------------------------
+
+def make_inputs(batch, dim, length, dstate, dtype=np.float32, seed=0):
+    """The headline form: variable B and C, with D, z, delta_bias, softplus (Mamba's use)."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        u=rng.standard_normal((batch, dim, length)).astype(dtype),
+        delta=(rng.standard_normal((batch, dim, length)) - 1.0).astype(dtype),
+        A=(-np.tile(np.arange(1, dstate + 1), (dim, 1))).astype(dtype),  # Mamba's A = -(1..N)
+        B=rng.standard_normal((batch, dstate, length)).astype(dtype),
+        C=rng.standard_normal((batch, dstate, length)).astype(dtype),
+        D=np.ones(dim, dtype),
+        z=rng.standard_normal((batch, dim, length)).astype(dtype),
+        delta_bias=rng.uniform(-4.0, -2.0, dim).astype(dtype),  # softplus^-1 of dt in [1e-3, 1e-1]
+        delta_softplus=True,
+    )
+
+
+def median_time(fn, repeats, sync=None):
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def updates(batch, dim, length, dstate):
+    return batch * dim * length * dstate
+
+
+# ---------------------------------------------------------------------------
+# the two comparison kernels: plain loop (libm exp) and the machine's limit
+# ---------------------------------------------------------------------------
+
+@njit(parallel=True, fastmath=True, error_model="numpy", cache=True)
+def plain_numba_forward(u, delta, A, Bm, Cm, Dv, z, bias):
+    """The obvious Numba scan (math.exp, loops in the reference's order): the baseline."""
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    out = np.empty_like(u)
+    for row in prange(nb * nd):
+        b, d = row // nd, row % nd
+        h = np.zeros(N, u.dtype)
+        for t in range(L):
+            dt = delta[b, d, t] + bias[d]
+            dt = dt if dt > 20 else math.log1p(math.exp(dt))
+            y = u.dtype.type(0)
+            for n in range(N):
+                h[n] = math.exp(dt * A[d, n]) * h[n] + dt * Bm[b, n, t] * u[b, d, t]
+                y += h[n] * Cm[b, n, t]
+            zz = z[b, d, t]
+            out[b, d, t] = (y + Dv[d] * u[b, d, t]) * zz / (1 + math.exp(-zz))
+    return out
+
+
+_LIMIT_BLOCK = 4096  # elements per pass: 16 KiB of float32, stays in L1
+
+
+@_njit_noalias(parallel=True, fastmath=numba_cpu._FMK, error_model="numpy", cache=True)
+def machine_limit_kernel(x, passes, out, nchunks):
+    """Only what every state update needs: one vectorized exp and one FMA per element.
+
+    Each thread runs ``passes`` times over its own block of ``x``,
+    ``y = exp(s x) * y + x`` with a scale ``s`` that changes every pass (so
+    nothing can be hoisted), all in L1 cache: no loads of B or C, no dot
+    product, no recurrence.  An upper bound for the scan's inner loop.
+    """
+    n = x.shape[1]
+    y_s = np.zeros((nchunks, n), x.dtype)
+    for c in prange(nchunks):
+        y = y_s[c]
+        xc = x[c]
+        for p in range(passes):
+            scale = x.dtype.type(1.0 - 1e-7 * p)
+            for i in range(n):
+                y[i] = fast_exp_clamped(scale * xc[i]) * y[i] + xc[i]
+        out[c] = y[0]
+
+
+def machine_limit(total_updates, repeats, dtype=np.float32):
+    """G elements/s of :func:`machine_limit_kernel` over ``total_updates`` elements."""
+    nchunks = numba.get_num_threads()
+    passes = max(1, total_updates // (_LIMIT_BLOCK * nchunks))
+    x = -np.random.default_rng(3).uniform(0.0, 10.0, (nchunks, _LIMIT_BLOCK)).astype(dtype)
+    out = np.empty(nchunks, dtype)
+    t = median_time(lambda: machine_limit_kernel(x, passes, out, nchunks), repeats)
+    return nchunks * passes * _LIMIT_BLOCK / t / 1e9
+
+
+# ---------------------------------------------------------------------------
+# softmax attention of the same width (NumPy, float32)
+# ---------------------------------------------------------------------------
+
+def attention(x, Wq, Wk, Wv):
+    """Single-head causal softmax attention, y = softmax(Q K^T / sqrt(d)) V: O(L^2 d)."""
+    q, k, v = x @ Wq, x @ Wk, x @ Wv  # (L, d)
+    s = (q @ k.T) * np.float32(1.0 / math.sqrt(x.shape[1]))  # (L, L)
+    s[np.triu_indices_from(s, 1)] = -np.inf  # causal
+    s -= s.max(axis=1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=1, keepdims=True)
+    return s @ v  # (L, d)
+
+
+# ---------------------------------------------------------------------------
+# machine description
+# ---------------------------------------------------------------------------
+
+def machine_info():
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = line.split(":", 1)[1].split()
+                    flags = " ".join(x for x in ("avx2", "fma", "avx512f") if x in have)
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "simd": flags, "cores": os.cpu_count(),
+            "numba_threads": numba.get_num_threads(), "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__,
+            "load_average_start": list(os.getloadavg()),
+            "niceness": os.nice(0)}  # < 0: run with priority over other processes
+
+
+# ---------------------------------------------------------------------------
+# the parts of the run
+# ---------------------------------------------------------------------------
+
+def run_headline(repeats, ref_dim_backward, limit):
+    s = HEADLINE
+    n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+    kw = make_inputs(**s)
+    dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
+    t_fwd = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
+    t_bwd = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+    threads = numba.get_num_threads()  # the same kernels on one thread: the per-core rate
+    numba.set_num_threads(1)
+    try:
+        t_fwd_1 = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
+        t_bwd_1 = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+    finally:
+        numba.set_num_threads(threads)
+    t_plain = median_time(lambda: plain_numba_forward(
+        kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"], kw["delta_bias"]),
+        repeats)
+    # the reference: forward at the full size, backward (O(B D L N) memory) on fewer channels
+    t_ref_fwd = median_time(lambda: ssm_ref.selective_scan(**kw), max(1, repeats // 3))
+    kw_small = make_inputs(s["batch"], ref_dim_backward, s["length"], s["dstate"])
+    dout_small = dout[:, :ref_dim_backward]
+    t_ref_bwd_small = median_time(
+        lambda: ssm_ref.selective_scan_backward(dout_small, **kw_small), max(1, repeats // 3))
+    n_small = updates(s["batch"], ref_dim_backward, s["length"], s["dstate"])
+    rate_ref_bwd = n_small / t_ref_bwd_small / 1e9
+    g = lambda t: n_up / t / 1e9  # noqa: E731
+    return {
+        "sizes": dict(s, dtype="float32", B_C="variable", options="D, z, delta_bias, softplus"),
+        "state_updates": n_up,
+        "numba_forward_s": t_fwd, "numba_forward_G_per_s": g(t_fwd),
+        "numba_backward_s": t_bwd, "numba_backward_G_per_s": g(t_bwd),
+        "backward_over_forward": t_bwd / t_fwd,
+        "numba_forward_1_thread_G_per_s": g(t_fwd_1),
+        "numba_backward_1_thread_G_per_s": g(t_bwd_1),
+        "backward_over_forward_1_thread": t_bwd_1 / t_fwd_1,
+        "plain_numba_forward_s": t_plain, "plain_numba_forward_G_per_s": g(t_plain),
+        "ref_forward_s": t_ref_fwd, "ref_forward_G_per_s": g(t_ref_fwd),
+        "ref_backward_measured_at_D": ref_dim_backward,
+        "ref_backward_G_per_s": rate_ref_bwd,
+        "ref_backward_s_extrapolated": n_up / (rate_ref_bwd * 1e9),
+        "speedup_forward_vs_ref": t_ref_fwd / t_fwd,
+        "speedup_backward_vs_ref": g(t_bwd) / rate_ref_bwd,
+        "speedup_forward_vs_plain_numba": t_plain / t_fwd,
+        "machine_limit_G_per_s": limit,
+        "forward_fraction_of_limit": g(t_fwd) / limit,
+        "backward_fraction_of_limit": g(t_bwd) / limit,
+    }
+
+
+def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
+    rows = []
+    for dstate in dstates:
+        ref_rate = None
+        for length in lengths:
+            kw = make_inputs(1, dim, length, dstate)
+            dout = np.ones_like(kw["u"])
+            n_up = updates(1, dim, length, dstate)
+            t_fwd = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
+            t_bwd = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+            row = {"N": dstate, "L": length, "D": dim, "B": 1, "state_updates": n_up,
+                   "numba_forward_s": t_fwd, "numba_forward_G_per_s": n_up / t_fwd / 1e9,
+                   "numba_backward_s": t_bwd, "numba_backward_G_per_s": n_up / t_bwd / 1e9,
+                   "ref_measured": False}
+            if length <= ref_max_length:
+                kw_ref = make_inputs(1, ref_dim, length, dstate)
+                t_ref = median_time(lambda: ssm_ref.selective_scan(**kw_ref), 1)
+                ref_rate = updates(1, ref_dim, length, dstate) / t_ref / 1e9
+                row.update(ref_measured=True, ref_D=ref_dim, ref_forward_s=t_ref)
+            row["ref_forward_G_per_s"] = ref_rate  # measured, or the last measured rate
+            row["speedup_forward_vs_ref"] = row["numba_forward_G_per_s"] / ref_rate
+            rows.append(row)
+            print(f"  N={dstate:3d} L={length:6d}: fwd {row['numba_forward_G_per_s']:.2f} G/s, "
+                  f"bwd {row['numba_backward_G_per_s']:.2f} G/s, x{row['speedup_forward_vs_ref']:.0f} "
+                  f"vs ref{'' if row['ref_measured'] else ' (ref rate from a shorter L)'}",
+                  flush=True)
+    return rows
+
+
+def run_attention(lengths, dim, dstate, repeats, max_gb):
+    """Forward time of the scan and of softmax attention of the same width, against L.
+
+    All scan timings come first: OpenBLAS threads keep spinning for a while after
+    a large matrix product and would steal the scan's cores if the two alternated.
+    """
+    rng = np.random.default_rng(2)
+    W = [rng.standard_normal((dim, dim)).astype(np.float32) / math.sqrt(dim) for _ in range(3)]
+    rows = []
+    for length in lengths:
+        kw = make_inputs(1, dim, length, dstate)
+        rows.append({"L": length, "D": dim, "N": dstate,
+                     "scan_forward_s": median_time(lambda: numba_cpu.selective_scan(**kw),
+                                                   repeats),
+                     "attention_forward_s": None})
+    for row in rows:
+        length = row["L"]
+        score_gb = length * length * 4 / 1e9
+        if score_gb <= max_gb:
+            x = rng.standard_normal((length, dim)).astype(np.float32)
+            row["attention_forward_s"] = median_time(lambda: attention(x, *W),
+                                                     1 if length >= 8192 else repeats)
+        att = row["attention_forward_s"]
+        print(f"  L={length:6d}: scan {row['scan_forward_s'] * 1e3:9.2f} ms   attention "
+              + (f"{att * 1e3:9.2f} ms" if att else f"(L x L scores = {score_gb:.1f} GB > "
+                 f"{max_gb} GB: not run)"), flush=True)
+    return rows
+
+
+def run_gpu(repeats):
+    """CUDA scan, a naive CuPy loop and the copy-bandwidth limit; None without a real GPU."""
+    from numba.core import config
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or config.ENABLE_CUDASIM:
+        return {"skipped": "the CUDA simulator is on; it measures nothing about a GPU"}
+    available, reason = fast.backends()["cuda"]
+    if not available:
+        return {"skipped": f"no CUDA backend here: {reason}"}
+    try:
+        import cupy as cp
+        cp.zeros(1)
+    except Exception as exc:  # CuPy missing or no device
+        return {"skipped": f"CuPy unusable: {type(exc).__name__}: {exc}"}
+    sync = cp.cuda.Device().synchronize
+    s = HEADLINE
+    kw = {k: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
+          for k, v in make_inputs(**s).items()}
+    dout = cp.ones_like(kw["u"])
+    n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+    t_fwd = median_time(lambda: fast.selective_scan(**kw, backend="cuda"), repeats, sync)
+    t_bwd = median_time(lambda: fast.selective_scan_backward(dout, **kw, backend="cuda"),
+                        repeats, sync)
+
+    def naive():  # one CuPy kernel launch per operation per time step
+        dt = kw["delta"] + kw["delta_bias"][None, :, None]
+        dt = cp.where(dt > 20, dt, cp.log1p(cp.exp(dt)))
+        h = cp.zeros((s["batch"], s["dim"], s["dstate"]), cp.float32)
+        ys = []
+        for t in range(s["length"]):
+            h = cp.exp(dt[:, :, t, None] * kw["A"][None]) * h \
+                + (dt[:, :, t] * kw["u"][:, :, t])[:, :, None] * kw["B"][:, None, :, t]
+            ys.append((h * kw["C"][:, None, :, t]).sum(-1))
+        y = cp.stack(ys, -1) + kw["D"][None, :, None] * kw["u"]
+        return y * kw["z"] / (1 + cp.exp(-kw["z"]))
+
+    t_naive = median_time(naive, max(1, repeats // 3), sync)
+    big = cp.empty(256 * 2**20 // 4, cp.float32)
+    dst = cp.empty_like(big)
+    t_copy = median_time(lambda: cp.copyto(dst, big), repeats, sync)
+    bandwidth = 2 * big.nbytes / t_copy  # read + write bytes per second
+    BDL, BNL = s["batch"] * s["dim"] * s["length"], s["batch"] * s["dstate"] * s["length"]
+    fwd_bytes = 4 * (4 * BDL + 2 * BNL)  # read u, delta, z, B, C; write y
+    bwd_bytes = 4 * (5 * BDL + 2 * BNL + 3 * BDL + 2 * BNL)  # + dout; write du, ddelta, dz, dB, dC
+    return {
+        "device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+        "cuda_forward_s": t_fwd, "cuda_forward_G_per_s": n_up / t_fwd / 1e9,
+        "cuda_backward_s": t_bwd, "cuda_backward_G_per_s": n_up / t_bwd / 1e9,
+        "naive_cupy_forward_s": t_naive, "speedup_vs_naive_cupy": t_naive / t_fwd,
+        "copy_bandwidth_GB_per_s": bandwidth / 1e9,
+        "forward_limit_s": fwd_bytes / bandwidth, "backward_limit_s": bwd_bytes / bandwidth,
+        "forward_fraction_of_limit": fwd_bytes / bandwidth / t_fwd,
+        "backward_fraction_of_limit": bwd_bytes / bandwidth / t_bwd,
+    }
+
+
+# ---------------------------------------------------------------------------
+# plots and tables
+# ---------------------------------------------------------------------------
+
+def plot(result, out_dir, tag):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for dstate, marker in ((16, "o"), (64, "s")):
+        rows = [r for r in result["sweep"] if r["N"] == dstate]
+        if not rows:
+            continue
+        L = [r["L"] for r in rows]
+        ax.plot(L, [r["numba_forward_G_per_s"] for r in rows], marker + "-",
+                label=f"numba forward, N={dstate}")
+        ax.plot(L, [r["numba_backward_G_per_s"] for r in rows], marker + "--",
+                label=f"numba backward, N={dstate}")
+        ax.plot(L, [r["ref_forward_G_per_s"] for r in rows], marker + ":", color="gray",
+                label=f"reference forward, N={dstate}")
+    limit = result["headline"]["machine_limit_G_per_s"]
+    ax.axhline(limit, color="k", lw=0.8, label="machine limit (exp + FMA)")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L",
+           ylabel="G state updates / s", title=f"Selective scan throughput ({tag}, B=1, D=256)")
+    ax.set_ylim(top=2.5 * limit)  # keep the limit line clear of the frame
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    fig.tight_layout()
+    paths.append(out_dir / f"throughput_{tag}.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rows = result["attention"]
+    L = np.array([r["L"] for r in rows], float)
+    ax.plot(L, [r["scan_forward_s"] for r in rows], "o-", label="selective scan (numba)")
+    La = [r["L"] for r in rows if r["attention_forward_s"]]
+    ax.plot(La, [r["attention_forward_s"] for r in rows if r["attention_forward_s"]], "s-",
+            label="softmax attention (NumPy)")
+    # guide lines through the largest measured point of each curve
+    ax.plot(L, rows[-1]["scan_forward_s"] * L / L[-1], "k:", lw=0.8, label="slope 1 (linear)")
+    if La:
+        t_last = [r["attention_forward_s"] for r in rows if r["attention_forward_s"]][-1]
+        ax.plot(L, t_last * (L / La[-1]) ** 2, "k--", lw=0.8, label="slope 2 (quadratic)")
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel="forward time (s)",
+           title=f"Linear scan vs quadratic attention (width {rows[0]['D']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / f"scaling_{tag}.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return [shown(p) for p in paths]
+
+
+def shown(path):
+    """``path`` relative to the current directory when it is inside it, else absolute."""
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+
+def print_headline(h, machine):
+    s = h["sizes"]
+    print(f"\nheadline: B={s['batch']} D={s['dim']} L={s['length']} N={s['dstate']} float32, "
+          f"variable B/C, {s['options']}")
+    print(f"{'':28s}{'time (ms)':>12s}{'G upd/s':>10s}{'vs ref':>9s}{'of limit':>10s}")
+    lim = h["machine_limit_G_per_s"]
+    for name, t, g, sp in (
+            ("numba forward", h["numba_forward_s"], h["numba_forward_G_per_s"],
+             h["speedup_forward_vs_ref"]),
+            ("numba backward", h["numba_backward_s"], h["numba_backward_G_per_s"],
+             h["speedup_backward_vs_ref"]),
+            ("plain numba forward (libm)", h["plain_numba_forward_s"],
+             h["plain_numba_forward_G_per_s"], h["ref_forward_s"] / h["plain_numba_forward_s"]),
+            ("reference forward", h["ref_forward_s"], h["ref_forward_G_per_s"], 1.0),
+            (f"reference backward (D={h['ref_backward_measured_at_D']})",
+             h["ref_backward_s_extrapolated"], h["ref_backward_G_per_s"], 1.0)):
+        print(f"{name:28s}{t * 1e3:12.1f}{g:10.3f}{sp:9.0f}x{g / lim:9.0%}")
+    print(f"machine limit (vector exp + FMA, {machine['numba_threads']} threads): {lim:.2f} G/s; "
+          f"backward / forward = {h['backward_over_forward']:.2f}")
+    print(f"on 1 thread: forward {h['numba_forward_1_thread_G_per_s']:.2f} G/s, backward "
+          f"{h['numba_backward_1_thread_G_per_s']:.2f} G/s "
+          f"(backward / forward = {h['backward_over_forward_1_thread']:.2f})")
+
+
+def main(argv=None, prog=None):
+    """Run the benchmark with command-line arguments ``argv`` (``sys.argv[1:]`` when None);
+    ``prog`` names the command in its help and errors.  Returns the result written."""
+    parser = argparse.ArgumentParser(prog=prog or "python -m fast.bench.scan",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sweep and fewer repeats (under a minute)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per measurement (default 7, 3 with --quick)")
+    parser.add_argument("--attention-gb", type=float, default=1.1,
+                        help="largest L x L float32 score matrix for attention, in GB")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for JSON and PNG (default: benchmarks/results under "
+                             "the current directory)")
+    parser.add_argument("--no-plot", action="store_true", help="write JSON only")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    t_start = time.perf_counter()
+    machine = machine_info()
+    print(f"machine: {machine['cpu']} ({machine['simd']}), {machine['cores']} cores, "
+          f"numba {machine['numba']} with {machine['numba_threads']} threads, "
+          f"numpy {machine['numpy']}; load average {machine['load_average_start']}, "
+          f"niceness {machine['niceness']}")
+    s = HEADLINE
+    limit = machine_limit(updates(s["batch"], s["dim"], s["length"], s["dstate"]), repeats)
+    headline = run_headline(repeats, ref_dim_backward=96, limit=limit)
+    print_headline(headline, machine)
+
+    lengths = [256, 1024, 4096] if args.quick else [256, 1024, 4096, 16384, 65536]
+    print("\nsweep (B=1, D=256, float32):")
+    sweep = run_sweep(lengths, (16, 64), dim=256, repeats=repeats, ref_dim=16,
+                      ref_max_length=1024 if args.quick else 4096)
+    print("\nforward time, scan vs softmax attention (width 256, N=16):")
+    att_lengths = [256, 512, 1024, 2048, 4096] + ([] if args.quick else [8192, 16384])
+    attention_rows = run_attention(att_lengths, dim=256, dstate=16, repeats=repeats,
+                                   max_gb=args.attention_gb)
+    gpu = run_gpu(repeats)
+    print("\nGPU:", gpu.get("skipped") or json.dumps(gpu, indent=1))
+
+    machine["load_average_end"] = list(os.getloadavg())
+    result = {"machine": machine, "quick": args.quick, "repeats": repeats,
+              "timing": "median wall time after one warm-up call",
+              "reference_note": ("reference forward measured at the headline size; reference "
+                                 "backward measured at D=96 and reported per state update; in "
+                                 "the sweep the reference ran with D=16, at L <= "
+                                 f"{1024 if args.quick else 4096} only, and longer L reuse the "
+                                 "rate of the longest measured L (its cost is linear in L)"),
+              "headline": headline, "sweep": sweep, "attention": attention_rows, "gpu": gpu}
+    tag = "cpu_quick" if args.quick else "cpu"
+    if not args.no_plot:
+        result["plots"] = plot(result, args.out, tag)
+    result["wall_time_s"] = time.perf_counter() - t_start
+    path = args.out / f"scan_{tag}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {shown(path)}"
+          f"{' and ' + ', '.join(result['plots']) if 'plots' in result else ''} "
+          f"in {result['wall_time_s']:.0f} s; load average at the end {machine['load_average_end']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
