@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import data_files
 from ._validation import check_choice, check_positive_int
 
 __all__ = [
@@ -450,7 +451,8 @@ class DatasetSpec:
     name : str
     load : callable
         ``load(seed, **options) -> ImageDataset``.
-    n_classes : int
+    n_classes : int or None
+        None where the files decide (``imagefolder``: one class per sub-folder).
     options : dict
         Accepted options and their defaults.
     description : str
@@ -458,7 +460,7 @@ class DatasetSpec:
 
     name: str
     load: Callable = field(repr=False)
-    n_classes: int
+    n_classes: int | None
     options: dict
     description: str
 
@@ -508,19 +510,108 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def _file_loader(name, n_classes):
+    """Loader of a data set stored in files (:mod:`ssm_ref.data_files`)."""
+    def load(seed, root=None, download=False, n_train=None, n_test=None, test_fraction=0.2,
+             dtype=np.float32):
+        dt = _check_dtype(dtype)
+        if root is None:
+            raise ValueError(f"data set {name!r} is read from files: pass root=DIR (the CLI's "
+                             "--data-root), the folder that holds them")
+        if not isinstance(download, bool):
+            raise TypeError(f"Parameter download = {download!r} must be True or False")
+        if download:
+            if name not in data_files.SOURCES:
+                raise ValueError(f"data set {name!r} cannot be downloaded; put the files in root")
+            data_files.download(name, root)
+        if name == "cifar10":
+            xtr, ytr, xte, yte = data_files.load_cifar10(root)
+        elif name == "imagefolder":
+            xtr, ytr, xte, yte = _image_folder_split(root, test_fraction, seed)
+        else:
+            xtr, ytr, xte, yte = data_files.load_mnist(root)
+        n_cls = int(max(ytr.max(), yte.max())) + 1 if n_classes is None else n_classes
+        xtr, ytr = _first(xtr, ytr, n_train, "n_train")
+        xte, yte = _first(xte, yte, n_test, "n_test")
+        opts = {"root": str(root), "n_train": len(xtr), "n_test": len(xte),
+                "dtype": dt.name}
+        if name == "imagefolder":
+            opts["test_fraction"] = test_fraction
+        return ImageDataset(name, (xtr / 255).astype(dt), ytr.astype(np.int64),  # [0, 1]
+                            (xte / 255).astype(dt), yte.astype(np.int64), n_cls,
+                            _chance(yte.astype(np.int64), n_cls), DATASETS[name].description, opts)
+    return load
+
+
+def _first(x, y, n, name):
+    """The first ``n`` images in file order (all when ``n`` is None)."""
+    if n is None:
+        return x, y
+    n = check_positive_int(n, name)
+    if n > len(x):
+        raise ValueError(f"Parameter {name} = {n} but the split has only {len(x)} images")
+    return x[:n], y[:n]
+
+
+def _image_folder_split(root, test_fraction, seed):
+    """``root/train`` and ``root/test`` when both exist, else a stratified split of ``root``."""
+    from pathlib import Path  # noqa: PLC0415
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        xtr, ytr, classes = data_files.read_image_folder(root / "train")
+        xte, yte, test_classes = data_files.read_image_folder(root / "test")
+        if classes != test_classes:
+            raise ValueError(f"image folder {root}: train classes {classes} differ from test "
+                             f"classes {test_classes}")
+        return xtr, ytr, xte, yte
+    x, y, _ = data_files.read_image_folder(root)
+    tr, te = stratified_split(y.astype(np.int64), _check_fraction(test_fraction, "test_fraction"),
+                              seed)
+    return x[tr], y[tr], x[te], y[te]
+
+
+#: Options of the data sets read from files.
+_FILE_OPTIONS = {"root": None, "download": False, "n_train": None, "n_test": None,
+                 "dtype": np.float32}
+
+DATASETS.update({
+    "mnist": DatasetSpec(
+        "mnist", _file_loader("mnist", 10), 10, dict(_FILE_OPTIONS),
+        "MNIST handwritten digits from the four IDX files in root (28x28x1, 60000 train, "
+        "10000 test, 10 classes)"),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", _file_loader("fashion-mnist", 10), 10, dict(_FILE_OPTIONS),
+        "Fashion-MNIST clothing images from the four IDX files in root (28x28x1, 60000 train, "
+        "10000 test, 10 classes)"),
+    "cifar10": DatasetSpec(
+        "cifar10", _file_loader("cifar10", 10), 10, dict(_FILE_OPTIONS),
+        "CIFAR-10 from the binary batches in root/cifar-10-batches-bin (32x32x3, 50000 train, "
+        "10000 test, 10 classes)"),
+    "imagefolder": DatasetSpec(
+        "imagefolder", _file_loader("imagefolder", None), None,
+        {**_FILE_OPTIONS, "test_fraction": 0.2},
+        "PNG images in root/<class>/ (classes sorted by name); root/train and root/test as the "
+        "splits when both exist, else a stratified seeded split"),
+})
+
+
 def load_dataset(name, seed=0, **options):
     """Build the data set ``name`` of :data:`DATASETS` with a seed.
 
     Parameters
     ----------
     name : str
-        ``"digits"``, ``"pair"`` or ``"pair-column"``.
+        ``"digits"``, ``"pair"``, ``"pair-column"`` (built here), or
+        ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``, ``"imagefolder"``
+        (read from files in ``root``, see :mod:`ssm_ref.data_files`).
     seed : int, optional
         Seeds the split (digits) or the generation (synthetic sets).
     **options
         The set's options (``DATASETS[name].options``), e.g. ``test_fraction``
         for digits; ``n_train``, ``n_test``, ``size``, ``noise``, ``n_shapes``
-        for the pair tasks; ``dtype`` for all.
+        for the pair tasks; ``root``, ``download``, ``n_train``, ``n_test``
+        (the first images in file order) for the sets read from files;
+        ``dtype`` for all.
 
     Returns
     -------

@@ -114,7 +114,7 @@ BAD = [
     (["train", "--blas-threads", "0"], "--blas-threads"),
     (["train", "--model", "resnet"], "--model"),
     (["train", "--scan", "sideways"], "--scan"),
-    (["train", "--dataset", "mnist"], "--dataset"),
+    (["train", "--dataset", "imagenet"], "--dataset"),
     (["train", "--backend", "tpu"], "--backend"),
     (["train", "--frobnicate"], "unrecognized"),
     (["train", "--model-opt", "no-equals-sign"], "--model-opt"),
