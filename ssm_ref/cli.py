@@ -249,6 +249,15 @@ def build_parser():
     tr.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="extra data set option, repeatable (e.g. --data-opt n_train=1000 "
                          "--data-opt size=32)")
+    tr.add_argument("--data-root", default=None, metavar="DIR",
+                    help="folder holding a data set read from files (mnist, fashion-mnist: the "
+                         "IDX files; cifar10: cifar-10-batches-bin/; imagefolder: CLASS/*.png)")
+    tr.add_argument("--download", action="store_true",
+                    help="fetch the files of mnist, fashion-mnist or cifar10 into --data-root "
+                         "(SHA-256 checked) when they are not there")
+    tr.add_argument("--patch-size", type=_positive_int, default=None, metavar="P",
+                    help="patch size of the model (default: the model's, 2); e.g. 4 for 28x28 "
+                         "or 32x32 images")
     tr.add_argument("--resume", default=None, metavar="CHECKPOINT",
                     help="continue from a checkpoint.npz written by an earlier run with the "
                          "same settings")
@@ -310,6 +319,17 @@ def _cmd_train(args):
                     **model_opts}
     if args.scan is not None:
         model_kwargs[_scan_keyword(args.model, args.scan)] = args.scan
+    if args.patch_size is not None:
+        model_kwargs["patch_size"] = args.patch_size
+    for flag, key, value in (("--data-root", "root", args.data_root),
+                             ("--download", "download", args.download or None)):
+        if value is None:
+            continue
+        if key not in spec.options:
+            file_sets = ", ".join(n for n, s in DATASETS.items() if key in s.options)
+            raise CLIError(f"{flag} applies to the data sets read from files ({file_sets}), "
+                           f"not to {args.dataset!r}")
+        data_opts[key] = value
     unknown = sorted(set(data_opts) - set(spec.options))
     if unknown:
         raise CLIError(f"--data-opt {', '.join(unknown)} is not an option of data set "

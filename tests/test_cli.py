@@ -388,3 +388,25 @@ def test_module_entry_point_trains_a_micro_vim(tmp_path):
 #: Model options that make the Vim of ssm_ref.vision.models tiny (for the subprocess test).
 MICRO_VIM = ["--model-opt", "embed_dim=8", "--model-opt", "depth=1", "--model-opt", "d_state=4",
              "--scan", "snake"]
+
+
+# --------------------------------------------------------------------------- data from files
+def test_train_on_mnist_files_with_data_root(tmp_path, rng, capsys):
+    """--data-root and --patch-size: a tiny Vim trains on MNIST-format files (28x28)."""
+    from test_data_files import write_mnist
+    write_mnist(tmp_path, rng, n_train=40, n_test=20)
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "vim", "--dataset", "mnist", "--data-root", str(tmp_path),
+                 "--patch-size", "7", "--epochs", "1", "--batch-size", "20", "--no-progress",
+                 "--no-plot", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["options"]["root"] == str(tmp_path)
+    assert metrics["dataset"]["image_shape"] == [28, 28, 1] and metrics["dataset"]["n_train"] == 40
+
+
+def test_data_root_refused_for_builtin_sets(capsys, tmp_path):
+    assert cli.main(["train", "--dataset", "digits", "--data-root", "/tmp", "--out",
+                     str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-root applies to the data sets read from files" in err[0]
