@@ -5,12 +5,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test test-fast test-cudasim book bench clean help
+.PHONY: test test-fast test-cudasim book bench gpu-check clean help
 
 help:
 	@echo "make test   - set up .venv and run the whole test suite (CUDA simulator included)"
 	@echo "make book   - set up .venv and build the executed book into book/_build/html"
 	@echo "make bench  - run the benchmarks (tables and plots into benchmarks/results)"
+	@echo "make gpu-check - on a machine with a CUDA GPU: GPU tests, GPU benchmarks, a short GPU training run"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +40,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf book/_build .pytest_cache
+
+# On a machine with an NVIDIA GPU: install the gpu extra, run the real-GPU tests, the CUDA scan
+# and training-step benchmarks and a short training run; write benchmarks/results/gpu_*.json.
+gpu-check: $(STAMP)
+	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
+		echo "gpu-check: no NVIDIA GPU here (nvidia-smi finds none); nothing to check."; exit 0; fi; \
+	$(PY) -m pip install -q -e ".[gpu]" && $(PY) -m fast.bench.gpu_check

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SOURCES", "read_idx", "read_cifar10_batch", "read_image_folder", "load_mnist",
-           "load_cifar10", "download"]
+__all__ = ["SOURCES", "read_idx", "read_cifar10_batch", "write_cifar10_batch",
+           "read_image_folder", "load_mnist", "load_cifar10", "download"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,26 @@ def read_cifar10_batch(path):
         raise ValueError(f"file {path} has label {int(labels.max())}; CIFAR-10 labels are 0..9")
     x = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (n, 32, 32, 3)
     return np.ascontiguousarray(x), labels
+
+
+def write_cifar10_batch(path, images, labels):
+    """Write images (n, 32, 32, 3) uint8 and labels (n,) as one CIFAR-10 binary batch.
+
+    The inverse of :func:`read_cifar10_batch` (for synthetic data in the real
+    format, e.g. ``make gpu-check``'s short training run).
+    """
+    x = np.asarray(images)
+    y = np.asarray(labels)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise ValueError(f"Parameter images has shape {x.shape} and dtype {x.dtype} but should "
+                         "be (n, 32, 32, 3) uint8")
+    if y.shape != (len(x),) or y.dtype.kind not in "iu" or (len(y) and (y.min() < 0 or y.max() > 9)):
+        raise ValueError(f"Parameter labels has shape {y.shape} (dtype {y.dtype}) but should be "
+                         f"({len(x)},) integers in 0..9")
+    rec = np.empty((len(x), _CIFAR_RECORD), np.uint8)
+    rec[:, 0] = y
+    rec[:, 1:] = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # R, G, B planes, row-major
+    Path(path).write_bytes(rec.tobytes())
 
 
 def load_cifar10(root):

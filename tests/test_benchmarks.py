@@ -141,3 +141,25 @@ def test_train_device_path_on_the_fake_device(train_module, fake_xp):
     null = train_module.NullScan()
     y = null.forward(fake_xp.zeros((1, 2, 3)), None, fake_xp.zeros((2, 4)), None, None)
     assert isinstance(y, DeviceArray)
+
+
+def test_gpu_check_without_a_gpu_says_so_in_one_line(capsys, tmp_path):
+    from fast.bench import gpu_check, train
+    if train.gpu_skip_reason() is None:
+        pytest.skip("a real GPU is here: make gpu-check runs the real thing")
+    assert gpu_check.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("gpu-check: no usable CUDA GPU here")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_gpu_check_synthetic_cifar_is_the_real_format_and_learnable(tmp_path):
+    """The training run's data: CIFAR-10 binary files that load_dataset reads, and whose
+    classes a nearest-template rule separates (so a model that learns beats chance)."""
+    from fast.bench.gpu_check import write_synthetic_cifar
+    from ssm_ref.data import load_dataset
+    ds = load_dataset("cifar10", root=write_synthetic_cifar(tmp_path, n_train=500, n_test=200))
+    assert ds.x_train.shape == (500, 32, 32, 3) and ds.x_test.shape == (200, 32, 32, 3)
+    means = np.stack([ds.x_train[ds.y_train == k].mean(0) for k in range(10)])  # (10, 32, 32, 3)
+    d = ((ds.x_test[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4))
+    assert (d.argmin(1) == ds.y_test).mean() > 0.9

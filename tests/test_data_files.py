@@ -226,3 +226,13 @@ def test_every_file_set_is_registered_with_a_source_or_a_folder():
     assert "imagefolder" in DATASETS
     with pytest.raises(ValueError, match="cannot be downloaded"):
         load_dataset("imagefolder", root="/nonexistent", download=True)
+
+
+def test_write_cifar10_batch_is_the_format(tmp_path, rng):
+    x, y, raw = cifar_records(rng, 3)
+    data_files.write_cifar10_batch(tmp_path / "b.bin", x, y)
+    assert (tmp_path / "b.bin").read_bytes() == raw  # byte for byte the format written above
+    with pytest.raises(ValueError, match=r"images has shape \(3, 32, 32\)"):
+        data_files.write_cifar10_batch(tmp_path / "c.bin", x[..., 0], y)
+    with pytest.raises(ValueError, match="labels has shape"):
+        data_files.write_cifar10_batch(tmp_path / "c.bin", x, y + 10)

@@ -7,6 +7,8 @@ scan        the selective scan: reference, Numba CPU (and CUDA on a real
             GPU) against the machine's limit; scan against attention
 train       one training step of the tiny vision models per scan backend,
             against a null-scan floor
+gpu_check   ``make gpu-check``: the real-GPU tests, the GPU rows of scan and
+            train, and a short training run on the GPU, in one command
 ==========  ==============================================================
 
 Each module has ``main(argv=None, prog=None)`` and runs as
