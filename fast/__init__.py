@@ -10,6 +10,9 @@ numba_cpu           the selective scan, its backward and the decoding step on
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 cuda_scan           the hardware-aware selective scan in Numba-CUDA on CuPy
                     arrays (imported only when the "cuda" backend is used)
+bench               the benchmarks (bench.scan, bench.train; ``python -m
+                    fast.bench.scan``, ``ssm-ref bench``), never imported by
+                    ``import fast``
 ==================  ===========================================================
 
 Usage: ``fast.selective_scan(u, delta, A, B, C, ..., backend="auto")`` with

@@ -19,8 +19,10 @@ Usage::
     ssm-ref backends                 # fast.backends(): what runs here, and why not the rest
 
 ``python -m ssm_ref.cli ...`` does the same.  Every option is explained by
-``ssm-ref <command> --help``; a bad option or an unavailable backend stops with
-one line on stderr and exit status 2.  ``train`` writes ``DIR/metrics.json``,
+``ssm-ref <command> --help``; a user error (a bad option, an unavailable backend,
+an ``--out`` that names a file or an unwritable place) stops with one line on
+stderr and exit status 2, before any work; Ctrl-C stops with one line and exit
+status 130.  ``train`` writes ``DIR/metrics.json``,
 ``DIR/curves.png`` and ``DIR/checkpoint.npz`` (see :func:`ssm_ref.train.train`).
 ``train`` also tells glibc's malloc to keep freed memory in the process
 (``ssm_ref._malloc``; recorded in the metrics' settings): the models' large
@@ -34,6 +36,8 @@ import functools
 import importlib
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -43,7 +47,8 @@ from fast.bench import SUITES  # the benchmarks: fast.bench.scan, fast.bench.tra
 
 from .vision import MODELS, SCAN_ORDERS, SCHEMES
 
-__all__ = ["main", "build_parser", "resolve_backend", "BACKENDS", "TRAIN_DEFAULTS"]
+__all__ = ["main", "build_parser", "resolve_backend", "output_dir", "OneLineParser", "BACKENDS",
+           "TRAIN_DEFAULTS"]
 
 #: Defaults of ``ssm-ref train``, chosen so that ``ssm-ref train --model vim --dataset digits
 #: --backend numba`` reaches >= 95% test accuracy on digits within 5 minutes on 2 CPU cores.
@@ -68,11 +73,53 @@ class CLIError(Exception):
     """A problem with the user's options, reported as one line with exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``prog: error: message (see prog --help)``."""
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``prog: error: message (see 'prog --help')``,
+    and exit status 2 (the benchmarks of ``fast.bench`` use it too)."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def output_dir(path, flag="--out"):
+    """Make ``path`` a directory a run can write into, before the run starts.
+
+    Parameters
+    ----------
+    path : str or Path
+        The directory; created with its parents when missing.
+    flag : str
+        The option that named it, for the message.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        ``path`` names an existing file, or the directory cannot be created or
+        written into (the message names ``flag``, the path and the system's reason).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     output_dir(f.name)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: --out /...: names a file, not a directory
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: names a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # can a file be written there?
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot create or write this directory "
+                         f"({exc.strerror or type(exc).__name__})") from None
+    return path
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +235,7 @@ def _nonnegative_float(text):
 def build_parser():
     """The argparse parser of ``ssm-ref`` with its three subcommands."""
     d = TRAIN_DEFAULTS
-    parser = _Parser(
+    parser = OneLineParser(
         prog="ssm-ref",
         description="ssm-ref: train tiny vision state-space models, run the scan benchmarks, "
                     "list the scan backends.",
@@ -362,6 +409,10 @@ def _cmd_train(args):
     if out is None:
         scan = f"-{args.scan}" if args.scan else ""
         out = os.path.join("runs", f"{args.model}-{args.dataset}{scan}-seed{args.seed}")
+    try:  # a file or an unwritable place: one line now, not a traceback after training
+        output_dir(out)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     settings = {"model": args.model, "scan": args.scan, "dataset": args.dataset,
                 "backend": args.backend, "device": device, "model_options": model_opts, "data_options": data_opts,
                 "blas_threads": args.blas_threads,
@@ -514,8 +565,9 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success (and after ``--help``); 2 after a bad option or an unavailable
-        backend (one line on stderr); a benchmark's own status for ``bench``.
+        0 on success (and after ``--help``); 2 after a user error (one line on
+        stderr); 130 after Ctrl-C (one line); a benchmark's own status for ``bench``
+        (2 after a bad option of the benchmark, one line too).
 
     Examples
     --------
@@ -541,12 +593,15 @@ def main(argv=None):
 
 def _run_command(args):
     commands = {"train": _cmd_train, "bench": _cmd_bench, "backends": _cmd_backends}
+    prog = f"ssm-ref {args.command}"
     try:
         return commands[args.command](args)
     except CLIError as exc:
-        prog = f"ssm-ref {args.command}"
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

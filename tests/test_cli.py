@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -136,6 +138,57 @@ def test_bad_options_fail_with_one_line_and_status_2(built, argv, word, capsys, 
     assert len(lines) == 1, err
     assert "error:" in lines[0] and word in lines[0]
     assert lines[0].startswith("ssm-ref")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_out_that_cannot_be_a_directory_is_one_line_before_training(where, built, capsys,
+                                                                    tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    out = existing if where == "a file" else existing / "run"
+    rc = cli.main(_train_args(out))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"ssm-ref train: error: --out {out}: ")
+    assert ("names a file, not a directory" if where == "a file" else
+            "cannot create or write this directory (Not a directory)") in err[0]
+    assert existing.read_text() == "keep me"  # untouched, and nothing was trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_out_in_an_unwritable_place_is_one_line(built, capsys, monkeypatch, tmp_path):
+    """A directory where no file can be created (a read-only mount, or no permission): the
+    probe write fails, here made to fail the way the system would."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    rc = cli.main(_train_args(tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"ssm-ref train: error: --out {tmp_path / 'run'}: cannot create "
+                               "or write this directory (Permission denied)"]
+
+
+@pytest.mark.parametrize("suite", ["scan", "train"])
+def test_bench_out_naming_a_file_is_one_line(suite, capsys, tmp_path):
+    existing = tmp_path / "results"
+    existing.write_text("")
+    assert cli.main(["bench", "--suite", suite, "--quick", "--out", str(existing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ssm-ref bench --suite {suite}: error: --out "
+                                               f"{existing}: names a file"), err
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
+    def interrupted(name, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_build_model", interrupted)
+    assert cli.main(_train_args(tmp_path / "run")) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["ssm-ref train: interrupted"]
+    monkeypatch.setattr(cli, "_bench_main", lambda suite: interrupted)  # in a benchmark
+    assert cli.main(["bench", "--quick"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["ssm-ref bench: interrupted"]
 
 
 def test_model_build_errors_are_one_line(monkeypatch, capsys, tmp_path):
@@ -363,6 +416,30 @@ def test_bench_runs_outside_the_repository(tmp_path):
     assert result["quick"] is True and result["settings"]["models"] == ["vim"]
     assert {r["backend"] for r in result["cpu"]["rows"]} >= {"ref", "numba", "floor"}
     assert "wrote benchmarks/results/train_cpu_quick.json" in res.stdout
+
+
+def test_sigint_during_training_is_one_line_status_130_and_files_intact(tmp_path):
+    """Ctrl-C (SIGINT) in a real run, after its first epoch was written."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "ssm_ref.cli", "train", "--epochs", "1000",
+                             "--no-progress", "--no-plot", "--out", str(tmp_path), *MICRO_VIM],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "checkpoint.npz").exists():  # the first epoch is done
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["ssm-ref train: interrupted"]
+    m = json.loads((tmp_path / "metrics.json").read_text())  # what was written is whole
+    assert len(m["train_loss"]) >= 1
+    with np.load(tmp_path / "checkpoint.npz") as ckpt:
+        assert len(ckpt.files) > 0
 
 
 def test_module_entry_point_help_and_error():

@@ -33,7 +33,6 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -50,6 +49,7 @@ import ssm_ref
 from fast import numba_cpu
 from fast._fastexp import fast_exp_clamped
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
+from ssm_ref.cli import OneLineParser, output_dir
 
 #: where results go by default: relative to the current directory, so that a run from the
 #: repository's root updates the committed files and a run elsewhere writes next to it
@@ -455,7 +455,7 @@ def print_headline(h, machine):
 def main(argv=None, prog=None):
     """Run the benchmark with command-line arguments ``argv`` (``sys.argv[1:]`` when None);
     ``prog`` names the command in its help and errors.  Returns the result written."""
-    parser = argparse.ArgumentParser(prog=prog or "python -m fast.bench.scan",
+    parser = OneLineParser(prog=prog or "python -m fast.bench.scan",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="smaller sweep and fewer repeats (under a minute)")
@@ -471,7 +471,10 @@ def main(argv=None, prog=None):
     repeats = args.repeats or (3 if args.quick else 7)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:  # a file or an unwritable place: one line now, before the measurements
+        output_dir(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     t_start = time.perf_counter()
     machine = machine_info()

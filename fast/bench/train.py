@@ -57,7 +57,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from ssm_ref._malloc import keep_freed_memory
 from ssm_ref._xp import array_module
-from ssm_ref.cli import CLIError, TRAIN_DEFAULTS, resolve_backend
+from ssm_ref.cli import (CLIError, TRAIN_DEFAULTS, OneLineParser, output_dir,
+                         resolve_backend)
 from ssm_ref.optim import AdamW, clip_grad_norm, softmax_cross_entropy
 from ssm_ref.vision import MODELS, build_model
 
@@ -410,7 +411,7 @@ def _nonnegative_int(text):
 def main(argv=None, prog=None):
     """Run the benchmark with command-line arguments ``argv`` (``sys.argv[1:]`` when None);
     ``prog`` names the command in its help and errors.  Returns the result written."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog or "python -m fast.bench.train",
         description=__doc__.split("\n\n")[0],
         epilog="Rows: ref, numba (all Numba threads), numba-1t (one Numba thread), cuda "
@@ -459,7 +460,10 @@ def main(argv=None, prog=None):
     if img % 2:
         parser.error(f"--img {img} must be even (patch size 2)")
     sizes = [DIGITS] + ([img] if img and img != DIGITS else [])
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:  # a file or an unwritable place: one line now, before the measurements
+        output_dir(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     t_start = time.perf_counter()
     machine = machine_info()
