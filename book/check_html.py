@@ -9,7 +9,8 @@ and names the page and the problem; the script exits 1 if any page has one.
 - raw LaTeX in the text, outside the containers MathJax typesets;
 - a MathJax error marker, or a formula whose braces do not balance;
 - a broken cross-reference: role text left unparsed, "??" or "[?]", an unresolved
-  reference, a local link to a missing page or anchor;
+  reference, a local link to a missing page or anchor, an equation reference printed
+  inside a second pair of parentheses ("((4.3))");
 - an image without alt text (an alt that is only the file name counts as none);
 - a code listing that carries a numpydoc ``Parameters``/``Returns`` section.
 """
@@ -100,6 +101,10 @@ def broken_references(soup, page, site):
     for tag in soup.find_all(class_="xref"):
         if tag.find_parent("a") is None and tag.name != "a":
             out.append(f"unresolved reference: {tag.get_text().strip()[:60]!r}")
+    for a in soup.find_all("a", href=re.compile("#equation-")):
+        before = a.previous_sibling
+        if isinstance(before, NavigableString) and re.search(r"\((eq\.|equation|see)?\s*$", before):
+            out.append(f"equation reference in extra parentheses: {' '.join(before[-20:].split())}{a.get_text()}")
     for a in soup.find_all("a", href=True):
         href = a["href"]
         parts = urlsplit(href)

@@ -79,6 +79,8 @@ def test_unbalanced_math():
     ('<p><a href="missing.html">there</a></p>', "missing page"),
     ('<p><a href="other.html#nowhere">there</a></p>', "missing anchor"),
     ('<p><a href="#nowhere">here</a></p>', "missing anchor"),
+    ('<p>the recurrence (<a href="#equation-eq-zoh">(4.3)</a>) gives</p>', "extra parentheses"),
+    ('<p>as before (eq. <a href="#equation-eq-zoh">(4.3)</a>)</p>', "extra parentheses"),
 ])
 def test_broken_cross_reference(body, what):
     found = problems(body)
