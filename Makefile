@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 
 book: $(STAMP)
 	$(PY) book/setup_mathjax.py
-	$(VENV)/bin/jupyter-book build book -W --keep-going
+	$(VENV)/bin/jupyter-book build book --all -W --keep-going
 	$(PY) book/check_html.py book/_build/html
 
 bench: $(STAMP)
