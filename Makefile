@@ -33,7 +33,8 @@ test-fast: $(STAMP)
 
 book: $(STAMP)
 	$(PY) book/setup_mathjax.py
-	$(VENV)/bin/jupyter-book build book -W --keep-going
+	$(VENV)/bin/jupyter-book build book --all -W --keep-going
+	$(PY) book/check_html.py book/_build/html
 
 bench: $(STAMP)
 	$(PY) -m fast.bench.scan

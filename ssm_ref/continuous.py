@@ -247,8 +247,10 @@ def impulse_response(A, B, C, D, t):
     """
     A2, B2, C2, _, dtype = _check_system(A, B, C, D)
     t = _check_times(t, nonnegative=True)
-    h = np.stack([C2 @ scipy.linalg.expm(A2 * tk) @ B2 for tk in t])  # (L,) + C@B shape
-    return h.astype(dtype, copy=False)
+    # [book:impulse-response]
+    K = np.stack([C2 @ scipy.linalg.expm(A2 * tk) @ B2 for tk in t])  # (L,) + C@B shape
+    # [/book:impulse-response]
+    return K.astype(dtype, copy=False)
 
 
 def step_response(A, B, C, D, t):
@@ -437,6 +439,7 @@ def transfer_function(A, B, C, D, s):
     s_flat = s_arr.astype(np.complex128).ravel()  # (F,)
     eye = np.eye(A2.shape[0])
     out = []
+    # [book:transfer-function]
     for sk in s_flat:
         try:
             X = np.linalg.solve(sk * eye - A2, B2)  # (N,) or (N, P)
@@ -444,6 +447,7 @@ def transfer_function(A, B, C, D, s):
             raise ValueError(f"Parameter s = {sk!r} is a pole of the system "
                              "(sI - A is singular)") from None
         out.append(C2 @ X + D2)  # C@B shape
+    # [/book:transfer-function]
     H = np.stack(out) if out else np.zeros((0,) + D2.shape, np.complex128)  # (F,) + C@B shape
     H = H.reshape(s_arr.shape + D2.shape)  # S + C@B shape
     return H.astype(np.result_type(dtype, np.complex64), copy=False)
@@ -505,9 +509,11 @@ def mass_spring_damper(m=1.0, k=1.0, c=0.5):
     c = float(c)
     if not np.isfinite(c) or c < 0:
         raise ValueError(f"Parameter c = {c!r} must be finite and >= 0")
-    A = np.array([[0.0, 1.0], [-k / m, -c / m]])
-    B = np.array([0.0, 1.0 / m])
-    C = np.array([1.0, 0.0])
+    # [book:mass-spring-damper]
+    A = np.array([[0.0, 1.0], [-k / m, -c / m]])  # state h = (position, velocity)
+    B = np.array([0.0, 1.0 / m])                   # the force accelerates the mass
+    C = np.array([1.0, 0.0])                       # we observe the position
+    # [/book:mass-spring-damper]
     return A, B, C, 0.0
 
 

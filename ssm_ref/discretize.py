@@ -91,10 +91,12 @@ def phi1(z):
     """
     z = as_array(z, "z")
     work = z.astype(np.complex128 if z.dtype.kind == "c" else np.float64)
+    # [book:phi1]
     is_zero = work == 0
     safe_z = np.where(is_zero, 1.0, work)  # avoid 0/0; those entries are replaced
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.where(is_zero, 1.0, np.expm1(work) / safe_z)
+    # [/book:phi1]
     return out.astype(z.dtype, copy=False)
 
 
@@ -210,11 +212,13 @@ def discretize(A, B, dt, method="zoh"):
     A64 = A.astype(work)
     B64 = B.astype(work)
 
+    # [book:discretize-dispatch]
     with np.errstate(over="ignore", invalid="ignore"):
         if A.ndim == 1:
             Abar, Bbar = _discretize_diagonal(A64, B64, dt, method)
         else:
             Abar, Bbar = _discretize_matrix(A64, B64, dt, method)
+    # [/book:discretize-dispatch]
 
     if not (np.all(np.isfinite(Abar)) and np.all(np.isfinite(Bbar))):
         growth = float(np.max(np.real(np.linalg.eigvals(A64) if A.ndim == 2 else A64)))
@@ -249,27 +253,29 @@ def _discretize_diagonal(a, B, dt, method):
 
 
 def _discretize_matrix(A, B, dt, method):
-    """Full A (N, N); B (N,) or (N, P).  No validation."""
+    """Full A (N, N); B (N,) or (N, n_u).  No validation."""
     N = A.shape[0]
-    B2 = B.reshape(N, -1)  # (N, P)   a 1-D B is one input column
-    P = B2.shape[1]
+    B2 = B.reshape(N, -1)  # (N, n_u)   a 1-D B is one input column
+    n_u = B2.shape[1]
     if method == "zoh":
+        # [book:zoh-van-loan]
         # Van Loan: expm([[A, B], [0, 0]] dt) = [[exp(A dt), ∫_0^dt exp(A s) ds B], [0, I]]
-        M = np.zeros((N + P, N + P), dtype=A.dtype)  # (N+P, N+P)
+        M = np.zeros((N + n_u, N + n_u), dtype=A.dtype)  # (N+n_u, N+n_u)
         M[:N, :N] = A
         M[:N, N:] = B2
-        E = scipy.linalg.expm(dt * M)  # (N+P, N+P)
-        Abar, Bbar = E[:N, :N], E[:N, N:]  # (N, N), (N, P)   eq-zoh, eq-zoh-b
+        E = scipy.linalg.expm(dt * M)  # (N+n_u, N+n_u)
+        Abar, Bbar = E[:N, :N], E[:N, N:]  # (N, N), (N, n_u)   eq-zoh, eq-zoh-b
+        # [/book:zoh-van-loan]
     elif method == "mamba":
         Abar = scipy.linalg.expm(dt * A)  # (N, N)  ZOH for A
-        Bbar = dt * B2  # (N, P)  Euler for B  (eq-mamba-disc)
+        Bbar = dt * B2  # (N, n_u)  Euler for B  (eq-mamba-disc)
     else:
         alpha = _GBT_ALPHA[method]
         eye = np.eye(N, dtype=A.dtype)
         lhs = eye - alpha * dt * A  # (N, N)
         try:
             Abar = np.linalg.solve(lhs, eye + (1.0 - alpha) * dt * A)  # (N, N)
-            Bbar = np.linalg.solve(lhs, dt * B2)  # (N, P)
+            Bbar = np.linalg.solve(lhs, dt * B2)  # (N, n_u)
         except np.linalg.LinAlgError:
             raise ValueError(
                 f"discretize: I - {alpha} * dt * A is singular (dt = {dt!r}); the "

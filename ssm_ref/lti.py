@@ -10,11 +10,11 @@ Abar     discrete state matrix, (N, N) full or (N,) diagonal
 Bbar     discrete input vector, (N,) (or (N, 1))
 C        output vector, (N,) (or (1, N))
 u, y     input and output sequences, (..., L)
-x        the state, (..., N)
+h        the state, (..., N)
 K        the SSM convolution kernel, K[l] = C Abar^l Bbar
 
 Single input, single output: one scalar sequence in, one out, per batch entry.
-The recurrence x_k = Abar x_{k-1} + Bbar u_k, y_k = C x_k with x_{-1} = 0
+The recurrence h_k = Abar h_{k-1} + Bbar u_k, y_k = C h_k with h_{-1} = 0
 unrolls into the causal convolution y = K * u with the kernel K above: the RNN
 view and the CNN view of the same model (S4).
 
@@ -156,14 +156,14 @@ def scan_lti(Abar, Bbar, C, u, conjugate_pairs=False):
     u = u.astype(work)  # (..., L)
     L = u.shape[-1]
     N = Bv.shape[0]
-    x = np.zeros(u.shape[:-1] + (N,), dtype=work)  # (..., N)
+    h = np.zeros(u.shape[:-1] + (N,), dtype=work)  # (..., N)
     y = np.zeros(u.shape, dtype=work)  # (..., L)
     for k in range(L):
         if diagonal:
-            x = A * x + Bv * u[..., k, None]  # (..., N)
+            h = A * h + Bv * u[..., k, None]  # (..., N)
         else:
-            x = x @ A.T + Bv * u[..., k, None]  # (..., N)
-        y[..., k] = x @ Cv  # (...,)
+            h = h @ A.T + Bv * u[..., k, None]  # (..., N)
+        y[..., k] = h @ Cv  # (...,)
     if conjugate_pairs:
         y = 2.0 * y.real  # (..., L)
     return y.astype(out_dtype)
