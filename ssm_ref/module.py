@@ -35,7 +35,7 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from ._validation import as_array, check_finite
+from ._validation import as_array, check_finite, check_shape
 from ._xp import array_module, on_module
 from .selective import selective_scan, selective_scan_backward, selective_state_update
 
@@ -198,6 +198,42 @@ class Module:
         """Same as ``forward(x)``."""
         return self.forward(x)
 
+    # ------------------------------------------------------------------ forward / backward
+    #: Axes of the input of a block's forward: 3 for tokens (B, L, C), 4 for images.
+    x_ndim = 3
+
+    def forward(self, x, return_cache=False):
+        """Run the block on ``x`` (tokens (B, L, C) or an image (B, H, W, C), C = d_model).
+
+        The public entry point: ``x`` is validated here (real, finite, the
+        block's shape), then the unchecked ``_forward`` runs in float64.
+
+        Returns
+        -------
+        out : ndarray, same shape as ``x``, in ``x``'s dtype.
+        cache : dict, only with ``return_cache=True`` (for :meth:`backward`).
+
+        Raises
+        ------
+        ValueError
+            ``x`` of the wrong shape (named, with the expected shape) or not finite.
+        """
+        x = self._check_input(x, self.x_ndim, self.config.d_model)
+        out, cache = self._forward(x.astype(np.float64, copy=False))
+        out = out.astype(x.dtype)
+        return (out, cache) if return_cache else out
+
+    def backward(self, dout, cache):
+        """Gradients: ``(dx, grads)``, ``dx`` in ``dout``'s dtype, ``grads`` by state-dict name.
+
+        ``dout`` (the gradient of the output) and ``cache`` (from
+        ``forward(x, return_cache=True)``) are validated here; the unchecked
+        ``_backward`` runs in float64.  Each gradient has its parameter's dtype.
+        """
+        dout = self._check_backward_args(dout, cache)
+        dx, grads = self._backward(dout.astype(np.float64, copy=False), cache)
+        return dx.astype(dout.dtype), grads
+
     # ------------------------------------------------------------------ state dict
     def state_dict(self):
         """Copies of every parameter by state-dict name (on the parameters' array module).
@@ -296,6 +332,30 @@ class Module:
                 f"block.to({xp.__name__})"
             )
         return xp
+
+    # ------------------------------------------------------------------ entry-point checks
+    def _check_input(self, x, ndim, last, name="x"):
+        """A public forward's input: real, finite, ``ndim``-D with last axis ``last``."""
+        x = as_array(x, name, allow_complex=False, ndim=ndim)
+        check_shape(x, name, (None,) * (ndim - 1) + (last,))
+        check_finite(x, name)
+        return x
+
+    def _check_backward_args(self, dout, cache):
+        """A public backward's arguments: the cache of ``forward(x, return_cache=True)``
+        and a real, finite ``dout`` of the shape of the cached input."""
+        if not isinstance(cache, dict) or "u" not in cache:
+            raise TypeError(f"Parameter cache must be the dict from {type(self).__name__}."
+                            "forward(x, return_cache=True)")
+        dout = as_array(dout, "dout", allow_complex=False)
+        check_shape(dout, "dout", tuple(cache["u"].shape))
+        check_finite(dout, "dout")
+        return dout
+
+    def _w(self, name):
+        """Own parameter ``name`` in float64 (no copy when it is float64), None if absent."""
+        v = self._params.get(name)
+        return None if v is None else v.astype(np.float64, copy=False)
 
     # ------------------------------------------------------------------ gradients
     def _grads(self, own, children=None):

@@ -40,6 +40,8 @@ on the same module.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._validation import as_array, check_finite, check_shape
@@ -61,6 +63,8 @@ __all__ = [
     "layer_norm_backward",
     "depthwise_conv2d",
     "depthwise_conv2d_backward",
+    "gelu",
+    "gelu_backward",
 ]
 
 #: Above this input softplus is the identity (PyTorch's ``threshold=20``).
@@ -659,3 +663,40 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None, *, check=True):
     dx = dxpad[:, top:top + height, left:left + width, :]  # (B, H, W, C)
     dbias = None if bias is None else _out(dy.sum(axis=(0, 1, 2)), bias)
     return _out(dx, x), _out(dweight, weight), dbias
+
+
+# --------------------------------------------------------------------------- GELU
+def gelu(x, *, check=True):
+    """Exact GELU, ``x Φ(x) = x (1 + erf(x / sqrt 2)) / 2`` (PyTorch's default ``nn.GELU``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gelu(np.array([-1.0, 0.0, 1.0]))
+    array([-0.15865525,  0.        ,  0.84134475])
+    """
+    if check:
+        x = _real(x, "x")
+    xp = array_module(x)
+    x64 = x.astype(np.float64, copy=False)
+    erf = special(xp).erf  # scipy.special.erf, or cupyx.scipy.special.erf on a GPU
+    return (0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def gelu_backward(dy, x, *, check=True):
+    """Gradient of :func:`gelu`: ``dy (Φ(x) + x φ(x))`` with φ the standard normal density.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gelu_backward(np.ones(2), np.array([0.0, 10.0]))
+    array([0.5, 1. ])
+    """
+    if check:
+        x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy", check)
+    xp = array_module(x, dy)
+    x64 = x.astype(np.float64, copy=False)
+    cdf = 0.5 * (1.0 + special(xp).erf(x64 / math.sqrt(2.0)))
+    pdf = xp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
+    return dy * (cdf + x64 * pdf)

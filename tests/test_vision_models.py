@@ -24,10 +24,9 @@ from ssm_ref.vision import (
     VimConfig,
     build_model,
     effective_receptive_field,
-    gelu,
-    gelu_backward,
     scan_order,
 )
+from ssm_ref.nn import gelu, gelu_backward
 
 NAMES = sorted(MODELS)
 MAMBA = {"vim", "vmamba", "localmamba", "efficientvmamba", "plainmamba"}
