@@ -4,6 +4,7 @@ Images are (B, H, W, C) channels last; token sequences (B, L, C) with L = H·W.
 """
 from .scan_orders import *  # noqa: F401,F403
 from .multi import *  # noqa: F401,F403
+from .plotting import *  # noqa: F401,F403
 from .patch_embed import *  # noqa: F401,F403
 from .vim import *  # noqa: F401,F403
 from .vmamba import *  # noqa: F401,F403
