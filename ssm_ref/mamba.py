@@ -904,20 +904,21 @@ class MambaBlock(Module):
         D, N, R = c.d_inner, c.d_state, c.dt_rank
 
         u = x_in.reshape(batch, c.d_model).astype(np.float64)  # (B, d_model)
-        xz = linear(u, w["w_in"], w["b_in"])  # (B, 2D)
+        xz = linear(u, w["w_in"], w["b_in"], check=False)  # (B, 2D)
         x, z = xz[:, :D], xz[:, D:]  # (B, D) each
         conv = xp.concatenate([conv_in[:, :, 1:].astype(np.float64), x[:, :, None]],
                               axis=2)  # (B, D, K): roll left, new x at the end
         x_conv = xp.sum(conv * w["w_conv"], axis=-1)  # (B, D)
         if w["b_conv"] is not None:
             x_conv = x_conv + w["b_conv"]
-        x_act = silu(x_conv)  # (B, D)
-        x_dbl = linear(x_act, w["w_x"])  # (B, R + 2N)
+        x_act = silu(x_conv, check=False)  # (B, D)
+        x_dbl = linear(x_act, w["w_x"], check=False)  # (B, R + 2N)
         dt_low, Bmat, Cmat = x_dbl[:, :R], x_dbl[:, R:R + N], x_dbl[:, R + N:]  # (B, R), (B, N), (B, N)
-        delta = linear(dt_low, w["w_dt"])  # (B, D)
+        delta = linear(dt_low, w["w_dt"], check=False)  # (B, D)
         y, h = self.state_update_fn(ssm_in.astype(np.float64), x_act, delta, w["A"], Bmat, Cmat,
                                     D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
-        out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"])  # (B, d_model)
+        out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"],
+                     check=False)  # (B, d_model)
         out = out.reshape(x_in.shape).astype(x_in.dtype)
         return out, conv.astype(conv_in.dtype), xp.asarray(h).astype(ssm_in.dtype)
 

@@ -236,7 +236,7 @@ class PlainMambaMixer(Module):
         dirB = self._w("direction_Bs")  # (5, N)
 
         def seq(t, perm):  # (B, H, W, F) -> (B, F, L) in scan order
-            return to_sequence(t, perm).transpose(0, 2, 1)
+            return to_sequence(t, perm, check=False).transpose(0, 2, 1)
 
         us = xp.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
         ds = xp.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
@@ -252,7 +252,8 @@ class PlainMambaMixer(Module):
                            dtype=np.float64)  # (B, K·D, L)
         y = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
         for k in range(K):
-            y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W)
+            y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W,
+                               check=False)
         gate = silu(z, check=False)
         out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
         cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
@@ -283,7 +284,7 @@ class PlainMambaMixer(Module):
             self._w("out_proj.bias"), check=False)  # (B, H, W, D)
         dy = dyg * cache["gate"]
         dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
-        dys = xp.concatenate([to_sequence(dy, q).transpose(0, 2, 1) for q in perms],
+        dys = xp.concatenate([to_sequence(dy, q, check=False).transpose(0, 2, 1) for q in perms],
                              axis=1)  # (B, K·D, L)
         s = self.scan_backward_fn(dys, cache["us"], cache["ds"], sh["A"], cache["Bs"],
                                   cache["Cs"], D=sh["D"], z=None, delta_bias=sh["b"],
@@ -300,10 +301,11 @@ class PlainMambaMixer(Module):
         dCt = xp.zeros((Bsz, H, W, N))
         for k in range(K):
             sl = slice(k * D, (k + 1) * D)
-            dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W)
-            ddelta += from_sequence(s["delta"][:, sl].transpose(0, 2, 1), perms[k], H, W)
-            dBt += from_sequence(s["B"][:, k].transpose(0, 2, 1), perms[k], H, W)
-            dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W)
+            dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W, check=False)
+            ddelta += from_sequence(s["delta"][:, sl].transpose(0, 2, 1), perms[k], H, W,
+                                    check=False)
+            dBt += from_sequence(s["B"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
+            dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
             # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
             # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
             xp.add.at(g["direction_Bs"], on_module_cached(codes[k], xp),

@@ -745,7 +745,7 @@ def _check_tokens(x, name):
     return x
 
 
-def to_sequence(x, perm):
+def to_sequence(x, perm, *, check=True):
     """Gather image tokens into a sequence in the scan order ``perm``: ``seq[:, t] = x[:, perm[t]]``.
 
     Parameters
@@ -778,7 +778,8 @@ def to_sequence(x, perm):
     >>> to_sequence(x, scan_order("column", 2, 3))[0, :, 0].tolist()
     [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
     """
-    x = _check_tokens(x, "x")
+    if check:
+        x = _check_tokens(x, "x")
     if x.ndim == 4:
         Bsz, H, W, C = x.shape
         tokens = x.reshape(Bsz, H * W, C)  # (B, L, C)
@@ -788,11 +789,12 @@ def to_sequence(x, perm):
         raise ValueError(
             f"Parameter x has shape {tuple(x.shape)} but should be (B, H, W, C) or (B, L, C)"
         )
-    perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
+    if check:  # a block's internal call passes check=False with an order it built itself
+        perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
     return tokens[:, on_module_cached(perm, array_module(tokens))]  # (B, L', C)
 
 
-def from_sequence(y, perm, H, W):
+def from_sequence(y, perm, H, W, *, check=True):
     """Scatter a sequence back onto the H×W grid: ``out[:, perm[t]] += y[:, t]``.
 
     Parameters
@@ -829,18 +831,19 @@ def from_sequence(y, perm, H, W):
     >>> from_sequence(y, perm, 2, 2)[0, :, :, 0].tolist()
     [[0.0, 1.0], [2.0, 3.0]]
     """
-    y = _check_tokens(y, "y")
-    H = check_positive_int(H, "H")
-    W = check_positive_int(W, "W")
-    if y.ndim != 3:
-        raise ValueError(f"Parameter y has shape {tuple(y.shape)} but should be (B, L, C)")
-    perm = _as_index(perm, "perm", n_cells=H * W, full=False)
+    if check:  # a block's internal call passes check=False with an order it built itself
+        y = _check_tokens(y, "y")
+        H = check_positive_int(H, "H")
+        W = check_positive_int(W, "W")
+        if y.ndim != 3:
+            raise ValueError(f"Parameter y has shape {tuple(y.shape)} but should be (B, L, C)")
+        perm = _as_index(perm, "perm", n_cells=H * W, full=False)
+        if y.shape[1] != perm.size:
+            raise ValueError(
+                f"Parameter y has shape {tuple(y.shape)} but should be ({y.shape[0]}, "
+                f"{perm.size}, {y.shape[2]}) to match perm of length {perm.size}"
+            )
     Bsz, L, C = y.shape
-    if L != perm.size:
-        raise ValueError(
-            f"Parameter y has shape {tuple(y.shape)} but should be ({Bsz}, {perm.size}, {C}) "
-            f"to match perm of length {perm.size}"
-        )
     xp = array_module(y)
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)

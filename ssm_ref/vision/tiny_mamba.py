@@ -136,7 +136,7 @@ class TinyVim(Classifier):
         h, w = c.grid
         cache = {}
         tok, cache["patch"] = self.patch_embed._forward(x)  # (B, h, w, E)
-        seq = to_sequence(tok, self.perm)  # (B, L, E) in scan order
+        seq = to_sequence(tok, self.perm, check=False)  # (B, L, E) in scan order
         seq, _ = insert_cls_token(seq, self._w("cls_token"), self.cls_index,
                                   check=False)  # (B, L + 1, E)
         seq = add_position_embedding(seq, self._w("pos_embed"), check=False)  # (B, L + 1, E)
@@ -151,7 +151,7 @@ class TinyVim(Classifier):
         logits = self._head_forward(pooled)  # (B, K)
         patches = array_module(seq).concatenate(
             [seq[:, :self.cls_index], seq[:, self.cls_index + 1:]], axis=1)  # (B, L, E) scan order, class token removed
-        feat = from_sequence(patches, self.perm, h, w)  # (B, h, w, E) back on the grid
+        feat = from_sequence(patches, self.perm, h, w, check=False)  # (B, h, w, E) back on the grid
         return logits, feat, cache
 
     def _backward(self, dlogits, dfeat, cache):
@@ -168,7 +168,7 @@ class TinyVim(Classifier):
         dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"),
                                                      check=False)
         if dfeat is not None:  # the features are the stream before norm_f
-            dpatch = to_sequence(dfeat, self.perm)  # (B, L, E) in scan order
+            dpatch = to_sequence(dfeat, self.perm, check=False)  # (B, L, E) in scan order
             dseq[:, :self.cls_index] += dpatch[:, :self.cls_index]
             dseq[:, self.cls_index + 1:] += dpatch[:, self.cls_index:]
         for i in reversed(range(len(self.layers))):
@@ -177,7 +177,8 @@ class TinyVim(Classifier):
         dseq, g["pos_embed"] = add_position_embedding_backward(dseq)
         dseq, g["cls_token"] = insert_cls_token_backward(dseq, self.cls_index)  # (B, L, E)
         h, w = self.config.grid
-        dtok = from_sequence(dseq, self.perm, h, w)  # (B, h, w, E): adjoint of the gather
+        dtok = from_sequence(dseq, self.perm, h, w,
+                             check=False)  # (B, h, w, E): adjoint of the gather
         dx, gp = self.patch_embed._backward(dtok, cache["patch"])
         g.update({"patch_embed." + k: v for k, v in gp.items()})
         return dx, g

@@ -265,7 +265,7 @@ class SS2D(Module):
         perms, count = self._perms(H, W, xp)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
-            xs_k = to_sequence(x_act, perms[k]).transpose(0, 2, 1)  # (B, D, L_k)
+            xs_k = to_sequence(x_act, perms[k], check=False).transpose(0, 2, 1)  # (B, D, L_k)
             x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
@@ -288,7 +288,8 @@ class SS2D(Module):
                     delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=np.float64))
         y_grid = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
         for k in range(K):
-            y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W)  # scatter back
+            y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W,
+                                    check=False)  # scatter back
         if self.reduce == "mean":
             y_grid = y_grid / count
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
@@ -303,7 +304,8 @@ class SS2D(Module):
         perms, xs = cache["perms"], cache["xs"]
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"]
-        dys = [to_sequence(dy_grid, perms[k]).transpose(0, 2, 1) for k in range(K)]  # (B, D, L_k)
+        dys = [to_sequence(dy_grid, perms[k], check=False).transpose(0, 2, 1)
+               for k in range(K)]  # (B, D, L_k)
         if cache["one_call"]:
             s = self.scan_backward_fn(
                 xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
@@ -344,7 +346,8 @@ class SS2D(Module):
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
             g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
             dxs = du[k] + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, D, L_k)
-            dx_act += from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W)  # adjoint of gather
+            dx_act += from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W,
+                                    check=False)  # adjoint of gather
         return dx_act, g
 
     # ------------------------------------------------------------------ forward / backward
