@@ -235,6 +235,7 @@ def mamba_init(config, seed=0, dtype=np.float64):
     rng = rng_from(seed)
     d_model, D, N, K, R = config.d_model, config.d_inner, config.d_state, config.d_conv, config.dt_rank
 
+    # [book:mamba-init]
     def uniform(bound, shape):
         return rng.uniform(-bound, bound, size=shape)
 
@@ -260,6 +261,7 @@ def mamba_init(config, seed=0, dtype=np.float64):
     p["out_proj.weight"] = uniform(D**-0.5, (d_model, D))  # (d_model, D)
     if config.bias:
         p["out_proj.bias"] = uniform(D**-0.5, (d_model,))
+    # [/book:mamba-init]
     return {k: p[k].astype(dtype) for k in STATE_DICT_KEYS if k in p}
 
 
@@ -723,14 +725,14 @@ class MambaBlock(Module):
 
     def _forward(self, u, return_last_state=False):
         """The data path on float64 tokens u (B, L, d_model), unchecked; (out, cache, last_state)."""
-        p = self._params
         # [book:mamba-block-forward]
-        xz = linear(u, _f64(p["in_proj.weight"]), _f64(p.get("in_proj.bias")),
+        xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, L, 2D)
-        y, inner, last_state = inner_forward(xz.transpose(0, 2, 1), inner_path_weights(p),
-                                             self.scan_fn, return_last_state)  # (B, D, L)
-        out = linear(y.transpose(0, 2, 1), _f64(p["out_proj.weight"]),
-                     _f64(p.get("out_proj.bias")), check=False)  # (B, L, d_model)
+        y, inner, last_state = inner_forward(xz.transpose(0, 2, 1),
+                                             inner_path_weights(self._params), self.scan_fn,
+                                             return_last_state)  # (B, D, L)
+        out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
+                     self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:mamba-block-forward]
         cache = {"u": u, "xz": xz, **inner, "y": y}
         return out, cache, last_state
@@ -789,22 +791,23 @@ class MambaBlock(Module):
 
     def _backward(self, dout, cache):
         """Gradients on float64 ``dout``, unchecked: (du float64, grads by state-dict name)."""
-        p, g = self._params, {}
+        g = {}
         # [book:mamba-block-backward]
         # out = out_proj(y)
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
-            dout, cache["y"].transpose(0, 2, 1), _f64(p["out_proj.weight"]),
-            _f64(p.get("out_proj.bias")), check=False)
+            dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
+            self._w("out_proj.bias"), check=False)
 
         # y = inner path(xz): the scan, dt_proj, x_proj, SiLU, conv1d in reverse
-        dxz, g_inner = inner_backward(dy_tok.transpose(0, 2, 1), cache, inner_path_weights(p),
+        dxz, g_inner = inner_backward(dy_tok.transpose(0, 2, 1), cache,
+                                      inner_path_weights(self._params),
                                       self.scan_backward_fn)  # (B, 2D, L)
         g.update(g_inner)
 
         # xz = in_proj(u)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
-            dxz.transpose(0, 2, 1), cache["u"], _f64(p["in_proj.weight"]),
-            _f64(p.get("in_proj.bias")), check=False)  # (B, L, d_model)
+            dxz.transpose(0, 2, 1), cache["u"], self._w("in_proj.weight"),
+            self._w("in_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:mamba-block-backward]
         return du, self._grads(g)
 
@@ -903,6 +906,7 @@ class MambaBlock(Module):
         check_finite(ssm_in, "ssm_state")
         D, N, R = c.d_inner, c.d_state, c.dt_rank
 
+        # [book:mamba-step]
         u = x_in.reshape(batch, c.d_model).astype(np.float64)  # (B, d_model)
         xz = linear(u, w["w_in"], w["b_in"], check=False)  # (B, 2D)
         x, z = xz[:, :D], xz[:, D:]  # (B, D) each
@@ -919,6 +923,7 @@ class MambaBlock(Module):
                                     D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
         out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"],
                      check=False)  # (B, d_model)
+        # [/book:mamba-step]
         out = out.reshape(x_in.shape).astype(x_in.dtype)
         return out, conv.astype(conv_in.dtype), xp.asarray(h).astype(ssm_in.dtype)
 

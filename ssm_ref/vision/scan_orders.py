@@ -845,10 +845,12 @@ def from_sequence(y, perm, H, W, *, check=True):
             )
     Bsz, L, C = y.shape
     xp = array_module(y)
+    # [book:scan-scatter]
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)
     out[:, on_module_cached(perm, xp)] += y
     return out.reshape(Bsz, H, W, C)  # (B, H, W, C)
+    # [/book:scan-scatter]
 
 
 # ---------------------------------------------------------------------------
