@@ -99,6 +99,13 @@ class Module:
     parameters with :meth:`add_param` and its submodules with
     :meth:`add_module`, in the order its state dict should list them.
 
+    A block implements two unchecked methods on float64 arrays,
+    ``_forward(u) -> (out, cache)`` and ``_backward(dout, cache) -> (dx, grads)``
+    (``grads`` by state-dict name, see :meth:`_grads`); the public
+    :meth:`forward` and :meth:`backward` validate their arguments once and call
+    them, and a model calls its blocks' unchecked methods directly, so a
+    training step validates the images once, not at every layer.
+
     Examples
     --------
     >>> import numpy as np
