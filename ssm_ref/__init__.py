@@ -13,6 +13,7 @@ selective           Mamba's selective scan (S6), its backward, the decoding step
 attention           the hidden-attention matrix of a selective SSM                (ch. 4)
 scans               sequential, Hillis-Steele, Blelloch, chunked, log-space scans (ch. 5)
 nn                  layers with hand-derived backward passes (linear, conv1d, norms) (ch. 7)
+module              the one Module base: parameters by state-dict name, submodules   (ch. 7)
 mamba               the Mamba block with official weights names and step mode     (ch. 7)
 vision              scan orders, multi-direction scans, vision Mamba blocks       (ch. 8-9)
 ==================  ===========================================================
@@ -27,6 +28,7 @@ from .selective import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
 from .scans import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
+from .module import *  # noqa: F401,F403
 from .mamba import *  # noqa: F401,F403
 from . import vision  # noqa: F401
 

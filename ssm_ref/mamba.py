@@ -53,8 +53,18 @@ from ._validation import (
     check_positive_scalar,
     check_shape,
 )
-from ._xp import array_module, on_module
+from ._xp import array_module
 from .initializers import mamba_a_log
+from .module import (
+    Module,
+    check_state_ndim,
+    check_state_pair,
+    check_state_shapes,
+    in_proj_sizes,
+    read_state_dict,
+    resolve_config,
+    rng_from,
+)
 from .nn import (
     causal_conv1d,
     causal_conv1d_backward,
@@ -153,11 +163,20 @@ class MambaConfig:
         return int(self.expand * self.d_model)
 
 
+def config_from_sizes(d_model, d_inner, **fields):
+    """The :class:`MambaConfig` of a block whose weights have these sizes (``from_state_dict``).
+
+    ``expand = d_inner / d_model``, which must give ``d_inner`` back through
+    ``int(expand * d_model)``.
+    """
+    config = MambaConfig(d_model=d_model, expand=d_inner / d_model, **fields)
+    if config.d_inner != d_inner:
+        raise ValueError(f"cannot represent d_inner={d_inner} as int(expand * d_model) with "
+                         f"d_model={d_model}")
+    return config
+
+
 # --------------------------------------------------------------------------- initialization
-def _rng(seed):
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
 def mamba_init(config, seed=0, dtype=np.float64):
     """Parameters of a Mamba block with the official initialization, by state-dict name.
 
@@ -213,9 +232,10 @@ def mamba_init(config, seed=0, dtype=np.float64):
     """
     if not isinstance(config, MambaConfig):
         raise TypeError(f"Parameter config is a {type(config).__name__} but a MambaConfig was expected")
-    rng = _rng(seed)
+    rng = rng_from(seed)
     d_model, D, N, K, R = config.d_model, config.d_inner, config.d_state, config.d_conv, config.dt_rank
 
+    # [book:mamba-init]
     def uniform(bound, shape):
         return rng.uniform(-bound, bound, size=shape)
 
@@ -241,6 +261,7 @@ def mamba_init(config, seed=0, dtype=np.float64):
     p["out_proj.weight"] = uniform(D**-0.5, (d_model, D))  # (d_model, D)
     if config.bias:
         p["out_proj.bias"] = uniform(D**-0.5, (d_model,))
+    # [/book:mamba-init]
     return {k: p[k].astype(dtype) for k in STATE_DICT_KEYS if k in p}
 
 
@@ -250,11 +271,31 @@ INNER_KEYS = ("A_log", "D", "conv1d.weight", "conv1d.bias", "x_proj.weight",
               "dt_proj.weight", "dt_proj.bias")
 
 
-def _inner_weights(params, D, data_name, data):
-    """Check one inner path's parameters against d_inner = D; return them in float64.
+def _f64(arr):
+    """``arr`` as float64, without a copy when it already is (parameters are read every call)."""
+    return None if arr is None else arr.astype(np.float64, copy=False)
 
-    Short names: ``w_conv`` (D, K), ``b_conv`` (D,) or None, ``w_x`` (R + 2N, D),
-    ``w_dt`` (D, R), ``b_dt`` (D,), ``A`` (D, N) = -exp(A_log), ``D`` (D,).
+
+def inner_path_weights(params, names=None):
+    """One inner path's parameters in float64 under short names, unchecked.
+
+    ``w_conv`` (D, K), ``b_conv`` (D,) or None, ``w_x`` (R + 2N, D), ``w_dt``
+    (D, R), ``b_dt`` (D,), ``A`` (D, N) = -exp(A_log), ``D`` (D,).  ``names``
+    maps the Mamba names of :data:`INNER_KEYS` to the keys of ``params``
+    (Vim's backward path keeps its copy under other names).
+    """
+    def get(k):
+        return _f64(params.get(k if names is None else names[k]))
+    A_log = get("A_log")
+    return {"w_conv": get("conv1d.weight")[:, 0, :], "b_conv": get("conv1d.bias"),  # (D, K)
+            "w_x": get("x_proj.weight"), "w_dt": get("dt_proj.weight"),
+            "b_dt": get("dt_proj.bias"), "A": -array_module(A_log).exp(A_log),  # (D, N)
+            "D": get("D")}
+
+
+def _inner_weights(params, D, data_name, data):
+    """Check one inner path's parameters against d_inner = D; return :func:`inner_path_weights`.
+
     The parameters must live on the array module of ``data`` (named ``data_name``).
     """
     if not hasattr(params, "keys"):
@@ -268,9 +309,9 @@ def _inner_weights(params, D, data_name, data):
         if params.get(k) is None:
             p[k] = None
             continue
-        p[k] = as_array(params[k], f"params[{k!r}]", allow_complex=False).astype(np.float64)
+        p[k] = as_array(params[k], f"params[{k!r}]", allow_complex=False)
         check_finite(p[k], f"params[{k!r}]")
-    xp = _one_module({data_name: data, **{f"params[{k!r}]": v for k, v in p.items()}})
+    _one_module({data_name: data, **{f"params[{k!r}]": v for k, v in p.items()}})
     check_shape(p["A_log"], "params['A_log']", (D, None))
     check_shape(p["conv1d.weight"], "params['conv1d.weight']", (D, 1, None))
     check_shape(p["dt_proj.weight"], "params['dt_proj.weight']", (D, None))
@@ -279,9 +320,7 @@ def _inner_weights(params, D, data_name, data):
                      ("x_proj.weight", (R + 2 * N, D))):
         if p[k] is not None:
             check_shape(p[k], f"params[{k!r}]", shape)
-    return {"w_conv": p["conv1d.weight"][:, 0, :], "b_conv": p["conv1d.bias"],  # (D, K)
-            "w_x": p["x_proj.weight"], "w_dt": p["dt_proj.weight"], "b_dt": p["dt_proj.bias"],
-            "A": -xp.exp(p["A_log"]), "D": p["D"], "xp": xp}  # (D, N), (D,)
+    return inner_path_weights(p)
 
 
 def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
@@ -366,27 +405,37 @@ def mamba_inner_forward(xz, params, *, scan_fn=None, return_last_state=False):
     check_finite(xz_in, "xz")
     if xz_in.shape[1] % 2:
         raise ValueError(f"Parameter xz has shape {xz_in.shape} but should be (B, 2 * d_inner, L)")
-    scan_fn = selective_scan if scan_fn is None else scan_fn
-    D = xz_in.shape[1] // 2
-    w = _inner_weights(params, D, "xz", xz_in)
-    R, N, xp = w["w_dt"].shape[1], w["A"].shape[1], w["xp"]
-    xz = xz_in.astype(np.float64)
+    w = _inner_weights(params, xz_in.shape[1] // 2, "xz", xz_in)
+    y, cache, last_state = inner_forward(_f64(xz_in), w, selective_scan if scan_fn is None
+                                         else scan_fn, return_last_state)
+    y = y.astype(xz_in.dtype)
+    return (y, cache, last_state) if return_last_state else (y, cache)
+
+
+def inner_forward(xz, w, scan_fn, return_last_state=False):
+    """:func:`mamba_inner_forward` on float64 ``xz`` and :func:`inner_path_weights`, unchecked.
+
+    Returns ``(y (B, D, L) float64, cache, last_state or None)``.
+    """
+    R, N, D = w["w_dt"].shape[1], w["A"].shape[1], xz.shape[1] // 2
+    xp = array_module(xz)
+    # [book:mamba-inner-forward]
     x, z = xz[:, :D], xz[:, D:]  # (B, D, L) each
-    x_conv = causal_conv1d(x, w["w_conv"], w["b_conv"])  # (B, D, L)
-    x_act = silu(x_conv)  # (B, D, L)
-    x_dbl = linear(x_act.transpose(0, 2, 1), w["w_x"])  # (B, L, R + 2N)
+    x_conv = causal_conv1d(x, w["w_conv"], w["b_conv"], check=False)  # (B, D, L)
+    x_act = silu(x_conv, check=False)  # (B, D, L)
+    x_dbl = linear(x_act.transpose(0, 2, 1), w["w_x"], check=False)  # (B, L, R + 2N)
     dt_low = x_dbl[..., :R]  # (B, L, R)
     Bmat = x_dbl[..., R:R + N].transpose(0, 2, 1)  # (B, N, L)
     Cmat = x_dbl[..., R + N:].transpose(0, 2, 1)  # (B, N, L)
-    delta = linear(dt_low, w["w_dt"]).transpose(0, 2, 1)  # (B, D, L); bias goes to the scan
+    delta = linear(dt_low, w["w_dt"], check=False).transpose(0, 2, 1)  # (B, D, L); bias in scan
     res = scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z, delta_bias=w["b_dt"],
                   delta_softplus=True, return_last_state=return_last_state)
+    # [/book:mamba-inner-forward]
     y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
     y = xp.asarray(y, dtype=np.float64)  # (B, D, L)
     cache = {"x": x, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
              "delta": delta, "Bmat": Bmat, "Cmat": Cmat}
-    y = y.astype(xz_in.dtype)
-    return (y, cache, last_state) if return_last_state else (y, cache)
+    return y, cache, last_state
 
 
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
@@ -440,54 +489,60 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     """
     if not isinstance(cache, dict) or "x_act" not in cache:
         raise TypeError("Parameter cache must be the dict from mamba_inner_forward")
-    scan_backward_fn = selective_scan_backward if scan_backward_fn is None else scan_backward_fn
     dy_in = as_array(dy, "dy", allow_complex=False, ndim=3)
     check_shape(dy_in, "dy", cache["x_act"].shape)
     check_finite(dy_in, "dy")
     w = _inner_weights(params, cache["x_act"].shape[1], "dy", dy_in)
-    xp = w["xp"]
-    g = {}
+    dxz, g = inner_backward(_f64(dy_in), cache, w, selective_scan_backward
+                            if scan_backward_fn is None else scan_backward_fn)
+    return dxz.astype(dy_in.dtype), g
 
+
+def inner_backward(dy, cache, w, scan_backward_fn):
+    """:func:`mamba_inner_backward` on float64 ``dy`` and :func:`inner_path_weights`, unchecked."""
+    xp = array_module(dy)
+    g = {}
+    # [book:mamba-inner-backward]
     # y = selective_scan(x_act, delta, A, B, C, D, z, delta_bias, softplus)
-    s = scan_backward_fn(dy_in.astype(np.float64), cache["x_act"], cache["delta"], w["A"],
-                         cache["Bmat"], cache["Cmat"], D=w["D"], z=cache["z"],
-                         delta_bias=w["b_dt"], delta_softplus=True)
+    s = scan_backward_fn(dy, cache["x_act"], cache["delta"], w["A"], cache["Bmat"],
+                         cache["Cmat"], D=w["D"], z=cache["z"], delta_bias=w["b_dt"],
+                         delta_softplus=True)
     s = {k: (None if v is None else xp.asarray(v, dtype=np.float64)) for k, v in s.items()}
     g["A_log"] = s["A"] * w["A"]  # A = -exp(A_log): dA/dA_log = A
     g["D"], g["dt_proj.bias"] = s["D"], s["delta_bias"]
 
     # delta = dt_proj.weight @ dt_low
     d_dt_low, g["dt_proj.weight"], _ = linear_backward(
-        s["delta"].transpose(0, 2, 1), cache["dt_low"], w["w_dt"])  # (B, L, R)
+        s["delta"].transpose(0, 2, 1), cache["dt_low"], w["w_dt"], check=False)  # (B, L, R)
 
     # (dt_low, B, C) = split(x_proj(x_act))
     d_xdbl = xp.concatenate([d_dt_low, s["B"].transpose(0, 2, 1),
                              s["C"].transpose(0, 2, 1)], axis=-1)  # (B, L, R + 2N)
     dx_act_tok, g["x_proj.weight"], _ = linear_backward(
-        d_xdbl, cache["x_act"].transpose(0, 2, 1), w["w_x"])  # (B, L, D)
+        d_xdbl, cache["x_act"].transpose(0, 2, 1), w["w_x"], check=False)  # (B, L, D)
     dx_act = s["u"] + dx_act_tok.transpose(0, 2, 1)  # (B, D, L): scan input + x_proj input
 
     # x_act = silu(conv(x))
-    dx_conv = silu_backward(dx_act, cache["x_conv"])  # (B, D, L)
+    dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, D, L)
     dx, dw_conv, g["conv1d.bias"] = causal_conv1d_backward(
-        dx_conv, cache["x"], w["w_conv"], w["b_conv"])  # (B, D, L), (D, K)
+        dx_conv, cache["x"], w["w_conv"], w["b_conv"], check=False)  # (B, D, L), (D, K)
     g["conv1d.weight"] = dw_conv[:, None, :]  # (D, 1, K)
 
     # x = xz[:, :D], z = xz[:, D:]
     dxz = xp.concatenate([dx, s["z"]], axis=1)  # (B, 2D, L)
-    return dxz.astype(dy_in.dtype), g
+    # [/book:mamba-inner-backward]
+    return dxz, g
 
 
 # --------------------------------------------------------------------------- the block
-class MambaBlock:
+class MambaBlock(Module):
     """The Mamba block of ``mamba_ssm.modules.mamba_simple.Mamba`` on (B, L, d_model) tokens.
 
     Parameters
     ----------
-    d_model : int
-        Token width.
-    d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias
-        As in :class:`MambaConfig` (the official constructor's arguments and defaults).
+    config : MambaConfig, optional
+        Sizes and initialization settings; built from ``**config_fields`` when
+        omitted (``MambaBlock(d_model=64)``), or updated by them.
     seed : int, numpy.random.Generator or None, default 0
         Seed of the official initialization (:func:`mamba_init`).
     dtype : numpy dtype, default float64
@@ -499,14 +554,17 @@ class MambaBlock:
         Its backward, with the signature of :func:`ssm_ref.selective_scan_backward`.
     state_update_fn : callable, optional
         The decoding step, with the signature of :func:`ssm_ref.selective_state_update`.
+    **config_fields
+        Fields of :class:`MambaConfig` (``d_model``, ``d_state``, ``expand``, ...).
 
     Attributes
     ----------
     config : MambaConfig
-    params : dict of str -> ndarray
-        The weights under their official state-dict names, NumPy arrays
-        after construction; :meth:`to` moves them to another array module
-        (CuPy), where the data passed to the block must then live too.
+    params : mapping of str -> ndarray
+        The weights under their official state-dict names (a live view, see
+        :class:`ssm_ref.module.Module`), NumPy arrays after construction;
+        :meth:`to` moves them to another array module (CuPy), where the data
+        passed to the block must then live too.
 
     Notes
     -----
@@ -536,60 +594,18 @@ class MambaBlock:
     True
     """
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto",
-                 dt_min=1e-3, dt_max=1e-1, dt_init="random", dt_scale=1.0,
-                 dt_init_floor=1e-4, conv_bias=True, bias=False, *, seed=0,
-                 dtype=np.float64, scan_fn=None, scan_backward_fn=None, state_update_fn=None):
-        self.config = MambaConfig(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max,
-                                  dt_init, dt_scale, dt_init_floor, conv_bias, bias)
-        self.params = mamba_init(self.config, seed=seed, dtype=dtype)
-        self._set_backends(scan_fn, scan_backward_fn, state_update_fn)
-
-    def _set_backends(self, scan_fn, scan_backward_fn, state_update_fn):
-        self.scan_fn = selective_scan if scan_fn is None else scan_fn
-        self.scan_backward_fn = selective_scan_backward if scan_backward_fn is None else scan_backward_fn
-        self.state_update_fn = selective_state_update if state_update_fn is None else state_update_fn
-        for name in ("scan_fn", "scan_backward_fn", "state_update_fn"):
-            if not callable(getattr(self, name)):
-                raise TypeError(f"Parameter {name} = {getattr(self, name)!r} is not callable")
+    def __init__(self, config=None, *, seed=0, dtype=np.float64, scan_fn=None,
+                 scan_backward_fn=None, state_update_fn=None, **config_fields):
+        super().__init__()
+        self.config = resolve_config(MambaConfig, config, config_fields)
+        for k, v in mamba_init(self.config, seed=seed, dtype=dtype).items():
+            self.add_param(k, v)
+        self.set_backend(scan_fn, scan_backward_fn, state_update_fn)
 
     def __repr__(self):
         c = self.config
         return (f"MambaBlock(d_model={c.d_model}, d_inner={c.d_inner}, d_state={c.d_state}, "
-                f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, params={self.num_params})")
-
-    def to(self, xp):
-        """Move the parameters to array module ``xp`` (``numpy`` or ``cupy``); return self.
-
-        One copy per parameter, done once (e.g. before training on a GPU);
-        afterwards :meth:`forward`, :meth:`backward`, :meth:`step` and
-        :meth:`prefill` take and return arrays of ``xp``.  dtypes are kept.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> block = MambaBlock(d_model=4, d_state=2).to(np)
-        >>> type(block.params["A_log"]).__name__
-        'ndarray'
-        """
-        self.params = {k: on_module(v, xp) for k, v in self.params.items()}
-        return self
-
-    def _check_module(self, arr, name):
-        """The array module of ``arr``; raise unless every parameter lives there too."""
-        xp = array_module(arr)
-        strays = [k for k, v in self.params.items() if array_module(v) is not xp]
-        if strays:
-            raise TypeError(
-                f"Parameter {name} is a {xp.__name__} array but the block's parameters "
-                f"{strays} are not; move the block once with block.to({xp.__name__})"
-            )
-        return xp
-
-    @property
-    def num_params(self) -> int:
-        """Number of scalar parameters (the sum of every state-dict entry's size)."""
-        return int(sum(v.size for v in self.params.values()))
+                f"d_conv={c.d_conv}, dt_rank={c.dt_rank}, params={self.n_params()})")
 
     # ------------------------------------------------------------------ weights interchange
     @classmethod
@@ -635,106 +651,37 @@ class MambaBlock:
         >>> block.config.d_inner, block.config.dt_rank, block.config.d_conv
         (12, 1, 4)
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
-        sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         required = [k for k in STATE_DICT_KEYS if k not in _OPTIONAL_KEYS]
-        missing = [k for k in required if k not in sd]
-        unknown = sorted(k for k in sd if k not in STATE_DICT_KEYS)
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if unknown:
-                parts.append(f"unknown keys {unknown}")
-            raise KeyError(
-                f"state_dict (prefix {prefix!r}) does not match Mamba's names: "
-                + "; ".join(parts) + f". Expected {list(STATE_DICT_KEYS)} "
-                "(the three biases in_proj/conv1d/out_proj optional)"
-            )
-        if ("in_proj.bias" in sd) != ("out_proj.bias" in sd):
-            raise KeyError("state_dict has only one of 'in_proj.bias' and 'out_proj.bias'; "
-                           "the official module (bias=True/False) has both or neither")
-
-        arrs = {}
-        for k, v in sd.items():
-            a = as_array(v, f"state_dict[{k!r}]", allow_complex=False)
-            check_finite(a, f"state_dict[{k!r}]")
-            arrs[k] = a.copy()
-
-        w_in = arrs["in_proj.weight"]
-        if w_in.ndim != 2 or w_in.shape[0] % 2:
-            raise ValueError(f"Parameter state_dict['in_proj.weight'] has shape {w_in.shape} "
-                             "but should be (2 * d_inner, d_model)")
-        d_model, D = w_in.shape[1], w_in.shape[0] // 2
-        a_log, w_conv, w_dt = arrs["A_log"], arrs["conv1d.weight"], arrs["dt_proj.weight"]
-        for key, arr, nd, what in (("A_log", a_log, 2, "(d_inner, d_state)"),
-                                   ("conv1d.weight", w_conv, 3, "(d_inner, 1, d_conv)"),
-                                   ("dt_proj.weight", w_dt, 2, "(d_inner, dt_rank)")):
-            if arr.ndim != nd:
-                raise ValueError(f"Parameter state_dict[{key!r}] has shape {arr.shape} "
-                                 f"but should be {what}")
-        N, K, R = a_log.shape[1], w_conv.shape[2], w_dt.shape[1]
+        arrs = read_state_dict(state_dict, prefix, required, _OPTIONAL_KEYS, "Mamba")
+        check_state_pair(arrs, "in_proj.bias", "out_proj.bias")
+        d_model, D = in_proj_sizes(arrs)
+        check_state_ndim(arrs, "A_log", 2, "(d_inner, d_state)")
+        check_state_ndim(arrs, "conv1d.weight", 3, "(d_inner, 1, d_conv)")
+        check_state_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
+        N, K = arrs["A_log"].shape[1], arrs["conv1d.weight"].shape[2]
+        R = arrs["dt_proj.weight"].shape[1]
         expected = {
             "A_log": (D, N), "D": (D,), "in_proj.weight": (2 * D, d_model), "in_proj.bias": (2 * D,),
             "conv1d.weight": (D, 1, K), "conv1d.bias": (D,), "x_proj.weight": (R + 2 * N, D),
             "dt_proj.weight": (D, R), "dt_proj.bias": (D,), "out_proj.weight": (d_model, D),
             "out_proj.bias": (d_model,),
         }
-        for k, arr in arrs.items():
-            if arr.shape != expected[k]:
-                raise ValueError(
-                    f"Parameter state_dict[{k!r}] has shape {arr.shape} but should be "
-                    f"{expected[k]} (inferred d_model={d_model}, d_inner={D}, d_state={N}, "
-                    f"d_conv={K}, dt_rank={R})"
-                )
-        block = cls.__new__(cls)
-        block.config = MambaConfig(d_model=d_model, d_state=N, d_conv=K, expand=D / d_model,
-                                   dt_rank=R, conv_bias="conv1d.bias" in arrs,
-                                   bias="in_proj.bias" in arrs)
-        if block.config.d_inner != D:  # expand = D / d_model must give D back
-            raise ValueError(f"cannot represent d_inner={D} as int(expand * d_model) with "
-                             f"d_model={d_model}")
-        block.params = {k: arrs[k] for k in STATE_DICT_KEYS if k in arrs}
-        block._set_backends(scan_fn, scan_backward_fn, state_update_fn)
+        check_state_shapes(arrs, expected, f"d_model={d_model}, d_inner={D}, d_state={N}, "
+                                           f"d_conv={K}, dt_rank={R}")
+        config = config_from_sizes(d_model, D, d_state=N, d_conv=K, dt_rank=R,
+                                   conv_bias="conv1d.bias" in arrs, bias="in_proj.bias" in arrs)
+        block = cls(config, scan_fn=scan_fn, scan_backward_fn=scan_backward_fn,
+                    state_update_fn=state_update_fn)
+        block.params = arrs
         return block
 
-    def state_dict(self):
-        """The weights under the official names, as copies (see :meth:`from_state_dict`).
-
-        The copies are arrays of the module the parameters live on (see :meth:`to`).
-
-        Examples
-        --------
-        >>> list(MambaBlock(d_model=4).state_dict())
-        ['A_log', 'D', 'in_proj.weight', 'conv1d.weight', 'conv1d.bias', 'x_proj.weight', 'dt_proj.weight', 'dt_proj.bias', 'out_proj.weight']
-        """
-        return {k: v.copy() for k, v in self.params.items()}
-
-    # ------------------------------------------------------------------ helpers
-    def _weights(self):
-        """The parameters in float64, under short names, with A = -exp(A_log)."""
-        p = {k: v.astype(np.float64) for k, v in self.params.items()}
-        xp = array_module(*p.values())
-        return {
-            "w_in": p["in_proj.weight"], "b_in": p.get("in_proj.bias"),
-            "w_conv": p["conv1d.weight"][:, 0, :], "b_conv": p.get("conv1d.bias"),  # (D, K)
-            "w_x": p["x_proj.weight"], "w_dt": p["dt_proj.weight"], "b_dt": p["dt_proj.bias"],
-            "A": -xp.exp(p["A_log"]), "D": p["D"],  # (D, N), (D,)
-            "w_out": p["out_proj.weight"], "b_out": p.get("out_proj.bias"),
-        }
-
+    # ------------------------------------------------------------------ forward
     def _check_tokens(self, x, name="x"):
         x = as_array(x, name, allow_complex=False, ndim=3)
         check_shape(x, name, (None, None, self.config.d_model))
         self._check_module(x, name)
         check_finite(x, name)
         return x
-
-    # ------------------------------------------------------------------ forward
-    def __call__(self, x):
-        """Same as :meth:`forward`."""
-        return self.forward(x)
 
     def forward(self, x, return_cache=False):
         """Run the block on a sequence of tokens.
@@ -772,18 +719,21 @@ class MambaBlock:
         dtype('float32')
         """
         x = self._check_tokens(x)
-        out, cache, _ = self._forward(x.astype(np.float64), return_last_state=False)
+        out, cache, _ = self._forward(_f64(x), return_last_state=False)
         out = out.astype(x.dtype)
         return (out, cache) if return_cache else out
 
-    def _forward(self, u, return_last_state):
-        """The data path on float64 tokens u (B, L, d_model); returns (out, cache, last_state)."""
-        w = self._weights()
-        xz = linear(u, w["w_in"], w["b_in"])  # (B, L, 2D)
-        res = mamba_inner_forward(xz.transpose(0, 2, 1), self.params, scan_fn=self.scan_fn,
-                                  return_last_state=return_last_state)
-        y, inner, last_state = res if return_last_state else res + (None,)  # (B, D, L), (B, D, N)
-        out = linear(y.transpose(0, 2, 1), w["w_out"], w["b_out"])  # (B, L, d_model)
+    def _forward(self, u, return_last_state=False):
+        """The data path on float64 tokens u (B, L, d_model), unchecked; (out, cache, last_state)."""
+        # [book:mamba-block-forward]
+        xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
+                    check=False)  # (B, L, 2D)
+        y, inner, last_state = inner_forward(xz.transpose(0, 2, 1),
+                                             inner_path_weights(self._params), self.scan_fn,
+                                             return_last_state)  # (B, D, L)
+        out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
+                     self._w("out_proj.bias"), check=False)  # (B, L, d_model)
+        # [/book:mamba-block-forward]
         cache = {"u": u, "xz": xz, **inner, "y": y}
         return out, cache, last_state
 
@@ -836,24 +786,30 @@ class MambaBlock:
         check_shape(dout_arr, "dout", cache["u"].shape)
         self._check_module(dout_arr, "dout")
         check_finite(dout_arr, "dout")
-        w = self._weights()
-        g = {}
+        du, grads = self._backward(_f64(dout_arr), cache)
+        return du.astype(dout_arr.dtype), grads
 
+    def _backward(self, dout, cache):
+        """Gradients on float64 ``dout``, unchecked: (du float64, grads by state-dict name)."""
+        g = {}
+        # [book:mamba-block-backward]
         # out = out_proj(y)
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
-            dout_arr.astype(np.float64), cache["y"].transpose(0, 2, 1), w["w_out"], w["b_out"])
+            dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
+            self._w("out_proj.bias"), check=False)
 
         # y = inner path(xz): the scan, dt_proj, x_proj, SiLU, conv1d in reverse
-        dxz, g_inner = mamba_inner_backward(dy_tok.transpose(0, 2, 1), cache, self.params,
-                                            scan_backward_fn=self.scan_backward_fn)  # (B, 2D, L)
+        dxz, g_inner = inner_backward(dy_tok.transpose(0, 2, 1), cache,
+                                      inner_path_weights(self._params),
+                                      self.scan_backward_fn)  # (B, 2D, L)
         g.update(g_inner)
 
         # xz = in_proj(u)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
-            dxz.transpose(0, 2, 1), cache["u"], w["w_in"], w["b_in"])  # (B, L, d_model)
-
-        grads = {k: g[k].astype(self.params[k].dtype) for k in self.params}
-        return du.astype(dout_arr.dtype), grads
+            dxz.transpose(0, 2, 1), cache["u"], self._w("in_proj.weight"),
+            self._w("in_proj.bias"), check=False)  # (B, L, d_model)
+        # [/book:mamba-block-backward]
+        return du, self._grads(g)
 
     # ------------------------------------------------------------------ recurrent mode
     def allocate_cache(self, batch, dtype=np.float64):
@@ -929,7 +885,10 @@ class MambaBlock:
         >>> bool(np.allclose(conv[:, :, -1], x_branch)), bool(np.all(conv[:, :, :-1] == 0))
         (True, True)
         """
-        c, w = self.config, self._weights()
+        c, p = self.config, self._params
+        w = {**inner_path_weights(p), "w_in": _f64(p["in_proj.weight"]),
+             "b_in": _f64(p.get("in_proj.bias")), "w_out": _f64(p["out_proj.weight"]),
+             "b_out": _f64(p.get("out_proj.bias"))}
         x_in = as_array(x_t, "x_t", allow_complex=False, ndim=(2, 3))
         if x_in.ndim == 3:
             check_shape(x_in, "x_t", (None, 1, c.d_model))
@@ -947,21 +906,24 @@ class MambaBlock:
         check_finite(ssm_in, "ssm_state")
         D, N, R = c.d_inner, c.d_state, c.dt_rank
 
+        # [book:mamba-step]
         u = x_in.reshape(batch, c.d_model).astype(np.float64)  # (B, d_model)
-        xz = linear(u, w["w_in"], w["b_in"])  # (B, 2D)
+        xz = linear(u, w["w_in"], w["b_in"], check=False)  # (B, 2D)
         x, z = xz[:, :D], xz[:, D:]  # (B, D) each
         conv = xp.concatenate([conv_in[:, :, 1:].astype(np.float64), x[:, :, None]],
                               axis=2)  # (B, D, K): roll left, new x at the end
         x_conv = xp.sum(conv * w["w_conv"], axis=-1)  # (B, D)
         if w["b_conv"] is not None:
             x_conv = x_conv + w["b_conv"]
-        x_act = silu(x_conv)  # (B, D)
-        x_dbl = linear(x_act, w["w_x"])  # (B, R + 2N)
+        x_act = silu(x_conv, check=False)  # (B, D)
+        x_dbl = linear(x_act, w["w_x"], check=False)  # (B, R + 2N)
         dt_low, Bmat, Cmat = x_dbl[:, :R], x_dbl[:, R:R + N], x_dbl[:, R + N:]  # (B, R), (B, N), (B, N)
-        delta = linear(dt_low, w["w_dt"])  # (B, D)
+        delta = linear(dt_low, w["w_dt"], check=False)  # (B, D)
         y, h = self.state_update_fn(ssm_in.astype(np.float64), x_act, delta, w["A"], Bmat, Cmat,
                                     D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
-        out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"])  # (B, d_model)
+        out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"],
+                     check=False)  # (B, d_model)
+        # [/book:mamba-step]
         out = out.reshape(x_in.shape).astype(x_in.dtype)
         return out, conv.astype(conv_in.dtype), xp.asarray(h).astype(ssm_in.dtype)
 
@@ -992,7 +954,7 @@ class MambaBlock:
         True
         """
         x = self._check_tokens(x)
-        out, cache, last_state = self._forward(x.astype(np.float64), return_last_state=True)
+        out, cache, last_state = self._forward(_f64(x), return_last_state=True)
         K, L, xp = self.config.d_conv, x.shape[1], array_module(x)
         xs = cache["x"][:, :, max(0, L - K):]  # (B, D, min(L, K))
         conv_state = xp.concatenate(

@@ -22,6 +22,13 @@ is ``(out, in)``; the depthwise convolution weights are the official
 ``conv1d.weight`` ``(D, 1, K)`` and ``conv2d.weight`` ``(C, 1, kh, kw)`` with the
 singleton axis squeezed away.
 
+Validation: called directly, every function checks its arguments (real,
+finite, matching shapes) and names the one that is wrong.  The blocks and
+models validate their input once at their own entry point and then call the
+layers with ``check=False``, which skips those checks (and takes float64
+views of float64 arrays instead of copies); only an internal caller that has
+already validated its arrays passes it.
+
 dtype contract: every function computes in float64 and returns each result
 in the dtype of the argument it belongs to (the output in ``x``'s dtype, a
 weight gradient in the weight's dtype).
@@ -32,6 +39,8 @@ arrays of that module, with no host round-trip; pass all arrays of one call
 on the same module.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -54,6 +63,8 @@ __all__ = [
     "layer_norm_backward",
     "depthwise_conv2d",
     "depthwise_conv2d_backward",
+    "gelu",
+    "gelu_backward",
 ]
 
 #: Above this input softplus is the identity (PyTorch's ``threshold=20``).
@@ -67,11 +78,16 @@ def _real(x, name, ndim=None):
     return arr
 
 
-def _grad_like(dy, like, name):
-    """Validate an upstream gradient: real, finite, same shape as the forward output."""
+def _grad_like(dy, like, name, check=True):
+    """Validate an upstream gradient: real, finite, same shape as the forward output.
+
+    With ``check=False`` (a block's internal call) only the float64 view is taken.
+    """
+    if not check:
+        return dy.astype(np.float64, copy=False)
     dy = _real(dy, name)
     check_shape(dy, name, tuple(like))
-    return dy.astype(np.float64)
+    return dy.astype(np.float64, copy=False)
 
 
 def _out(value, like):
@@ -81,7 +97,9 @@ def _out(value, like):
 
 
 # --------------------------------------------------------------------------- linear
-def _check_linear(x, W):
+def _check_linear(x, W, check=True):
+    if not check:
+        return x, W
     x = _real(x, "x")
     W = _real(W, "W", ndim=2)
     if x.ndim < 1 or x.shape[-1] != W.shape[1]:
@@ -92,7 +110,7 @@ def _check_linear(x, W):
     return x, W
 
 
-def linear(x, W, b=None):
+def linear(x, W, b=None, *, check=True):
     """Affine map on the last axis, ``y = x W^T + b`` (PyTorch's ``nn.Linear``).
 
     Parameters
@@ -123,16 +141,17 @@ def linear(x, W, b=None):
     >>> linear(x, W, b=np.array([0.0, 0.5, 1.0]))
     array([[ 1. ,  3.5, -1. ]])
     """
-    x, W = _check_linear(x, W)
+    x, W = _check_linear(x, W, check)
     n_out = W.shape[0]
-    y = x.astype(np.float64) @ W.astype(np.float64).T  # (..., out)
+    y = x.astype(np.float64, copy=False) @ W.astype(np.float64, copy=False).T  # (..., out)
     if b is not None:
-        b = check_shape(_real(b, "b"), "b", (n_out,))
+        if check:
+            b = check_shape(_real(b, "b"), "b", (n_out,))
         y = y + b
     return _out(y, x)
 
 
-def linear_backward(dy, x, W, b=None):
+def linear_backward(dy, x, W, b=None, *, check=True):
     """Gradients of :func:`linear`: ``dx = dy W``, ``dW = sum dy^T x``, ``db = sum dy``.
 
     Parameters
@@ -157,13 +176,13 @@ def linear_backward(dy, x, W, b=None):
     >>> dx[0], dW[0], db
     (array([4., 4., 4.]), array([2., 2., 2.]), array([2., 2., 2., 2.]))
     """
-    x, W = _check_linear(x, W)
-    dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy")
-    dy64 = dy.astype(np.float64).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
-    x64 = x.astype(np.float64).reshape(-1, W.shape[1])  # (M, in)
-    dx = (dy64 @ W.astype(np.float64)).reshape(x.shape)  # (..., in)
+    x, W = _check_linear(x, W, check)
+    dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy", check)
+    dy64 = dy.astype(np.float64, copy=False).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
+    x64 = x.astype(np.float64, copy=False).reshape(-1, W.shape[1])  # (M, in)
+    dx = (dy64 @ W.astype(np.float64, copy=False)).reshape(x.shape)  # (..., in)
     dW = dy64.T @ x64  # (out, in)
-    if b is not None:  # b only decides db's presence and dtype
+    if b is not None and check:  # b only decides db's presence and dtype
         b = as_array(b, "b", allow_complex=False)
     db = None if b is None else _out(dy64.sum(axis=0), b)  # (out,)
     return _out(dx, x), _out(dW, W), db
@@ -210,7 +229,7 @@ def sigmoid(x):
     return _out(special(xp).expit(x.astype(np.float64, copy=False)), x)
 
 
-def silu(x):
+def silu(x, *, check=True):
     """SiLU (swish), ``silu(x) = x * sigmoid(x)``, elementwise.
 
     The sigmoid is :func:`sigmoid`, which does not overflow for large ``|x|``.
@@ -221,12 +240,13 @@ def silu(x):
     >>> silu(np.array([-1.0, 0.0, 1.0]))
     array([-0.26894142,  0.        ,  0.73105858])
     """
-    x = _real(x, "x")
-    x64 = x.astype(np.float64)
+    if check:
+        x = _real(x, "x")
+    x64 = x.astype(np.float64, copy=False)
     return _out(x64 * sigmoid(x64), x)
 
 
-def silu_backward(dy, x):
+def silu_backward(dy, x, *, check=True):
     """Gradient of :func:`silu`: ``dx = dy * s * (1 + x (1 - s))`` with ``s = sigmoid(x)``.
 
     Examples
@@ -235,14 +255,15 @@ def silu_backward(dy, x):
     >>> silu_backward(np.ones(1), np.zeros(1))  # silu'(0) = 1/2
     array([0.5])
     """
-    x = _real(x, "x")
-    dy = _grad_like(dy, x.shape, "dy")
-    x64 = x.astype(np.float64)
+    if check:
+        x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy", check)
+    x64 = x.astype(np.float64, copy=False)
     s = sigmoid(x64)
     return _out(dy * s * (1.0 + x64 * (1.0 - s)), x)
 
 
-def softplus(x):
+def softplus(x, *, check=True):
     """Softplus ``log(1 + e^x)``, the identity above 20 (PyTorch's ``threshold=20``).
 
     This is how Mamba turns ``delta`` into a positive step size; the switch to
@@ -255,14 +276,15 @@ def softplus(x):
     >>> softplus(np.array([0.0, 25.0]))
     array([ 0.69314718, 25.        ])
     """
-    x = _real(x, "x")
+    if check:
+        x = _real(x, "x")
     xp = array_module(x)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     small = xp.minimum(x64, SOFTPLUS_THRESHOLD)  # exp never overflows
     return _out(xp.where(x64 > SOFTPLUS_THRESHOLD, x64, xp.log1p(xp.exp(small))), x)
 
 
-def softplus_backward(dy, x):
+def softplus_backward(dy, x, *, check=True):
     """Gradient of :func:`softplus`: ``sigmoid(x)`` below the threshold, 1 above.
 
     Examples
@@ -271,16 +293,19 @@ def softplus_backward(dy, x):
     >>> softplus_backward(np.ones(2), np.array([0.0, 30.0]))
     array([0.5, 1. ])
     """
-    x = _real(x, "x")
-    dy = _grad_like(dy, x.shape, "dy")
+    if check:
+        x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(x, dy)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     slope = xp.where(x64 > SOFTPLUS_THRESHOLD, 1.0, sigmoid(x64))
     return _out(dy * slope, x)
 
 
 # --------------------------------------------------------------------------- causal conv1d
-def _check_conv1d(x, weight, bias):
+def _check_conv1d(x, weight, bias, check=True):
+    if not check:
+        return x, weight, bias
     x = _real(x, "x", ndim=3)
     weight = _real(weight, "weight", ndim=2)
     n_batch, n_chan, length = x.shape
@@ -294,7 +319,7 @@ def _check_conv1d(x, weight, bias):
     return x, weight, bias
 
 
-def causal_conv1d(x, weight, bias=None):
+def causal_conv1d(x, weight, bias=None, *, check=True):
     """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1).
 
     ``y[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (K-1) + k]`` with
@@ -328,7 +353,7 @@ def causal_conv1d(x, weight, bias=None):
     >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))  # y_t = x_{t-1} + 10 x_t
     array([[[10., 21., 32., 43.]]])
     """
-    x, weight, bias = _check_conv1d(x, weight, bias)
+    x, weight, bias = _check_conv1d(x, weight, bias, check)
     xp = array_module(x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
@@ -341,7 +366,7 @@ def causal_conv1d(x, weight, bias=None):
     return _out(y, x)
 
 
-def causal_conv1d_backward(dy, x, weight, bias=None):
+def causal_conv1d_backward(dy, x, weight, bias=None, *, check=True):
     """Gradients of :func:`causal_conv1d`.
 
     With the padded input ``xp`` (K-1 zeros in front): ``dweight[d, k] =
@@ -362,8 +387,8 @@ def causal_conv1d_backward(dy, x, weight, bias=None):
     >>> dx, dw, db
     (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
     """
-    x, weight, bias = _check_conv1d(x, weight, bias)
-    dy = _grad_like(dy, x.shape, "dy")
+    x, weight, bias = _check_conv1d(x, weight, bias, check)
+    dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
@@ -379,7 +404,9 @@ def causal_conv1d_backward(dy, x, weight, bias=None):
 
 
 # --------------------------------------------------------------------------- norms
-def _check_norm(x, weight, bias, with_bias):
+def _check_norm(x, weight, bias, with_bias, check=True):
+    if not check:
+        return x, weight, bias
     x = _real(x, "x")
     if x.ndim < 1:
         raise ValueError(f"Parameter x has shape {x.shape} but should have at least 1 axis")
@@ -390,7 +417,7 @@ def _check_norm(x, weight, bias, with_bias):
     return x, weight, bias
 
 
-def rms_norm(x, weight, eps=1e-5):
+def rms_norm(x, weight, eps=1e-5, *, check=True):
     """RMSNorm over the last axis: ``y = x / sqrt(mean(x^2) + eps) * weight``.
 
     The norm of Mamba's residual blocks and of Vim (``mamba_ssm``'s ``RMSNorm``,
@@ -413,14 +440,14 @@ def rms_norm(x, weight, eps=1e-5):
     >>> rms_norm(np.array([[3.0, 4.0]]), np.ones(2), eps=0.0)  # rms = sqrt(12.5)
     array([[0.84852814, 1.13137085]])
     """
-    x, weight, _ = _check_norm(x, weight, None, False)
+    x, weight, _ = _check_norm(x, weight, None, False, check)
     xp = array_module(x, weight)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     return _out(x64 * rstd * weight, x)
 
 
-def rms_norm_backward(dy, x, weight, eps=1e-5):
+def rms_norm_backward(dy, x, weight, eps=1e-5, *, check=True):
     """Gradients of :func:`rms_norm`.
 
     With ``r = (mean(x^2) + eps)^(-1/2)`` and ``g = dy * weight``:
@@ -439,10 +466,10 @@ def rms_norm_backward(dy, x, weight, eps=1e-5):
     >>> dx, dw  # scaling x does not change y, so dL/dx is orthogonal to x
     (array([[0., 0.]]), array([1., 1.]))
     """
-    x, weight, _ = _check_norm(x, weight, None, False)
-    dy = _grad_like(dy, x.shape, "dy")
+    x, weight, _ = _check_norm(x, weight, None, False, check)
+    dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     g = dy * weight  # (..., D)
     dx = rstd * (g - x64 * rstd**2 * xp.mean(g * x64, axis=-1, keepdims=True))
@@ -450,7 +477,7 @@ def rms_norm_backward(dy, x, weight, eps=1e-5):
     return _out(dx, x), _out(dweight, weight)
 
 
-def layer_norm(x, weight, bias=None, eps=1e-5):
+def layer_norm(x, weight, bias=None, eps=1e-5, *, check=True):
     """LayerNorm over the last axis: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
     ``var`` is the biased variance (divide by D), as in ``torch.nn.LayerNorm``
@@ -473,9 +500,9 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
     >>> layer_norm(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), eps=0.0)
     array([[-1.,  1.]])
     """
-    x, weight, bias = _check_norm(x, weight, bias, True)
+    x, weight, bias = _check_norm(x, weight, bias, True, check)
     xp = array_module(x, weight, bias)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu  # (..., D)
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -485,7 +512,7 @@ def layer_norm(x, weight, bias=None, eps=1e-5):
     return _out(y, x)
 
 
-def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5):
+def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5, *, check=True):
     """Gradients of :func:`layer_norm`.
 
     With ``xhat = (x - mean) r`` and ``g = dy * weight``:
@@ -505,10 +532,10 @@ def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5):
     >>> dx, dw, db  # a constant shift of y's gradient is killed by the centring
     (array([[0., 0.]]), array([-1.,  1.]), array([1., 1.]))
     """
-    x, weight, bias = _check_norm(x, weight, bias, True)
-    dy = _grad_like(dy, x.shape, "dy")
+    x, weight, bias = _check_norm(x, weight, bias, True, check)
+    dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
-    x64 = x.astype(np.float64)
+    x64 = x.astype(np.float64, copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -523,7 +550,9 @@ def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5):
 
 
 # --------------------------------------------------------------------------- depthwise conv2d
-def _check_conv2d(x, weight, bias):
+def _check_conv2d(x, weight, bias, check=True):
+    if not check:
+        return x, weight, bias
     x = _real(x, "x", ndim=4)
     weight = _real(weight, "weight", ndim=3)
     n_chan = x.shape[3]
@@ -544,7 +573,7 @@ def _pad2d(x, kh, kw):
     return xp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
 
 
-def depthwise_conv2d(x, weight, bias=None):
+def depthwise_conv2d(x, weight, bias=None, *, check=True):
     """Depthwise 2-D convolution on channels-last images with 'same' zero padding.
 
     ``y[b, i, j, c] = bias[c] + sum_{p,q} weight[c, p, q] x[b, i + p - ph, j + q - pw, c]``
@@ -580,11 +609,11 @@ def depthwise_conv2d(x, weight, bias=None):
            [5., 4., 3.],
            [2., 1., 0.]])
     """
-    x, weight, bias = _check_conv2d(x, weight, bias)
+    x, weight, bias = _check_conv2d(x, weight, bias, check)
     xp = array_module(x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
     y = xp.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
     for p in range(kh):
         for q in range(kw):
@@ -594,7 +623,7 @@ def depthwise_conv2d(x, weight, bias=None):
     return _out(y, x)
 
 
-def depthwise_conv2d_backward(dy, x, weight, bias=None):
+def depthwise_conv2d_backward(dy, x, weight, bias=None, *, check=True):
     """Gradients of :func:`depthwise_conv2d`.
 
     ``dweight[c, p, q] = sum_{b,i,j} dy[b, i, j, c] xpad[b, i + p, j + q, c]``;
@@ -617,12 +646,12 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None):
            [2., 4., 2.],
            [1., 2., 1.]])
     """
-    x, weight, bias = _check_conv2d(x, weight, bias)
-    dy = _grad_like(dy, x.shape, "dy")
+    x, weight, bias = _check_conv2d(x, weight, bias, check)
+    dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
     dxpad = xp.zeros_like(xpad)
     dweight = xp.zeros((n_chan, kh, kw))  # (C, kh, kw)
     for p in range(kh):
@@ -634,3 +663,40 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None):
     dx = dxpad[:, top:top + height, left:left + width, :]  # (B, H, W, C)
     dbias = None if bias is None else _out(dy.sum(axis=(0, 1, 2)), bias)
     return _out(dx, x), _out(dweight, weight), dbias
+
+
+# --------------------------------------------------------------------------- GELU
+def gelu(x, *, check=True):
+    """Exact GELU, ``x Φ(x) = x (1 + erf(x / sqrt 2)) / 2`` (PyTorch's default ``nn.GELU``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gelu(np.array([-1.0, 0.0, 1.0]))
+    array([-0.15865525,  0.        ,  0.84134475])
+    """
+    if check:
+        x = _real(x, "x")
+    xp = array_module(x)
+    x64 = x.astype(np.float64, copy=False)
+    erf = special(xp).erf  # scipy.special.erf, or cupyx.scipy.special.erf on a GPU
+    return (0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def gelu_backward(dy, x, *, check=True):
+    """Gradient of :func:`gelu`: ``dy (Φ(x) + x φ(x))`` with φ the standard normal density.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gelu_backward(np.ones(2), np.array([0.0, 10.0]))
+    array([0.5, 1. ])
+    """
+    if check:
+        x = _real(x, "x")
+    dy = _grad_like(dy, x.shape, "dy", check)
+    xp = array_module(x, dy)
+    x64 = x.astype(np.float64, copy=False)
+    cdf = 0.5 * (1.0 + special(xp).erf(x64 / math.sqrt(2.0)))
+    pdf = xp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
+    return dy * (cdf + x64 * pdf)

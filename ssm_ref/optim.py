@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -265,8 +266,8 @@ class _Optimizer:
     _slots: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
     def __init__(self, params, lr, weight_decay, no_weight_decay):
-        if not isinstance(params, dict) or not params:
-            raise TypeError("Parameter params must be a non-empty dict name -> array "
+        if not isinstance(params, Mapping) or not params:
+            raise TypeError("Parameter params must be a non-empty mapping name -> array "
                             f"(got {type(params).__name__})")
         self.params = params
         self.lr = check_positive_scalar(lr, "lr")

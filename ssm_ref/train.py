@@ -10,7 +10,7 @@ E        number of epochs; ``S`` optimisation steps per epoch
 The model interface this loop relies on (the tiny models of
 ``ssm_ref.vision.models`` implement it; any object that does can be trained):
 
-``model.params``                 dict name -> array, updated in place by the optimiser
+``model.params``                 mapping name -> array, updated in place by the optimiser
 ``model.forward(x, return_cache=True)``   -> ``(logits (B, K), cache)``
 ``model.forward(x)``             -> ``logits`` (evaluation)
 ``model.backward(dlogits, cache)``        -> grads, a dict with the keys of ``params``
@@ -47,6 +47,7 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +141,8 @@ def _check_model(model):
         if not hasattr(model, attr):
             raise TypeError(f"Parameter model ({type(model).__name__}) has no attribute {attr!r}; "
                             "see the model interface in the docstring of ssm_ref.train")
-    if not isinstance(model.params, dict) or not model.params:
-        raise TypeError("Parameter model.params must be a non-empty dict name -> array")
+    if not isinstance(model.params, Mapping) or not model.params:
+        raise TypeError("Parameter model.params must be a non-empty mapping name -> array")
 
 
 def _as_dataset(dataset, seed):

@@ -112,7 +112,7 @@ def test_to_moves_parameters_there_and_back(fake_xp, rng):
     host = block.state_dict()
     block.to(fake_xp)
     assert all(isinstance(v, DeviceArray) for v in block.params.values())
-    assert block.num_params == sum(v.size for v in host.values())
+    assert block.n_params() == sum(v.size for v in host.values())
     sd = block.state_dict()
     assert all(isinstance(v, DeviceArray) for v in sd.values())
     block.to(np)

@@ -2,7 +2,8 @@
 
 Every function of ``ssm_ref.vision.scan_orders`` that touches tokens, every
 multi-direction scan and merge of ``ssm_ref.vision.multi``, and every block of
-``ssm_ref.vision.blocks`` (forward and backward) is run twice: once on NumPy,
+``ssm_ref.vision.patch_embed``, ``.vim``, ``.vmamba`` and ``.plainmamba``
+(forward and backward) is run twice: once on NumPy,
 once on the strict fake device module (``tests/fake_device.py``, fixture
 ``fake_xp``) with the inputs and every entry of ``block.params`` moved by
 ``fake.asarray``.  The device run must return device arrays only (outputs,
@@ -101,22 +102,14 @@ def check_function(fn, args, kwargs=None, warm=True, host=()):
 
 
 def move_params(block):
-    """A copy of ``block`` with every params entry (the sub-block's too) on the device."""
-    dev = copy.deepcopy(block)
-    for obj in (dev, getattr(dev, "mixer", None), getattr(dev, "self_attention", None),
-                getattr(dev, "mamba", None)):
-        if obj is not None:
-            obj.params = on_device(obj.params)
-    return dev
+    """A copy of ``block`` with every parameter (the sub-block's too) on the device."""
+    return copy.deepcopy(block).to(fake)
 
 
 def perturb(block, rng, scale=0.3):
     """Move every parameter off its initialization so that each path carries signal."""
-    for obj in (block, getattr(block, "mixer", None), getattr(block, "self_attention", None),
-                getattr(block, "mamba", None)):
-        if obj is not None:
-            obj.params = {k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
-                          for k, v in obj.params.items()}
+    for k, v in block.params.items():
+        block.params[k] = (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
     return block
 
 
@@ -253,12 +246,12 @@ def test_position_embedding_on_device(fake_xp, rng):
 # --------------------------------------------------------------------------- Vim
 @pytest.mark.parametrize("bias, conv_bias", [(False, True), (True, False)])
 def test_vim_mixer_on_device(fake_xp, rng, bias, conv_bias):
-    mixer = perturb(VimMixer(4, bias=bias, conv_bias=conv_bias, seed=1, **TINY), rng)
+    mixer = perturb(VimMixer(d_model=4, bias=bias, conv_bias=conv_bias, seed=1, **TINY), rng)
     check_block(mixer, rng.standard_normal((2, 5, 4)), rng)
 
 
 def test_vim_block_on_device(fake_xp, rng):
-    blk = perturb(VimBlock(4, seed=2, dtype=np.float32, **TINY), rng)
+    blk = perturb(VimBlock(d_model=4, seed=2, dtype=np.float32, **TINY), rng)
     check_block(blk, rng.standard_normal((2, 5, 4)).astype(np.float32), rng)
 
 
@@ -270,33 +263,33 @@ def test_vim_block_on_device(fake_xp, rng):
     (["hilbert", ("spiral", {"reverse": True})], 3, 4),  # a list of names and (name, options)
 ])
 def test_ss2d_on_device(fake_xp, rng, directions, H, W):
-    ss2d = perturb(SS2D(4, directions=directions, seed=3, **TINY), rng)
+    ss2d = perturb(SS2D(d_model=4, directions=directions, seed=3, **TINY), rng)
     check_block(ss2d, rng.standard_normal((2, H, W, 4)), rng)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_ss2d_biases_and_float32_on_device(fake_xp, rng, bias):
-    ss2d = perturb(SS2D(4, bias=bias, conv_bias=not bias, seed=4, dtype=np.float32, **TINY), rng)
+    ss2d = perturb(SS2D(d_model=4, bias=bias, conv_bias=not bias, seed=4, dtype=np.float32, **TINY), rng)
     check_block(ss2d, rng.standard_normal((1, 3, 3, 4)).astype(np.float32), rng)
 
 
 def test_local_ss2d_and_es2d_on_device(fake_xp, rng):
-    check_block(perturb(LocalSS2D(4, window=2, seed=5, **TINY), rng),
+    check_block(perturb(LocalSS2D(d_model=4, window=2, seed=5, **TINY), rng),
                 rng.standard_normal((1, 4, 3, 4)), rng)
-    check_block(perturb(ES2D(4, step=2, seed=6, **TINY), rng),
+    check_block(perturb(ES2D(d_model=4, step=2, seed=6, **TINY), rng),
                 rng.standard_normal((1, 4, 4, 4)), rng)
 
 
 @pytest.mark.parametrize("mixer_cls", [SS2D, ES2D])
 def test_vss_block_on_device(fake_xp, rng, mixer_cls):
-    blk = perturb(VSSBlock(4, mixer_cls=mixer_cls, seed=7, **TINY), rng)
+    blk = perturb(VSSBlock(d_model=4, mixer_cls=mixer_cls, seed=7, **TINY), rng)
     check_block(blk, rng.standard_normal((2, 4, 4, 4)), rng)
 
 
 # --------------------------------------------------------------------------- PlainMamba
 @pytest.mark.parametrize("bias, conv_bias", [(False, True), (True, False)])
 def test_plainmamba_mixer_on_device(fake_xp, rng, bias, conv_bias):
-    mixer = perturb(PlainMambaMixer(4, d_conv=3, bias=bias, conv_bias=conv_bias, seed=8,
+    mixer = perturb(PlainMambaMixer(d_model=4, d_conv=3, bias=bias, conv_bias=conv_bias, seed=8,
                                     **TINY), rng)
     grads = check_block(mixer, rng.standard_normal((2, 3, 4, 4)), rng)
     assert np.all(grads["direction_Bs"] != 0)  # every move code (start, 4 moves) was used
@@ -304,5 +297,5 @@ def test_plainmamba_mixer_on_device(fake_xp, rng, bias, conv_bias):
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_plainmamba_block_on_device(fake_xp, rng, norm):
-    blk = perturb(PlainMambaBlock(4, norm=norm, d_conv=3, seed=9, dtype=np.float32, **TINY), rng)
+    blk = perturb(PlainMambaBlock(d_model=4, norm=norm, d_conv=3, seed=9, dtype=np.float32, **TINY), rng)
     check_block(blk, rng.standard_normal((1, 3, 3, 4)).astype(np.float32), rng)

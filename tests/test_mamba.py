@@ -110,7 +110,7 @@ def test_official_init_shapes_and_exact_values():
     assert_close(-np.exp(p["A_log"][3]), -np.arange(1.0, N + 1))  # A = -(n+1), S4D-Real
     np.testing.assert_array_equal(p["D"], np.ones(D))
     block = MambaBlock(d_model=40)
-    assert block.num_params == sum(math.prod(s) for s in shapes.values())
+    assert block.n_params() == sum(math.prod(s) for s in shapes.values())
 
 
 def test_official_init_dt_is_log_uniform_in_range():

@@ -1,4 +1,4 @@
-"""Tests of ssm_ref.vision.blocks: patch embedding, class token, Vim, SS2D and its relatives.
+"""Tests of the vision blocks (ssm_ref.vision.patch_embed, .vim, .vmamba, .plainmamba): patch embedding, class token, Vim, SS2D and its relatives.
 
 Oracles are independent of the code under test: a direct convolution loop for
 the patch embedding; the Mamba block of ssm_ref.mamba run forward and on the
@@ -292,7 +292,7 @@ SS2D_NAMES = {"in_proj.weight", "conv2d.weight", "conv2d.bias", "x_proj_weight",
 
 
 def ss2d_block(rng, cls=SS2D, **kw):
-    m = cls(4, **{**TINY, **kw}, seed=int(rng.integers(1 << 30)))
+    m = cls(d_model=4, **{**TINY, **kw}, seed=int(rng.integers(1 << 30)))
     perturb(m.params, rng)
     return m
 
@@ -419,9 +419,9 @@ def test_ss2d_round_trip_and_errors(rng):
     with pytest.raises(ValueError, match="should be"):
         m(np.zeros((1, 3, 4, 5)))
     with pytest.raises(ValueError, match="directions"):
-        SS2D(4, directions="not_a_scheme")
+        SS2D(d_model=4, directions="not_a_scheme")
     with pytest.raises(ValueError):
-        SS2D(4, directions=["raster", "no_such_order"])
+        SS2D(d_model=4, directions=["raster", "no_such_order"])
 
 
 @pytest.mark.parametrize("H,W", [(3, 4), (2, 3)])
@@ -491,7 +491,7 @@ def test_es2d_subgrids(rng, H, W):
 
 def test_es2d_too_small_grid_raises(rng):
     with pytest.raises(ValueError, match="K = 4"):
-        ES2D(4, **TINY)(np.zeros((1, 1, 3, 4)))
+        ES2D(d_model=4, **TINY)(np.zeros((1, 1, 3, 4)))
 
 
 def test_local_ss2d(rng):
@@ -505,7 +505,7 @@ def test_local_ss2d(rng):
 
 
 def test_vss_block(rng):
-    blk = VSSBlock(4, **TINY, seed=5)
+    blk = VSSBlock(d_model=4, **TINY, seed=5)
     perturb(blk.self_attention.params, rng)
     blk.params["ln_1.weight"] = 1 + 0.3 * rng.standard_normal(4)
     blk.params["ln_1.bias"] = 0.3 * rng.standard_normal(4)
@@ -553,7 +553,7 @@ def plain_oracle(sd, u, orders):
 
 
 def plain_mixer(rng, **kw):
-    m = PlainMambaMixer(4, **{**TINY, "d_conv": 3, **kw}, seed=int(rng.integers(1 << 30)))
+    m = PlainMambaMixer(d_model=4, **{**TINY, "d_conv": 3, **kw}, seed=int(rng.integers(1 << 30)))
     perturb(m.params, rng)
     return m
 
@@ -575,7 +575,7 @@ def test_plainmamba_direction_embedding_matters(rng):
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_plainmamba_block_gradients(rng, norm):
-    blk = PlainMambaBlock(4, norm=norm, **TINY, d_conv=3, seed=2)
+    blk = PlainMambaBlock(d_model=4, norm=norm, **TINY, d_conv=3, seed=2)
     perturb(blk.mamba.params, rng)
     perturb(blk.params, rng)
     fd_check(blk, rng.standard_normal((2, 3, 2, 4)), rng, n_entries=2)

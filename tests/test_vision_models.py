@@ -24,10 +24,9 @@ from ssm_ref.vision import (
     VimConfig,
     build_model,
     effective_receptive_field,
-    gelu,
-    gelu_backward,
     scan_order,
 )
+from ssm_ref.nn import gelu, gelu_backward
 
 NAMES = sorted(MODELS)
 MAMBA = {"vim", "vmamba", "localmamba", "efficientvmamba", "plainmamba"}
@@ -369,3 +368,51 @@ def test_bad_input():
         vim.load_state_dict(sd)
     with pytest.raises(TypeError, match="not callable"):
         vim.set_backend(scan_fn=42)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_training_step_validates_the_images_once_not_every_layer(monkeypatch, rng, name):
+    """Inside a model's forward/backward no layer, block or gather re-validates its input.
+
+    The selective scan is a pluggable backend with its own public signature and
+    checks; only what runs outside it is watched.
+    """
+    import ssm_ref.module
+    import ssm_ref.nn
+    import ssm_ref.vision.scan_orders
+
+    inside_scan = [0]
+
+    def counted(fn):
+        def run(*args, **kwargs):
+            inside_scan[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inside_scan[0] -= 1
+        return run
+
+    model = build_model(name, embed_dim=8, depth=1, **({"d_state": 4} if name in MAMBA else {}))
+    model.set_backend(counted(sr.selective_scan), counted(sr.selective_scan_backward))
+    x = rng.standard_normal((2, 8, 8, 1))
+    expected_logits, cache = model.forward(x, return_cache=True)
+    expected = model.backward(np.ones_like(expected_logits), cache)
+
+    def refusing(original):
+        def check(*args, **kwargs):
+            if not inside_scan[0]:
+                raise AssertionError(f"{original.__name__} ran inside a model step")
+            return original(*args, **kwargs)
+        return check
+
+    monkeypatch.setattr(ssm_ref.nn, "_real", refusing(ssm_ref.nn._real))
+    monkeypatch.setattr(ssm_ref.vision.scan_orders, "_as_index",
+                        refusing(ssm_ref.vision.scan_orders._as_index))
+    for method in ("_check_input", "_check_backward_args"):
+        monkeypatch.setattr(ssm_ref.module.Module, method,
+                            refusing(getattr(ssm_ref.module.Module, method)))
+    logits, cache = model.forward(x, return_cache=True)
+    grads = model.backward(np.ones_like(logits), cache)
+    assert_close(logits, expected_logits)
+    for k in expected:
+        assert_close(grads[k], expected[k], err_msg=k)

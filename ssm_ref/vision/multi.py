@@ -457,3 +457,49 @@ def scan_scheme(name, H, W, **options):
         if key in merged:
             merged[key] = check_positive_int(merged[key], key)
     return scheme.build(H, W, **merged)
+
+
+# =========================================================================== directions of a mixer
+def resolve_directions(directions, direction_options):
+    """Turn a mixer's directions spec into ``(build(H, W) -> list of index arrays, reduce, label)``.
+
+    ``directions`` is a scheme name of :data:`SCHEMES` (with ``direction_options``)
+    or a list of scan-order names or ``(name, options)`` pairs (merged by sum).
+    Unknown names and options raise here, at construction, not at run time.
+    """
+    opts = dict(direction_options or {})
+    if isinstance(directions, str):
+        if directions not in SCHEMES:
+            raise ValueError(f"Parameter directions = {directions!r} is not a scheme of "
+                             f"{sorted(SCHEMES)} nor a list of scan-order names")
+        scan_scheme(directions, 4, 4, **opts)  # validates the options now
+
+        def build(H, W):
+            return scan_scheme(directions, H, W, **opts)
+        return build, SCHEMES[directions].reduce, directions
+    if opts:
+        raise ValueError("Parameter direction_options is only used with a scheme name; give "
+                         "(name, options) pairs in a list of directions instead")
+    specs = []
+    for i, d in enumerate(directions):
+        if isinstance(d, str):
+            specs.append((d, {}))
+        elif (isinstance(d, tuple) and len(d) == 2 and isinstance(d[0], str)
+              and isinstance(d[1], dict)):
+            specs.append((d[0], dict(d[1])))
+        else:
+            raise TypeError(f"Parameter directions[{i}] = {d!r} should be a scan-order name "
+                            "or a (name, options) pair")
+    if not specs:
+        raise ValueError("Parameter directions is empty but should name at least one scan order")
+    for name, o in specs:
+        scan_order(name, 4, 4, **o)  # unknown names and options fail here, not at run time
+
+    def build(H, W):
+        return [scan_order(name, H, W, **o) for name, o in specs]
+    return build, "sum", [s[0] if not s[1] else s for s in specs]
+
+
+def count_directions(build):
+    """K of a directions spec, counted on a grid large enough for every scheme option."""
+    return len(build(32, 32))

@@ -53,7 +53,6 @@ __all__ = [
     "to_sequence",
     "from_sequence",
     "locality_stats",
-    "draw_scan_order",
 ]
 
 
@@ -746,7 +745,7 @@ def _check_tokens(x, name):
     return x
 
 
-def to_sequence(x, perm):
+def to_sequence(x, perm, *, check=True):
     """Gather image tokens into a sequence in the scan order ``perm``: ``seq[:, t] = x[:, perm[t]]``.
 
     Parameters
@@ -779,7 +778,8 @@ def to_sequence(x, perm):
     >>> to_sequence(x, scan_order("column", 2, 3))[0, :, 0].tolist()
     [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
     """
-    x = _check_tokens(x, "x")
+    if check:
+        x = _check_tokens(x, "x")
     if x.ndim == 4:
         Bsz, H, W, C = x.shape
         tokens = x.reshape(Bsz, H * W, C)  # (B, L, C)
@@ -789,11 +789,12 @@ def to_sequence(x, perm):
         raise ValueError(
             f"Parameter x has shape {tuple(x.shape)} but should be (B, H, W, C) or (B, L, C)"
         )
-    perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
+    if check:  # a block's internal call passes check=False with an order it built itself
+        perm = _as_index(perm, "perm", n_cells=tokens.shape[1], full=False)  # host, validated
     return tokens[:, on_module_cached(perm, array_module(tokens))]  # (B, L', C)
 
 
-def from_sequence(y, perm, H, W):
+def from_sequence(y, perm, H, W, *, check=True):
     """Scatter a sequence back onto the H×W grid: ``out[:, perm[t]] += y[:, t]``.
 
     Parameters
@@ -830,23 +831,26 @@ def from_sequence(y, perm, H, W):
     >>> from_sequence(y, perm, 2, 2)[0, :, :, 0].tolist()
     [[0.0, 1.0], [2.0, 3.0]]
     """
-    y = _check_tokens(y, "y")
-    H = check_positive_int(H, "H")
-    W = check_positive_int(W, "W")
-    if y.ndim != 3:
-        raise ValueError(f"Parameter y has shape {tuple(y.shape)} but should be (B, L, C)")
-    perm = _as_index(perm, "perm", n_cells=H * W, full=False)
+    if check:  # a block's internal call passes check=False with an order it built itself
+        y = _check_tokens(y, "y")
+        H = check_positive_int(H, "H")
+        W = check_positive_int(W, "W")
+        if y.ndim != 3:
+            raise ValueError(f"Parameter y has shape {tuple(y.shape)} but should be (B, L, C)")
+        perm = _as_index(perm, "perm", n_cells=H * W, full=False)
+        if y.shape[1] != perm.size:
+            raise ValueError(
+                f"Parameter y has shape {tuple(y.shape)} but should be ({y.shape[0]}, "
+                f"{perm.size}, {y.shape[2]}) to match perm of length {perm.size}"
+            )
     Bsz, L, C = y.shape
-    if L != perm.size:
-        raise ValueError(
-            f"Parameter y has shape {tuple(y.shape)} but should be ({Bsz}, {perm.size}, {C}) "
-            f"to match perm of length {perm.size}"
-        )
     xp = array_module(y)
+    # [book:scan-scatter]
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)
     out[:, on_module_cached(perm, xp)] += y
     return out.reshape(Bsz, H, W, C)  # (B, H, W, C)
+    # [/book:scan-scatter]
 
 
 # ---------------------------------------------------------------------------
@@ -939,103 +943,3 @@ def locality_stats(perm, H, W, *, near=4):
         "n_steps": L - 1,
         "n_adjacent_pairs": len(gaps),
     }
-
-
-def draw_scan_order(perm, H, W, ax=None, *, annotate=None, cmap="viridis",
-                    linewidth=2.0, title=None, max_step=1):
-    """Draw a scan order as a path over the H×W grid (the survey's Figures 4 and 5).
-
-    Steps between 4- or diagonal neighbours (more generally, cells at most
-    ``max_step`` apart in both row and column) are solid and coloured by time
-    (``cmap``, dark = early); longer jumps are thin dotted grey lines.  The
-    start is a circle, the end a square.
-
-    Parameters
-    ----------
-    perm : array_like of int, shape (L',)
-        A scan order, or part of the grid (one ES2D sub-grid).
-    H, W : int
-        Grid size.
-    ax : matplotlib Axes, optional
-        Where to draw; a new figure if None.
-    annotate : bool, optional
-        Write the sequence position in each visited cell; default: when H·W <= 36.
-    cmap : str, optional
-        Matplotlib colour map for time.
-    linewidth : float, optional
-    title : str, optional
-    max_step : int, optional
-        Largest row/column offset drawn as a solid step (default 1; 2 shows the
-        dilated steps of an atrous order).
-
-    Returns
-    -------
-    ax : matplotlib Axes
-
-    Raises
-    ------
-    ValueError
-        ``perm`` repeated or out of range.
-
-    Notes
-    -----
-    Matplotlib is imported inside the function, so ``ssm_ref`` does not need it.
-    Column j is the x axis, row i the y axis pointing down (row 0 on top).
-
-    Examples
-    --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> ax = draw_scan_order(scan_order("hilbert", 4, 4), 4, 4)
-    >>> len(ax.collections) >= 1
-    True
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import LineCollection
-
-    H = check_positive_int(H, "H")
-    W = check_positive_int(W, "W")
-    max_step = check_positive_int(max_step, "max_step")
-    perm = _as_index(perm, "perm", n_cells=H * W, full=False)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(0.5 * W + 1, 0.5 * H + 1))
-    rows, cols = np.divmod(perm, W)  # (L',) each
-    # light cell grid
-    for i in range(H + 1):
-        ax.plot([-0.5, W - 0.5], [i - 0.5, i - 0.5], color="0.85", lw=0.6, zorder=0)
-    for j in range(W + 1):
-        ax.plot([j - 0.5, j - 0.5], [-0.5, H - 0.5], color="0.85", lw=0.6, zorder=0)
-    near, far, times = [], [], []
-    n = perm.size
-    for t in range(n - 1):
-        seg = [(cols[t], rows[t]), (cols[t + 1], rows[t + 1])]
-        if max(abs(rows[t + 1] - rows[t]), abs(cols[t + 1] - cols[t])) <= max_step:
-            near.append(seg)
-            times.append(t / max(n - 2, 1))
-        else:
-            far.append(seg)
-    if far:
-        ax.add_collection(LineCollection(far, colors="0.55", linewidths=0.7,
-                                         linestyles="dotted", zorder=1))
-    if near:
-        lc = LineCollection(near, cmap=cmap, linewidths=linewidth, zorder=2)
-        lc.set_array(np.asarray(times))
-        lc.set_clim(0.0, 1.0)
-        ax.add_collection(lc)
-    if n:
-        ax.plot(cols[0], rows[0], "o", color="tab:green", ms=6, zorder=3)
-        ax.plot(cols[-1], rows[-1], "s", color="tab:red", ms=6, zorder=3)
-    if annotate is None:
-        annotate = H * W <= 36
-    if annotate:
-        for t in range(n):
-            ax.text(cols[t] + 0.28, rows[t] - 0.22, str(t), fontsize=6,
-                    ha="center", va="center", color="0.3", zorder=4)
-    ax.set_xlim(-0.5, W - 0.5)
-    ax.set_ylim(H - 0.5, -0.5)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title is not None:
-        ax.set_title(title, fontsize=8)
-    return ax

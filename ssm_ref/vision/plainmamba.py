@@ -1,0 +1,376 @@
+"""PlainMamba: four snake scans sharing one set of SSM parameters, with direction-aware B.
+
+Glossary
+--------
+B         batch size (the SSM matrix B is written ``Bt``/``Bs`` where both meet).
+H, W      height and width of the token grid; L = H·W tokens.
+C         channels of the image entering the block (``d_model``).
+D         ``d_inner = expand * d_model``; N ``d_state``; R ``dt_rank``.
+K         number of scan directions (the four snakes).
+c_t       the code of the step that reached token t (:data:`DIRECTION_CODES`).
+
+Book chapter: "Vision Mamba blocks" (``eq-plainmamba``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._xp import array_module, on_module_cached
+from ..mamba import MambaConfig, config_from_sizes, mamba_init
+from ..module import (
+    Module,
+    check_state_ndim,
+    check_state_pair,
+    check_state_shapes,
+    in_proj_sizes,
+    read_state_dict,
+    resolve_config,
+    rng_from,
+)
+from ..nn import (
+    depthwise_conv2d,
+    depthwise_conv2d_backward,
+    linear,
+    linear_backward,
+    silu,
+    silu_backward,
+)
+from .multi import resolve_directions
+from .prenorm import PreNormBlock
+from .scan_orders import from_sequence, to_sequence
+
+__all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES"]
+
+
+#: Codes of the step that leads to a token (PlainMamba's order): start, right, left, up, down.
+DIRECTION_CODES = {"start": 0, "right": 1, "left": 2, "up": 3, "down": 4}
+_MOVES = {(0, 1): 1, (0, -1): 2, (-1, 0): 3, (1, 0): 4}
+
+
+def _direction_codes(perm, W):
+    """For each sequence position, the code of the move from the previous token (0 at t = 0)."""
+    codes = np.zeros(perm.size, dtype=np.int64)
+    for t in range(1, perm.size):
+        (i0, j0), (i1, j1) = divmod(int(perm[t - 1]), W), divmod(int(perm[t]), W)
+        move = (i1 - i0, j1 - j0)
+        if move not in _MOVES:
+            raise ValueError(
+                f"direction-aware B needs a continuous scan order (each token a 4-neighbour "
+                f"of the previous one), but step {t} jumps from cell ({i0}, {j0}) to ({i1}, {j1})")
+        codes[t] = _MOVES[move]
+    return codes
+
+
+_PLAIN_KEYS = ("A_log", "D", "direction_Bs", "in_proj.weight", "in_proj.bias", "conv2d.weight",
+               "conv2d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
+               "out_proj.weight", "out_proj.bias")
+_PLAIN_OPTIONAL = ("in_proj.bias", "conv2d.bias", "out_proj.bias")
+
+
+class PlainMambaMixer(Module):
+    """PlainMamba's 2-D mixer: four snake scans sharing one set of SSM parameters.
+
+    The data path (book equation ``eq-plainmamba``)::
+
+        xz    = in_proj(u)                          (B, H, W, 2D) -> x, z
+        x     = silu(depthwise_conv2d_kxk(x))       (B, H, W, D)     (k = 7)
+        dt, B, C = split(x_proj(x))                 per token, computed once
+        delta = dt_proj.weight @ dt                 (B, H, W, D)
+        for each snake k (row, column, and both reversed):
+            the tokens' x, delta, B, C read in snake order, B_t += direction_Bs[c_t]
+            y_k = selective_scan(...; A, D, dt_proj.bias, softplus)   shared parameters
+        y     = sum_k scatter(y_k)                  (B, H, W, D)
+        out   = out_proj(y * silu(z))               (B, H, W, C)
+
+    where ``c_t`` is the code of the step that reached token t (0 start,
+    1 right, 2 left, 3 up, 4 down; :data:`DIRECTION_CODES`).  The learned
+    ``direction_Bs`` (5, N) is PlainMamba's "direction-aware updating": since
+    the parameters are shared, this is what tells the scan which way it moves.
+    The four sequences run as one grouped scan over 4·D channels.
+
+    Parameters
+    ----------
+    config : MambaConfig, optional
+        Sizes and initialization; ``d_conv`` is the side of the depthwise
+        convolution (PlainMamba's ``conv_size``, odd; 7 by default here).  Built
+        from ``**config_fields`` when omitted, or updated by them.
+    directions : str or sequence, default ``"plainmamba"``
+        As in :class:`SS2D`; every order must be continuous (4-neighbour steps)
+        and cover the grid.
+    seed, dtype, scan_fn, scan_backward_fn
+        As in :class:`SS2D`.
+    **config_fields
+        Fields of :class:`ssm_ref.MambaConfig`.
+
+    Attributes
+    ----------
+    params : mapping
+        PlainMamba's names: ``in_proj.weight``, ``conv2d.weight`` (D, 1, k, k),
+        ``conv2d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``,
+        ``A_log``, ``D``, ``out_proj.weight``, ``direction_Bs`` (5, N).
+
+    Notes
+    -----
+    What is implemented is the paper's description (section 3.2): each token's
+    x, delta, B and C travel together along the snake.  The released code
+    (``ChenhongyiYang/PlainMamba``, ``plain_mamba_layer.py``) differs in two
+    ways, which this class does not copy: it permutes only x into snake order
+    while delta, B and C stay in row-major order, and it adds ``dt_proj.bias``
+    twice (once in ``dt_proj`` and again as the scan's ``delta_bias``).  So
+    weights trained with that code load by name but do not give the same
+    numbers.  Initialization: Mamba's (``ssm_ref.mamba_init``), the conv
+    PyTorch's default (±1/k), ``direction_Bs`` normal with std 0.02 (the
+    original's truncated normal truncates at ±2, never reached).
+
+    References
+    ----------
+    Yang et al. 2024, "PlainMamba: Improving Non-Hierarchical Mamba in Visual
+    Recognition", arXiv:2403.17695, section 3.2 (continuous 2D scanning,
+    direction-aware updating).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = PlainMambaMixer(d_model=4, d_state=2, d_conv=3)
+    >>> m(np.zeros((1, 3, 4, 4))).shape, m.params["direction_Bs"].shape
+    ((1, 3, 4, 4), (5, 2))
+    """
+
+    #: PlainMamba's own default for a field of :class:`ssm_ref.MambaConfig` (its 7x7 conv).
+    config_defaults = {"d_conv": 7}
+    x_ndim = 4
+
+    def __init__(self, config=None, *, directions="plainmamba", direction_options=None, seed=0,
+                 dtype=np.float64, scan_fn=None, scan_backward_fn=None, **config_fields):
+        super().__init__()
+        c = self.config = resolve_config(MambaConfig, config, config_fields, self.config_defaults)
+        self._build, _, self.directions = resolve_directions(directions, direction_options)
+        rng = rng_from(seed)
+        D, k = c.d_inner, c.d_conv
+        p = dict(mamba_init(c, seed=rng))
+        del p["conv1d.weight"]
+        p.pop("conv1d.bias", None)
+        bound = 1.0 / k  # PyTorch's Conv2d default, fan_in = k·k
+        p["conv2d.weight"] = rng.uniform(-bound, bound, (D, 1, k, k))
+        if c.conv_bias:
+            p["conv2d.bias"] = rng.uniform(-bound, bound, (D,))
+        p["direction_Bs"] = 0.02 * rng.standard_normal((len(DIRECTION_CODES), c.d_state))
+        for key in _PLAIN_KEYS:
+            if key in p:
+                self.add_param(key, p[key].astype(dtype))
+        self.set_backend(scan_fn, scan_backward_fn)
+
+    @classmethod
+    def from_state_dict(cls, state_dict, *, prefix="", directions="plainmamba",
+                        direction_options=None, scan_fn=None, scan_backward_fn=None):
+        """Build from PlainMamba's ``PlainMamba2D`` names (see the class Notes on the numbers).
+
+        Raises
+        ------
+        KeyError
+            Missing or unknown names.
+        ValueError
+            A shape that does not match the sizes inferred from ``in_proj.weight``,
+            ``A_log``, ``dt_proj.weight`` and ``conv2d.weight``.
+
+        Examples
+        --------
+        >>> sd = PlainMambaMixer(d_model=4, d_state=2, d_conv=3).state_dict()
+        >>> PlainMambaMixer.from_state_dict(sd).config.d_conv
+        3
+        """
+        required = [k for k in _PLAIN_KEYS if k not in _PLAIN_OPTIONAL]
+        arrs = read_state_dict(state_dict, prefix, required, _PLAIN_OPTIONAL,
+                                "PlainMamba's PlainMamba2D")
+        check_state_pair(arrs, "in_proj.bias", "out_proj.bias")
+        check_state_ndim(arrs, "in_proj.weight", 2, "(2 * d_inner, d_model)")
+        check_state_ndim(arrs, "A_log", 2, "(d_inner, d_state)")
+        check_state_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
+        check_state_ndim(arrs, "conv2d.weight", 4, "(d_inner, 1, k, k)")
+        C, D = in_proj_sizes(arrs)
+        N, R = arrs["A_log"].shape[1], arrs["dt_proj.weight"].shape[1]
+        k = arrs["conv2d.weight"].shape[2]
+        expected = {"A_log": (D, N), "D": (D,), "direction_Bs": (len(DIRECTION_CODES), N),
+                    "in_proj.weight": (2 * D, C), "in_proj.bias": (2 * D,),
+                    "conv2d.weight": (D, 1, k, k), "conv2d.bias": (D,),
+                    "x_proj.weight": (R + 2 * N, D), "dt_proj.weight": (D, R),
+                    "dt_proj.bias": (D,), "out_proj.weight": (C, D), "out_proj.bias": (C,)}
+        check_state_shapes(arrs, expected, f"d_model={C}, d_inner={D}, d_state={N}, dt_rank={R}, "
+                                        f"conv {k}x{k}")
+        config = config_from_sizes(C, D, d_state=N, d_conv=k, dt_rank=R,
+                                   conv_bias="conv2d.bias" in arrs, bias="in_proj.bias" in arrs)
+        obj = cls(config, directions=directions, direction_options=direction_options,
+                  scan_fn=scan_fn, scan_backward_fn=scan_backward_fn)
+        obj.params = arrs
+        return obj
+
+    def _orders(self, H, W):
+        perms = [np.asarray(q, dtype=np.int64) for q in self._build(H, W)]
+        for q in perms:
+            if q.size != H * W:
+                raise ValueError(f"directions {self.directions!r} give a sequence of "
+                                 f"{q.size} tokens on a {H}x{W} grid; PlainMamba needs full "
+                                 "scan orders")
+        return perms, [_direction_codes(q, W) for q in perms]
+
+    def _forward(self, u):
+        """The mixer on a float64 image u (B, H, W, d_model), unchecked: ``(out, cache)``."""
+        c = self.config
+        Bsz, H, W, _ = u.shape
+        D, N, R = c.d_inner, c.d_state, c.dt_rank
+        perms, codes = self._orders(H, W)
+        K = len(perms)
+        xp = array_module(u)
+        xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
+                    check=False)  # (B, H, W, 2D)
+        xc, z = xz[..., :D], xz[..., D:]
+        x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                                  check=False)
+        x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        x_dbl = linear(x_act, self._w("x_proj.weight"),
+                       check=False)  # (B, H, W, R + 2N), once per token
+        dt_low = x_dbl[..., :R]  # (B, H, W, R)
+        Bt, Ct = x_dbl[..., R:R + N], x_dbl[..., R + N:]  # (B, H, W, N) each
+        delta = linear(dt_low, self._w("dt_proj.weight"),
+                       check=False)  # (B, H, W, D); bias goes to the scan
+        dirB = self._w("direction_Bs")  # (5, N)
+
+        def seq(t, perm):  # (B, H, W, F) -> (B, F, L) in scan order
+            return to_sequence(t, perm, check=False).transpose(0, 2, 1)
+
+        us = xp.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
+        ds = xp.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
+        codes_xp = [on_module_cached(cd, xp) for cd in codes]  # device copies made once
+        Bs = xp.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
+                       for q, cd in zip(perms, codes_xp)], axis=1)  # (B, K, N, L)
+        Cs = xp.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
+        A = -xp.exp(self._w("A_log"))  # (D, N)
+        shared = {"A": xp.tile(A, (K, 1)), "D": xp.tile(self._w("D"), K),
+                  "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
+        y_all = xp.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,
+                                        delta_bias=shared["b"], delta_softplus=True),
+                           dtype=np.float64)  # (B, K·D, L)
+        y = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+        for k in range(K):
+            y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W,
+                               check=False)
+        gate = silu(z, check=False)
+        out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
+        cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
+                 "perms": perms, "codes": codes, "us": us, "ds": ds, "Bs": Bs, "Cs": Cs,
+                 "shared": shared, "y": y, "gate": gate}
+        return out, cache
+
+    def _backward(self, dout, cache):
+        """Gradients on float64 ``dout``, unchecked: ``(du, grads by PlainMamba's names)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> m = PlainMambaMixer(d_model=4, d_state=2, d_conv=3)
+        >>> out, cache = m.forward(np.ones((1, 2, 2, 4)), return_cache=True)
+        >>> m.backward(np.ones_like(out), cache)[1]["direction_Bs"].shape
+        (5, 2)
+        """
+        c = self.config
+        D, N, R = c.d_inner, c.d_state, c.dt_rank
+        Bsz, H, W, _ = cache["u"].shape
+        perms, codes, sh = cache["perms"], cache["codes"], cache["shared"]
+        K = len(perms)
+        xp = array_module(dout)
+        g = {}
+        dyg, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
+            dout, cache["y"] * cache["gate"], self._w("out_proj.weight"),
+            self._w("out_proj.bias"), check=False)  # (B, H, W, D)
+        dy = dyg * cache["gate"]
+        dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
+        dys = xp.concatenate([to_sequence(dy, q, check=False).transpose(0, 2, 1) for q in perms],
+                             axis=1)  # (B, K·D, L)
+        s = self.scan_backward_fn(dys, cache["us"], cache["ds"], sh["A"], cache["Bs"],
+                                  cache["Cs"], D=sh["D"], z=None, delta_bias=sh["b"],
+                                  delta_softplus=True)
+        s = {key: (None if v is None else xp.asarray(v, dtype=np.float64)) for key, v in s.items()}
+        A = -xp.exp(self._w("A_log"))
+        g["A_log"] = s["A"].reshape(K, D, N).sum(axis=0) * A  # shared: sum the K copies
+        g["D"] = s["D"].reshape(K, D).sum(axis=0)
+        g["dt_proj.bias"] = s["delta_bias"].reshape(K, D).sum(axis=0)
+        g["direction_Bs"] = xp.zeros_like(self._w("direction_Bs"))  # (5, N)
+        dx_act = xp.zeros((Bsz, H, W, D))
+        ddelta = xp.zeros((Bsz, H, W, D))
+        dBt = xp.zeros((Bsz, H, W, N))
+        dCt = xp.zeros((Bsz, H, W, N))
+        for k in range(K):
+            sl = slice(k * D, (k + 1) * D)
+            dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W, check=False)
+            ddelta += from_sequence(s["delta"][:, sl].transpose(0, 2, 1), perms[k], H, W,
+                                    check=False)
+            dBt += from_sequence(s["B"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
+            dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
+            # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
+            # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
+            xp.add.at(g["direction_Bs"], on_module_cached(codes[k], xp),
+                      s["B"][:, k].sum(axis=0).T)  # (L,) codes, (L, N) values
+        d_dt_low, g["dt_proj.weight"], _ = linear_backward(ddelta, cache["dt_low"],
+                                                           self._w("dt_proj.weight"), check=False)
+        d_xdbl = xp.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, H, W, R + 2N)
+        dx_tok, g["x_proj.weight"], _ = linear_backward(d_xdbl, cache["x_act"],
+                                                        self._w("x_proj.weight"), check=False)
+        dx_act += dx_tok
+        dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)
+        dxc, dw, g["conv2d.bias"] = depthwise_conv2d_backward(
+            dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+            check=False)
+        g["conv2d.weight"] = dw[:, None]  # (D, 1, k, k)
+        du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
+            xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
+            self._w("in_proj.bias"), check=False)
+        return du, self._grads(g)
+
+
+class PlainMambaBlock(PreNormBlock):
+    """PlainMamba's layer: ``x + PlainMambaMixer(norm(x))`` on (B, H, W, C) images.
+
+    Parameters
+    ----------
+    config : MambaConfig, optional
+        The mixer's configuration (or give its fields as keywords).
+    norm : {"layer", "rms"}, default "layer"
+        ``nn.LayerNorm`` (``norm.weight``, ``norm.bias``) or RMSNorm
+        (``norm.weight``), PlainMamba's ``use_rms_norm`` switch.
+    eps : float, default 1e-5
+    seed, dtype, scan_fn, scan_backward_fn
+    mixer : PlainMambaMixer, optional
+        An already built mixer (``config`` and ``**mixer_kwargs`` then unused).
+    **mixer_kwargs
+        Passed to :class:`PlainMambaMixer`.
+
+    Attributes
+    ----------
+    mamba : PlainMambaMixer
+        The mixer, under PlainMamba's attribute name (state-dict prefix ``mamba.``).
+
+    Notes
+    -----
+    PlainMamba's optional depthwise conv + BatchNorm + GELU after the residual
+    (``with_dwconv``) and drop-path are not included.
+
+    References
+    ----------
+    Yang et al. 2024, PlainMamba, arXiv:2403.17695 (``PlainMambaLayer``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> blk = PlainMambaBlock(d_model=4, d_state=2, d_conv=3)
+    >>> blk(np.zeros((1, 3, 3, 4))).shape
+    (1, 3, 3, 4)
+    """
+
+    def __init__(self, config=None, *, norm="layer", eps=1e-5, seed=0, dtype=np.float64,
+                 scan_fn=None, scan_backward_fn=None, mixer=None, **mixer_kwargs):
+        if mixer is None:
+            mixer = PlainMambaMixer(config, seed=seed, dtype=dtype, **mixer_kwargs)
+        super().__init__(mixer, mixer_name="mamba", norm_name="norm", norm=norm, eps=eps,
+                         x_ndim=4, dtype=dtype)
+        self.mamba = mixer
+        self.set_backend(scan_fn, scan_backward_fn)
