@@ -329,6 +329,27 @@ class MambaLM:
             h = h + block(self._norm(h, norm))  # pre-norm residual
         return self._logits(h)
 
+    def selection(self, input_ids):
+        """What each layer's selection mechanism computes for ``input_ids`` (B, L).
+
+        Returns a list with one dict per layer: ``delta`` (B, D, L), the step
+        Δ = softplus(dt_proj(x) + bias) the scan uses; ``B`` and ``C``
+        (B, N, L), made from the input by ``x_proj``; ``A`` (D, N) = -exp(A_log);
+        and ``u`` (B, D, L), the scan's input (after conv1d and SiLU).
+        """
+        from .nn import softplus  # noqa: PLC0415
+        ids = self._check_ids(input_ids)
+        h = self.embedding[ids].astype(self._residual_dtype())  # (B, L, d_model)
+        out = []
+        for norm, block in zip(self.norms, self.layers):
+            y, cache = block.forward(self._norm(h, norm), return_cache=True)
+            bias = block.params["dt_proj.bias"].astype(np.float64)[:, None]  # (D, 1)
+            out.append({"delta": softplus(cache["delta"] + bias), "B": cache["Bmat"],
+                        "C": cache["Cmat"], "u": cache["x_act"],
+                        "A": -np.exp(block.params["A_log"].astype(np.float64))})
+            h = h + y
+        return out
+
     def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, seed=None):
         """Continue ``input_ids`` (B, L) by ``max_new_tokens`` tokens; returns (B, L + new).
 

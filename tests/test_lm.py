@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from ssm_ref.lm import MambaLM, MambaLMConfig
 
@@ -86,3 +87,21 @@ def test_bad_input_and_bad_checkpoints(tmp_path):
         MambaLM.from_pretrained(bad)
     with pytest.raises(ValueError, match="neither transformers"):
         MambaLMConfig.from_json({"n_embd": 3})
+
+
+def test_selection_reproduces_each_layers_scan():
+    """The recorded Δ, B, C, u and A of a layer, fed to the reference scan, give back that
+    layer's output (before out_proj) — so they are what the model computed."""
+    import ssm_ref as sr
+    lm = MambaLM.from_pretrained(DATA / "hf")
+    ids = ORACLE["input_ids"]
+    sel = lm.selection(ids)
+    assert len(sel) == lm.config.n_layer
+    block = lm.layers[0]
+    s = sel[0]
+    h = lm.embedding[ids].astype(np.float32)
+    _, cache = block.forward(lm._norm(h, lm.norms[0]), return_cache=True)
+    y = sr.selective_scan(s["u"], s["delta"], s["A"], s["B"], s["C"], D=block.params["D"],
+                          z=cache["z"])
+    assert_close(y, cache["y"], kind="exact")
+    assert (s["delta"] > 0).all() and s["delta"].shape == (2, 64, 7)
