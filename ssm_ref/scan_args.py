@@ -63,7 +63,7 @@ ARRAY_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
 # the forms of B and C
 # ---------------------------------------------------------------------------
 
-def _check_groups(shape, name, dim):
+def check_groups(shape, name, dim):
     """Raise unless the group count ``shape[1]`` divides the channels ``dim``."""
     groups = shape[1]
     if groups < 1 or dim % groups != 0:
@@ -103,7 +103,7 @@ class BCForm(enum.Enum):
             check_shape(X, name, (batch, dstate, length))
             return cls.VARIABLE
         if len(shape) == 4:
-            _check_groups(shape, name, dim)
+            check_groups(shape, name, dim)
             check_shape(X, name, (batch, shape[1], dstate, length))
             return cls.GROUPED
         raise ValueError(
@@ -192,8 +192,11 @@ def _check_complex_bc(X, name, A):
 class ScanArgs:
     """The checked arguments of one selective scan, and what was learnt checking them.
 
-    Built only by :func:`check_scan_structure` (arrays as given) or
-    :func:`check_scan_args` (arrays in the working precision, plus ``step``).
+    Built by :func:`check_scan_structure` (arrays as given) or
+    :func:`check_scan_args` (arrays in the working precision, plus ``step``);
+    the CUDA backend builds one for device arrays of libraries without an
+    array module here (Numba, PyTorch), after checking their shapes and dtypes
+    with :meth:`BCForm.of` and ``check_shape`` (``xp`` is then None).
     Shapes: ``u, delta, z`` (B, D, L); ``A`` (D, N); ``B, C`` in their
     :class:`BCForm`; ``D, delta_bias`` (D,); ``h0`` (B, D, N).
     """
@@ -407,7 +410,7 @@ def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_soft
         X = as_array(X, name, ndim=(2, 3))
         _check_complex_bc(X, name, A)
         if X.ndim == 3:
-            _check_groups(X.shape, name, dim)
+            check_groups(X.shape, name, dim)
         bc[name] = check_shape(X, name, (batch, dstate) if X.ndim == 2
                                else (batch, None, dstate))
     optional = {}

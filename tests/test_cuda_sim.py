@@ -127,12 +127,13 @@ def test_forward_default_launch(rng):
 def test_chunk_states_are_the_states_at_chunk_ends(rng):
     """The only states the forward writes: h at the end of every chunk, (B, D, n_chunks, N)."""
     args = make_inputs(rng, "var", "var")
-    arrs, sizes, dtype, _, views = cs._validate_scan(
+    s, _, _ = cs._validate_scan(
         *(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
         args["delta_softplus"], args["h0"])
-    mover, arrs = cs._start(arrs)
-    dev = cs._prepare(mover, arrs, dtype, views)
-    _, states = cs._launch_forward(mover, dev, arrs, sizes, dtype, 16, 8, True)
+    assert s.delta_softplus
+    mover, s, _ = cs._start(s)
+    dev = cs._prepare(mover, s, s.out_dtype)
+    _, states = cs._launch_forward(mover, dev, s, s.out_dtype, 16, 8)
     states = states[0].copy_to_host()
     assert states.shape == (BS, ND, 3, N)  # ceil(37 / 16) chunks, never (B, D, L, N)
     for c, t_end in enumerate([16, 32, 37]):
