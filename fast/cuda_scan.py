@@ -878,13 +878,16 @@ def _launch_forward(mover, dev, s, dtype, chunk_size, threads):
     return out, states
 
 
-def _last_state(mover, states):
-    """The state after the last chunk, (B, D, N), from the per-chunk states."""
+def _last_state(mover, states, dtype):
+    """The state after the last chunk, (B, D, N), from the per-chunk states, in ``dtype``.
+
+    ``dtype`` is A's (as the reference); a Numba device view comes back uncast.
+    """
     view, container = states
     if mover.kind == "numpy":
-        return np.ascontiguousarray(view.copy_to_host()[:, :, -1, :])  # (B, D, N)
+        return np.ascontiguousarray(view.copy_to_host()[:, :, -1, :], dtype)  # (B, D, N)
     if mover.kind == "cupy":
-        return mover.cp.ascontiguousarray(container[:, :, -1, :])  # (B, D, N)
+        return mover.cp.ascontiguousarray(container[:, :, -1, :], dtype)  # (B, D, N)
     return view[:, :, -1, :]  # a strided Numba device view (B, D, N)
 
 
@@ -941,7 +944,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         In the caller's kind of array: CuPy for CuPy (and DLPack) input, NumPy for
         NumPy input, a Numba device array for other CUDA arrays.
     last_state : array (B, D, N)
-        Only when ``return_last_state``.
+        Only when ``return_last_state``; in A's dtype, as the reference (a
+        Numba device array comes back in u's dtype).
 
     Raises
     ------
@@ -988,7 +992,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     y = mover.back(out[1])
     if not return_last_state:
         return y
-    return y, _last_state(mover, states)
+    return y, _last_state(mover, states, s.state_dtype)
 
 
 def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,

@@ -236,8 +236,11 @@ class ScanArgs:
 
     @property
     def state_dtype(self):
-        """The dtype of the returned last state: ``u``'s, or its complex partner."""
-        return _with_complex(self.out_dtype, self.is_complex)
+        """The dtype of the returned last state: ``A``'s (complex for complex A).
+
+        As the official ``selective_scan_ref``, whose state is ``A.new_zeros(...)``.
+        """
+        return self.dtypes["A"]
 
     def groups(self, name):
         """G of the argument ``name`` ("B" or "C"): its group count, or 1."""

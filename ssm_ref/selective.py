@@ -122,9 +122,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     y : ndarray, shape (B, D, L)
         Output, in ``u``'s dtype.
     last_state : ndarray, shape (B, D, N)
-        Only with ``return_last_state``: in ``u``'s dtype for real A, in its
-        complex partner (complex64 for float32) for complex A.  The official
-        function returns it in A's dtype.
+        Only with ``return_last_state``: in ``A``'s dtype (complex for complex
+        A), as the official function returns it.
 
     Raises
     ------

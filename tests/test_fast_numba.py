@@ -56,6 +56,19 @@ CASE_IDS = [f"B-{fb}-C-{fc}-{'complex' if cx else 'real'}" for fb, fc, cx in CAS
 # forward
 # ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("u_dtype, A_dtype", [(np.float32, np.float64), (np.float64, np.float32)],
+                         ids=["u32-A64", "u64-A32"])
+def test_last_state_in_A_dtype(rng, complex_, u_dtype, A_dtype):
+    """As the reference and the official package: the last state in A's dtype."""
+    kw = make_inputs(rng, complex_=complex_, dtype=u_dtype)
+    kw["A"] = kw["A"].astype(np.result_type(A_dtype, np.complex64) if complex_ else A_dtype)
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    _, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert y.dtype == u_dtype and last.dtype == last_ref.dtype == kw["A"].dtype
+    assert_close(last, last_ref, kind="backend", dtype=np.float32)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
 def test_forward_matches_reference_all_forms(rng, form_B, form_C, complex_, dtype):
