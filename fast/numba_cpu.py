@@ -44,8 +44,13 @@ How it is computed
   stays within the ``"backend"`` float32 tolerance of the float64 reference
   (rtol 2e-4, atol 2e-5) on the test sizes; the error grows slowly with L
   (each step adds about one float32 rounding to a state that forgets at rate
-  exp(Δ A)).  Complex A is computed in complex128 whatever the input dtype
-  (a scalar ``cmath.exp`` loop, not tuned).
+  exp(Δ A)).  Where float32 cannot hold what float64 can (an argument given
+  in float64 beyond float32's range, such as ``delta = 1e300``, or an
+  intermediate ``Δ·u`` that overflows while the result fits), the call is
+  computed again in float64, as the reference computes it: the kernels' screen
+  (below) sums the outputs, the last state and the gradients per row, so an
+  overflow is seen without an extra pass.  Complex A is computed in complex128
+  whatever the input dtype (a scalar ``cmath.exp`` loop, not tuned).
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per thread, O(L·N) per thread and never
   (B, D, L, N)), then the reverse scan of the reference.  Gradients of B and
@@ -57,7 +62,8 @@ How it is computed
   :class:`~ssm_ref.scan_args.ScanArgs` the layout reads).  Checks over the big (B, D, L) arrays
   (finiteness) are folded into the kernels as a per-row sum, and negative
   steps are screened by ``min(delta) + min(delta_bias)``; when a screen trips, the reference validator is called so that the
-  error raised is exactly the reference's.
+  error raised is exactly the reference's (and if the input is valid, float32
+  overflowed: the call runs again in float64).
 
 Kernels are compiled once per dtype and cached on disk (``cache=True``).
 """
@@ -174,7 +180,11 @@ def _bc_strides(Bx, Cx, nd):
 
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
-    """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs (a NaN/inf screen)."""
+    """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs and steps.
+
+    The sum is a screen: it is not finite if an input is NaN or inf, or if a
+    step overflowed (an ``exp(dt * A)`` of an infinite step would be meaningless).
+    """
     s = u_row[0] - u_row[0]  # typed zero
     for t in range(delta_row.size):
         dt[t] = delta_row[t] + bias_d
@@ -184,6 +194,7 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
             dt[t] = fast_softplus(dt[t])
     for t in range(delta_row.size):
         bu[t] = dt[t] * u_row[t]
+        s += dt[t]
     if has_z:
         for t in range(delta_row.size):
             s += z_row[t]
@@ -192,7 +203,11 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
 
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
-    """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``)."""
+    """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``).
+
+    Returns the sum of ``out_row``: a screen, not finite if an output is not.
+    """
+    s = u_row[0] - u_row[0]  # typed zero
     for t in range(out_row.size):
         v = y[t]
         if has_D:
@@ -201,6 +216,8 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
             zz = z_row[t]
             v = v * zz * fast_sigmoid(zz)
         out_row[t] = v
+        s += v
+    return s
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +243,8 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
             d = row - b * nd
-            screen[row] = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
-                                     softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
+            s_in = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
+                              softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
             for n in range(N):
                 a[n] = A[d, n]
                 h[n] = h0[b, d, n] if has_h0 else zero
@@ -246,10 +263,12 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                         h[n] = hn
                         acc += hn * Ct[n]
                 y[t] = acc
-            _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
-                        z[b, d] if has_z else u[b, d], has_z, out[b, d])
+            s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
+                                z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
                 last[b, d, n] = h[n]
+                s_out += h[n]
+            screen[row] = s_in + s_out  # not finite: bad input, or float32 overflowed
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -296,7 +315,6 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
-            screen[row] = s
             for n in range(N):
                 a[n] = A[d, n]
                 h[n] = h0[b, d, n] if has_h0 else zero
@@ -331,6 +349,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     sg = fast_sigmoid(zz)
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
+                    s += dz[b, d, t]
             # reverse scan: g = dLoss/dh_t  (eq-selective-backward)
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
@@ -358,6 +377,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                         g[n] = gn * abar_t[n]
                 du[b, d, t] = dtt * accB + Dd * dyt
                 ddelta[b, d, t] = accA + u_row[t] * accB
+                s += du[b, d, t] + ddelta[b, d, t]
             # through softplus (derivative sigmoid, 1 above 20) and the bias
             sb = zero
             for t in range(L):
@@ -372,6 +392,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for n in range(N):
                 dA_c[c, d, n] += sdA[n]
                 dh0[b, d, n] = g[n]
+                s += g[n]
+            screen[row] = s  # not finite: bad input, or float32 overflowed
 
 
 @njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -687,6 +709,80 @@ def _threads(rows):
     return max(1, min(numba.get_num_threads(), rows))
 
 
+#: kernel arrays from the arguments without a length axis, and the argument each comes from
+_SMALL = {"A": "A", "Bx": "B", "Cx": "C", "Dv": "D", "bias": "delta_bias", "h0": "h0"}
+
+
+def _fitting_kernel_args(s):
+    """``(real, kernel arrays)``: the compute dtype and the arrays cast to it.
+
+    float32 ``u`` is computed in float32 unless an argument given in a wider
+    dtype does not fit float32 (``A = -1e300`` would become ``-inf``, and
+    ``0 * -inf`` a NaN): then in float64, as the reference.  The (B, D, L)
+    arguments are checked by the kernels' screen instead.
+    """
+    real = np.dtype(np.float64) if s.is_complex else _compute_dtype(s.out_dtype)
+    with np.errstate(over="ignore"):  # a float64 argument beyond float32: seen just below
+        k = _kernel_args(s, real)
+    if real == np.float32 and not all(
+            np.isfinite(k[key]).all() for key, name in _SMALL.items()
+            if getattr(s, name) is not None and s.dtypes[name].itemsize > 4):
+        real = np.dtype(np.float64)
+        k = _kernel_args(s, real)
+    return real, k
+
+
+def _forward(s, k, real):
+    """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
+    out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
+    last = np.empty((s.batch, s.dim, k["A"].shape[1]),
+                    np.complex128 if s.is_complex else real)  # (B, D, Np)
+    screen = np.empty(s.batch * s.dim, real)
+    kernel = _fwd_complex if s.is_complex else _fwd_real
+    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
+           s.D is not None, s.z is not None, s.delta_bias is not None,
+           s.delta_softplus, s.h0 is not None, out, last, screen,
+           _threads(s.batch * s.dim))
+    return out, last, screen
+
+
+def _backward(s, k, real, dout, dlast_state):
+    """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype."""
+    state_t = np.dtype(np.complex128) if s.is_complex else real
+    batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
+    nchunks = _threads(batch * dim)
+    npad = k["A"].shape[1]
+    dlast = (np.zeros((1, 1, 1), state_t) if dlast_state is None
+             else _pad_last(dlast_state, npad, state_t))  # (B, D, Np)
+    du = np.empty((batch, dim, length), real)  # (B, D, L)
+    ddelta = np.empty((batch, dim, length), real)  # (B, D, L)
+    dz = np.empty((batch, dim, length) if s.z is not None else (1, 1, 1), real)
+    dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
+    dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
+    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
+    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
+    dD_c = np.zeros((nchunks, dim), real)
+    dbias_c = np.zeros((nchunks, dim), real)
+    screen = np.empty(batch * dim, real)
+    kernel = _bwd_complex if s.is_complex else _bwd_real
+    kernel(_contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"],
+           k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
+           s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
+           dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
+
+    def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
+        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
+        return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
+
+    grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
+             "B": unlayout(dB_c, s.B.shape), "C": unlayout(dC_c, s.C.shape),
+             "D": dD_c.sum(axis=0) if s.D is not None else None,
+             "z": dz if s.z is not None else None,
+             "delta_bias": dbias_c.sum(axis=0) if s.delta_bias is not None else None,
+             "h0": dh0[:, :, :dstate] if s.h0 is not None else None}
+    return grads, screen
+
+
 # ---------------------------------------------------------------------------
 # public functions: the reference signatures
 # ---------------------------------------------------------------------------
@@ -723,19 +819,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                             delta_softplus, h0), reference_check)
     check_bool(return_last_state, "return_last_state")
     maybe_negative = _maybe_negative(s)
-    real = np.dtype(np.float64) if s.is_complex else _compute_dtype(s.out_dtype)
-    k = _kernel_args(s, real)
-    out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
-    last = np.empty((s.batch, s.dim, k["A"].shape[1]),
-                    np.complex128 if s.is_complex else real)  # (B, D, Np)
-    screen = np.empty(s.batch * s.dim, real)
-    kernel = _fwd_complex if s.is_complex else _fwd_real
-    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
-           s.D is not None, s.z is not None, s.delta_bias is not None,
-           s.delta_softplus, s.h0 is not None, out, last, screen,
-           _threads(s.batch * s.dim))
+    real, k = _fitting_kernel_args(s)
+    out, last, screen = _forward(s, k, real)
     if _screen_failed(screen, maybe_negative):
         reference_check()  # raises the reference's error (non-finite input, negative step)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            out, last, _ = _forward(s, _kernel_args(s, real), real)
     y = out.astype(s.out_dtype, copy=False)
     if not return_last_state:
         return y
@@ -785,44 +875,17 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     s, dout_, dlast_ = _validated(check, reference_check)
     maybe_negative = _maybe_negative(s)
-    is_complex = s.is_complex
-    real = np.dtype(np.float64) if is_complex else _compute_dtype(s.out_dtype)
-    state_t = np.dtype(np.complex128) if is_complex else real
-    k = _kernel_args(s, real)
-    batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
-    nchunks = _threads(batch * dim)
-    dout_k = _contiguous(dout_, real)
-    npad = k["A"].shape[1]
-    dlast = (np.zeros((1, 1, 1), state_t) if dlast_ is None
-             else _pad_last(dlast_, npad, state_t))  # (B, D, Np)
-    du = np.empty((batch, dim, length), real)  # (B, D, L)
-    ddelta = np.empty((batch, dim, length), real)  # (B, D, L)
-    dz = np.empty((batch, dim, length) if s.z is not None else (1, 1, 1), real)
-    dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
-    dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
-    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
-    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
-    dD_c = np.zeros((nchunks, dim), real)
-    dbias_c = np.zeros((nchunks, dim), real)
-    screen = np.empty(batch * dim, real)
-    kernel = _bwd_complex if is_complex else _bwd_real
-    kernel(dout_k, k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
-           k["h0"], dlast, s.D is not None, s.z is not None,
-           s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
-           dlast_ is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
-    if _screen_failed(screen, maybe_negative):
-        reference_check()
-
-    def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
-        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
-        return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
-
-    grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
-             "B": unlayout(dB_c, s.B.shape), "C": unlayout(dC_c, s.C.shape),
-             "D": dD_c.sum(axis=0) if s.D is not None else None,
-             "z": dz if s.z is not None else None,
-             "delta_bias": dbias_c.sum(axis=0) if s.delta_bias is not None else None,
-             "h0": dh0[:, :, :dstate] if s.h0 is not None else None}
+    real, k = _fitting_kernel_args(s)
+    grads, screen = _backward(s, k, real, dout_, dlast_)
+    # the screen covers the per-row gradients; the shared ones are checked here
+    shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
+                                                                     "delta_bias")
+                        if grads[name] is not None)
+    if _screen_failed(screen, maybe_negative) or not shared_finite:
+        reference_check()  # raises the reference's error (non-finite input, negative step)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
     for name, grad in grads.items():  # each argument's own dtype; real ones get the real part
         if grad is not None:
             target = s.dtypes[name]
