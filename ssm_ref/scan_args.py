@@ -201,26 +201,26 @@ class ScanArgs:
     :class:`BCForm`; ``D, delta_bias`` (D,); ``h0`` (B, D, N).
     """
 
-    u: Any
+    u: Any  # None only for hidden attention
     delta: Any
     A: Any
     B: Any
     C: Any
-    D: Any = None
-    z: Any = None
-    delta_bias: Any = None
-    delta_softplus: bool = False
-    h0: Any = None
-    form_B: BCForm = BCForm.CONSTANT
-    form_C: BCForm = BCForm.CONSTANT
-    batch: int = 1
-    dim: int = 1
-    length: int = 1
-    dstate: int = 1
-    is_complex: bool = False
-    xp: ModuleType = np
+    D: Any  # the optional arrays are None when not given
+    z: Any
+    delta_bias: Any
+    delta_softplus: bool
+    h0: Any
+    form_B: BCForm
+    form_C: BCForm
+    batch: int
+    dim: int
+    length: int
+    dstate: int
+    is_complex: bool
+    xp: Optional[ModuleType]
     #: the dtype each array argument was given in (results are cast back to it)
-    dtypes: Mapping[str, np.dtype] = dataclasses.field(default_factory=dict)
+    dtypes: Mapping[str, np.dtype]
     #: softplus(delta + delta_bias), (B, D, L), float64; None from check_scan_structure
     step: Optional[Any] = None
 
