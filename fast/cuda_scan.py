@@ -67,7 +67,7 @@ import numpy as np
 from ssm_ref._validation import (as_array, check_bool, check_finite, check_positive_int,
                                  check_shape)
 from ssm_ref.scan_args import (ARRAY_NAMES, BCForm, ScanArgs, check_groups, check_scan_args,
-                               check_step_args)
+                               check_step_args, step_view_shape)
 from ssm_ref._xp import is_cupy as _is_cupy
 
 try:  # numba-cuda imports fine without a GPU; only launching fails
@@ -1173,7 +1173,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
         if len(shape) == 3:
             check_groups(shape, name, nD)
         check_shape(arrs[name], name, (Bsz, N) if len(shape) == 2 else (Bsz, None, N))
-        views[name] = (Bsz, 1, N) if len(shape) == 2 else shape  # (B, G, N)
+        views[name] = step_view_shape(shape)  # (B, G', N)
     for name, want in (("D", (nD,)), ("z", (Bsz, nD)), ("dt_bias", (nD,))):
         if arrs[name] is not None:
             check_shape(arrs[name], name, want)

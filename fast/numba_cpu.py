@@ -79,7 +79,8 @@ from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
 
 import ssm_ref
 from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
-from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_args
+from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
+                               step_view_shape)
 
 from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
 
@@ -929,7 +930,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     dstate = q.A.shape[1]
 
     def bc(X):  # (B, N) -> (B, 1, N); (B, G, N) stays
-        return np.ascontiguousarray(X[:, None, :] if X.ndim == 2 else X, dtype=state_t)
+        return np.ascontiguousarray(X.reshape(step_view_shape(X.shape)), dtype=state_t)
 
     def opt(X, shape):
         return np.zeros(shape, real) if X is None else np.ascontiguousarray(X, dtype=real)

@@ -147,6 +147,18 @@ class BCForm(enum.Enum):
         return g.sum(axis=2)  # (B, G, N, L)
 
 
+def step_view_shape(shape):
+    """The 3-D view (B, G', N) of the decoding step's B or C: (B, N) -> (B, 1, N); (B, G, N) stays.
+
+    One time step of the variable or grouped form; channel d reads group
+    ``d // (D // G')``, as in the scan.
+    """
+    if len(shape) == 2:
+        batch, dstate = shape
+        return (batch, 1, dstate)
+    return tuple(shape)
+
+
 # ---------------------------------------------------------------------------
 # one array module for all arguments
 # ---------------------------------------------------------------------------

@@ -60,7 +60,7 @@ import numpy as np
 from ._validation import as_array, check_bool, check_finite, check_shape
 from ._xp import array_module
 from .nn import silu, silu_backward, softplus_backward
-from .scan_args import check_scan_args, check_step_args
+from .scan_args import check_scan_args, check_step_args, step_view_shape
 from .scan_args import one_module as _one_module  # imported from here by ssm_ref.mamba
 
 __all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
@@ -309,8 +309,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     work = np.complex128 if s.is_complex else np.float64
 
     def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
-        X = X.astype(work)
-        return X[:, None, :] if X.ndim == 2 else X.repeat(dim // X.shape[1], axis=1)
+        X = X.astype(work).reshape(step_view_shape(X.shape))  # (B, G', N)
+        return X if X.shape[1] == 1 else X.repeat(dim // X.shape[1], axis=1)
 
     Bc, Cc = per_channel(s.B), per_channel(s.C)  # (B, D|1, N)
     xs = x.astype(np.float64)  # (B, D)
