@@ -59,10 +59,11 @@ How it is computed
   at the end (no races, no atomics).
 * Validation: the reference's own checks, in the same order
   (:func:`ssm_ref.scan_args.check_scan_structure`, whose
-  :class:`~ssm_ref.scan_args.ScanArgs` the layout reads).  Checks over the big (B, D, L) arrays
-  (finiteness) are folded into the kernels as a per-row sum, and negative
-  steps are screened by ``min(delta) + min(delta_bias)``; when a screen trips, the reference validator is called so that the
-  error raised is exactly the reference's (and if the input is valid, float32
+  :class:`~ssm_ref.scan_args.ScanArgs` the layout reads).  Checks over the
+  big (B, D, L) arrays (finiteness) are folded into the kernels as a per-row
+  sum, and negative steps are screened by ``min(delta) + min(delta_bias)``;
+  when a screen trips, the reference validator is called so that the error
+  raised is exactly the reference's (and if the input is valid, float32
   overflowed: the call runs again in float64).
 
 Kernels are compiled once per dtype and cached on disk (``cache=True``).
