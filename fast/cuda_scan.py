@@ -11,7 +11,8 @@ delta   step size Δ (B, D, L); ``dt`` after ``delta_bias`` and softplus
 A       (D, N) real diagonal state matrix, one row per channel
 B, C    input and output matrices: constant (D, N), variable (B, N, L) or
         grouped (B, G, N, L); inside the kernels always viewed as 4-D
-        (Bb, G, N, Lb) with Bb in {1, B} and Lb in {1, L} (see ``_bc_view``)
+        (Bb, G, N, Lb) with Bb in {1, B} and Lb in {1, L}
+        (:meth:`ssm_ref.scan_args.BCForm.view_shape`)
 Ā, B̄u   ``exp(dt·A)`` and ``dt·B·u`` (ZOH for A, Euler for B, as Mamba)
 T       threads per block; ``items`` = chunk_size // T time steps per thread
 
@@ -44,7 +45,8 @@ as Numba device arrays (PyTorch CUDA tensors take this path); a CUDA object that
 speaks only DLPack goes through ``cupy.from_dlpack`` when CuPy is installed.
 
 Validation: NumPy input goes through the reference's own validator
-(``ssm_ref.selective._validate_scan_inputs``), so errors are the reference's.
+(:func:`ssm_ref.scan_args.check_scan_args`), so errors are the reference's; the
+kernels read the :class:`~ssm_ref.scan_args.ScanArgs` it describes.
 Device input gets the shape and dtype checks only; the value checks (finite,
 Re(A) <= 0, non-negative steps) would each cost a reduction and a
 synchronisation on the device, and are left out.
@@ -56,12 +58,16 @@ in Python floats, so simulated float32 is slightly more accurate than a GPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import numpy as np
 
-from ssm_ref._validation import as_array, check_finite, check_positive_int, check_shape
+from ssm_ref._validation import (as_array, check_bool, check_finite, check_positive_int,
+                                 check_shape)
+from ssm_ref.scan_args import (ARRAY_NAMES, BCForm, ScanArgs, check_groups, check_scan_args,
+                               check_step_args, step_view_shape)
 from ssm_ref._xp import is_cupy as _is_cupy
 
 try:  # numba-cuda imports fine without a GPU; only launching fails
@@ -362,32 +368,12 @@ def _shape_of(x, name):
     return arr, arr.shape, arr.dtype
 
 
-def _bc_view(x, name, shape, Bsz, nD, N, L):
-    """Check a B or C argument; return its 4-D view shape (Bb, G, N, Lb)."""
-    if len(shape) == 2:
-        check_shape(x, name, (nD, N))
-        return (1, nD, N, 1)  # constant
-    if len(shape) == 3:
-        check_shape(x, name, (Bsz, N, L))
-        return (Bsz, 1, N, L)  # variable
-    if len(shape) == 4:
-        G = shape[1]
-        if G < 1 or nD % G:
-            raise ValueError(f"Parameter {name} has shape {shape}: its group count G = {G} "
-                             f"must divide the number of channels D = {nD}")
-        check_shape(x, name, (Bsz, G, N, L))
-        return (Bsz, G, N, L)  # grouped
-    raise ValueError(f"Parameter {name} has shape {shape} ({len(shape)}-D) but should be "
-                     f"({nD}, {N}) constant, ({Bsz}, {N}, {L}) variable, or "
-                     f"({Bsz}, G, {N}, {L}) grouped")
-
-
 def _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
                    dout=None, dlast_state=None):
-    """Check every argument; return (arrays, sizes, compute dtype, given dtypes, B/C views).
+    """Check every argument; return ``(ScanArgs, dout, dlast_state)``, arrays as given.
 
     Host (NumPy) inputs first go through the reference's own validator,
-    ``ssm_ref.selective._validate_scan_inputs``, so that both backends accept and
+    :func:`ssm_ref.scan_args.check_scan_args`, so that both backends accept and
     refuse exactly the same inputs with the same messages (shapes, finiteness,
     Re(A) > 0, negative steps). Device inputs get the shape and dtype checks only:
     value checks would cost a device reduction and a synchronisation.
@@ -395,10 +381,8 @@ def _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
     given = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
              "delta_bias": delta_bias, "h0": h0, "dout": dout, "dlast_state": dlast_state}
     if not any(_is_device(x) for x in given.values() if x is not None):
-        from ssm_ref.selective import _validate_scan_inputs
-        _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-    if not isinstance(delta_softplus, (bool, np.bool_)):
-        raise TypeError(f"Parameter delta_softplus = {delta_softplus!r} must be a bool")
+        check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    check_bool(delta_softplus, "delta_softplus")
     arrs, shapes, dtypes = {}, {}, {}
     for name, x in given.items():
         if x is not None or name in ("u", "delta", "A", "B", "C"):
@@ -424,14 +408,18 @@ def _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
         raise ValueError(f"Parameter A has shape {shapes['A']} but should be ({nD}, N)")
     check_shape(arrs["A"], "A", (nD, None))
     N = shapes["A"][1]
-    views = {name: _bc_view(arrs[name], name, shapes[name], Bsz, nD, N, L) for name in "BC"}
+    forms = {name: BCForm.of(arrs[name], dtypes[name], name, Bsz, nD, L, N) for name in "BC"}
     for name, want in (("D", (nD,)), ("z", su), ("delta_bias", (nD,)), ("h0", (Bsz, nD, N)),
                        ("dout", su), ("dlast_state", (Bsz, nD, N))):
         if arrs[name] is not None:
             check_shape(arrs[name], name, want)
             if isinstance(arrs[name], np.ndarray):
                 check_finite(arrs[name], name)
-    return arrs, (Bsz, nD, L, N), dtype, dtypes, views
+    s = ScanArgs(**{name: arrs[name] for name in ARRAY_NAMES},
+                 delta_softplus=bool(delta_softplus), form_B=forms["B"], form_C=forms["C"],
+                 batch=Bsz, dim=nD, length=L, dstate=N, is_complex=False, xp=None,
+                 dtypes={name: dtypes[name] for name in ARRAY_NAMES if name in dtypes})
+    return s, arrs["dout"], arrs["dlast_state"]
 
 
 # --------------------------------------------------------------------------- device code
@@ -458,6 +446,7 @@ if cuda is not None:
         h -> sh_a[i]·h + sh_b[i] from the state before thread 0 to the state after
         thread i.  log2(T) steps, each read -> barrier -> write -> barrier.
         """
+        # [book:block-scan]
         offset = 1
         while offset < nthreads:
             pa = sh_a[tid]
@@ -471,6 +460,7 @@ if cuda is not None:
                 sh_a[tid] = sh_a[tid] * pa
             cuda.syncthreads()
             offset *= 2
+        # [/book:block-scan]
 
     @cuda.jit(device=True)
     def _block_scan_reverse(sh_a, sh_b, tid, nthreads):
@@ -547,6 +537,7 @@ if cuda is not None:
         Ā_t = exp(Δ_t·A) and B̄u_t = Δ_t·B_t·u_t (eq-selective-disc; 1 and 0
         past the end); returns ``(agg_a, agg_b)`` with h_out = agg_a·h_in + agg_b.
         """
+        # [book:discretize-and-fold]
         agg_a = one
         agg_b = zero
         for i in range(items):
@@ -558,11 +549,13 @@ if cuda is not None:
             agg_b = a_r[i] * agg_b + bu_r[i]
             agg_a = a_r[i] * agg_a
         return agg_a, agg_b
+        # [/book:discretize-and-fold]
 
 
 @functools.lru_cache(maxsize=None)
 def _forward_kernel(dtype_name, threads, items):
     """Compile (once per dtype, T, items) the forward kernel; constants are baked in."""
+    # [book:forward-kernel]
     real = np.dtype(dtype_name).type  # np.float32 or np.float64: the compute type
     chunk = threads * items
 
@@ -635,6 +628,7 @@ def _forward_kernel(dtype_name, threads, items):
                         zz = z[b, d, t]
                         y *= zz * _sigmoid(zz, one)
                     out[b, d, t] = y
+    # [/book:forward-kernel]
 
     return forward
 
@@ -856,49 +850,57 @@ def _step_kernel(dtype_name):
 # --------------------------------------------------------------------------- public API
 
 
-def _prepare(mover, arrs, dtype, views):
+def _prepare(mover, s, dtype, dout=None):
     """Device views of every input, with 1-element dummies for absent optional ones."""
     dev = {}
     for name in ("u", "delta", "A"):
-        dev[name] = mover.device(arrs[name], name, dtype)
-    for name in ("B", "C"):
-        dev[name] = mover.device(arrs[name], name, dtype, views[name])  # (Bb, G, N, Lb)
+        dev[name] = mover.device(getattr(s, name), name, dtype)
+    for name, form in (("B", s.form_B), ("C", s.form_C)):
+        X = getattr(s, name)
+        dev[name] = mover.device(X, name, dtype, form.view_shape(tuple(X.shape)))  # (Bb, G, N, Lb)
     for name, ndim in (("D", 1), ("z", 3), ("delta_bias", 1), ("h0", 3), ("dout", 3)):
-        x = arrs.get(name)
+        x = dout if name == "dout" else getattr(s, name)
         dev[name] = mover.dummy(ndim, dtype) if x is None else mover.device(x, name, dtype)
     return dev
 
 
-def _launch_forward(mover, dev, arrs, sizes, dtype, chunk_size, threads, softplus):
+def _launch_forward(mover, dev, s, dtype, chunk_size, threads):
     """Run the forward kernel; return (out, states) as (device view, container) pairs."""
-    Bsz, nD, L, N = sizes
-    n_chunks = -(-L // chunk_size)
-    out = mover.empty((Bsz, nD, L), dtype)  # (B, D, L)
-    states = mover.empty((Bsz, nD, n_chunks, N), dtype)  # (B, D, n_chunks, N)
+    n_chunks = -(-s.length // chunk_size)
+    out = mover.empty((s.batch, s.dim, s.length), dtype)  # (B, D, L)
+    states = mover.empty((s.batch, s.dim, n_chunks, s.dstate), dtype)  # (B, D, n_chunks, N)
     kernel = _forward_kernel(np.dtype(dtype).name, threads, chunk_size // threads)
-    mover.launch(kernel, Bsz * nD, threads)(
+    mover.launch(kernel, s.batch * s.dim, threads)(
         dev["u"], dev["delta"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
         dev["delta_bias"], dev["h0"], out[0], states[0],
-        arrs["D"] is not None, arrs["z"] is not None, arrs["delta_bias"] is not None,
-        bool(softplus), arrs["h0"] is not None)
+        s.D is not None, s.z is not None, s.delta_bias is not None,
+        s.delta_softplus, s.h0 is not None)
     return out, states
 
 
-def _last_state(mover, states):
-    """The state after the last chunk, (B, D, N), from the per-chunk states."""
+def _last_state(mover, states, dtype):
+    """The state after the last chunk, (B, D, N), from the per-chunk states, in ``dtype``.
+
+    ``dtype`` is A's (as the reference); a Numba device view comes back uncast.
+    """
     view, container = states
     if mover.kind == "numpy":
-        return np.ascontiguousarray(view.copy_to_host()[:, :, -1, :])  # (B, D, N)
+        return np.ascontiguousarray(view.copy_to_host()[:, :, -1, :], dtype)  # (B, D, N)
     if mover.kind == "cupy":
-        return mover.cp.ascontiguousarray(container[:, :, -1, :])  # (B, D, N)
+        return mover.cp.ascontiguousarray(container[:, :, -1, :], dtype)  # (B, D, N)
     return view[:, :, -1, :]  # a strided Numba device view (B, D, N)
 
 
-def _start(arrs):
-    """After validation: check the backend can run, and adopt DLPack arguments."""
+def _start(s, **extra):
+    """After validation: check the backend can run, and adopt DLPack arguments.
+
+    Returns the mover, ``s`` with its arrays adopted, and the adopted ``extra``.
+    """
     _require_cuda()
-    mover = _Mover(arrs["u"])
-    return mover, {k: mover.adopt(v, k) for k, v in arrs.items()}
+    mover = _Mover(s.u)
+    adopted = {name: mover.adopt(getattr(s, name), name) for name in ARRAY_NAMES}
+    return (mover, dataclasses.replace(s, **adopted),
+            {name: mover.adopt(x, name) for name, x in extra.items()})
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -942,7 +944,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         In the caller's kind of array: CuPy for CuPy (and DLPack) input, NumPy for
         NumPy input, a Numba device array for other CUDA arrays.
     last_state : array (B, D, N)
-        Only when ``return_last_state``.
+        Only when ``return_last_state``; in A's dtype, as the reference (a
+        Numba device array comes back in u's dtype).
 
     Raises
     ------
@@ -980,17 +983,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     if not isinstance(return_last_state, (bool, np.bool_)):
         raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
-    arrs, sizes, dtype, _, views = _validate_scan(u, delta, A, B, C, D, z, delta_bias,
-                                                  delta_softplus, h0)
-    chunk_size, threads = _defaults(chunk_size, threads, sizes[2])
-    mover, arrs = _start(arrs)
-    dev = _prepare(mover, arrs, dtype, views)
-    out, states = _launch_forward(mover, dev, arrs, sizes, dtype, chunk_size, threads,
-                                  delta_softplus)
+    s, _, _ = _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    chunk_size, threads = _defaults(chunk_size, threads, s.length)
+    mover, s, _ = _start(s)
+    dtype = s.out_dtype  # computed in u's dtype
+    dev = _prepare(mover, s, dtype)
+    out, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
     y = mover.back(out[1])
     if not return_last_state:
         return y
-    return y, _last_state(mover, states)
+    return y, _last_state(mover, states, s.state_dtype)
 
 
 def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -1051,41 +1053,43 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     """
     if dout is None:
         raise TypeError("Parameter dout is None but an array was expected")
-    arrs, sizes, dtype, given, views = _validate_scan(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
-        dout=dout, dlast_state=dlast_state)
-    chunk_size, threads = _defaults(chunk_size, threads, sizes[2])
-    mover, arrs = _start(arrs)
-    Bsz, nD, L, N = sizes
-    dev = _prepare(mover, arrs, dtype, views)
-    _, states = _launch_forward(mover, dev, arrs, sizes, dtype, chunk_size, threads,
-                                delta_softplus)
+    s, dout, dlast_state = _validate_scan(u, delta, A, B, C, D, z, delta_bias,
+                                          delta_softplus, h0, dout=dout,
+                                          dlast_state=dlast_state)
+    chunk_size, threads = _defaults(chunk_size, threads, s.length)
+    mover, s, extra = _start(s, dout=dout, dlast_state=dlast_state)
+    dout, dlast_state = extra["dout"], extra["dlast_state"]
+    dtype = s.out_dtype  # computed in u's dtype
+    Bsz, nD, L, N = s.batch, s.dim, s.length, s.dstate
+    dev = _prepare(mover, s, dtype, dout)
+    _, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
     grads = {"u": mover.empty((Bsz, nD, L), dtype),  # (B, D, L)
              "delta": mover.empty((Bsz, nD, L), dtype),  # (B, D, L)
              "A": mover.zeros((nD, N), dtype),  # (D, N)
-             "B": mover.zeros(views["B"], dtype),  # (Bb, G, N, Lb)
-             "C": mover.zeros(views["C"], dtype),  # (Bb, G, N, Lb)
+             "B": mover.zeros(s.form_B.view_shape(tuple(s.B.shape)), dtype),  # (Bb, G, N, Lb)
+             "C": mover.zeros(s.form_C.view_shape(tuple(s.C.shape)), dtype),  # (Bb, G, N, Lb)
              "D": mover.zeros((nD,), dtype),
-             "z": mover.empty((Bsz, nD, L), dtype) if arrs["z"] is not None
+             "z": mover.empty((Bsz, nD, L), dtype) if s.z is not None
              else (dev["z"], None),
              "delta_bias": mover.zeros((nD,), dtype),
              # enters as dlast_state (or 0), leaves as dh0: the carried state gradient
-             "h0": mover.zeros((Bsz, nD, N), dtype) if arrs["dlast_state"] is None
-             else mover.copy(arrs["dlast_state"], "dlast_state", dtype)}  # (B, D, N)
+             "h0": mover.zeros((Bsz, nD, N), dtype) if dlast_state is None
+             else mover.copy(dlast_state, "dlast_state", dtype)}  # (B, D, N)
     kernel = _backward_kernel(np.dtype(dtype).name, threads, chunk_size // threads)
     mover.launch(kernel, Bsz * nD, threads)(
         dev["dout"], dev["u"], dev["delta"], dev["A"], dev["B"], dev["C"], dev["D"],
         dev["z"], dev["delta_bias"], dev["h0"], states[0],
         *(grads[k][0] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")),
-        arrs["D"] is not None, arrs["z"] is not None, arrs["delta_bias"] is not None,
-        bool(delta_softplus), arrs["h0"] is not None)
+        s.D is not None, s.z is not None, s.delta_bias is not None,
+        s.delta_softplus, s.h0 is not None)
     result = {}
     for name, (_, container) in grads.items():
-        if arrs[name] is None:
+        arg = getattr(s, name)
+        if arg is None:
             result[name] = None
             continue
-        g = mover.back(container, given[name] if mover.kind != "numba" else None)
-        result[name] = g.reshape(tuple(arrs[name].shape)) if name in "BC" else g
+        g = mover.back(container, s.dtypes[name] if mover.kind != "numba" else None)
+        result[name] = g.reshape(tuple(arg.shape)) if name in "BC" else g
     return result
 
 
@@ -1134,8 +1138,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     array([[0.3, 0.3]])
     """
     given = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    if not isinstance(dt_softplus, (bool, np.bool_)):
-        raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
+    if not any(_is_device(v) for v in given.values() if v is not None):
+        check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)  # the reference's
+    check_bool(dt_softplus, "dt_softplus")
     arrs, dtypes = {}, {}
     for name, v in given.items():
         arrs[name] = None
@@ -1165,11 +1170,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     views = {}
     for name in "BC":
         shape = tuple(arrs[name].shape)
-        if len(shape) == 3 and (shape[1] < 1 or nD % shape[1]):
-            raise ValueError(f"Parameter {name} has shape {shape}: its group count "
-                             f"G = {shape[1]} must divide the number of channels D = {nD}")
+        if len(shape) == 3:
+            check_groups(shape, name, nD)
         check_shape(arrs[name], name, (Bsz, N) if len(shape) == 2 else (Bsz, None, N))
-        views[name] = (Bsz, 1, N) if len(shape) == 2 else shape  # (B, G, N)
+        views[name] = step_view_shape(shape)  # (B, G', N)
     for name, want in (("D", (nD,)), ("z", (Bsz, nD)), ("dt_bias", (nD,))):
         if arrs[name] is not None:
             check_shape(arrs[name], name, want)

@@ -44,20 +44,27 @@ How it is computed
   stays within the ``"backend"`` float32 tolerance of the float64 reference
   (rtol 2e-4, atol 2e-5) on the test sizes; the error grows slowly with L
   (each step adds about one float32 rounding to a state that forgets at rate
-  exp(Δ A)).  Complex A is computed in complex128 whatever the input dtype
-  (a scalar ``cmath.exp`` loop, not tuned).
+  exp(Δ A)).  Where float32 cannot hold what float64 can (an argument given
+  in float64 beyond float32's range, such as ``delta = 1e300``, or an
+  intermediate ``Δ·u`` that overflows while the result fits), the call is
+  computed again in float64, as the reference computes it: the kernels' screen
+  (below) sums the outputs, the last state and the gradients per row, so an
+  overflow is seen without an extra pass.  Complex A is computed in complex128
+  whatever the input dtype (a scalar ``cmath.exp`` loop, not tuned).
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per thread, O(L·N) per thread and never
   (B, D, L, N)), then the reverse scan of the reference.  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
   at the end (no races, no atomics).
-* Validation: the same checks, in the same order, as the reference, with
-  the reference's own helpers (``ssm_ref._validation`` and
-  ``ssm_ref.selective._bc_form``).  Checks over the big (B, D, L) arrays
-  (finiteness) are folded into the kernels as a per-row sum, and negative
-  steps are screened by ``min(delta) + min(delta_bias)``; when a screen trips, the reference validator is called so that the
-  error raised is exactly the reference's.
+* Validation: the reference's own checks, in the same order
+  (:func:`ssm_ref.scan_args.check_scan_structure`, whose
+  :class:`~ssm_ref.scan_args.ScanArgs` the layout reads).  Checks over the
+  big (B, D, L) arrays (finiteness) are folded into the kernels as a per-row
+  sum, and negative steps are screened by ``min(delta) + min(delta_bias)``;
+  when a screen trips, the reference validator is called so that the error
+  raised is exactly the reference's (and if the input is valid, float32
+  overflowed: the call runs again in float64).
 
 Kernels are compiled once per dtype and cached on disk (``cache=True``).
 """
@@ -71,8 +78,10 @@ from numba import njit, prange
 from numba.core import cpu as _numba_cpu
 from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
 
-from ssm_ref import selective as _ref
-from ssm_ref._validation import as_array, check_finite, check_shape
+import ssm_ref
+from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
+from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
+                               step_view_shape)
 
 from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
 
@@ -173,7 +182,11 @@ def _bc_strides(Bx, Cx, nd):
 
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
-    """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs (a NaN/inf screen)."""
+    """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs and steps.
+
+    The sum is a screen: it is not finite if an input is NaN or inf, or if a
+    step overflowed (an ``exp(dt * A)`` of an infinite step would be meaningless).
+    """
     s = u_row[0] - u_row[0]  # typed zero
     for t in range(delta_row.size):
         dt[t] = delta_row[t] + bias_d
@@ -183,6 +196,7 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
             dt[t] = fast_softplus(dt[t])
     for t in range(delta_row.size):
         bu[t] = dt[t] * u_row[t]
+        s += dt[t]
     if has_z:
         for t in range(delta_row.size):
             s += z_row[t]
@@ -191,7 +205,11 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
 
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
-    """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``)."""
+    """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``).
+
+    Returns the sum of ``out_row``: a screen, not finite if an output is not.
+    """
+    s = u_row[0] - u_row[0]  # typed zero
     for t in range(out_row.size):
         v = y[t]
         if has_D:
@@ -200,6 +218,8 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
             zz = z_row[t]
             v = v * zz * fast_sigmoid(zz)
         out_row[t] = v
+        s += v
+    return s
 
 
 # ---------------------------------------------------------------------------
@@ -225,8 +245,8 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
             d = row - b * nd
-            screen[row] = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
-                                     softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
+            s_in = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
+                              softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
             for n in range(N):
                 a[n] = A[d, n]
                 h[n] = h0[b, d, n] if has_h0 else zero
@@ -245,10 +265,12 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                         h[n] = hn
                         acc += hn * Ct[n]
                 y[t] = acc
-            _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
-                        z[b, d] if has_z else u[b, d], has_z, out[b, d])
+            s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
+                                z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
                 last[b, d, n] = h[n]
+                s_out += h[n]
+            screen[row] = s_in + s_out  # not finite: bad input, or float32 overflowed
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -295,7 +317,6 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
-            screen[row] = s
             for n in range(N):
                 a[n] = A[d, n]
                 h[n] = h0[b, d, n] if has_h0 else zero
@@ -330,6 +351,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     sg = fast_sigmoid(zz)
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
+                    s += dz[b, d, t]
             # reverse scan: g = dLoss/dh_t  (eq-selective-backward)
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
@@ -357,6 +379,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                         g[n] = gn * abar_t[n]
                 du[b, d, t] = dtt * accB + Dd * dyt
                 ddelta[b, d, t] = accA + u_row[t] * accB
+                s += du[b, d, t] + ddelta[b, d, t]
             # through softplus (derivative sigmoid, 1 above 20) and the bias
             sb = zero
             for t in range(L):
@@ -371,6 +394,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for n in range(N):
                 dA_c[c, d, n] += sdA[n]
                 dh0[b, d, n] = g[n]
+                s += g[n]
+            screen[row] = s  # not finite: bad input, or float32 overflowed
 
 
 @njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -560,22 +585,16 @@ def _compute_dtype(dtype):
     return np.dtype(np.float32) if np.dtype(dtype).itemsize <= 4 else np.dtype(np.float64)
 
 
-def _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    """The reference's cheap checks (``ssm_ref.selective._check_scan_structure``).
+def _check_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    """The reference's cheap checks (:func:`ssm_ref.scan_args.check_scan_structure`).
 
     The checks over the (B, D, L) arrays are left to the kernels, which screen
-    them; here only a conservative screen for negative steps is added.
+    them; the scan needs ``u`` (hidden attention, the one caller without it,
+    is not here).
     """
     if u is None:
         raise TypeError("Parameter u is None but an array was expected")
-    p = _ref._check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-    if not p["delta_softplus"]:  # a cheap, conservative screen for negative steps
-        low = float(np.min(p["delta"])) + (0.0 if p["delta_bias"] is None
-                                           else float(np.min(p["delta_bias"])))
-        p["maybe_negative"] = low < 0
-    else:
-        p["maybe_negative"] = False  # softplus >= 0
-    return p
+    return check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
 
 
 @njit(parallel=True, cache=True)
@@ -627,45 +646,51 @@ def _pad_last(X, n_padded, dtype):
 
 def _layout_bc(X, form, work, n_padded):
     """B or C -> (B or 1, G', L or 1, N padded), contiguous, dtype ``work``."""
-    if form == "constant":
-        X = X[None, :, None, :]  # (D, N) -> (1, D, 1, N)
-    elif form == "variable":
-        X = np.swapaxes(X, 1, 2)[:, None]  # (B, N, L) -> (B, 1, L, N)
-    else:
-        X = np.swapaxes(X, 2, 3)  # (B, G, N, L) -> (B, G, L, N)
+    X = np.swapaxes(X.reshape(form.view_shape(X.shape)), 2, 3)  # (B|1, G', N, L|1) -> (.., L|1, N)
     return _pad_last(X, n_padded, work)
 
 
-def _kernel_args(p, real):
-    """The arrays the scan kernels take, dummies for the missing optional ones."""
-    state_t = np.complex128 if p["is_complex"] else real
-    npad = _padded(p["dstate"])
+def _kernel_args(s, real):
+    """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones."""
+    state_t = np.complex128 if s.is_complex else real
+    npad = _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
     return dict(
-        u=_contiguous(p["u"], real),
-        delta=_contiguous(p["delta"], real),
-        A=_pad_last(p["A"], npad, state_t),  # (D, Np)
-        Bx=_layout_bc(p["B"], p["form_B"], state_t, npad),  # (B|1, G', L|1, Np)
-        Cx=_layout_bc(p["C"], p["form_C"], state_t, npad),
-        Dv=dummy1 if p["D"] is None else np.ascontiguousarray(p["D"], dtype=real),
-        z=dummy3 if p["z"] is None else _contiguous(p["z"], real),
-        bias=dummy1 if p["delta_bias"] is None
-        else np.ascontiguousarray(p["delta_bias"], dtype=real),
-        h0=np.zeros((1, 1, 1), state_t) if p["h0"] is None
-        else _pad_last(p["h0"], npad, state_t),  # (B, D, Np)
+        u=_contiguous(s.u, real),
+        delta=_contiguous(s.delta, real),
+        A=_pad_last(s.A, npad, state_t),  # (D, Np)
+        Bx=_layout_bc(s.B, s.form_B, state_t, npad),  # (B|1, G', L|1, Np)
+        Cx=_layout_bc(s.C, s.form_C, state_t, npad),
+        Dv=dummy1 if s.D is None else np.ascontiguousarray(s.D, dtype=real),
+        z=dummy3 if s.z is None else _contiguous(s.z, real),
+        bias=dummy1 if s.delta_bias is None
+        else np.ascontiguousarray(s.delta_bias, dtype=real),
+        h0=np.zeros((1, 1, 1), state_t) if s.h0 is None
+        else _pad_last(s.h0, npad, state_t),  # (B, D, Np)
     )
 
 
-def _screen_failed(screen, p):
+def _maybe_negative(s):
+    """A cheap, conservative screen for negative steps: ``min(delta) + min(delta_bias) < 0``.
+
+    With ``delta_softplus`` every step is >= 0 and nothing needs screening.
+    """
+    if s.delta_softplus:
+        return False
+    low = float(np.min(s.delta)) + (0.0 if s.delta_bias is None else float(np.min(s.delta_bias)))
+    return low < 0
+
+
+def _screen_failed(screen, maybe_negative):
     """True if a (B, D, L) input may hold NaN/inf, or a step may be negative.
 
     ``screen`` holds one sum of u, delta, z (and dout) per row: a NaN or inf
     anywhere makes its row's sum non-finite (an overflow of a finite sum only
-    costs a call of the reference's validator).  Negative steps are screened
-    in Python by ``min(delta) + min(delta_bias) < 0``.
+    costs a call of the reference's validator).  ``maybe_negative`` is
+    :func:`_maybe_negative`.
     """
-    return bool(p["maybe_negative"]) or not bool(np.all(np.isfinite(screen)))
+    return maybe_negative or not bool(np.all(np.isfinite(screen)))
 
 
 def _validated(check, reference_check):
@@ -686,8 +711,78 @@ def _threads(rows):
     return max(1, min(numba.get_num_threads(), rows))
 
 
-def _state_dtype(real_dtype, is_complex):
-    return _ref._state_dtype(real_dtype, is_complex)
+#: kernel arrays from the arguments without a length axis, and the argument each comes from
+_SMALL = {"A": "A", "Bx": "B", "Cx": "C", "Dv": "D", "bias": "delta_bias", "h0": "h0"}
+
+
+def _fitting_kernel_args(s):
+    """``(real, kernel arrays)``: the compute dtype and the arrays cast to it.
+
+    float32 ``u`` is computed in float32 unless an argument given in a wider
+    dtype does not fit float32 (``A = -1e300`` would become ``-inf``, and
+    ``0 * -inf`` a NaN): then in float64, as the reference.  The (B, D, L)
+    arguments are checked by the kernels' screen instead.
+    """
+    real = np.dtype(np.float64) if s.is_complex else _compute_dtype(s.out_dtype)
+    with np.errstate(over="ignore"):  # a float64 argument beyond float32: seen just below
+        k = _kernel_args(s, real)
+    if real == np.float32 and not all(
+            np.isfinite(k[key]).all() for key, name in _SMALL.items()
+            if getattr(s, name) is not None and s.dtypes[name].itemsize > 4):
+        real = np.dtype(np.float64)
+        k = _kernel_args(s, real)
+    return real, k
+
+
+def _forward(s, k, real):
+    """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
+    out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
+    last = np.empty((s.batch, s.dim, k["A"].shape[1]),
+                    np.complex128 if s.is_complex else real)  # (B, D, Np)
+    screen = np.empty(s.batch * s.dim, real)
+    kernel = _fwd_complex if s.is_complex else _fwd_real
+    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
+           s.D is not None, s.z is not None, s.delta_bias is not None,
+           s.delta_softplus, s.h0 is not None, out, last, screen,
+           _threads(s.batch * s.dim))
+    return out, last, screen
+
+
+def _backward(s, k, real, dout, dlast_state):
+    """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype."""
+    state_t = np.dtype(np.complex128) if s.is_complex else real
+    batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
+    nchunks = _threads(batch * dim)
+    npad = k["A"].shape[1]
+    dlast = (np.zeros((1, 1, 1), state_t) if dlast_state is None
+             else _pad_last(dlast_state, npad, state_t))  # (B, D, Np)
+    du = np.empty((batch, dim, length), real)  # (B, D, L)
+    ddelta = np.empty((batch, dim, length), real)  # (B, D, L)
+    dz = np.empty((batch, dim, length) if s.z is not None else (1, 1, 1), real)
+    dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
+    dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
+    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
+    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
+    dD_c = np.zeros((nchunks, dim), real)
+    dbias_c = np.zeros((nchunks, dim), real)
+    screen = np.empty(batch * dim, real)
+    kernel = _bwd_complex if s.is_complex else _bwd_real
+    kernel(_contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"],
+           k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
+           s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
+           dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
+
+    def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
+        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
+        return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
+
+    grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
+             "B": unlayout(dB_c, s.B.shape), "C": unlayout(dC_c, s.C.shape),
+             "D": dD_c.sum(axis=0) if s.D is not None else None,
+             "z": dz if s.z is not None else None,
+             "delta_bias": dbias_c.sum(axis=0) if s.delta_bias is not None else None,
+             "h0": dh0[:, :, :dstate] if s.h0 is not None else None}
+    return grads, screen
 
 
 # ---------------------------------------------------------------------------
@@ -720,31 +815,24 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     array([[[0.5       , 0.80326533, 0.98720505]]])
     """
     def reference_check():
-        _ref._validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+        check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
 
-    p = _validated(lambda: _check_scan_structure(u, delta, A, B, C, D, z, delta_bias,
-                                                 delta_softplus, h0), reference_check)
-    if not isinstance(return_last_state, (bool, np.bool_)):
-        raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
-    u_dtype = p["u"].dtype
-    real = np.dtype(np.float64) if p["is_complex"] else _compute_dtype(u_dtype)
-    k = _kernel_args(p, real)
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    out = np.empty((batch, dim, length), real)  # (B, D, L)
-    last = np.empty((batch, dim, k["A"].shape[1]), np.complex128 if p["is_complex"] else real)
-    screen = np.empty(batch * dim, real)
-    kernel = _fwd_complex if p["is_complex"] else _fwd_real
-    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
-           p["D"] is not None, p["z"] is not None, p["delta_bias"] is not None,
-           p["delta_softplus"], p["h0"] is not None, out, last, screen,
-           _threads(batch * dim))
-    if _screen_failed(screen, p):
+    s = _validated(lambda: _check_structure(u, delta, A, B, C, D, z, delta_bias,
+                                            delta_softplus, h0), reference_check)
+    check_bool(return_last_state, "return_last_state")
+    maybe_negative = _maybe_negative(s)
+    real, k = _fitting_kernel_args(s)
+    out, last, screen = _forward(s, k, real)
+    if _screen_failed(screen, maybe_negative):
         reference_check()  # raises the reference's error (non-finite input, negative step)
-    y = out.astype(u_dtype, copy=False)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            out, last, _ = _forward(s, _kernel_args(s, real), real)
+    y = out.astype(s.out_dtype, copy=False)
     if not return_last_state:
         return y
-    last = last[:, :, :dstate]  # (B, D, N): drop the padding
-    return y, last.astype(_state_dtype(u_dtype, p["is_complex"]))
+    last = last[:, :, :s.dstate]  # (B, D, N): drop the padding
+    return y, last.astype(s.state_dtype)
 
 
 def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -773,68 +861,36 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     array([[[0.5, 0. , 0. ]]])
     """
     def reference_check():
-        _ref.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
-                                     delta_softplus, h0, dlast_state)
+        ssm_ref.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
+                                        delta_softplus, h0, dlast_state)
 
     def check():
-        p = _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+        s = _check_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
         dout_ = as_array(dout, "dout", allow_complex=False, ndim=3)
-        check_shape(dout_, "dout", (p["batch"], p["dim"], p["length"]))
-        p["dout"] = dout_
-        p["dlast"] = None
+        check_shape(dout_, "dout", (s.batch, s.dim, s.length))
+        dlast = None
         if dlast_state is not None:
-            dl = as_array(dlast_state, "dlast_state", allow_complex=p["is_complex"], ndim=3)
-            check_shape(dl, "dlast_state", (p["batch"], p["dim"], p["dstate"]))
-            check_finite(dl, "dlast_state")
-            p["dlast"] = dl
-        return p
+            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
+            check_shape(dlast, "dlast_state", (s.batch, s.dim, s.dstate))
+            check_finite(dlast, "dlast_state")
+        return s, dout_, dlast
 
-    p = _validated(check, reference_check)
-    is_complex = p["is_complex"]
-    real = np.dtype(np.float64) if is_complex else _compute_dtype(p["u"].dtype)
-    state_t = np.dtype(np.complex128) if is_complex else real
-    k = _kernel_args(p, real)
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    nchunks = _threads(batch * dim)
-    dout_k = _contiguous(p["dout"], real)
-    npad = k["A"].shape[1]
-    dlast = (np.zeros((1, 1, 1), state_t) if p["dlast"] is None
-             else _pad_last(p["dlast"], npad, state_t))  # (B, D, Np)
-    du = np.empty((batch, dim, length), real)  # (B, D, L)
-    ddelta = np.empty((batch, dim, length), real)  # (B, D, L)
-    dz = np.empty((batch, dim, length) if p["z"] is not None else (1, 1, 1), real)
-    dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
-    dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
-    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
-    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
-    dD_c = np.zeros((nchunks, dim), real)
-    dbias_c = np.zeros((nchunks, dim), real)
-    screen = np.empty(batch * dim, real)
-    kernel = _bwd_complex if is_complex else _bwd_real
-    kernel(dout_k, k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
-           k["h0"], dlast, p["D"] is not None, p["z"] is not None,
-           p["delta_bias"] is not None, p["delta_softplus"], p["h0"] is not None,
-           p["dlast"] is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
-    if _screen_failed(screen, p):
-        reference_check()
-
-    def unlayout(Xc, form):  # sum the per-thread copies, back to the argument's layout
-        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
-        if form == "constant":
-            return X[0, :, 0, :]  # (D, N)
-        if form == "variable":
-            return np.swapaxes(X[:, 0], 1, 2)  # (B, N, L)
-        return np.swapaxes(X, 2, 3)  # (B, G, N, L)
-
-    grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
-             "B": unlayout(dB_c, p["form_B"]), "C": unlayout(dC_c, p["form_C"]),
-             "D": dD_c.sum(axis=0) if p["D"] is not None else None,
-             "z": dz if p["z"] is not None else None,
-             "delta_bias": dbias_c.sum(axis=0) if p["delta_bias"] is not None else None,
-             "h0": dh0[:, :, :dstate] if p["h0"] is not None else None}
+    s, dout_, dlast_ = _validated(check, reference_check)
+    maybe_negative = _maybe_negative(s)
+    real, k = _fitting_kernel_args(s)
+    grads, screen = _backward(s, k, real, dout_, dlast_)
+    # the screen covers the per-row gradients; the shared ones are checked here
+    shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
+                                                                     "delta_bias")
+                        if grads[name] is not None)
+    if _screen_failed(screen, maybe_negative) or not shared_finite:
+        reference_check()  # raises the reference's error (non-finite input, negative step)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
     for name, grad in grads.items():  # each argument's own dtype; real ones get the real part
         if grad is not None:
-            target = p[name].dtype
+            target = s.dtypes[name]
             grad = grad if target.kind == "c" else np.real(grad)
             grads[name] = np.ascontiguousarray(grad).astype(target, copy=False)
     return grads
@@ -862,21 +918,20 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     array([[0.98720505]])
     """
     def reference_check():
-        _ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        ssm_ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
     def check():  # the reference's own checks (the arrays are small)
-        return _ref._check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias,
-                                               dt_softplus)
+        return check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
     q = _validated(check, reference_check)
-    is_complex = q["is_complex"]
-    real = np.dtype(np.float64) if is_complex else _compute_dtype(q["x"].dtype)
+    is_complex = q.is_complex
+    real = np.dtype(np.float64) if is_complex else _compute_dtype(q.x.dtype)
     state_t = np.dtype(np.complex128) if is_complex else real
-    batch, dim = q["x"].shape
-    dstate = q["A"].shape[1]
+    batch, dim = q.x.shape
+    dstate = q.A.shape[1]
 
     def bc(X):  # (B, N) -> (B, 1, N); (B, G, N) stays
-        return np.ascontiguousarray(X[:, None, :] if X.ndim == 2 else X, dtype=state_t)
+        return np.ascontiguousarray(X.reshape(step_view_shape(X.shape)), dtype=state_t)
 
     def opt(X, shape):
         return np.zeros(shape, real) if X is None else np.ascontiguousarray(X, dtype=real)
@@ -884,12 +939,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     y = np.empty((batch, dim), real)  # (B, D)
     new_state = np.empty((batch, dim, dstate), state_t)  # (B, D, N)
     kernel = _update_complex if is_complex else _update_real
-    kernel(np.ascontiguousarray(q["state"], dtype=state_t),
-           np.ascontiguousarray(q["x"], dtype=real), np.ascontiguousarray(q["dt"], dtype=real),
-           np.ascontiguousarray(q["A"], dtype=state_t), bc(q["B"]), bc(q["C"]),
-           opt(q["D"], (1,)), opt(q["z"], (1, 1)), opt(q["dt_bias"], (1,)),
-           q["D"] is not None, q["z"] is not None, q["dt_bias"] is not None,
-           bool(dt_softplus), y, new_state)
-    st = q["state"].dtype
-    new_dtype = _state_dtype(st, is_complex) if st.kind == "f" else st
-    return y.astype(q["x"].dtype, copy=False), new_state.astype(new_dtype, copy=False)
+    kernel(np.ascontiguousarray(q.state, dtype=state_t),
+           np.ascontiguousarray(q.x, dtype=real), np.ascontiguousarray(q.dt, dtype=real),
+           np.ascontiguousarray(q.A, dtype=state_t), bc(q.B), bc(q.C),
+           opt(q.D, (1,)), opt(q.z, (1, 1)), opt(q.dt_bias, (1,)),
+           q.D is not None, q.z is not None, q.dt_bias is not None,
+           q.dt_softplus, y, new_state)
+    return y.astype(q.x.dtype, copy=False), new_state.astype(q.new_state_dtype, copy=False)

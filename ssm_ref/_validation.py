@@ -83,6 +83,13 @@ def check_finite(arr, name):
     return arr
 
 
+def check_bool(x, name):
+    """Raise ``TypeError`` unless ``x`` is a bool (Python's or NumPy's)."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"Parameter {name} = {x!r} must be a bool")
+    return bool(x)
+
+
 def check_positive_scalar(x, name):
     """Return ``x`` as a float after checking it is a finite number > 0."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):

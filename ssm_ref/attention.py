@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .selective import _per_channel, _validate_scan_inputs
+from .scan_args import check_scan_args
 
 __all__ = ["hidden_attention"]
 
@@ -96,12 +96,12 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False):
            [0.30326533, 0.5       , 0.        ],
            [0.18393972, 0.30326533, 0.5       ]])
     """
-    p = _validate_scan_inputs(None, delta, A, B, C, None, None, delta_bias,
-                              delta_softplus, None)
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    step, Am = p["delta_eff"], p["A"]
-    Bt = np.moveaxis(_per_channel(p["B"], p["form_B"], dim), 3, 2)  # (B|1, D|1, L|1, N)
-    Ct = np.moveaxis(_per_channel(p["C"], p["form_C"], dim), 3, 2)  # (B|1, D|1, L|1, N)
+    s = check_scan_args(None, delta, A, B, C, None, None, delta_bias, delta_softplus, None)
+    batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
+    # [book:hidden-attention]
+    step, Am = s.step, s.A  # (B, D, L), (D, N)
+    Bt = np.moveaxis(s.form_B.per_channel(s.B, dim), 3, 2)  # (B|1, D|1, L|1, N)
+    Ct = np.moveaxis(s.form_C.per_channel(s.C, dim), 3, 2)  # (B|1, D|1, L|1, N)
     Ct = np.broadcast_to(Ct, Ct.shape[:2] + (length, dstate))  # (B|1, D|1, L, N)
     Abar = np.exp(step[..., None] * Am[None, :, None, :])  # (B, D, L, N)
     Bbar = step[..., None] * Bt  # (B, D, L, N)
@@ -113,5 +113,6 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False):
         M[:, :, i] = Bbar[:, :, i]  # token i enters the state
         C_i = Ct[:, :, i]  # (B|1, D|1, N)
         row = np.sum(C_i[:, :, None, :] * M[:, :, : i + 1], axis=-1)  # (B, D, i + 1)
-        alpha[:, :, i, : i + 1] = 2.0 * row.real if p["is_complex"] else row.real
-    return alpha.astype(p["u_dtype"])
+        alpha[:, :, i, : i + 1] = 2.0 * row.real if s.is_complex else row.real
+    # [/book:hidden-attention]
+    return alpha.astype(s.out_dtype)

@@ -189,12 +189,14 @@ def scan_sequential(a, b, h0=None):
     array([4., 2.])
     """
     a, b, h0, out_dtype = _prepare(a, b, h0)
+    # [book:scan-sequential]
     L = a.shape[-1]
     h = np.empty_like(b)  # (..., L)
     state = h0  # (...)
     for t in range(L):
         state = a[..., t] * state + b[..., t]  # (...)
         h[..., t] = state
+    # [/book:scan-sequential]
     return _finish(h, out_dtype)
 
 
@@ -315,6 +317,7 @@ def scan_hillis_steele(a, b, h0=None, return_stats=False):
     {'work': 17, 'depth': 3}
     """
     a, b, h0, out_dtype = _prepare(a, b, h0)
+    # [book:scan-hillis-steele]
     L = a.shape[-1]
     A = a  # (..., L) running a-part
     Bv = _fold_h0(a, b, h0)  # (..., L) running b-part
@@ -330,6 +333,7 @@ def scan_hillis_steele(a, b, h0=None, return_stats=False):
         work += L - offset
         depth += 1
         offset *= 2
+    # [/book:scan-hillis-steele]
     h = _finish(Bv, out_dtype)
     if return_stats:
         return h, dict(work=work, depth=depth)
@@ -394,6 +398,7 @@ def scan_blelloch(a, b, h0=None, return_stats=False):
     {'work': 14, 'depth': 6, 'n': 8}
     """
     a, b, h0, out_dtype = _prepare(a, b, h0)
+    # [book:scan-blelloch]
     L = a.shape[-1]
     lead = a.shape[:-1]
     n = 1 << (L - 1).bit_length()  # next power of two >= L
@@ -431,6 +436,7 @@ def scan_blelloch(a, b, h0=None, return_stats=False):
 
     # exclusive -> inclusive: h_i is the exclusive prefix of element i + 1
     inclusive_b = np.concatenate([Bv[..., 1:], total_b[..., None]], axis=-1)  # (..., n)
+    # [/book:scan-blelloch]
     h = _finish(inclusive_b[..., :L], out_dtype)  # (..., L)
     if return_stats:
         return h, dict(work=work, depth=depth, n=n)
@@ -505,6 +511,7 @@ def scan_chunked(a, b, h0=None, chunk_size=64, return_chunk_states=False):
     """
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     a, b, h0, out_dtype = _prepare(a, b, h0)
+    # [book:scan-chunked]
     L = a.shape[-1]
     lead = a.shape[:-1]
     T = chunk_size
@@ -542,6 +549,7 @@ def scan_chunked(a, b, h0=None, chunk_size=64, return_chunk_states=False):
     # 3. apply the carry inside every chunk
     h = h_local + A_local * carry_in[..., None]  # (..., n_chunks, T)
     h = h.reshape(lead + (Lp,))[..., :L]  # (..., L)
+    # [/book:scan-chunked]
     h = _finish(h, out_dtype)
     if return_chunk_states:
         return h, _finish(chunk_states, out_dtype)

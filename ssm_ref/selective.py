@@ -42,6 +42,10 @@ Euler rule ``Bbar = delta * B``; the exact ZOH would be
 All arithmetic is done in float64 (complex128 for complex A); the output is
 cast back to the dtype of ``u``.
 
+The arguments are checked once, by :func:`ssm_ref.scan_args.check_scan_args`
+(the same call in every backend), and read as the attributes of the
+:class:`~ssm_ref.scan_args.ScanArgs` it returns.
+
 Every function runs on the array module of its inputs (NumPy, or CuPy on a
 GPU, see :mod:`ssm_ref._xp`): ``xp = array_module(u, ...)`` and all arrays are
 made with ``xp``.  All array arguments must then live on that one module, and
@@ -53,9 +57,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_array, check_finite, check_shape
+from ._validation import as_array, check_bool, check_finite, check_shape
 from ._xp import array_module
-from .nn import silu, silu_backward, softplus, softplus_backward
+from .nn import silu, silu_backward, softplus_backward
+from .scan_args import check_scan_args, check_step_args, step_view_shape
+from .scan_args import one_module as _one_module  # imported from here by ssm_ref.mamba
 
 __all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
 
@@ -75,268 +81,10 @@ def _silu_grad(x):
     return silu_backward(array_module(x).ones_like(x), x)
 
 
-# ---------------------------------------------------------------------------
-# validation shared by the scan, its backward and hidden attention
-# ---------------------------------------------------------------------------
-
-def _bc_form(X, name, batch, dim, length, dstate):
-    """Return the form of B or C: ``"constant"``, ``"variable"`` or ``"grouped"``."""
-    if X.ndim == 2:
-        check_shape(X, name, (dim, dstate))
-        return "constant"
-    if X.ndim == 3:
-        if X.shape == (batch, dstate, 2 * length) and X.dtype.kind == "f":
-            raise ValueError(
-                f"Parameter {name} has shape {X.shape} but should be "
-                f"({batch}, {dstate}, {length}); it looks like the official "
-                "real/imaginary interleaved layout of mamba_ssm for complex A: "
-                "pass a genuinely complex array instead "
-                "(X[..., 0::2] + 1j * X[..., 1::2])"
-            )
-        check_shape(X, name, (batch, dstate, length))
-        return "variable"
-    if X.ndim == 4:
-        groups = X.shape[1]
-        if groups < 1 or dim % groups != 0:
-            raise ValueError(
-                f"Parameter {name} has shape {X.shape}: its group count G = {groups} "
-                f"must divide the number of channels D = {dim}"
-            )
-        check_shape(X, name, (batch, groups, dstate, length))
-        return "grouped"
-    raise ValueError(
-        f"Parameter {name} has shape {X.shape} ({X.ndim}-D) but should be "
-        f"({dim}, {dstate}) constant, ({batch}, {dstate}, {length}) variable, "
-        f"or ({batch}, G, {dstate}, {length}) grouped"
-    )
-
-
-def _per_channel(X, form, dim):
-    """View B or C as (B or 1, D, N, L or 1), the form read inside the scan loop."""
-    if form == "constant":
-        return X[None, :, :, None]  # (1, D, N, 1)
-    if form == "variable":
-        return X[:, None, :, :]  # (B, 1, N, L)
-    groups = X.shape[1]
-    return X.repeat(dim // groups, axis=1)  # (B, G, N, L) -> (B, D, N, L)
-
-
-def _reduce_to_form(g, form, groups):
-    """Sum a per-channel gradient (B, D, N, L) back to the shape of B or C."""
-    if form == "constant":
-        return g.sum(axis=(0, 3))  # (D, N)
-    if form == "variable":
-        return g.sum(axis=1)  # (B, N, L)
-    batch, dim, dstate, length = g.shape
-    g = g.reshape(batch, groups, dim // groups, dstate, length)  # (B, G, D/G, N, L)
-    return g.sum(axis=2)  # (B, G, N, L)
-
-
-def _one_module(arrays):
-    """The array module (NumPy or CuPy) shared by ``arrays``, a dict name -> array or None.
-
-    Raises ``TypeError`` naming the arguments that are NumPy arrays (or lists)
-    when others are device arrays: mixing them would copy to the device on
-    every call (CuPy refuses it).  Move them once, e.g. ``cupy.asarray(A)``.
-    """
-    given = {name: a for name, a in arrays.items() if a is not None}
-    xp = array_module(*given.values())
-    strays = [name for name, a in given.items() if array_module(a) is not xp]
-    if strays:
-        device = next(name for name, a in given.items() if array_module(a) is xp)
-        raise TypeError(
-            f"Parameter(s) {', '.join(strays)} are host (NumPy) arrays but {device} is a "
-            f"{xp.__name__} device array; pass all arrays on one array module "
-            "(move them once with xp.asarray)"
-        )
-    return xp
-
-
-def _effective_delta(delta, delta_bias, delta_softplus):
-    """Apply eq-selective-delta: bias, then optional softplus. Returns (raw, delta)."""
-    raw = delta if delta_bias is None else delta + delta_bias[None, :, None]  # (B, D, L)
-    return raw, (softplus(raw) if delta_softplus else raw)
-
-
-def _check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                          delta_softplus=False, h0=None):
-    """The cheap half of the validation: dtypes, shapes, B/C forms, small arrays.
-
-    Checks every argument's dtype and shape, the forms of B and C, that all
-    arrays live on one array module, and (for NumPy arrays) that the arrays
-    without a length axis (and B, C) are finite and Re(A) <= 0.  It neither
-    converts nor scans the (B, D, L) arrays ``u``, ``delta``, ``z``: the fast
-    backends call it and screen those inside their kernels.  Returns a dict of
-    the arrays as given plus the sizes, the forms and ``xp``, their module.
-    """
-    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
-    if u is not None:
-        u = as_array(u, "u", allow_complex=False, ndim=3)
-        batch, dim, length = u.shape
-        check_shape(delta, "delta", (batch, dim, length))
-    else:
-        batch, dim, length = delta.shape
-    A = as_array(A, "A", ndim=2)
-    check_shape(A, "A", (dim, None))
-    dstate = A.shape[1]
-    if dstate < 1 or length < 1 or batch < 1 or dim < 1:
-        raise ValueError(
-            f"empty sizes: batch={batch}, D={dim}, L={length}, N={dstate}; all must be >= 1"
-        )
-    is_complex = A.dtype.kind == "c"
-    B = as_array(B, "B")
-    C = as_array(C, "C")
-    for X, name in ((B, "B"), (C, "C")):
-        if X.dtype.kind == "c" and not is_complex:
-            raise TypeError(
-                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
-                "complex B/C need a complex A"
-            )
-    form_B = _bc_form(B, "B", batch, dim, length, dstate)
-    form_C = _bc_form(C, "C", batch, dim, length, dstate)
-    out = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": None, "z": None,
-           "delta_bias": None, "h0": None}
-    if D is not None:
-        out["D"] = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
-    if z is not None:
-        out["z"] = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
-                               (batch, dim, length))
-    if delta_bias is not None:
-        out["delta_bias"] = check_shape(
-            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
-            "delta_bias", (dim,))
-    if h0 is not None:
-        h0 = as_array(h0, "h0", allow_complex=is_complex, ndim=3)
-        out["h0"] = check_shape(h0, "h0", (batch, dim, dstate))
-    if not isinstance(delta_softplus, (bool, np.bool_)):
-        raise TypeError(f"Parameter delta_softplus = {delta_softplus!r} must be a bool")
-    xp = _one_module({name: out[name] for name in
-                      ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")})
-    for name in ("A", "B", "C", "D", "delta_bias", "h0"):
-        if out[name] is not None:
-            check_finite(out[name], name)
-    if xp is np and np.any(A.real > 0):  # a value check: host arrays only
-        raise ValueError(
-            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real "
-            f"part (max {A.real.max():.3g}); the recurrence would grow like "
-            "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
-        )
-    out.update(batch=batch, dim=dim, length=length, dstate=dstate, is_complex=is_complex,
-               form_B=form_B, form_C=form_C, delta_softplus=bool(delta_softplus), xp=xp)
-    return out
-
-
-def _validate_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                          delta_softplus=False, h0=None):
-    """Check every argument of the scan; return a dict of float64/complex128 arrays.
-
-    Shared by :func:`selective_scan`, :func:`selective_scan_backward`,
-    ``hidden_attention`` and the fast backends, so that every entry point
-    accepts and refuses exactly the same inputs.  ``u`` may be None
-    (hidden attention has no input); then the sizes come from ``delta``.
-    :func:`_check_scan_structure` does the cheap half; this adds the checks
-    over the (B, D, L) arrays and the conversion to the working precision.
-    """
-    out = _check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-    for name in ("u", "delta", "z"):
-        if out[name] is not None:
-            check_finite(out[name], name)
-    arrays = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
-    out["given_dtype"] = {name: out[name].dtype for name in arrays if out[name] is not None}
-    # promote to the working precision: float64, or complex128 for complex A
-    work = np.complex128 if out["is_complex"] else np.float64
-    for name in ("u", "delta", "D", "z", "delta_bias"):
-        if out[name] is not None:
-            out[name] = out[name].astype(np.float64)
-    for name in ("A", "B", "C", "h0"):
-        if out[name] is not None:
-            out[name] = out[name].astype(work)
-    raw, eff = _effective_delta(out["delta"], out["delta_bias"], out["delta_softplus"])
-    if out["xp"] is np and np.any(eff < 0):  # a value check: host arrays only
-        raise ValueError(
-            f"Parameter delta has {int(np.sum(eff < 0))} negative step(s) after "
-            f"delta_bias{' and softplus' if out['delta_softplus'] else ''} "
-            f"(min {eff.min():.3g}); a negative step makes |exp(delta * A)| > 1 and the "
-            "recurrence grows. Pass delta >= 0 or use delta_softplus=True"
-        )
-    u_given = out["given_dtype"].get("u", out["given_dtype"]["delta"])
-    out.update(delta_raw=raw, delta_eff=eff, u_dtype=u_given)
-    return out
-
-
-def _state_dtype(real_dtype, is_complex):
-    """dtype of returned states: the input's float dtype, or its complex partner."""
-    return np.result_type(real_dtype, np.complex64) if is_complex else np.dtype(real_dtype)
-
 
 # ---------------------------------------------------------------------------
-# forward
+# the scan
 # ---------------------------------------------------------------------------
-
-def _forward_states(p):
-    """Run eq-selective-disc and eq-selective-recurrence; return every state.
-
-    Returns ``hs`` of shape (B, D, L, N): ``hs[:, :, t]`` is h_t.  Used by the
-    backward pass, which needs h_{t-1} at every step.
-    """
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    delta, A, u, xp = p["delta_eff"], p["A"], p["u"], p["xp"]
-    Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
-    dA = delta[:, :, :, None] * A[None, :, None, :]  # (B, D, L, N)
-    Abar = xp.exp(dA)  # (B, D, L, N)   zero-order hold for A
-    Bbar_u = (delta * u)[:, :, :, None] * xp.moveaxis(Bc, 3, 2)  # (B, D, L, N)  Euler for B
-    h = xp.zeros((batch, dim, dstate), dtype=Abar.dtype) if p["h0"] is None else p["h0"].copy()
-    work = np.result_type(Abar.dtype, Bbar_u.dtype)
-    hs = xp.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
-    for t in range(length):
-        h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N)
-        hs[:, :, t] = h
-    return hs, Abar
-
-
-def _readout(p, hs):
-    """y_t = <C_t, h_t> for all t at once from the stored states (backward pass)."""
-    xp = p["xp"]
-    Cc = _per_channel(p["C"], p["form_C"], p["dim"])  # (B|1, D|1, N, L|1)
-    y = xp.sum(xp.moveaxis(Cc, 3, 2) * hs, axis=-1)  # (B, D, L)
-    return _skip_and_gate(p, y)
-
-
-def _skip_and_gate(p, y):
-    """2 Re for complex A, then the D skip and the SiLU gate (eq-selective-output).
-
-    Returns ``(v, out)``: ``v = y + D u`` before the gate (the backward needs
-    it) and ``out = v * silu(z)``.
-    """
-    if p["is_complex"]:
-        y = 2.0 * y.real  # conjugate pairs: only half of them are stored
-    v = y if p["D"] is None else y + p["D"][None, :, None] * p["u"]  # (B, D, L)
-    return v, (v if p["z"] is None else v * silu(p["z"]))
-
-
-def _forward_output(p):
-    """The forward scan one time step at a time, keeping only the current state.
-
-    Same recurrence as :func:`_forward_states`, but memory O(B D (L + N))
-    instead of O(B D L N): Abar_t and Bbar_t u_t are formed inside the loop and
-    y_t = <C_t, h_t> is read out at once, as the hardware-aware kernel does.
-    Returns the output (B, D, L) and the last state h_{L-1} (B, D, N).
-    """
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    delta, A, u, xp = p["delta_eff"], p["A"], p["u"], p["xp"]
-    Bc = _per_channel(p["B"], p["form_B"], dim)  # (B|1, D|1, N, L|1)
-    Cc = _per_channel(p["C"], p["form_C"], dim)  # (B|1, D|1, N, L|1)
-    work = np.result_type(delta.dtype, A.dtype, Bc.dtype, Cc.dtype)
-    h = xp.zeros((batch, dim, dstate), dtype=work) if p["h0"] is None else p["h0"].astype(work)
-    y = xp.empty((batch, dim, length), dtype=work)  # (B, D, L)
-    for t in range(length):
-        Abar_t = xp.exp(delta[:, :, t, None] * A[None, :, :])  # (B, D, N)  ZOH for A
-        B_t = Bc[..., t if Bc.shape[3] > 1 else 0]  # (B|1, D|1, N)
-        C_t = Cc[..., t if Cc.shape[3] > 1 else 0]  # (B|1, D|1, N)
-        h = Abar_t * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B_t  # (B, D, N)  Euler for B
-        y[:, :, t] = xp.sum(C_t * h, axis=-1)  # (B, D)
-    return _skip_and_gate(p, y)[1], h
-
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                    delta_softplus=False, return_last_state=False, h0=None):
@@ -374,9 +122,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     y : ndarray, shape (B, D, L)
         Output, in ``u``'s dtype.
     last_state : ndarray, shape (B, D, N)
-        Only with ``return_last_state``: in ``u``'s dtype for real A, in its
-        complex partner (complex64 for float32) for complex A.  The official
-        function returns it in A's dtype.
+        Only with ``return_last_state``: in ``A``'s dtype (complex for complex
+        A), as the official function returns it.
 
     Raises
     ------
@@ -434,86 +181,45 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     >>> h
     array([[[0.98720505]]])
     """
-    p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-    if not isinstance(return_last_state, (bool, np.bool_)):
-        raise TypeError(f"Parameter return_last_state = {return_last_state!r} must be a bool")
-    y, last = _forward_output(p)  # (B, D, L), (B, D, N)
-    y = y.astype(p["u_dtype"])
+    s = check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    check_bool(return_last_state, "return_last_state")
+    # [book:selective-scan]
+    xp, u, A = s.xp, s.u, s.A
+    delta = s.step  # (B, D, L): softplus(delta + delta_bias), eq-selective-delta
+    h = s.initial_state()  # (B, D, N): h0, or zeros
+    y = xp.empty((s.batch, s.dim, s.length), dtype=h.dtype)  # (B, D, L)
+    for t in range(s.length):
+        B_t = s.form_B.at(s.B, t, s.dim)  # (B|1, D|1, N)
+        C_t = s.form_C.at(s.C, t, s.dim)  # (B|1, D|1, N)
+        Abar = xp.exp(delta[:, :, t, None] * A)  # (B, D, N): zero-order hold for A
+        Bbar_u = (delta[:, :, t] * u[:, :, t])[:, :, None] * B_t  # (B, D, N): Euler for B
+        h = Abar * h + Bbar_u  # (B, D, N): eq-selective-recurrence
+        y[:, :, t] = xp.sum(C_t * h, axis=-1)  # (B, D): y_t = <C_t, h_t>
+    y = _skip_and_gate(s, y)[1]  # (B, D, L): eq-selective-output
+    # [/book:selective-scan]
+    y = y.astype(s.out_dtype)
     if not return_last_state:
         return y
-    last = last.astype(_state_dtype(p["u_dtype"], p["is_complex"]))  # (B, D, N)
-    return y, last
+    return y, h.astype(s.state_dtype)  # (B, D, N)
+
+
+def _skip_and_gate(s, y):
+    """2 Re for complex A, then the D skip and the SiLU gate (eq-selective-output).
+
+    Returns ``(v, out)``: ``v = y + D u`` before the gate (the backward needs
+    it) and ``out = v * silu(z)``.
+    """
+    # [book:selective-output]
+    if s.is_complex:
+        y = 2.0 * y.real  # conjugate pairs: only one of each pair is stored
+    v = y if s.D is None else y + s.D[None, :, None] * s.u  # (B, D, L)
+    return v, (v if s.z is None else v * silu(s.z))
+    # [/book:selective-output]
 
 
 # ---------------------------------------------------------------------------
 # one decoding step
 # ---------------------------------------------------------------------------
-
-def _check_state_update_inputs(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False):
-    """Check every argument of :func:`selective_state_update`; return them with the step.
-
-    Shared with the fast backends so that they refuse the same inputs with the
-    same messages.  The arrays come back as given (after ``as_array``), plus
-    ``is_complex``, ``xp`` (their array module) and ``step`` =
-    softplus(dt + dt_bias) (B, D) in float64.  Value checks (finite,
-    Re(A) <= 0, step >= 0) run on NumPy arrays only.
-    """
-    x = as_array(x, "x", allow_complex=False, ndim=2)
-    batch, dim = x.shape
-    dt = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
-    A = as_array(A, "A", ndim=2)
-    check_shape(A, "A", (dim, None))
-    dstate = A.shape[1]
-    is_complex = A.dtype.kind == "c"
-    state = as_array(state, "state", allow_complex=is_complex, ndim=3)
-    check_shape(state, "state", (batch, dim, dstate))
-    args = {"x": x, "dt": dt, "A": A, "state": state, "is_complex": is_complex,
-            "D": None, "z": None, "dt_bias": None}
-    for X, name in ((B, "B"), (C, "C")):
-        X = as_array(X, name, ndim=(2, 3))
-        if X.dtype.kind == "c" and not is_complex:
-            raise TypeError(
-                f"Parameter {name} is complex ({X.dtype}) but A is real ({A.dtype}); "
-                "complex B/C need a complex A"
-            )
-        if X.ndim == 3 and (X.shape[1] < 1 or dim % X.shape[1] != 0):
-            raise ValueError(
-                f"Parameter {name} has shape {X.shape}: its group count G = {X.shape[1]} "
-                f"must divide the number of channels D = {dim}"
-            )
-        check_shape(X, name, (batch, dstate) if X.ndim == 2 else (batch, None, dstate))
-        args[name] = X
-    for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
-                             (dt_bias, "dt_bias", (dim,))):
-        if arr is not None:
-            arr = as_array(arr, name, allow_complex=False, ndim=len(shape))
-            args[name] = check_shape(arr, name, shape)
-    if not isinstance(dt_softplus, (bool, np.bool_)):
-        raise TypeError(f"Parameter dt_softplus = {dt_softplus!r} must be a bool")
-    names = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
-    xp = args["xp"] = _one_module({name: args[name] for name in names})
-    for name in names:
-        if args[name] is not None:
-            check_finite(args[name], name)
-    if xp is np and np.any(A.real > 0):  # value checks: host arrays only
-        raise ValueError(
-            f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
-            "A must have Re(A) <= 0"
-        )
-    step = dt.astype(np.float64)  # (B, D)
-    if dt_bias is not None:
-        step = step + args["dt_bias"][None, :]
-    if dt_softplus:
-        step = softplus(step)
-    if xp is np and np.any(step < 0):
-        raise ValueError(
-            f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
-            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
-        )
-    args["step"] = step
-    return args
-
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                            dt_softplus=False):
@@ -597,29 +303,27 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> y
     array([[0.98720505]])
     """
-    args = _check_state_update_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    x, A, state, step, xp = args["x"], args["A"], args["state"], args["step"], args["xp"]
+    s = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    xp, x, state, step = s.xp, s.x, s.state, s.step  # step: (B, D), float64
     batch, dim = x.shape
-    is_complex = args["is_complex"]
-    work = np.complex128 if is_complex else np.float64
+    work = np.complex128 if s.is_complex else np.float64
 
     def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
-        X = X.astype(work)
-        return X[:, None, :] if X.ndim == 2 else X.repeat(dim // X.shape[1], axis=1)
+        X = X.astype(work).reshape(step_view_shape(X.shape))  # (B, G', N)
+        return X if X.shape[1] == 1 else X.repeat(dim // X.shape[1], axis=1)
 
-    Bc, Cc = per_channel(args["B"]), per_channel(args["C"])  # (B, D|1, N)
+    Bc, Cc = per_channel(s.B), per_channel(s.C)  # (B, D|1, N)
     xs = x.astype(np.float64)  # (B, D)
-    Abar = xp.exp(step[:, :, None] * A.astype(work)[None])  # (B, D, N)
+    Abar = xp.exp(step[:, :, None] * s.A.astype(work)[None])  # (B, D, N)
     h = Abar * state.astype(work) + (step * xs)[:, :, None] * Bc  # (B, D, N)
     y = xp.sum(Cc * h, axis=-1)  # (B, D)
-    if is_complex:
+    if s.is_complex:
         y = 2.0 * y.real
-    if D is not None:
-        y = y + args["D"][None, :] * xs
-    if z is not None:
-        y = y * silu(args["z"].astype(np.float64))
-    new_state = h.astype(_state_dtype(state.dtype, is_complex) if state.dtype.kind == "f"
-                         else state.dtype)
+    if s.D is not None:
+        y = y + s.D[None, :] * xs
+    if s.z is not None:
+        y = y * silu(s.z.astype(np.float64))
+    new_state = h.astype(s.new_state_dtype)
     return y.astype(x.dtype), new_state
 
 
@@ -708,48 +412,52 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     >>> g["D"] is None
     True
     """
-    p = _validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-    batch, dim, length, dstate = p["batch"], p["dim"], p["length"], p["dstate"]
-    is_complex, xp = p["is_complex"], p["xp"]
-    dout = as_array(dout, "dout", allow_complex=False, ndim=3)
-    check_shape(dout, "dout", (batch, dim, length))
+    s = check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
+    xp, work = s.xp, s.work_dtype
+    dout = check_shape(as_array(dout, "dout", allow_complex=False, ndim=3), "dout",
+                       (batch, dim, length))
     if dlast_state is not None:
-        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=is_complex, ndim=3)
+        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
         check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
-    _one_module({"delta": p["delta"], "dout": dout, "dlast_state": dlast_state})
+    _one_module({"delta": s.delta, "dout": dout, "dlast_state": dlast_state})
     check_finite(dout, "dout")
     dout = dout.astype(np.float64)  # (B, D, L)
-    work = np.complex128 if is_complex else np.float64
     if dlast_state is not None:
         check_finite(dlast_state, "dlast_state")
         dlast_state = dlast_state.astype(work)  # (B, D, N)
 
-    u, delta_eff, Am = p["u"], p["delta_eff"], p["A"]
-    scale = 2.0 if is_complex else 1.0  # y = 2 Re<C, h> for complex A
+    u, delta, Am = s.u, s.step, s.A
+    scale = 2.0 if s.is_complex else 1.0  # y = 2 Re<C, h> for complex A
+    Bt = xp.moveaxis(s.form_B.per_channel(s.B, dim), 3, 2)  # (B|1, D|1, L|1, N)
+    Ct = xp.moveaxis(s.form_C.per_channel(s.C, dim), 3, 2)  # (B|1, D|1, L|1, N)
 
-    # forward again: every state, and h_{t-1} next to h_t
-    hs, Abar = _forward_states(p)  # (B, D, L, N) each
-    h_init = xp.zeros((batch, dim, 1, dstate), work) if p["h0"] is None \
-        else p["h0"][:, :, None, :]  # (B, D, 1, N)
-    h_prev = xp.concatenate([h_init, hs[:, :, :-1]], axis=2)  # (B, D, L, N)
-    v, _ = _readout(p, hs)  # (B, D, L), y + D u before the gate
+    # forward again, keeping every state: the backward needs h_{t-1} at every step
+    Abar = xp.exp(delta[:, :, :, None] * Am[None, :, None, :])  # (B, D, L, N)
+    Bbar_u = (delta * u)[:, :, :, None] * Bt  # (B, D, L, N)
+    h_init = s.initial_state()  # (B, D, N)
+    hs = xp.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
+    h = h_init
+    for t in range(length):
+        h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N)
+        hs[:, :, t] = h
+    h_prev = xp.concatenate([h_init[:, :, None, :], hs[:, :, :-1]], axis=2)  # (B, D, L, N)
+    v, _ = _skip_and_gate(s, xp.sum(Ct * hs, axis=-1))  # (B, D, L), y + D u before the gate
 
     grads = dict.fromkeys(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"])
 
     # output: gate, then skip
-    if p["z"] is not None:
-        grads["z"] = dout * v * _silu_grad(p["z"])  # (B, D, L)
-        dy = dout * silu(p["z"])  # (B, D, L)
+    if s.z is not None:
+        grads["z"] = dout * v * _silu_grad(s.z)  # (B, D, L)
+        dy = dout * silu(s.z)  # (B, D, L)
     else:
         dy = dout
     du = xp.zeros_like(u)  # (B, D, L)
-    if p["D"] is not None:
+    if s.D is not None:
         grads["D"] = xp.sum(dy * u, axis=(0, 2))  # (D,)
-        du += dy * p["D"][None, :, None]
+        du += dy * s.D[None, :, None]
 
     # readout y_t = s Re<C_t, h_t>
-    Ct = xp.moveaxis(_per_channel(p["C"], p["form_C"], dim), 3, 2)  # (B|1, D|1, L|1, N)
-    Bt = xp.moveaxis(_per_channel(p["B"], p["form_B"], dim), 3, 2)  # (B|1, D|1, L|1, N)
     dC = scale * dy[..., None] * xp.conj(hs)  # (B, D, L, N)
     dh_out = scale * dy[..., None] * xp.conj(Ct)  # (B, D, L, N)
 
@@ -760,32 +468,31 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         g = g + dh_out[:, :, t]  # (B, D, N)
         gs[:, :, t] = g
         g = xp.conj(Abar[:, :, t]) * g  # carried to h_{t-1}
-    if p["h0"] is not None:
+    if s.h0 is not None:
         grads["h0"] = g  # (B, D, N)
 
     # h_t = Abar_t h_{t-1} + delta_t u_t B_t
     g_dA = xp.conj(Abar * h_prev) * gs  # (B, D, L, N): gradient w.r.t. delta_t * A
-    grads["A"] = xp.sum(delta_eff[..., None] * g_dA, axis=(0, 2))  # (D, N)
+    grads["A"] = xp.sum(delta[..., None] * g_dA, axis=(0, 2))  # (D, N)
     g_BB = xp.sum(xp.conj(Bt) * gs, axis=-1).real  # (B, D, L): Re sum_n conj(B_t) g_t
     ddelta = xp.sum(xp.conj(Am)[None, :, None, :] * g_dA, axis=-1).real + u * g_BB
-    du += delta_eff * g_BB
-    dB = (delta_eff * u)[..., None] * gs  # (B, D, L, N)
+    du += delta * g_BB
+    dB = (delta * u)[..., None] * gs  # (B, D, L, N)
 
-    # delta_eff = softplus(delta + delta_bias)
-    if p["delta_softplus"]:
-        ddelta = ddelta * _softplus_grad(p["delta_raw"])  # (B, D, L)
+    # delta = softplus(delta + delta_bias)
+    if s.delta_softplus:
+        raw = s.delta if s.delta_bias is None else s.delta + s.delta_bias[None, :, None]
+        ddelta = ddelta * _softplus_grad(raw)  # (B, D, L)
     grads["u"], grads["delta"] = du, ddelta
-    if p["delta_bias"] is not None:
+    if s.delta_bias is not None:
         grads["delta_bias"] = xp.sum(ddelta, axis=(0, 2))  # (D,)
 
-    groups_B = p["B"].shape[1] if p["form_B"] == "grouped" else 1
-    groups_C = p["C"].shape[1] if p["form_C"] == "grouped" else 1
-    grads["B"] = _reduce_to_form(xp.moveaxis(dB, 2, 3), p["form_B"], groups_B)
-    grads["C"] = _reduce_to_form(xp.moveaxis(dC, 2, 3), p["form_C"], groups_C)
+    grads["B"] = s.form_B.reduce(xp.moveaxis(dB, 2, 3), s.groups("B"))
+    grads["C"] = s.form_C.reduce(xp.moveaxis(dC, 2, 3), s.groups("C"))
 
     # back to each argument's own dtype; real arguments get the real part
     for name, grad in grads.items():
         if grad is not None:
-            target = p["given_dtype"][name]
+            target = s.dtypes[name]
             grads[name] = (grad if target.kind == "c" else grad.real).astype(target)
     return grads

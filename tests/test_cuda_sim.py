@@ -110,6 +110,17 @@ def test_forward_optional_arguments(rng, options):
     assert_close(last, last_ref, kind="backend", err_msg="last state")
 
 
+@pytest.mark.parametrize("u_dtype, A_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_last_state_in_A_dtype(rng, u_dtype, A_dtype):
+    """As the reference and the official package: the last state in A's dtype."""
+    args = make_inputs(rng, "var", "const", u_dtype)
+    args["A"] = args["A"].astype(A_dtype)
+    y, last = cs.selective_scan(**args, return_last_state=True, **LAUNCH)
+    _, last_ref = sr.selective_scan(**f64(args), return_last_state=True)
+    assert y.dtype == u_dtype and last.dtype == A_dtype
+    assert_close(last, last_ref, kind="backend", dtype=np.float32)
+
+
 @pytest.mark.parametrize("chunk_size, threads", [(16, 16), (32, 4), (8, 8), (64, 2)])
 def test_forward_launch_shapes(rng, chunk_size, threads):
     """1, 8, 1 and 32 steps per thread; 3, 2, 5 and 1 chunks: one answer."""
@@ -127,12 +138,13 @@ def test_forward_default_launch(rng):
 def test_chunk_states_are_the_states_at_chunk_ends(rng):
     """The only states the forward writes: h at the end of every chunk, (B, D, n_chunks, N)."""
     args = make_inputs(rng, "var", "var")
-    arrs, sizes, dtype, _, views = cs._validate_scan(
+    s, _, _ = cs._validate_scan(
         *(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")),
         args["delta_softplus"], args["h0"])
-    mover, arrs = cs._start(arrs)
-    dev = cs._prepare(mover, arrs, dtype, views)
-    _, states = cs._launch_forward(mover, dev, arrs, sizes, dtype, 16, 8, True)
+    assert s.delta_softplus
+    mover, s, _ = cs._start(s)
+    dev = cs._prepare(mover, s, s.out_dtype)
+    _, states = cs._launch_forward(mover, dev, s, s.out_dtype, 16, 8)
     states = states[0].copy_to_host()
     assert states.shape == (BS, ND, 3, N)  # ceil(37 / 16) chunks, never (B, D, L, N)
     for c, t_end in enumerate([16, 32, 37]):

@@ -294,10 +294,17 @@ def test_float32_in_float32_out(rng):
     np.testing.assert_array_equal(y32, selective_scan(**kw_up).astype(np.float32))
 
 
-def test_complex_last_state_dtype_follows_u(rng):
-    kw = make_inputs(rng, complex_=True, extras=False)
-    _, last = selective_scan(**dict(kw, u=kw["u"].astype(np.float32)), return_last_state=True)
-    assert last.dtype == np.complex64
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("u_dtype, A_dtype", [(np.float32, np.float64), (np.float64, np.float32),
+                                              (np.float32, np.float32)])
+def test_last_state_dtype_follows_A(rng, complex_, u_dtype, A_dtype):
+    """As the official reference (``A.new_zeros``): A's dtype, complex for complex A."""
+    kw = make_inputs(rng, complex_=complex_, extras=False)
+    A = kw["A"].astype(np.result_type(A_dtype, np.complex64) if complex_ else A_dtype)
+    y, last = selective_scan(**dict(kw, u=kw["u"].astype(u_dtype), A=A), return_last_state=True)
+    assert y.dtype == u_dtype and last.dtype == A.dtype
+    _, last64 = selective_scan(**kw, return_last_state=True)
+    assert_close(last, last64, kind="backend", dtype=np.float32)
 
 
 def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
