@@ -19,15 +19,16 @@ that every one of them matters, and writes with transformers' own ``save_pretrai
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.numpy import save_file
-from transformers import MambaConfig, MambaForCausalLM
-
 OUT = Path(__file__).resolve().parent / "mamba_lm"
 
 
 def main():
+    # imported here: pytest collects this folder (doctests) where torch is not installed
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import MambaConfig, MambaForCausalLM
+
     torch.manual_seed(0)
     cfg = MambaConfig(vocab_size=96, hidden_size=32, state_size=8, num_hidden_layers=2,
                       expand=2, conv_kernel=4, time_step_rank="auto", use_bias=False,
