@@ -11,6 +11,7 @@ plotting            a scan order drawn as a path over the grid
 patch_embed         patch embedding, class token, position embedding
 prenorm             x + mixer(norm(x)), the residual layer the blocks share
 vim                 Vim's bidirectional mixer and block
+vim_model           the full Vim model of hustvl/Vim (official names, checkpoints)
 vmamba              VMamba's SS2D and VSS block, with the LocalMamba and ES2D variants
 plainmamba          PlainMamba's snake mixer with direction-aware B, and its block
 configs             the configurations of the tiny classifiers
@@ -28,6 +29,7 @@ from .multi import *  # noqa: F401,F403
 from .plotting import *  # noqa: F401,F403
 from .patch_embed import *  # noqa: F401,F403
 from .vim import *  # noqa: F401,F403
+from .vim_model import *  # noqa: F401,F403
 from .vmamba import *  # noqa: F401,F403
 from .plainmamba import *  # noqa: F401,F403
 from .configs import *  # noqa: F401,F403

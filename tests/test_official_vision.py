@@ -1,0 +1,175 @@
+"""The full Vim and VMamba models against the official code: tests/data/official_vision holds
+checkpoints and the outputs (logits and per-layer intermediates) that the official model classes
+computed from them (see its README.md, made by tests/data/make_official_vision_oracle.py)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssm_ref.vision import VisionMamba, vim_small, vim_tiny
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+DATA = Path(__file__).resolve().parent / "data" / "official_vision"
+VIM_CASES = ["vim_tiny", "vim_stride"]
+
+
+def _case(name):
+    d = DATA / name
+    cfg = json.loads((d / "config.json").read_text())
+    return cfg, safetensors_numpy.load_file(str(d / "model.safetensors")), np.load(d / "oracle.npz")
+
+
+def _maxrel(got, ref):
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.abs(np.asarray(got, dtype=np.float64) - ref).max() / np.abs(ref).max())
+
+
+def _vim(name):
+    cfg, sd, oracle = _case(name)
+    model = VisionMamba(**cfg["kwargs"])
+    model.load_state_dict(sd)
+    return model, sd, oracle
+
+
+# =========================================================================== Vim: the oracle
+@pytest.mark.parametrize("name", VIM_CASES)
+def test_vim_logits_match_the_official_model(name):
+    model, _, oracle = _vim(name)
+    logits = model(oracle["images_nhwc"])
+    assert logits.shape == oracle["logits"].shape
+    assert _maxrel(logits, oracle["logits"]) < 1e-4
+    assert np.abs(oracle["logits"]).max() > 0.1  # not a trivially small output
+
+
+@pytest.mark.parametrize("name", VIM_CASES)
+def test_vim_every_intermediate_matches(name):
+    model, _, oracle = _vim(name)
+    trace = model.trace(oracle["images_nhwc"])
+    assert model.cls_position == int(oracle["cls_position"])
+    keys = [k for k in oracle.files if k not in ("images_nchw", "images_nhwc", "cls_position")]
+    assert len(keys) == 5 + 5 * model.depth  # every recorded intermediate is compared
+    for k in keys:
+        assert trace[k].shape == oracle[k].shape, k
+        assert _maxrel(trace[k], oracle[k]) < 1e-5, k
+
+
+def test_vim_images_in_both_layouts_agree():
+    _, _, oracle = _case("vim_tiny")
+    np.testing.assert_array_equal(oracle["images_nhwc"],
+                                  oracle["images_nchw"].transpose(0, 2, 3, 1))
+
+
+# =========================================================================== Vim: the state dict
+@pytest.mark.parametrize("name", VIM_CASES)
+def test_vim_state_dict_has_the_official_names_and_shapes(name):
+    cfg, sd, _ = _case(name)
+    model = VisionMamba(**cfg["kwargs"])
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: tuple(v) for k, v in cfg["state_dict"].items()}
+    assert model.n_params() == sum(v.size for v in sd.values())
+
+
+def test_vim_state_dict_round_trip():
+    model, sd, oracle = _vim("vim_tiny")
+    again = VisionMamba(**_case("vim_tiny")[0]["kwargs"], seed=5)
+    assert not np.allclose(again(oracle["images_nhwc"]), model(oracle["images_nhwc"]))
+    again.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(again(oracle["images_nhwc"]), model(oracle["images_nhwc"]))
+    for k, v in again.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+
+
+def test_vim_refuses_missing_extra_and_misshaped_keys_by_name():
+    cfg, sd, _ = _case("vim_tiny")
+    model = VisionMamba(**cfg["kwargs"])
+    missing = {k: v for k, v in sd.items() if k != "layers.2.mixer.A_b_log"}
+    with pytest.raises(KeyError, match="layers.2.mixer.A_b_log"):
+        model.load_state_dict(missing)
+    with pytest.raises(KeyError, match="layers.0.mixer.in_proj.bias"):
+        model.load_state_dict({**sd, "layers.0.mixer.in_proj.bias": np.zeros(128, np.float32)})
+    with pytest.raises(ValueError, match=r"pos_embed.*\(1, 16, 32\)"):
+        model.load_state_dict({**sd, "pos_embed": sd["pos_embed"][:, :16]})
+
+
+# =========================================================================== Vim: the constructor
+@pytest.mark.parametrize("flag, value", [
+    ("if_rope", True), ("if_rope_residual", True), ("bimamba_type", "v1"),
+    ("bimamba_type", "none"), ("use_double_cls_token", True), ("rms_norm", False),
+    ("final_pool_type", "max"), ("embed_dim", 0), ("norm_epsilon", -1.0), ("drop_rate", 1.5),
+])
+def test_vim_unsupported_options_raise_naming_the_argument(flag, value):
+    kw = {**dict(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2),
+          flag: value}
+    with pytest.raises(ValueError, match=flag):
+        VisionMamba(**kw)
+
+
+def test_vim_checks_the_image_shape():
+    model = VisionMamba(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2)
+    with pytest.raises(ValueError, match=r"images.*\(B, 16, 16, 3\)"):
+        model(np.zeros((1, 3, 16, 16)))  # channels first
+    with pytest.raises(ValueError, match="images"):
+        model(np.full((1, 16, 16, 3), np.nan))
+
+
+def test_vim_without_class_token_pools_and_has_no_cls_token():
+    kw = dict(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3))
+    mean = VisionMamba(if_cls_token=False, final_pool_type="mean", **kw)
+    last = VisionMamba(if_cls_token=False, final_pool_type="none", **kw)
+    assert "cls_token" not in mean.state_dict() and mean.params["pos_embed"].shape == (1, 4, 8)
+    t = mean.trace(x)
+    np.testing.assert_allclose(t["features"], t["norm_f_out"].mean(axis=1))
+    np.testing.assert_allclose(last.trace(x)["features"], last.trace(x)["norm_f_out"][:, -1])
+
+
+def test_vim_divide_out_false_sums_the_directions():
+    kw = dict(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 3))
+    avg, tot = VisionMamba(**kw), VisionMamba(if_divide_out=False, **kw)
+    ta, tt = avg.trace(x), tot.trace(x)
+    np.testing.assert_allclose(tt["layer0_hidden"], 2 * ta["layer0_hidden"])
+
+
+def _vim_count(D, depth, N=16, patch=16, img=224, classes=1000, channels=3):
+    """Parameters of the official Vim from its architecture (README's key list), not our code."""
+    E, R = 2 * D, math.ceil(D / 16)
+    path = E * 4 + E + (R + 2 * N) * E + E * R + E + E * N + E  # conv, x_proj, dt_proj, A, D
+    layer = 2 * E * D + D * E + 2 * path + D  # in_proj, out_proj, two paths, norm
+    M = (img // patch) ** 2
+    return (depth * layer + D * channels * patch * patch + D + D + (M + 1) * D + D
+            + classes * D + classes)
+
+
+def test_vim_presets_have_the_official_sizes():
+    assert _vim_count(192, 24) == 7_148_008  # "Vim-Ti 7M" (Zhu et al. 2024, Table 1)
+    assert vim_tiny().n_params() == _vim_count(192, 24)
+    assert vim_small().n_params() == _vim_count(384, 24)  # "Vim-S 26M"
+    assert round(_vim_count(384, 24) / 1e6) == 26
+    t = vim_tiny()
+    assert (t.img_size, t.patch_size, t.stride, t.d_state, t.cls_position) == (224, 16, 16, 16, 98)
+
+
+def test_patch_embed_with_a_stride_is_the_strided_conv_and_its_adjoint():
+    from ssm_ref.vision import PatchEmbed
+    rng = np.random.default_rng(3)
+    pe = PatchEmbed(2, 3, 4, stride=2, seed=1)
+    x = rng.standard_normal((2, 8, 10, 2))
+    y, cache = pe.forward(x, return_cache=True)
+    assert y.shape == (2, 3, 4, 3) and pe.grid(8, 10) == (3, 4)
+    w, b = pe.params["proj.weight"], pe.params["proj.bias"]
+    ref = np.zeros_like(y)
+    for i in range(3):
+        for j in range(4):
+            patch = x[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4, :]  # (B, a, b', C)
+            ref[:, i, j] = np.einsum("xabc,ecab->xe", patch, w) + b
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx, g = pe.backward(dy, cache)
+    # adjoint: <dy, f(x) - b> = <dx, x>
+    assert np.isclose(np.sum(dy * (y - b)), np.sum(dx * x))
+    with pytest.raises(ValueError, match="stride = 2"):
+        pe(np.zeros((1, 9, 10, 2)))
