@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssm_ref.vision import VisionMamba, vim_small, vim_tiny
+from ssm_ref.vision import (
+    VSSM,
+    PatchMerging2D,
+    VisionMamba,
+    vim_small,
+    vim_tiny,
+    vmamba_release_names,
+    vmamba_small,
+    vmamba_tiny,
+)
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -173,3 +182,123 @@ def test_patch_embed_with_a_stride_is_the_strided_conv_and_its_adjoint():
     assert np.isclose(np.sum(dy * (y - b)), np.sum(dx * x))
     with pytest.raises(ValueError, match="stride = 2"):
         pe(np.zeros((1, 9, 10, 2)))
+
+
+# =========================================================================== VMamba (VSSM v0)
+def _vssm():
+    cfg, sd, oracle = _case("vmamba_v0_tiny")
+    model = VSSM(**cfg["kwargs"])
+    model.load_state_dict(sd)
+    return model, cfg, sd, oracle
+
+
+def test_vssm_logits_match_both_official_code_versions():
+    model, _, _, oracle = _vssm()
+    logits = model(oracle["images_nhwc"])
+    assert logits.shape == oracle["logits"].shape == (2, 10)
+    assert _maxrel(logits, oracle["logits"]) < 1e-4
+    assert _maxrel(logits, oracle["logits_archive"]) < 1e-4
+    assert np.abs(oracle["logits"]).max() > 0.1
+
+
+def test_vssm_every_intermediate_matches():
+    model, _, _, oracle = _vssm()
+    trace = model.trace(oracle["images_nhwc"])
+    keys = [k for k in oracle.files if k not in ("images_nchw", "images_nhwc", "logits_archive")]
+    n_blocks = sum(model.depths)
+    assert len(keys) == 4 + 5 * n_blocks + (len(model.depths) - 1) + 8
+    for k in keys:
+        assert trace[k].shape == oracle[k].shape, k
+        assert _maxrel(trace[k], oracle[k]) < 1e-5, k
+
+
+def test_vssm_state_dict_has_the_release_names_and_round_trips():
+    model, cfg, sd, oracle = _vssm()
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: tuple(v) for k, v in cfg["state_dict"].items()}
+    again = VSSM(**cfg["kwargs"], seed=4)
+    assert not np.allclose(again(oracle["images_nhwc"]), model(oracle["images_nhwc"]))
+    again.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(again(oracle["images_nhwc"]), model(oracle["images_nhwc"]))
+
+
+def test_vssm_loads_the_current_code_names_too():
+    model, cfg, sd, oracle = _vssm()
+    main = {}
+    for k, v in sd.items():  # the release -> main map of the oracle's config
+        for old, new in cfg["release_to_main_key_prefixes"].items():
+            pattern = old.replace(".", r"\.").replace("{i}", r"(\d+)").replace("{j}", r"(\d+)")
+            m = __import__("re").match(pattern, k)
+            if m:
+                repl = new
+                for g, name in zip(m.groups(), ("{i}", "{j}")):
+                    repl = repl.replace(name, g)
+                k = repl + k[m.end():]
+                break
+        main[k] = v
+    assert "classifier.head.weight" in main and "layers.1.blocks.0.op.Ds" in main
+    assert "patch_embed.0.weight" in main and "layers.0.blocks.1.norm.bias" in main
+    other = VSSM(**cfg["kwargs"], seed=9)
+    other.load_state_dict(main)
+    np.testing.assert_array_equal(other(oracle["images_nhwc"]), model(oracle["images_nhwc"]))
+    assert vmamba_release_names(main).keys() == sd.keys()
+
+
+def test_vssm_refuses_missing_extra_and_misshaped_keys_by_name():
+    model, _, sd, _ = _vssm()
+    with pytest.raises(KeyError, match="layers.0.downsample.reduction.weight"):
+        model.load_state_dict({k: v for k, v in sd.items()
+                               if k != "layers.0.downsample.reduction.weight"})
+    with pytest.raises(KeyError, match="layers.1.downsample.norm.weight"):
+        model.load_state_dict({**sd, "layers.1.downsample.norm.weight": np.ones(192)})
+    bad = {**sd, "layers.1.blocks.0.self_attention.A_logs": np.zeros((96, 8), np.float32)}
+    with pytest.raises(ValueError, match=r"layers.1.blocks.0.self_attention.A_logs.*\(96, 8\)"):
+        model.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("forward_type", "v2"), ("mlp_ratio", 4.0), ("downsample_version", "v3"),
+    ("patchembed_version", "v2"), ("posembed", True), ("ssm_conv", 5), ("norm_layer", "bn"),
+    ("ssm_act_layer", "gelu"), ("patch_norm", False), ("gmlp", True), ("ssm_init", "v2"),
+    ("dims", [8, 8]), ("depths", []), ("drop_path_rate", 2.0),
+])
+def test_vssm_unsupported_options_raise_naming_the_argument(flag, value):
+    kw = {**dict(depths=(1, 1), dims=8, ssm_d_state=2), flag: value}
+    with pytest.raises(ValueError, match=flag):
+        VSSM(**kw)
+
+
+def test_vssm_checks_the_image_shape_and_patch_merging_checks_odd_sizes():
+    model = VSSM(depths=(1, 1), dims=8, ssm_d_state=2)
+    with pytest.raises(ValueError, match=r"images.*multiples of 8"):
+        model(np.zeros((1, 12, 16, 3)))
+    with pytest.raises(ValueError, match="images"):
+        model(np.zeros((1, 3, 16, 16)))
+    with pytest.raises(ValueError, match="even"):
+        PatchMerging2D(4)(np.zeros((1, 3, 4, 4)))
+
+
+def _vmamba_count(depths, C0=96, N=16, ratio=2, patch=4, classes=1000, channels=3):
+    """Parameters of the official VMamba v0 from its architecture (README's key list)."""
+    total = C0 * channels * patch * patch + C0 + 2 * C0  # patch_embed conv + LayerNorm
+    for s, depth in enumerate(depths):
+        C = C0 * 2 ** s
+        E, R, K = ratio * C, math.ceil(C / 16), 4
+        ss2d = (2 * E * C + E * 9 + E + K * (R + 2 * N) * E + K * E * R + K * E + K * E * N
+                + K * E + 2 * E + C * E)
+        total += depth * (2 * C + ss2d)
+        if s < len(depths) - 1:
+            total += 4 * C * 2 * C + 2 * 4 * C  # reduction + norm
+    C = C0 * 2 ** (len(depths) - 1)
+    return total + 2 * C + classes * C + classes
+
+
+def test_vmamba_presets_have_the_official_sizes():
+    # "VMamba-T 22M", "VMamba-S 44M" (v0 release table, truncated): 22.89M and 44.42M
+    assert int(_vmamba_count((2, 2, 9, 2)) / 1e6) == 22
+    assert vmamba_tiny().n_params() == _vmamba_count((2, 2, 9, 2))
+    assert vmamba_small().n_params() == _vmamba_count((2, 2, 27, 2))
+    assert int(_vmamba_count((2, 2, 27, 2)) / 1e6) == 44
+    t = vmamba_tiny()
+    assert (t.dims, t.depths, t.d_state, t.patch_size) == ([96, 192, 384, 768], [2, 2, 9, 2], 16,
+                                                           4)
