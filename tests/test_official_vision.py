@@ -1,8 +1,12 @@
 """The full Vim and VMamba models against the official code: tests/data/official_vision holds
 checkpoints and the outputs (logits and per-layer intermediates) that the official model classes
 computed from them (see its README.md, made by tests/data/make_official_vision_oracle.py)."""
+import contextlib
 import json
 import math
+import pickle
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ from ssm_ref.vision import (
     VSSM,
     PatchMerging2D,
     VisionMamba,
+    load_checkpoint,
     vim_small,
     vim_tiny,
     vmamba_release_names,
@@ -302,3 +307,98 @@ def test_vmamba_presets_have_the_official_sizes():
     t = vmamba_tiny()
     assert (t.dims, t.depths, t.d_state, t.patch_size) == ([96, 192, 384, 768], [2, 2, 9, 2], 16,
                                                            4)
+
+
+# =========================================================================== load_checkpoint
+def test_load_checkpoint_reads_safetensors():
+    sd = load_checkpoint(DATA / "vim_tiny" / "model.safetensors")
+    ref = safetensors_numpy.load_file(str(DATA / "vim_tiny" / "model.safetensors"))
+    assert sd.keys() == ref.keys() and all(isinstance(v, np.ndarray) for v in sd.values())
+    model = VisionMamba(**_case("vim_tiny")[0]["kwargs"])
+    model.load_state_dict(sd)
+    oracle = _case("vim_tiny")[2]
+    assert _maxrel(model(oracle["images_nhwc"]), oracle["logits"]) < 1e-4
+
+
+def test_load_checkpoint_reads_the_official_pth_with_torch():
+    pytest.importorskip("torch", reason="torch is not installed: the .pth test needs PyTorch "
+                                        "(the unwrapping is tested with a stand-in below)")
+    sd = load_checkpoint(DATA / "vim_tiny" / "model.pth")  # {"model": state dict}, unwrapped
+    ref = safetensors_numpy.load_file(str(DATA / "vim_tiny" / "model.safetensors"))
+    assert sd.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(sd[k], ref[k])
+
+
+class _FakeTensor:
+    """Stands in for a torch tensor: detach(), cpu(), numpy(), dtype."""
+
+    def __init__(self, arr, dtype="torch.float32"):
+        self.arr, self.dtype = np.asarray(arr), dtype
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def float(self):
+        return _FakeTensor(self.arr.astype(np.float32))
+
+    def numpy(self):
+        return self.arr
+
+
+def _fake_torch(result=None, error=None):
+    """A stand-in ``torch`` module whose load returns ``result`` or raises ``error``."""
+    calls = []
+
+    def load(path, map_location=None, weights_only=False):
+        calls.append({"path": path, "map_location": map_location, "weights_only": weights_only})
+        if error is not None:
+            raise error
+        return result
+
+    serialization = types.SimpleNamespace(safe_globals=lambda globs: contextlib.nullcontext())
+    return types.SimpleNamespace(load=load, serialization=serialization), calls
+
+
+def test_load_checkpoint_unwraps_a_training_checkpoint(monkeypatch, tmp_path):
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(b"not read by the stand-in")
+    wrapped = {"model": {"head.bias": _FakeTensor([1.0, 2.0]),
+                         "pos_embed": _FakeTensor(np.ones((1, 2, 3)), "torch.bfloat16")},
+               "optimizer": {"state": {}}, "epoch": 299}
+    fake, calls = _fake_torch(wrapped)
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    sd = load_checkpoint(path)
+    assert sorted(sd) == ["head.bias", "pos_embed"]
+    np.testing.assert_array_equal(sd["head.bias"], [1.0, 2.0])
+    assert sd["pos_embed"].dtype == np.float32  # bfloat16 comes back as float32
+    assert calls == [{"path": str(path), "map_location": "cpu", "weights_only": True}]
+    fake, _ = _fake_torch({"head.bias": _FakeTensor([3.0])})  # a bare state dict
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert load_checkpoint(path)["head.bias"].tolist() == [3.0]
+
+
+def test_load_checkpoint_errors(monkeypatch, tmp_path):
+    path = tmp_path / "ckpt.pth"
+    path.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch not installed
+    with pytest.raises(ImportError, match="torch"):
+        load_checkpoint(path)
+    refusal = pickle.UnpicklingError("Weights only load failed.\nWeightsUnpickler error: "
+                                     "Unsupported global: GLOBAL yacs.config.CfgNode was not "
+                                     "an allowed global by default.")
+    fake, _ = _fake_torch(error=refusal)
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    with pytest.raises(ValueError, match="weights_only=True.*yacs.config.CfgNode"):
+        load_checkpoint(path)
+    fake, _ = _fake_torch({"model": {"head.bias": _FakeTensor([1.0]), "step": 3}})
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    with pytest.raises(ValueError, match="'step'"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="suffix"):
+        load_checkpoint(tmp_path / "weights.npz")
+    with pytest.raises(ValueError, match="not a file"):
+        load_checkpoint(tmp_path / "absent.safetensors")
