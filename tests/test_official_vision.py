@@ -402,3 +402,103 @@ def test_load_checkpoint_errors(monkeypatch, tmp_path):
         load_checkpoint(tmp_path / "weights.npz")
     with pytest.raises(ValueError, match="not a file"):
         load_checkpoint(tmp_path / "absent.safetensors")
+
+
+# =========================================================================== ssm-ref predict
+def _png(tmp_path, shape=(40, 52)):
+    from PIL import Image
+    rng = np.random.default_rng(7)
+    img = (rng.uniform(0, 255, shape + (3,))).astype(np.uint8)
+    path = tmp_path / "picture.png"
+    Image.fromarray(img).save(path)
+    return path, img
+
+
+def _predict(argv, capsys):
+    from ssm_ref import cli
+    code = cli.main(["predict"] + argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_prints_the_top_classes_of_the_tiny_checkpoint(tmp_path, capsys):
+    pytest.importorskip("PIL", reason="ssm-ref predict reads images with Pillow")
+    from ssm_ref.vision import imagenet_eval_transform, top_k
+    image, pixels = _png(tmp_path)
+    d = DATA / "vim_tiny"
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class-{i}\n" for i in range(10)))
+    code, out, err = _predict(["--model", "vim_tiny", "--checkpoint", str(d / "model.safetensors"),
+                               "--config", str(d / "config.json"), "--names", str(names),
+                               str(image)], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 5
+    model, _, _ = _vim("vim_tiny")
+    x = imagenet_eval_transform(pixels, img_size=32)  # resize to 36 (32 / 0.875), crop 32
+    assert x.shape == (1, 32, 32, 3)
+    want = top_k(model(x)[0], 5)
+    for rank, (line, (idx, prob)) in enumerate(zip(lines, want), 1):
+        assert line.split() == [str(rank), str(idx), f"{prob:.4f}", f"class-{idx}"]
+    code, out, _ = _predict(["--model", "vim_tiny", "--checkpoint", str(d / "model.safetensors"),
+                             "--config", str(d / "config.json"), "--top", "3", str(image)],
+                            capsys)
+    assert code == 0 and [ln.split() for ln in out.splitlines()] == [
+        [str(r), str(i), f"{p:.4f}"] for r, (i, p) in enumerate(want[:3], 1)]
+
+
+def test_eval_transform_resizes_the_shorter_side_and_crops_the_centre():
+    pytest.importorskip("PIL")
+    from ssm_ref.vision import IMAGENET_MEAN, IMAGENET_STD, imagenet_eval_transform
+    img = np.zeros((64, 128, 3), dtype=np.uint8)  # resized to 64 x 128 (short side already 64)
+    img[:, 32:96] = 255  # the centre 56 columns of the 64 x 128 image are white
+    x = imagenet_eval_transform(img, img_size=56)
+    np.testing.assert_allclose(x[0, :, 4:52], np.broadcast_to(
+        (1 - IMAGENET_MEAN) / IMAGENET_STD, (56, 48, 3)), rtol=1e-6)
+    with pytest.raises(ValueError, match="image"):
+        imagenet_eval_transform(np.zeros((4, 4)), img_size=2)
+
+
+@pytest.mark.parametrize("case", ["no-image", "not-an-image", "no-checkpoint", "wrong-checkpoint",
+                                  "bad-names", "bad-config", "bad-model", "bad-top"])
+def test_predict_bad_input_is_one_line_and_status_2(case, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    image, _ = _png(tmp_path)
+    d = DATA / "vim_tiny"
+    ckpt, cfg = str(d / "model.safetensors"), str(d / "config.json")
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    bad_cfg = tmp_path / "cfg.json"
+    bad_cfg.write_text('{"kwargs": {"img_size": 32, "if_rope": true}}')
+    argv, word = {
+        "no-image": (["--checkpoint", ckpt, "--config", cfg, str(tmp_path / "absent.png")],
+                     "no such file"),
+        "not-an-image": (["--checkpoint", ckpt, "--config", cfg, str(text)], "not an image"),
+        "no-checkpoint": (["--checkpoint", str(tmp_path / "absent.pth"), "--config", cfg,
+                           str(image)], "not a file"),
+        "wrong-checkpoint": (["--checkpoint", str(DATA / "vim_stride" / "model.safetensors"),
+                              "--config", cfg, str(image)], "does not fit"),
+        "bad-names": (["--checkpoint", ckpt, "--config", cfg, "--names", str(names), str(image)],
+                      "2 names"),
+        "bad-config": (["--checkpoint", ckpt, "--config", str(bad_cfg), str(image)], "if_rope"),
+        "bad-model": (["--model", "vit", "--checkpoint", ckpt, str(image)], "invalid choice"),
+        "bad-top": (["--checkpoint", ckpt, "--config", cfg, "--top", "0", str(image)], "--top"),
+    }[case]
+    if "--model" not in argv:
+        argv = ["--model", "vim_tiny"] + argv
+    code, out, err = _predict(argv, capsys)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and word in err, err
+
+
+def test_predict_help_explains_every_option(capsys):
+    from ssm_ref import cli
+    assert cli.main(["predict", "--help"]) == 0
+    out = capsys.readouterr().out
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["predict"]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in out, flag
+        assert action.help

@@ -15,6 +15,7 @@ vim_model           the full Vim model of hustvl/Vim (official names, checkpoint
 vmamba              VMamba's SS2D and VSS block, with the LocalMamba and ES2D variants
 vmamba_model        the full VMamba v0 backbone (VSSM) of MzeroMiko/VMamba, release names
 checkpoints         load_checkpoint: official .safetensors and .pth files as NumPy state dicts
+official            the released models by name, their ImageNet eval transform, top-k
 plainmamba          PlainMamba's snake mixer with direction-aware B, and its block
 configs             the configurations of the tiny classifiers
 classifier          the interface every tiny classifier shares (checks, pooled head)
@@ -35,6 +36,7 @@ from .vim_model import *  # noqa: F401,F403
 from .vmamba import *  # noqa: F401,F403
 from .vmamba_model import *  # noqa: F401,F403
 from .checkpoints import *  # noqa: F401,F403
+from .official import *  # noqa: F401,F403
 from .plainmamba import *  # noqa: F401,F403
 from .configs import *  # noqa: F401,F403
 from .tiny_mamba import *  # noqa: F401,F403

@@ -173,11 +173,15 @@ class VSSM(Module):
         ``ceil(C / 16)`` per stage when "auto".
     ssm_act_layer : "silu"; ssm_conv : 3; ssm_conv_bias : True
         v0 fixes these (a 3×3 depthwise conv with bias, SiLU).
-    ssm_init : "v0"; forward_type : "v0"; mlp_ratio : 0.0
+    ssm_init : "v0"; forward_type : "v0"; mlp_ratio : 0.0; gmlp : False
     drop_path_rate, ssm_drop_rate, mlp_drop_rate : float
         Identity in eval; accepted and unused.
-    mlp_act_layer, gmlp, use_checkpoint, imgsize
-        Accepted (unused without an MLP, in eval, without a position embedding).
+    mlp_act_layer, use_checkpoint
+        Accepted (unused without an MLP, in eval).
+    imgsize : int, default 224
+        The training image size, kept as ``img_size`` (the eval crop of
+        :func:`ssm_ref.vision.imagenet_eval_transform`); any multiple of
+        ``patch_size · 2^(stages-1)`` runs.
     patch_norm : True; norm_layer : "ln"; downsample_version : "v1";
     patchembed_version : "v1"; posembed : False
     seed : int or numpy.random.Generator, default 0
@@ -249,6 +253,7 @@ class VSSM(Module):
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"Parameter {name} = {value} must lie in [0, 1)")
         self.eps = 1e-5  # nn.LayerNorm's default, every norm of the v0 model
+        self.img_size = check_positive_int(imgsize, "imgsize")  # the training size (the eval crop)
 
         rng = rng_from(seed)
         C0 = self.dims[0]
