@@ -70,6 +70,21 @@ def test_vim_every_intermediate_matches(name):
         assert _maxrel(trace[k], oracle[k]) < 1e-5, k
 
 
+def test_vim_selection_is_what_the_scans_use():
+    import ssm_ref as sr
+    model, _, oracle = _vim("vim_tiny")
+    sel = model.selection(oracle["images_nhwc"])
+    assert len(sel) == model.depth
+    for i in (0, model.depth - 1):
+        for path, key in (("forward", "y_fwd"), ("backward", "y_bwd")):
+            s = sel[i][path]
+            assert s["delta"].shape == (2, 64, 17) and s["B"].shape == (2, 8, 17)
+            assert (s["delta"] > 0).all()
+            D = model.params[f"layers.{i}.mixer." + ("D" if path == "forward" else "D_b")]
+            y = sr.selective_scan(s["u"], s["delta"], s["A"], s["B"], s["C"], D=D, z=s["z"])
+            assert _maxrel(y, oracle[f"layer{i}_{key}"]) < 1e-5
+
+
 def test_vim_images_in_both_layouts_agree():
     _, _, oracle = _case("vim_tiny")
     np.testing.assert_array_equal(oracle["images_nhwc"],

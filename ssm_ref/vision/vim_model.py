@@ -34,7 +34,7 @@ from .._validation import as_array, check_finite, check_positive_int, check_posi
 from .._xp import array_module
 from ..mamba import MambaConfig
 from ..module import Module, rng_from
-from ..nn import linear, rms_norm
+from ..nn import linear, rms_norm, softplus
 from .patch_embed import PatchEmbed
 from .vim import VimBlock
 
@@ -235,10 +235,9 @@ class VisionMamba(Module):
         check_finite(x, "images")
         return x
 
-    def _run(self, x, trace=None):
-        """The forward on float64 images, unchecked; records into ``trace`` (a dict) when given.
-
-        Returns the features (B, D).
+    def _run(self, x, trace=None, selection=None):
+        """The forward on float64 images, unchecked; records into ``trace`` (a dict) and
+        ``selection`` (a list, one entry per layer) when given.  Returns the features (B, D).
         """
         tokens, _ = self.patch_embed._forward(x)  # (B, gh, gw, D)
         Bsz = tokens.shape[0]
@@ -262,6 +261,8 @@ class VisionMamba(Module):
                 trace.update({f"layer{i}_residual": h, f"layer{i}_mixer_in": normed,
                               f"layer{i}_y_fwd": cache["y_f"], f"layer{i}_y_bwd": cache["y_b"],
                               f"layer{i}_hidden": out})
+            if selection is not None:
+                selection.append(self._selection_of(layer.mixer, cache))
             h = h + out
         h = rms_norm(h, self._w("norm_f.weight"), self.eps, check=False)  # (B, L, D)
         if trace is not None:
@@ -310,6 +311,34 @@ class VisionMamba(Module):
         feat = self._run(x.astype(np.float64, copy=False), rec)
         rec["logits"] = linear(feat, self._w("head.weight"), self._w("head.bias"), check=False)
         return rec
+
+    def selection(self, images):
+        """What each layer's two selection mechanisms compute for ``images`` (B, H, W, C).
+
+        Returns a list with one dict per layer, ``{"forward": path, "backward":
+        path}``; each path holds ``delta`` (B, E, L), the step Δ = softplus(dt_proj(x)
+        + bias) its scan uses; ``B`` and ``C`` (B, N, L); ``A`` (E, N) = -exp(A_log);
+        ``u`` (B, E, L), the scan's input (after conv1d and SiLU); ``z`` (B, E, L),
+        the gate.  The backward path's arrays are in the order it reads the tokens,
+        reversed: its index t is token L - 1 - t.  The class token is token
+        :attr:`cls_position`.
+        """
+        x = self._check_images(images)
+        out = []
+        self._run(x.astype(np.float64, copy=False), selection=out)
+        return out
+
+    @staticmethod
+    def _selection_of(mixer, cache):
+        paths = {}
+        for key, (c, a_log, bias) in {"forward": (cache["f"], "A_log", "dt_proj.bias"),
+                                      "backward": (cache["b"], "A_b_log", "dt_proj_b.bias")
+                                      }.items():
+            xp = array_module(c["delta"])
+            paths[key] = {"delta": softplus(c["delta"] + mixer._w(bias)[:, None], check=False),
+                          "B": c["Bmat"], "C": c["Cmat"], "A": -xp.exp(mixer._w(a_log)),
+                          "u": c["x_act"], "z": c["z"]}
+        return paths
 
     def backward(self, dout, cache):
         """Not provided: the full model is for inference (its blocks have their backward)."""
