@@ -10,7 +10,7 @@ D         ``embed_dim``, the token width; E = 2·D the width inside each Mamba p
 K         number of classes.
 
 The eval-mode data path of the official ``VisionMamba`` (``vim/models_mamba.py``;
-book section "A real vision Mamba"), images (B, H, W, C)::
+book section "A real vision Mamba", ``eq-vim-model``), images (B, H, W, C)::
 
     t      = PatchEmbed(images)                    (B, M, D)   Conv2d(p, stride), row-major
     t      = insert cls_token at M // 2            (B, L, D)   (position 0 without the middle flag)
