@@ -8,7 +8,7 @@ C         a stage's width (``dims[s]``); E = ``ssm_ratio``·C the width inside S
 K         number of classes.
 
 The eval-mode data path of the released v0 classifiers (book section "A real
-vision Mamba", ``eq-vssm-model``), images (B, H, W, 3) channels last::
+vision Mamba", ``eq-vmamba-model``), images (B, H, W, 3) channels last::
 
     x      = LayerNorm(Conv2d_{p×p, stride p}(images))      (B, H/p, W/p, C_0)  patch_embed
     stage s: x = x + SS2D(LayerNorm(x))   (depths[s] VSS blocks, ssm_ref.vision.VSSBlock)
