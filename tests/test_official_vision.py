@@ -155,6 +155,16 @@ def test_vim_without_class_token_pools_and_has_no_cls_token():
     np.testing.assert_allclose(last.trace(x)["features"], last.trace(x)["norm_f_out"][:, -1])
 
 
+def test_vim_class_token_first_without_the_middle_flag():
+    kw = dict(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2, seed=1)
+    model = VisionMamba(use_middle_cls_token=False, **kw)
+    assert model.cls_position == 0
+    t = model.trace(np.random.default_rng(0).standard_normal((2, 16, 16, 3)))
+    want = model.params["cls_token"][0, 0] + model.params["pos_embed"][0, 0]
+    np.testing.assert_allclose(t["tokens_in"][:, 0], np.broadcast_to(want, (2, 8)), rtol=1e-6)
+    np.testing.assert_allclose(t["features"], t["norm_f_out"][:, 0])
+
+
 def test_vim_divide_out_false_sums_the_directions():
     kw = dict(img_size=16, patch_size=8, stride=8, embed_dim=8, depth=1, d_state=2, seed=1)
     x = np.random.default_rng(0).standard_normal((1, 16, 16, 3))
