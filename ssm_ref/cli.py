@@ -17,6 +17,7 @@ Usage::
     ssm-ref bench -- --help          # options after "--" go to the benchmark
     ssm-ref bench --suite train      # one training step per backend (fast.bench.train)
     ssm-ref backends                 # fast.backends(): what runs here, and why not the rest
+    ssm-ref predict --model vim_tiny --checkpoint vim_t_midclstok_76p1acc.pth cat.jpg
 
 ``python -m ssm_ref.cli ...`` does the same.  Every option is explained by
 ``ssm-ref <command> --help``; a user error (a bad option, an unavailable backend,
@@ -24,6 +25,9 @@ an ``--out`` that names a file or an unwritable place) stops with one line on
 stderr and exit status 2, before any work; Ctrl-C stops with one line and exit
 status 130.  ``train`` writes ``DIR/metrics.json``,
 ``DIR/curves.png`` and ``DIR/checkpoint.npz`` (see :func:`ssm_ref.train.train`).
+``predict`` classifies one image with a released Vim or VMamba checkpoint
+(:data:`ssm_ref.vision.OFFICIAL_MODELS`, :func:`ssm_ref.vision.load_checkpoint`,
+:func:`ssm_ref.vision.imagenet_eval_transform`) and prints the top classes.
 ``train`` also tells glibc's malloc to keep freed memory in the process
 (``ssm_ref._malloc``; recorded in the metrics' settings): the models' large
 temporaries are then not faulted back in and zeroed by the kernel at every step.
@@ -45,7 +49,7 @@ import fast
 from fast import BACKENDS  # the backend names; which of them work here: fast.backends()
 from fast.bench import SUITES  # the benchmarks: fast.bench.scan, fast.bench.train
 
-from .vision import MODELS, SCAN_ORDERS, SCHEMES
+from .vision import MODELS, OFFICIAL_MODELS, SCAN_ORDERS, SCHEMES
 
 __all__ = ["main", "build_parser", "resolve_backend", "output_dir", "OneLineParser", "BACKENDS",
            "TRAIN_DEFAULTS"]
@@ -233,12 +237,12 @@ def _nonnegative_float(text):
 
 
 def build_parser():
-    """The argparse parser of ``ssm-ref`` with its three subcommands."""
+    """The argparse parser of ``ssm-ref`` with its four subcommands."""
     d = TRAIN_DEFAULTS
     parser = OneLineParser(
         prog="ssm-ref",
         description="ssm-ref: train tiny vision state-space models, run the scan benchmarks, "
-                    "list the scan backends.",
+                    "list the scan backends, classify an image with a released model.",
         epilog="Run 'ssm-ref COMMAND --help' for the options of each command.")
     from . import __version__  # noqa: PLC0415
     parser.add_argument("--version", action="version", version=f"ssm-ref {__version__}")
@@ -340,6 +344,30 @@ def build_parser():
         "backends", help="list the selective-scan backends and whether each works here",
         description="List the selective-scan backends (ref, numba, cuda), whether each is "
                     "available on this machine and why (fast.backends()).")
+
+    # -- predict -----------------------------------------------------------
+    official = tuple(OFFICIAL_MODELS)
+    pr = sub.add_parser(
+        "predict", help="classify an image with a released Vim or VMamba checkpoint",
+        description="Classify one image (PNG, JPEG, anything Pillow reads) with an official "
+                    "Vim or VMamba ImageNet checkpoint (.pth or .safetensors). The image goes "
+                    "through the official eval transform (shorter side to img_size/0.875, "
+                    "bicubic; centre crop img_size; ImageNet mean and std); the top classes "
+                    "are printed as 'rank class probability [name]'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pr.add_argument("image", metavar="IMAGE", help="the image file")
+    pr.add_argument("--model", required=True, choices=official,
+                    help="the architecture of the checkpoint: " + ", ".join(official))
+    pr.add_argument("--checkpoint", required=True, metavar="PATH",
+                    help="the weights: an official .pth (needs PyTorch to read) or .safetensors")
+    pr.add_argument("--config", default=None, metavar="JSON",
+                    help="a JSON file of constructor keyword arguments that replace the "
+                         "preset's (an object, or one with a 'kwargs' object), for checkpoints "
+                         "of other sizes")
+    pr.add_argument("--names", default=None, metavar="FILE",
+                    help="class names, one per line in class order (e.g. the 1000 ImageNet "
+                         "classes); without it only indices are printed")
+    pr.add_argument("--top", type=_int_at_least(1), default=5, help="how many classes to print")
     return parser
 
 
@@ -554,6 +582,84 @@ def _cmd_backends(args):
     return 0
 
 
+def _read_config(path):
+    """The constructor keyword arguments of ``--config`` (an object, or its ``kwargs``)."""
+    import json  # noqa: PLC0415
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as exc:
+        raise CLIError(f"--config {path}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError as exc:
+        raise CLIError(f"--config {path}: not JSON ({exc})") from None
+    if isinstance(cfg, dict) and isinstance(cfg.get("kwargs"), dict):
+        cfg = cfg["kwargs"]
+    if not isinstance(cfg, dict):
+        raise CLIError(f"--config {path}: expected a JSON object of keyword arguments")
+    return cfg
+
+
+def _read_names(path, n_classes):
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.rstrip("\n") for line in f]
+    except OSError as exc:
+        raise CLIError(f"--names {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"--names {path}: not a UTF-8 text file") from None
+    while names and not names[-1].strip():
+        names.pop()
+    if len(names) != n_classes:
+        raise CLIError(f"--names {path} has {len(names)} names but the model has {n_classes} "
+                       "classes (one name per line, in class order)")
+    return names
+
+
+def _cmd_predict(args):
+    from .vision import imagenet_eval_transform, load_checkpoint, top_k  # noqa: PLC0415
+    try:
+        from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    except ImportError:
+        raise CLIError("predict needs Pillow to read images: pip install pillow") from None
+    cls, preset = OFFICIAL_MODELS[args.model]
+    kwargs = _read_config(args.config) if args.config else {}
+    try:
+        model = cls(**kwargs) if args.config else preset()
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"cannot build {args.model} from --config {args.config}: {exc}") from None
+    names = _read_names(args.names, model.num_classes) if args.names else None
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except (ImportError, ValueError, TypeError, OSError) as exc:
+        raise CLIError(f"--checkpoint {args.checkpoint}: {exc}") from None
+    except Exception as exc:  # a corrupt file: the reader's own error, in one line
+        raise CLIError(f"--checkpoint {args.checkpoint}: cannot read it "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                       ) from None
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if len(msg) > 400:  # e.g. the 400 keys of a model of another depth
+            msg = msg[:400] + f"... ({len(msg) - 400} more characters)"
+        raise CLIError(f"--checkpoint {args.checkpoint} does not fit {args.model}"
+                       f"{' with --config' if args.config else ''}: {msg}") from None
+    try:
+        with Image.open(args.image) as img:
+            x = imagenet_eval_transform(img, img_size=model.img_size)
+    except FileNotFoundError:
+        raise CLIError(f"IMAGE {args.image}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CLIError(f"IMAGE {args.image}: not an image Pillow can read ({exc})") from None
+    except ValueError as exc:
+        raise CLIError(f"IMAGE {args.image}: {exc}") from None
+    logits = model(x)[0]
+    for rank, (idx, prob) in enumerate(top_k(logits, min(args.top, model.num_classes)), 1):
+        name = f"  {names[idx]}" if names else ""
+        print(f"{rank}  {idx:>5}  {prob:.4f}{name}")
+    return 0
+
+
 def main(argv=None):
     """Run the ``ssm-ref`` command line; returns the exit status.
 
@@ -592,7 +698,8 @@ def main(argv=None):
 
 
 def _run_command(args):
-    commands = {"train": _cmd_train, "bench": _cmd_bench, "backends": _cmd_backends}
+    commands = {"train": _cmd_train, "bench": _cmd_bench, "backends": _cmd_backends,
+                "predict": _cmd_predict}
     prog = f"ssm-ref {args.command}"
     try:
         return commands[args.command](args)

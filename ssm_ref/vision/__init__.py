@@ -11,7 +11,11 @@ plotting            a scan order drawn as a path over the grid
 patch_embed         patch embedding, class token, position embedding
 prenorm             x + mixer(norm(x)), the residual layer the blocks share
 vim                 Vim's bidirectional mixer and block
+vim_model           the full Vim model of hustvl/Vim (official names, checkpoints)
 vmamba              VMamba's SS2D and VSS block, with the LocalMamba and ES2D variants
+vmamba_model        the full VMamba v0 backbone (VSSM) of MzeroMiko/VMamba, release names
+checkpoints         load_checkpoint: official .safetensors and .pth files as NumPy state dicts
+official            the released models by name, their ImageNet eval transform, top-k
 plainmamba          PlainMamba's snake mixer with direction-aware B, and its block
 configs             the configurations of the tiny classifiers
 classifier          the interface every tiny classifier shares (checks, pooled head)
@@ -28,7 +32,11 @@ from .multi import *  # noqa: F401,F403
 from .plotting import *  # noqa: F401,F403
 from .patch_embed import *  # noqa: F401,F403
 from .vim import *  # noqa: F401,F403
+from .vim_model import *  # noqa: F401,F403
 from .vmamba import *  # noqa: F401,F403
+from .vmamba_model import *  # noqa: F401,F403
+from .checkpoints import *  # noqa: F401,F403
+from .official import *  # noqa: F401,F403
 from .plainmamba import *  # noqa: F401,F403
 from .configs import *  # noqa: F401,F403
 from .tiny_mamba import *  # noqa: F401,F403

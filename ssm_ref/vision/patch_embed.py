@@ -52,7 +52,11 @@ class PatchEmbed(Module):
     embed_dim : int
         E, width of each patch embedding.
     patch_size : int
-        p, the patch side and the stride (non-overlapping patches).
+        p, the patch side.
+    stride : int, optional
+        s, the step between patches; ``None`` (the default) means ``s = p``,
+        non-overlapping patches.  ``s < p`` gives overlapping patches (Vim's
+        ``*_stride8_*`` models): a ((H - p)/s + 1) × ((W - p)/s + 1) grid.
     seed : int or numpy.random.Generator, default 0
         PyTorch's default Conv2d initialization, uniform in ``±1/sqrt(C·p·p)``
         for weight and bias (Vim re-initializes later layers, not this one).
@@ -70,7 +74,8 @@ class PatchEmbed(Module):
     -----
     Implements ``eq-patch-embed``.  A patch vector is ordered (c, a, b') like the
     flattened Conv2d weight, so ``weight.reshape(E, C·p·p)`` is the matrix.
-    Only stride = patch size is supported (Vim's default).
+    With ``s = p`` H and W must be multiples of p; with another stride
+    ``H - p`` and ``W - p`` must be multiples of s (no pixel is dropped).
 
     References
     ----------
@@ -85,11 +90,13 @@ class PatchEmbed(Module):
     (2, 2, 3, 3)
     """
 
-    def __init__(self, in_chans, embed_dim, patch_size, *, seed=0, dtype=np.float64, bias=True):
+    def __init__(self, in_chans, embed_dim, patch_size, *, stride=None, seed=0, dtype=np.float64,
+                 bias=True):
         super().__init__()
         C = check_positive_int(in_chans, "in_chans")
         E = check_positive_int(embed_dim, "embed_dim")
         p = check_positive_int(patch_size, "patch_size")
+        self.stride = p if stride is None else check_positive_int(stride, "stride")
         rng = rng_from(seed)
         bound = 1.0 / math.sqrt(C * p * p)
         self.add_param("proj.weight", rng.uniform(-bound, bound, (E, C, p, p)).astype(dtype))
@@ -98,8 +105,10 @@ class PatchEmbed(Module):
             self.add_param("proj.bias", b)
 
     @classmethod
-    def from_state_dict(cls, state_dict, *, prefix=""):
+    def from_state_dict(cls, state_dict, *, prefix="", stride=None):
         """Build from ``{"proj.weight": (E, C, p, p), "proj.bias": (E,)}`` (bias optional).
+
+        ``stride`` is not in the weights: give it when it differs from p.
 
         Raises
         ------
@@ -121,7 +130,7 @@ class PatchEmbed(Module):
         if "proj.bias" in arrs:
             check_shape(arrs["proj.bias"], "state_dict['proj.bias']", (w.shape[0],))
         E, C, p, _ = w.shape
-        obj = cls(C, E, p, bias="proj.bias" in arrs)
+        obj = cls(C, E, p, stride=stride, bias="proj.bias" in arrs)
         obj.params = arrs
         return obj
 
@@ -139,25 +148,48 @@ class PatchEmbed(Module):
 
     def _check(self, x):
         x = self._check_input(x, 4, self.in_chans)
-        p = self.patch_size
+        p, s = self.patch_size, self.stride
         _, H, W, _ = x.shape
-        if H % p or W % p:
+        if s == p and (H % p or W % p):
             raise ValueError(f"Parameter x has shape {x.shape} (B, H, W, C): H = {H} and "
                              f"W = {W} must be multiples of patch_size = {p}")
+        if s != p and (H < p or W < p or (H - p) % s or (W - p) % s):
+            raise ValueError(f"Parameter x has shape {x.shape} (B, H, W, C): H - {p} and "
+                             f"W - {p} must be multiples of stride = {s} (patch_size = {p})")
         return x
+
+    def grid(self, H, W):
+        """The token grid (h, w) of an H×W image: ``((H - p) // s + 1, (W - p) // s + 1)``."""
+        p, s = self.patch_size, self.stride
+        return (H - p) // s + 1, (W - p) // s + 1
 
     def _patches(self, x):
         """(B, H, W, C) -> (B, H/p, W/p, C·p·p), each patch ordered (c, a, b') like the weight."""
         Bsz, H, W, C = x.shape
-        p = self.patch_size
+        p, s = self.patch_size, self.stride
+        if s != p:  # overlapping patches: gather rows i·s + a and columns j·s + b'
+            gh, gw = self.grid(H, W)
+            xp = array_module(x)
+            rows = (xp.arange(gh) * s)[:, None] + xp.arange(p)[None, :]  # (gh, p)
+            cols = (xp.arange(gw) * s)[:, None] + xp.arange(p)[None, :]  # (gw, p)
+            t = x[:, rows[:, :, None, None], cols[None, None, :, :]]  # (B, gh, a, gw, b', C)
+            return t.transpose(0, 1, 3, 5, 2, 4).reshape(Bsz, gh, gw, C * p * p)
         t = x.reshape(Bsz, H // p, p, W // p, p, C)  # (B, Hp, a, Wp, b', C)
         t = t.transpose(0, 1, 3, 5, 2, 4)  # (B, Hp, Wp, C, a, b')
         return t.reshape(Bsz, H // p, W // p, C * p * p)  # (B, Hp, Wp, C·p·p)
 
     def _unpatch(self, dpatches, shape):
-        """Adjoint of :meth:`_patches` (a permutation, so it is also the inverse)."""
+        """Adjoint of :meth:`_patches` (for s = p a permutation, so also the inverse)."""
         Bsz, H, W, C = shape
-        p = self.patch_size
+        p, s = self.patch_size, self.stride
+        if s != p:  # overlapping patches: each pixel sums the gradients of every patch it is in
+            gh, gw = self.grid(H, W)
+            t = dpatches.reshape(Bsz, gh, gw, C, p, p)  # (B, gh, gw, C, a, b')
+            dx = array_module(dpatches).zeros((Bsz, H, W, C), dtype=dpatches.dtype)
+            for a in range(p):
+                for b in range(p):
+                    dx[:, a:a + s * (gh - 1) + 1:s, b:b + s * (gw - 1) + 1:s] += t[..., a, b]
+            return dx
         t = dpatches.reshape(Bsz, H // p, W // p, C, p, p)  # (B, Hp, Wp, C, a, b')
         t = t.transpose(0, 1, 4, 2, 5, 3)  # (B, Hp, a, Wp, b', C)
         return t.reshape(Bsz, H, W, C)  # (B, H, W, C)
@@ -168,12 +200,13 @@ class PatchEmbed(Module):
         Parameters
         ----------
         x : array_like, shape (B, H, W, C)
-            H and W multiples of the patch size.
+            H and W multiples of the patch size (see the class notes for a stride).
         return_cache : bool, default False
 
         Returns
         -------
-        y : ndarray, shape (B, H/p, W/p, E), in ``x``'s dtype.
+        y : ndarray, shape (B, h, w, E), in ``x``'s dtype; (h, w) = (H/p, W/p), or
+            :meth:`grid` with another stride.
         cache : dict, only with ``return_cache=True``.
 
         Raises

@@ -78,6 +78,8 @@ class VimMixer(Module):
     dtype : numpy dtype, default float64
     scan_fn, scan_backward_fn : callable, optional
         The selective scan and its backward (default: the reference).
+    divide_out : bool, default True
+        Average the two directions (Vim's ``if_divide_out=True``); False sums them.
     **config_fields
         Fields of :class:`ssm_ref.MambaConfig`.
 
@@ -93,8 +95,9 @@ class VimMixer(Module):
 
     Notes
     -----
-    Implements ``eq-vim-bidirectional``.  Vim sets ``if_devide_out=True``,
-    hence the average rather than the sum.  Each direction is initialized
+    Implements ``eq-vim-bidirectional``.  Vim's models set ``if_divide_out=True``,
+    hence the average rather than the sum (``divide_out=False`` gives the
+    sum).  Each direction is initialized
     like the official Mamba block (:func:`ssm_ref.mamba_init`); the original
     Vim code gives the backward path's ``dt_proj_b`` PyTorch's default Linear
     initialization instead of the special dt initialization (a difference at
@@ -122,9 +125,12 @@ class VimMixer(Module):
     """
 
     def __init__(self, config=None, *, seed=0, dtype=np.float64, scan_fn=None,
-                 scan_backward_fn=None, **config_fields):
+                 scan_backward_fn=None, divide_out=True, **config_fields):
         super().__init__()
         self.config = resolve_config(MambaConfig, config, config_fields)
+        if not isinstance(divide_out, (bool, np.bool_)):
+            raise TypeError(f"Parameter divide_out = {divide_out!r} must be True or False")
+        self.divide_out = bool(divide_out)
         rng = rng_from(seed)
         fwd = mamba_init(self.config, seed=rng, dtype=dtype)
         bwd = mamba_init(self.config, seed=rng, dtype=dtype)
@@ -194,11 +200,16 @@ class VimMixer(Module):
                     check=False).transpose(0, 2, 1)  # (B, 2D, L)
         y_f, cache_f, _ = inner_forward(xz, fwd_w, self.scan_fn)  # (B, D, L)
         y_b, cache_b, _ = inner_forward(xz[:, :, ::-1], bwd_w, self.scan_fn)  # on the flip
-        y = 0.5 * (y_f + y_b[:, :, ::-1])  # (B, D, L): average of the two directions
+        y = self._scale * (y_f + y_b[:, :, ::-1])  # (B, D, L): average (1/2) or sum (1)
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:vim-mixer-forward]
-        return out, {"u": u, "y": y, "f": cache_f, "b": cache_b}
+        return out, {"u": u, "y": y, "y_f": y_f, "y_b": y_b, "f": cache_f, "b": cache_b}
+
+    @property
+    def _scale(self):
+        """1/2 (the average, ``if_divide_out``) or 1 (the sum)."""
+        return 0.5 if self.divide_out else 1.0
 
     def _backward(self, dout, cache):
         """Gradients on float64 ``dout``, unchecked: ``(du, grads by Vim's names)``.
@@ -212,7 +223,7 @@ class VimMixer(Module):
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)
-        dy = 0.5 * dy_tok.transpose(0, 2, 1)  # (B, D, L)
+        dy = self._scale * dy_tok.transpose(0, 2, 1)  # (B, D, L)
         dxz_f, g_f = inner_backward(dy, cache["f"], inner_path_weights(self._params),
                                     self.scan_backward_fn)
         dxz_b, g_b = inner_backward(xp.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
