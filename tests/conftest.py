@@ -48,19 +48,28 @@ def tolerance(kind, dtype):
     return table[key]
 
 
-def assert_close(actual, expected, kind="exact", dtype=None, err_msg=""):
+def assert_close(actual, expected, kind="exact", dtype=None, err_msg="", precision=None):
     """Assert ``actual`` ≈ ``expected`` with the shared tolerance for ``kind``.
 
-    ``dtype`` defaults to ``actual``'s dtype.  On failure the message reports
-    the maximum absolute and relative error and where it occurs.  Shapes must
-    match exactly (no broadcasting).
+    The dtype is compared too: ``actual.dtype`` must equal ``dtype`` when it is
+    given (the dtype the result must have, e.g. float32 against a float64
+    reference), and ``expected.dtype`` otherwise.  That dtype also picks the
+    tolerance, unless ``precision`` names the dtype the result was computed in
+    (a float32 computation handed back in float64).  On failure the message reports the maximum absolute and
+    relative error and where it occurs.  Shapes must match exactly (no
+    broadcasting).
     """
     actual = _to_numpy(actual)
     expected = _to_numpy(expected)
+    want = np.dtype(dtype) if dtype is not None else expected.dtype
+    assert actual.dtype == want, (
+        f"{err_msg} dtype mismatch: actual {actual.dtype} vs "
+        f"{'required' if dtype is not None else 'expected'} {want}"
+    )
     assert actual.shape == expected.shape, (
         f"{err_msg} shape mismatch: actual {actual.shape} vs expected {expected.shape}"
     )
-    rtol, atol = tolerance(kind, dtype if dtype is not None else actual.dtype)
+    rtol, atol = tolerance(kind, want if precision is None else precision)
     diff = np.abs(actual.astype(np.complex128) - expected.astype(np.complex128))
     scale = np.abs(expected.astype(np.complex128))
     both_nonfinite_equal = ~np.isfinite(expected) & (actual == expected)

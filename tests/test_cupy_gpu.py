@@ -63,8 +63,8 @@ def test_forward_on_cupy(rng, form_B, form_C, dtype):
     assert y.dtype == dtype
     y_ref, last_ref = sr.selective_scan(**{k: v.astype(np.float64) for k, v in args.items()},
                                         delta_softplus=True, return_last_state=True)
-    assert_close(y, y_ref, kind="backend", err_msg=f"y, B {form_B}, C {form_C}")
-    assert_close(last, last_ref, kind="backend", err_msg="last state")
+    assert_close(y, y_ref, kind="backend", dtype=dtype, err_msg=f"y, B {form_B}, C {form_C}")
+    assert_close(last, last_ref, kind="backend", dtype=dtype, err_msg="last state")
 
 
 @gpu
@@ -83,7 +83,7 @@ def test_backward_on_cupy(rng, form_B, form_C, dtype):
                                      delta_softplus=True, dlast_state=dlast.astype(np.float64))
     for name in GRAD_NAMES:
         assert isinstance(grads[name], cupy.ndarray), name
-        assert_close(grads[name], ref[name], kind="backend", err_msg=f"d{name}")
+        assert_close(grads[name], ref[name], kind="backend", dtype=dtype, err_msg=f"d{name}")
 
 
 @gpu
@@ -127,7 +127,8 @@ def test_torch_cuda_tensors(rng):
     y = cs.selective_scan(**tens, delta_softplus=True)  # a Numba device array
     y_ref = sr.selective_scan(**{k: v.astype(np.float64) for k, v in args.items()},
                               delta_softplus=True)
-    assert_close(torch.as_tensor(y, device="cuda").cpu().numpy(), y_ref, kind="backend")
+    assert_close(torch.as_tensor(y, device="cuda").cpu().numpy(), y_ref, kind="backend",
+                 dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- training on the GPU

@@ -303,8 +303,11 @@ def test_last_state_dtype_follows_A(rng, complex_, u_dtype, A_dtype):
     A = kw["A"].astype(np.result_type(A_dtype, np.complex64) if complex_ else A_dtype)
     y, last = selective_scan(**dict(kw, u=kw["u"].astype(u_dtype), A=A), return_last_state=True)
     assert y.dtype == u_dtype and last.dtype == A.dtype
-    _, last64 = selective_scan(**kw, return_last_state=True)
-    assert_close(last, last64, kind="backend", dtype=np.float32)
+    # the reference in float64 of the same (rounded) inputs; the result must be in A's dtype
+    up = {k: (v.astype(np.result_type(v.dtype, np.float64)) if isinstance(v, np.ndarray) else v)
+          for k, v in dict(kw, u=kw["u"].astype(u_dtype), A=A).items()}
+    _, last64 = selective_scan(**up, return_last_state=True)
+    assert_close(last, last64, kind="backend", dtype=A.dtype)
 
 
 def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
