@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_device import DeviceArray, fake, peek, reset_counts
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, fake, on_device, peek, reset_counts
 
 from ssm_ref._xp import is_cupy
 
@@ -167,6 +167,62 @@ def fake_xp():
     reset_counts()
     yield fake
     undo()
+
+
+@pytest.fixture(params=["numpy", "fake-device"])
+def xp(request):
+    """The array module a shared test runs on: NumPy, then the strict fake device.
+
+    On the fake device (:func:`on_fake_device`) a test also asserts what only a device
+    run can break: the results are device arrays equal to the NumPy run with their dtype
+    kept (:func:`assert_same_on`), and no value was read back to the host
+    (:func:`assert_no_host_traffic`).
+    """
+    if request.param == "numpy":
+        return np
+    return request.getfixturevalue("fake_xp")
+
+
+def on_fake_device(xp):
+    """True when ``xp`` (the fixture's value) is the fake device."""
+    return xp is fake
+
+
+def to_xp(xp, tree):
+    """Every NumPy array in ``tree`` moved to ``xp`` (unchanged for NumPy); counts reset."""
+    if not on_fake_device(xp):
+        return tree
+    moved = on_device(tree)
+    reset_counts()
+    return moved
+
+
+def assert_no_host_traffic(xp):
+    """On the fake device: nothing read back to the host, nothing copied to the device
+    since the last :func:`to_xp`."""
+    if on_fake_device(xp):
+        assert COUNTS == NO_HOST_TRAFFIC, f"host traffic on the device: {COUNTS}"
+
+
+def assert_same_on(xp, actual, host, what):
+    """``actual``, computed on ``xp``, is the NumPy result ``host``: the same dtype and
+    values, and an array of ``xp`` (a DeviceArray on the fake device)."""
+    if on_fake_device(xp):
+        assert_same_on_device(actual, host, what)
+    elif host is None:
+        assert actual is None, what
+    else:
+        assert isinstance(actual, np.ndarray), f"{what} is a {type(actual).__name__}"
+        assert_close(actual, host, kind="exact", err_msg=what)
+
+
+@pytest.fixture(params=["ref", "numba", "cuda"])
+def backend(request):
+    """A selective-scan backend of ``fast``: the reference, Numba, and CUDA where it can
+    run (Numba's CUDA simulator or a real GPU)."""
+    if request.param == "cuda" and not (on_cuda_simulator() or real_gpu_available()):
+        pytest.skip("backend 'cuda' needs a real CUDA GPU or NUMBA_ENABLE_CUDASIM=1")
+    return request.param
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, assert_same_on_device
 from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, on_device
-from test_selective import FORMS, make_inputs
+from cases import FORMS, scan_case
 
 from ssm_ref import selective_scan, selective_scan_backward, selective_state_update
 
@@ -26,7 +26,7 @@ CASES = [(fb, fc, cx, ex) for fb, fc in itertools.product(FORMS, FORMS)
 
 @pytest.mark.parametrize("form_B, form_C, complex_, extras", CASES)
 def test_scan_and_backward_on_device(fake_xp, rng, form_B, form_C, complex_, extras):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_, batch=2, dim=4, length=5,
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, batch=2, dim=4, length=5,
                      dstate=3, extras=extras)
     dout = rng.standard_normal(kw["u"].shape)
     dlast = rng.standard_normal((2, 4, 3)) + (1j * rng.standard_normal((2, 4, 3))
@@ -49,7 +49,7 @@ def test_scan_and_backward_on_device(fake_xp, rng, form_B, form_C, complex_, ext
 
 
 def test_scan_float32_on_device(fake_xp, rng):
-    kw = make_inputs(rng, batch=1, dim=2, length=4, dstate=2)
+    kw = scan_case(rng, batch=1, dim=2, length=4, dstate=2)
     kw = {k: v.astype(np.float32) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
     y = selective_scan(**kw)
     dkw = on_device(kw)
@@ -88,7 +88,7 @@ def test_state_update_on_device(fake_xp, rng, groups, complex_, extras):
 
 
 def test_host_array_mixed_with_device_arrays_is_refused(fake_xp, rng):
-    kw = make_inputs(rng, batch=1, dim=2, length=3, dstate=2)
+    kw = scan_case(rng, batch=1, dim=2, length=3, dstate=2)
     dkw = on_device(kw)
     dkw["A"] = kw["A"]  # left on the host
     with pytest.raises(TypeError, match="A are host"):

@@ -13,52 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import FORM_PAIRS, FORMS, scan_case
 from conftest import assert_close
 
 from ssm_ref import selective_scan, selective_state_update
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
-FORMS = ("constant", "variable", "grouped")
 
 
 # ---------------------------------------------------------------------------
-# input factory and an independent scalar oracle
+# an independent scalar oracle (the inputs: tests/cases.py)
 # ---------------------------------------------------------------------------
-
-def make_bc(rng, form, batch, dim, dstate, length, groups=2, complex_=False):
-    shape = {"constant": (dim, dstate), "variable": (batch, dstate, length),
-             "grouped": (batch, groups, dstate, length)}[form]
-    X = rng.standard_normal(shape)
-    if complex_:
-        X = X + 1j * rng.standard_normal(shape)
-    return X
-
-
-def make_inputs(rng, form_B="variable", form_C="variable", complex_=False,
-                batch=2, dim=4, length=9, dstate=3, extras=True):
-    """Random valid inputs. Returns a dict of keyword arguments for the scan."""
-    A = -np.exp(rng.standard_normal((dim, dstate)))  # Re(A) < 0
-    if complex_:
-        A = A + 1j * np.pi * rng.standard_normal((dim, dstate))
-    kw = dict(
-        u=rng.standard_normal((batch, dim, length)),
-        delta=0.5 * rng.random((batch, dim, length)) + 0.05,
-        A=A,
-        B=make_bc(rng, form_B, batch, dim, dstate, length, complex_=complex_),
-        C=make_bc(rng, form_C, batch, dim, dstate, length, complex_=complex_),
-    )
-    if extras:
-        kw.update(
-            D=rng.standard_normal(dim),
-            z=rng.standard_normal((batch, dim, length)),
-            delta_bias=0.3 * rng.standard_normal(dim),
-            delta_softplus=True,
-            h0=rng.standard_normal((batch, dim, dstate))
-            + (1j * rng.standard_normal((batch, dim, dstate)) if complex_ else 0),
-        )
-        kw["delta"] = rng.standard_normal((batch, dim, length))  # softplus makes it positive
-    return kw
-
 
 def _read(X, b, d, n, t, dim):
     """B or C for (batch b, channel d, state n, time t), in every form."""
@@ -126,9 +91,9 @@ def test_golden_official_reference(name):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-@pytest.mark.parametrize("form_B,form_C", list(itertools.product(FORMS, FORMS)))
+@pytest.mark.parametrize("form_B,form_C", FORM_PAIRS)
 def test_matches_scalar_oracle_all_forms(rng, form_B, form_C, complex_):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_)
+    kw = scan_case(rng, form_B, form_C, complex_=complex_)
     y, last = selective_scan(**kw, return_last_state=True)
     y_ref, last_ref = oracle(**kw)
     assert_close(y, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
@@ -138,12 +103,12 @@ def test_matches_scalar_oracle_all_forms(rng, form_B, form_C, complex_):
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_matches_oracle_without_optional_arguments(rng, complex_):
-    kw = make_inputs(rng, "variable", "constant", complex_=complex_, extras=False)
+    kw = scan_case(rng, "variable", "constant", complex_=complex_, extras=False)
     assert_close(selective_scan(**kw), oracle(**kw)[0], kind="exact")
 
 
 def test_complex_a_with_real_constant_bc_is_promoted(rng):
-    kw = make_inputs(rng, "constant", "constant", complex_=True, extras=False)
+    kw = scan_case(rng, "constant", "constant", complex_=True, extras=False)
     real_B, real_C = kw["B"].real.copy(), kw["C"].real.copy()
     y = selective_scan(kw["u"], kw["delta"], kw["A"], real_B, real_C)
     y_c = selective_scan(kw["u"], kw["delta"], kw["A"], real_B + 0j, real_C + 0j)
@@ -153,7 +118,7 @@ def test_complex_a_with_real_constant_bc_is_promoted(rng):
 
 def test_complex_conjugate_pair_equals_real_system(rng):
     """2 Re<C, h> with one of each conjugate pair == the full pair summed."""
-    kw = make_inputs(rng, "variable", "variable", complex_=True, extras=False)
+    kw = scan_case(rng, "variable", "variable", complex_=True, extras=False)
     y_half = selective_scan(**kw)
     full = dict(kw, A=np.concatenate([kw["A"], kw["A"].conj()], axis=1),
                 B=np.concatenate([kw["B"], kw["B"].conj()], axis=1),
@@ -187,7 +152,7 @@ def test_constant_parameters_equal_lti_convolution(rng):
 def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
     """The same equivalence through the foundation's ssm_ref.lti (kernel + FFT conv)."""
     from ssm_ref import lti
-    kw = make_inputs(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
+    kw = scan_case(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
     step = 0.05 + rng.random(4)
     delta = np.broadcast_to(step[None, :, None], kw["u"].shape)
     y = selective_scan(kw["u"], delta, kw["A"], kw["B"], kw["C"])
@@ -200,7 +165,7 @@ def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
 @pytest.mark.parametrize("which", ["B", "C"])
 def test_grouped_equals_variable_per_group(rng, which):
     """Grouped (B, G, N, L): channels of group g see exactly variable B_g."""
-    kw = make_inputs(rng, "grouped" if which == "B" else "variable",
+    kw = scan_case(rng, "grouped" if which == "B" else "variable",
                      "grouped" if which == "C" else "variable", dim=6)
     kw[which] = rng.standard_normal((2, 3, 3, 9))  # G = 3 groups of 2 channels
     y = selective_scan(**kw)
@@ -216,14 +181,14 @@ def test_grouped_equals_variable_per_group(rng, which):
 
 
 def test_single_group_equals_variable(rng):
-    kw = make_inputs(rng, "variable", "variable")
+    kw = scan_case(rng, "variable", "variable")
     grouped = dict(kw, B=kw["B"][:, None], C=kw["C"][:, None])  # (B, 1, N, L)
     assert_close(selective_scan(**grouped), selective_scan(**kw), kind="exact")
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_h0_continues_a_split_sequence(rng, complex_):
-    kw = make_inputs(rng, "variable", "grouped", complex_=complex_, length=12)
+    kw = scan_case(rng, "variable", "grouped", complex_=complex_, length=12)
     y, last = selective_scan(**kw, return_last_state=True)
     cut = 5
 
@@ -242,7 +207,7 @@ def test_h0_continues_a_split_sequence(rng, complex_):
 
 def test_zero_step_ignores_the_token(rng):
     """delta_t = 0 gives Abar = 1 and Bbar = 0: the state skips token t."""
-    kw = make_inputs(rng, "variable", "variable", extras=False, length=6)
+    kw = scan_case(rng, "variable", "variable", extras=False, length=6)
     delta = kw["delta"].copy()
     delta[:, :, 3] = 0.0
     _, last = selective_scan(**dict(kw, delta=delta), return_last_state=True)
@@ -259,7 +224,7 @@ def test_softplus_near_its_threshold_matches_oracle(rng):
     The scalar oracle computes log1p(exp(x)) with no threshold, so moving the
     switch to the identity below 20 shows up here.
     """
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     near = 10.0 + 10.0 * rng.random(kw["u"].shape)  # (10, 20]
     A = -0.01 * np.ones_like(kw["A"])
     args = dict(kw, delta=near, A=A, delta_softplus=True)
@@ -267,7 +232,7 @@ def test_softplus_near_its_threshold_matches_oracle(rng):
 
 
 def test_softplus_is_linear_above_20(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     big = 20.0 + 5.0 * rng.random(kw["u"].shape) + 1e-9
     A = -0.01 * np.ones_like(kw["A"])
     y_sp = selective_scan(**dict(kw, delta=big, A=A), delta_softplus=True)
@@ -280,7 +245,7 @@ def test_softplus_is_linear_above_20(rng):
 # ---------------------------------------------------------------------------
 
 def test_float32_in_float32_out(rng):
-    kw = make_inputs(rng, "grouped", "constant")
+    kw = scan_case(rng, "grouped", "constant")
     kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
             for k, v in kw.items()}
     y32, last32 = selective_scan(**kw32, return_last_state=True)
@@ -299,7 +264,7 @@ def test_float32_in_float32_out(rng):
                                               (np.float32, np.float32)])
 def test_last_state_dtype_follows_A(rng, complex_, u_dtype, A_dtype):
     """As the official reference (``A.new_zeros``): A's dtype, complex for complex A."""
-    kw = make_inputs(rng, complex_=complex_, extras=False)
+    kw = scan_case(rng, complex_=complex_, extras=False)
     A = kw["A"].astype(np.result_type(A_dtype, np.complex64) if complex_ else A_dtype)
     y, last = selective_scan(**dict(kw, u=kw["u"].astype(u_dtype), A=A), return_last_state=True)
     assert y.dtype == u_dtype and last.dtype == A.dtype
@@ -328,7 +293,7 @@ def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
 # ---------------------------------------------------------------------------
 
 def _base(rng):
-    return make_inputs(rng, "variable", "variable")
+    return scan_case(rng, "variable", "variable")
 
 
 @pytest.mark.parametrize("arg,value,exc,match", [
@@ -367,7 +332,7 @@ def test_non_finite_input_raises(rng, arg):
 
 
 def test_negative_step_raises(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     kw["delta"][0, 1, 2] = -0.1
     with pytest.raises(ValueError, match="Parameter delta has 1 negative step"):
         selective_scan(**kw)
@@ -376,7 +341,7 @@ def test_negative_step_raises(rng):
 
 
 def test_official_interleaved_complex_layout_is_explained(rng):
-    kw = make_inputs(rng, complex_=True, extras=False)
+    kw = scan_case(rng, complex_=True, extras=False)
     kw["B"] = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
     with pytest.raises(ValueError, match="interleaved"):
         selective_scan(**kw)
@@ -404,7 +369,7 @@ def _step_inputs(kw, t):
                                            ("variable", "grouped"), ("grouped", "grouped")])
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "D-z-bias-softplus-h0"])
 def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, complex_, extras):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_, extras=extras)
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, extras=extras)
     y_scan, last = selective_scan(**kw, return_last_state=True)
     h = kw.get("h0")
     if h is None:
@@ -421,7 +386,7 @@ def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, comple
 
 
 def test_state_update_dtypes(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     step = _step_inputs(kw, 0)
     y, h = selective_state_update(np.zeros((2, 4, 3), np.float32),
                                   **dict(step, x=step["x"].astype(np.float32)))
@@ -441,7 +406,7 @@ def test_state_update_dtypes(rng):
     ("x", np.full((2, 4), np.inf), ValueError, "Parameter x has 8 non-finite"),
 ])
 def test_state_update_bad_input(rng, arg, value, exc, match):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     step = dict(_step_inputs(kw, 0), state=np.zeros((2, 4, 3)))
     step[arg] = value
     with pytest.raises(exc, match=match):

@@ -238,15 +238,15 @@ def test_pluggable_scan_fn(rng):
 
 
 @pytest.mark.parametrize("name", sorted(MAMBA))
-def test_numba_backend_matches_the_reference_model(rng, name):
-    """The compiled scan swapped into a whole model: logits and every gradient agree."""
+def test_backend_matches_the_reference_model(rng, name, backend):
+    """A backend's scan swapped into a whole model: logits and every gradient agree."""
     from functools import partial
 
     import fast
     x = rng.standard_normal((2, 4, 4, 1))
     ref = tiny(name)
-    fast_model = tiny(name, scan_fn=partial(fast.selective_scan, backend="numba"),
-                      scan_backward_fn=partial(fast.selective_scan_backward, backend="numba"))
+    fast_model = tiny(name, scan_fn=partial(fast.selective_scan, backend=backend),
+                      scan_backward_fn=partial(fast.selective_scan_backward, backend=backend))
     logits_ref, cache_ref = ref.forward(x, return_cache=True)
     logits, cache = fast_model.forward(x, return_cache=True)
     assert_close(logits, logits_ref, kind="backend")
