@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cases import FORM_PAIRS, FORMS, scan_case
-from conftest import assert_close
+from cases import FORM_PAIRS, FORMS, astype, cotangents, scan_case
+from conftest import assert_close, assert_no_host_traffic, assert_same_on, to_xp
+from fake_device import on_device
 
-from ssm_ref import selective_scan, selective_state_update
+from ssm_ref import selective_scan, selective_scan_backward, selective_state_update
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 
@@ -90,15 +91,44 @@ def test_golden_official_reference(name):
 # independent oracle, every B/C form, real and complex A
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-@pytest.mark.parametrize("form_B,form_C", FORM_PAIRS)
-def test_matches_scalar_oracle_all_forms(rng, form_B, form_C, complex_):
-    kw = scan_case(rng, form_B, form_C, complex_=complex_)
-    y, last = selective_scan(**kw, return_last_state=True)
+ORACLE_CASES = [(fb, fc, cx, ex) for fb, fc in FORM_PAIRS
+                for cx, ex in ((False, True), (True, True), (False, False))]
+
+
+@pytest.mark.parametrize("form_B, form_C, complex_, extras", ORACLE_CASES)
+def test_matches_scalar_oracle_all_forms(xp, rng, form_B, form_C, complex_, extras):
+    """On NumPy and on the fake device: y and the last state equal the scalar oracle; on
+    the device the scan and its backward stay there, without a host read."""
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, extras=extras)
+    dout, dlast = cotangents(rng, kw)
+    y, last = selective_scan(**kw, return_last_state=True)  # NumPy
+    grads = selective_scan_backward(dout, **kw, dlast_state=dlast)
+
+    dkw, ddout, ddlast = to_xp(xp, (kw, dout, dlast))
+    y_x, last_x = selective_scan(**dkw, return_last_state=True)
+    grads_x = selective_scan_backward(ddout, **dkw, dlast_state=ddlast)
+    assert_no_host_traffic(xp)
+
     y_ref, last_ref = oracle(**kw)
-    assert_close(y, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
-    assert_close(last, last_ref, kind="exact", err_msg="last_state")
-    assert last.dtype == (np.complex128 if complex_ else np.float64)
+    assert_close(y_x, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
+    assert_close(last_x, last_ref, kind="exact", err_msg="last_state")
+    assert last_x.dtype == (np.complex128 if complex_ else np.float64)
+    assert_same_on(xp, y_x, y, "y")
+    assert_same_on(xp, last_x, last, "last_state")
+    assert set(grads_x) == set(grads)
+    for name, g in grads.items():
+        assert_same_on(xp, grads_x[name], g, f"grads[{name!r}]")
+
+
+def test_host_array_mixed_with_device_arrays_is_refused(fake_xp, rng):
+    kw = scan_case(rng, batch=1, dim=2, length=3, dstate=2)
+    dkw = on_device(kw)
+    dkw["A"] = kw["A"]  # left on the host
+    with pytest.raises(TypeError, match="A are host"):
+        selective_scan(**dkw)
+    dkw = on_device(kw)
+    with pytest.raises(TypeError, match="dout are host"):
+        selective_scan_backward(np.ones(kw["u"].shape), **dkw)
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -244,19 +274,25 @@ def test_softplus_is_linear_above_20(rng):
 # dtype contract and long sequences
 # ---------------------------------------------------------------------------
 
-def test_float32_in_float32_out(rng):
-    kw = scan_case(rng, "grouped", "constant")
-    kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
-            for k, v in kw.items()}
-    y32, last32 = selective_scan(**kw32, return_last_state=True)
+@pytest.mark.parametrize("form_B, form_C, sizes", [
+    ("grouped", "constant", {}),
+    ("variable", "variable", dict(batch=1, dim=2, length=4, dstate=2)),
+])
+def test_float32_in_float32_out(xp, rng, form_B, form_C, sizes):
+    kw = scan_case(rng, form_B, form_C, **sizes)
+    kw32 = astype(kw, np.float32)
+    y32_host, last32_host = selective_scan(**kw32, return_last_state=True)  # NumPy
+    y32, last32 = selective_scan(**to_xp(xp, kw32), return_last_state=True)
+    assert_no_host_traffic(xp)
     assert y32.dtype == np.float32 and last32.dtype == np.float32
     y64, last64 = selective_scan(**kw, return_last_state=True)
     assert_close(y32, y64, kind="backend", dtype=np.float32)
     assert_close(last32, last64, kind="backend", dtype=np.float32)
+    assert_same_on(xp, y32, y32_host, "y")
+    assert_same_on(xp, last32, last32_host, "last_state")
     # the computation itself is float64: same float32 values, cast up, give the same y
-    kw_up = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
-             for k, v in kw32.items()}
-    np.testing.assert_array_equal(y32, selective_scan(**kw_up).astype(np.float32))
+    np.testing.assert_array_equal(y32_host, selective_scan(**astype(kw32, np.float64))
+                                  .astype(np.float32))
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -383,6 +419,41 @@ def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, comple
     np.testing.assert_array_equal(h, h_before)  # the caller's state is not mutated
     assert_close(np.stack(ys, axis=-1), y_scan, kind="exact")
     assert_close(state, last, kind="exact")
+
+
+@pytest.mark.parametrize("groups, complex_, extras",
+                         [(None, False, True), (2, False, True), (None, True, True),
+                          (None, False, False)])
+def test_state_update_is_a_one_step_scan(xp, rng, groups, complex_, extras):
+    """On NumPy and on the fake device: one step equals a scan of length 1 from the state;
+    on the device it stays there, without a host read."""
+    batch, dim, dstate = 2, 4, 3
+    bc_shape = (batch, dstate) if groups is None else (batch, groups, dstate)
+    A = -np.exp(rng.standard_normal((dim, dstate)))
+    state = rng.standard_normal((batch, dim, dstate))
+    Bm, Cm = rng.standard_normal(bc_shape), rng.standard_normal(bc_shape)
+    if complex_:
+        A = A + 1j * rng.standard_normal((dim, dstate))
+        state = state + 1j * rng.standard_normal((batch, dim, dstate))
+        Bm = Bm + 1j * rng.standard_normal(bc_shape)
+    kw = dict(state=state, x=rng.standard_normal((batch, dim)),
+              dt=0.5 * rng.random((batch, dim)), A=A, B=Bm, C=Cm)
+    if extras:
+        kw.update(D=rng.standard_normal(dim), z=rng.standard_normal((batch, dim)),
+                  dt_bias=rng.standard_normal(dim), dt_softplus=True)
+    y, h = selective_state_update(**kw)  # NumPy
+
+    y_x, h_x = selective_state_update(**to_xp(xp, kw))
+    assert_no_host_traffic(xp)
+    y_scan, h_scan = selective_scan(
+        kw["x"][..., None], kw["dt"][..., None], A, Bm[..., None], Cm[..., None],
+        D=kw.get("D"), z=None if "z" not in kw else kw["z"][..., None],
+        delta_bias=kw.get("dt_bias"), delta_softplus=kw.get("dt_softplus", False),
+        h0=state, return_last_state=True)
+    assert_close(y_x, y_scan[..., 0], kind="exact", err_msg="y")
+    assert_close(h_x, h_scan, kind="exact", err_msg="new_state")
+    assert_same_on(xp, y_x, y, "y")
+    assert_same_on(xp, h_x, h, "new_state")
 
 
 def test_state_update_dtypes(rng):
