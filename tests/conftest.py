@@ -216,6 +216,22 @@ def assert_same_on(xp, actual, host, what):
         assert_close(actual, host, kind="exact", err_msg=what)
 
 
+def check_same_on(xp, fn, args, what=None):
+    """Run ``fn(*args)`` on NumPy, then on ``args`` moved to ``xp``: every output is an
+    array of ``xp`` equal to NumPy's, dtype kept (:func:`assert_same_on`), and on the fake
+    device nothing went between host and device.  Returns the NumPy result."""
+    what = what or getattr(fn, "__name__", "fn")
+    expected = fn(*args)
+    got = fn(*to_xp(xp, list(args)))
+    assert_no_host_traffic(xp)
+    many = isinstance(expected, tuple)
+    exp_t, got_t = (expected, got) if many else ((expected,), (got,))
+    assert isinstance(got, tuple) == many and len(got_t) == len(exp_t), what
+    for k, (g, e) in enumerate(zip(got_t, exp_t)):
+        assert_same_on(xp, g, e, f"{what} output {k}")
+    return expected
+
+
 @pytest.fixture(params=["ref", "numba", "cuda"])
 def backend(request):
     """A selective-scan backend of ``fast``: the reference, Numba, and CUDA where it can
