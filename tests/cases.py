@@ -51,9 +51,10 @@ def scan_case(rng, form_B="variable", form_C="variable", complex_=False, dtype=n
     Real arrays are in ``dtype``; the complex ones (A, B, C, h0 of a complex case) are
     complex128.  ``groups`` is G of a grouped B and C, or a pair (G of B, G of C).
     ``extras`` switches D, z, delta_bias, h0 and delta_softplus on or off together (an
-    argument switched off is left out); each one given explicitly overrides it.  With softplus, delta is standard normal (softplus
-    makes it positive), otherwise it lies in [0.05, 0.55] and delta_bias in [0, 0.3].  A = -exp(A_spread * N(0, 1))
-    (+ 1j * A_imag * N(0, 1) for a complex case).
+    argument switched off is left out); each one given explicitly overrides it.  With
+    softplus, delta is standard normal (softplus makes it positive), otherwise it lies in
+    [0.05, 0.55] and delta_bias in [0, 0.3].  A = -exp(A_spread * N(0, 1)) (+ 1j * A_imag
+    * N(0, 1) for a complex case).
     """
     D, z, delta_bias, h0, softplus = (extras if v is None else v
                                       for v in (D, z, delta_bias, h0, softplus))
@@ -77,7 +78,8 @@ def scan_case(rng, form_B="variable", form_C="variable", complex_=False, dtype=n
         kw["delta_bias"] = (0.3 * bias).astype(dtype)
     if h0:
         state = rng.standard_normal((batch, dim, dstate))
-        kw["h0"] = state + 1j * rng.standard_normal(state.shape) if complex_ else state.astype(dtype)
+        kw["h0"] = (state + 1j * rng.standard_normal(state.shape) if complex_
+                    else state.astype(dtype))
     return kw
 
 

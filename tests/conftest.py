@@ -55,9 +55,9 @@ def assert_close(actual, expected, kind="exact", dtype=None, err_msg="", precisi
     given (the dtype the result must have, e.g. float32 against a float64
     reference), and ``expected.dtype`` otherwise.  That dtype also picks the
     tolerance, unless ``precision`` names the dtype the result was computed in
-    (a float32 computation handed back in float64).  On failure the message reports the maximum absolute and
-    relative error and where it occurs.  Shapes must match exactly (no
-    broadcasting).
+    (a float32 computation handed back in float64).  On failure the message
+    reports the maximum absolute and relative error and where it occurs.
+    Shapes must match exactly (no broadcasting).
     """
     actual = _to_numpy(actual)
     expected = _to_numpy(expected)
