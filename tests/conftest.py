@@ -13,6 +13,14 @@ Kinds of comparison
               float32), see ``../shared/golden``.
 ``fd``        analytic gradients against central finite differences
               (:func:`numerical_gradient`).
+
+The dtype is part of the comparison: the result must have the expected array's
+dtype, or the ``dtype`` passed (a float32 result against a float64 reference).
+
+Fixtures instead of twin tests: ``xp`` runs a test on NumPy and on the strict
+fake device (``fake_device.py``; the device-only checks go through
+:func:`assert_same_on` and :func:`assert_no_host_traffic`), ``backend`` over the
+selective-scan backends of ``fast``.  The scan inputs come from ``cases.py``.
 """
 from __future__ import annotations
 
