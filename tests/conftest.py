@@ -13,6 +13,14 @@ Kinds of comparison
               float32), see ``../shared/golden``.
 ``fd``        analytic gradients against central finite differences
               (:func:`numerical_gradient`).
+
+The dtype is part of the comparison: the result must have the expected array's
+dtype, or the ``dtype`` passed (a float32 result against a float64 reference).
+
+Fixtures instead of twin tests: ``xp`` runs a test on NumPy and on the strict
+fake device (``fake_device.py``; the device-only checks go through
+:func:`assert_same_on` and :func:`assert_no_host_traffic`), ``backend`` over the
+selective-scan backends of ``fast``.  The scan inputs come from ``cases.py``.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_device import DeviceArray, fake, peek, reset_counts
+from fake_device import COUNTS, NO_HOST_TRAFFIC, DeviceArray, fake, on_device, peek, reset_counts
 
 from ssm_ref._xp import is_cupy
 
@@ -48,19 +56,28 @@ def tolerance(kind, dtype):
     return table[key]
 
 
-def assert_close(actual, expected, kind="exact", dtype=None, err_msg=""):
+def assert_close(actual, expected, kind="exact", dtype=None, err_msg="", precision=None):
     """Assert ``actual`` ≈ ``expected`` with the shared tolerance for ``kind``.
 
-    ``dtype`` defaults to ``actual``'s dtype.  On failure the message reports
-    the maximum absolute and relative error and where it occurs.  Shapes must
-    match exactly (no broadcasting).
+    The dtype is compared too: ``actual.dtype`` must equal ``dtype`` when it is
+    given (the dtype the result must have, e.g. float32 against a float64
+    reference), and ``expected.dtype`` otherwise.  That dtype also picks the
+    tolerance, unless ``precision`` names the dtype the result was computed in
+    (a float32 computation handed back in float64).  On failure the message
+    reports the maximum absolute and relative error and where it occurs.
+    Shapes must match exactly (no broadcasting).
     """
     actual = _to_numpy(actual)
     expected = _to_numpy(expected)
+    want = np.dtype(dtype) if dtype is not None else expected.dtype
+    assert actual.dtype == want, (
+        f"{err_msg} dtype mismatch: actual {actual.dtype} vs "
+        f"{'required' if dtype is not None else 'expected'} {want}"
+    )
     assert actual.shape == expected.shape, (
         f"{err_msg} shape mismatch: actual {actual.shape} vs expected {expected.shape}"
     )
-    rtol, atol = tolerance(kind, dtype if dtype is not None else actual.dtype)
+    rtol, atol = tolerance(kind, want if precision is None else precision)
     diff = np.abs(actual.astype(np.complex128) - expected.astype(np.complex128))
     scale = np.abs(expected.astype(np.complex128))
     both_nonfinite_equal = ~np.isfinite(expected) & (actual == expected)
@@ -158,6 +175,78 @@ def fake_xp():
     reset_counts()
     yield fake
     undo()
+
+
+@pytest.fixture(params=["numpy", "fake-device"])
+def xp(request):
+    """The array module a shared test runs on: NumPy, then the strict fake device.
+
+    On the fake device (:func:`on_fake_device`) a test also asserts what only a device
+    run can break: the results are device arrays equal to the NumPy run with their dtype
+    kept (:func:`assert_same_on`), and no value was read back to the host
+    (:func:`assert_no_host_traffic`).
+    """
+    if request.param == "numpy":
+        return np
+    return request.getfixturevalue("fake_xp")
+
+
+def on_fake_device(xp):
+    """True when ``xp`` (the fixture's value) is the fake device."""
+    return xp is fake
+
+
+def to_xp(xp, tree):
+    """Every NumPy array in ``tree`` moved to ``xp`` (unchanged for NumPy); counts reset."""
+    if not on_fake_device(xp):
+        return tree
+    moved = on_device(tree)
+    reset_counts()
+    return moved
+
+
+def assert_no_host_traffic(xp):
+    """On the fake device: nothing read back to the host, nothing copied to the device
+    since the last :func:`to_xp`."""
+    if on_fake_device(xp):
+        assert COUNTS == NO_HOST_TRAFFIC, f"host traffic on the device: {COUNTS}"
+
+
+def assert_same_on(xp, actual, host, what):
+    """``actual``, computed on ``xp``, is the NumPy result ``host``: the same dtype and
+    values, and an array of ``xp`` (a DeviceArray on the fake device)."""
+    if on_fake_device(xp):
+        assert_same_on_device(actual, host, what)
+    elif host is None:
+        assert actual is None, what
+    else:
+        assert isinstance(actual, np.ndarray), f"{what} is a {type(actual).__name__}"
+        assert_close(actual, host, kind="exact", err_msg=what)
+
+
+def check_same_on(xp, fn, args, what=None):
+    """Run ``fn(*args)`` on NumPy, then on ``args`` moved to ``xp``: every output is an
+    array of ``xp`` equal to NumPy's, dtype kept (:func:`assert_same_on`), and on the fake
+    device nothing went between host and device.  Returns the NumPy result."""
+    what = what or getattr(fn, "__name__", "fn")
+    expected = fn(*args)
+    got = fn(*to_xp(xp, list(args)))
+    assert_no_host_traffic(xp)
+    many = isinstance(expected, tuple)
+    exp_t, got_t = (expected, got) if many else ((expected,), (got,))
+    assert isinstance(got, tuple) == many and len(got_t) == len(exp_t), what
+    for k, (g, e) in enumerate(zip(got_t, exp_t)):
+        assert_same_on(xp, g, e, f"{what} output {k}")
+    return expected
+
+
+@pytest.fixture(params=["ref", "numba", "cuda"])
+def backend(request):
+    """A selective-scan backend of ``fast``: the reference, Numba, and CUDA where it can
+    run (Numba's CUDA simulator or a real GPU)."""
+    if request.param == "cuda" and not (on_cuda_simulator() or real_gpu_available()):
+        pytest.skip("backend 'cuda' needs a real CUDA GPU or NUMBA_ENABLE_CUDASIM=1")
+    return request.param
 
 
 @pytest.fixture

@@ -54,3 +54,29 @@ def test_numerical_gradient_complex_gives_real_plus_i_imaginary_parts(rng):
 def test_numerical_gradient_refuses_low_precision():
     with pytest.raises(TypeError, match="float64"):
         numerical_gradient(lambda v: float(v.sum()), np.ones(3, dtype=np.float32))
+
+
+def test_dtype_mismatch_fails_naming_both_dtypes():
+    x = np.linspace(1, 2, 10)
+    with pytest.raises(AssertionError, match="dtype mismatch: actual float32 vs expected float64"):
+        assert_close(x.astype(np.float32), x, kind="backend")
+    with pytest.raises(AssertionError, match="actual complex128 vs expected float64"):
+        assert_close(x.astype(np.complex128), x)
+
+
+def test_required_dtype_is_asserted_and_picks_the_tolerance():
+    x = np.linspace(1, 2, 10)
+    x32 = x.astype(np.float32)
+    assert_close(x32, x, kind="backend", dtype=np.float32)  # float32 result, float64 reference
+    with pytest.raises(AssertionError, match="dtype mismatch: actual float64 vs required float32"):
+        assert_close(x, x, kind="backend", dtype=np.float32)
+    with pytest.raises(AssertionError, match="not close"):  # float64 tolerance on float32 values
+        assert_close(x32.astype(np.float64), x, kind="backend", dtype=np.float64)
+
+
+def test_precision_picks_the_tolerance_of_a_widened_result():
+    x = np.linspace(1, 2, 10)
+    widened = x.astype(np.float32).astype(np.float64)  # a float32 computation returned in float64
+    assert_close(widened, x, kind="backend", precision=np.float32)
+    with pytest.raises(AssertionError, match="dtype mismatch"):
+        assert_close(x.astype(np.float32), x, kind="backend", precision=np.float32)

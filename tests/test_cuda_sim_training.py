@@ -8,7 +8,7 @@ whole training steps (patch embedding, bidirectional Vim blocks, AdamW), must
 give the same losses and the same weights.  The CLI's ``--backend cuda`` path
 is run end to end as well.  Under the simulator the arrays are NumPy (there is
 no GPU memory); the device-array path itself is checked on the fake device
-(``test_device_models.py``) and on a real GPU (``test_cupy_gpu.py``).
+(the ``xp`` tests of ``test_vision_models.py``) and on a real GPU (``test_cupy_gpu.py``).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from cases import scan_case
 from conftest import ROOT, assert_close, on_cuda_simulator, real_gpu_available
 
 import fast
@@ -14,10 +15,9 @@ import ssm_ref
 
 
 def _scan_inputs(rng):
-    return dict(u=rng.standard_normal((2, 3, 7)), delta=rng.random((2, 3, 7)) + 0.1,
-                A=-np.exp(rng.standard_normal((3, 4))), B=rng.standard_normal((2, 4, 7)),
-                C=rng.standard_normal((3, 4)), D=rng.standard_normal(3),
-                z=rng.standard_normal((2, 3, 7)))
+    """B variable, C constant, with D and z; no softplus, delta_bias or h0 (tests/cases.py)."""
+    return scan_case(rng, "variable", "constant", batch=2, dim=3, length=7, dstate=4,
+                     extras=False, D=True, z=True)
 
 
 def test_backends_lists_every_name_with_a_reason():

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_close
 
 from ssm_ref import hidden_attention, selective_scan
-from test_selective import FORMS, make_inputs
+from cases import FORMS, scan_case
 
 
 def _scan_kwargs(kw):
@@ -19,7 +19,7 @@ def _scan_kwargs(kw):
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("form_B,form_C", list(itertools.product(FORMS, FORMS)))
 def test_alpha_times_u_equals_scan(rng, form_B, form_C, complex_):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_, length=11)
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, length=11)
     alpha = hidden_attention(**_scan_kwargs(kw))
     assert alpha.shape == (2, 4, 11, 11) and alpha.dtype == np.float64
     y = selective_scan(kw["u"], **_scan_kwargs(kw))  # no D, no z, no h0
@@ -27,7 +27,7 @@ def test_alpha_times_u_equals_scan(rng, form_B, form_C, complex_):
 
 
 def test_causal_lower_triangular(rng):
-    kw = make_inputs(rng, "variable", "grouped", length=9)
+    kw = scan_case(rng, "variable", "grouped", length=9)
     alpha = hidden_attention(**_scan_kwargs(kw))
     upper = np.triu(np.ones((9, 9), dtype=bool), k=1)
     assert np.all(alpha[..., upper] == 0.0)
@@ -58,7 +58,7 @@ def test_closed_form_with_cumulative_steps(rng):
 
 
 def test_float32_in_float32_out(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     alpha32 = hidden_attention(kw["delta"].astype(np.float32), kw["A"], kw["B"], kw["C"])
     assert alpha32.dtype == np.float32
     assert_close(alpha32, hidden_attention(kw["delta"], kw["A"], kw["B"], kw["C"]),
@@ -76,7 +76,7 @@ def test_float32_in_float32_out(rng):
     ("delta_bias", np.ones(5), ValueError, "Parameter delta_bias has shape"),
 ])
 def test_bad_input(rng, arg, value, exc, match):
-    kw = _scan_kwargs(make_inputs(rng, extras=False))
+    kw = _scan_kwargs(scan_case(rng, extras=False))
     kw[arg] = value
     with pytest.raises(exc, match=match):
         hidden_attention(**kw)

@@ -41,7 +41,6 @@ def test_both_formats_give_the_same_model():
     np.testing.assert_array_equal(a(ORACLE["input_ids"]), b(ORACLE["input_ids"]))
 
 
-@pytest.mark.parametrize("backend", ["ref", "numba"])
 def test_step_decoding_equals_full_forward(backend):
     import fast
 

@@ -3,18 +3,24 @@
 Oracles: scipy.signal.convolve / correlate for the convolutions, plain NumPy
 formulas (np.var, np.linalg.norm, np.logaddexp) for norms and activations.
 Gradients: central finite differences of the scalar loss sum(y * R) for a
-random R, compared with kind "fd".
+random R, compared with kind "fd".  Every layer and its backward also runs on the
+``xp`` fixture (NumPy and the strict fake device of tests/fake_device.py): on the
+device it returns device arrays only, equal to NumPy with the dtype kept, and reads
+or moves nothing between host and device; ``sigmoid`` is also checked against
+1 / (1 + e^-x) in extended precision.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.signal
+import scipy.special
 
-from conftest import assert_close, numerical_gradient
+from conftest import assert_close, check_same_on, numerical_gradient
+from fake_device import COUNTS, fake, peek
 
 import ssm_ref as sr
-from ssm_ref.nn import SOFTPLUS_THRESHOLD
+from ssm_ref.nn import SOFTPLUS_THRESHOLD, sigmoid
 
 
 # --------------------------------------------------------------------------- helpers
@@ -264,3 +270,133 @@ def test_bad_input_raises_value_error(call, match):
 def test_bad_dtype_raises_type_error(call):
     with pytest.raises(TypeError, match="Parameter x"):
         call()
+
+
+# --------------------------------------------------------------------------- every array module
+# Each layer and its backward on NumPy and on the strict fake device (tests/fake_device.py):
+# device arrays only, equal to the NumPy run with the dtype kept, no value read or moved
+# between host and device.  sigmoid is also checked against its outside oracle.
+def check_layer(xp, forward, backward, args, rng):
+    """Forward and backward of one layer on NumPy and on ``xp`` (dy drawn in the output's shape)."""
+    check_same_on(xp, forward, args)
+    y = forward(*args)
+    dy = rng.standard_normal(y.shape).astype(y.dtype)
+    check_same_on(xp, backward, [dy, *args])
+
+
+# --------------------------------------------------------------------------- sigmoid
+def test_sigmoid_matches_an_extended_precision_oracle_over_the_whole_range():
+    x = np.linspace(-800.0, 800.0, 160_001)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        s = sigmoid(x)
+    with np.errstate(over="ignore"):  # the oracle: 1 / (1 + e^-x) in x87 extended precision
+        oracle = (1 / (1 + np.exp(-x.astype(np.longdouble)))).astype(np.float64)
+    # a few ulp of relative error where the result is a normal float; below x ~ -708
+    # the result may flush to 0 (atol: the smallest normal float)
+    np.testing.assert_allclose(s, oracle, rtol=4 * np.finfo(np.float64).eps,
+                               atol=np.finfo(np.float64).tiny)
+    assert s.dtype == np.float64
+    assert np.all((s >= 0) & (s <= 1)) and np.all(np.diff(s) >= 0)  # a monotone probability
+    ulp1 = np.finfo(np.float64).eps  # s(-x) = 1 - s(x) within two ulp of 1
+    np.testing.assert_allclose(sigmoid(-x), 1.0 - s, rtol=0, atol=2 * ulp1)
+
+
+def test_sigmoid_tails_special_values_and_dtype():
+    tail = np.array([-700.0, -100.0, -40.0])
+    np.testing.assert_allclose(sigmoid(tail), np.exp(tail), rtol=1e-15)  # s(x) ~ e^x far left
+    np.testing.assert_array_equal(sigmoid(np.array([0.0, 800.0, np.inf, -np.inf])),
+                                  [0.5, 1.0, 1.0, 0.0])
+    assert np.isnan(sigmoid(np.array([np.nan]))[0])
+    x32 = np.array([-3.0, 0.5, 90.0], dtype=np.float32)
+    assert sigmoid(x32).dtype == np.float32
+    assert_close(sigmoid(x32), scipy.special.expit(x32.astype(np.float64)).astype(np.float32))
+    assert_close(sigmoid([1, 2]), scipy.special.expit(np.array([1.0, 2.0])))  # ints promoted
+    with pytest.raises(TypeError, match="Parameter x"):
+        sigmoid(np.array([1j]))
+
+
+def test_sigmoid_on_every_array_module(xp):
+    x = np.linspace(-800.0, 800.0, 41)
+    check_same_on(xp, sigmoid, [x])
+    check_same_on(xp, sigmoid, [x.astype(np.float32)])
+
+
+def test_sigmoid_is_exported():
+    assert sr.sigmoid is sigmoid and "sigmoid" in sr.nn.__all__
+
+
+# --------------------------------------------------------------------------- layers
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_on_every_array_module(xp, rng, dtype, with_bias):
+    x = rng.standard_normal((2, 3, 4)).astype(dtype)
+    W = rng.standard_normal((5, 4)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype) if with_bias else None
+    check_layer(xp, sr.linear, sr.linear_backward, [x, W, b], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fn, bwd", [(sr.silu, sr.silu_backward),
+                                     (sr.softplus, sr.softplus_backward)])
+def test_activations_on_every_array_module(xp, rng, dtype, fn, bwd):
+    # both sides of the softplus threshold and the far tails of the sigmoid
+    x = np.concatenate([rng.uniform(-6, 6, 8), [-800.0, -30.0, SOFTPLUS_THRESHOLD + 1, 800.0]])
+    check_layer(xp, fn, bwd, [x.reshape(3, 4).astype(dtype)], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [1, 4])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_conv1d_on_every_array_module(xp, rng, dtype, K, with_bias):
+    x = rng.standard_normal((2, 3, 5)).astype(dtype)
+    w = rng.standard_normal((3, K)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype) if with_bias else None
+    check_layer(xp, sr.causal_conv1d, sr.causal_conv1d_backward, [x, w, b], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_on_every_array_module(xp, rng, dtype):
+    x = rng.standard_normal((2, 3, 6)).astype(dtype)
+    w = rng.standard_normal(6).astype(dtype)
+    check_layer(xp, sr.rms_norm, sr.rms_norm_backward, [x, w], rng)
+    check_layer(xp, lambda *a: sr.rms_norm(*a, eps=0.3),
+                lambda *a: sr.rms_norm_backward(*a, eps=0.3), [x, w], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_norm_on_every_array_module(xp, rng, dtype, with_bias):
+    x = rng.standard_normal((2, 3, 6)).astype(dtype)
+    w = rng.standard_normal(6).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype) if with_bias else None
+    check_layer(xp, sr.layer_norm, sr.layer_norm_backward, [x, w, b], rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 3)])  # odd and even ('same' padding after)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_depthwise_conv2d_on_every_array_module(xp, rng, dtype, kernel, with_bias):
+    x = rng.standard_normal((2, 4, 5, 3)).astype(dtype)
+    w = rng.standard_normal((3, *kernel)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype) if with_bias else None
+    check_layer(xp, sr.depthwise_conv2d, sr.depthwise_conv2d_backward, [x, w, b], rng)
+
+
+# --------------------------------------------------------------------------- contract
+def test_host_and_device_arrays_are_not_mixed(fake_xp, rng):
+    x = fake.asarray(rng.standard_normal((2, 4)))
+    with pytest.raises(TypeError, match="NumPy array"):  # a silent copy per step on a GPU
+        sr.linear(x, rng.standard_normal((3, 4)))
+
+
+def test_shape_checks_stay_on_for_device_arrays(fake_xp, rng):
+    x = fake.asarray(rng.standard_normal((2, 3, 5)))
+    with pytest.raises(ValueError, match="Parameter weight has shape"):
+        sr.causal_conv1d(x, fake.zeros((4, 2)))
+    with pytest.raises(ValueError, match="Parameter dy has shape"):
+        sr.silu_backward(fake.zeros((2, 3)), x)
+    assert COUNTS["sync"] == 0 and COUNTS["to_host"] == 0
+    assert peek(sr.silu(x)).shape == (2, 3, 5)

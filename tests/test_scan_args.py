@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_selective import FORMS, make_bc, make_inputs
+from cases import FORMS, make_bc, scan_case
 
 import fast
 from ssm_ref import hidden_attention, selective_scan, selective_scan_backward
@@ -60,7 +60,7 @@ def test_reduce_is_the_adjoint_of_per_channel(rng, form):
 
 
 def test_scan_args_are_frozen_and_complete(rng):
-    kw = make_inputs(rng, "grouped", "constant")
+    kw = scan_case(rng, "grouped", "constant")
     s = check_scan_args(**kw)
     assert isinstance(s, ScanArgs)
     assert (s.batch, s.dim, s.length, s.dstate) == kw["h0"].shape[:2] + kw["u"].shape[2:] \
@@ -77,7 +77,7 @@ def test_scan_args_are_frozen_and_complete(rng):
 
 def test_float32_arguments_are_promoted_and_their_dtypes_kept(rng):
     kw = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
-          for k, v in make_inputs(rng).items()}
+          for k, v in scan_case(rng).items()}
     s = check_scan_args(**kw)
     assert s.out_dtype == np.float32 and s.u.dtype == np.float64
     assert all(s.dtypes[name] == np.float32 for name in s.dtypes)
@@ -95,7 +95,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_every_entry_point_refuses_with_the_validators_message(rng, case):
-    kw = make_inputs(rng, "variable", "variable", batch=BATCH, dim=DIM, length=LENGTH,
+    kw = scan_case(rng, "variable", "variable", batch=BATCH, dim=DIM, length=LENGTH,
                      dstate=DSTATE)
     kw.update(BAD[case])
     with pytest.raises((ValueError, TypeError)) as expected:

@@ -76,7 +76,7 @@ def test_method_equals_sequential(rng, method, L, dtype, with_h0):
     h = sr.scan(a, b, h0, method=method)
     assert h.dtype == np.dtype(dtype), f"{method}: {dtype} in, {h.dtype} out"
     assert h.shape == LEAD + (L,)
-    assert_close(h, reference(a, b, h0), "exact", err_msg=f"{method} L={L}")
+    assert_close(h, reference(a, b, h0), "exact", dtype=dtype, err_msg=f"{method} L={L}")
 
 
 @pytest.mark.parametrize("method", ["sequential"] + PARALLEL)
@@ -93,7 +93,7 @@ def test_mixed_dtypes_follow_result_type(rng, method):
     bc = (b + 1j * b).astype(np.complex64)
     h = sr.scan(a, bc, method=method)
     assert h.dtype == np.complex64
-    assert_close(h, reference(a.astype(np.complex64), bc, None), "exact")
+    assert_close(h, reference(a.astype(np.complex64), bc, None), "exact", dtype=np.complex64)
 
 
 def test_inputs_not_modified(rng):
@@ -120,7 +120,7 @@ def test_logspace_segsum_blocks_and_dtypes(rng, block_size, dtype):
     a, b, h0 = make_inputs(rng, LEAD, 100, dtype, True)
     h = sr.scan_logspace(a, b, h0, variant="segsum", block_size=block_size)
     assert h.dtype == np.dtype(dtype)
-    assert_close(h, reference(a, b, h0), "exact")
+    assert_close(h, reference(a, b, h0), "exact", dtype=dtype)
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_chunked_states_float32(rng):
     a, b, h0 = make_inputs(rng, LEAD, 50, np.float32, True)
     h, states = sr.scan_chunked(a, b, h0, chunk_size=16, return_chunk_states=True)
     assert h.dtype == states.dtype == np.float32
-    assert_close(states, reference(a, b, h0)[..., [15, 31, 47, 49]], "exact")
+    assert_close(states, reference(a, b, h0)[..., [15, 31, 47, 49]], "exact", dtype=np.float32)
 
 
 # --------------------------------------------------------------------------

@@ -13,52 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from cases import FORM_PAIRS, FORMS, astype, cotangents, scan_case
+from conftest import assert_close, assert_no_host_traffic, assert_same_on, to_xp
+from fake_device import on_device
 
-from ssm_ref import selective_scan, selective_state_update
+from ssm_ref import selective_scan, selective_scan_backward, selective_state_update
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
-FORMS = ("constant", "variable", "grouped")
 
 
 # ---------------------------------------------------------------------------
-# input factory and an independent scalar oracle
+# an independent scalar oracle (the inputs: tests/cases.py)
 # ---------------------------------------------------------------------------
-
-def make_bc(rng, form, batch, dim, dstate, length, groups=2, complex_=False):
-    shape = {"constant": (dim, dstate), "variable": (batch, dstate, length),
-             "grouped": (batch, groups, dstate, length)}[form]
-    X = rng.standard_normal(shape)
-    if complex_:
-        X = X + 1j * rng.standard_normal(shape)
-    return X
-
-
-def make_inputs(rng, form_B="variable", form_C="variable", complex_=False,
-                batch=2, dim=4, length=9, dstate=3, extras=True):
-    """Random valid inputs. Returns a dict of keyword arguments for the scan."""
-    A = -np.exp(rng.standard_normal((dim, dstate)))  # Re(A) < 0
-    if complex_:
-        A = A + 1j * np.pi * rng.standard_normal((dim, dstate))
-    kw = dict(
-        u=rng.standard_normal((batch, dim, length)),
-        delta=0.5 * rng.random((batch, dim, length)) + 0.05,
-        A=A,
-        B=make_bc(rng, form_B, batch, dim, dstate, length, complex_=complex_),
-        C=make_bc(rng, form_C, batch, dim, dstate, length, complex_=complex_),
-    )
-    if extras:
-        kw.update(
-            D=rng.standard_normal(dim),
-            z=rng.standard_normal((batch, dim, length)),
-            delta_bias=0.3 * rng.standard_normal(dim),
-            delta_softplus=True,
-            h0=rng.standard_normal((batch, dim, dstate))
-            + (1j * rng.standard_normal((batch, dim, dstate)) if complex_ else 0),
-        )
-        kw["delta"] = rng.standard_normal((batch, dim, length))  # softplus makes it positive
-    return kw
-
 
 def _read(X, b, d, n, t, dim):
     """B or C for (batch b, channel d, state n, time t), in every form."""
@@ -125,25 +91,54 @@ def test_golden_official_reference(name):
 # independent oracle, every B/C form, real and complex A
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-@pytest.mark.parametrize("form_B,form_C", list(itertools.product(FORMS, FORMS)))
-def test_matches_scalar_oracle_all_forms(rng, form_B, form_C, complex_):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_)
-    y, last = selective_scan(**kw, return_last_state=True)
+ORACLE_CASES = [(fb, fc, cx, ex) for fb, fc in FORM_PAIRS
+                for cx, ex in ((False, True), (True, True), (False, False))]
+
+
+@pytest.mark.parametrize("form_B, form_C, complex_, extras", ORACLE_CASES)
+def test_matches_scalar_oracle_all_forms(xp, rng, form_B, form_C, complex_, extras):
+    """On NumPy and on the fake device: y and the last state equal the scalar oracle; on
+    the device the scan and its backward stay there, without a host read."""
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, extras=extras)
+    dout, dlast = cotangents(rng, kw)
+    y, last = selective_scan(**kw, return_last_state=True)  # NumPy
+    grads = selective_scan_backward(dout, **kw, dlast_state=dlast)
+
+    dkw, ddout, ddlast = to_xp(xp, (kw, dout, dlast))
+    y_x, last_x = selective_scan(**dkw, return_last_state=True)
+    grads_x = selective_scan_backward(ddout, **dkw, dlast_state=ddlast)
+    assert_no_host_traffic(xp)
+
     y_ref, last_ref = oracle(**kw)
-    assert_close(y, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
-    assert_close(last, last_ref, kind="exact", err_msg="last_state")
-    assert last.dtype == (np.complex128 if complex_ else np.float64)
+    assert_close(y_x, y_ref, kind="exact", err_msg=f"y {form_B}/{form_C}")
+    assert_close(last_x, last_ref, kind="exact", err_msg="last_state")
+    assert last_x.dtype == (np.complex128 if complex_ else np.float64)
+    assert_same_on(xp, y_x, y, "y")
+    assert_same_on(xp, last_x, last, "last_state")
+    assert set(grads_x) == set(grads)
+    for name, g in grads.items():
+        assert_same_on(xp, grads_x[name], g, f"grads[{name!r}]")
+
+
+def test_host_array_mixed_with_device_arrays_is_refused(fake_xp, rng):
+    kw = scan_case(rng, batch=1, dim=2, length=3, dstate=2)
+    dkw = on_device(kw)
+    dkw["A"] = kw["A"]  # left on the host
+    with pytest.raises(TypeError, match="A are host"):
+        selective_scan(**dkw)
+    dkw = on_device(kw)
+    with pytest.raises(TypeError, match="dout are host"):
+        selective_scan_backward(np.ones(kw["u"].shape), **dkw)
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_matches_oracle_without_optional_arguments(rng, complex_):
-    kw = make_inputs(rng, "variable", "constant", complex_=complex_, extras=False)
+    kw = scan_case(rng, "variable", "constant", complex_=complex_, extras=False)
     assert_close(selective_scan(**kw), oracle(**kw)[0], kind="exact")
 
 
 def test_complex_a_with_real_constant_bc_is_promoted(rng):
-    kw = make_inputs(rng, "constant", "constant", complex_=True, extras=False)
+    kw = scan_case(rng, "constant", "constant", complex_=True, extras=False)
     real_B, real_C = kw["B"].real.copy(), kw["C"].real.copy()
     y = selective_scan(kw["u"], kw["delta"], kw["A"], real_B, real_C)
     y_c = selective_scan(kw["u"], kw["delta"], kw["A"], real_B + 0j, real_C + 0j)
@@ -153,7 +148,7 @@ def test_complex_a_with_real_constant_bc_is_promoted(rng):
 
 def test_complex_conjugate_pair_equals_real_system(rng):
     """2 Re<C, h> with one of each conjugate pair == the full pair summed."""
-    kw = make_inputs(rng, "variable", "variable", complex_=True, extras=False)
+    kw = scan_case(rng, "variable", "variable", complex_=True, extras=False)
     y_half = selective_scan(**kw)
     full = dict(kw, A=np.concatenate([kw["A"], kw["A"].conj()], axis=1),
                 B=np.concatenate([kw["B"], kw["B"].conj()], axis=1),
@@ -187,7 +182,7 @@ def test_constant_parameters_equal_lti_convolution(rng):
 def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
     """The same equivalence through the foundation's ssm_ref.lti (kernel + FFT conv)."""
     from ssm_ref import lti
-    kw = make_inputs(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
+    kw = scan_case(rng, "constant", "constant", complex_=complex_, extras=False, length=30)
     step = 0.05 + rng.random(4)
     delta = np.broadcast_to(step[None, :, None], kw["u"].shape)
     y = selective_scan(kw["u"], delta, kw["A"], kw["B"], kw["C"])
@@ -200,7 +195,7 @@ def test_constant_parameters_equal_ssm_ref_lti(rng, complex_):
 @pytest.mark.parametrize("which", ["B", "C"])
 def test_grouped_equals_variable_per_group(rng, which):
     """Grouped (B, G, N, L): channels of group g see exactly variable B_g."""
-    kw = make_inputs(rng, "grouped" if which == "B" else "variable",
+    kw = scan_case(rng, "grouped" if which == "B" else "variable",
                      "grouped" if which == "C" else "variable", dim=6)
     kw[which] = rng.standard_normal((2, 3, 3, 9))  # G = 3 groups of 2 channels
     y = selective_scan(**kw)
@@ -216,14 +211,14 @@ def test_grouped_equals_variable_per_group(rng, which):
 
 
 def test_single_group_equals_variable(rng):
-    kw = make_inputs(rng, "variable", "variable")
+    kw = scan_case(rng, "variable", "variable")
     grouped = dict(kw, B=kw["B"][:, None], C=kw["C"][:, None])  # (B, 1, N, L)
     assert_close(selective_scan(**grouped), selective_scan(**kw), kind="exact")
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_h0_continues_a_split_sequence(rng, complex_):
-    kw = make_inputs(rng, "variable", "grouped", complex_=complex_, length=12)
+    kw = scan_case(rng, "variable", "grouped", complex_=complex_, length=12)
     y, last = selective_scan(**kw, return_last_state=True)
     cut = 5
 
@@ -242,7 +237,7 @@ def test_h0_continues_a_split_sequence(rng, complex_):
 
 def test_zero_step_ignores_the_token(rng):
     """delta_t = 0 gives Abar = 1 and Bbar = 0: the state skips token t."""
-    kw = make_inputs(rng, "variable", "variable", extras=False, length=6)
+    kw = scan_case(rng, "variable", "variable", extras=False, length=6)
     delta = kw["delta"].copy()
     delta[:, :, 3] = 0.0
     _, last = selective_scan(**dict(kw, delta=delta), return_last_state=True)
@@ -259,7 +254,7 @@ def test_softplus_near_its_threshold_matches_oracle(rng):
     The scalar oracle computes log1p(exp(x)) with no threshold, so moving the
     switch to the identity below 20 shows up here.
     """
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     near = 10.0 + 10.0 * rng.random(kw["u"].shape)  # (10, 20]
     A = -0.01 * np.ones_like(kw["A"])
     args = dict(kw, delta=near, A=A, delta_softplus=True)
@@ -267,7 +262,7 @@ def test_softplus_near_its_threshold_matches_oracle(rng):
 
 
 def test_softplus_is_linear_above_20(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     big = 20.0 + 5.0 * rng.random(kw["u"].shape) + 1e-9
     A = -0.01 * np.ones_like(kw["A"])
     y_sp = selective_scan(**dict(kw, delta=big, A=A), delta_softplus=True)
@@ -279,19 +274,25 @@ def test_softplus_is_linear_above_20(rng):
 # dtype contract and long sequences
 # ---------------------------------------------------------------------------
 
-def test_float32_in_float32_out(rng):
-    kw = make_inputs(rng, "grouped", "constant")
-    kw32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v)
-            for k, v in kw.items()}
-    y32, last32 = selective_scan(**kw32, return_last_state=True)
+@pytest.mark.parametrize("form_B, form_C, sizes", [
+    ("grouped", "constant", {}),
+    ("variable", "variable", dict(batch=1, dim=2, length=4, dstate=2)),
+])
+def test_float32_in_float32_out(xp, rng, form_B, form_C, sizes):
+    kw = scan_case(rng, form_B, form_C, **sizes)
+    kw32 = astype(kw, np.float32)
+    y32_host, last32_host = selective_scan(**kw32, return_last_state=True)  # NumPy
+    y32, last32 = selective_scan(**to_xp(xp, kw32), return_last_state=True)
+    assert_no_host_traffic(xp)
     assert y32.dtype == np.float32 and last32.dtype == np.float32
     y64, last64 = selective_scan(**kw, return_last_state=True)
     assert_close(y32, y64, kind="backend", dtype=np.float32)
     assert_close(last32, last64, kind="backend", dtype=np.float32)
+    assert_same_on(xp, y32, y32_host, "y")
+    assert_same_on(xp, last32, last32_host, "last_state")
     # the computation itself is float64: same float32 values, cast up, give the same y
-    kw_up = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
-             for k, v in kw32.items()}
-    np.testing.assert_array_equal(y32, selective_scan(**kw_up).astype(np.float32))
+    np.testing.assert_array_equal(y32_host, selective_scan(**astype(kw32, np.float64))
+                                  .astype(np.float32))
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
@@ -299,12 +300,15 @@ def test_float32_in_float32_out(rng):
                                               (np.float32, np.float32)])
 def test_last_state_dtype_follows_A(rng, complex_, u_dtype, A_dtype):
     """As the official reference (``A.new_zeros``): A's dtype, complex for complex A."""
-    kw = make_inputs(rng, complex_=complex_, extras=False)
+    kw = scan_case(rng, complex_=complex_, extras=False)
     A = kw["A"].astype(np.result_type(A_dtype, np.complex64) if complex_ else A_dtype)
     y, last = selective_scan(**dict(kw, u=kw["u"].astype(u_dtype), A=A), return_last_state=True)
     assert y.dtype == u_dtype and last.dtype == A.dtype
-    _, last64 = selective_scan(**kw, return_last_state=True)
-    assert_close(last, last64, kind="backend", dtype=np.float32)
+    # the reference in float64 of the same (rounded) inputs; the result must be in A's dtype
+    up = {k: (v.astype(np.result_type(v.dtype, np.float64)) if isinstance(v, np.ndarray) else v)
+          for k, v in dict(kw, u=kw["u"].astype(u_dtype), A=A).items()}
+    _, last64 = selective_scan(**up, return_last_state=True)
+    assert_close(last, last64, kind="backend", dtype=A.dtype)
 
 
 def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
@@ -325,7 +329,7 @@ def test_long_sequence_stays_finite_and_reaches_steady_state(rng):
 # ---------------------------------------------------------------------------
 
 def _base(rng):
-    return make_inputs(rng, "variable", "variable")
+    return scan_case(rng, "variable", "variable")
 
 
 @pytest.mark.parametrize("arg,value,exc,match", [
@@ -364,7 +368,7 @@ def test_non_finite_input_raises(rng, arg):
 
 
 def test_negative_step_raises(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     kw["delta"][0, 1, 2] = -0.1
     with pytest.raises(ValueError, match="Parameter delta has 1 negative step"):
         selective_scan(**kw)
@@ -373,7 +377,7 @@ def test_negative_step_raises(rng):
 
 
 def test_official_interleaved_complex_layout_is_explained(rng):
-    kw = make_inputs(rng, complex_=True, extras=False)
+    kw = scan_case(rng, complex_=True, extras=False)
     kw["B"] = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
     with pytest.raises(ValueError, match="interleaved"):
         selective_scan(**kw)
@@ -401,7 +405,7 @@ def _step_inputs(kw, t):
                                            ("variable", "grouped"), ("grouped", "grouped")])
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "D-z-bias-softplus-h0"])
 def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, complex_, extras):
-    kw = make_inputs(rng, form_B, form_C, complex_=complex_, extras=extras)
+    kw = scan_case(rng, form_B, form_C, complex_=complex_, extras=extras)
     y_scan, last = selective_scan(**kw, return_last_state=True)
     h = kw.get("h0")
     if h is None:
@@ -417,8 +421,43 @@ def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, comple
     assert_close(state, last, kind="exact")
 
 
+@pytest.mark.parametrize("groups, complex_, extras",
+                         [(None, False, True), (2, False, True), (None, True, True),
+                          (None, False, False)])
+def test_state_update_is_a_one_step_scan(xp, rng, groups, complex_, extras):
+    """On NumPy and on the fake device: one step equals a scan of length 1 from the state;
+    on the device it stays there, without a host read."""
+    batch, dim, dstate = 2, 4, 3
+    bc_shape = (batch, dstate) if groups is None else (batch, groups, dstate)
+    A = -np.exp(rng.standard_normal((dim, dstate)))
+    state = rng.standard_normal((batch, dim, dstate))
+    Bm, Cm = rng.standard_normal(bc_shape), rng.standard_normal(bc_shape)
+    if complex_:
+        A = A + 1j * rng.standard_normal((dim, dstate))
+        state = state + 1j * rng.standard_normal((batch, dim, dstate))
+        Bm = Bm + 1j * rng.standard_normal(bc_shape)
+    kw = dict(state=state, x=rng.standard_normal((batch, dim)),
+              dt=0.5 * rng.random((batch, dim)), A=A, B=Bm, C=Cm)
+    if extras:
+        kw.update(D=rng.standard_normal(dim), z=rng.standard_normal((batch, dim)),
+                  dt_bias=rng.standard_normal(dim), dt_softplus=True)
+    y, h = selective_state_update(**kw)  # NumPy
+
+    y_x, h_x = selective_state_update(**to_xp(xp, kw))
+    assert_no_host_traffic(xp)
+    y_scan, h_scan = selective_scan(
+        kw["x"][..., None], kw["dt"][..., None], A, Bm[..., None], Cm[..., None],
+        D=kw.get("D"), z=None if "z" not in kw else kw["z"][..., None],
+        delta_bias=kw.get("dt_bias"), delta_softplus=kw.get("dt_softplus", False),
+        h0=state, return_last_state=True)
+    assert_close(y_x, y_scan[..., 0], kind="exact", err_msg="y")
+    assert_close(h_x, h_scan, kind="exact", err_msg="new_state")
+    assert_same_on(xp, y_x, y, "y")
+    assert_same_on(xp, h_x, h, "new_state")
+
+
 def test_state_update_dtypes(rng):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     step = _step_inputs(kw, 0)
     y, h = selective_state_update(np.zeros((2, 4, 3), np.float32),
                                   **dict(step, x=step["x"].astype(np.float32)))
@@ -438,7 +477,7 @@ def test_state_update_dtypes(rng):
     ("x", np.full((2, 4), np.inf), ValueError, "Parameter x has 8 non-finite"),
 ])
 def test_state_update_bad_input(rng, arg, value, exc, match):
-    kw = make_inputs(rng, extras=False)
+    kw = scan_case(rng, extras=False)
     step = dict(_step_inputs(kw, 0), state=np.zeros((2, 4, 3)))
     step[arg] = value
     with pytest.raises(exc, match=match):

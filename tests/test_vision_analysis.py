@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cases import scan_case
 from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
@@ -154,16 +155,12 @@ def test_high_contribution_ratio():
 
 # --------------------------------------------------------------------------- hidden-attention maps
 def random_scan(rng, batch, dim, L, N, variable=True):
-    delta = rng.uniform(0.1, 1.0, size=(batch, dim, L))  # positive: valid with or without softplus
-    A = -rng.uniform(0.5, 2.0, size=(dim, N))
-    if variable:
-        B = rng.standard_normal((batch, N, L))
-        C = rng.standard_normal((batch, N, L))
-    else:
-        B = rng.standard_normal((dim, N))
-        C = rng.standard_normal((dim, N))
-    bias = rng.uniform(-0.5, 0.5, size=dim)
-    return delta, A, B, C, bias
+    """delta, A, B, C, delta_bias of a real scan (tests/cases.py); delta > 0, valid with or
+    without softplus."""
+    form = "variable" if variable else "constant"
+    kw = scan_case(rng, form, form, batch=batch, dim=dim, length=L, dstate=N, extras=False,
+                   delta_bias=True)
+    return kw["delta"], kw["A"], kw["B"], kw["C"], kw["delta_bias"]
 
 
 def oracle_map(delta, A, B, C, bias, perm, H, W, query):

@@ -11,20 +11,29 @@ Facts hard-coded from the originals: Vim's middle class token sits at
 M // 2 (vim/models_mamba.py), Vim's bimamba-v2 state-dict names
 (mamba_simple.py), VMamba's SS2D v0 names and shapes (vmamba.py), the VSS
 block's LayerNorm eps 1e-6, SS2D's defaults d_conv 3, expand 2.
+
+The scan orders' token functions, the multi-direction scans and merges and every block
+also run on the ``xp`` fixture (NumPy and the strict fake device): see "every array
+module" below.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 from scipy.signal import correlate2d
 from scipy.special import expit
 
-from conftest import assert_close, numerical_gradient
+from conftest import (assert_close, assert_no_host_traffic, numerical_gradient, on_fake_device,
+                      to_xp)
+from fake_device import COUNTS, DeviceArray, fake, reset_counts
 
 import ssm_ref as sr
-from ssm_ref import MambaBlock, selective_scan
+from ssm_ref import MambaBlock, _xp, selective_scan
 from ssm_ref.vision import (
     ES2D,
+    SCHEMES,
     SS2D,
     LocalSS2D,
     PatchEmbed,
@@ -35,10 +44,18 @@ from ssm_ref.vision import (
     VSSBlock,
     add_position_embedding,
     add_position_embedding_backward,
+    atrous_subgrids,
     cls_token_index,
+    cross_merge,
+    cross_scan,
+    from_sequence,
     insert_cls_token,
     insert_cls_token_backward,
+    multi_merge,
+    multi_scan,
     scan_order,
+    scan_scheme,
+    to_sequence,
 )
 
 TINY = dict(d_state=2)  # with d_model 4: d_inner 8, dt_rank 1
@@ -595,3 +612,265 @@ def test_plainmamba_state_dict_and_errors(rng):
     raster = PlainMambaMixer.from_state_dict(sd, directions=["raster"])
     with pytest.raises(ValueError, match="continuous scan order"):
         raster(u)
+
+
+# --------------------------------------------------------------------------- every array module
+# Every function of ssm_ref.vision.scan_orders that touches tokens, every multi-direction
+# scan and merge of ssm_ref.vision.multi, and every block (forward and backward) runs on the
+# xp fixture: on NumPy, and on the strict fake device (tests/fake_device.py) with the inputs
+# and every entry of block.params moved there.  On the device it returns device arrays only
+# (outputs, gradients, the arrays of the cache), equal to the NumPy run, and a repeated call
+# neither reads a value on the host nor moves one between host and device: the scan orders
+# stay NumPy index arrays, copied to the device once and cached.  The only host arrays a
+# cache may hold are those index arrays ("perms", "codes").
+HOST_INDEX_KEYS = ("perms", "codes")  # cache entries that are NumPy index arrays by design
+
+
+def assert_same_tree(xp, got, expected, where="result"):
+    """``got`` mirrors ``expected`` with every array an array of ``xp`` (a DeviceArray on
+    the fake device) equal to the NumPy one, dtype kept.
+
+    Entries named in :data:`HOST_INDEX_KEYS` stay NumPy index arrays.
+    """
+    if isinstance(expected, (np.ndarray, np.generic)):
+        kind = DeviceArray if on_fake_device(xp) else (np.ndarray, np.generic)
+        assert isinstance(got, kind), f"{where} is {type(got).__name__}, not an array of {xp!r}"
+        assert got.dtype == expected.dtype, f"{where}: dtype {got.dtype} vs {expected.dtype}"
+        assert_close(got, expected, kind="exact", err_msg=where)
+    elif isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for k in expected:
+            if k in HOST_INDEX_KEYS:
+                assert len(got[k]) == len(expected[k]), f"{where}[{k!r}]"
+                for a, b in zip(got[k], expected[k]):
+                    assert isinstance(a, np.ndarray), f"{where}[{k!r}] should stay on the host"
+                    np.testing.assert_array_equal(a, b)
+            else:
+                assert_same_tree(xp, got[k], expected[k], f"{where}[{k!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert type(got) is type(expected) and len(got) == len(expected), where
+        for k, (a, b) in enumerate(zip(got, expected)):
+            assert_same_tree(xp, a, b, f"{where}[{k}]")
+    else:
+        assert got == expected, f"{where}: {got!r} vs {expected!r}"
+
+
+def assert_no_host_reads(xp, what):
+    """On the fake device: nothing read back to the host (copies to the device allowed)."""
+    if on_fake_device(xp):
+        assert COUNTS["sync"] == 0 and COUNTS["to_host"] == 0, f"{what}: {COUNTS}"
+
+
+def check_function(xp, fn, args, kwargs=None, warm=True, host=()):
+    """``fn`` on NumPy and on ``xp``: same results, no host traffic (after one warm call).
+
+    The arguments at the positions in ``host`` (scan orders) stay NumPy.
+    """
+    kwargs = kwargs or {}
+    expected = fn(*args, **kwargs)
+    moved = to_xp(xp, [a for i, a in enumerate(args) if i not in host])[::-1]
+    dev_args = [a if i in host else moved.pop() for i, a in enumerate(args)]
+    if warm:  # the first call may copy index arrays to the device (then cached) ...
+        reset_counts()
+        fn(*dev_args, **kwargs)
+        assert_no_host_reads(xp, fn.__name__)
+    reset_counts()  # ... a repeated call moves nothing
+    got = fn(*dev_args, **kwargs)
+    assert_no_host_traffic(xp)
+    assert_same_tree(xp, got, expected, fn.__name__)
+    return got
+
+
+def perturb_block(block, rng, scale=0.3):
+    """Move every parameter off its initialization so that each path carries signal."""
+    for k, v in block.params.items():
+        block.params[k] = (v + scale * rng.standard_normal(v.shape)).astype(v.dtype)
+    return block
+
+
+def check_block(xp, block, x, rng):
+    """Forward (with cache) and backward of ``block`` on NumPy and on ``xp`` (a copy of the
+    block with every parameter, the sub-blocks' too, moved there)."""
+    out, cache = block.forward(x, return_cache=True)
+    dout = rng.standard_normal(out.shape).astype(out.dtype)
+    dx, grads = block.backward(dout, cache)
+    dev = copy.deepcopy(block).to(xp)
+    x_d, dout_d = to_xp(xp, (x, dout))
+    warm_out, warm_cache = dev.forward(x_d, return_cache=True)  # warm the index-array cache
+    dev.backward(dout_d, warm_cache)
+    assert_no_host_reads(xp, "first call")
+    reset_counts()
+    out_d, cache_d = dev.forward(x_d, return_cache=True)
+    dx_d, grads_d = dev.backward(dout_d, cache_d)
+    assert_no_host_traffic(xp)
+    name = type(block).__name__
+    assert_same_tree(xp, out_d, out, f"{name} out")
+    assert_same_tree(xp, cache_d, cache, f"{name} cache")
+    assert_same_tree(xp, dx_d, dx, f"{name} dx")
+    assert_same_tree(xp, grads_d, grads, f"{name} grads")
+    assert_same_tree(xp, dev.forward(x_d), out, f"{name}.forward without cache")
+    return grads
+
+
+# --------------------------------------------------------------------------- scan orders
+ORDERS = [("raster", {}), ("column", {}), ("spiral", {}), ("hilbert", {}),
+          ("local", {"window": 2}), ("diagonal", {})]
+
+
+@pytest.mark.parametrize("name, options", ORDERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_to_and_from_sequence_on_every_array_module(xp, rng, name, options, dtype):
+    H, W = 3, 4
+    perm = scan_order(name, H, W, **options)
+    x = rng.standard_normal((2, H, W, 3)).astype(dtype)
+    check_function(xp, to_sequence, [x, perm], host=(1,))
+    check_function(xp, to_sequence, [x.reshape(2, H * W, 3), perm], host=(1,))  # (B, L, C) tokens
+    y = rng.standard_normal((2, H * W, 3)).astype(dtype)
+    check_function(xp, from_sequence, [y, perm, H, W], host=(1,))
+
+
+def test_partial_orders_on_every_array_module(xp, rng):
+    H, W = 3, 5  # odd sizes: sub-grids of different lengths, cells outside stay zero
+    for sub in atrous_subgrids(H, W, 2):
+        x = rng.standard_normal((2, H, W, 3))
+        check_function(xp, to_sequence, [x, sub], host=(1,))
+        check_function(xp, from_sequence, [rng.standard_normal((2, sub.size, 3)), sub, H, W],
+                       host=(1,))
+
+
+def test_index_arrays_are_copied_to_the_device_once(fake_xp, rng):
+    _xp._DEVICE_COPIES.clear()
+    perm = scan_order("snake", 3, 4)
+    x = fake.asarray(rng.standard_normal((2, 3, 4, 3)))
+    reset_counts()
+    seq = to_sequence(x, perm)
+    assert COUNTS == {"sync": 0, "to_host": 0, "to_device": 1}  # the perm, once
+    from_sequence(seq, perm.copy(), 3, 4)  # an equal perm (another object) hits the cache
+    to_sequence(x, perm)
+    assert COUNTS == {"sync": 0, "to_host": 0, "to_device": 1}
+    assert len(_xp._DEVICE_COPIES) == 1
+    to_sequence(x, perm[::-1].copy())  # a different order is a new entry
+    assert COUNTS["to_device"] == 2 and len(_xp._DEVICE_COPIES) == 2
+
+
+def test_numpy_inputs_never_touch_the_device_cache(rng):
+    _xp._DEVICE_COPIES.clear()
+    perm = scan_order("spiral", 3, 3)
+    y = to_sequence(rng.standard_normal((1, 3, 3, 2)), perm)
+    assert isinstance(from_sequence(y, perm, 3, 3), np.ndarray)
+    assert not _xp._DEVICE_COPIES
+
+
+# --------------------------------------------------------------------------- multi-direction
+def test_cross_scan_and_merge_on_every_array_module(xp, rng):
+    x = rng.standard_normal((2, 3, 4, 2))
+    check_function(xp, cross_scan, [x])
+    check_function(xp, cross_merge, [rng.standard_normal((2, 4, 12, 2)), 3, 4])
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_schemes_scan_and_merge_on_every_array_module(xp, rng, scheme):
+    H, W = 4, 4  # sides multiples of the es2d step: every scheme stacks
+    perms = scan_scheme(scheme, H, W)
+    x = rng.standard_normal((2, H, W, 3)).astype(np.float32)
+    check_function(xp, multi_scan, [x, perms], host=(1,))
+    ys = rng.standard_normal((2, len(perms), perms[0].size, 3)).astype(np.float32)
+    for reduce in ("sum", "mean"):
+        check_function(xp, multi_merge, [ys, perms, H, W], {"reduce": reduce}, host=(1,))
+
+
+def test_unstacked_scan_and_unequal_merge_on_every_array_module(xp, rng):
+    H, W = 3, 5
+    perms = scan_scheme("es2d", H, W)  # sub-grids of lengths 6, 3, 4, 2
+    x = rng.standard_normal((2, H, W, 3))
+    check_function(xp, multi_scan, [x, perms], {"stack": False}, host=(1,))
+    ys = [rng.standard_normal((2, q.size, 3)) for q in perms]
+    check_function(xp, multi_merge, [ys, perms, H, W], {"reduce": "sum"}, host=(1,))
+    # cells visited unequally often: "mean" divides by a per-cell count (a cached constant)
+    orders = [scan_order("raster", H, W), perms[0], perms[2]]
+    ys = [rng.standard_normal((2, q.size, 3)) for q in orders]
+    check_function(xp, multi_merge, [ys, orders, H, W], {"reduce": "mean"}, host=(1,))
+
+
+# --------------------------------------------------------------------------- patch embedding
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_patch_embed_on_every_array_module(xp, rng, bias, dtype):
+    pe = PatchEmbed(3, 5, 2, seed=rng, dtype=dtype)
+    if not bias:
+        pe = PatchEmbed.from_state_dict({"proj.weight": pe.params["proj.weight"]})
+    check_block(xp, pe, rng.standard_normal((2, 4, 6, 3)).astype(dtype), rng)
+
+
+# --------------------------------------------------------------------------- class token, position
+@pytest.mark.parametrize("position", ["head", "middle", "tail", 1])
+def test_cls_token_on_every_array_module(xp, rng, position):
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    cls = rng.standard_normal((1, 1, 3)).astype(np.float32)
+    y, idx = check_function(xp, insert_cls_token, [x, cls, position], warm=False)
+    check_function(xp, insert_cls_token_backward, [rng.standard_normal((2, 6, 3)), idx], warm=False)
+
+
+def test_position_embedding_on_every_array_module(xp, rng):
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    pos = rng.standard_normal((1, 5, 3))
+    check_function(xp, add_position_embedding, [x, pos], warm=False)
+    check_function(xp, add_position_embedding_backward, [rng.standard_normal((2, 5, 3))], warm=False)
+
+
+# --------------------------------------------------------------------------- Vim
+@pytest.mark.parametrize("bias, conv_bias", [(False, True), (True, False)])
+def test_vim_mixer_on_every_array_module(xp, rng, bias, conv_bias):
+    mixer = perturb_block(VimMixer(d_model=4, bias=bias, conv_bias=conv_bias, seed=1, **TINY), rng)
+    check_block(xp, mixer, rng.standard_normal((2, 5, 4)), rng)
+
+
+def test_vim_block_on_every_array_module(xp, rng):
+    blk = perturb_block(VimBlock(d_model=4, seed=2, dtype=np.float32, **TINY), rng)
+    check_block(xp, blk, rng.standard_normal((2, 5, 4)).astype(np.float32), rng)
+
+
+# --------------------------------------------------------------------------- SS2D and relatives
+@pytest.mark.parametrize("directions, H, W", [
+    (("raster", "column", "raster_reversed", "column_reversed"), 3, 4),  # VMamba's cross-scan
+    ("zigma", 3, 4),                                   # 8 directions merged by "mean"
+    ("es2d", 3, 5),                                    # unequal lengths: one scan per direction
+    (["hilbert", ("spiral", {"reverse": True})], 3, 4),  # a list of names and (name, options)
+])
+def test_ss2d_on_every_array_module(xp, rng, directions, H, W):
+    ss2d = perturb_block(SS2D(d_model=4, directions=directions, seed=3, **TINY), rng)
+    check_block(xp, ss2d, rng.standard_normal((2, H, W, 4)), rng)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_ss2d_biases_and_float32_on_every_array_module(xp, rng, bias):
+    ss2d = perturb_block(SS2D(d_model=4, bias=bias, conv_bias=not bias, seed=4, dtype=np.float32, **TINY), rng)
+    check_block(xp, ss2d, rng.standard_normal((1, 3, 3, 4)).astype(np.float32), rng)
+
+
+def test_local_ss2d_and_es2d_on_every_array_module(xp, rng):
+    check_block(xp, perturb_block(LocalSS2D(d_model=4, window=2, seed=5, **TINY), rng),
+                rng.standard_normal((1, 4, 3, 4)), rng)
+    check_block(xp, perturb_block(ES2D(d_model=4, step=2, seed=6, **TINY), rng),
+                rng.standard_normal((1, 4, 4, 4)), rng)
+
+
+@pytest.mark.parametrize("mixer_cls", [SS2D, ES2D])
+def test_vss_block_on_every_array_module(xp, rng, mixer_cls):
+    blk = perturb_block(VSSBlock(d_model=4, mixer_cls=mixer_cls, seed=7, **TINY), rng)
+    check_block(xp, blk, rng.standard_normal((2, 4, 4, 4)), rng)
+
+
+# --------------------------------------------------------------------------- PlainMamba
+@pytest.mark.parametrize("bias, conv_bias", [(False, True), (True, False)])
+def test_plainmamba_mixer_on_every_array_module(xp, rng, bias, conv_bias):
+    mixer = perturb_block(PlainMambaMixer(d_model=4, d_conv=3, bias=bias, conv_bias=conv_bias, seed=8,
+                                    **TINY), rng)
+    grads = check_block(xp, mixer, rng.standard_normal((2, 3, 4, 4)), rng)
+    assert np.all(grads["direction_Bs"] != 0)  # every move code (start, 4 moves) was used
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_plainmamba_block_on_every_array_module(xp, rng, norm):
+    blk = perturb_block(PlainMambaBlock(d_model=4, norm=norm, d_conv=3, seed=9, dtype=np.float32, **TINY), rng)
+    check_block(xp, blk, rng.standard_normal((1, 3, 3, 4)).astype(np.float32), rng)
