@@ -359,7 +359,7 @@ def build_parser():
     pr.add_argument("--model", required=True, choices=official,
                     help="the architecture of the checkpoint: " + ", ".join(official))
     pr.add_argument("--checkpoint", required=True, metavar="PATH",
-                    help="the weights: an official .pth (needs PyTorch to read) or .safetensors")
+                    help="the weights: an official .pth (read without PyTorch) or .safetensors")
     pr.add_argument("--config", default=None, metavar="JSON",
                     help="a JSON file of constructor keyword arguments that replace the "
                          "preset's (an object, or one with a 'kwargs' object), for checkpoints "

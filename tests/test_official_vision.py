@@ -1,7 +1,8 @@
 """The full Vim and VMamba models against the official code: tests/data/official_vision holds
 checkpoints and the outputs (logits and per-layer intermediates) that the official model classes
 computed from them (see its README.md, made by tests/data/make_official_vision_oracle.py)."""
-import contextlib
+import collections
+import io
 import json
 import math
 import pickle
@@ -345,82 +346,110 @@ def test_load_checkpoint_reads_safetensors():
     assert _maxrel(model(oracle["images_nhwc"]), oracle["logits"]) < 1e-4
 
 
-def test_load_checkpoint_reads_the_official_pth_with_torch():
-    pytest.importorskip("torch", reason="torch is not installed: the .pth test needs PyTorch "
-                                        "(the unwrapping is tested with a stand-in below)")
-    sd = load_checkpoint(DATA / "vim_tiny" / "model.pth")  # {"model": state dict}, unwrapped
+def test_load_checkpoint_reads_the_official_pth_without_torch():
+    """The committed model.pth was written by torch.save({"model": sd}) itself: read without
+    PyTorch, unwrapped, it equals the safetensors copy of the same weights bit for bit."""
+    sd = load_checkpoint(DATA / "vim_tiny" / "model.pth")
     ref = safetensors_numpy.load_file(str(DATA / "vim_tiny" / "model.safetensors"))
     assert sd.keys() == ref.keys()
     for k in ref:
+        assert sd[k].dtype == ref[k].dtype
         np.testing.assert_array_equal(sd[k], ref[k])
 
 
-class _FakeTensor:
-    """Stands in for a torch tensor: detach(), cpu(), numpy(), dtype."""
+@pytest.fixture
+def torch_names(monkeypatch):
+    """Stand-in modules ``torch`` and ``torch._utils`` holding the names a torch.save pickle
+    refers to, so that pickle can write those references; the reader never imports them."""
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
 
-    def __init__(self, arr, dtype="torch.float32"):
-        self.arr, self.dtype = np.asarray(arr), dtype
-
-    def detach(self):
-        return self
-
-    def cpu(self):
-        return self
-
-    def float(self):
-        return _FakeTensor(self.arr.astype(np.float32))
-
-    def numpy(self):
-        return self.arr
-
-
-def _fake_torch(result=None, error=None):
-    """A stand-in ``torch`` module whose load returns ``result`` or raises ``error``."""
-    calls = []
-
-    def load(path, map_location=None, weights_only=False):
-        calls.append({"path": path, "map_location": map_location, "weights_only": weights_only})
-        if error is not None:
-            raise error
-        return result
-
-    serialization = types.SimpleNamespace(safe_globals=lambda globs: contextlib.nullcontext())
-    return types.SimpleNamespace(load=load, serialization=serialization), calls
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("the stand-in is only written, never called")
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    for name in ("FloatStorage", "BFloat16Storage"):
+        setattr(torch, name, type(name, (), {"__module__": "torch"}))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return torch, utils
 
 
-def test_load_checkpoint_unwraps_a_training_checkpoint(monkeypatch, tmp_path):
+def write_torch_archive(path, obj, torch, utils):
+    """Write ``obj`` in torch.save's layout (archive/data.pkl + archive/data/<key>), without
+    PyTorch: each array becomes a ``_rebuild_tensor_v2`` call on a persistent storage id;
+    a ``("bf16", array)`` pair is stored as bfloat16 (the upper 16 bits of each float32)."""
+    import zipfile
+    storages = {}
+
+    class StorageRef:
+        def __init__(self, pid):
+            self.pid = pid
+
+    class Tensor:
+        def __init__(self, arr, bf16):
+            key = str(len(storages))
+            if bf16:
+                raw, stype = (arr.astype(np.float32).view(np.uint32) >> 16).astype("<u2"), \
+                    torch.BFloat16Storage
+            else:
+                raw, stype = arr.astype("<f4"), torch.FloatStorage
+            storages[key] = raw.tobytes()
+            self.ref = StorageRef(("storage", stype, key, "cpu", arr.size))
+            self.shape = arr.shape
+            self.stride = tuple(int(np.prod(arr.shape[i + 1:])) for i in range(arr.ndim))
+
+        def __reduce__(self):
+            return (utils._rebuild_tensor_v2,
+                    (self.ref, 0, self.shape, self.stride, False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, x):
+            return x.pid if isinstance(x, StorageRef) else None
+
+    def wrap(o):
+        if isinstance(o, dict):
+            return {k: wrap(v) for k, v in o.items()}
+        if isinstance(o, tuple) and len(o) == 2 and o[0] == "bf16":
+            return Tensor(np.asarray(o[1]), True)
+        return Tensor(o, False) if isinstance(o, np.ndarray) else o
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(wrap(obj))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        for key, raw in storages.items():
+            z.writestr(f"archive/data/{key}", raw)
+
+
+def test_load_checkpoint_unwraps_and_widens_bfloat16(torch_names, monkeypatch, tmp_path):
     path = tmp_path / "ckpt.pth"
-    path.write_bytes(b"not read by the stand-in")
-    wrapped = {"model": {"head.bias": _FakeTensor([1.0, 2.0]),
-                         "pos_embed": _FakeTensor(np.ones((1, 2, 3)), "torch.bfloat16")},
-               "optimizer": {"state": {}}, "epoch": 299}
-    fake, calls = _fake_torch(wrapped)
-    monkeypatch.setitem(sys.modules, "torch", fake)
+    bias = np.array([1.0, -2.5], dtype=np.float32)
+    pos = np.array([[1.0, 3.140625, -0.5]], dtype=np.float32)  # exact in bfloat16
+    write_torch_archive(path, {"model": {"head.bias": bias, "pos_embed": ("bf16", pos)},
+                               "optimizer": {"state": {}}, "epoch": 299}, *torch_names)
+    monkeypatch.undo()  # the reader needs no torch module, not even a stand-in
+    assert "torch" not in sys.modules or sys.modules["torch"] is not torch_names[0]
     sd = load_checkpoint(path)
-    assert sorted(sd) == ["head.bias", "pos_embed"]
-    np.testing.assert_array_equal(sd["head.bias"], [1.0, 2.0])
+    assert sorted(sd) == ["head.bias", "pos_embed"]  # the training checkpoint is unwrapped
+    np.testing.assert_array_equal(sd["head.bias"], bias)
     assert sd["pos_embed"].dtype == np.float32  # bfloat16 comes back as float32
-    assert calls == [{"path": str(path), "map_location": "cpu", "weights_only": True}]
-    fake, _ = _fake_torch({"head.bias": _FakeTensor([3.0])})  # a bare state dict
-    monkeypatch.setitem(sys.modules, "torch", fake)
-    assert load_checkpoint(path)["head.bias"].tolist() == [3.0]
+    np.testing.assert_array_equal(sd["pos_embed"], pos)
 
 
-def test_load_checkpoint_errors(monkeypatch, tmp_path):
+def test_load_checkpoint_errors(tmp_path):
+    import zipfile
     path = tmp_path / "ckpt.pth"
     path.write_bytes(b"x")
-    monkeypatch.setitem(sys.modules, "torch", None)  # torch not installed
-    with pytest.raises(ImportError, match="torch"):
+    with pytest.raises(ValueError, match="not a zip archive written by torch.save"):
         load_checkpoint(path)
-    refusal = pickle.UnpicklingError("Weights only load failed.\nWeightsUnpickler error: "
-                                     "Unsupported global: GLOBAL yacs.config.CfgNode was not "
-                                     "an allowed global by default.")
-    fake, _ = _fake_torch(error=refusal)
-    monkeypatch.setitem(sys.modules, "torch", fake)
-    with pytest.raises(ValueError, match="weights_only=True.*yacs.config.CfgNode"):
+    with zipfile.ZipFile(path, "w") as z:  # a pickle that names a global it must not build
+        z.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nq\x00.")
+    with pytest.raises(ValueError, match="global os.system"):
         load_checkpoint(path)
-    fake, _ = _fake_torch({"model": {"head.bias": _FakeTensor([1.0]), "step": 3}})
-    monkeypatch.setitem(sys.modules, "torch", fake)
+    with zipfile.ZipFile(path, "w") as z:  # a state dict with a number among the tensors
+        z.writestr("archive/data.pkl", pickle.dumps({"model": {"step": 3}}, protocol=2))
     with pytest.raises(ValueError, match="'step'"):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="suffix"):
