@@ -151,6 +151,13 @@ _EXP = {
 }
 
 
+def _constants(x):
+    """``_EXP``'s entry for the Numba type ``x``; None where the overloads do not apply."""
+    if isinstance(x, types.Float) and x.bitwidth in _EXP:
+        return _EXP[x.bitwidth]
+    return None
+
+
 def _exp_core(xc):
     """``e^xc`` for ``xc`` already clamped to where ``2^k`` is a normal number; no edge cases.
 
@@ -163,9 +170,9 @@ def _exp_core(xc):
 
 @overload(_exp_core, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _exp_core_impl(xc):
-    if not (isinstance(xc, types.Float) and xc.bitwidth in _EXP):
+    c = _constants(xc)
+    if c is None:
         return None
-    c = _EXP[xc.bitwidth]
     log2e, half, ln2_hi, ln2_lo = c["log2e"], c["half"], c["ln2_hi"], c["ln2_lo"]
     bits, from_bits, int_t, shift = c["bits"], c["from_bits"], c["int_t"], c["shift"]
     poly, degree = c["poly"], len(c["poly"]) - 1
@@ -215,9 +222,9 @@ def fast_exp(x):
 
 @overload(fast_exp, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _fast_exp_impl(x):
-    if not (isinstance(x, types.Float) and x.bitwidth in _EXP):
+    c = _constants(x)
+    if c is None:
         return None
-    c = _EXP[x.bitwidth]
     clamp_lo, clamp_hi, under, over = c["clamp_lo"], c["clamp_hi"], c["under"], c["over"]
     zero, inf = c["zero"], c["inf"]
 
@@ -269,9 +276,10 @@ def fast_exp_clamped(x):
 
 @overload(fast_exp_clamped, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _fast_exp_clamped_impl(x):
-    if not (isinstance(x, types.Float) and x.bitwidth in _EXP):
+    c = _constants(x)
+    if c is None:
         return None
-    under = _EXP[x.bitwidth]["under"]
+    under = c["under"]
 
     def impl(x):
         return _exp_core(max(x, under))

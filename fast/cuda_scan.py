@@ -500,6 +500,18 @@ if cuda is not None:
     # steps; inline="always" splices them in at compile time, so the kernels compile
     # as if they were written in place (local arrays stay in registers).
     @cuda.jit(device=True, inline="always")
+    def _block_row(u, A, states):
+        """This block's row and sizes; one block per (batch, channel) row.
+
+        Returns ``(b, d, nD, L, N, n_chunks, tid)``: the row, the channels,
+        length and state size, the chunks of ``states`` and this thread's index.
+        """
+        nD = u.shape[1]
+        b = cuda.blockIdx.x // nD
+        d = cuda.blockIdx.x % nD
+        return b, d, nD, u.shape[2], A.shape[1], states.shape[2], cuda.threadIdx.x
+
+    @cuda.jit(device=True, inline="always")
     def _bc_row(Bm, Cm, b, d, nD):
         """Where row (b, d) reads B and C in their 4-D views (Bb, G, N, Lb).
 
@@ -562,14 +574,7 @@ def _forward_kernel(dtype_name, threads, items):
     @cuda.jit
     def forward(u, delta, A, Bm, Cm, Dv, z, dbias, h0, out, states,
                 has_D, has_z, has_bias, softplus, has_h0):
-        # one block per (batch, channel) row
-        nD = u.shape[1]
-        L = u.shape[2]
-        N = A.shape[1]
-        b = cuda.blockIdx.x // nD
-        d = cuda.blockIdx.x % nD
-        tid = cuda.threadIdx.x
-        n_chunks = states.shape[2]
+        b, d, nD, L, N, n_chunks, tid = _block_row(u, A, states)  # one block per row (b, d)
         bB, gB, bC, gC, varB, varC = _bc_row(Bm, Cm, b, d, nD)
 
         sh_a = cuda.shared.array(threads, real)  # scan workspace: Ā products
@@ -645,13 +650,7 @@ def _backward_kernel(dtype_name, threads, items):
                  has_D, has_z, has_bias, softplus, has_h0):
         # dh (B, D, N) enters holding dlast_state (or zeros) and leaves holding dh0:
         # it carries the state gradient from chunk to chunk, right to left.
-        nD = u.shape[1]
-        L = u.shape[2]
-        N = A.shape[1]
-        b = cuda.blockIdx.x // nD
-        d = cuda.blockIdx.x % nD
-        tid = cuda.threadIdx.x
-        n_chunks = states.shape[2]
+        b, d, nD, L, N, n_chunks, tid = _block_row(u, A, states)
         bB, gB, bC, gC, varB, varC = _bc_row(Bm, Cm, b, d, nD)
 
         sh_a = cuda.shared.array(threads, real)

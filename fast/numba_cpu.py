@@ -180,6 +180,20 @@ def _bc_strides(Bx, Cx, nd):
             1 if Cx.shape[0] > 1 else 0, 1 if Cx.shape[2] > 1 else 0, nd // Cx.shape[1])
 
 
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd):
+    """Row (b, d)'s batch and group indices into B and C: ``(bb, bg, cb, cg)``."""
+    return b * b_sb, d // b_gd, b * c_sb, d // c_gd
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _row_start(A, h0, b, d, has_h0, zero, a, h):
+    """Row (b, d)'s poles ``a = A[d]`` and initial state ``h = h0[b, d]`` (zeros without h0)."""
+    for n in range(A.shape[1]):
+        a[n] = A[d, n]
+        h[n] = h0[b, d, n] if has_h0 else zero
+
+
 @njit(fastmath=_FMK, error_model="numpy", cache=True)
 def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
     """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs and steps.
@@ -247,11 +261,8 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             d = row - b * nd
             s_in = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
                               softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
-            for n in range(N):
-                a[n] = A[d, n]
-                h[n] = h0[b, d, n] if has_h0 else zero
-            bb, bg = b * b_sb, d // b_gd
-            cb, cg = b * c_sb, d // c_gd
+            _row_start(A, h0, b, d, has_h0, zero, a, h)
+            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
             for t in range(L):
                 dtt = dt[t]
                 but = bu[t]
@@ -317,11 +328,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
-            for n in range(N):
-                a[n] = A[d, n]
-                h[n] = h0[b, d, n] if has_h0 else zero
-            bb, bg = b * b_sb, d // b_gd
-            cb, cg = b * c_sb, d // c_gd
+            _row_start(A, h0, b, d, has_h0, zero, a, h)
+            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
             # forward again, keeping Abar_t and Abar_t h_{t-1}; dC_t = dy_t h_t on the way
             for t in range(L):
                 dtt = dt[t]
@@ -450,8 +458,7 @@ def _fwd_complex(u, delta, A, Bx, Cx, Dv, z, bias, h0,
         if has_h0:
             for n in range(N):
                 h[n] = h0[b, d, n]
-        bb, bg = b * b_sb, d // b_gd
-        cb, cg = b * c_sb, d // c_gd
+        bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
         for t in range(L):
             acc = 0.0
             for n in range(N):
@@ -494,8 +501,7 @@ def _bwd_complex(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             screen[row] = s
             for n in range(N):
                 hs[0, n] = h0[b, d, n] if has_h0 else 0.0
-            bb, bg = b * b_sb, d // b_gd
-            cb, cg = b * c_sb, d // c_gd
+            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
             for t in range(L):
                 acc = 0.0
                 for n in range(N):

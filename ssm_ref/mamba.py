@@ -57,6 +57,7 @@ from ._xp import array_module
 from .initializers import mamba_a_log
 from .module import (
     Module,
+    check_cached_grad,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -487,10 +488,7 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     >>> dxz.shape, grads["A_log"].shape, grads["conv1d.weight"].shape
     ((1, 16, 3), (8, 2), (8, 1, 4))
     """
-    if not isinstance(cache, dict) or "x_act" not in cache:
-        raise TypeError("Parameter cache must be the dict from mamba_inner_forward")
-    dy_in = as_array(dy, "dy", allow_complex=False, ndim=3)
-    check_shape(dy_in, "dy", cache["x_act"].shape)
+    dy_in = check_cached_grad(dy, "dy", cache, "x_act", "mamba_inner_forward", ndim=3)
     check_finite(dy_in, "dy")
     w = _inner_weights(params, cache["x_act"].shape[1], "dy", dy_in)
     dxz, g = inner_backward(_f64(dy_in), cache, w, selective_scan_backward
@@ -780,10 +778,8 @@ class MambaBlock(Module):
         >>> dx.shape, grads["A_log"].shape, grads["conv1d.weight"].shape
         ((1, 3, 4), (8, 2), (8, 1, 4))
         """
-        if not isinstance(cache, dict) or "u" not in cache:
-            raise TypeError("Parameter cache must be the dict from forward(x, return_cache=True)")
-        dout_arr = as_array(dout, "dout", allow_complex=False, ndim=3)
-        check_shape(dout_arr, "dout", cache["u"].shape)
+        dout_arr = check_cached_grad(dout, "dout", cache, "u", "forward(x, return_cache=True)",
+                                     ndim=3)
         self._check_module(dout_arr, "dout")
         check_finite(dout_arr, "dout")
         du, grads = self._backward(_f64(dout_arr), cache)

@@ -351,11 +351,8 @@ class Module:
     def _check_backward_args(self, dout, cache):
         """A public backward's arguments: the cache of ``forward(x, return_cache=True)``
         and a real, finite ``dout`` of the shape of the cached input."""
-        if not isinstance(cache, dict) or "u" not in cache:
-            raise TypeError(f"Parameter cache must be the dict from {type(self).__name__}."
-                            "forward(x, return_cache=True)")
-        dout = as_array(dout, "dout", allow_complex=False)
-        check_shape(dout, "dout", tuple(cache["u"].shape))
+        dout = check_cached_grad(dout, "dout", cache, "u",
+                                 f"{type(self).__name__}.forward(x, return_cache=True)")
         check_finite(dout, "dout")
         return dout
 
@@ -402,6 +399,20 @@ def read_state_dict(state_dict, prefix, required, optional, owner):
         check_finite(a, f"state_dict[{k!r}]")
         arrs[k] = a.copy()
     return arrs
+
+
+def check_cached_grad(dy, name, cache, key, producer, ndim=None):
+    """A backward's upstream gradient ``dy`` against the forward's ``cache``.
+
+    ``cache`` must be the dict that ``producer`` returned (it holds ``key``)
+    and ``dy`` real, of the shape of ``cache[key]`` (with ``ndim`` axes when
+    given).  Returns ``dy`` as an array; finiteness is the caller's next check.
+    """
+    if not isinstance(cache, dict) or key not in cache:
+        raise TypeError(f"Parameter cache must be the dict from {producer}")
+    dy = as_array(dy, name, allow_complex=False, ndim=ndim)
+    check_shape(dy, name, tuple(cache[key].shape))
+    return dy
 
 
 def check_state_ndim(arrs, key, ndim, what):

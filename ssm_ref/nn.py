@@ -96,6 +96,19 @@ def _out(value, like):
     return xp.asarray(value).astype(like.dtype, copy=False)
 
 
+def _elementwise_args(x, dy=None, check=True):
+    """An activation's input (and its backward's upstream gradient ``dy``, same shape).
+
+    Returns ``(x, x64, dy)``: ``x`` validated (real, finite) when ``check``,
+    its float64 view, and ``dy`` in float64 (None when not given).
+    """
+    if check:
+        x = _real(x, "x")
+    if dy is not None:
+        dy = _grad_like(dy, x.shape, "dy", check)
+    return x, x.astype(np.float64, copy=False), dy
+
+
 # --------------------------------------------------------------------------- linear
 def _check_linear(x, W, check=True):
     if not check:
@@ -240,9 +253,7 @@ def silu(x, *, check=True):
     >>> silu(np.array([-1.0, 0.0, 1.0]))
     array([-0.26894142,  0.        ,  0.73105858])
     """
-    if check:
-        x = _real(x, "x")
-    x64 = x.astype(np.float64, copy=False)
+    x, x64, _ = _elementwise_args(x, check=check)
     return _out(x64 * sigmoid(x64), x)
 
 
@@ -255,10 +266,7 @@ def silu_backward(dy, x, *, check=True):
     >>> silu_backward(np.ones(1), np.zeros(1))  # silu'(0) = 1/2
     array([0.5])
     """
-    if check:
-        x = _real(x, "x")
-    dy = _grad_like(dy, x.shape, "dy", check)
-    x64 = x.astype(np.float64, copy=False)
+    x, x64, dy = _elementwise_args(x, dy, check)
     s = sigmoid(x64)
     return _out(dy * s * (1.0 + x64 * (1.0 - s)), x)
 
@@ -276,10 +284,8 @@ def softplus(x, *, check=True):
     >>> softplus(np.array([0.0, 25.0]))
     array([ 0.69314718, 25.        ])
     """
-    if check:
-        x = _real(x, "x")
+    x, x64, _ = _elementwise_args(x, check=check)
     xp = array_module(x)
-    x64 = x.astype(np.float64, copy=False)
     small = xp.minimum(x64, SOFTPLUS_THRESHOLD)  # exp never overflows
     return _out(xp.where(x64 > SOFTPLUS_THRESHOLD, x64, xp.log1p(xp.exp(small))), x)
 
@@ -293,11 +299,8 @@ def softplus_backward(dy, x, *, check=True):
     >>> softplus_backward(np.ones(2), np.array([0.0, 30.0]))
     array([0.5, 1. ])
     """
-    if check:
-        x = _real(x, "x")
-    dy = _grad_like(dy, x.shape, "dy", check)
+    x, x64, dy = _elementwise_args(x, dy, check)
     xp = array_module(x, dy)
-    x64 = x.astype(np.float64, copy=False)
     slope = xp.where(x64 > SOFTPLUS_THRESHOLD, 1.0, sigmoid(x64))
     return _out(dy * slope, x)
 
@@ -675,10 +678,8 @@ def gelu(x, *, check=True):
     >>> gelu(np.array([-1.0, 0.0, 1.0]))
     array([-0.15865525,  0.        ,  0.84134475])
     """
-    if check:
-        x = _real(x, "x")
+    x, x64, _ = _elementwise_args(x, check=check)
     xp = array_module(x)
-    x64 = x.astype(np.float64, copy=False)
     erf = special(xp).erf  # scipy.special.erf, or cupyx.scipy.special.erf on a GPU
     return (0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))).astype(x.dtype)
 
@@ -692,11 +693,8 @@ def gelu_backward(dy, x, *, check=True):
     >>> gelu_backward(np.ones(2), np.array([0.0, 10.0]))
     array([0.5, 1. ])
     """
-    if check:
-        x = _real(x, "x")
-    dy = _grad_like(dy, x.shape, "dy", check)
+    x, x64, dy = _elementwise_args(x, dy, check)
     xp = array_module(x, dy)
-    x64 = x.astype(np.float64, copy=False)
     cdf = 0.5 * (1.0 + special(xp).erf(x64 / math.sqrt(2.0)))
     pdf = xp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
     return dy * (cdf + x64 * pdf)

@@ -201,6 +201,33 @@ def machine_info():
             "niceness": os.nice(0)}  # < 0: run with priority over other processes
 
 
+def start(parser, out):
+    """Check ``--out`` (a file or an unwritable place: one line now, before the
+    measurements), then start the clock and read the machine: ``(t_start, machine)``."""
+    try:
+        output_dir(out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return time.perf_counter(), machine_info()
+
+
+def machine_line(machine):
+    """The line that opens a run's output: CPU, cores, Numba threads, load."""
+    return (f"machine: {machine['cpu']} ({machine['simd']}), {machine['cores']} cores, "
+            f"numba {machine['numba']} with {machine['numba_threads']} threads, "
+            f"numpy {machine['numpy']}; load average {machine['load_average_start']}")
+
+
+def finish(result, path, t_start):
+    """Write ``result`` (with the run's wall time) to ``path`` as JSON and say so."""
+    result["wall_time_s"] = time.perf_counter() - t_start
+    path.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {shown(path)}"
+          f"{' and ' + ', '.join(result['plots']) if 'plots' in result else ''} "
+          f"in {result['wall_time_s']:.0f} s; load average at the end "
+          f"{result['machine']['load_average_end']}")
+
+
 # ---------------------------------------------------------------------------
 # the parts of the run
 # ---------------------------------------------------------------------------
@@ -471,17 +498,8 @@ def main(argv=None, prog=None):
     repeats = args.repeats or (3 if args.quick else 7)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
-    try:  # a file or an unwritable place: one line now, before the measurements
-        output_dir(args.out)
-    except ValueError as exc:
-        parser.error(str(exc))
-
-    t_start = time.perf_counter()
-    machine = machine_info()
-    print(f"machine: {machine['cpu']} ({machine['simd']}), {machine['cores']} cores, "
-          f"numba {machine['numba']} with {machine['numba_threads']} threads, "
-          f"numpy {machine['numpy']}; load average {machine['load_average_start']}, "
-          f"niceness {machine['niceness']}")
+    t_start, machine = start(parser, args.out)
+    print(f"{machine_line(machine)}, niceness {machine['niceness']}")
     s = HEADLINE
     limit = machine_limit(updates(s["batch"], s["dim"], s["length"], s["dstate"]), repeats)
     headline = run_headline(repeats, ref_dim_backward=96, limit=limit)
@@ -510,12 +528,7 @@ def main(argv=None, prog=None):
     tag = "cpu_quick" if args.quick else "cpu"
     if not args.no_plot:
         result["plots"] = plot(result, args.out, tag)
-    result["wall_time_s"] = time.perf_counter() - t_start
-    path = args.out / f"scan_{tag}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {shown(path)}"
-          f"{' and ' + ', '.join(result['plots']) if 'plots' in result else ''} "
-          f"in {result['wall_time_s']:.0f} s; load average at the end {machine['load_average_end']}")
+    finish(result, args.out / f"scan_{tag}.json", t_start)
     return result
 
 

@@ -44,7 +44,6 @@ row reports the median, min and max.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -57,12 +56,12 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from ssm_ref._malloc import keep_freed_memory
 from ssm_ref._xp import array_module
-from ssm_ref.cli import (CLIError, TRAIN_DEFAULTS, OneLineParser, output_dir,
+from ssm_ref.cli import (CLIError, TRAIN_DEFAULTS, OneLineParser,
                          resolve_backend)
 from ssm_ref.optim import AdamW, clip_grad_norm, softmax_cross_entropy
 from ssm_ref.vision import MODELS, build_model
 
-from .scan import RESULTS, machine_info, shown
+from .scan import RESULTS, finish, machine_line, shown, start
 
 DIGITS = 8  # the digits images: 8 x 8 x 1, 10 classes
 CLIP_NORM = TRAIN_DEFAULTS["clip_norm"]
@@ -460,16 +459,8 @@ def main(argv=None, prog=None):
     if img % 2:
         parser.error(f"--img {img} must be even (patch size 2)")
     sizes = [DIGITS] + ([img] if img and img != DIGITS else [])
-    try:  # a file or an unwritable place: one line now, before the measurements
-        output_dir(args.out)
-    except ValueError as exc:
-        parser.error(str(exc))
-
-    t_start = time.perf_counter()
-    machine = machine_info()
-    print(f"machine: {machine['cpu']} ({machine['simd']}), {machine['cores']} cores, "
-          f"numba {machine['numba']} with {machine['numba_threads']} threads, "
-          f"numpy {machine['numpy']}; load average {machine['load_average_start']}")
+    t_start, machine = start(parser, args.out)
+    print(machine_line(machine))
     print(f"one training step, batch {args.batch}, float64; median of {repeats} steps after "
           f"{warmup} warm-up steps; BLAS on 1 thread; freed memory {malloc}\n")
     print(HEADER)
@@ -504,13 +495,7 @@ def main(argv=None, prog=None):
             result["plots"].append(plot(
                 gpu["rows"], args.out / f"train_{tag.replace('cpu', 'gpu')}.png",
                 f"One training step on {gpu['device']} (batch {args.batch})"))
-    result["wall_time_s"] = time.perf_counter() - t_start
-    path = args.out / f"train_{tag}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {shown(path)}"
-          f"{' and ' + ', '.join(result['plots']) if 'plots' in result else ''} "
-          f"in {result['wall_time_s']:.0f} s; load average at the end "
-          f"{machine['load_average_end']}")
+    finish(result, args.out / f"train_{tag}.json", t_start)
     return result
 
 

@@ -65,7 +65,27 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
-class VimConfig(BaseConfig):
+class _MambaConfig(BaseConfig):
+    """Fields of the models built from Mamba mixers: each mixer's sizes, checked."""
+
+    d_state: int = 8
+    d_conv: int = 3
+    expand: float = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive_int(self.d_state, "d_state")
+        check_positive_int(self.d_conv, "d_conv")
+        check_positive_scalar(self.expand, "expand")
+
+    def mamba_config(self):
+        """The :class:`ssm_ref.MambaConfig` of each block's mixer (width ``embed_dim``)."""
+        return MambaConfig(d_model=self.embed_dim, d_state=self.d_state, d_conv=self.d_conv,
+                           expand=self.expand)
+
+
+@dataclass(frozen=True)
+class VimConfig(_MambaConfig):
     """Configuration of :class:`TinyVim`.
 
     Attributes
@@ -82,28 +102,18 @@ class VimConfig(BaseConfig):
         Where the class token goes in the scanned sequence (``"middle"``: Vim).
     """
 
-    d_state: int = 8
-    d_conv: int = 4
-    expand: float = 2
+    d_conv: int = 4  # the rest of _MambaConfig's fields keep their place and default
     scan: str = "raster"
     scan_options: dict = field(default_factory=dict)
     cls_position: object = "middle"
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive_int(self.d_state, "d_state")
-        check_positive_int(self.d_conv, "d_conv")
-        check_positive_scalar(self.expand, "expand")
         scan_order(self.scan, *self.grid, **self.scan_options)  # unknown names fail here
-
-    def mamba_config(self):
-        """The :class:`ssm_ref.MambaConfig` of each block's mixer (width ``embed_dim``)."""
-        return MambaConfig(d_model=self.embed_dim, d_state=self.d_state, d_conv=self.d_conv,
-                           expand=self.expand)
 
 
 @dataclass(frozen=True)
-class VMambaConfig(BaseConfig):
+class VMambaConfig(_MambaConfig):
     """Configuration of :class:`TinyVMamba`.
 
     Attributes
@@ -120,17 +130,11 @@ class VMambaConfig(BaseConfig):
         Options of a scheme (``{"window": 2}``, ``{"step": 2}``).
     """
 
-    d_state: int = 8
-    d_conv: int = 3
-    expand: float = 2
     directions: object = "vmamba_cross"
     direction_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive_int(self.d_state, "d_state")
-        check_positive_int(self.d_conv, "d_conv")
-        check_positive_scalar(self.expand, "expand")
         d = self.directions
         if isinstance(d, str):
             if d not in SCHEMES and d not in SCAN_ORDERS:
@@ -148,30 +152,10 @@ class VMambaConfig(BaseConfig):
             return [(d, dict(self.direction_options))], None
         return list(d), None
 
-    def mamba_config(self):
-        """The :class:`ssm_ref.MambaConfig` of each block's mixer (width ``embed_dim``)."""
-        return MambaConfig(d_model=self.embed_dim, d_state=self.d_state, d_conv=self.d_conv,
-                           expand=self.expand)
-
 
 @dataclass(frozen=True)
-class PlainMambaConfig(BaseConfig):
+class PlainMambaConfig(_MambaConfig):
     """Configuration of :class:`TinyPlainMamba` (d_conv 3 here; PlainMamba uses 7)."""
-
-    d_state: int = 8
-    d_conv: int = 3
-    expand: float = 2
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive_int(self.d_state, "d_state")
-        check_positive_int(self.d_conv, "d_conv")
-        check_positive_scalar(self.expand, "expand")
-
-    def mamba_config(self):
-        """The :class:`ssm_ref.MambaConfig` of each block's mixer (width ``embed_dim``)."""
-        return MambaConfig(d_model=self.embed_dim, d_state=self.d_state, d_conv=self.d_conv,
-                           expand=self.expand)
 
 
 @dataclass(frozen=True)

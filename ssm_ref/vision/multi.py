@@ -37,6 +37,7 @@ from .._validation import check_choice, check_positive_int
 from .._xp import array_module, on_module_cached
 from .scan_orders import (
     _as_index,
+    _check_options,
     _check_tokens,
     atrous_subgrids,
     from_sequence,
@@ -445,17 +446,7 @@ def scan_scheme(name, H, W, **options):
     H = check_positive_int(H, "H")
     W = check_positive_int(W, "W")
     scheme = SCHEMES[name]
-    for key in options:
-        if key not in scheme.options:
-            accepted = ", ".join(sorted(scheme.options)) or "none"
-            raise ValueError(
-                f"Parameter {key} = {options[key]!r} is not an option of scheme {name!r} "
-                f"(it accepts: {accepted})"
-            )
-    merged = {**scheme.options, **options}
-    for key in ("window", "step"):
-        if key in merged:
-            merged[key] = check_positive_int(merged[key], key)
+    merged = _check_options(options, scheme.options, f"scheme {name!r}")
     return scheme.build(H, W, **merged)
 
 

@@ -76,28 +76,30 @@ def _column(H, W):
     return np.array(perm, dtype=np.int64)
 
 
+def _boustrophedon(lines, first, index):
+    """Boustrophedon: walk ``first`` along the first line, reversed along the next, and so on.
+
+    ``index(line, position)`` is the flat index ``i * W + j`` of a cell.
+    """
+    perm = []
+    for k, line in enumerate(lines):
+        for pos in (first if k % 2 == 0 else first[::-1]):
+            perm.append(index(line, pos))
+    return np.array(perm, dtype=np.int64)
+
+
 def _row_snake_from(H, W, from_bottom, from_right):
     """Boustrophedon over rows starting at a corner; the row direction flips every row."""
     rows = list(range(H))[::-1] if from_bottom else list(range(H))
     first_cols = list(range(W))[::-1] if from_right else list(range(W))
-    perm = []
-    for k, i in enumerate(rows):
-        cols = first_cols if k % 2 == 0 else first_cols[::-1]
-        for j in cols:
-            perm.append(i * W + j)
-    return np.array(perm, dtype=np.int64)
+    return _boustrophedon(rows, first_cols, lambda i, j: i * W + j)
 
 
 def _column_snake_from(H, W, from_bottom, from_right):
     """Boustrophedon over columns starting at a corner; the column direction flips every column."""
     cols = list(range(W))[::-1] if from_right else list(range(W))
     first_rows = list(range(H))[::-1] if from_bottom else list(range(H))
-    perm = []
-    for k, j in enumerate(cols):
-        rows = first_rows if k % 2 == 0 else first_rows[::-1]
-        for i in rows:
-            perm.append(i * W + j)
-    return np.array(perm, dtype=np.int64)
+    return _boustrophedon(cols, first_rows, lambda j, i: i * W + j)
 
 
 def _snake(H, W):
@@ -444,20 +446,24 @@ SCAN_ORDERS: dict[str, ScanOrder] = {
 }
 
 
-def _check_options(entry, options):
-    """Validate ``options`` for ``entry``; return them merged with the defaults."""
+def _check_options(options, defaults, owner, also=""):
+    """Validate ``options`` against ``defaults``; return them merged with the defaults.
+
+    ``defaults`` are the options of a scan order (or of a scheme of
+    :mod:`ssm_ref.vision.multi`), ``owner`` names it in the message
+    (``"scan order 'local'"``) and ``also`` lists what else it accepts.
+    """
     for key in options:
-        if key not in entry.options:
-            accepted = ", ".join(sorted(entry.options)) or "none"
+        if key not in defaults:
+            accepted = ", ".join(sorted(defaults)) or "none"
             raise ValueError(
-                f"Parameter {key} = {options[key]!r} is not an option of scan order "
-                f"{entry.name!r} (it accepts: {accepted}, plus reverse)"
+                f"Parameter {key} = {options[key]!r} is not an option of {owner} "
+                f"(it accepts: {accepted}{also})"
             )
-    merged = {**entry.options, **options}
-    if "window" in merged:
-        merged["window"] = check_positive_int(merged["window"], "window")
-    if "step" in merged:
-        merged["step"] = check_positive_int(merged["step"], "step")
+    merged = {**defaults, **options}
+    for key in ("window", "step"):
+        if key in merged:
+            merged[key] = check_positive_int(merged[key], key)
     if "index" in merged:
         index = merged["index"]
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
@@ -537,7 +543,8 @@ def scan_order(name, H, W, *, reverse=False, **options):
     if not isinstance(reverse, (bool, np.bool_)):
         raise TypeError(f"Parameter reverse = {reverse!r} must be a bool")
     entry = SCAN_ORDERS[name]
-    merged = _check_options(entry, options)
+    merged = _check_options(options, entry.options, f"scan order {entry.name!r}",
+                            also=", plus reverse")
     perm = entry.build(H, W, **merged)  # (L,)
     if reverse:
         perm = perm[::-1].copy()
