@@ -34,7 +34,8 @@ from .._validation import as_array, check_finite, check_positive_int, check_posi
 from .._xp import array_module
 from ..mamba import MambaConfig
 from ..module import Module, rng_from
-from ..nn import linear, rms_norm, softplus
+from ..nn import rms_norm, softplus
+from .full_model import FullModel
 from .patch_embed import PatchEmbed
 from .vim import VimBlock
 
@@ -57,7 +58,7 @@ def _flag(value, name):
     return bool(value)
 
 
-class VisionMamba(Module):
+class VisionMamba(FullModel):
     """Vim (Zhu et al. 2024) as the official ``VisionMamba`` builds it, eval mode.
 
     The constructor takes the official keyword arguments; the state dict uses
@@ -238,6 +239,14 @@ class VisionMamba(Module):
     def _run(self, x, trace=None, selection=None):
         """The forward on float64 images, unchecked; records into ``trace`` (a dict) and
         ``selection`` (a list, one entry per layer) when given.  Returns the features (B, D).
+
+        What :meth:`trace` returns (recorded here), a dict of float64 arrays:
+        ``patch_embed`` (B, M, D), ``tokens_in`` (B, L, D), per layer i
+        ``layer{i}_residual`` (the residual stream entering the layer's norm),
+        ``layer{i}_mixer_in``, ``layer{i}_y_fwd`` and ``layer{i}_y_bwd`` (B, E, L: each
+        path's gated scan output before ``out_proj``, the backward one in reversed token
+        order as the official code returns it), ``layer{i}_hidden`` (the mixer output), then
+        ``norm_f_out``, ``features`` and ``logits``.
         """
         tokens, _ = self.patch_embed._forward(x)  # (B, gh, gw, D)
         Bsz = tokens.shape[0]
@@ -276,41 +285,6 @@ class VisionMamba(Module):
         if trace is not None:
             trace["features"] = feat
         return feat
-
-    def forward_features(self, images):
-        """The features (B, D) that the head reads (the class token after ``norm_f``)."""
-        x = self._check_images(images)
-        return self._run(x.astype(np.float64, copy=False)).astype(x.dtype)
-
-    def forward(self, images):
-        """Logits (B, num_classes), in the images' dtype, for images (B, H, W, C).
-
-        Raises
-        ------
-        ValueError
-            ``images`` not (B, img_size, img_size, channels) or not finite.
-        """
-        x = self._check_images(images)
-        feat = self._run(x.astype(np.float64, copy=False))
-        return linear(feat, self._w("head.weight"), self._w("head.bias"),
-                      check=False).astype(x.dtype)
-
-    def trace(self, images):
-        """Every intermediate of the forward pass, by the names of the official oracle.
-
-        Returns a dict of float64 arrays: ``patch_embed`` (B, M, D), ``tokens_in``
-        (B, L, D), per layer i ``layer{i}_residual`` (the residual stream entering
-        the layer's norm), ``layer{i}_mixer_in``, ``layer{i}_y_fwd`` and
-        ``layer{i}_y_bwd`` (B, E, L: each path's gated scan output before
-        ``out_proj``, the backward one in reversed token order as the official
-        code returns it), ``layer{i}_hidden`` (the mixer output), then
-        ``norm_f_out``, ``features`` and ``logits``.
-        """
-        x = self._check_images(images)
-        rec = {}
-        feat = self._run(x.astype(np.float64, copy=False), rec)
-        rec["logits"] = linear(feat, self._w("head.weight"), self._w("head.bias"), check=False)
-        return rec
 
     def selection(self, images):
         """What each layer's two selection mechanisms compute for ``images`` (B, H, W, C).

@@ -36,6 +36,7 @@ from .._xp import array_module
 from ..mamba import MambaConfig
 from ..module import Module, rng_from
 from ..nn import layer_norm, linear
+from .full_model import FullModel
 from .patch_embed import PatchEmbed
 from .vmamba import VSSBlock
 
@@ -148,7 +149,7 @@ def _one_of(value, name, allowed, why):
     return value
 
 
-class VSSM(Module):
+class VSSM(FullModel):
     """VMamba's classifier backbone as the released v0 checkpoints were trained, eval mode.
 
     The constructor takes the official ``VSSM`` keyword arguments; only the v0
@@ -311,7 +312,15 @@ class VSSM(Module):
         return x
 
     def _run(self, x, trace=None):
-        """The forward on float64 images, unchecked; records into ``trace`` when given."""
+        """The forward on float64 images, unchecked; records into ``trace`` when given.
+
+        What :meth:`trace` returns (recorded here), a dict of float64 arrays:
+        ``patch_embed`` (B, h, w, C0); per stage s and block j ``stage{s}_block{j}_norm``,
+        ``_ss2d_merged`` (B, h·w, E, the four directions summed), ``_ss2d_gated`` (B, h, w,
+        E), ``_op`` and ``_out``; ``stage{s}_downsample``; ``final_norm``, ``features``,
+        ``logits``; and the selective-scan call of stage 0 block 0 on the first image
+        (``stage0_block0_scan_{u,delta,B,C,out,A,D,delta_bias}``).
+        """
         t, _ = self.patch_embed._forward(x)  # (B, h, w, C0)
         t = layer_norm(t, self._w("patch_embed.norm.weight"), self._w("patch_embed.norm.bias"),
                        self.eps, check=False)
@@ -356,41 +365,6 @@ class VSSM(Module):
         p = "stage0_block0_scan_"
         return {p + "u": u, p + "delta": delta, p + "B": Bs, p + "C": Cs, p + "out": out,
                 p + "A": w["A"], p + "D": w["D"], p + "delta_bias": w["b_dt"]}
-
-    def forward_features(self, images):
-        """The pooled features (B, C_last) that the head reads."""
-        x = self._check_images(images)
-        return self._run(x.astype(np.float64, copy=False)).astype(x.dtype)
-
-    def forward(self, images):
-        """Logits (B, num_classes), in the images' dtype, for images (B, H, W, C).
-
-        Raises
-        ------
-        ValueError
-            ``images`` not (B, H, W, in_chans) with H, W multiples of
-            ``patch_size · 2^(stages-1)``, or not finite.
-        """
-        x = self._check_images(images)
-        feat = self._run(x.astype(np.float64, copy=False))
-        return linear(feat, self._w("head.weight"), self._w("head.bias"),
-                      check=False).astype(x.dtype)
-
-    def trace(self, images):
-        """Every intermediate of the forward pass, by the names of the official oracle.
-
-        A dict of float64 arrays: ``patch_embed`` (B, h, w, C0); per stage s and
-        block j ``stage{s}_block{j}_norm``, ``_ss2d_merged`` (B, h·w, E, the four
-        directions summed), ``_ss2d_gated`` (B, h, w, E), ``_op`` and ``_out``;
-        ``stage{s}_downsample``; ``final_norm``, ``features``, ``logits``; and
-        the selective-scan call of stage 0 block 0 on the first image
-        (``stage0_block0_scan_{u,delta,B,C,out,A,D,delta_bias}``).
-        """
-        x = self._check_images(images)
-        rec = {}
-        feat = self._run(x.astype(np.float64, copy=False), rec)
-        rec["logits"] = linear(feat, self._w("head.weight"), self._w("head.bias"), check=False)
-        return rec
 
     def backward(self, dout, cache):
         """Not provided: the full model is for inference (its blocks have their backward)."""
