@@ -462,6 +462,22 @@ if cuda is not None:
             offset *= 2
         # [/book:block-scan]
 
+    @cuda.jit(device=True, inline="always")
+    def _scan_to_thread(sh_a, sh_b, agg_a, agg_b, h_in, tid, nthreads):
+        """The state before this thread's first step: every thread's folded pair goes to
+        shared memory, the block scans them, and the pairs of the threads to its left
+        (the exclusive prefix) are applied to the state carried into the chunk."""
+        # [book:scan-to-thread]
+        sh_a[tid] = agg_a
+        sh_b[tid] = agg_b
+        cuda.syncthreads()
+        _block_scan_forward(sh_a, sh_b, tid, nthreads)
+        h = h_in
+        if tid > 0:  # the composition of threads 0 .. tid-1, applied to h_in
+            h = sh_a[tid - 1] * h_in + sh_b[tid - 1]
+        return h
+        # [/book:scan-to-thread]
+
     @cuda.jit(device=True)
     def _block_scan_reverse(sh_a, sh_b, tid, nthreads):
         """Inclusive Hillis-Steele scan right to left (a suffix scan).
@@ -605,14 +621,8 @@ def _forward_kernel(dtype_name, threads, items):
                 # 2. Ā = exp(Δ·A), B̄u (eq-selective-disc); fold this thread's steps into one pair
                 agg_a, agg_b = _discretize_and_fold(a_r, bu_r, dt_r, u_r, Bm, bB, gB, n, varB,
                                                     a_dn, t0, L, items, one, zero)
-                sh_a[tid] = agg_a
-                sh_b[tid] = agg_b
-                cuda.syncthreads()
-                # 3. block-wide scan of the pairs in shared memory
-                _block_scan_forward(sh_a, sh_b, tid, threads)
-                h = h_in
-                if tid > 0:  # exclusive prefix applied to the carried-in state
-                    h = sh_a[tid - 1] * h_in + sh_b[tid - 1]
+                # 3. block-wide scan of the pairs in shared memory: this thread's first state
+                h = _scan_to_thread(sh_a, sh_b, agg_a, agg_b, h_in, tid, threads)
                 # 4. replay this thread's steps from its prefix; y += C·h
                 for i in range(items):
                     t = t0 + i
@@ -700,13 +710,7 @@ def _backward_kernel(dtype_name, threads, items):
                 # forward: recompute the states of this chunk (as in the forward kernel)
                 agg_a, agg_b = _discretize_and_fold(a_r, bu_r, dt_r, u_r, Bm, bB, gB, n, varB,
                                                     a_dn, t0, L, items, one, zero)
-                sh_a[tid] = agg_a
-                sh_b[tid] = agg_b
-                cuda.syncthreads()
-                _block_scan_forward(sh_a, sh_b, tid, threads)
-                h = h_in
-                if tid > 0:
-                    h = sh_a[tid - 1] * h_in + sh_b[tid - 1]
+                h = _scan_to_thread(sh_a, sh_b, agg_a, agg_b, h_in, tid, threads)
                 for i in range(items):
                     t = t0 + i
                     hp_r[i] = h
