@@ -6,7 +6,9 @@ module              what it holds
 _registry           the backends ("ref", "numba", "cuda", "auto") and the
                     public functions below, which dispatch to them
 numba_cpu           the selective scan, its backward and the decoding step on
-                    the CPU (Numba, parallel over batch x channel)
+                    the CPU (Numba, parallel over batch x channel); safe to
+                    call from several threads (under Numba's "workqueue"
+                    threading layer its parallel launches take a lock)
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 cuda_scan           the hardware-aware selective scan in Numba-CUDA on CuPy
                     arrays (imported only when the "cuda" backend is used)

@@ -67,10 +67,29 @@ How it is computed
   overflowed: the call runs again in float64).
 
 Kernels are compiled once per dtype and cached on disk (``cache=True``).
+
+Threads
+-------
+The three public functions may be called from several Python threads at
+once under every Numba threading layer.  Numba's ``workqueue`` layer (the
+one Numba falls back to when neither TBB nor OpenMP is installed) is not
+thread-safe: two parallel launches at the same time abort the process
+("Concurrent access has been detected").  So every parallel kernel is
+launched through :func:`_launch`, which serialises the launches with one
+module-level lock while the layer is ``workqueue``.  The layer is known
+only after the first parallel launch (``numba.threading_layer()`` raises
+before), so launches are serialised until then and, under ``omp`` or
+``tbb`` (both thread-safe), never again.  Under ``workqueue`` the calls of
+several threads therefore run one kernel at a time (each kernel still
+uses all of Numba's threads); the Python parts (validation, layout) still
+overlap.  Only this module's kernels take the lock: another module's
+``parallel=True`` function launched at the same time under ``workqueue``
+still aborts.
 """
 from __future__ import annotations
 
 import cmath
+import threading
 
 import numba
 import numpy as np
@@ -109,6 +128,39 @@ _LANES = 16
 #: more), so that two threads never write into one cache line (false sharing
 #: made the two-thread backward pass slower than one thread, measured)
 _GAP = 64
+
+
+# ---------------------------------------------------------------------------
+# parallel launches from several Python threads (see "Threads" above)
+# ---------------------------------------------------------------------------
+
+#: held around each parallel launch while the threading layer is not known
+#: to be thread-safe
+_LAUNCH_LOCK = threading.Lock()
+
+#: the threading layers that take concurrent launches (Numba's documentation,
+#: "The Threading Layers"); "workqueue" does not
+_THREADSAFE_LAYERS = frozenset({"tbb", "omp"})
+
+#: None until the first parallel launch; then whether the layer Numba chose
+#: is thread-safe (the layer is chosen once per process, at that launch)
+_layer_threadsafe = None
+
+
+def _launch(kernel, *args):
+    """``kernel(*args)`` for a ``parallel=True`` kernel, safe from several threads.
+
+    Serialised by :data:`_LAUNCH_LOCK` until the first launch has shown which
+    threading layer Numba runs, and afterwards only if that layer is not
+    thread-safe (``workqueue``).
+    """
+    global _layer_threadsafe
+    if _layer_threadsafe:
+        return kernel(*args)
+    with _LAUNCH_LOCK:
+        result = kernel(*args)
+        _layer_threadsafe = numba.threading_layer() in _THREADSAFE_LAYERS
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -632,7 +684,7 @@ def _contiguous(X, dtype):
     if X.flags.c_contiguous or X.ndim != 3 or X.size < 4096:
         return np.ascontiguousarray(X, dtype=dtype)
     out = np.empty(X.shape, dtype)
-    _tiled_copy(X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
+    _launch(_tiled_copy, X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
     return out
 
 
@@ -747,10 +799,10 @@ def _forward(s, k, real):
                     np.complex128 if s.is_complex else real)  # (B, D, Np)
     screen = np.empty(s.batch * s.dim, real)
     kernel = _fwd_complex if s.is_complex else _fwd_real
-    kernel(k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"], k["h0"],
-           s.D is not None, s.z is not None, s.delta_bias is not None,
-           s.delta_softplus, s.h0 is not None, out, last, screen,
-           _threads(s.batch * s.dim))
+    _launch(kernel, k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
+            k["h0"], s.D is not None, s.z is not None, s.delta_bias is not None,
+            s.delta_softplus, s.h0 is not None, out, last, screen,
+            _threads(s.batch * s.dim))
     return out, last, screen
 
 
@@ -773,10 +825,11 @@ def _backward(s, k, real, dout, dlast_state):
     dbias_c = np.zeros((nchunks, dim), real)
     screen = np.empty(batch * dim, real)
     kernel = _bwd_complex if s.is_complex else _bwd_real
-    kernel(_contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"],
-           k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
-           s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
-           dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen)
+    _launch(kernel, _contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"],
+            k["Dv"], k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
+            s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
+            dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
+            screen)
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
@@ -945,10 +998,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     y = np.empty((batch, dim), real)  # (B, D)
     new_state = np.empty((batch, dim, dstate), state_t)  # (B, D, N)
     kernel = _update_complex if is_complex else _update_real
-    kernel(np.ascontiguousarray(q.state, dtype=state_t),
-           np.ascontiguousarray(q.x, dtype=real), np.ascontiguousarray(q.dt, dtype=real),
-           np.ascontiguousarray(q.A, dtype=state_t), bc(q.B), bc(q.C),
-           opt(q.D, (1,)), opt(q.z, (1, 1)), opt(q.dt_bias, (1,)),
-           q.D is not None, q.z is not None, q.dt_bias is not None,
-           q.dt_softplus, y, new_state)
+    _launch(kernel, np.ascontiguousarray(q.state, dtype=state_t),
+            np.ascontiguousarray(q.x, dtype=real), np.ascontiguousarray(q.dt, dtype=real),
+            np.ascontiguousarray(q.A, dtype=state_t), bc(q.B), bc(q.C),
+            opt(q.D, (1,)), opt(q.z, (1, 1)), opt(q.dt_bias, (1,)),
+            q.D is not None, q.z is not None, q.dt_bias is not None,
+            q.dt_softplus, y, new_state)
     return y.astype(q.x.dtype, copy=False), new_state.astype(q.new_state_dtype, copy=False)
