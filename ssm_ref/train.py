@@ -314,9 +314,10 @@ def load_checkpoint(path, model, optimizer=None):
         [0, 1)); the message names the entry.
     """
     data = _read_checkpoint(path)
-    _restore_model(data, model)
-    if optimizer is not None:
+    _check_model_entries(data, model, path)
+    if optimizer is not None:  # checked and restored before the weights change
         _restore_optimizer(data, optimizer, path)
+    _restore_model(data, model)
     return {"epoch": int(data["epoch"]),
             "history": json.loads(str(data["history_json"])),
             "settings": json.loads(str(data["settings_json"]))}
@@ -389,6 +390,22 @@ def _read_npz(path):
             with zf.open(info) as fh:
                 data[key] = np.lib.format.read_array(fh, allow_pickle=False)
     return data
+
+
+def _check_model_entries(data, model, path):
+    """Weights of the model's parameters must have their shapes and be finite."""
+    params = getattr(model, "params", None) or {}
+    for key, value in data.items():
+        if not key.startswith(_MODEL_PREFIX):
+            continue
+        name = key[len(_MODEL_PREFIX):]
+        if name in params and tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"checkpoint {str(path)!r} entry {key!r} has shape {value.shape} but "
+                             f"parameter {name!r} has shape {tuple(params[name].shape)}; "
+                             "expected equal shapes")
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"checkpoint {str(path)!r} entry {key!r} holds non-finite values; "
+                             "expected finite numbers")
 
 
 def _restore_model(data, model):
@@ -614,13 +631,14 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     if resume is not None:  # weights first: the optimiser must hold the restored arrays
         ckpt = _read_checkpoint(resume)
         _check_resume_settings(ckpt, run_settings, resume)
+        _check_model_entries(ckpt, model, resume)
+        check_opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
+        _restore_optimizer(ckpt, check_opt, resume)  # a bad optimiser state: nothing restored yet
         _restore_model(ckpt, model)
         start_epoch = int(ckpt["epoch"])
         stored = json.loads(str(ckpt["history_json"]))
         history.update({k: list(v) for k, v in stored.items() if k in history})
-    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    opt_kwargs = {"lr": lr, "weight_decay": float(weight_decay), "no_weight_decay": no_decay}
-    opt = OPTIMIZERS[optimizer](model.params, **opt_kwargs)
+    opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
     if resume is not None:
         _restore_optimizer(ckpt, opt, resume)
 
@@ -693,6 +711,11 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         if plot:
             plot_curves(metrics, out_dir / "curves.png")
     return metrics
+
+
+def _optimizer_kwargs(model, lr, weight_decay):
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return {"lr": lr, "weight_decay": float(weight_decay), "no_weight_decay": no_decay}
 
 
 def _metrics(history, settings, model, ds, steps_per_epoch):

@@ -317,6 +317,9 @@ BAD_ENTRIES = [  # (entry, value, words the message must hold)
     ("optim/eps", np.array(0.0), ["'eps'", "> 0"]),
     ("optim/lr", np.array(np.nan), ["'lr'", "finite"]),
     ("optim/weight_decay", np.array(-1.0), ["'weight_decay'", ">= 0"]),
+    ("model/gain", np.ones((1, 16)), ["'model/gain'", "(1, 16)", "(16,)"]),
+    ("model/head.bias", np.ones(()), ["'model/head.bias'", "shape ()", "(10,)"]),
+    ("model/fc1.bias", np.full(16, np.nan), ["'model/fc1.bias'", "non-finite"]),
     ("epoch", np.array(-1), ["'epoch'", "-1", "integer >= 0"]),
     ("epoch", np.array(1.5), ["'epoch'", "1.5", "integer >= 0"]),
     ("version", np.array(2), ["'version'", "2", "expected 1"]),
@@ -339,9 +342,16 @@ def test_bad_checkpoint_entry_is_refused_by_name(tmp_path, rng, entry, value, wo
         assert word in str(err.value), (word, str(err.value))
     assert str(path) in str(err.value)
     assert opt.t == 0 and opt.lr == 0.5 and opt.state == {"exp_avg": {}, "exp_avg_sq": {}}
-    if entry.startswith(("epoch", "version", "settings", "history")):  # refused before the model
-        for k, v in before.items():
-            np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+    for k, v in before.items():  # refused before the weights change
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+    # train(resume=...) refuses it the same way, before anything is restored
+    with pytest.raises(ValueError) as err:
+        train(model, (np.zeros((4, 8, 8, 1)), np.arange(4), np.zeros((2, 8, 8, 1)), np.arange(2)),
+              epochs=2, batch_size=32, lr=0.01, progress=False, plot=False, resume=path)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
 
 
 def test_bad_sgd_momentum_is_refused_by_name(tmp_path, rng):
