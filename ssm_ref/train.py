@@ -540,6 +540,11 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     resume : str or Path, optional
         A checkpoint to continue from: weights, optimiser state, completed
         epochs and history are restored and training goes on to ``epochs``.
+        The checkpoint is checked first (see :func:`load_checkpoint`), and the
+        settings that shape the run (``batch_size``, ``lr``, ``weight_decay``,
+        ``seed``, ``optimizer``, ``clip_norm``, ``warmup_epochs``, ``schedule``,
+        ``min_lr``, ``augment``) must equal those it recorded: a ValueError
+        names the one that differs.  ``epochs`` may grow.
     plot : bool, optional
         Write ``curves.png`` (needs matplotlib) when ``out_dir`` is given.
     on_epoch_end : callable, optional
