@@ -312,18 +312,51 @@ class _Optimizer:
         return out
 
     def load_state_dict(self, sd):
-        """Restore what :meth:`state_dict` returned (buffers are copied)."""
-        self.t = int(sd["t"])
-        self.lr = float(sd["lr"])
-        self.weight_decay = float(sd["weight_decay"])
-        self.state = {slot: {} for slot in self._slots}
+        """Restore what :meth:`state_dict` returned (buffers are copied).
+
+        Everything is checked before anything is changed: ``t`` an integer >= 0,
+        ``lr`` > 0 and ``weight_decay`` >= 0 finite, and every buffer
+        ``"<slot>.<name>"`` finite and of exactly the shape of parameter
+        ``name`` (a 0-d or ``(1, 4)`` buffer is refused, never broadcast).
+        A bad entry raises ValueError naming it.
+        """
+        t = _state_scalar(sd, "t")
+        if not math.isfinite(t) or t < 0 or t != int(t):
+            raise ValueError(f"optimizer state 't' = {t!r}; expected an integer step count >= 0")
+        lr = _state_scalar(sd, "lr")
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"optimizer state 'lr' = {lr!r}; expected a finite number > 0")
+        wd = _state_scalar(sd, "weight_decay")
+        if not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"optimizer state 'weight_decay' = {wd!r}; expected a finite number >= 0")
+        state = {slot: {} for slot in self._slots}
         for key, value in sd.items():
             slot, _, name = key.partition(".")
-            if slot in self.state:
+            if slot in state:
                 if name not in self.params:
                     raise ValueError(f"optimizer state {key!r} names no parameter")
+                shape = tuple(self.params[name].shape)
+                if tuple(np.shape(value)) != shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(np.shape(value))} "
+                                     f"but parameter {name!r} has shape {shape}; expected equal shapes")
                 xp = array_module(self.params[name])
-                self.state[slot][name] = xp.array(value, dtype=np.float64)  # a copy
+                buf = xp.array(value, dtype=np.float64)  # a copy
+                if not bool(xp.isfinite(buf).all()):
+                    raise ValueError(f"optimizer state {key!r} holds non-finite values; "
+                                     "expected finite numbers")
+                state[slot][name] = buf
+        self.t, self.lr, self.weight_decay, self.state = int(t), lr, wd, state
+
+
+def _state_scalar(sd, key):
+    """``sd[key]`` as a Python float, or ValueError naming ``key``."""
+    if key not in sd:
+        raise ValueError(f"optimizer state has no entry {key!r}")
+    value = np.asarray(sd[key])
+    if value.shape != () or value.dtype.kind not in "iuf":
+        raise ValueError(f"optimizer state {key!r} has shape {value.shape} and dtype {value.dtype}; "
+                         "expected a real scalar")
+    return float(value)
 
 
 class AdamW(_Optimizer):
@@ -417,11 +450,20 @@ class AdamW(_Optimizer):
         return out
 
     def load_state_dict(self, sd):
-        super().load_state_dict(sd)
+        """Restore a state dict; ``betas`` must be two numbers in [0, 1), ``eps`` finite > 0."""
+        betas, eps = self.betas, self.eps
         if "betas" in sd:
-            self.betas = tuple(float(b) for b in np.asarray(sd["betas"]))
+            b = np.asarray(sd["betas"])
+            if b.shape != (2,) or b.dtype.kind not in "iuf" or not all(0.0 <= x < 1.0 for x in b.tolist()):
+                raise ValueError(f"optimizer state 'betas' = {b.tolist()!r}; expected two numbers "
+                                 "in [0, 1)")
+            betas = tuple(float(x) for x in b.tolist())
         if "eps" in sd:
-            self.eps = float(sd["eps"])
+            eps = _state_scalar(sd, "eps")
+            if not math.isfinite(eps) or eps <= 0:
+                raise ValueError(f"optimizer state 'eps' = {eps!r}; expected a finite number > 0")
+        super().load_state_dict(sd)
+        self.betas, self.eps = betas, eps
 
 
 class SGD(_Optimizer):
@@ -491,9 +533,15 @@ class SGD(_Optimizer):
         return out
 
     def load_state_dict(self, sd):
-        super().load_state_dict(sd)
+        """Restore a state dict; ``momentum`` must be a number in [0, 1)."""
+        momentum = self.momentum
         if "momentum" in sd:
-            self.momentum = float(sd["momentum"])
+            momentum = _state_scalar(sd, "momentum")
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"optimizer state 'momentum' = {momentum!r}; expected a number "
+                                 "in [0, 1)")
+        super().load_state_dict(sd)
+        self.momentum = momentum
 
 
 #: Optimisers by name, for the training loop and the command line.

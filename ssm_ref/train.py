@@ -47,6 +47,8 @@ import math
 import numbers
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -261,9 +263,11 @@ def save_checkpoint(path, model, optimizer, epoch, history=None, settings=None):
 
     Notes
     -----
-    The file is written to ``path + ".tmp"`` and renamed, so an interrupted
-    write never leaves a truncated checkpoint behind.  Everything is stored as
-    plain arrays: ``np.load(path)`` needs no pickle.
+    The file is written to ``path + ".tmp"`` in the same directory, flushed
+    to disk (``fsync``) and renamed over ``path``, and the directory is synced
+    too, so an interrupted write never leaves a truncated checkpoint behind; a
+    temporary left by a killed process is removed at the next save or load.
+    Everything is stored as plain arrays: ``np.load(path)`` needs no pickle.
     """
     arrays = {"version": np.array(CHECKPOINT_VERSION), "epoch": np.array(int(epoch))}
     for name, value in model.state_dict().items():
@@ -275,10 +279,7 @@ def save_checkpoint(path, model, optimizer, epoch, history=None, settings=None):
     arrays["history_json"] = np.array(json.dumps(to_jsonable(history or {})))
     arrays["settings_json"] = np.array(json.dumps(to_jsonable(settings or {})))
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
 
 
@@ -305,12 +306,18 @@ def load_checkpoint(path, model, optimizer=None):
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        The file is not a checkpoint, or the optimiser class differs.
+        The file is not a checkpoint, is truncated or corrupt, declares a
+        member larger than its shape and dtype need, has an unknown
+        ``version``, a negative or non-integer ``epoch``, or the optimiser
+        class differs or its state is bad (a moment whose shape is not its
+        parameter's, non-finite values, a negative step count, betas outside
+        [0, 1)); the message names the entry.
     """
     data = _read_checkpoint(path)
-    _restore_model(data, model)
-    if optimizer is not None:
+    _check_model_entries(data, model, path)
+    if optimizer is not None:  # checked and restored before the weights change
         _restore_optimizer(data, optimizer, path)
+    _restore_model(data, model)
     return {"epoch": int(data["epoch"]),
             "history": json.loads(str(data["history_json"])),
             "settings": json.loads(str(data["settings_json"]))}
@@ -318,13 +325,87 @@ def load_checkpoint(path, model, optimizer=None):
 
 def _read_checkpoint(path):
     path = Path(path)
+    _remove_stale_tmp(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
+    try:
+        data = _read_npz(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} is truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from exc
     if "version" not in data or "epoch" not in data:
         raise ValueError(f"{str(path)!r} is not an ssm_ref checkpoint (no 'version'/'epoch' entries)")
+    version = data["version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} entry 'version' = {version.tolist()!r}; expected "
+                         f"{CHECKPOINT_VERSION} (the format this ssm_ref reads)")
+    epoch = data["epoch"]
+    if epoch.shape != () or epoch.dtype.kind not in "iu" or int(epoch) < 0:
+        raise ValueError(f"checkpoint {str(path)!r} entry 'epoch' = {epoch.tolist()!r} "
+                         f"(dtype {epoch.dtype}); expected an integer >= 0")
+    for key in ("history_json", "settings_json"):
+        if key in data:
+            try:
+                value = json.loads(str(data[key]))
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {str(path)!r} entry {key!r} is not valid JSON: "
+                                 f"{exc}") from exc
+            if not isinstance(value, dict):
+                raise ValueError(f"checkpoint {str(path)!r} entry {key!r} holds a "
+                                 f"{type(value).__name__}; expected a JSON object")
     return data
+
+
+def _read_npz(path):
+    """The arrays of an ``.npz`` file, each member's size checked before it is read.
+
+    A member's uncompressed size, declared in the zip directory, must be what
+    its ``.npy`` header (shape and dtype) needs, so a small compressed file
+    cannot expand into a large allocation before any check; and zipfile stops
+    reading a member at its declared size.
+    """
+    data = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename
+            key = name[:-4] if name.endswith(".npy") else name
+            with zf.open(info) as fh:
+                try:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                except ValueError as exc:
+                    raise ValueError(f"checkpoint {str(path)!r} entry {key!r} is not a NumPy "
+                                     f"array file: {exc}") from exc
+                if dtype.hasobject:
+                    raise ValueError(f"checkpoint {str(path)!r} entry {key!r} holds Python "
+                                     "objects; expected plain arrays")
+                need = fh.tell() + math.prod(shape) * dtype.itemsize
+            if info.file_size != need:
+                raise ValueError(f"checkpoint {str(path)!r} entry {key!r} declares "
+                                 f"{info.file_size} bytes uncompressed; expected {need} for "
+                                 f"shape {shape} and dtype {dtype}")
+            with zf.open(info) as fh:
+                data[key] = np.lib.format.read_array(fh, allow_pickle=False)
+    return data
+
+
+def _check_model_entries(data, model, path):
+    """Weights of the model's parameters must have their shapes and be finite."""
+    params = getattr(model, "params", None) or {}
+    for key, value in data.items():
+        if not key.startswith(_MODEL_PREFIX):
+            continue
+        name = key[len(_MODEL_PREFIX):]
+        if name in params and tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"checkpoint {str(path)!r} entry {key!r} has shape {value.shape} but "
+                             f"parameter {name!r} has shape {tuple(params[name].shape)}; "
+                             "expected equal shapes")
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"checkpoint {str(path)!r} entry {key!r} holds non-finite values; "
+                             "expected finite numbers")
 
 
 def _restore_model(data, model):
@@ -342,8 +423,27 @@ def _restore_optimizer(data, optimizer, path):
     if stored != type(optimizer).__name__:
         raise ValueError(f"checkpoint {str(path)!r} holds {stored or 'no'} optimizer state "
                          f"but a {type(optimizer).__name__} was given")
-    optimizer.load_state_dict({k[len(_OPTIM_PREFIX):]: v for k, v in data.items()
-                               if k.startswith(_OPTIM_PREFIX)})
+    try:
+        optimizer.load_state_dict({k[len(_OPTIM_PREFIX):]: v for k, v in data.items()
+                                   if k.startswith(_OPTIM_PREFIX)})
+    except ValueError as exc:  # entries are named without the prefix there
+        raise ValueError(f"checkpoint {str(path)!r}: {exc} (entries under {_OPTIM_PREFIX!r})") from exc
+
+
+#: The settings of :func:`train` that shape the trajectory; a resumed run must
+#: use the values of the run it continues (``epochs`` may grow).
+_RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "seed", "optimizer", "clip_norm",
+                    "warmup_epochs", "schedule", "min_lr", "augment")
+
+
+def _check_resume_settings(data, run_settings, path):
+    stored = json.loads(str(data["settings_json"])) if "settings_json" in data else {}
+    now = to_jsonable(run_settings)
+    for key in _RESUME_SETTINGS:
+        if key in stored and stored[key] != now.get(key):
+            raise ValueError(f"resume: checkpoint {str(path)!r} was written by a run with "
+                             f"{key} = {stored[key]!r} but this run has {key} = {now.get(key)!r}; "
+                             f"expected the same {key} (pass {key}={stored[key]!r})")
 
 
 # ---------------------------------------------------------------------------
@@ -385,8 +485,10 @@ def plot_curves(metrics, path=None):
     name = metrics.get("dataset", {}).get("name", "")
     fig.suptitle(f"{title} on {name}".strip())
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
+    if path is not None:  # written atomically, as every file of a run
+        path = Path(path)
+        fmt = path.suffix[1:] or "png"
+        _atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=110))
     return fig
 
 
@@ -438,6 +540,11 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     resume : str or Path, optional
         A checkpoint to continue from: weights, optimiser state, completed
         epochs and history are restored and training goes on to ``epochs``.
+        The checkpoint is checked first (see :func:`load_checkpoint`), and the
+        settings that shape the run (``batch_size``, ``lr``, ``weight_decay``,
+        ``seed``, ``optimizer``, ``clip_norm``, ``warmup_epochs``, ``schedule``,
+        ``min_lr``, ``augment``) must equal those it recorded: a ValueError
+        names the one that differs.  ``epochs`` may grow.
     plot : bool, optional
         Write ``curves.png`` (needs matplotlib) when ``out_dir`` is given.
     on_epoch_end : callable, optional
@@ -528,13 +635,15 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     start_epoch = 0
     if resume is not None:  # weights first: the optimiser must hold the restored arrays
         ckpt = _read_checkpoint(resume)
+        _check_resume_settings(ckpt, run_settings, resume)
+        _check_model_entries(ckpt, model, resume)
+        check_opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
+        _restore_optimizer(ckpt, check_opt, resume)  # a bad optimiser state: nothing restored yet
         _restore_model(ckpt, model)
         start_epoch = int(ckpt["epoch"])
         stored = json.loads(str(ckpt["history_json"]))
         history.update({k: list(v) for k, v in stored.items() if k in history})
-    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    opt_kwargs = {"lr": lr, "weight_decay": float(weight_decay), "no_weight_decay": no_decay}
-    opt = OPTIMIZERS[optimizer](model.params, **opt_kwargs)
+    opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
     if resume is not None:
         _restore_optimizer(ckpt, opt, resume)
 
@@ -609,6 +718,11 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     return metrics
 
 
+def _optimizer_kwargs(model, lr, weight_decay):
+    no_decay = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    return {"lr": lr, "weight_decay": float(weight_decay), "no_weight_decay": no_decay}
+
+
 def _metrics(history, settings, model, ds, steps_per_epoch):
     n_done = len(history["train_loss"])
     wall = float(sum(history["epoch_time_s"]))
@@ -632,11 +746,49 @@ def _metrics(history, settings, model, ds, steps_per_epoch):
 
 
 def _write_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    _atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def _remove_stale_tmp(path):
+    """Delete ``path + ".tmp"`` left behind by an interrupted write."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_file():
+        tmp.unlink()
+
+
+def _atomic_write(path, write):
+    """Write ``path`` all or nothing: ``write(fh)`` into ``path + ".tmp"`` in the same
+    directory, flush and ``fsync`` it, rename it over ``path``, ``fsync`` the directory.
+
+    A stale temporary from an earlier, interrupted write is replaced; if ``write``
+    fails (or is interrupted by Ctrl-C) the temporary is removed and ``path`` is
+    left as it was.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory):
+    """Make a rename in ``directory`` durable (POSIX; Windows cannot open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def _tqdm():

@@ -278,3 +278,227 @@ def test_labels_beyond_the_models_classes_are_refused_before_training(rng):
     with pytest.raises(ValueError, match=r"y_train has labels in \[0, 4\] but the model has 4"):
         train(model, (x, y, x[:2], y[:2]), epochs=1, progress=False, plot=False)
     assert all(np.array_equal(before[k], v) for k, v in model.params.items())  # untouched
+
+
+# --------------------------------------------------------------------------- checkpoint checks
+# Every bad checkpoint is a ValueError naming the entry (or the file) and what was expected,
+# before anything is restored: never a broadcast moment, a late unrelated error or a BadZipFile.
+
+def _good_checkpoint(tmp_path, rng, optimizer="adamw"):
+    model = TinyMLP(seed=0)
+    opt = (AdamW(model.params, lr=0.01) if optimizer == "adamw"
+           else SGD(model.params, lr=0.01, momentum=0.9))
+    opt.step({k: rng.standard_normal(v.shape) for k, v in model.params.items()})
+    path = save_checkpoint(tmp_path / "good.npz", model, opt, epoch=1,
+                           settings={"batch_size": 32, "lr": 0.01})
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _write(tmp_path, arrays, **changes):
+    arrays = {**arrays, **changes}
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+BAD_ENTRIES = [  # (entry, value, words the message must hold)
+    ("optim/exp_avg.fc1.weight", np.float64(0.5), ["exp_avg.fc1.weight", "shape ()", "(64, 16)"]),
+    ("optim/exp_avg.fc1.weight", np.zeros((1, 4)), ["exp_avg.fc1.weight", "(1, 4)", "(64, 16)"]),
+    ("optim/exp_avg.fc1.bias", np.zeros(4), ["exp_avg.fc1.bias", "(4,)", "(16,)"]),
+    ("optim/exp_avg_sq.gain", np.full(16, np.nan), ["exp_avg_sq.gain", "non-finite"]),
+    ("optim/exp_avg.head.bias", np.full(10, np.inf), ["exp_avg.head.bias", "non-finite"]),
+    ("optim/t", np.array(-1), ["'t'", "-1", ">= 0"]),
+    ("optim/t", np.array(1.5), ["'t'", "1.5", "integer"]),
+    ("optim/t", np.array(np.nan), ["'t'", "nan"]),
+    ("optim/betas", np.array([1.0, 1.0]), ["'betas'", "[1.0, 1.0]", "[0, 1)"]),
+    ("optim/betas", np.array([0.9, -0.1]), ["'betas'", "[0, 1)"]),
+    ("optim/betas", np.array([0.9]), ["'betas'", "two numbers"]),
+    ("optim/eps", np.array(0.0), ["'eps'", "> 0"]),
+    ("optim/lr", np.array(np.nan), ["'lr'", "finite"]),
+    ("optim/weight_decay", np.array(-1.0), ["'weight_decay'", ">= 0"]),
+    ("model/gain", np.ones((1, 16)), ["'model/gain'", "(1, 16)", "(16,)"]),
+    ("model/head.bias", np.ones(()), ["'model/head.bias'", "shape ()", "(10,)"]),
+    ("model/fc1.bias", np.full(16, np.nan), ["'model/fc1.bias'", "non-finite"]),
+    ("epoch", np.array(-1), ["'epoch'", "-1", "integer >= 0"]),
+    ("epoch", np.array(1.5), ["'epoch'", "1.5", "integer >= 0"]),
+    ("version", np.array(2), ["'version'", "2", "expected 1"]),
+    ("version", np.array("1"), ["'version'", "expected 1"]),
+    ("settings_json", np.array("[1, 2]"), ["'settings_json'", "JSON object"]),
+    ("history_json", np.array("{oops"), ["'history_json'", "not valid JSON"]),
+]
+
+
+@pytest.mark.parametrize("entry, value, words", BAD_ENTRIES,
+                         ids=[f"{e}={np.asarray(v).tolist()!r}"[:40] for e, v, _ in BAD_ENTRIES])
+def test_bad_checkpoint_entry_is_refused_by_name(tmp_path, rng, entry, value, words):
+    path = _write(tmp_path, _good_checkpoint(tmp_path, rng), **{entry: value})
+    model = TinyMLP(seed=1)
+    before = model.state_dict()
+    opt = AdamW(model.params, lr=0.5)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path, model, opt)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    assert str(path) in str(err.value)
+    assert opt.t == 0 and opt.lr == 0.5 and opt.state == {"exp_avg": {}, "exp_avg_sq": {}}
+    for k, v in before.items():  # refused before the weights change
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+    # train(resume=...) refuses it the same way, before anything is restored
+    with pytest.raises(ValueError) as err:
+        train(model, (np.zeros((4, 8, 8, 1)), np.arange(4), np.zeros((2, 8, 8, 1)), np.arange(2)),
+              epochs=2, batch_size=32, lr=0.01, progress=False, plot=False, resume=path)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v, err_msg=k)
+
+
+def test_bad_sgd_momentum_is_refused_by_name(tmp_path, rng):
+    arrays = _good_checkpoint(tmp_path, rng, optimizer="sgd")
+    for entry, value, word in (("optim/momentum", np.array(1.0), "'momentum'"),
+                               ("optim/momentum_buffer.gain", np.zeros(()), "momentum_buffer.gain")):
+        path = _write(tmp_path, arrays, **{entry: value})
+        model = TinyMLP(seed=1)
+        with pytest.raises(ValueError, match=word):
+            load_checkpoint(path, model, SGD(model.params, momentum=0.5))
+
+
+def test_good_checkpoint_still_loads_after_the_checks(tmp_path, rng):
+    path = _write(tmp_path, _good_checkpoint(tmp_path, rng))
+    model = TinyMLP(seed=1)
+    opt = AdamW(model.params, lr=0.5)
+    assert load_checkpoint(path, model, opt)["epoch"] == 1
+    assert opt.t == 1 and opt.state["exp_avg"]["fc1.weight"].shape == (64, 16)
+
+
+@pytest.mark.parametrize("keep", [0, 40, 0.5, 0.9])
+def test_truncated_checkpoint_is_a_value_error_naming_the_file(tmp_path, rng, keep):
+    _good_checkpoint(tmp_path, rng)
+    raw = (tmp_path / "good.npz").read_bytes()
+    path = tmp_path / "cut.npz"
+    path.write_bytes(raw[:int(keep * len(raw)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match="cut.npz") as err:
+        load_checkpoint(path, TinyMLP())
+    assert "truncated or corrupt" in str(err.value) or "not an ssm_ref" in str(err.value)
+
+
+def test_corrupt_member_is_a_value_error_naming_the_file(tmp_path, rng):
+    _good_checkpoint(tmp_path, rng)
+    raw = bytearray((tmp_path / "good.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte inside a member: the CRC check fails
+    path = tmp_path / "flip.npz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="flip.npz"):
+        load_checkpoint(path, TinyMLP())
+
+
+def test_member_larger_than_its_header_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array(header, np.zeros(4))  # says shape (4,), float64: 32 bytes of data
+    blob = header.getvalue() + bytes(8 << 20)  # ... followed by 8 MiB that compress to ~8 KiB
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("version.npy", _npy(np.array(1)))
+        zf.writestr("epoch.npy", _npy(np.array(1)))
+        zf.writestr("model/fc1.bias.npy", blob)
+    assert path.stat().st_size < 100_000
+    reads = []
+    real = np.lib.format.read_array
+    monkeypatch.setattr(np.lib.format, "read_array",
+                        lambda fh, **kw: reads.append(fh.name) or real(fh, **kw))
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path, TinyMLP())
+    msg = str(err.value)
+    need = len(header.getvalue())
+    assert f"entry 'model/fc1.bias' declares {len(blob)} bytes" in msg, msg
+    assert f"expected {need} for shape (4,) and dtype float64" in msg and "bomb.npz" in msg, msg
+    assert "model/fc1.bias.npy" not in reads  # the big member was never decompressed whole
+
+
+def _npy(a):
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("change", [dict(batch_size=16), dict(lr=1e-3), dict(seed=4),
+                                    dict(augment="none"), dict(optimizer="sgd"),
+                                    dict(clip_norm=None), dict(warmup_epochs=0)])
+def test_resume_with_other_settings_names_the_setting(digits, tmp_path, change):
+    data = _small(digits, 64, 32)
+    kw = dict(epochs=2, batch_size=32, lr=5e-3, seed=3, progress=False, plot=False,
+              augment="shift")
+    train(TinyMLP(seed=2), data, out_dir=tmp_path / "a", on_epoch_end=lambda e, m: True, **kw)
+    (key, value), = change.items()
+    with pytest.raises(ValueError) as err:
+        train(TinyMLP(seed=2), data, resume=tmp_path / "a" / "checkpoint.npz", **{**kw, **change})
+    msg = str(err.value)
+    assert f"{key} = {kw.get(key, {'optimizer': 'adamw', 'clip_norm': 1.0, 'warmup_epochs': 1}.get(key))!r}" in msg, msg
+    assert f"{key} = {value!r}" in msg and "checkpoint.npz" in msg, msg
+    # more epochs is a continuation, not a different run
+    m = train(TinyMLP(seed=2), data, resume=tmp_path / "a" / "checkpoint.npz", **{**kw, "epochs": 3})
+    assert m["epochs"] == 3
+
+
+def test_stale_temporary_is_removed_at_load_and_save(tmp_path, rng):
+    _good_checkpoint(tmp_path, rng)
+    path = tmp_path / "good.npz"
+    tmp = tmp_path / "good.npz.tmp"
+    tmp.write_bytes(b"half a checkpoint from a killed process")
+    load_checkpoint(path, TinyMLP())
+    assert not tmp.exists()
+    tmp.write_bytes(b"again")
+    model = TinyMLP()
+    save_checkpoint(path, model, None, epoch=2)
+    assert not tmp.exists() and load_checkpoint(path, model)["epoch"] == 2
+
+
+def test_interrupted_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    model = TinyMLP()
+    path = save_checkpoint(tmp_path / "c.npz", model, None, epoch=1)
+    old = path.read_bytes()
+
+    def half_then_ctrl_c(fh, **arrays):
+        fh.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, None, epoch=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]
+    assert load_checkpoint(path, model)["epoch"] == 1
+
+
+def test_every_file_of_a_run_is_written_atomically_and_synced(digits, tmp_path, monkeypatch):
+    import os
+
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd")
+                      else fd)
+        real_fsync(fd)
+
+    def replace(src, dst):
+        replaced.append((os.path.basename(src), os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    train(TinyMLP(), _small(digits, 64, 32), epochs=1, batch_size=32, progress=False,
+          out_dir=tmp_path)
+    for name in ("checkpoint.npz", "metrics.json", "curves.png"):
+        assert (name + ".tmp", name) in replaced, (name, replaced)
+        if os.path.exists("/proc/self/fd"):  # the temporary and the directory were synced
+            assert str(tmp_path / (name + ".tmp")) in synced, (name, synced)
+    if os.path.exists("/proc/self/fd"):
+        assert str(tmp_path) in synced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "curves.png",
+                                                          "metrics.json"]
