@@ -448,11 +448,17 @@ def _cmd_train(args):
                 "command": "ssm-ref " + " ".join(args.argv)}
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-        metrics = train(model, dataset, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, out_dir=out,
-                        progress=not args.no_progress, clip_norm=args.clip_norm or None,
-                        warmup_epochs=args.warmup_epochs, augment=args.augment,
-                        resume=args.resume, plot=not args.no_plot, settings=settings)
+        try:
+            metrics = train(model, dataset, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                            out_dir=out, progress=not args.no_progress,
+                            clip_norm=args.clip_norm or None, warmup_epochs=args.warmup_epochs,
+                            augment=args.augment, resume=args.resume, plot=not args.no_plot,
+                            settings=settings)
+        except ValueError as exc:  # a checkpoint from a run with other settings: one line
+            if not str(exc).startswith("resume:"):
+                raise
+            raise CLIError(f"--resume {args.resume}: {exc}") from None
     print(f"{args.model} on {args.dataset} ({args.backend}, {device}): test accuracy "
           f"{metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs, "
           f"{metrics['wall_time_s']:.1f} s, {metrics['n_params']} parameters; "

@@ -487,3 +487,14 @@ def test_data_root_refused_for_builtin_sets(capsys, tmp_path):
                      str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--data-root applies to the data sets read from files" in err[0]
+
+
+def test_resume_with_other_settings_is_one_line_and_status_2(built, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_train_args(out, "--no-plot")) == 0
+    capsys.readouterr()
+    rc = cli.main(_train_args(tmp_path / "r2", "--no-plot", "--epochs", "3", "--batch-size", "32",
+                              "--resume", str(out / "checkpoint.npz")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("ssm-ref train: error: --resume") and "batch_size" in err[0]
