@@ -74,7 +74,7 @@ from .nn import (
     silu,
     silu_backward,
 )
-from .selective import _one_module, selective_scan, selective_scan_backward, selective_state_update
+from .selective import _one_module, selective_scan, selective_scan_backward
 
 __all__ = ["MambaConfig", "MambaBlock", "mamba_init", "mamba_inner_forward",
            "mamba_inner_backward"]

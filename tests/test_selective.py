@@ -7,13 +7,12 @@ B, C), splitting a sequence, and the closed-form steady state.
 from __future__ import annotations
 
 import cmath
-import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cases import FORM_PAIRS, FORMS, astype, cotangents, scan_case
+from cases import FORM_PAIRS, astype, cotangents, scan_case
 from conftest import assert_close, assert_no_host_traffic, assert_same_on, to_xp
 from fake_device import on_device
 

@@ -273,7 +273,7 @@ class PlainMambaMixer(Module):
         (5, 2)
         """
         c = self.config
-        D, N, R = c.d_inner, c.d_state, c.dt_rank
+        D, N = c.d_inner, c.d_state
         Bsz, H, W, _ = cache["u"].shape
         perms, codes, sh = cache["perms"], cache["codes"], cache["shared"]
         K = len(perms)

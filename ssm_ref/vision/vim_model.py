@@ -33,7 +33,7 @@ import numpy as np
 from .._validation import as_array, check_finite, check_positive_int, check_positive_scalar
 from .._xp import array_module
 from ..mamba import MambaConfig
-from ..module import Module, rng_from
+from ..module import rng_from
 from ..nn import rms_norm, softplus
 from .full_model import FullModel
 from .patch_embed import PatchEmbed
