@@ -42,6 +42,7 @@ from .scan_orders import (
     atrous_subgrids,
     from_sequence,
     scan_order,
+    scan_order_3d,
     to_sequence,
 )
 
@@ -54,6 +55,8 @@ __all__ = [
     "ScanScheme",
     "SCHEMES",
     "scan_scheme",
+    "multi_head_scan",
+    "multi_head_merge",
 ]
 
 #: VMamba's four directions, in the order of its CrossScan.
@@ -298,6 +301,124 @@ def multi_merge(ys, orders, H, W, reduce="sum"):
 
 
 # ---------------------------------------------------------------------------
+# Multi-head scan: channels in heads, one order per head
+# ---------------------------------------------------------------------------
+
+def _head_slices(C, K):
+    if C % K:
+        raise ValueError(f"Parameter x has C = {C} channels, which do not split into "
+                         f"K = {K} heads (one per order); C must be a multiple of K")
+    c = C // K
+    return [slice(k * c, (k + 1) * c) for k in range(K)]
+
+
+def multi_head_scan(x, orders):
+    """The multi-head scan: split the channels into K heads, read head k in ``orders[k]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, H, W, C) or (B, L, C)
+        Tokens, channels last; C a multiple of K.
+    orders : sequence of K array_like of int
+        One full scan order (a permutation of the L = H·W cells) per head.
+
+    Returns
+    -------
+    xs : ndarray, shape (B, K, L, C // K)
+        ``xs[:, k, t] = x[:, orders[k][t], k·c:(k+1)·c]`` with c = C // K.
+        Same dtype and array module as ``x``.
+
+    Raises
+    ------
+    ValueError
+        ``orders`` empty or not full permutations of the grid; C not a
+        multiple of K; ``x`` not 3-D or 4-D.
+
+    Notes
+    -----
+    Unlike :func:`multi_scan`, which reads *all* channels K times (K·C values
+    to scan), this reads each channel once: K sequences of C/K channels, the
+    cost of a single scan.  Every head sees the whole image, each in its own
+    order.  The merge :func:`multi_head_merge` is the inverse and the
+    transpose (adjoint) of this map: the two only move entries.
+
+    References
+    ----------
+    Rahman et al. 2024, Mamba in Vision survey, arXiv:2410.03105, Section 3.2
+    (multi-head scan).
+
+    Examples
+    --------
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)      # channel 0: 0 2 4 6, channel 1: 1 3 5 7
+    >>> orders = [scan_order("raster", 2, 2), scan_order("column", 2, 2)]
+    >>> multi_head_scan(x, orders)[0, :, :, 0].tolist()
+    [[0.0, 2.0, 4.0, 6.0], [1.0, 5.0, 3.0, 7.0]]
+    """
+    x = _check_tokens(x, "x")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"Parameter x has shape {tuple(x.shape)} but should be (B, H, W, C) or (B, L, C)")
+    orders = _check_orders(orders)
+    Bsz, C = x.shape[0], x.shape[-1]
+    tokens = x.reshape(Bsz, -1, C)  # (B, L, C)
+    L = tokens.shape[1]
+    perms = [_as_index(q, f"orders[{k}]", n_cells=L, full=True) for k, q in enumerate(orders)]
+    heads = _head_slices(C, len(perms))
+    seqs = [to_sequence(tokens[..., heads[k]], perms[k], check=False)
+            for k in range(len(perms))]  # K × (B, L, c)
+    return array_module(x).stack(seqs, axis=1)  # (B, K, L, c)
+
+
+def multi_head_merge(ys, orders, H, W):
+    """Put K heads back: head k's sequence scattered through ``orders[k]`` into channels k·c..(k+1)·c.
+
+    Parameters
+    ----------
+    ys : ndarray, shape (B, K, H·W, c)
+        The per-head outputs, in the order of ``orders``.
+    orders : sequence of K array_like of int
+        The full scan orders the heads were read in.
+    H, W : int
+
+    Returns
+    -------
+    y : ndarray, shape (B, H, W, K·c)
+        ``y[:, orders[k][t], k·c:(k+1)·c] = ys[:, k, t]``; same dtype as ``ys``.
+
+    Raises
+    ------
+    ValueError
+        ``ys`` not (B, K, H·W, c); an order not a permutation of the H·W cells.
+
+    Notes
+    -----
+    ``multi_head_merge(multi_head_scan(x, orders), orders, H, W) == x`` exactly
+    (each head's cells are visited once; no sum, no mean), and
+    ``<multi_head_scan(x), ys> == <x, multi_head_merge(ys)>``: the merge is the
+    adjoint, so it is also the backward pass of the scan.
+
+    Examples
+    --------
+    >>> x = np.arange(8.0).reshape(1, 2, 2, 2)
+    >>> orders = [scan_order("raster", 2, 2), scan_order("column", 2, 2)]
+    >>> bool(np.array_equal(multi_head_merge(multi_head_scan(x, orders), orders, 2, 2), x))
+    True
+    """
+    H = check_positive_int(H, "H")
+    W = check_positive_int(W, "W")
+    orders = _check_orders(orders)
+    K = len(orders)
+    ys = _check_tokens(ys, "ys")
+    if ys.ndim != 4 or ys.shape[1] != K or ys.shape[2] != H * W:
+        raise ValueError(
+            f"Parameter ys has shape {tuple(ys.shape)} but should be (B, {K}, {H * W}, c) "
+            f"(K = {K} heads of H·W = {H}·{W} tokens)")
+    perms = [_as_index(q, f"orders[{k}]", n_cells=H * W, full=True) for k, q in enumerate(orders)]
+    parts = [from_sequence(ys[:, k], perms[k], H, W, check=False) for k in range(K)]  # (B,H,W,c)
+    return array_module(ys).concatenate(parts, axis=-1)  # (B, H, W, K·c)
+
+
+# ---------------------------------------------------------------------------
 # Named schemes
 # ---------------------------------------------------------------------------
 
@@ -311,11 +432,14 @@ class ScanScheme:
     build : callable
         ``build(H, W, **options) -> list of K index arrays``.
     reduce : str
-        How the K outputs are merged: ``"sum"`` or ``"mean"``.
+        How the K outputs are merged: ``"sum"`` or ``"mean"`` (:func:`multi_merge`),
+        or ``"concat"``: each order reads its own group of channels (a head) and
+        the heads are put side by side (:func:`multi_head_merge`).
     parameters : str
         ``"separate"`` when each direction has its own SSM parameters,
         ``"shared"`` when one set serves all directions, ``"per layer"`` when
-        the model uses one direction per layer.
+        the model uses one direction per layer, ``"per head"`` when each
+        direction has its own channels (and parameters).
     options : dict
         Options of ``build`` with defaults.
     source : str
@@ -356,6 +480,42 @@ def _es2d(H, W, step=2):
 
 def _zigma(H, W):
     return [scan_order("zigzag", H, W, index=k) for k in range(8)]
+
+
+def _frame_height(H, frames):
+    """The height of one frame when ``frames`` frames are stacked along the rows of an H-row grid."""
+    frames = check_positive_int(frames, "frames")
+    if H % frames:
+        raise ValueError(f"Parameter frames = {frames} does not divide H = {H}: a (T, h, W) video "
+                         "is scanned as the (T·h, W) grid of its stacked frames")
+    return frames, H // frames
+
+
+def _vivim(H, W, frames=1):
+    T, h = _frame_height(H, frames)
+    return [scan_order_3d("spatial_first", T, h, W),
+            scan_order_3d("spatial_first_reversed", T, h, W),
+            scan_order_3d("temporal_first", T, h, W)]
+
+
+def _st_bidirectional(H, W, frames=1):
+    T, h = _frame_height(H, frames)
+    return [scan_order_3d(n, T, h, W) for n in
+            ("spatial_first", "spatial_first_reversed", "temporal_first", "temporal_first_reversed")]
+
+
+def _hierarchical(H, W, levels=3):
+    levels = check_positive_int(levels, "levels")
+    # coarse to fine: blocks of side 2^(levels-1), ..., 2, 1 (the last is raster)
+    return [scan_order("quadtree", H, W, depth=d) for d in range(levels - 1, -1, -1)]
+
+
+#: The orders of the ``"multihead"`` scheme, one per head (VMamba's four directions).
+_MULTIHEAD_ORDERS = CROSS_SCAN_ORDERS
+
+
+def _multihead(H, W):
+    return [scan_order(n, H, W) for n in _MULTIHEAD_ORDERS]
 
 
 SCHEMES: dict[str, ScanScheme] = {
@@ -406,6 +566,38 @@ SCHEMES: dict[str, ScanScheme] = {
         "Hu et al. 2024, ZigMa, arXiv:2403.13802; survey Fig. 5e",
         "the 8 zigzags (2 per corner).  ZigMa does not merge them inside a block: "
         "layer l uses zigzag l mod 8; merging them all (mean) is offered for comparison"),
+    "vivim": ScanScheme(
+        "vivim", _vivim, "mean", "separate", {"frames": 1},
+        "Yang et al. 2024, Vivim, arXiv:2401.14168 (ST-Mamba, released code's "
+        "bimamba_type='v3'); survey Fig. 5b",
+        "a (T, h, W) video as the (T·h, W) grid of its stacked frames (option frames = T; "
+        "flat index t·h·W + i·W + j): spatial-first forward, spatial-first backward and "
+        "temporal-first forward, each with its own conv1d, x_proj, dt_proj, A and D; the "
+        "three outputs averaged (the released code divides their sum by 3).  There is no "
+        "temporal-first backward scan in the code"),
+    "st_bidirectional": ScanScheme(
+        "st_bidirectional", _st_bidirectional, "mean", "separate", {"frames": 1},
+        "survey Fig. 5b (3D bidirectional scan); Yang et al. 2024, Vivim, arXiv:2401.14168",
+        "the fully bidirectional spatiotemporal scan the survey's Fig. 5b names: spatial-first "
+        "and temporal-first, each forward and backward (4 sequences over the stacked (T·h, W) "
+        "grid, option frames = T), averaged.  Vivim's code runs three of these four"),
+    "hierarchical": ScanScheme(
+        "hierarchical", _hierarchical, "sum", "separate", {"levels": 3},
+        "Zhang et al. 2024, Motion Mamba, arXiv:2403.07487 (hierarchical temporal Mamba); "
+        "survey Fig. 5h",
+        "one sequence per level of a quadtree pyramid, coarse to fine: level with blocks of "
+        "side 2^k reads each aligned block as one contiguous run (scan_order('quadtree', "
+        "depth=k)), k = levels-1 .. 0, the last level raster; outputs summed.  Motion Mamba "
+        "itself varies the number of isolated SSMs per U-Net level over a 1D motion sequence; "
+        "this 2D form is the library's reading of Fig. 5h"),
+    "multihead": ScanScheme(
+        "multihead", _multihead, "concat", "per head", {},
+        "Rahman et al. 2024, Mamba in Vision survey, arXiv:2410.03105, Section 3.2 "
+        "(multi-head scan: patches in sub-spaces, one order each)",
+        "the channels split into K = 4 heads, head k read in VMamba's direction k (raster, "
+        "column, both reversed): K sequences of C/K channels, not K copies of all C; merged "
+        "by putting each head's channels back (multi_head_scan / multi_head_merge), so the "
+        "cost is that of one scan"),
 }
 
 
@@ -417,7 +609,10 @@ def scan_scheme(name, H, W, **options):
     name : str
         A key of :data:`SCHEMES`: ``"vim_bidirectional"`` (2), ``"vmamba_cross"``
         (4), ``"omnidirectional"`` (8), ``"plainmamba"`` (4), ``"localmamba"``
-        (4, option ``window``), ``"es2d"`` (step², option ``step``), ``"zigma"`` (8).
+        (4, option ``window``), ``"es2d"`` (step², option ``step``), ``"zigma"`` (8),
+        ``"vivim"`` (3) and ``"st_bidirectional"`` (4) on stacked video frames
+        (option ``frames``), ``"hierarchical"`` (option ``levels``),
+        ``"multihead"`` (4 heads; merge with :func:`multi_head_merge`).
     H, W : int
     **options
         The scheme's options (``SCHEMES[name].options``).
@@ -426,7 +621,8 @@ def scan_scheme(name, H, W, **options):
     -------
     list of ndarray of int64
         K index arrays; full scan orders except for ``es2d``, whose sub-grids
-        partition the grid.  Merge with ``multi_merge(..., reduce=SCHEMES[name].reduce)``.
+        partition the grid.  Merge with ``multi_merge(..., reduce=SCHEMES[name].reduce)``
+        (``multi_head_merge`` for the ``"concat"`` scheme ``"multihead"``).
 
     Raises
     ------
@@ -436,7 +632,7 @@ def scan_scheme(name, H, W, **options):
     Examples
     --------
     >>> [len(scan_scheme(n, 4, 4)) for n in SCHEMES]
-    [2, 4, 8, 4, 4, 4, 8]
+    [2, 4, 8, 4, 4, 4, 8, 3, 4, 3, 4]
     >>> [p.tolist() for p in scan_scheme("es2d", 2, 2)]
     [[0], [2], [1], [3]]
     """
@@ -463,6 +659,11 @@ def resolve_directions(directions, direction_options):
         if directions not in SCHEMES:
             raise ValueError(f"Parameter directions = {directions!r} is not a scheme of "
                              f"{sorted(SCHEMES)} nor a list of scan-order names")
+        if SCHEMES[directions].reduce == "concat":
+            raise ValueError(f"Parameter directions = {directions!r} is a multi-head scheme "
+                             "(each order reads its own channels); a mixer that scans every "
+                             "channel in every direction cannot run it: use MultiHeadSS2D or "
+                             "multi_head_scan / multi_head_merge")
         scan_scheme(directions, 4, 4, **opts)  # validates the options now
 
         def build(H, W):

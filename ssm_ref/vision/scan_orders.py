@@ -291,6 +291,35 @@ def _local_column(H, W, window=2):
     return _local(H, W, window=window, column_first=True)
 
 
+def _quadtree(H, W, depth=2):
+    """Blocks of side 2^depth row-major; inside each, its four half-side blocks row-major, recursively.
+
+    The read order of one level of a quadtree pyramid (the hierarchical scan):
+    every aligned block of side 2^k, k <= depth, is one contiguous run of the
+    sequence.  depth 0 is raster, depth 1 LocalMamba's 2×2 windows, and on a
+    2^k × 2^k grid depth k is the Z-order.  Blocks past the right/bottom edge
+    are clipped (partial blocks, as in ``local``).
+    """
+    depth = check_positive_int(depth, "depth", minimum=0)
+    perm = []
+
+    def visit(i0, j0, side):
+        if side == 1:
+            perm.append(i0 * W + j0)
+            return
+        half = side // 2
+        for di in (0, half):          # the four quadrants, row-major
+            for dj in (0, half):
+                if i0 + di < H and j0 + dj < W:
+                    visit(i0 + di, j0 + dj, half)
+
+    side = 2 ** depth
+    for bi in range(0, H, side):      # the blocks of the top level, row-major
+        for bj in range(0, W, side):
+            visit(bi, bj, side)
+    return np.array(perm, dtype=np.int64)
+
+
 def _atrous_subgrids(H, W, step):
     """The step² dilated sub-grids of ES2D, each an int64 array; empty ones are kept."""
     subgrids = []
@@ -443,6 +472,14 @@ SCAN_ORDERS: dict[str, ScanOrder] = {
         "atrous", _atrous, _EFF,
         "the step² dilated sub-grids one after the other (ES2D), even sub-grids "
         "row-major, odd ones column-major", options={"step": 2}),
+    "quadtree": _entry(
+        "quadtree", _quadtree,
+        "Zhang et al. 2024, Motion Mamba, arXiv:2403.07487 (hierarchical scan, survey "
+        "Fig. 5h); the 2D quadtree form is this library's",
+        "blocks of side 2^depth row-major, each read as its four half-side blocks "
+        "row-major, recursively: every aligned 2^k block (k <= depth) is one run; "
+        "depth 0 is raster, depth 1 the 2×2 local windows, depth k on 2^k×2^k the Z-order",
+        options={"depth": 2}),
 }
 
 

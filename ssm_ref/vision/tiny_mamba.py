@@ -37,7 +37,8 @@ from .patch_embed import (
 from .plainmamba import PlainMambaBlock
 from .scan_orders import from_sequence, scan_order, to_sequence
 from .vim import VimBlock
-from .vmamba import VSSBlock
+from .multi import SCHEMES
+from .vmamba import SS2D, MultiHeadSS2D, VSSBlock
 
 __all__ = ["TinyVim", "TinyVMamba", "TinyPlainMamba"]
 
@@ -282,8 +283,10 @@ class TinyVMamba(GridClassifier):
     def _make_block(self, rng):
         c = self.config
         directions, options = c.mixer_directions()
+        # a multi-head scheme (each order reads its own channels) runs in MultiHeadSS2D
+        multi_head = isinstance(directions, str) and SCHEMES[directions].reduce == "concat"
         return VSSBlock(c.mamba_config(), directions=directions, direction_options=options,
-                        seed=rng)
+                        seed=rng, mixer_cls=MultiHeadSS2D if multi_head else SS2D)
 
 
 class TinyPlainMamba(GridClassifier):

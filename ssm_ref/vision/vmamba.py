@@ -41,11 +41,11 @@ from ..nn import (
     silu,
     silu_backward,
 )
-from .multi import CROSS_SCAN_ORDERS, count_directions, resolve_directions
+from .multi import SCHEMES, CROSS_SCAN_ORDERS, count_directions, resolve_directions, scan_scheme
 from .prenorm import PreNormBlock
 from .scan_orders import from_sequence, to_sequence
 
-__all__ = ["SS2D", "VSSBlock", "LocalSS2D", "ES2D"]
+__all__ = ["SS2D", "VSSBlock", "LocalSS2D", "ES2D", "MultiHeadSS2D"]
 
 _SS2D_KEYS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds",
               "in_proj.weight", "in_proj.bias", "conv2d.weight", "conv2d.bias",
@@ -572,3 +572,167 @@ class VSSBlock(PreNormBlock):
             a = as_array(state_dict[prefix + k], f"state_dict[{k!r}]", allow_complex=False)
             obj.params[k] = check_shape(a, f"state_dict[{k!r}]", (C,)).copy()
         return obj
+
+
+class MultiHeadSS2D(SS2D):
+    """SS2D with the multi-head scan: the d_inner channels in K heads, head k read in order k.
+
+    The data path is SS2D's except the core: instead of reading all D channels
+    in each of K directions (K·D channels scanned), head k, the channels
+    ``k·c .. k·c + c - 1`` (c = D / K), is read only in order k, and the heads
+    are put back side by side (:func:`ssm_ref.vision.multi_head_merge`)::
+
+        xs_k  = x[..., head k] read in order k         (B, c, L)
+        dts, Bs, Cs = split(x_proj_weight[k] @ xs_k)   (B, R, L), (B, N, L), (B, N, L)
+        y     = selective_scan over the D channels, one call, B/C grouped by head
+        y[..., head k] = scatter(y_k, order k)         (B, H, W, D)
+
+    Parameters
+    ----------
+    config : MambaConfig, optional
+    directions : str or sequence, default ``"multihead"``
+        A multi-head scheme of :data:`ssm_ref.vision.SCHEMES` (``reduce ==
+        "concat"``), or a list of K scan-order names or ``(name, options)`` pairs,
+        one per head.  d_inner must be a multiple of K.
+    direction_options : dict, optional
+        Options of the scheme.
+    eps, seed, dtype, scan_fn, scan_backward_fn, **config_fields
+        As in :class:`SS2D`.
+
+    Attributes
+    ----------
+    params : mapping
+        SS2D's names with per-head shapes: ``x_proj_weight`` (K, R+2N, c),
+        ``dt_projs_weight`` (K, c, R), ``dt_projs_bias`` (K, c), ``A_logs`` (D, N),
+        ``Ds`` (D,); the rest as in SS2D.
+
+    Notes
+    -----
+    The scan cost is that of one direction (D channels), against K·D for
+    SS2D with K directions; each head still sees the whole image.  The survey
+    (Rahman et al. 2024, Section 3.2) names the multi-head scan without a
+    reference design; this block is the library's, built on SS2D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = MultiHeadSS2D(d_model=4, d_state=2)      # d_inner 8: 4 heads of 2 channels
+    >>> m(np.random.default_rng(0).standard_normal((1, 3, 5, 4))).shape
+    (1, 3, 5, 4)
+    >>> m.params["x_proj_weight"].shape, m.params["A_logs"].shape
+    ((4, 5, 2), (8, 2))
+    """
+
+    def __init__(self, config=None, *, directions="multihead", **kwargs):
+        super().__init__(config, directions=directions, **kwargs)
+
+    def _set_directions(self, directions, direction_options):
+        opts = dict(direction_options or {})
+        if isinstance(directions, str):
+            if directions not in SCHEMES or SCHEMES[directions].reduce != "concat":
+                raise ValueError(f"Parameter directions = {directions!r} is not a multi-head "
+                                 "scheme of SCHEMES (reduce 'concat') nor a list of scan orders")
+            scan_scheme(directions, 4, 4, **opts)  # validates the options now
+
+            def build(H, W):
+                return scan_scheme(directions, H, W, **opts)
+            label = directions
+        else:
+            if opts:
+                raise ValueError("Parameter direction_options is only used with a scheme name")
+            build, _, label = resolve_directions(list(directions), None)
+        self._build, self.reduce, self.directions = build, "concat", label
+        self.n_directions = count_directions(build)
+        if self.config.d_inner % self.n_directions:
+            raise ValueError(f"Parameter d_inner = {self.config.d_inner} does not split into "
+                             f"K = {self.n_directions} heads (one per order)")
+
+    def _heads(self):
+        c = self.config.d_inner // self.n_directions
+        return [slice(k * c, (k + 1) * c) for k in range(self.n_directions)]
+
+    def _init_params(self, rng, dtype):
+        c, K = self.config, self.n_directions
+        heads = self._heads()
+        per_head = [mamba_init(c, seed=rng) for _ in range(K)]  # Mamba's init, sliced per head
+        p = super()._init_params(rng, dtype)
+        p["x_proj_weight"] = np.stack([q["x_proj.weight"][:, sl]
+                                       for q, sl in zip(per_head, heads)])  # (K, R+2N, c)
+        p["dt_projs_weight"] = np.stack([q["dt_proj.weight"][sl]
+                                         for q, sl in zip(per_head, heads)])  # (K, c, R)
+        p["dt_projs_bias"] = np.stack([q["dt_proj.bias"][sl]
+                                       for q, sl in zip(per_head, heads)])  # (K, c)
+        p["A_logs"] = np.concatenate([q["A_log"][sl] for q, sl in zip(per_head, heads)])  # (D, N)
+        p["Ds"] = np.concatenate([q["D"][sl] for q, sl in zip(per_head, heads)])  # (D,)
+        return {key: v.astype(dtype) for key, v in p.items()}
+
+    def _core_weights(self):
+        A_logs = self._w("A_logs")
+        return {"w_x": self._w("x_proj_weight"), "w_dt": self._w("dt_projs_weight"),
+                "b_dt": self._w("dt_projs_bias").reshape(-1),  # (D,)
+                "A": -array_module(A_logs).exp(A_logs), "D": self._w("Ds")}  # (D, N), (D,)
+
+    def _head_perms(self, H, W):
+        perms = [np.asarray(q, dtype=np.int64) for q in self._build(H, W)]
+        for q in perms:
+            if q.size != H * W:
+                raise ValueError(f"directions {self.directions!r}: every head needs a full scan "
+                                 f"order of the {H}x{W} grid, got one of length {q.size}")
+        return perms
+
+    def _core_forward(self, x_act, w):
+        """Head k of x_act (B, H, W, D) read in order k; returns y (B, H, W, D) and a cache."""
+        Bsz, H, W, D = x_act.shape
+        c = self.config
+        R, N, K = c.dt_rank, c.d_state, self.n_directions
+        xp = array_module(x_act)
+        perms, heads = self._head_perms(H, W), self._heads()
+        xs, dts, deltas, Bs, Cs = [], [], [], [], []
+        for k in range(K):
+            xs_k = to_sequence(x_act[..., heads[k]], perms[k],
+                               check=False).transpose(0, 2, 1)  # (B, c, L)
+            x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L)
+            dts.append(x_dbl[:, :R])
+            Bs.append(x_dbl[:, R:R + N])
+            Cs.append(x_dbl[:, R + N:])
+            deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, c, L)
+            xs.append(xs_k)
+        y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
+                         w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
+                         z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, D, L)
+        y = xp.asarray(y, dtype=np.float64)
+        y_grid = xp.concatenate(
+            [from_sequence(y[:, heads[k]].transpose(0, 2, 1), perms[k], H, W, check=False)
+             for k in range(K)], axis=-1)  # (B, H, W, D): each head put back in place
+        cache = {"perms": perms, "xs": xs, "dts": dts, "deltas": deltas, "Bs": Bs, "Cs": Cs}
+        return y_grid, cache
+
+    def _core_backward(self, dy_grid, cache, w):
+        """Reverse of :meth:`_core_forward`: dx_act (B, H, W, D) and the core's grads."""
+        Bsz, H, W, D = dy_grid.shape
+        K = self.n_directions
+        xp = array_module(dy_grid)
+        perms, xs, heads = cache["perms"], cache["xs"], self._heads()
+        dys = [to_sequence(dy_grid[..., heads[k]], perms[k], check=False).transpose(0, 2, 1)
+               for k in range(K)]  # K × (B, c, L)
+        s = self.scan_backward_fn(
+            xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
+            xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
+            xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
+            delta_softplus=True)
+        s = {key: (None if v is None else xp.asarray(v, dtype=np.float64)) for key, v in s.items()}
+        g = {"A_logs": s["A"] * w["A"],  # A = -exp(A_logs)
+             "Ds": s["D"], "dt_projs_bias": s["delta_bias"].reshape(K, -1),
+             "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
+        parts = []
+        for k in range(K):
+            sl = heads[k]
+            ddelta, du = s["delta"][:, sl], s["u"][:, sl]  # (B, c, L)
+            g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta, cache["dts"][k])
+            d_dts = xp.einsum("bdl,dr->brl", ddelta, w["w_dt"][k])  # (B, R, L)
+            d_xdbl = xp.concatenate([d_dts, s["B"][:, k], s["C"][:, k]], axis=1)  # (B, R+2N, L)
+            g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
+            dxs = du + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, c, L)
+            parts.append(from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W,
+                                       check=False))  # adjoint of the head's gather
+        return xp.concatenate(parts, axis=-1), g
