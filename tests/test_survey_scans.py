@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
-from test_vision_blocks import TINY, _one_direction, _post_scan, _pre_scan, fd_check, perturb
+from test_vision_blocks import (
+    TINY,
+    _one_direction,
+    _post_scan,
+    _pre_scan,
+    check_block,
+    check_function,
+    fd_check,
+    perturb,
+    perturb_block,
+)
 
 import ssm_ref.vision as sv
 from ssm_ref.vision import (
@@ -205,3 +215,18 @@ def test_tiny_vmamba_runs_the_new_schemes(rng):
         assert isinstance(mixer, MultiHeadSS2D) == (directions == "multihead")
         logits = m.forward(x)
         assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+
+
+# --------------------------------------------------------------------------- every array module
+def test_multi_head_scan_and_merge_on_every_array_module(xp, rng):
+    H, W = 3, 4
+    orders = scan_scheme("multihead", H, W)
+    x = rng.standard_normal((2, H, W, 8)).astype(np.float32)
+    check_function(xp, multi_head_scan, [x, orders], host=(1,))
+    ys = rng.standard_normal((2, 4, H * W, 2))
+    check_function(xp, multi_head_merge, [ys, orders, H, W], host=(1,))
+
+
+def test_multihead_vss_block_on_every_array_module(xp, rng):
+    blk = perturb_block(sv.VSSBlock(d_model=4, mixer_cls=MultiHeadSS2D, seed=9, **TINY), rng)
+    check_block(xp, blk, rng.standard_normal((2, 4, 3, 4)), rng)

@@ -21,7 +21,11 @@ orders are NumPy index arrays, checked on the host, whose device copies are
 made once and cached by ``to_sequence`` / ``from_sequence``.
 The named schemes of the literature are data in :data:`SCHEMES`; each says how
 its directions are merged and whether they share parameters (that lives in the
-block that uses the scheme, not here).
+block that uses the scheme, not here).  A video (F, H, W) is scanned as the
+(F·H, W) grid of its stacked frames (schemes ``"vivim"``, ``"st_bidirectional"``,
+option ``frames``).  The multi-head scan (:func:`multi_head_scan`,
+:func:`multi_head_merge`, scheme ``"multihead"``) reads each group of channels in
+its own order instead of all channels in every order.
 
 Book chapter: "Images as sequences" (label ``images-as-sequences``); survey:
 Rahman et al. 2024, arXiv:2410.03105, Section 3.2 and Figure 5.
