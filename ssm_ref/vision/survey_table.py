@@ -92,12 +92,12 @@ ORDER_NOTES: dict[str, dict] = {
     "diagonal": _note(
         "5f (omnidirectional)", "wrapping diagonals, column offset growing with the row",
         "diagonal neighbours adjacent: an orientation rows and columns miss",
-        "the wrap joins cells from opposite edges; 4-neighbours H tokens apart",
+        "4-neighbours about H tokens apart, and almost L apart across the wrap",
         "RS-Mamba's omnidirectional scan of remote-sensing images (roads, rivers)"),
     "antidiagonal": _note(
         "5f (omnidirectional)", "wrapping anti-diagonals",
         "the other diagonal orientation",
-        "wrap-around jumps; 4-neighbours H tokens apart",
+        "4-neighbours about H tokens apart, and almost L apart across the wrap",
         "RS-Mamba (with diagonal and the four cross-scan orders)"),
     "diagonal_reversed": _note(
         "5f, read backwards", "the diagonal order from its far end",
@@ -126,7 +126,7 @@ ORDER_NOTES: dict[str, dict] = {
         "centred or polar data (the survey: medical imaging, remote sensing)"),
     "hilbert": _note(
         "4 (Hilbert curve)", "a space-filling curve; generalized to any H×W",
-        "continuous; neighbours in both axes mostly close: the best locality here",
+        "continuous; most neighbours in both axes stay close, though a few end up far apart",
         "irregular turns; on sizes other than 2^k a few diagonal steps",
         "locality-sensitive scans, serialised point clouds"),
     "zorder": _note(
@@ -147,7 +147,7 @@ ORDER_NOTES: dict[str, dict] = {
     "atrous": _note(
         "5i (atrous / dilated)", "the step² dilated sub-grids one after the other",
         "each sub-grid is a coarse view of the whole image",
-        "4-neighbours always lie in different sub-grids, a quarter of the image apart",
+        "4-neighbours always lie in different sub-grids, far apart in the sequence",
         "EfficientVMamba's ES2D (as separate sub-grid sequences, see the es2d scheme)"),
 }
 
@@ -171,7 +171,7 @@ SCHEME_NOTES: dict[str, dict] = {
     "plainmamba": _note(
         "5g (continuous 2D)", "four snakes with shared parameters, direction-aware B",
         "continuous in every direction; one parameter set for all four",
-        "four scans per layer; vertical gaps of the row snakes remain",
+        "four scans per layer; one parameter set must serve all four directions",
         "PlainMamba (non-hierarchical backbone)"),
     "localmamba": _note(
         "5d (local)", "local windows row- and column-first, each reversed",
