@@ -97,8 +97,8 @@ def test_state_update_on_cupy(rng):
                 B=rng.standard_normal((BS, 4, N)), C=rng.standard_normal((BS, 4, N)),
                 D=rng.standard_normal(ND), z=rng.standard_normal((BS, ND)),
                 dt_bias=rng.standard_normal(ND))
-    y, h = cs.selective_state_update(**_to_cupy(args), dt_softplus=True)
-    y_ref, h_ref = sr.selective_state_update(**args, dt_softplus=True)
+    y, h = cs.selective_state_step(**_to_cupy(args), dt_softplus=True)
+    y_ref, h_ref = sr.selective_state_step(**args, dt_softplus=True)
     assert isinstance(y, cupy.ndarray)
     assert_close(y, y_ref, kind="backend")
     assert_close(h, h_ref, kind="backend")
