@@ -53,7 +53,9 @@ synchronisation on the device, and are left out.
 
 Only real ``A`` is supported here; complex ``A`` raises ``NotImplementedError``
 (the ``ref`` and ``numba`` backends have it). Computation happens in the input
-dtype (float32 or float64); under the simulator, scalar ``math`` functions run
+dtype (float32 or float64; ``ml_dtypes.bfloat16`` host arrays in float32, the
+results cast back to bfloat16, as the official kernels compute bfloat16 in
+float32 registers); under the simulator, scalar ``math`` functions run
 in Python floats, so simulated float32 is slightly more accurate than a GPU.
 """
 from __future__ import annotations
@@ -394,9 +396,9 @@ def _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
     if len(su) != 3:
         raise ValueError(f"Parameter u has shape {su} ({len(su)}-D) but should be 3-D")
     dtype = dtypes["u"]
-    if dtype not in (np.float32, np.float64):
+    if dtype not in (np.float32, np.float64) and dtype.name != "bfloat16":
         raise TypeError(f"Parameter u has dtype {dtype}; the cuda backend computes in "
-                        "float32 or float64")
+                        "float32 or float64 (bfloat16 in float32)")
     Bsz, nD, L = su
     if dtypes["A"].kind == "c":
         raise NotImplementedError("Parameter A is complex; the cuda backend supports real A "
@@ -1000,10 +1002,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     s, _, _ = _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     chunk_size, threads = _defaults(chunk_size, threads, s.length)
     mover, s, _ = _start(s)
-    dtype = s.out_dtype  # computed in u's dtype
+    dtype = _step_dtype(s.out_dtype)  # computed in u's dtype (bfloat16 in float32)
     dev = _prepare(mover, s, dtype)
     out, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
-    y = mover.back(out[1])
+    y = mover.back(out[1], s.out_dtype if dtype != s.out_dtype else None)
     if not return_last_state:
         return y
     return y, _last_state(mover, states, s.state_dtype)
@@ -1073,7 +1075,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     chunk_size, threads = _defaults(chunk_size, threads, s.length)
     mover, s, extra = _start(s, dout=dout, dlast_state=dlast_state)
     dout, dlast_state = extra["dout"], extra["dlast_state"]
-    dtype = s.out_dtype  # computed in u's dtype
+    dtype = _step_dtype(s.out_dtype)  # computed in u's dtype (bfloat16 in float32)
     Bsz, nD, L, N = s.batch, s.dim, s.length, s.dstate
     dev = _prepare(mover, s, dtype, dout)
     _, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
@@ -1151,12 +1153,12 @@ def _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, indices, i
     return q, arrs, dtypes
 
 
-def _step_dtype(x_dtype):
-    """The dtype the step computes in: x's (float32, float64), float32 for bfloat16."""
+def _step_dtype(x_dtype, name="x"):
+    """The dtype a kernel computes in: ``x_dtype`` (float32, float64), float32 for bfloat16."""
     if x_dtype.name == "bfloat16":
         return np.dtype(np.float32)
     if x_dtype not in (np.float32, np.float64):
-        raise TypeError(f"Parameter x has dtype {x_dtype}; the cuda backend computes in "
+        raise TypeError(f"Parameter {name} has dtype {x_dtype}; the cuda backend computes in "
                         "float32 or float64 (bfloat16 in float32)")
     return np.dtype(x_dtype)
 

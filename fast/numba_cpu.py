@@ -682,7 +682,8 @@ def _tiled_copy(src, out):
 
 def _contiguous(X, dtype):
     """A (B, D, L) array as C-contiguous ``dtype``: no copy if it already is one."""
-    if X.flags.c_contiguous or X.ndim != 3 or X.size < 4096:
+    if (X.flags.c_contiguous or X.ndim != 3 or X.size < 4096
+            or X.dtype not in (np.float32, np.float64)):  # Numba has no bfloat16 (nor float16 here)
         return np.ascontiguousarray(X, dtype=dtype)
     out = np.empty(X.shape, dtype)
     _launch(_tiled_copy, X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
@@ -926,11 +927,12 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     def check():
         s = _check_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3)
+        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True)
         check_shape(dout_, "dout", (s.batch, s.dim, s.length))
         dlast = None
         if dlast_state is not None:
-            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
+            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
+                             bfloat16=True)
             check_shape(dlast, "dlast_state", (s.batch, s.dim, s.dstate))
             check_finite(dlast, "dlast_state")
         return s, dout_, dlast
@@ -948,11 +950,9 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         if real == np.float32:  # valid input that float32 could not hold: again in float64
             real = np.dtype(np.float64)
             grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
-    for name, grad in grads.items():  # each argument's own dtype; real ones get the real part
-        if grad is not None:
-            target = s.dtypes[name]
-            grad = grad if target.kind == "c" else np.real(grad)
-            grads[name] = np.ascontiguousarray(grad).astype(target, copy=False)
+    for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
+        if grad is not None:          # interleaved again for an interleaved B/C)
+            grads[name] = np.ascontiguousarray(s.grad_as_given(name, np.ascontiguousarray(grad)))
     return grads
 
 

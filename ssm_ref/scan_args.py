@@ -35,6 +35,13 @@ grouped     (B, G, N, L)      input-dependent in G groups;    (B, G, N, L)
                               d // (D // G); G divides D
 ==========  ================  ==============================  ==================
 
+With complex A, a variable or grouped B/C may come in the official
+interleaved real layout ``(B, [G,] N, 2L)`` (real and imaginary parts
+alternating along the last axis): :func:`check_scan_structure` reads it as the
+complex ``(B, [G,] N, L)`` array (:func:`deinterleave`), records the name in
+``ScanArgs.interleaved``, and :meth:`ScanArgs.grad_as_given` interleaves its
+gradient back.
+
 The 4-D view ``(B|1, G', N, L|1)`` (``G'`` = D, 1 or G) is the one layout
 the kernels read: channel d of batch b at step t reads
 ``view[b or 0, d // (D // G'), :, t or 0]``.  The decoding step's B and C are
@@ -92,13 +99,12 @@ class BCForm(enum.Enum):
             check_shape(X, name, (dim, dstate))
             return cls.CONSTANT
         if len(shape) == 3:
-            if shape == (batch, dstate, 2 * length) and np.dtype(dtype).kind == "f":
+            if shape == (batch, dstate, 2 * length) and np.dtype(dtype).kind != "c":
                 raise ValueError(
                     f"Parameter {name} has shape {shape} but should be "
                     f"({batch}, {dstate}, {length}); it looks like the official "
-                    "real/imaginary interleaved layout of mamba_ssm for complex A: "
-                    "pass a genuinely complex array instead "
-                    "(X[..., 0::2] + 1j * X[..., 1::2])"
+                    "real/imaginary interleaved layout of mamba_ssm, which is read "
+                    "only with a complex A (here A is real)"
                 )
             check_shape(X, name, (batch, dstate, length))
             return cls.VARIABLE
@@ -240,6 +246,9 @@ class ScanArgs:
     dtypes: Mapping[str, np.dtype]
     #: softplus(delta + delta_bias), (B, D, L), float64; None from check_scan_structure
     step: Optional[Any] = None
+    #: the names ("B", "C") given in the official interleaved real layout (B, [G,] N, 2L)
+    #: for complex A; their attributes hold the complex (B, [G,] N, L) arrays
+    interleaved: frozenset = frozenset()
 
     @property
     def out_dtype(self):
@@ -259,6 +268,18 @@ class ScanArgs:
         """
         return self.dtypes["A"]
 
+    def grad_as_given(self, name, grad):
+        """The gradient ``grad`` of argument ``name`` in the dtype and layout it was given in.
+
+        A real argument gets the real part; a B or C given in the interleaved
+        real layout gets its complex gradient interleaved the same way
+        (``dL/dRe`` at even, ``dL/dIm`` at odd positions of the last axis).
+        """
+        target = self.dtypes[name]
+        if name in self.interleaved:
+            return interleave(grad, target)
+        return (grad if target.kind == "c" else grad.real).astype(target, copy=False)
+
     def groups(self, name):
         """G of the argument ``name`` ("B" or "C"): its group count, or 1."""
         form = self.form_B if name == "B" else self.form_C
@@ -269,6 +290,40 @@ class ScanArgs:
         if self.h0 is None:
             return self.xp.zeros((self.batch, self.dim, self.dstate), self.work_dtype)
         return self.h0.astype(self.work_dtype)  # a copy: the caller's h0 is never written
+
+
+def _interleaved_layout(X, batch, dstate, length):
+    """True for a real B/C in the official interleaved layout (B, N, 2L) or (B, G, N, 2L)."""
+    shape = tuple(X.shape)
+    if X.dtype.kind == "c" or len(shape) not in (3, 4) or shape[-1] != 2 * length:
+        return False
+    return shape[0] == batch and shape[-2] == dstate
+
+
+def deinterleave(X):
+    """The official interleaved real layout, read as complex: ``X[..., 2t] + 1j X[..., 2t+1]``.
+
+    As the official ``selective_scan_ref`` reads it (``rearrange(B, "... (L two) ->
+    ... L two", two=2)`` then ``torch.view_as_complex``): (..., 2L) real ->
+    (..., L) complex, complex64 for float32 (and narrower), else complex128.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> deinterleave(np.array([[[1.0, 2.0, 3.0, 4.0]]]))
+    array([[[1.+2.j, 3.+4.j]]])
+    """
+    cdt = np.complex64 if np.dtype(X.dtype).itemsize <= 4 else np.complex128
+    return X[..., 0::2].astype(cdt) + 1j * X[..., 1::2].astype(cdt)
+
+
+def interleave(G, dtype):
+    """The inverse of :func:`deinterleave`: complex (..., L) -> real (..., 2L) of ``dtype``."""
+    xp = array_module(G)
+    out = xp.empty(tuple(G.shape[:-1]) + (2 * G.shape[-1],), dtype)
+    out[..., 0::2] = G.real.astype(dtype)
+    out[..., 1::2] = G.imag.astype(dtype)
+    return out
 
 
 def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -283,14 +338,14 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     ``u`` may be None (hidden attention has no input); then the sizes come
     from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given.
     """
-    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
+    delta = as_array(delta, "delta", allow_complex=False, ndim=3, bfloat16=True)
     if u is not None:
-        u = as_array(u, "u", allow_complex=False, ndim=3)
+        u = as_array(u, "u", allow_complex=False, ndim=3, bfloat16=True)
         batch, dim, length = u.shape
         check_shape(delta, "delta", (batch, dim, length))
     else:
         batch, dim, length = delta.shape
-    A = as_array(A, "A", ndim=2)
+    A = as_array(A, "A", ndim=2, bfloat16=True)
     check_shape(A, "A", (dim, None))
     dstate = A.shape[1]
     if dstate < 1 or length < 1 or batch < 1 or dim < 1:
@@ -298,24 +353,32 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             f"empty sizes: batch={batch}, D={dim}, L={length}, N={dstate}; all must be >= 1"
         )
     is_complex = A.dtype.kind == "c"
-    B = as_array(B, "B")
-    C = as_array(C, "C")
+    B = as_array(B, "B", bfloat16=True)
+    C = as_array(C, "C", bfloat16=True)
+    given_dtypes = {"B": B.dtype, "C": C.dtype}
+    interleaved = frozenset(name for name, X in (("B", B), ("C", C))
+                            if is_complex and _interleaved_layout(X, batch, dstate, length))
+    if "B" in interleaved:
+        B = deinterleave(B)  # (B, [G,] N, 2L) real -> (B, [G,] N, L) complex
+    if "C" in interleaved:
+        C = deinterleave(C)
     for X, name in ((B, "B"), (C, "C")):
         _check_complex_bc(X, name, A)
     form_B = BCForm.of(B, B.dtype, "B", batch, dim, length, dstate)
     form_C = BCForm.of(C, C.dtype, "C", batch, dim, length, dstate)
     if D is not None:
-        D = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
+        D = check_shape(as_array(D, "D", allow_complex=False, ndim=1, bfloat16=True), "D",
+                        (dim,))
     if z is not None:
-        z = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
+        z = check_shape(as_array(z, "z", allow_complex=False, ndim=3, bfloat16=True), "z",
                         (batch, dim, length))
     if delta_bias is not None:
         delta_bias = check_shape(
-            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
+            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1, bfloat16=True),
             "delta_bias", (dim,))
     if h0 is not None:
-        h0 = check_shape(as_array(h0, "h0", allow_complex=is_complex, ndim=3), "h0",
-                         (batch, dim, dstate))
+        h0 = check_shape(as_array(h0, "h0", allow_complex=is_complex, ndim=3, bfloat16=True),
+                         "h0", (batch, dim, dstate))
     check_bool(delta_softplus, "delta_softplus")
     arrays = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, h0=h0)
     xp = one_module(arrays)
@@ -329,9 +392,11 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
         )
     dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    dtypes.update(given_dtypes)  # an interleaved B/C: the real dtype it was given in
     return ScanArgs(**arrays, delta_softplus=bool(delta_softplus), form_B=form_B,
                     form_C=form_C, batch=batch, dim=dim, length=length, dstate=dstate,
-                    is_complex=is_complex, xp=xp, dtypes=MappingProxyType(dtypes))
+                    is_complex=is_complex, xp=xp, dtypes=MappingProxyType(dtypes),
+                    interleaved=interleaved)
 
 
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None,

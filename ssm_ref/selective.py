@@ -105,8 +105,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     B, C : array_like
         Each independently constant ``(D, N)``, variable ``(B, N, L)``, or
         grouped ``(B, G, N, L)`` with G dividing D (channel d reads group
-        ``d // (D // G)``).  Complex only when A is complex; with complex A,
-        real B/C are read as complex numbers with zero imaginary part.
+        ``d // (D // G)``).  Complex only when A is complex.  With complex A a
+        variable or grouped B/C may also be given in the official interleaved
+        real layout ``(B, N, 2L)`` or ``(B, G, N, 2L)``, read as
+        ``X[..., 2t] + 1j * X[..., 2t+1]``; other real B/C are read as complex
+        numbers with zero imaginary part.
     D : array_like, shape (D,), optional
         Skip connection: ``y += D * u``.
     z : array_like, shape (B, D, L), optional
@@ -157,8 +160,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     a real system whose state holds conjugate pairs; only one of each pair is
     stored, so the output is ``2 Re <C_t, h_t>``.  The official code stores a
     *variable* complex B or C as a real array with real and imaginary parts
-    interleaved along the last axis, ``(B, N, 2L)``; here pass a complex array
-    ``(B, N, L)`` (``X[..., 0::2] + 1j * X[..., 1::2]`` converts).
+    interleaved along the last axis, ``(B, N, 2L)``; that layout is accepted
+    (it is told from the complex form ``(B, N, L)`` by its length 2L), and
+    :func:`selective_scan_backward` returns its gradient in it.
 
     Computed in float64 (complex128 for complex A) with an explicit loop over
     time; cost O(B D L N), memory O(B D (L + N)): only the current state is kept.
@@ -544,10 +548,11 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     s = check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     xp, work = s.xp, s.work_dtype
-    dout = check_shape(as_array(dout, "dout", allow_complex=False, ndim=3), "dout",
-                       (batch, dim, length))
+    dout = check_shape(as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True),
+                       "dout", (batch, dim, length))
     if dlast_state is not None:
-        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
+        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
+                               bfloat16=True)
         check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
     _one_module({"delta": s.delta, "dout": dout, "dlast_state": dlast_state})
     check_finite(dout, "dout")
@@ -622,6 +627,5 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     # back to each argument's own dtype; real arguments get the real part
     for name, grad in grads.items():
         if grad is not None:
-            target = s.dtypes[name]
-            grads[name] = (grad if target.kind == "c" else grad.real).astype(target)
+            grads[name] = s.grad_as_given(name, grad)  # an interleaved B/C: interleaved again
     return grads

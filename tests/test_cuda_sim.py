@@ -300,3 +300,21 @@ def test_official_state_update_in_place(rng, layout, groups, indices):
     if idx is not None:
         untouched = sorted(set(range(5)) - set(indices))
         np.testing.assert_array_equal(kw["state"][untouched], before[untouched])
+
+
+def test_bfloat16_is_computed_in_float32(rng):
+    """ml_dtypes.bfloat16 host arrays: computed in float32, results back in bfloat16."""
+    from test_parity import BF16, _bf16, _f32
+    kw = _bf16(make_inputs(rng, Bs=1, nD=2, L=20))
+    y, last = cs.selective_scan(**kw, return_last_state=True, **LAUNCH)
+    y32, last32 = sr.selective_scan(**_f32(kw), return_last_state=True)
+    assert y.dtype == BF16 and last.dtype == BF16
+    assert_close(y, y32.astype(BF16), kind="backend")
+    assert_close(last, last32.astype(BF16), kind="backend")
+    dout = rng.standard_normal(y.shape).astype(BF16)
+    g = cs.selective_scan_backward(dout, **kw, **LAUNCH)
+    g32 = sr.selective_scan_backward(dout.astype(np.float32), **_f32(kw))
+    for name in GRAD_NAMES:
+        if g32[name] is not None:
+            assert g[name].dtype == BF16, name
+            assert_close(g[name], g32[name].astype(BF16), kind="backend", err_msg=name)

@@ -376,11 +376,17 @@ def test_negative_step_raises(rng):
     selective_scan(**kw, delta_softplus=True)
 
 
-def test_official_interleaved_complex_layout_is_explained(rng):
+def test_official_interleaved_complex_layout_is_read_as_complex(rng):
+    """The official real (B, N, 2L) layout of a complex B: Re at even, Im at odd positions
+    (tests/test_parity.py has every form, the backward and the other backends)."""
     kw = scan_case(rng, complex_=True, extras=False)
-    kw["B"] = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
-    with pytest.raises(ValueError, match="interleaved"):
-        selective_scan(**kw)
+    flat = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
+    flat[..., 1::2] = -0.5
+    expected = selective_scan(**dict(kw, B=np.full((2, 3, 9), 1.0 - 0.5j)))
+    assert_close(selective_scan(**dict(kw, B=flat)), expected, kind="exact")
+    real = scan_case(rng, extras=False)  # with a real A the layout is a shape error
+    with pytest.raises(ValueError, match="interleaved layout .* only with a complex A"):
+        selective_scan(**dict(real, B=flat))
 
 
 # ---------------------------------------------------------------------------
