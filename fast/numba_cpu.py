@@ -40,7 +40,8 @@ How it is computed
   (no ZeroDivisionError branch), and ``noalias`` array arguments (no
   run-time overlap checks in front of every 16-lane loop).
 * Precision: float32 input is computed in float32 (state, exponentials and
-  the dot product with C); anything else in float64.  The float32 result
+  the dot product with C), and so are float16 and ``ml_dtypes.bfloat16``
+  (converted on the way in, results cast back); anything else in float64.  The float32 result
   stays within the ``"backend"`` float32 tolerance of the float64 reference
   (rtol 2e-4, atol 2e-5) on the test sizes; the error grows slowly with L
   (each step adds about one float32 rounding to a state that forgets at rate

@@ -43,7 +43,16 @@ Euler rule ``Bbar = delta * B``; the exact ZOH would be
 ``(exp(delta A) - 1) / A * B``.  The two agree to first order in delta.
 
 All arithmetic is done in float64 (complex128 for complex A); the output is
-cast back to the dtype of ``u``.
+cast back to the dtype of ``u`` and the last state to the dtype of ``A``, as
+the official reference returns them.  ``ml_dtypes.bfloat16`` arrays are
+accepted (NumPy has no bfloat16 of its own): computed in float64 here and in
+float32 by the compiled backends of :mod:`fast`, returned in bfloat16.
+
+Where this differs from the official package, and why (complex A in the
+decoding step, checked ``state_batch_indices``, channel groups in the
+single-head step, value checks, ``h0`` and the gradient of the last state,
+the dtypes each backend computes in): the table "Where ssm-ref differs from
+the official package" in the README.
 
 The arguments are checked once, by :func:`ssm_ref.scan_args.check_scan_args`
 (the same call in every backend), and read as the attributes of the
@@ -97,7 +106,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     Parameters
     ----------
     u : array_like, shape (B, D, L)
-        Input sequence, real.  Its dtype is the dtype of the output.
+        Input sequence, real (float16, float32, float64 or
+        ``ml_dtypes.bfloat16``).  Its dtype is the dtype of the output.
     delta : array_like, shape (B, D, L)
         Step sizes Δ before ``delta_bias`` and softplus, real.
     A : array_like, shape (D, N)
