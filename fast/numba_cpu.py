@@ -684,7 +684,7 @@ def _tiled_copy(src, out):
 def _contiguous(X, dtype):
     """A (B, D, L) array as C-contiguous ``dtype``: no copy if it already is one."""
     if (X.flags.c_contiguous or X.ndim != 3 or X.size < 4096
-            or X.dtype not in (np.float32, np.float64)):  # Numba has no bfloat16 (nor float16 here)
+            or X.dtype not in (np.float32, np.float64)):  # Numba has no bfloat16 (nor float16)
         return np.ascontiguousarray(X, dtype=dtype)
     out = np.empty(X.shape, dtype)
     _launch(_tiled_copy, X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
@@ -953,7 +953,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
             grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
     for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
         if grad is not None:          # interleaved again for an interleaved B/C)
-            grads[name] = np.ascontiguousarray(s.grad_as_given(name, np.ascontiguousarray(grad)))
+            grads[name] = np.ascontiguousarray(s.grad_as_given(name, grad))
     return grads
 
 
@@ -1076,7 +1076,7 @@ def _state_step(q):
         k = _step_arrays(q, valid, real)
     y, h = _run_step(q, k, real)
     if real == np.float32 and not _all_finite((y, h)):
-        real = np.dtype(np.float64)  # valid input that float32 could not hold: again in float64
+        real = np.dtype(np.float64)  # valid input float32 could not hold: again in float64
         y, h = _run_step(q, _step_arrays(q, valid, real), real)
     if valid is not None:  # padding entries: output 0, no state row
         y_all = np.zeros((q.batch, q.dim), real)

@@ -21,8 +21,9 @@ def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None, bfloat16=Fal
 
     Integers and booleans are promoted to float64; object and string arrays
     are refused.  With ``bfloat16``, an ``ml_dtypes.bfloat16`` array is
-    accepted as it is (the scan functions compute it in float32 or float64).  ``ndim`` may be an int or a tuple of allowed ints.  A device
-    array (CuPy) stays on its device: the result is of ``x``'s array module.
+    accepted as it is (the scan functions compute it in float32 or float64).
+    ``ndim`` may be an int or a tuple of allowed ints.  A device array (CuPy)
+    stays on its device: the result is of ``x``'s array module.
     """
     if x is None:
         raise TypeError(f"Parameter {name} is None but an array was expected")

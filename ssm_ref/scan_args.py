@@ -336,7 +336,9 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     converts nor reads the values of the (B, D, L) arrays ``u``, ``delta``,
     ``z``: the Numba backend calls it and screens those inside its kernels.
     ``u`` may be None (hidden attention has no input); then the sizes come
-    from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given.
+    from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given,
+    except a B or C in the official interleaved real layout (complex A),
+    which is read as its complex array (``ScanArgs.interleaved`` names it).
     """
     delta = as_array(delta, "delta", allow_complex=False, ndim=3, bfloat16=True)
     if u is not None:

@@ -284,7 +284,8 @@ def test_bad_shapes_raise_the_reference_messages(rng):
 
 
 @pytest.mark.parametrize("layout,groups,indices", [
-    ("single", None, None), ("single", 2, [2, -1, 0]), ("heads", 2, None), ("heads", 4, [3, 0, -1])])
+    ("single", None, None), ("single", 2, [2, -1, 0]), ("heads", 2, None),
+    ("heads", 4, [3, 0, -1])])
 def test_official_state_update_in_place(rng, layout, groups, indices):
     """The official form on the simulator: state written in place (rows of a cache with
     indices, the other rows bit for bit untouched), against the float64 loop oracle."""

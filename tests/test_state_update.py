@@ -64,7 +64,8 @@ def loop_oracle(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus
                     step = step if step > 20 else math.log1p(math.exp(step))
                 acc = 0.0
                 for n in range(dstate):
-                    decay = cmath.exp(step * A[h, p, n]) if cplx else math.exp(step * A[h, p, n])
+                    a = step * A[h, p, n]
+                    decay = cmath.exp(a) if cplx else math.exp(a)
                     hn = decay * new[row, h, p, n] + step * B[b, g, n] * x[b, h, p]
                     new[row, h, p, n] = hn
                     acc += C[b, g, n] * hn
@@ -217,9 +218,11 @@ def test_steps_reproduce_the_scan_in_the_multi_head_layout(rng):
     Cv = rng.standard_normal((batch, 2, dstate, T))
     y_scan, last = ssm_ref.selective_scan(u, delta, A, Bv, Cv, return_last_state=True)
     state = np.zeros((batch, nheads, hdim, dstate))
-    ys = [ssm_ref.selective_state_update(state, u[..., t].reshape(batch, nheads, hdim),
-                                         delta[..., t].reshape(batch, nheads, hdim),
-                                         A.reshape(nheads, hdim, dstate), Bv[..., t], Cv[..., t])
+    heads = (batch, nheads, hdim)
+    ys = [ssm_ref.selective_state_update(state, u[..., t].reshape(heads),
+                                         delta[..., t].reshape(heads),
+                                         A.reshape(nheads, hdim, dstate), Bv[..., t],
+                                         Cv[..., t])
           for t in range(T)]
     assert_close(np.stack(ys, -1).reshape(batch, dim, T), y_scan, kind="exact")
     assert_close(state.reshape(batch, dim, dstate), last, kind="exact")
@@ -238,7 +241,8 @@ def _error(fn, *args, **kw):
 
 
 BAD = [
-    ("state_batch_indices", np.array([0, 1, 7]), ValueError, "state_batch_indices has entries up to 7"),
+    ("state_batch_indices", np.array([0, 1, 7]), ValueError,
+     "state_batch_indices has entries up to 7"),
     ("state_batch_indices", np.array([1, 1, 0]), ValueError, "state_batch_indices repeats row"),
     ("state_batch_indices", np.array([0.0, 1.0, 2.0]), TypeError, "state_batch_indices has dtype"),
     ("state_batch_indices", np.array([0, 1]), ValueError, "state_batch_indices has shape"),
