@@ -5,8 +5,10 @@ module              what it holds
 ==================  ===========================================================
 _registry           the backends ("ref", "numba", "cuda", "auto") and the
                     public functions below, which dispatch to them
-numba_cpu           the selective scan, its backward and the decoding step on
-                    the CPU (Numba, parallel over batch x channel); safe to
+numba_cpu           the selective scan, its backward and the decoding step
+                    (selective_state_update in place, selective_state_step
+                    functional) on the CPU (Numba, parallel over batch x
+                    channel); safe to
                     call from several threads (under Numba's "workqueue"
                     threading layer its parallel launches take a lock)
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
@@ -27,8 +29,9 @@ from ._registry import (  # noqa: F401
     backends,
     selective_scan,
     selective_scan_backward,
+    selective_state_step,
     selective_state_update,
 )
 
 __all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
-           "selective_state_update"]
+           "selective_state_update", "selective_state_step"]

@@ -30,7 +30,7 @@ import importlib
 from ssm_ref._xp import is_cupy
 
 __all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
-           "selective_state_update"]
+           "selective_state_update", "selective_state_step"]
 
 #: the backend names, in order of preference for NumPy input
 BACKENDS = ("ref", "numba", "cuda")
@@ -192,12 +192,15 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False, *, backend="auto"):
-    """One decoding step of the selective SSM on the chosen backend.
+                           dt_softplus=False, state_batch_indices=None, *, backend="auto"):
+    """One decoding step of the selective SSM on the chosen backend, ``state`` updated in place.
 
     Same parameters, results and errors as
-    :func:`ssm_ref.selective_state_update`, plus ``backend`` (see
-    :func:`selective_scan`).  Returns ``(y, new_state)``.
+    :func:`ssm_ref.selective_state_update` (the official function's
+    signature and semantics: single- and multi-head layouts,
+    ``state_batch_indices``), plus ``backend`` (see :func:`selective_scan`).
+    Returns ``out``; the new state is written into ``state`` (on the device
+    for a CuPy ``state``).
 
     Notes
     -----
@@ -208,11 +211,35 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     --------
     >>> import numpy as np
     >>> import fast
-    >>> y, h = fast.selective_state_update(np.zeros((1, 1, 1)), [[1.0]], [[0.5]], [[-1.0]],
-    ...                                    [[1.0]], [[1.0]], backend="numba")
-    >>> y
+    >>> h = np.zeros((1, 1, 1))
+    >>> fast.selective_state_update(h, [[1.0]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]],
+    ...                             backend="numba")
     array([[0.5]])
+    >>> h
+    array([[[0.5]]])
+    """
+    module = _module(backend, dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z,
+                                  dt_bias=dt_bias, state_batch_indices=state_batch_indices))
+    return module.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                         state_batch_indices)
+
+
+def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                         dt_softplus=False, *, backend="auto"):
+    """One decoding step in functional form on the chosen backend: ``(y, new_state)``.
+
+    Same parameters, results and errors as :func:`ssm_ref.selective_state_step`
+    (``state`` is not modified), plus ``backend`` (see :func:`selective_scan`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> y, h = fast.selective_state_step(np.zeros((1, 1, 1)), [[1.0]], [[0.5]], [[-1.0]],
+    ...                                  [[1.0]], [[1.0]], backend="numba")
+    >>> y, h
+    (array([[0.5]]), array([[[0.5]]]))
     """
     module = _module(backend, dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z,
                                   dt_bias=dt_bias))
-    return module.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return module.selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

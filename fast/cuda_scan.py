@@ -53,7 +53,9 @@ synchronisation on the device, and are left out.
 
 Only real ``A`` is supported here; complex ``A`` raises ``NotImplementedError``
 (the ``ref`` and ``numba`` backends have it). Computation happens in the input
-dtype (float32 or float64); under the simulator, scalar ``math`` functions run
+dtype (float32 or float64; ``ml_dtypes.bfloat16`` host arrays in float32, the
+results cast back to bfloat16, as the official kernels compute bfloat16 in
+float32 registers); under the simulator, scalar ``math`` functions run
 in Python floats, so simulated float32 is slightly more accurate than a GPU.
 """
 from __future__ import annotations
@@ -66,8 +68,8 @@ import numpy as np
 
 from ssm_ref._validation import (as_array, check_bool, check_finite, check_positive_int,
                                  check_shape)
-from ssm_ref.scan_args import (ARRAY_NAMES, BCForm, ScanArgs, check_groups, check_scan_args,
-                               check_step_args, step_view_shape)
+from ssm_ref.scan_args import (ARRAY_NAMES, BCForm, ScanArgs, check_scan_args,
+                               check_step_args)
 from ssm_ref._xp import is_cupy as _is_cupy
 
 try:  # numba-cuda imports fine without a GPU; only launching fails
@@ -79,7 +81,8 @@ except Exception as exc:  # pragma: no cover - numba without its CUDA target
     _numba_config = None
     _IMPORT_ERROR = exc
 
-__all__ = ["status", "selective_scan", "selective_scan_backward", "selective_state_update"]
+__all__ = ["status", "selective_scan", "selective_scan_backward", "selective_state_update",
+           "selective_state_step"]
 
 #: defaults on a real GPU (the official kernel uses 128 threads x 8-16 items)
 GPU_THREADS, GPU_CHUNK = 128, 1024
@@ -364,7 +367,7 @@ def _shape_of(x, name):
             raise TypeError(f"Parameter {name} has dtype {dt} but a real or complex "
                             "floating-point array was expected")
         return x, tuple(x.shape), dt
-    arr = as_array(x, name)
+    arr = as_array(x, name, bfloat16=True)  # bfloat16 is computed in float32
     return arr, arr.shape, arr.dtype
 
 
@@ -393,9 +396,9 @@ def _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
     if len(su) != 3:
         raise ValueError(f"Parameter u has shape {su} ({len(su)}-D) but should be 3-D")
     dtype = dtypes["u"]
-    if dtype not in (np.float32, np.float64):
+    if dtype not in (np.float32, np.float64) and dtype.name != "bfloat16":
         raise TypeError(f"Parameter u has dtype {dtype}; the cuda backend computes in "
-                        "float32 or float64")
+                        "float32 or float64 (bfloat16 in float32)")
     Bsz, nD, L = su
     if dtypes["A"].kind == "c":
         raise NotImplementedError("Parameter A is complex; the cuda backend supports real A "
@@ -812,12 +815,18 @@ def _backward_kernel(dtype_name, threads, items):
 
 @functools.lru_cache(maxsize=None)
 def _step_kernel(dtype_name):
-    """Compile the one-token decoding step: one thread per (batch, channel)."""
+    """Compile the one-token decoding step: one thread per (batch, channel), state in place.
+
+    Flat layout (:meth:`ssm_ref.scan_args.StepArgs.flat`): state (S, D, N),
+    x, dt, z (B, D), A (D, N), B, C (B, G, N), D, dt_bias (D,).  Batch entry b
+    updates state row ``idx[b]`` (b without indices); a negative index is a
+    padding entry: its output is 0 and no row is touched.
+    """
     real = np.dtype(dtype_name).type
 
     @cuda.jit
-    def step(state, x, dt, A, Bm, Cm, Dv, z, dtb, out, new_state,
-             has_D, has_z, has_bias, softplus):
+    def step(state, x, dt, A, Bm, Cm, Dv, z, dtb, idx, out,
+             has_D, has_z, has_bias, softplus, has_idx):
         Bsz = x.shape[0]
         nD = x.shape[1]
         N = A.shape[1]
@@ -826,6 +835,10 @@ def _step_kernel(dtype_name):
             return
         b = row // nD
         d = row % nD
+        srow = idx[b] if has_idx else b
+        if srow < 0:  # padding
+            out[b, d] = real(0)
+            return
         gB = d // (nD // Bm.shape[1])
         gC = d // (nD // Cm.shape[1])
         delta = dt[b, d]
@@ -837,8 +850,8 @@ def _step_kernel(dtype_name):
         one = real(1)
         y = real(0)
         for n in range(N):
-            h = math.exp(delta * A[d, n]) * state[b, d, n] + delta * Bm[b, gB, n] * xv
-            new_state[b, d, n] = h
+            h = math.exp(delta * A[d, n]) * state[srow, d, n] + delta * Bm[b, gB, n] * xv
+            state[srow, d, n] = h
             y += Cm[b, gC, n] * h
         if has_D:
             y += Dv[d] * xv
@@ -989,10 +1002,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     s, _, _ = _validate_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     chunk_size, threads = _defaults(chunk_size, threads, s.length)
     mover, s, _ = _start(s)
-    dtype = s.out_dtype  # computed in u's dtype
+    dtype = _step_dtype(s.out_dtype)  # computed in u's dtype (bfloat16 in float32)
     dev = _prepare(mover, s, dtype)
     out, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
-    y = mover.back(out[1])
+    y = mover.back(out[1], s.out_dtype if dtype != s.out_dtype else None)
     if not return_last_state:
         return y
     return y, _last_state(mover, states, s.state_dtype)
@@ -1062,7 +1075,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     chunk_size, threads = _defaults(chunk_size, threads, s.length)
     mover, s, extra = _start(s, dout=dout, dlast_state=dlast_state)
     dout, dlast_state = extra["dout"], extra["dlast_state"]
-    dtype = s.out_dtype  # computed in u's dtype
+    dtype = _step_dtype(s.out_dtype)  # computed in u's dtype (bfloat16 in float32)
     Bsz, nD, L, N = s.batch, s.dim, s.length, s.dstate
     dev = _prepare(mover, s, dtype, dout)
     _, states = _launch_forward(mover, dev, s, dtype, chunk_size, threads)
@@ -1096,29 +1109,114 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     return result
 
 
+def _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, indices, in_place):
+    """Check the decoding step's arguments; return ``(StepArgs of shapes, arrays, dtypes)``.
+
+    Host (NumPy) input goes through the reference's own checks
+    (:func:`ssm_ref.scan_args.check_step_args`, values included).  Device
+    input is checked on zero-memory host stand-ins of the same shapes and
+    dtypes (``np.broadcast_to``), so that the layouts, shapes and groups are
+    checked by the same code with the same messages; the value checks are
+    left out (each would cost a device reduction and a synchronisation),
+    except for ``state_batch_indices``, copied to the host and checked, since
+    a wrong index would write outside the cache.
+    """
+    given = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    on_device = any(_is_device(v) for v in list(given.values()) + [indices] if v is not None)
+    q = None
+    if not on_device:
+        q = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, indices,
+                            in_place=in_place)
+    check_bool(dt_softplus, "dt_softplus")
+    arrs, dtypes = {}, {}
+    for name, v in given.items():
+        arrs[name] = None
+        if v is not None:
+            arrs[name], _, dtypes[name] = _shape_of(v, name)
+    if dtypes["A"].kind == "c":
+        raise NotImplementedError("Parameter A is complex; the cuda backend supports real A "
+                                  "only (backends 'numba' and 'ref' take complex A)")
+    if q is not None:
+        return q, arrs, dtypes
+    for name, dt_ in dtypes.items():
+        if dt_.kind == "c":
+            raise TypeError(f"Parameter {name} is complex ({dt_}) but A is real")
+    stand_ins = {name: None if v is None else np.broadcast_to(np.zeros((), dtypes[name]),
+                                                              tuple(v.shape))
+                 for name, v in arrs.items()}
+    if indices is not None:
+        if _is_cupy(indices):
+            indices = indices.get()
+        elif _has_cai(indices) or getattr(indices, "__cuda_ndarray__", False):
+            indices = cuda.as_cuda_array(indices).copy_to_host()
+    q = check_step_args(**stand_ins, dt_softplus=dt_softplus, state_batch_indices=indices)
+    return q, arrs, dtypes
+
+
+def _step_dtype(x_dtype, name="x"):
+    """The dtype a kernel computes in: ``x_dtype`` (float32, float64), float32 for bfloat16."""
+    if x_dtype.name == "bfloat16":
+        return np.dtype(np.float32)
+    if x_dtype not in (np.float32, np.float64):
+        raise TypeError(f"Parameter {name} has dtype {x_dtype}; the cuda backend computes in "
+                        "float32 or float64 (bfloat16 in float32)")
+    return np.dtype(x_dtype)
+
+
+def _launch_step(q, arrs, dtype, mover, dev_state, indices):
+    """Run the step kernel on the flat device state ``dev_state``; return the (B, D) output."""
+    dev = {name: mover.device(arrs[name], name, dtype, q.flat(name).shape)
+           for name in ("x", "dt", "A", "B", "C")}
+    for name, ndim in (("D", 1), ("z", 2), ("dt_bias", 1)):
+        dev[name] = mover.dummy(ndim, dtype) if arrs[name] is None \
+            else mover.device(arrs[name], name, dtype, q.flat(name).shape)
+    if indices is None:
+        dev_idx = mover.dummy(1, np.int64)
+    else:
+        dev_idx = mover.device(indices, "state_batch_indices", np.int64)
+    out = mover.empty((q.batch, q.dim), dtype)  # (B, D)
+    threads = SIM_THREADS if _simulator_on() else GPU_THREADS
+    blocks = -(-(q.batch * q.dim) // threads)
+    mover.launch(_step_kernel(np.dtype(dtype).name), blocks, threads)(
+        dev_state, dev["x"], dev["dt"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
+        dev["dt_bias"], dev_idx, out[0], arrs["D"] is not None, arrs["z"] is not None,
+        arrs["dt_bias"] is not None, bool(q.dt_softplus), indices is not None)
+    return out
+
+
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False):
-    """One decoding step of the selective SSM on the GPU.
+                           dt_softplus=False, state_batch_indices=None):
+    """One decoding step of the selective SSM on the GPU, ``state`` updated in place.
+
+    Same signature and semantics as :func:`ssm_ref.selective_state_update`
+    (the official function's: single- and multi-head layouts,
+    ``state_batch_indices``); real A only.
 
     Parameters
     ----------
-    state : array (B, D, N)
-        The state before the step (not modified, as in the reference).
-    x, dt : array (B, D)
-        Input and step size of the new token; computed in x's dtype.
-    A : array (D, N)
+    state : array (B, D, N) or (B, H, P, N)
+        The state before the step; the new state is written into it.  A CuPy
+        (or other CUDA) array of the compute dtype, C-contiguous, is updated
+        by the kernel where it lies; otherwise (a NumPy array, another
+        dtype, a strided view) the kernel updates a device copy and the rows
+        it touched are written back into ``state``.
+    x, dt : array (B, D) or (B, H, P)
+        Input and step size of the new token; computed in x's dtype
+        (float32 or float64; bfloat16 in float32).
+    A : array (D, N) or (H, P, N)
         Real diagonal state matrix.
     B, C : array (B, N) or (B, G, N)
         Input and output matrices of the new token.
-    D : array (D,), optional
-    z : array (B, D), optional
-    dt_bias : array (D,), optional
+    D, dt_bias : array (D,) or (H, P), optional
+    z : array (B, D) or (B, H, P), optional
     dt_softplus : bool
+    state_batch_indices : int array (B,), optional
+        The state row of each batch entry (negative: padding, output 0).
 
     Returns
     -------
-    y : array (B, D)
-    new_state : array (B, D, N)
+    out : array, shape of x
+        In x's dtype, in the caller's kind of array.
 
     Raises
     ------
@@ -1136,71 +1234,73 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> import numpy as np
     >>> state = np.zeros((1, 2, 3)); x = np.ones((1, 2)); dt = np.full((1, 2), 0.1)
     >>> A = -np.ones((2, 3)); B = np.ones((1, 3)); C = np.ones((1, 3))
-    >>> y, h = selective_state_update(state, x, dt, A, B, C)  # doctest: +SKIP
-    >>> np.round(y, 6)  # doctest: +SKIP
-    array([[0.3, 0.3]])
+    >>> y = selective_state_update(state, x, dt, A, B, C)  # doctest: +SKIP
+    >>> np.round(y, 6), np.round(state[0, 0], 6)  # doctest: +SKIP
+    (array([[0.3, 0.3]]), array([0.1, 0.1, 0.1]))
     """
-    given = dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
-    if not any(_is_device(v) for v in given.values() if v is not None):
-        check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)  # the reference's
-    check_bool(dt_softplus, "dt_softplus")
-    arrs, dtypes = {}, {}
-    for name, v in given.items():
-        arrs[name] = None
-        if v is not None:
-            arrs[name], _, dtypes[name] = _shape_of(v, name)
-    if dtypes["A"].kind == "c":
-        raise NotImplementedError("Parameter A is complex; the cuda backend supports real A "
-                                  "only (backends 'numba' and 'ref' take complex A)")
-    for name, dt_ in dtypes.items():
-        if dt_.kind == "c":
-            raise TypeError(f"Parameter {name} is complex ({dt_}) but A is real")
-    if len(arrs["x"].shape) != 2:
-        raise ValueError(f"Parameter x has shape {tuple(arrs['x'].shape)} but should be 2-D "
-                         "(B, D)")
-    dtype = dtypes["x"]
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"Parameter x has dtype {dtype}; the cuda backend computes in "
-                        "float32 or float64")
-    Bsz, nD = arrs["x"].shape
-    check_shape(arrs["dt"], "dt", (Bsz, nD))
-    if len(arrs["A"].shape) != 2:
-        raise ValueError(f"Parameter A has shape {tuple(arrs['A'].shape)} but should be "
-                         f"({nD}, N)")
-    check_shape(arrs["A"], "A", (nD, None))
-    N = arrs["A"].shape[1]
-    check_shape(arrs["state"], "state", (Bsz, nD, N))
-    views = {}
-    for name in "BC":
-        shape = tuple(arrs[name].shape)
-        if len(shape) == 3:
-            check_groups(shape, name, nD)
-        check_shape(arrs[name], name, (Bsz, N) if len(shape) == 2 else (Bsz, None, N))
-        views[name] = step_view_shape(shape)  # (B, G', N)
-    for name, want in (("D", (nD,)), ("z", (Bsz, nD)), ("dt_bias", (nD,))):
-        if arrs[name] is not None:
-            check_shape(arrs[name], name, want)
-    for name, v in arrs.items():
-        if isinstance(v, np.ndarray):
-            check_finite(v, name)
-    if isinstance(arrs["A"], np.ndarray) and np.any(arrs["A"] > 0):
-        raise ValueError(f"Parameter A has {int(np.sum(arrs['A'] > 0))} entries with "
-                         "positive real part; A must have Re(A) <= 0")
+    q, arrs, dtypes = _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                     state_batch_indices, in_place=True)
+    dtype = _step_dtype(dtypes["x"])
     _require_cuda()
     mover = _Mover(arrs["x"])
     arrs = {k: mover.adopt(v, k) for k, v in arrs.items()}
-    dev = {k: mover.device(arrs[k], k, dtype, views.get(k))
-           for k in ("state", "x", "dt", "A", "B", "C")}
-    for name, ndim in (("D", 1), ("z", 2), ("dt_bias", 1)):
-        dev[name] = mover.dummy(ndim, dtype) if arrs[name] is None \
-            else mover.device(arrs[name], name, dtype)
-    out = mover.empty((Bsz, nD), dtype)  # (B, D)
-    new = mover.empty((Bsz, nD, N), dtype)  # (B, D, N)
-    threads = SIM_THREADS if _simulator_on() else GPU_THREADS
-    blocks = -(-(Bsz * nD) // threads)
-    mover.launch(_step_kernel(np.dtype(dtype).name), blocks, threads)(
-        dev["state"], dev["x"], dev["dt"], dev["A"], dev["B"], dev["C"], dev["D"], dev["z"],
-        dev["dt_bias"], out[0], new[0], arrs["D"] is not None, arrs["z"] is not None,
-        arrs["dt_bias"] is not None, bool(dt_softplus))
-    state_dtype = dtypes["state"] if mover.kind != "numba" else None
-    return mover.back(out[1]), mover.back(new[1], state_dtype)
+    indices = mover.adopt(state_batch_indices, "state_batch_indices")
+    target = arrs["state"]
+    flat_shape = q.flat("state").shape  # (S, D, N)
+    in_place = (mover.kind != "numpy" and np.dtype(dtypes["state"]) == dtype
+                and (not _is_cupy(target) or target.flags.c_contiguous))
+    if in_place:  # the kernel writes the caller's device memory
+        dev_state = mover.device(target, "state", dtype, flat_shape)
+    else:  # a device copy in the compute dtype; the touched rows go back below
+        dev_state, copy = mover.copy(target, "state", dtype)
+        dev_state = dev_state.reshape(flat_shape)
+    out = _launch_step(q, arrs, dtype, mover, dev_state, indices)
+    if not in_place:
+        _write_back(mover, target, copy, q, state_batch_indices)
+    return mover.back(out[1], dtypes["x"] if mover.kind != "numba" else None).reshape(
+        tuple(arrs["x"].shape))
+
+
+def _write_back(mover, target, copy, q, indices):
+    """Write the rows the step touched from the device copy into the caller's ``state``."""
+    if mover.kind == "numpy":
+        new = copy.copy_to_host()
+    else:
+        new = copy
+    if indices is None:
+        target[...] = new.reshape(target.shape).astype(target.dtype)
+        return
+    idx = indices if mover.kind != "numpy" else np.asarray(indices)
+    rows = idx[idx >= 0]
+    new = new.reshape(target.shape)
+    target[rows] = new[rows].astype(target.dtype)
+
+
+def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                         dt_softplus=False):
+    """The decoding step in functional form on the GPU: ``(y, new_state)``, state untouched.
+
+    Same as :func:`ssm_ref.selective_state_step` (real A only): the kernel of
+    :func:`selective_state_update` runs on a device copy of ``state``, which
+    is returned (in ``state``'s dtype; a Numba device array as computed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> state = np.zeros((1, 2, 3)); x = np.ones((1, 2)); dt = np.full((1, 2), 0.1)
+    >>> A = -np.ones((2, 3)); B = np.ones((1, 3)); C = np.ones((1, 3))
+    >>> y, h = selective_state_step(state, x, dt, A, B, C)  # doctest: +SKIP
+    >>> np.round(y, 6)  # doctest: +SKIP
+    array([[0.3, 0.3]])
+    """
+    q, arrs, dtypes = _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                     None, in_place=False)
+    dtype = _step_dtype(dtypes["x"])
+    _require_cuda()
+    mover = _Mover(arrs["x"])
+    arrs = {k: mover.adopt(v, k) for k, v in arrs.items()}
+    dev_state, copy = mover.copy(arrs["state"], "state", dtype)
+    out = _launch_step(q, arrs, dtype, mover, dev_state.reshape(q.flat("state").shape), None)
+    numba_kind = mover.kind == "numba"
+    y = mover.back(out[1], None if numba_kind else dtypes["x"]).reshape(tuple(arrs["x"].shape))
+    return y, mover.back(copy, None if numba_kind else dtypes["state"])

@@ -40,7 +40,8 @@ How it is computed
   (no ZeroDivisionError branch), and ``noalias`` array arguments (no
   run-time overlap checks in front of every 16-lane loop).
 * Precision: float32 input is computed in float32 (state, exponentials and
-  the dot product with C); anything else in float64.  The float32 result
+  the dot product with C), and so are float16 and ``ml_dtypes.bfloat16``
+  (converted on the way in, results cast back); anything else in float64.  The float32 result
   stays within the ``"backend"`` float32 tolerance of the float64 reference
   (rtol 2e-4, atol 2e-5) on the test sizes; the error grows slowly with L
   (each step adds about one float32 rounding to a state that forgets at rate
@@ -99,12 +100,13 @@ from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
 
 import ssm_ref
 from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
-from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
-                               step_view_shape)
+from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_args
+from ssm_ref.selective import write_state
 
 from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
 
-__all__ = ["selective_scan", "selective_scan_backward", "selective_state_update"]
+__all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
+           "selective_state_step"]
 
 #: fastmath flags of the kernels: FMA contraction and reassociation (so the
 #: dot product over N vectorizes), but no "no NaN / no inf" assumptions.
@@ -681,7 +683,8 @@ def _tiled_copy(src, out):
 
 def _contiguous(X, dtype):
     """A (B, D, L) array as C-contiguous ``dtype``: no copy if it already is one."""
-    if X.flags.c_contiguous or X.ndim != 3 or X.size < 4096:
+    if (X.flags.c_contiguous or X.ndim != 3 or X.size < 4096
+            or X.dtype not in (np.float32, np.float64)):  # Numba has no bfloat16 (nor float16)
         return np.ascontiguousarray(X, dtype=dtype)
     out = np.empty(X.shape, dtype)
     _launch(_tiled_copy, X, out)  # a strided view, e.g. channels-last tokens seen as (B, D, L)
@@ -925,11 +928,12 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     def check():
         s = _check_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3)
+        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True)
         check_shape(dout_, "dout", (s.batch, s.dim, s.length))
         dlast = None
         if dlast_state is not None:
-            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
+            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
+                             bfloat16=True)
             check_shape(dlast, "dlast_state", (s.batch, s.dim, s.dstate))
             check_finite(dlast, "dlast_state")
         return s, dout_, dlast
@@ -947,24 +951,30 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         if real == np.float32:  # valid input that float32 could not hold: again in float64
             real = np.dtype(np.float64)
             grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
-    for name, grad in grads.items():  # each argument's own dtype; real ones get the real part
-        if grad is not None:
-            target = s.dtypes[name]
-            grad = grad if target.kind == "c" else np.real(grad)
-            grads[name] = np.ascontiguousarray(grad).astype(target, copy=False)
+    for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
+        if grad is not None:          # interleaved again for an interleaved B/C)
+            grads[name] = np.ascontiguousarray(s.grad_as_given(name, grad))
     return grads
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False):
-    """Numba version of :func:`ssm_ref.selective_state_update` (same result).
+                           dt_softplus=False, state_batch_indices=None):
+    """Numba version of :func:`ssm_ref.selective_state_update` (same signature and result).
 
-    Returns ``(y, new_state)``; ``state`` is not modified.
+    Writes the new state into ``state`` in place and returns ``out``; both
+    layouts (single-head, multi-head) and ``state_batch_indices``, as the
+    reference.
 
     Notes
     -----
     Implements ``eq-selective-disc``, ``eq-selective-recurrence`` and
-    ``eq-selective-output`` for one time step, parallel over (batch, channel).
+    ``eq-selective-output`` for one time step, parallel over (batch,
+    channel).  float32 (and bfloat16, float16) ``x`` is computed in float32,
+    anything else in float64, complex A in complex128; where float32 cannot
+    hold an argument given wider (``dt = 1e300`` in float64) or an
+    intermediate overflows while the inputs were finite, the step is
+    computed again in float64, as the reference computes it.  The state is
+    written only once the result is known to be finite (or float64).
 
     Examples
     --------
@@ -972,36 +982,104 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> from fast.numba_cpu import selective_state_update
     >>> h = np.zeros((1, 1, 1))
     >>> for u_t in [1.0, 1.0, 1.0]:
-    ...     y, h = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    ...     y = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    >>> y, h
+    (array([[0.98720505]]), array([[[0.98720505]]]))
+    """
+    q = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                        state_batch_indices, in_place=True)  # the reference's checks
+    y, h, valid = _state_step(q)
+    write_state(q, h, valid)
+    return y.reshape(q.x.shape).astype(q.x.dtype, copy=False)
+
+
+def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                         dt_softplus=False):
+    """Numba version of :func:`ssm_ref.selective_state_step`: returns ``(y, new_state)``.
+
+    ``state`` is not modified.  Computed as :func:`selective_state_update`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_cpu import selective_state_step
+    >>> h = np.zeros((1, 1, 1))
+    >>> for u_t in [1.0, 1.0, 1.0]:
+    ...     y, h = selective_state_step(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
     >>> y
     array([[0.98720505]])
     """
-    def reference_check():
-        ssm_ref.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    q = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    y, h, _ = _state_step(q)
+    return (y.reshape(q.x.shape).astype(q.x.dtype, copy=False),
+            h.reshape(q.state.shape).astype(q.new_state_dtype, copy=False))
 
-    def check():  # the reference's own checks (the arrays are small)
-        return check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
-    q = _validated(check, reference_check)
-    is_complex = q.is_complex
-    real = np.dtype(np.float64) if is_complex else _compute_dtype(q.x.dtype)
-    state_t = np.dtype(np.complex128) if is_complex else real
-    batch, dim = q.x.shape
-    dstate = q.A.shape[1]
+def _step_arrays(q, valid, real):
+    """The decoding-step kernel's arrays in ``real`` (complex128 for complex A), flat layout.
 
-    def bc(X):  # (B, N) -> (B, 1, N); (B, G, N) stays
-        return np.ascontiguousarray(X.reshape(step_view_shape(X.shape)), dtype=state_t)
+    Only the ``valid`` batch entries (all when None), and their state rows;
+    1-element dummies for the optional arguments not given.
+    """
+    state_t = np.complex128 if q.is_complex else real
 
-    def opt(X, shape):
-        return np.zeros(shape, real) if X is None else np.ascontiguousarray(X, dtype=real)
+    def take(X):
+        return X if valid is None else X[valid]
 
-    y = np.empty((batch, dim), real)  # (B, D)
-    new_state = np.empty((batch, dim, dstate), state_t)  # (B, D, N)
-    kernel = _update_complex if is_complex else _update_real
-    _launch(kernel, np.ascontiguousarray(q.state, dtype=state_t),
-            np.ascontiguousarray(q.x, dtype=real), np.ascontiguousarray(q.dt, dtype=real),
-            np.ascontiguousarray(q.A, dtype=state_t), bc(q.B), bc(q.C),
-            opt(q.D, (1,)), opt(q.z, (1, 1)), opt(q.dt_bias, (1,)),
-            q.D is not None, q.z is not None, q.dt_bias is not None,
-            q.dt_softplus, y, new_state)
-    return y.astype(q.x.dtype, copy=False), new_state.astype(q.new_state_dtype, copy=False)
+    def arr(name, dtype, dummy_ndim, per_batch):
+        X = q.flat(name)
+        if X is None:
+            return np.zeros((1,) * dummy_ndim, real)
+        return np.ascontiguousarray(take(X) if per_batch else X, dtype=dtype)
+
+    state = q.flat("state")  # (S, D, N)
+    rows = state if valid is None else state[q.indices[valid]]  # (n, D, N)
+    return dict(state=np.ascontiguousarray(rows, dtype=state_t),
+                x=arr("x", real, 2, True), dt=arr("dt", real, 2, True),
+                A=arr("A", state_t, 2, False), Bx=arr("B", state_t, 3, True),
+                Cx=arr("C", state_t, 3, True), Dv=arr("D", real, 1, False),
+                z=arr("z", real, 2, True), bias=arr("dt_bias", real, 1, False))
+
+
+def _run_step(q, k, real):
+    """Launch the decoding-step kernel on the arrays ``k``: ``(y (n, D), h (n, D, N))``."""
+    n = k["state"].shape[0]
+    y = np.empty((n, q.dim), real)  # (n, D)
+    h = np.empty((n, q.dim, q.dstate), np.complex128 if q.is_complex else real)  # (n, D, N)
+    if n:
+        _launch(_update_complex if q.is_complex else _update_real,
+                k["state"], k["x"], k["dt"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"],
+                k["bias"], q.D is not None, q.z is not None, q.dt_bias is not None,
+                q.dt_softplus, y, h)
+    return y, h
+
+
+def _all_finite(arrays):
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def _state_step(q):
+    """The step on checked arguments (a StepArgs): ``(y (B, D), h (n, D, N), valid)``.
+
+    As :func:`ssm_ref.selective._state_step`: ``h`` holds the new states of the
+    ``valid`` batch entries (all when None), padding entries get ``y = 0``.
+    float32 is used unless it cannot hold the (finite, checked) inputs or
+    the result: then the step runs again in float64 (the mixed-precision
+    rule of the scan, see "Precision" in the module docstring).
+    """
+    valid = q.valid()
+    real = np.dtype(np.float64) if q.is_complex else _compute_dtype(q.x.dtype)
+    with np.errstate(over="ignore"):  # a float64 argument beyond float32: seen just below
+        k = _step_arrays(q, valid, real)
+    if real == np.float32 and not _all_finite(k.values()):
+        real = np.dtype(np.float64)  # an argument given wider than float32 does not fit it
+        k = _step_arrays(q, valid, real)
+    y, h = _run_step(q, k, real)
+    if real == np.float32 and not _all_finite((y, h)):
+        real = np.dtype(np.float64)  # valid input float32 could not hold: again in float64
+        y, h = _run_step(q, _step_arrays(q, valid, real), real)
+    if valid is not None:  # padding entries: output 0, no state row
+        y_all = np.zeros((q.batch, q.dim), real)
+        y_all[valid] = y
+        y = y_all
+    return y, h, valid

@@ -16,12 +16,14 @@ from ._xp import array_module, is_device
 __all__: list[str] = []  # private module: nothing is re-exported
 
 
-def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None):
+def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None, bfloat16=False):
     """Return ``x`` as a float/complex array, or raise naming ``name``.
 
     Integers and booleans are promoted to float64; object and string arrays
-    are refused.  ``ndim`` may be an int or a tuple of allowed ints.  A device
-    array (CuPy) stays on its device: the result is of ``x``'s array module.
+    are refused.  With ``bfloat16``, an ``ml_dtypes.bfloat16`` array is
+    accepted as it is (the scan functions compute it in float32 or float64).
+    ``ndim`` may be an int or a tuple of allowed ints.  A device array (CuPy)
+    stays on its device: the result is of ``x``'s array module.
     """
     if x is None:
         raise TypeError(f"Parameter {name} is None but an array was expected")
@@ -29,7 +31,7 @@ def as_array(x, name, *, allow_complex=True, ndim=None, dtype=None):
     arr = xp.asarray(x) if dtype is None else xp.asarray(x, dtype=dtype)
     if arr.dtype.kind in "biu":
         arr = arr.astype(np.float64)
-    if arr.dtype.kind not in "fc":
+    if arr.dtype.kind not in "fc" and not (bfloat16 and arr.dtype.name == "bfloat16"):
         raise TypeError(
             f"Parameter {name} has dtype {arr.dtype} but a real or complex "
             "floating-point array was expected"

@@ -189,7 +189,9 @@ class MambaLM(Module):
     dtype : numpy dtype, default float32
         dtype of the parameters (every block computes in float64).
     scan_fn, state_update_fn : callable, optional
-        The selective scan and the decoding step (e.g. ``fast``'s backends).
+        The selective scan and the decoding step (e.g. ``fast``'s backends);
+        ``state_update_fn`` has the official in-place signature of
+        :func:`ssm_ref.selective_state_update`.
 
     The state dict uses transformers' names (``backbone.embeddings.weight``,
     ``backbone.layers.{i}.norm.weight``, ``backbone.layers.{i}.mixer.*``,

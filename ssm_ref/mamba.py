@@ -551,7 +551,9 @@ class MambaBlock(Module):
     scan_backward_fn : callable, optional
         Its backward, with the signature of :func:`ssm_ref.selective_scan_backward`.
     state_update_fn : callable, optional
-        The decoding step, with the signature of :func:`ssm_ref.selective_state_update`.
+        The decoding step, with the signature and in-place semantics of
+        :func:`ssm_ref.selective_state_update` (the official one's): :meth:`step`
+        passes it a copy of the state to update.
     **config_fields
         Fields of :class:`MambaConfig` (``d_model``, ``d_state``, ``expand``, ...).
 
@@ -915,8 +917,9 @@ class MambaBlock(Module):
         x_dbl = linear(x_act, w["w_x"], check=False)  # (B, R + 2N)
         dt_low, Bmat, Cmat = x_dbl[:, :R], x_dbl[:, R:R + N], x_dbl[:, R + N:]  # (B, R), (B, N), (B, N)
         delta = linear(dt_low, w["w_dt"], check=False)  # (B, D)
-        y, h = self.state_update_fn(ssm_in.astype(np.float64), x_act, delta, w["A"], Bmat, Cmat,
-                                    D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
+        h = ssm_in.astype(np.float64)  # (B, D, N): a copy, updated in place to h_t
+        y = self.state_update_fn(h, x_act, delta, w["A"], Bmat, Cmat,
+                                 D=w["D"], z=z, dt_bias=w["b_dt"], dt_softplus=True)
         out = linear(xp.asarray(y, dtype=np.float64), w["w_out"], w["b_out"],
                      check=False)  # (B, d_model)
         # [/book:mamba-step]

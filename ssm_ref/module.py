@@ -313,8 +313,8 @@ class Module:
         scan_fn, scan_backward_fn, state_update_fn : callable, optional
             Signatures of :func:`ssm_ref.selective_scan`,
             :func:`ssm_ref.selective_scan_backward` and
-            :func:`ssm_ref.selective_state_update` (e.g. ``fast``'s Numba or
-            CUDA backends).  Returns self.
+            :func:`ssm_ref.selective_state_update` (the official in-place
+            form; e.g. ``fast``'s Numba or CUDA backends).  Returns self.
         """
         chosen = {"scan_fn": scan_fn, "scan_backward_fn": scan_backward_fn,
                   "state_update_fn": state_update_fn}

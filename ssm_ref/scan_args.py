@@ -35,6 +35,13 @@ grouped     (B, G, N, L)      input-dependent in G groups;    (B, G, N, L)
                               d // (D // G); G divides D
 ==========  ================  ==============================  ==================
 
+With complex A, a variable or grouped B/C may come in the official
+interleaved real layout ``(B, [G,] N, 2L)`` (real and imaginary parts
+alternating along the last axis): :func:`check_scan_structure` reads it as the
+complex ``(B, [G,] N, L)`` array (:func:`deinterleave`), records the name in
+``ScanArgs.interleaved``, and :meth:`ScanArgs.grad_as_given` interleaves its
+gradient back.
+
 The 4-D view ``(B|1, G', N, L|1)`` (``G'`` = D, 1 or G) is the one layout
 the kernels read: channel d of batch b at step t reads
 ``view[b or 0, d // (D // G'), :, t or 0]``.  The decoding step's B and C are
@@ -92,13 +99,12 @@ class BCForm(enum.Enum):
             check_shape(X, name, (dim, dstate))
             return cls.CONSTANT
         if len(shape) == 3:
-            if shape == (batch, dstate, 2 * length) and np.dtype(dtype).kind == "f":
+            if shape == (batch, dstate, 2 * length) and np.dtype(dtype).kind != "c":
                 raise ValueError(
                     f"Parameter {name} has shape {shape} but should be "
                     f"({batch}, {dstate}, {length}); it looks like the official "
-                    "real/imaginary interleaved layout of mamba_ssm for complex A: "
-                    "pass a genuinely complex array instead "
-                    "(X[..., 0::2] + 1j * X[..., 1::2])"
+                    "real/imaginary interleaved layout of mamba_ssm, which is read "
+                    "only with a complex A (here A is real)"
                 )
             check_shape(X, name, (batch, dstate, length))
             return cls.VARIABLE
@@ -183,6 +189,11 @@ def one_module(arrays):
     return xp
 
 
+def _is_bfloat16(dtype):
+    """True for ``ml_dtypes.bfloat16`` (NumPy's dtype kind "V", so told by name)."""
+    return np.dtype(dtype).name == "bfloat16"
+
+
 def _with_complex(real_dtype, is_complex):
     """``real_dtype``, or its complex partner (complex64 for float32) when ``is_complex``."""
     return np.result_type(real_dtype, np.complex64) if is_complex else np.dtype(real_dtype)
@@ -235,6 +246,9 @@ class ScanArgs:
     dtypes: Mapping[str, np.dtype]
     #: softplus(delta + delta_bias), (B, D, L), float64; None from check_scan_structure
     step: Optional[Any] = None
+    #: the names ("B", "C") given in the official interleaved real layout (B, [G,] N, 2L)
+    #: for complex A; their attributes hold the complex (B, [G,] N, L) arrays
+    interleaved: frozenset = frozenset()
 
     @property
     def out_dtype(self):
@@ -254,6 +268,18 @@ class ScanArgs:
         """
         return self.dtypes["A"]
 
+    def grad_as_given(self, name, grad):
+        """The gradient ``grad`` of argument ``name`` in the dtype and layout it was given in.
+
+        A real argument gets the real part; a B or C given in the interleaved
+        real layout gets its complex gradient interleaved the same way
+        (``dL/dRe`` at even, ``dL/dIm`` at odd positions of the last axis).
+        """
+        target = self.dtypes[name]
+        if name in self.interleaved:
+            return interleave(grad, target)
+        return (grad if target.kind == "c" else grad.real).astype(target, copy=False)
+
     def groups(self, name):
         """G of the argument ``name`` ("B" or "C"): its group count, or 1."""
         form = self.form_B if name == "B" else self.form_C
@@ -266,6 +292,40 @@ class ScanArgs:
         return self.h0.astype(self.work_dtype)  # a copy: the caller's h0 is never written
 
 
+def _interleaved_layout(X, batch, dstate, length):
+    """True for a real B/C in the official interleaved layout (B, N, 2L) or (B, G, N, 2L)."""
+    shape = tuple(X.shape)
+    if X.dtype.kind == "c" or len(shape) not in (3, 4) or shape[-1] != 2 * length:
+        return False
+    return shape[0] == batch and shape[-2] == dstate
+
+
+def deinterleave(X):
+    """The official interleaved real layout, read as complex: ``X[..., 2t] + 1j X[..., 2t+1]``.
+
+    As the official ``selective_scan_ref`` reads it (``rearrange(B, "... (L two) ->
+    ... L two", two=2)`` then ``torch.view_as_complex``): (..., 2L) real ->
+    (..., L) complex, complex64 for float32 (and narrower), else complex128.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> deinterleave(np.array([[[1.0, 2.0, 3.0, 4.0]]]))
+    array([[[1.+2.j, 3.+4.j]]])
+    """
+    cdt = np.complex64 if np.dtype(X.dtype).itemsize <= 4 else np.complex128
+    return X[..., 0::2].astype(cdt) + 1j * X[..., 1::2].astype(cdt)
+
+
+def interleave(G, dtype):
+    """The inverse of :func:`deinterleave`: complex (..., L) -> real (..., 2L) of ``dtype``."""
+    xp = array_module(G)
+    out = xp.empty(tuple(G.shape[:-1]) + (2 * G.shape[-1],), dtype)
+    out[..., 0::2] = G.real.astype(dtype)
+    out[..., 1::2] = G.imag.astype(dtype)
+    return out
+
+
 def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                          delta_softplus=False, h0=None):
     """The cheap half of the checks: dtypes, shapes, B/C forms, the small arrays.
@@ -276,16 +336,18 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     converts nor reads the values of the (B, D, L) arrays ``u``, ``delta``,
     ``z``: the Numba backend calls it and screens those inside its kernels.
     ``u`` may be None (hidden attention has no input); then the sizes come
-    from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given.
+    from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given,
+    except a B or C in the official interleaved real layout (complex A),
+    which is read as its complex array (``ScanArgs.interleaved`` names it).
     """
-    delta = as_array(delta, "delta", allow_complex=False, ndim=3)
+    delta = as_array(delta, "delta", allow_complex=False, ndim=3, bfloat16=True)
     if u is not None:
-        u = as_array(u, "u", allow_complex=False, ndim=3)
+        u = as_array(u, "u", allow_complex=False, ndim=3, bfloat16=True)
         batch, dim, length = u.shape
         check_shape(delta, "delta", (batch, dim, length))
     else:
         batch, dim, length = delta.shape
-    A = as_array(A, "A", ndim=2)
+    A = as_array(A, "A", ndim=2, bfloat16=True)
     check_shape(A, "A", (dim, None))
     dstate = A.shape[1]
     if dstate < 1 or length < 1 or batch < 1 or dim < 1:
@@ -293,24 +355,32 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             f"empty sizes: batch={batch}, D={dim}, L={length}, N={dstate}; all must be >= 1"
         )
     is_complex = A.dtype.kind == "c"
-    B = as_array(B, "B")
-    C = as_array(C, "C")
+    B = as_array(B, "B", bfloat16=True)
+    C = as_array(C, "C", bfloat16=True)
+    given_dtypes = {"B": B.dtype, "C": C.dtype}
+    interleaved = frozenset(name for name, X in (("B", B), ("C", C))
+                            if is_complex and _interleaved_layout(X, batch, dstate, length))
+    if "B" in interleaved:
+        B = deinterleave(B)  # (B, [G,] N, 2L) real -> (B, [G,] N, L) complex
+    if "C" in interleaved:
+        C = deinterleave(C)
     for X, name in ((B, "B"), (C, "C")):
         _check_complex_bc(X, name, A)
     form_B = BCForm.of(B, B.dtype, "B", batch, dim, length, dstate)
     form_C = BCForm.of(C, C.dtype, "C", batch, dim, length, dstate)
     if D is not None:
-        D = check_shape(as_array(D, "D", allow_complex=False, ndim=1), "D", (dim,))
+        D = check_shape(as_array(D, "D", allow_complex=False, ndim=1, bfloat16=True), "D",
+                        (dim,))
     if z is not None:
-        z = check_shape(as_array(z, "z", allow_complex=False, ndim=3), "z",
+        z = check_shape(as_array(z, "z", allow_complex=False, ndim=3, bfloat16=True), "z",
                         (batch, dim, length))
     if delta_bias is not None:
         delta_bias = check_shape(
-            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1),
+            as_array(delta_bias, "delta_bias", allow_complex=False, ndim=1, bfloat16=True),
             "delta_bias", (dim,))
     if h0 is not None:
-        h0 = check_shape(as_array(h0, "h0", allow_complex=is_complex, ndim=3), "h0",
-                         (batch, dim, dstate))
+        h0 = check_shape(as_array(h0, "h0", allow_complex=is_complex, ndim=3, bfloat16=True),
+                         "h0", (batch, dim, dstate))
     check_bool(delta_softplus, "delta_softplus")
     arrays = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, h0=h0)
     xp = one_module(arrays)
@@ -324,9 +394,11 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
             "exp(delta * Re(A) * L). A must have Re(A) <= 0 (Mamba uses A = -exp(A_log))"
         )
     dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    dtypes.update(given_dtypes)  # an interleaved B/C: the real dtype it was given in
     return ScanArgs(**arrays, delta_softplus=bool(delta_softplus), form_B=form_B,
                     form_C=form_C, batch=batch, dim=dim, length=length, dstate=dstate,
-                    is_complex=is_complex, xp=xp, dtypes=MappingProxyType(dtypes))
+                    is_complex=is_complex, xp=xp, dtypes=MappingProxyType(dtypes),
+                    interleaved=interleaved)
 
 
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -375,13 +447,33 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 # the decoding step's arguments
 # ---------------------------------------------------------------------------
 
+#: the decoding step's array arguments, in signature order
+STEP_NAMES = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepArgs:
     """The checked arguments of one decoding step (:func:`check_step_args`).
 
-    Arrays as given: ``state`` (B, D, N), ``x, dt, z`` (B, D), ``A`` (D, N),
-    ``B, C`` (B, N) or (B, G, N), ``D, dt_bias`` (D,); plus the step
-    ``softplus(dt + dt_bias)`` (B, D) in float64.
+    Arrays as given, in one of the official package's two layouts:
+
+    ==========  ===================  ==========================
+    argument    single-head          multi-head (``heads``)
+    ==========  ===================  ==========================
+    state       (S, D, N)            (S, H, P, N)
+    x, dt, z    (B, D)               (B, H, P)
+    A           (D, N)               (H, P, N)
+    B, C        (B, N) or (B, G, N)  (B, G, N), G divides H
+    D, dt_bias  (D,)                 (H, P)
+    ==========  ===================  ==========================
+
+    ``S`` is the number of state rows: ``B`` without ``state_batch_indices``,
+    the cache size with them.  Both layouts are one flat layout of
+    ``dim = D`` (or ``H * P``) channels, channel ``h * P + p`` reading group
+    ``channel // (dim // G)`` (head h reads group ``h // (H // G)``): the
+    kernels read that flat layout (:meth:`flat`).  ``step`` is
+    ``softplus(dt + dt_bias)`` in float64, flat (B, dim).  ``indices`` is the
+    (B,) int64 array of state rows (negative: a padding entry), or None.
     """
 
     state: Any
@@ -394,65 +486,182 @@ class StepArgs:
     z: Any
     dt_bias: Any
     dt_softplus: bool
+    indices: Any
+    heads: bool
+    batch: int
+    dim: int
+    dstate: int
     is_complex: bool
     xp: ModuleType
     step: Any
 
     @property
     def new_state_dtype(self):
-        """The dtype of the returned state: ``state``'s (its complex partner for complex A)."""
+        """The dtype of a new state: ``state``'s (its complex partner for complex A)."""
         dtype = self.state.dtype
         return _with_complex(dtype, self.is_complex) if dtype.kind == "f" else dtype
 
+    @property
+    def rows(self):
+        """The number of state rows S (the cache size with ``state_batch_indices``)."""
+        return self.state.shape[0]
 
-def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    def flat(self, name):
+        """Argument ``name`` in the flat layout the kernels read (a view where possible).
+
+        state (S, dim, N); x, dt, z (B, dim); A (dim, N); B, C (B, G', N)
+        (G' = 1 for a (B, N) B or C); D, dt_bias (dim,).
+        """
+        X = getattr(self, name)
+        if X is None:
+            return None
+        shapes = {"state": (self.rows, self.dim, self.dstate), "A": (self.dim, self.dstate),
+                  "D": (self.dim,), "dt_bias": (self.dim,)}
+        if name in ("x", "dt", "z"):
+            return X.reshape(self.batch, self.dim)
+        if name in ("B", "C"):
+            return X.reshape(step_view_shape(X.shape))
+        return X.reshape(shapes[name])
+
+    def valid(self):
+        """The batch entries that read and update a state row: an index array, or None (all).
+
+        Entries with a negative index are padding (as the official kernel):
+        their output is 0 and no state row is read or written.
+        """
+        if self.indices is None:
+            return None
+        return self.xp.nonzero(self.indices >= 0)[0]
+
+
+def _step_array(x, name, *, allow_complex=True, ndim=None):
+    """``as_array`` for the decoding step's arguments (bfloat16 kept as given)."""
+    return as_array(x, name, allow_complex=allow_complex, ndim=ndim, bfloat16=True)
+
+
+def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                    state_batch_indices=None, *, in_place=False):
     """Check every argument of the decoding step; return a :class:`StepArgs`.
 
-    Shared by :func:`ssm_ref.selective_state_update` and the Numba backend.
-    Value checks (finite, Re(A) <= 0, step >= 0) run on NumPy arrays only.
+    Shared by :func:`ssm_ref.selective_state_update`,
+    :func:`ssm_ref.selective_state_step` and the fast backends.  The layout
+    (single-head or multi-head) is read from ``state`` (3-D or 4-D) and every
+    other argument must be in the same layout.  ``in_place``: ``state`` will
+    be written, so it must be a writeable floating-point array (not a list,
+    which would be converted to a copy and the update lost) and complex for
+    complex A.  Value checks (finite, Re(A) <= 0, step >= 0) run on NumPy
+    arrays only; ``state_batch_indices`` (range, duplicates) is checked on
+    every array module, since a wrong index would write outside the cache.
     """
-    x = as_array(x, "x", allow_complex=False, ndim=2)
-    batch, dim = x.shape
-    dt = check_shape(as_array(dt, "dt", allow_complex=False, ndim=2), "dt", (batch, dim))
-    A = as_array(A, "A", ndim=2)
-    check_shape(A, "A", (dim, None))
-    dstate = A.shape[1]
+    if in_place:
+        xp_state = array_module(state)
+        if not hasattr(state, "shape") or not hasattr(state, "dtype"):
+            raise TypeError(
+                f"Parameter state is a {type(state).__name__}, but it is updated in place: "
+                "pass an array (e.g. np.asarray(state, dtype=float))")
+        if not (state.dtype.kind in "fc" or _is_bfloat16(state.dtype)):
+            raise TypeError(
+                f"Parameter state has dtype {state.dtype}; it is updated in place, so it "
+                "must be a floating-point (or complex) array")
+        if xp_state is np and isinstance(state, np.ndarray) and not state.flags.writeable:
+            raise ValueError("Parameter state is read-only, but it is updated in place; "
+                             "pass a writeable array (e.g. state.copy())")
+    state = _step_array(state, "state", ndim=(3, 4))
+    heads = state.ndim == 4
+    x = _step_array(x, "x", allow_complex=False, ndim=3 if heads else 2)
+    batch = x.shape[0]
+    inner = tuple(x.shape[1:])  # (D,) or (H, P)
+    dt = check_shape(_step_array(dt, "dt", allow_complex=False, ndim=x.ndim), "dt", x.shape)
+    A = _step_array(A, "A", ndim=len(inner) + 1)
+    check_shape(A, "A", inner + (None,))
+    dstate = A.shape[-1]
+    dim = int(np.prod(inner))
+    if batch < 1 or dim < 1 or dstate < 1:
+        raise ValueError(
+            f"empty sizes: batch={batch}, D={dim}, N={dstate}; all must be >= 1 "
+            f"(x has shape {tuple(x.shape)}, A has shape {tuple(A.shape)})")
     is_complex = A.dtype.kind == "c"
-    state = as_array(state, "state", allow_complex=is_complex, ndim=3)
-    check_shape(state, "state", (batch, dim, dstate))
+    if in_place and is_complex and state.dtype.kind != "c":
+        raise TypeError(
+            f"Parameter state is real ({state.dtype}) but A is complex ({A.dtype}); the "
+            "new state is complex and is written into state: pass a complex state")
+    state = _step_array(state, "state", allow_complex=is_complex, ndim=(3, 4))
+    check_shape(state, "state", (None,) + inner + (dstate,))
+    if state_batch_indices is None:
+        check_shape(state, "state", (batch,) + inner + (dstate,))
+    elif state.shape[0] < 1:
+        raise ValueError(f"Parameter state has shape {tuple(state.shape)}: the cache "
+                         "needs at least one row")
+    nheads = inner[0] if heads else dim
     bc = {}
     for X, name in ((B, "B"), (C, "C")):  # one step of the variable or grouped form
-        X = as_array(X, name, ndim=(2, 3))
+        X = _step_array(X, name, ndim=3 if heads else (2, 3))
         _check_complex_bc(X, name, A)
         if X.ndim == 3:
-            check_groups(X.shape, name, dim)
+            groups = X.shape[1]
+            if groups < 1 or nheads % groups != 0:
+                what = "heads H" if heads else "channels D"
+                raise ValueError(
+                    f"Parameter {name} has shape {tuple(X.shape)}: its group count "
+                    f"G = {groups} must divide the number of {what} = {nheads}")
         bc[name] = check_shape(X, name, (batch, dstate) if X.ndim == 2
                                else (batch, None, dstate))
     optional = {}
-    for arr, name, shape in ((D, "D", (dim,)), (z, "z", (batch, dim)),
-                             (dt_bias, "dt_bias", (dim,))):
+    for arr, name, shape in ((D, "D", inner), (z, "z", x.shape), (dt_bias, "dt_bias", inner)):
         optional[name] = None if arr is None else check_shape(
-            as_array(arr, name, allow_complex=False, ndim=len(shape)), name, shape)
+            _step_array(arr, name, allow_complex=False, ndim=len(shape)), name, shape)
     check_bool(dt_softplus, "dt_softplus")
     arrays = dict(state=state, x=x, dt=dt, A=A, **bc, **optional)
     xp = one_module(arrays)
+    indices = _check_indices(state_batch_indices, batch, state.shape[0], xp)
     for name, arr in arrays.items():
         if arr is not None:
             check_finite(arr, name)
     if xp is np and np.any(A.real > 0):  # value checks: host arrays only
         raise ValueError(
             f"Parameter A has {int(np.sum(A.real > 0))} entries with positive real part; "
-            "A must have Re(A) <= 0"
-        )
-    step = dt.astype(np.float64)  # (B, D)
+            "A must have Re(A) <= 0")
+    step = dt.astype(np.float64).reshape(batch, dim)  # (B, dim)
     if dt_bias is not None:
-        step = step + optional["dt_bias"][None, :]
+        step = step + optional["dt_bias"].astype(np.float64).reshape(1, dim)
     if dt_softplus:
         step = softplus(step)
     if xp is np and np.any(step < 0):
         raise ValueError(
             f"Parameter dt has {int(np.sum(step < 0))} negative step(s) after dt_bias"
-            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True"
-        )
-    return StepArgs(**arrays, dt_softplus=bool(dt_softplus), is_complex=is_complex, xp=xp,
+            f"{' and softplus' if dt_softplus else ''}; pass dt >= 0 or dt_softplus=True")
+    return StepArgs(**arrays, dt_softplus=bool(dt_softplus), indices=indices, heads=heads,
+                    batch=batch, dim=dim, dstate=dstate, is_complex=is_complex, xp=xp,
                     step=step)
+
+
+def _check_indices(indices, batch, rows, xp):
+    """``state_batch_indices`` as an int64 (B,) array of ``xp``, or raise naming it.
+
+    Non-negative entries must be distinct rows of the state cache (below
+    ``rows``); a negative entry marks padding, as in the official kernel.
+    """
+    if indices is None:
+        return None
+    name = "state_batch_indices"
+    if array_module(indices) is not xp:
+        raise TypeError(f"Parameter {name} lives on {array_module(indices).__name__} but the "
+                        f"other arrays on {xp.__name__}; pass all arrays on one array module")
+    idx = xp.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"Parameter {name} has dtype {idx.dtype} but an integer array "
+                        "was expected")
+    check_shape(idx, name, (batch,))
+    idx = idx.astype(np.int64)
+    host = np.asarray(idx if xp is np else xp.asnumpy(idx))  # (B,) ints: one small copy
+    if host.size and host.max() >= rows:
+        raise ValueError(
+            f"Parameter {name} has entries up to {int(host.max())} but state has only "
+            f"{rows} rows (indices 0..{rows - 1}; a negative index marks padding)")
+    used = host[host >= 0]
+    if np.unique(used).size != used.size:
+        values, counts = np.unique(used, return_counts=True)
+        raise ValueError(
+            f"Parameter {name} repeats row(s) {values[counts > 1].tolist()}; each state "
+            "row can be updated by one batch entry only")
+    return idx

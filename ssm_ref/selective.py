@@ -21,8 +21,11 @@ The functions mirror the official Mamba package (state-spaces/mamba):
 :func:`selective_scan` has the signature and semantics of
 ``mamba_ssm.ops.selective_scan_interface.selective_scan_ref`` (plus an initial
 state ``h0``), :func:`selective_state_update` those of
-``mamba_ssm.ops.triton.selective_state_update.selective_state_update_ref``,
-and :func:`selective_scan_backward` is the hand-derived gradient of the scan.
+``mamba_ssm.ops.triton.selective_state_update.selective_state_update`` (the
+state updated in place, single- and multi-head layouts, state cache indices),
+:func:`selective_state_step` is the same step in functional form
+(``y, new_state``; not in the official package), and
+:func:`selective_scan_backward` is the hand-derived gradient of the scan.
 
 Semantics, in this order (book equations ``eq-selective-delta``,
 ``eq-selective-disc``, ``eq-selective-recurrence``, ``eq-selective-output``)::
@@ -40,7 +43,16 @@ Euler rule ``Bbar = delta * B``; the exact ZOH would be
 ``(exp(delta A) - 1) / A * B``.  The two agree to first order in delta.
 
 All arithmetic is done in float64 (complex128 for complex A); the output is
-cast back to the dtype of ``u``.
+cast back to the dtype of ``u`` and the last state to the dtype of ``A``, as
+the official reference returns them.  ``ml_dtypes.bfloat16`` arrays are
+accepted (NumPy has no bfloat16 of its own): computed in float64 here and in
+float32 by the compiled backends of :mod:`fast`, returned in bfloat16.
+
+Where this differs from the official package, and why (complex A in the
+decoding step, checked ``state_batch_indices``, channel groups in the
+single-head step, value checks, ``h0`` and the gradient of the last state,
+the dtypes each backend computes in): the table "Where ssm-ref differs from
+the official package" in the README.
 
 The arguments are checked once, by :func:`ssm_ref.scan_args.check_scan_args`
 (the same call in every backend), and read as the attributes of the
@@ -60,10 +72,11 @@ import numpy as np
 from ._validation import as_array, check_bool, check_finite, check_shape
 from ._xp import array_module
 from .nn import silu, silu_backward, softplus_backward
-from .scan_args import check_scan_args, check_step_args, step_view_shape
+from .scan_args import check_scan_args, check_step_args
 from .scan_args import one_module as _one_module  # imported from here by ssm_ref.mamba
 
-__all__ = ["selective_scan", "selective_state_update", "selective_scan_backward"]
+__all__ = ["selective_scan", "selective_state_update", "selective_state_step",
+           "selective_scan_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -93,7 +106,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     Parameters
     ----------
     u : array_like, shape (B, D, L)
-        Input sequence, real.  Its dtype is the dtype of the output.
+        Input sequence, real (float16, float32, float64 or
+        ``ml_dtypes.bfloat16``).  Its dtype is the dtype of the output.
     delta : array_like, shape (B, D, L)
         Step sizes Δ before ``delta_bias`` and softplus, real.
     A : array_like, shape (D, N)
@@ -101,8 +115,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     B, C : array_like
         Each independently constant ``(D, N)``, variable ``(B, N, L)``, or
         grouped ``(B, G, N, L)`` with G dividing D (channel d reads group
-        ``d // (D // G)``).  Complex only when A is complex; with complex A,
-        real B/C are read as complex numbers with zero imaginary part.
+        ``d // (D // G)``).  Complex only when A is complex.  With complex A a
+        variable or grouped B/C may also be given in the official interleaved
+        real layout ``(B, N, 2L)`` or ``(B, G, N, 2L)``, read as
+        ``X[..., 2t] + 1j * X[..., 2t+1]``; other real B/C are read as complex
+        numbers with zero imaginary part.
     D : array_like, shape (D,), optional
         Skip connection: ``y += D * u``.
     z : array_like, shape (B, D, L), optional
@@ -153,8 +170,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     a real system whose state holds conjugate pairs; only one of each pair is
     stored, so the output is ``2 Re <C_t, h_t>``.  The official code stores a
     *variable* complex B or C as a real array with real and imaginary parts
-    interleaved along the last axis, ``(B, N, 2L)``; here pass a complex array
-    ``(B, N, L)`` (``X[..., 0::2] + 1j * X[..., 1::2]`` converts).
+    interleaved along the last axis, ``(B, N, 2L)``; that layout is accepted
+    (it is told from the complex form ``(B, N, L)`` by its length 2L), and
+    :func:`selective_scan_backward` returns its gradient in it.
 
     Computed in float64 (complex128 for complex A) with an explicit loop over
     time; cost O(B D L N), memory O(B D (L + N)): only the current state is kept.
@@ -222,51 +240,166 @@ def _skip_and_gate(s, y):
 # ---------------------------------------------------------------------------
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False):
-    """One recurrent step of the selective SSM: returns ``(y, new_state)``.
+                           dt_softplus=False, state_batch_indices=None):
+    """One recurrent step of the selective SSM, written into ``state``: returns ``out``.
 
-    Unlike the official ``selective_state_update``, which writes the new state
-    into ``state`` in place and returns only ``y``, this returns a tuple and
-    leaves the caller's ``state`` unchanged.  Used for token-by-token decoding.
+    The official ``selective_state_update`` of state-spaces/mamba, with its
+    signature and semantics: the new state h_t is written *in place* into
+    ``state`` and only the output is returned.  Two layouts, told by
+    ``state``'s number of axes (every argument in the same layout):
+
+    ==========  =========================  =============================
+    argument    single-head                multi-head (Mamba-2)
+    ==========  =========================  =============================
+    state       (batch, dim, dstate)       (batch, nheads, dim, dstate)
+    x, dt, z    (batch, dim)               (batch, nheads, dim)
+    A           (dim, dstate)              (nheads, dim, dstate)
+    B, C        (batch, dstate) or         (batch, ngroups, dstate),
+                (batch, ngroups, dstate)   ngroups divides nheads
+    D, dt_bias  (dim,)                     (nheads, dim)
+    ==========  =========================  =============================
 
     Parameters
     ----------
-    state : array_like, shape (B, D, N)
-        State h_{t-1}; real for real A, real or complex for complex A.
-        Not modified (see Notes).
-    x : array_like, shape (B, D)
-        Input u_t of this step.  Its dtype is the dtype of ``y``.
-    dt : array_like, shape (B, D)
+    state : ndarray
+        State h_{t-1}, updated in place to h_t (in its own dtype).  A real or
+        complex floating-point array (complex for complex A); with
+        ``state_batch_indices`` its first axis is the cache size, not batch.
+    x : array_like
+        Input u_t of this step.  Its dtype is the dtype of the output.
+    dt : array_like
         Step Δ_t before ``dt_bias`` and softplus.
-    A : array_like, shape (D, N)
+    A : array_like
         Diagonal state matrices, real or complex, ``Re(A) <= 0``.
-    B, C : array_like, shape (B, N) or (B, G, N)
-        Input and output projections of this step; with G groups channel d
-        reads group ``d // (D // G)``, as in :func:`selective_scan`.
-    D : array_like, shape (D,), optional
-        Skip connection.
-    z : array_like, shape (B, D), optional
-        Gate, ``y *= silu(z)``.
-    dt_bias : array_like, shape (D,), optional
+    B, C : array_like
+        Input and output projections of this step.  Head h reads group
+        ``h // (nheads // ngroups)``; in the single-head layout a (batch,
+        ngroups, dstate) B groups the channels, channel d reading group
+        ``d // (dim // ngroups)`` as in :func:`selective_scan` (the official
+        function takes only ngroups = 1 there).
+    D : array_like, optional
+        Skip connection, ``out += D * x``.
+    z : array_like, optional
+        Gate, ``out *= silu(z)``.
+    dt_bias : array_like, optional
         Added to ``dt`` before the softplus.
     dt_softplus : bool, default False
         Apply softplus (linear above 20) to ``dt + dt_bias``.
+    state_batch_indices : array_like of int, shape (batch,), optional
+        Batch entry b reads and updates the state row
+        ``state[state_batch_indices[b]]`` (a cache of decoding slots); the
+        other rows are untouched.  A negative index marks a padding entry:
+        its output is 0 and no row is read or written (as the official
+        kernel).  Indices past the cache and repeated indices raise.
 
     Returns
     -------
-    y : ndarray, shape (B, D)
-        Output of this step in ``x``'s dtype.
-    new_state : ndarray, shape (B, D, N)
-        h_t, in ``state``'s dtype (its complex partner if A is complex and
-        ``state`` real).
+    out : ndarray
+        Output of this step, shape and dtype of ``x``.
 
     Raises
     ------
     ValueError
-        Shapes that do not fit (B, D) from ``x`` and N from ``A``, G not
-        dividing D, non-finite values, ``Re(A) > 0``, a negative step.
+        Shapes that do not fit the layout of ``state``, a group count that
+        does not divide the heads (or channels), empty sizes (batch, dim or
+        dstate of 0), non-finite values, ``Re(A) > 0``, a negative step, a
+        read-only ``state``, indices past the cache or repeated.
     TypeError
-        Complex B/C/state with real A, complex x/dt/z/D/dt_bias.
+        ``state`` not a floating-point array (a list would be copied and the
+        update lost), a real ``state`` with complex A, complex B/C with real
+        A, complex x/dt/z/D/dt_bias, non-integer indices.
+
+    Notes
+    -----
+    Implements ``eq-selective-disc``, ``eq-selective-recurrence`` and
+    ``eq-selective-output`` for a single time step::
+
+        dt  = softplus(dt + dt_bias)
+        h_t = exp(dt A) * h_{t-1} + dt * B * x          written into state
+        out = (<C, h_t> + D x) * silu(z)      (2 Re<C, h_t> for complex A)
+
+    Computed in float64 (complex128 for complex A); the new state is cast to
+    ``state``'s dtype when it is written and the output to ``x``'s (the
+    output is read from the float64 state, before that cast, as the official
+    kernel reads it from its float32 registers).  The official function is
+    real only; complex A follows :func:`selective_scan`.  For the functional
+    form that leaves ``state`` alone and returns the new state, see
+    :func:`selective_state_step`.
+
+    References
+    ----------
+    state-spaces/mamba, ``mamba_ssm/ops/triton/selective_state_update.py``,
+    ``selective_state_update`` and ``selective_state_update_ref``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssm_ref import selective_state_update
+    >>> h = np.zeros((1, 1, 1))
+    >>> for u_t in [1.0, 1.0, 1.0]:
+    ...     y = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    >>> y, h
+    (array([[0.98720505]]), array([[[0.98720505]]]))
+
+    A cache of three state rows, two of them decoded:
+
+    >>> cache = np.zeros((3, 1, 1))
+    >>> y = selective_state_update(cache, [[1.0], [2.0]], [[0.5], [0.5]], [[-1.0]],
+    ...                            [[1.0], [1.0]], [[1.0], [1.0]],
+    ...                            state_batch_indices=np.array([2, 0]))
+    >>> cache[:, 0, 0]
+    array([1. , 0. , 0.5])
+    """
+    s = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                        state_batch_indices, in_place=True)
+    y, h, valid = _state_step(s)
+    write_state(s, h, valid)
+    return y.reshape(s.x.shape).astype(s.x.dtype)
+
+
+def write_state(s, h, valid):
+    """Write the new state rows ``h`` (n, dim, N) into ``s.state`` in place.
+
+    ``valid`` is None (every row, in batch order) or the batch entries that
+    own a row (``s.indices[valid]`` are the rows).  Shared with the fast
+    backends, which compute ``h`` on their own.
+    """
+    state = s.state
+    if valid is None:
+        state[...] = h.reshape(state.shape).astype(state.dtype)
+    else:
+        rows = s.indices[valid]
+        state[rows] = h.reshape((rows.shape[0],) + tuple(state.shape[1:])).astype(state.dtype)
+
+
+def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                         dt_softplus=False):
+    """One recurrent step of the selective SSM, functional: returns ``(y, new_state)``.
+
+    The same step as :func:`selective_state_update`, but ``state`` is left
+    untouched and the new state is returned: ``y, h = selective_state_step(h, ...)``
+    reads like the recurrence, so the book and the blocks use this form.
+
+    Parameters
+    ----------
+    state : array_like, shape (B, D, N) or (B, H, P, N)
+        State h_{t-1}; real for real A, real or complex for complex A.
+        Not modified.
+    x, dt, A, B, C, D, z, dt_bias, dt_softplus
+        As in :func:`selective_state_update` (either layout).
+
+    Returns
+    -------
+    y : ndarray
+        Output of this step, shape and dtype of ``x``.
+    new_state : ndarray
+        h_t, shape of ``state``, in ``state``'s dtype (its complex partner if
+        A is complex and ``state`` real).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`selective_state_update` (``state`` may be any array_like).
 
     Notes
     -----
@@ -278,53 +411,63 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
         y   = (<C, h_t> + D x) * silu(z)      (2 Re<C, h_t> for complex A)
 
     Applied to the tokens of a sequence one after the other it reproduces
-    :func:`selective_scan` exactly.  The official
-    ``selective_state_update`` (``mamba_ssm/ops/triton/selective_state_update.py``)
-    writes the new state *into* ``state`` and returns only ``y``; this
-    reference leaves the caller's array untouched and returns the new state,
-    so no update happens by surprise.  The official grouped form (B, G, N)
-    groups heads of its multi-head (Mamba-2) layout; with the (B, D, N) state
-    used here, groups are over channels exactly as in :func:`selective_scan`.
-    The official function is real only; complex A follows :func:`selective_scan`.
-    Computed in float64 (complex128 for complex A).
-
-    References
-    ----------
-    state-spaces/mamba, ``mamba_ssm/ops/triton/selective_state_update.py``,
-    ``selective_state_update_ref``.
+    :func:`selective_scan` exactly.  Not in the official package (whose
+    function writes into ``state``).  Computed in float64 (complex128 for
+    complex A).
 
     Examples
     --------
     >>> import numpy as np
-    >>> from ssm_ref import selective_state_update
+    >>> from ssm_ref import selective_state_step
     >>> h = np.zeros((1, 1, 1))
     >>> for u_t in [1.0, 1.0, 1.0]:
-    ...     y, h = selective_state_update(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
+    ...     y, h = selective_state_step(h, [[u_t]], [[0.5]], [[-1.0]], [[1.0]], [[1.0]])
     >>> y
     array([[0.98720505]])
     """
     s = check_step_args(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    xp, x, state, step = s.xp, s.x, s.state, s.step  # step: (B, D), float64
-    batch, dim = x.shape
-    work = np.complex128 if s.is_complex else np.float64
+    y, h, _ = _state_step(s)
+    new_state = h.reshape(s.state.shape).astype(s.new_state_dtype)
+    return y.reshape(s.x.shape).astype(s.x.dtype), new_state
 
-    def per_channel(X):  # (B, N) or (B, G, N) -> (B, 1 or D, N)
-        X = X.astype(work).reshape(step_view_shape(X.shape))  # (B, G', N)
+
+def _state_step(s):
+    """The step on checked arguments: ``(y (B, dim) float64, h (n, dim, N), valid)``.
+
+    ``h`` holds the new state of the ``n`` batch entries that own a state row
+    (all of them without ``state_batch_indices``; ``valid`` says which
+    otherwise, see :meth:`StepArgs.valid`); padding entries get ``y = 0``.
+    """
+    # [book:state-step]
+    xp, dim = s.xp, s.dim
+    work = np.complex128 if s.is_complex else np.float64
+    valid = s.valid()
+    take = (lambda X: X) if valid is None else (lambda X: X[valid])
+    state = s.flat("state")  # (S, D, N)
+    h_prev = state if valid is None else state[s.indices[valid]]  # (n, D, N)
+
+    def per_channel(X):  # (B, G', N) -> (n, D or 1, N): channel d reads group d // (D // G')
+        X = take(s.flat(X).astype(work))
         return X if X.shape[1] == 1 else X.repeat(dim // X.shape[1], axis=1)
 
-    Bc, Cc = per_channel(s.B), per_channel(s.C)  # (B, D|1, N)
-    xs = x.astype(np.float64)  # (B, D)
-    Abar = xp.exp(step[:, :, None] * s.A.astype(work)[None])  # (B, D, N)
-    h = Abar * state.astype(work) + (step * xs)[:, :, None] * Bc  # (B, D, N)
-    y = xp.sum(Cc * h, axis=-1)  # (B, D)
+    Bc, Cc = per_channel("B"), per_channel("C")  # (n, D|1, N)
+    step = take(s.step)  # (n, D): softplus(dt + dt_bias)
+    xs = take(s.flat("x").astype(np.float64))  # (n, D)
+    Abar = xp.exp(step[:, :, None] * s.flat("A").astype(work)[None])  # (n, D, N)
+    h = Abar * h_prev.astype(work) + (step * xs)[:, :, None] * Bc  # (n, D, N)
+    y = xp.sum(Cc * h, axis=-1)  # (n, D): <C, h_t>
     if s.is_complex:
         y = 2.0 * y.real
     if s.D is not None:
-        y = y + s.D[None, :] * xs
+        y = y + s.flat("D").astype(np.float64)[None, :] * xs
     if s.z is not None:
-        y = y * silu(s.z.astype(np.float64))
-    new_state = h.astype(s.new_state_dtype)
-    return y.astype(x.dtype), new_state
+        y = y * silu(take(s.flat("z").astype(np.float64)))
+    # [/book:state-step]
+    if valid is not None:  # padding entries: output 0, no state row
+        y_all = xp.zeros((s.batch, dim), np.float64)
+        y_all[valid] = y
+        y = y_all
+    return y, h, valid
 
 
 # ---------------------------------------------------------------------------
@@ -415,10 +558,11 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     s = check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     xp, work = s.xp, s.work_dtype
-    dout = check_shape(as_array(dout, "dout", allow_complex=False, ndim=3), "dout",
-                       (batch, dim, length))
+    dout = check_shape(as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True),
+                       "dout", (batch, dim, length))
     if dlast_state is not None:
-        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3)
+        dlast_state = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
+                               bfloat16=True)
         check_shape(dlast_state, "dlast_state", (batch, dim, dstate))
     _one_module({"delta": s.delta, "dout": dout, "dlast_state": dlast_state})
     check_finite(dout, "dout")
@@ -493,6 +637,5 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     # back to each argument's own dtype; real arguments get the real part
     for name, grad in grads.items():
         if grad is not None:
-            target = s.dtypes[name]
-            grads[name] = (grad if target.kind == "c" else grad.real).astype(target)
+            grads[name] = s.grad_as_given(name, grad)  # an interleaved B/C: interleaved again
     return grads

@@ -231,8 +231,8 @@ def test_state_update_matches_reference(rng, dtype, grouped):
                 D=rng.standard_normal(nD), z=rng.standard_normal((Bs, nD)),
                 dt_bias=rng.uniform(-0.5, 0.5, nD))
     args = {k: v.astype(dtype) for k, v in args.items()}
-    y, h = cs.selective_state_update(**args, dt_softplus=True)
-    y_ref, h_ref = sr.selective_state_update(**f64(args), dt_softplus=True)
+    y, h = cs.selective_state_step(**args, dt_softplus=True)
+    y_ref, h_ref = sr.selective_state_step(**f64(args), dt_softplus=True)
     assert y.dtype == dtype and h.dtype == dtype
     assert_close(y, y_ref, kind="backend", dtype=dtype, err_msg="y")
     assert_close(h, h_ref, kind="backend", dtype=dtype, err_msg="new state")
@@ -243,7 +243,7 @@ def test_state_update_steps_reproduce_the_scan(rng):
     y_scan = sr.selective_scan(**args)
     h = args["h0"]
     for t in range(5):
-        y, h = cs.selective_state_update(h, args["u"][..., t], args["delta"][..., t], args["A"],
+        y, h = cs.selective_state_step(h, args["u"][..., t], args["delta"][..., t], args["A"],
                                          args["B"][..., t], args["C"][..., t], args["D"],
                                          args["z"][..., t], args["delta_bias"], True)
         assert_close(y, y_scan[..., t], kind="backend", err_msg=f"step {t}")
@@ -281,3 +281,41 @@ def test_bad_shapes_raise_the_reference_messages(rng):
     args["u"][0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="Parameter u has 1 non-finite"):
         cs.selective_scan(**args, **LAUNCH)
+
+
+@pytest.mark.parametrize("layout,groups,indices", [
+    ("single", None, None), ("single", 2, [2, -1, 0]), ("heads", 2, None),
+    ("heads", 4, [3, 0, -1])])
+def test_official_state_update_in_place(rng, layout, groups, indices):
+    """The official form on the simulator: state written in place (rows of a cache with
+    indices, the other rows bit for bit untouched), against the float64 loop oracle."""
+    from test_state_update import loop_oracle, step_case
+    kw = step_case(rng, layout, groups, rows=None if indices is None else 5)
+    idx = None if indices is None else np.array(indices)
+    out_ref, new_ref = loop_oracle(**kw, state_batch_indices=idx)
+    before = kw["state"].copy()
+    out = cs.selective_state_update(**kw, state_batch_indices=idx)
+    assert out.shape == kw["x"].shape and out.dtype == kw["x"].dtype
+    assert_close(out, out_ref, kind="backend", err_msg="out")
+    assert_close(kw["state"], new_ref, kind="backend", err_msg="state")
+    if idx is not None:
+        untouched = sorted(set(range(5)) - set(indices))
+        np.testing.assert_array_equal(kw["state"][untouched], before[untouched])
+
+
+def test_bfloat16_is_computed_in_float32(rng):
+    """ml_dtypes.bfloat16 host arrays: computed in float32, results back in bfloat16."""
+    from test_parity import BF16, _bf16, _f32
+    kw = _bf16(make_inputs(rng, Bs=1, nD=2, L=20))
+    y, last = cs.selective_scan(**kw, return_last_state=True, **LAUNCH)
+    y32, last32 = sr.selective_scan(**_f32(kw), return_last_state=True)
+    assert y.dtype == BF16 and last.dtype == BF16
+    assert_close(y, y32.astype(BF16), kind="backend")
+    assert_close(last, last32.astype(BF16), kind="backend")
+    dout = rng.standard_normal(y.shape).astype(BF16)
+    g = cs.selective_scan_backward(dout, **kw, **LAUNCH)
+    g32 = sr.selective_scan_backward(dout.astype(np.float32), **_f32(kw))
+    for name in GRAD_NAMES:
+        if g32[name] is not None:
+            assert g[name].dtype == BF16, name
+            assert_close(g[name], g32[name].astype(BF16), kind="backend", err_msg=name)

@@ -97,8 +97,8 @@ def test_state_update_on_cupy(rng):
                 B=rng.standard_normal((BS, 4, N)), C=rng.standard_normal((BS, 4, N)),
                 D=rng.standard_normal(ND), z=rng.standard_normal((BS, ND)),
                 dt_bias=rng.standard_normal(ND))
-    y, h = cs.selective_state_update(**_to_cupy(args), dt_softplus=True)
-    y_ref, h_ref = sr.selective_state_update(**args, dt_softplus=True)
+    y, h = cs.selective_state_step(**_to_cupy(args), dt_softplus=True)
+    y_ref, h_ref = sr.selective_state_step(**args, dt_softplus=True)
     assert isinstance(y, cupy.ndarray)
     assert_close(y, y_ref, kind="backend")
     assert_close(h, h_ref, kind="backend")
@@ -216,8 +216,9 @@ def test_kernels_compile_for_a_real_gpu(monkeypatch):
             cs._backward_kernel(name, 128, 8):
                 (a3, a3, a3, a2, a4, a4, a1, a3, a1, a3, a4,
                  a3, a3, a2, a4, a4, a1, a3, a1, a3) + (flag,) * 5,
-            cs._step_kernel(name):
-                (a3, a2, a2, a2, a3, a3, a1, a2, a1, a2, a3) + (flag,) * 4,
+            cs._step_kernel(name):  # state (S, D, N) updated in place; idx (B,) int64
+                (a3, a2, a2, a2, a3, a3, a1, a2, a1, types.Array(types.int64, 1, "A"),
+                 a2) + (flag,) * 5,
         }
         for kernel, sig in sigs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
@@ -256,3 +257,25 @@ def test_default_gpu_launch_fits_short_sequences(length):
         assert threads == 32 or 8 * threads < 2 * length
     else:
         assert threads == 128
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_official_state_update_writes_the_cupy_state_on_the_device(rng, dtype):
+    """The official form on CuPy: the caller's device array is the state written (same
+    object, same memory), multi-head layout with groups and cache indices, other rows
+    untouched, against the float64 loop oracle."""
+    import cupy
+    from test_state_update import loop_oracle, step_case
+    kw = step_case(rng, "heads", 2, batch=3, rows=6, dtype=dtype)
+    idx = np.array([4, -1, 1])
+    out_ref, new_ref = loop_oracle(**kw, state_batch_indices=idx)
+    dev = {k: cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    state, ptr = dev["state"], dev["state"].data.ptr
+    out = cs.selective_state_update(**dev, state_batch_indices=cupy.asarray(idx))
+    assert isinstance(out, cupy.ndarray) and out.dtype == dtype
+    assert state.data.ptr == ptr and state.dtype == dtype
+    assert_close(out.get(), out_ref, kind="backend", dtype=dtype)
+    assert_close(state.get(), new_ref, kind="backend", dtype=dtype)
+    np.testing.assert_array_equal(state.get()[[0, 2, 3, 5]], kw["state"][[0, 2, 3, 5]])

@@ -244,8 +244,8 @@ def test_state_update_matches_reference(rng, dtype, complex_, grouped, extras):
                   dt_bias=rng.standard_normal(dim).astype(dtype), dt_softplus=True,
                   dt=rng.standard_normal((batch, dim)).astype(dtype))
     before = state.copy()
-    y, new = numba_cpu.selective_state_update(**kw)
-    y_ref, new_ref = ssm_ref.selective_state_update(**kw)
+    y, new = numba_cpu.selective_state_step(**kw)
+    y_ref, new_ref = ssm_ref.selective_state_step(**kw)
     np.testing.assert_array_equal(state, before)  # not modified in place
     assert y.dtype == y_ref.dtype and new.dtype == new_ref.dtype
     assert_close(y, y_ref, kind="backend")
@@ -257,7 +257,7 @@ def test_state_update_token_by_token_reproduces_numba_scan(rng):
     y_scan, last = numba_cpu.selective_scan(**kw, return_last_state=True)
     state, ys = kw["h0"], []
     for t in range(kw["u"].shape[-1]):
-        y_t, state = numba_cpu.selective_state_update(
+        y_t, state = numba_cpu.selective_state_step(
             state, kw["u"][:, :, t], kw["delta"][:, :, t], kw["A"], kw["B"][..., t],
             kw["C"][..., t], kw["D"], kw["z"][:, :, t], kw["delta_bias"], True)
         ys.append(y_t)

@@ -49,8 +49,8 @@ def test_every_cpu_backend_gives_the_reference_result(rng, backend):
     step = dict(state=rng.standard_normal((2, 3, 4)), x=kw["u"][:, :, 0],
                 dt=kw["delta"][:, :, 0], A=kw["A"], B=kw["B"][..., 0],
                 C=rng.standard_normal((2, 4)))
-    for got, want in zip(fast.selective_state_update(**step, backend=backend),
-                         ssm_ref.selective_state_update(**step)):
+    for got, want in zip(fast.selective_state_step(**step, backend=backend),
+                         ssm_ref.selective_state_step(**step)):
         assert_close(got, want, kind="backend")
 
 

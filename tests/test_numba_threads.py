@@ -46,7 +46,7 @@ step = dict(state=rng.standard_normal((nb, nd, ns)), x=rng.standard_normal((nb, 
 def run_all():
     y, last = fast.selective_scan(**kw, return_last_state=True, backend="numba")
     grads = fast.selective_scan_backward(dout, **kw, backend="numba")
-    y_step, state = fast.selective_state_update(**step, backend="numba")
+    y_step, state = fast.selective_state_step(**step, backend="numba")
     out = {"y": y, "last": last, "y_step": y_step, "state": state}
     out.update({"d" + name: g for name, g in grads.items() if g is not None})
     return out

@@ -16,7 +16,8 @@ from cases import FORM_PAIRS, astype, cotangents, scan_case
 from conftest import assert_close, assert_no_host_traffic, assert_same_on, to_xp
 from fake_device import on_device
 
-from ssm_ref import selective_scan, selective_scan_backward, selective_state_update
+from ssm_ref import (selective_scan, selective_scan_backward, selective_state_step,
+                     selective_state_update)
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 
@@ -375,11 +376,17 @@ def test_negative_step_raises(rng):
     selective_scan(**kw, delta_softplus=True)
 
 
-def test_official_interleaved_complex_layout_is_explained(rng):
+def test_official_interleaved_complex_layout_is_read_as_complex(rng):
+    """The official real (B, N, 2L) layout of a complex B: Re at even, Im at odd positions
+    (tests/test_parity.py has every form, the backward and the other backends)."""
     kw = scan_case(rng, complex_=True, extras=False)
-    kw["B"] = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
-    with pytest.raises(ValueError, match="interleaved"):
-        selective_scan(**kw)
+    flat = np.ones((2, 3, 18))  # official real (B, N, 2L) layout
+    flat[..., 1::2] = -0.5
+    expected = selective_scan(**dict(kw, B=np.full((2, 3, 9), 1.0 - 0.5j)))
+    assert_close(selective_scan(**dict(kw, B=flat)), expected, kind="exact")
+    real = scan_case(rng, extras=False)  # with a real A the layout is a shape error
+    with pytest.raises(ValueError, match="interleaved layout .* only with a complex A"):
+        selective_scan(**dict(real, B=flat))
 
 
 # ---------------------------------------------------------------------------
@@ -413,7 +420,7 @@ def test_state_update_token_by_token_reproduces_scan(rng, form_B, form_C, comple
     state = h
     ys = []
     for t in range(kw["u"].shape[-1]):
-        y_t, state = selective_state_update(state, **_step_inputs(kw, t))
+        y_t, state = selective_state_step(state, **_step_inputs(kw, t))
         ys.append(y_t)
     np.testing.assert_array_equal(h, h_before)  # the caller's state is not mutated
     assert_close(np.stack(ys, axis=-1), y_scan, kind="exact")
@@ -440,9 +447,9 @@ def test_state_update_is_a_one_step_scan(xp, rng, groups, complex_, extras):
     if extras:
         kw.update(D=rng.standard_normal(dim), z=rng.standard_normal((batch, dim)),
                   dt_bias=rng.standard_normal(dim), dt_softplus=True)
-    y, h = selective_state_update(**kw)  # NumPy
+    y, h = selective_state_step(**kw)  # NumPy
 
-    y_x, h_x = selective_state_update(**to_xp(xp, kw))
+    y_x, h_x = selective_state_step(**to_xp(xp, kw))
     assert_no_host_traffic(xp)
     y_scan, h_scan = selective_scan(
         kw["x"][..., None], kw["dt"][..., None], A, Bm[..., None], Cm[..., None],
@@ -458,8 +465,8 @@ def test_state_update_is_a_one_step_scan(xp, rng, groups, complex_, extras):
 def test_state_update_dtypes(rng):
     kw = scan_case(rng, extras=False)
     step = _step_inputs(kw, 0)
-    y, h = selective_state_update(np.zeros((2, 4, 3), np.float32),
-                                  **dict(step, x=step["x"].astype(np.float32)))
+    y, h = selective_state_step(np.zeros((2, 4, 3), np.float32),
+                                **dict(step, x=step["x"].astype(np.float32)))
     assert y.dtype == np.float32 and h.dtype == np.float32
 
 
