@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validation import (
+    a_from_log,
     as_array,
     check_choice,
     check_finite,
@@ -58,6 +59,7 @@ from .initializers import mamba_a_log
 from .module import (
     Module,
     check_cached_grad,
+    check_state_dstate,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -288,9 +290,10 @@ def inner_path_weights(params, names=None):
     def get(k):
         return _f64(params.get(k if names is None else names[k]))
     A_log = get("A_log")
+    A = a_from_log(A_log, "A_log" if names is None else names["A_log"])  # (D, N)
     return {"w_conv": get("conv1d.weight")[:, 0, :], "b_conv": get("conv1d.bias"),  # (D, K)
             "w_x": get("x_proj.weight"), "w_dt": get("dt_proj.weight"),
-            "b_dt": get("dt_proj.bias"), "A": -array_module(A_log).exp(A_log),  # (D, N)
+            "b_dt": get("dt_proj.bias"), "A": A,  # (D, N)
             "D": get("D")}
 
 
@@ -658,6 +661,7 @@ class MambaBlock(Module):
         check_state_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
         N, K = arrs["A_log"].shape[1], arrs["conv1d.weight"].shape[2]
         R = arrs["dt_proj.weight"].shape[1]
+        check_state_dstate(arrs, "A_log", "x_proj.weight", R, 0)
         expected = {
             "A_log": (D, N), "D": (D,), "in_proj.weight": (2 * D, d_model), "in_proj.bias": (2 * D,),
             "conv1d.weight": (D, 1, K), "conv1d.bias": (D,), "x_proj.weight": (R + 2 * N, D),

@@ -272,8 +272,7 @@ class Module:
             A shape that differs from the parameter's (name and both shapes
             given), or a value that is not finite.
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+        check_state_dict_keys(state_dict)
         self._check_keys(state_dict, "state_dict")
         new = {}
         for k, old in self.named_parameters():
@@ -373,14 +372,26 @@ class Module:
 
 
 # =========================================================================== state-dict checks
+def check_state_dict_keys(state_dict):
+    """``state_dict`` must be a mapping whose keys are all ``str`` (state-dict names)."""
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    bad = [k for k in state_dict.keys() if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"Parameter state_dict has {len(bad)} key(s) that are not strings "
+                        f"(first {bad[0]!r} of type {type(bad[0]).__name__}); expected "
+                        "str names such as 'in_proj.weight'")
+
+
 def read_state_dict(state_dict, prefix, required, optional, owner):
     """Copy the arrays of a state dict under ``prefix`` after checking its key set.
 
     Missing and unknown keys are all named in one ``KeyError``; values must be
     real and finite.  Copies stay on the array's own module (NumPy or CuPy).
     """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    check_state_dict_keys(state_dict)
+    if not isinstance(prefix, str):
+        raise TypeError(f"Parameter prefix = {prefix!r} must be a str")
     sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     missing = [k for k in required if k not in sd]
     unknown = sorted(k for k in sd if k not in required and k not in optional)
@@ -428,6 +439,24 @@ def check_state_shapes(arrs, expected, sizes):
         if arr.shape != expected[k]:
             raise ValueError(f"Parameter state_dict[{k!r}] has shape {arr.shape} but should be "
                              f"{expected[k]} (inferred {sizes})")
+
+
+def check_state_dstate(arrs, a_key, x_key, dt_rank, axis):
+    """d_state, read from ``arrs[a_key]`` (…, d_state), must fit ``arrs[x_key]``'s
+    ``dt_rank + 2 * d_state`` axis ``axis``; otherwise name both, the A_log entry first.
+
+    Without it a misshaped ``A_log`` would be reported as a wrong ``x_proj`` weight.
+    """
+    a_shape, x_shape = arrs[a_key].shape, arrs[x_key].shape
+    N = a_shape[-1]
+    if len(x_shape) <= axis or x_shape[axis] != dt_rank + 2 * N:
+        got = x_shape[axis] if len(x_shape) > axis else None
+        fits = ("" if got is None or (got - dt_rank) % 2 or got <= dt_rank
+                else f"; {x_key} fits d_state = {(got - dt_rank) // 2}")
+        raise ValueError(f"Parameter state_dict[{a_key!r}] has shape {a_shape} (d_state = {N}) "
+                         f"but state_dict[{x_key!r}] has shape {x_shape}, whose axis {axis} "
+                         f"should be dt_rank + 2 * d_state = {dt_rank} + 2 * {N} = "
+                         f"{dt_rank + 2 * N}{fits}; expected both to agree on d_state")
 
 
 def check_state_pair(arrs, a, b):

@@ -320,6 +320,12 @@ class _Optimizer:
         ``name`` (a 0-d or ``(1, 4)`` buffer is refused, never broadcast).
         A bad entry raises ValueError naming it.
         """
+        if not hasattr(sd, "keys"):
+            raise TypeError(f"Parameter sd is a {type(sd).__name__}, not a mapping")
+        bad = [k for k in sd.keys() if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"optimizer state has key {bad[0]!r} of type {type(bad[0]).__name__}; "
+                            "expected str keys such as 't' or 'exp_avg.<param name>'")
         t = _state_scalar(sd, "t")
         if not math.isfinite(t) or t < 0 or t != int(t):
             raise ValueError(f"optimizer state 't' = {t!r}; expected an integer step count >= 0")

@@ -34,7 +34,7 @@ import numpy as np
 from .._validation import as_array, check_finite, check_positive_int, check_positive_scalar
 from .._xp import array_module
 from ..mamba import MambaConfig
-from ..module import Module, rng_from
+from ..module import Module, check_state_dict_keys, rng_from
 from ..nn import layer_norm, linear
 from .full_model import FullModel
 from .patch_embed import PatchEmbed
@@ -129,8 +129,7 @@ def vmamba_release_names(state_dict):
     ...                              "classifier.head.bias": 3}))
     ['head.bias', 'layers.0.blocks.1.self_attention.Ds', 'patch_embed.proj.weight']
     """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    check_state_dict_keys(state_dict)
     out = {}
     for k in state_dict.keys():
         new = k
