@@ -108,6 +108,14 @@ def a_from_log(A_log, name):
     return A
 
 
+def check_nonempty(arr, name):
+    """Raise ``ValueError`` if any axis of ``arr`` has length 0 (naming ``name`` and its shape)."""
+    if 0 in tuple(arr.shape):
+        raise ValueError(f"Parameter {name} has shape {tuple(arr.shape)} with an empty axis; "
+                         "every size must be >= 1")
+    return arr
+
+
 def check_bool(x, name):
     """Raise ``TypeError`` unless ``x`` is a bool (Python's or NumPy's)."""
     if not isinstance(x, (bool, np.bool_)):

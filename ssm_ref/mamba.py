@@ -50,6 +50,7 @@ from ._validation import (
     as_array,
     check_choice,
     check_finite,
+    check_nonempty,
     check_positive_int,
     check_positive_scalar,
     check_shape,
@@ -681,6 +682,7 @@ class MambaBlock(Module):
     def _check_tokens(self, x, name="x"):
         x = as_array(x, name, allow_complex=False, ndim=3)
         check_shape(x, name, (None, None, self.config.d_model))
+        check_nonempty(x, name)
         self._check_module(x, name)
         check_finite(x, name)
         return x

@@ -35,7 +35,7 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from ._validation import as_array, check_finite, check_shape
+from ._validation import as_array, check_finite, check_nonempty, check_shape
 from ._xp import array_module, on_module
 from .selective import selective_scan, selective_scan_backward, selective_state_update
 
@@ -344,6 +344,7 @@ class Module:
         """A public forward's input: real, finite, ``ndim``-D with last axis ``last``."""
         x = as_array(x, name, allow_complex=False, ndim=ndim)
         check_shape(x, name, (None,) * (ndim - 1) + (last,))
+        check_nonempty(x, name)
         check_finite(x, name)
         return x
 
@@ -492,4 +493,12 @@ def resolve_config(config_cls, config, fields, defaults=None):
 
 def rng_from(seed):
     """A NumPy generator: ``seed`` itself when it is one, else ``default_rng(seed)``."""
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_, float, str)):
+        raise TypeError(f"Parameter seed = {seed!r} must be an int >= 0 or a numpy Generator")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:  # NumPy's message does not name the argument
+        raise type(exc)(f"Parameter seed = {seed!r} must be an int >= 0 or a numpy "
+                        f"Generator ({exc})") from exc

@@ -589,3 +589,479 @@ def test_discretize_step_must_be_finite_and_positive(dt):
 @pytest.mark.parametrize("flag", ["yes", None, 1])
 def test_conjugate_pairs_must_be_a_bool(fn, flag):
     expect(lambda: fn(flag), TypeError, "Parameter conjugate_pairs", repr(flag))
+
+
+# =========================================================================== blocks and models
+
+from ssm_ref import vision  # noqa: E402
+
+#: name -> (constructor, a valid input shape)
+BLOCKS = {
+    "MambaBlock": (ssm_ref.MambaBlock, (2, 5, 4)),
+    "VimMixer": (vision.VimMixer, (2, 5, 4)),
+    "VimBlock": (vision.VimBlock, (2, 5, 4)),
+    "SS2D": (vision.SS2D, (2, 3, 3, 4)),
+    "VSSBlock": (vision.VSSBlock, (2, 3, 3, 4)),
+    "LocalSS2D": (vision.LocalSS2D, (2, 4, 4, 4)),
+    "ES2D": (vision.ES2D, (2, 4, 4, 4)),
+    "PlainMambaMixer": (vision.PlainMambaMixer, (2, 3, 3, 4)),
+    "PlainMambaBlock": (vision.PlainMambaBlock, (2, 3, 3, 4)),
+}
+
+
+def _block_inputs(shape):
+    """(id, bad x, exception, words) for a block whose input has ``shape``."""
+    ones = np.ones(shape)
+    return [
+        ("None", None, TypeError, ["Parameter x", "None"]),
+        ("str", "abc", TypeError, ["Parameter x", "<U3"]),
+        ("object", ones.astype(object), TypeError, ["Parameter x", "object"]),
+        ("complex", ones + 1j, TypeError, ["Parameter x", "complex"]),
+        ("ndim-1", ones[0], ValueError, ["Parameter x", str(shape[1:])]),
+        ("ndim+1", ones[None], ValueError, ["Parameter x", str((1,) + shape)]),
+        ("channels", np.ones(shape[:-1] + (5,)), ValueError, ["Parameter x",
+                                                             str(shape[:-1] + (5,))]),
+        ("nan", _poke(ones, np.nan), ValueError, ["Parameter x", "non-finite"]),
+        ("inf", _poke(ones, np.inf), ValueError, ["Parameter x", "non-finite"]),
+        ("empty-batch", np.ones((0,) + shape[1:]), ValueError, ["Parameter x",
+                                                               str((0,) + shape[1:])]),
+        ("empty-length", np.ones(shape[:1] + (0,) + shape[2:]), ValueError,
+         ["Parameter x", str(shape[:1] + (0,) + shape[2:])]),
+    ]
+
+
+BLOCK_CASES = [(b, *c) for b, (_, shape) in BLOCKS.items() for c in _block_inputs(shape)]
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    return {name: cls(d_model=4, d_state=3, seed=0) for name, (cls, _) in BLOCKS.items()}
+
+
+@pytest.mark.parametrize("block, vid, bad, exc, words", BLOCK_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in BLOCK_CASES])
+def test_block_forward_refuses(blocks, block, vid, bad, exc, words):
+    expect(lambda: blocks[block](bad), exc, *words)
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_block_backward_refuses(blocks, block):
+    m, shape = blocks[block], BLOCKS[block][1]
+    _, cache = m.forward(RNG.standard_normal(shape), return_cache=True)
+    wrong = shape[:-1] + (5,)
+    expect(lambda: m.backward(np.ones(wrong), cache), ValueError, "Parameter dout", str(wrong),
+           str(shape))
+    expect(lambda: m.backward(_poke(np.ones(shape), np.nan), cache), ValueError,
+           "Parameter dout", "non-finite")
+    expect(lambda: m.backward(np.ones(shape), None), TypeError, "Parameter cache")
+    expect(lambda: m.backward(None, cache), TypeError, "Parameter dout")
+
+
+CONFIG_CASES = [  # (field, value, exception, words)
+    ("d_model", 0, ValueError, ["d_model", "0", ">= 1"]),
+    ("d_model", 4.5, TypeError, ["d_model", "4.5"]),
+    ("d_model", True, TypeError, ["d_model", "True"]),
+    ("d_model", None, TypeError, ["d_model", "None"]),
+    ("d_state", -1, ValueError, ["d_state", "-1"]),
+    ("d_conv", 0, ValueError, ["d_conv", "0"]),
+    ("dt_rank", 0, ValueError, ["dt_rank", "0"]),
+    ("expand", math.nan, ValueError, ["expand", "nan"]),
+    ("expand", -2, ValueError, ["expand", "-2"]),
+    ("seed", -1, ValueError, ["seed", "-1"]),
+    ("seed", 1.5, TypeError, ["seed", "1.5"]),
+]
+
+
+@pytest.mark.parametrize("block", list(BLOCKS))
+@pytest.mark.parametrize("field, value, exc, words", CONFIG_CASES,
+                         ids=[f"{c[0]}={c[1]!r}" for c in CONFIG_CASES])
+def test_block_configuration_refused_by_name(block, field, value, exc, words):
+    cls = BLOCKS[block][0]
+    expect(lambda: cls(**{"d_model": 4, "d_state": 3, field: value}), exc, *words)
+
+
+BUILD_CASES = [  # (keyword, value, exception, words)
+    ("img_size", (0, 8), ValueError, ["img_size", "0"]),
+    ("img_size", "8", TypeError, ["img_size", "'8'"]),
+    ("img_size", None, TypeError, ["img_size", "None"]),
+    ("in_chans", 0, ValueError, ["in_chans", "0"]),
+    ("n_classes", 0, ValueError, ["n_classes", "0"]),
+    ("n_classes", 1.5, TypeError, ["n_classes", "1.5"]),
+    ("seed", -1, ValueError, ["Parameter seed", "-1"]),
+    ("patch_size", 3, ValueError, ["patch_size", "3", "(8, 8)"]),
+    ("bogus", 1, TypeError, ["bogus"]),
+]
+
+
+@pytest.mark.parametrize("name", list(vision.MODELS))
+@pytest.mark.parametrize("key, value, exc, words", BUILD_CASES,
+                         ids=[f"{c[0]}={c[1]!r}" for c in BUILD_CASES])
+def test_build_model_refuses(name, key, value, exc, words):
+    kw = {"img_size": (8, 8), "in_chans": 1, "n_classes": 10, key: value}
+    expect(lambda: vision.build_model(name, **kw), exc, *words)
+
+
+@pytest.mark.parametrize("name, exc", [("resnet", ValueError), (None, TypeError), (3, TypeError)])
+def test_build_model_unknown_name(name, exc):
+    expect(lambda: vision.build_model(name), exc, "Parameter name", repr(name))
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: vision.build_model(name, img_size=(8, 8), in_chans=1, n_classes=10)
+            for name in vision.MODELS}
+
+
+MODEL_INPUTS = [
+    ("None", None, TypeError, ["Parameter x"]),
+    ("3-D", np.ones((2, 8, 8)), ValueError, ["Parameter x", "(2, 8, 8)", "4-D"]),
+    ("size", np.ones((2, 9, 8, 1)), ValueError, ["Parameter x", "(2, 9, 8, 1)"]),
+    ("channels", np.ones((2, 8, 8, 3)), ValueError, ["Parameter x", "(2, 8, 8, 3)"]),
+    ("nan", _poke(np.ones((2, 8, 8, 1)), np.nan), ValueError, ["Parameter x", "non-finite"]),
+    ("empty", np.ones((0, 8, 8, 1)), ValueError, ["Parameter x", "(0, 8, 8, 1)"]),
+]
+
+
+@pytest.mark.parametrize("name", list(vision.MODELS))
+@pytest.mark.parametrize("vid, bad, exc, words", MODEL_INPUTS, ids=[c[0] for c in MODEL_INPUTS])
+def test_model_forward_refuses(models, name, vid, bad, exc, words):
+    expect(lambda: models[name](bad), exc, *words)
+
+
+# =========================================================================== data loaders
+
+from ssm_ref import data as data_mod  # noqa: E402
+from ssm_ref import data_files  # noqa: E402
+
+_X, _Y = np.ones((20, 8, 8, 1)), np.arange(20) % 4
+
+DATA_CASES = [  # (id, call, exception, words)
+    ("load_dataset-unknown", lambda: data_mod.load_dataset("imagenet"), ValueError,
+     ["'imagenet'"]),
+    ("load_dataset-None", lambda: data_mod.load_dataset(None), TypeError, ["Parameter name"]),
+    ("load_dataset-option", lambda: data_mod.load_dataset("digits", n_train=5), ValueError,
+     ["n_train", "digits"]),
+    ("load_dataset-seed", lambda: data_mod.load_dataset("digits", seed=-1), ValueError,
+     ["Parameter seed", "-1"]),
+    *[(f"digits-test_fraction={tf!r}", (lambda tf=tf: data_mod.load_digits_images(
+        test_fraction=tf)), ValueError, ["Parameter test_fraction", repr(tf)])
+      for tf in (0, 1, -0.1, math.nan, "0.2", None)],
+    ("digits-dtype-int", lambda: data_mod.load_digits_images(dtype=np.int32), TypeError,
+     ["Parameter dtype", "int32"]),
+    ("digits-dtype-junk", lambda: data_mod.load_digits_images(dtype="banana"), TypeError,
+     ["Parameter dtype", "'banana'"]),
+    *[(f"pair-{k}={v!r}", (lambda k=k, v=v: data_mod.make_pair_images(**{"n": 10, k: v})), exc,
+       [f"Parameter {k}", repr(v) if k != "seed" else "-1"])
+      for k, v, exc in (("n", 0, ValueError), ("n", 2.5, TypeError), ("size", 3, ValueError),
+                        ("layout", "diag", ValueError), ("n_shapes", 0, ValueError),
+                        ("noise", -0.1, ValueError), ("noise", math.nan, ValueError),
+                        ("noise", math.inf, ValueError), ("dtype", "banana", TypeError),
+                        ("seed", -1, ValueError))],
+    ("split-y-None", lambda: data_mod.stratified_split(None, 0.25, 0), ValueError,
+     ["Parameter y"]),
+    ("split-y-2d", lambda: data_mod.stratified_split(np.ones((5, 2), int), 0.25, 0),
+     ValueError, ["Parameter y", "(5, 2)"]),
+    ("split-y-float", lambda: data_mod.stratified_split(np.array([0.5, 1.0]), 0.25, 0),
+     ValueError, ["Parameter y", "float64"]),
+    ("split-fraction", lambda: data_mod.stratified_split(_Y, 1.0, 0), ValueError,
+     ["Parameter test_fraction", "1.0"]),
+    ("split-seed", lambda: data_mod.stratified_split(_Y, 0.25, -1), ValueError,
+     ["Parameter seed", "-1"]),
+    ("batches-size-0", lambda: list(data_mod.iterate_batches(_X, _Y, 0)), ValueError,
+     ["Parameter batch_size", "0"]),
+    ("batches-size-float", lambda: list(data_mod.iterate_batches(_X, _Y, 2.5)), TypeError,
+     ["Parameter batch_size", "2.5"]),
+    ("batches-mismatch", lambda: list(data_mod.iterate_batches(_X, _Y[:5], 4)), ValueError,
+     ["x and y", "20", "5"]),
+    ("batches-x-None", lambda: list(data_mod.iterate_batches(None, _Y, 4)), TypeError,
+     ["Parameter x", "NoneType"]),
+    ("batches-shuffle", lambda: list(data_mod.iterate_batches(_X, _Y, 4, shuffle="yes")),
+     TypeError, ["Parameter shuffle", "'yes'"]),
+    ("batches-drop_last", lambda: list(data_mod.iterate_batches(_X, _Y, 4, drop_last="no")),
+     TypeError, ["Parameter drop_last", "'no'"]),
+    ("batches-seed", lambda: list(data_mod.iterate_batches(_X, _Y, 4, seed=-1)), ValueError,
+     ["Parameter seed", "-1"]),
+    ("shift-negative", lambda: data_mod.random_shift(_X, -1, np.random.default_rng(0)),
+     ValueError, ["Parameter max_shift", "-1"]),
+    ("shift-float", lambda: data_mod.random_shift(_X, 1.5, np.random.default_rng(0)),
+     TypeError, ["Parameter max_shift", "1.5"]),
+    ("shift-3d", lambda: data_mod.random_shift(_X[..., 0], 1, np.random.default_rng(0)),
+     ValueError, ["Parameter x", "(20, 8, 8)"]),
+    ("shift-x-None", lambda: data_mod.random_shift(None, 1, np.random.default_rng(0)),
+     TypeError, ["Parameter x"]),
+    ("shift-rng-int", lambda: data_mod.random_shift(_X, 1, 3), TypeError,
+     ["Parameter rng", "3"]),
+    ("download-unknown", lambda: data_files.download("imagenet", "/nonexistent"), ValueError,
+     ["Parameter name", "'imagenet'"]),
+]
+
+
+@pytest.mark.parametrize("call, exc, words", [c[1:] for c in DATA_CASES],
+                         ids=[c[0] for c in DATA_CASES])
+def test_data_loader_refuses(call, exc, words):
+    expect(call, exc, *words)
+
+
+def test_data_files_refuse_missing_truncated_and_misshaped_files(tmp_path):
+    (tmp_path / "junk.idx").write_bytes(b"\x00\x00\x08\x03\x00")
+    (tmp_path / "short.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x10abc")
+    (tmp_path / "batch.bin").write_bytes(b"\x00" * 100)
+    expect(lambda: data_files.read_idx(tmp_path / "nope"), ValueError, str(tmp_path / "nope"))
+    expect(lambda: data_files.read_idx(tmp_path / "junk.idx"), ValueError, "junk.idx",
+           "truncated")
+    expect(lambda: data_files.read_idx(tmp_path / "short.idx"), ValueError, "short.idx",
+           "3 data bytes", "(16,)")
+    expect(lambda: data_files.read_idx(tmp_path), ValueError, str(tmp_path))
+    expect(lambda: data_files.read_cifar10_batch(tmp_path / "batch.bin"), ValueError,
+           "batch.bin", "100 bytes", "3073")
+    expect(lambda: data_files.write_cifar10_batch(tmp_path / "o.bin", np.zeros((2, 32, 32)),
+                                                  np.zeros(2, int)),
+           ValueError, "Parameter images", "(2, 32, 32)")
+    expect(lambda: data_files.write_cifar10_batch(
+        tmp_path / "o.bin", np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 300])),
+        ValueError, "Parameter labels", "0..9")
+    expect(lambda: data_files.read_image_folder(tmp_path / "nope"), ValueError,
+           str(tmp_path / "nope"), "does not exist")
+    expect(lambda: data_files.read_image_folder(tmp_path), ValueError, "no class sub-folders")
+    expect(lambda: data_files.load_mnist(tmp_path), ValueError, "train-images-idx3-ubyte")
+    expect(lambda: data_files.load_cifar10(tmp_path), ValueError, "data_batch_1.bin")
+
+
+# =========================================================================== optimisers
+
+
+def _params():
+    return {"w": np.zeros(3)}
+
+
+OPTIM_CASES = [  # (id, call, exception, words)
+    *[(f"AdamW-{k}={v!r}", (lambda k=k, v=v: ssm_ref.optim.AdamW(_params(), **{k: v})), exc,
+       [f"Parameter {k}", *words])
+      for k, v, exc, words in (
+          ("lr", 0, ValueError, ["0"]), ("lr", math.nan, ValueError, ["nan"]),
+          ("lr", "1", TypeError, ["'1'"]), ("betas", 0.9, ValueError, ["0.9", "pair"]),
+          ("betas", (0.9,), ValueError, ["pair"]), ("eps", 0, ValueError, ["0"]),
+          ("eps", math.inf, ValueError, ["inf"]), ("weight_decay", -1, ValueError, ["-1"]),
+          ("weight_decay", math.nan, ValueError, ["nan"]),
+          ("no_weight_decay", ["x"], ValueError, ["'x'"]))],
+    ("AdamW-betas=(1, 1)", lambda: ssm_ref.optim.AdamW(_params(), betas=(1, 1)), ValueError,
+     ["Parameter betas[0]", "1", "[0, 1)"]),
+    ("AdamW-betas-nan", lambda: ssm_ref.optim.AdamW(_params(), betas=(0.9, math.nan)),
+     ValueError, ["Parameter betas[1]", "nan"]),
+    *[(f"AdamW-params={p!r}", (lambda p=p: ssm_ref.optim.AdamW(p)), TypeError,
+       ["Parameter params"]) for p in ({}, None, [np.zeros(3)])],
+    *[(f"SGD-{k}={v!r}", (lambda k=k, v=v: ssm_ref.optim.SGD(_params(), **{k: v})), exc,
+       [f"Parameter {k}", repr(v)])
+      for k, v, exc in (("momentum", 1.0, ValueError), ("momentum", -0.1, ValueError),
+                        ("momentum", math.nan, ValueError), ("nesterov", "yes", TypeError))],
+    *[(f"cosine_lr-{k}={v!r}", (lambda k=k, v=v: ssm_ref.optim.cosine_lr(
+        **{"step": 0, "total_steps": 10, "base_lr": 1.0, k: v})), exc, [f"Parameter {k}", repr(v)])
+      for k, v, exc in (("step", -1, ValueError), ("step", 1.5, TypeError),
+                        ("total_steps", 0, ValueError), ("base_lr", math.inf, ValueError),
+                        ("warmup_steps", -1, ValueError), ("warmup_steps", 1.5, TypeError),
+                        ("min_lr", 2.0, ValueError), ("min_lr", math.nan, ValueError))],
+    *[(f"clip-{k}={v!r}", (lambda k=k, v=v: ssm_ref.optim.clip_grad_norm(
+        **{"grads": {"w": np.ones(3)}, "max_norm": 1.0, k: v})), exc, words)
+      for k, v, exc, words in (
+          ("max_norm", 0, ValueError, ["Parameter max_norm", "0"]),
+          ("max_norm", math.nan, ValueError, ["Parameter max_norm", "nan"]),
+          ("grads", None, TypeError, ["Parameter grads", "NoneType"]),
+          ("grads", [1], TypeError, ["Parameter grads", "list"]),
+          ("grads", {"w": np.full(3, np.nan)}, ValueError, ["gradient norm", "nan"]))],
+    ("global_norm-None", lambda: ssm_ref.optim.global_norm(None), TypeError,
+     ["Parameter arrays"]),
+    *[(f"cross_entropy-{i}", (lambda kw=kw: ssm_ref.optim.softmax_cross_entropy(
+        **{"logits": np.ones((2, 3)), "labels": np.array([0, 2]), **kw})), exc, words)
+      for i, (kw, exc, words) in enumerate((
+          ({"logits": np.ones(3)}, ValueError, ["Parameter logits", "(3,)"]),
+          ({"labels": np.array([0, 5])}, ValueError, ["Parameter labels", "5"]),
+          ({"labels": np.array([0, -1])}, ValueError, ["Parameter labels", "-1"]),
+          ({"labels": np.array([0.5, 1.0])}, TypeError, ["Parameter labels", "float64"]),
+          ({"labels": np.array([0])}, ValueError, ["Parameter labels", "(1,)", "(2,)"]),
+          ({"logits": np.full((2, 3), np.nan)}, ValueError, ["Parameter logits", "non-finite"]),
+          ({"logits": None}, TypeError, ["Parameter logits"]),
+          ({"labels": None}, TypeError, ["Parameter labels"]),
+          ({"logits": np.ones((0, 3)), "labels": np.array([], int)}, ValueError,
+           ["Parameter logits", "(0, 3)"])))],
+]
+
+
+@pytest.mark.parametrize("call, exc, words", [c[1:] for c in OPTIM_CASES],
+                         ids=[c[0] for c in OPTIM_CASES])
+def test_optimizer_refuses(call, exc, words):
+    expect(call, exc, *words)
+
+
+@pytest.mark.parametrize("opt_cls", [ssm_ref.optim.AdamW, ssm_ref.optim.SGD])
+@pytest.mark.parametrize("grads, exc, words", [
+    ({"w": np.ones(4)}, ValueError, ["'w'", "(4,)", "(3,)"]),
+    ({"w": np.full(3, np.nan)}, ValueError, ["grads['w']", "non-finite"]),
+    ({"v": np.ones(3)}, ValueError, ["Parameter grads", "['w']", "['v']"]),
+    ({"w": None}, TypeError, ["'w'", "NoneType"]),
+    ({"w": "abc"}, TypeError, ["'w'", "str"]),
+    ({"w": np.ones(3) + 1j}, TypeError, ["'w'", "complex128"]),
+    (None, TypeError, ["Parameter grads", "NoneType"]),
+], ids=["shape", "nan", "keys", "None-value", "str-value", "complex", "None"])
+def test_optimizer_step_refuses_bad_gradients_and_leaves_the_parameter(opt_cls, grads, exc,
+                                                                       words):
+    params = _params()
+    opt = opt_cls(params, lr=0.1)
+    expect(lambda: opt.step(grads), exc, *words)
+    assert np.array_equal(params["w"], np.zeros(3)) and opt.t == 0
+
+
+# =========================================================================== train()
+
+TRAIN_CASES = [  # (keyword, value, exception, words)
+    ("epochs", 0, ValueError, ["Parameter epochs", "0"]),
+    ("epochs", 1.5, TypeError, ["Parameter epochs", "1.5"]),
+    ("batch_size", 0, ValueError, ["Parameter batch_size", "0"]),
+    ("lr", math.nan, ValueError, ["Parameter lr", "nan"]),
+    ("lr", -1, ValueError, ["Parameter lr", "-1"]),
+    ("weight_decay", math.inf, ValueError, ["Parameter weight_decay", "inf"]),
+    ("weight_decay", math.nan, ValueError, ["Parameter weight_decay", "nan"]),
+    ("seed", -1, ValueError, ["Parameter seed", "-1"]),
+    ("optimizer", "adam", ValueError, ["Parameter optimizer", "'adam'"]),
+    ("schedule", "step", ValueError, ["Parameter schedule", "'step'"]),
+    ("augment", "rotate", ValueError, ["Parameter augment", "'rotate'"]),
+    ("clip_norm", 0, ValueError, ["Parameter clip_norm", "0"]),
+    ("clip_norm", math.nan, ValueError, ["Parameter clip_norm", "nan"]),
+    ("eval_batch_size", 0, ValueError, ["Parameter eval_batch_size", "0"]),
+    ("min_lr", 1.0, ValueError, ["Parameter min_lr", "1.0"]),
+    ("min_lr", math.nan, ValueError, ["Parameter min_lr", "nan"]),
+    ("dataset", 3, TypeError, ["Parameter dataset", "int"]),
+    ("dataset", "imagenet", ValueError, ["'imagenet'"]),
+]
+
+
+@pytest.mark.parametrize("key, value, exc, words", TRAIN_CASES,
+                         ids=[f"{c[0]}={c[1]!r}" for c in TRAIN_CASES])
+def test_train_refuses(key, value, exc, words):
+    expect(lambda: _train(**{key: value}), exc, *words)
+
+
+def test_train_refuses_a_model_without_the_interface_and_labels_beyond_its_classes():
+    expect(lambda: ssm_ref.train.train(object(), _tiny_data(), epochs=1, progress=False),
+           TypeError, "Parameter model", "object")
+    model = vision.build_model("cnn", img_size=(8, 8), in_chans=1, n_classes=3)
+    expect(lambda: ssm_ref.train.train(model, _tiny_data(), epochs=1, progress=False),
+           ValueError, "y_train", "3 classes")
+    xtr, ytr, xte, yte = _tiny_data()
+    expect(lambda: _train(dataset=(xtr, ytr[:5], xte, yte)), ValueError, "x_train", "20", "5")
+    expect(lambda: _train(dataset=(xtr, ytr.astype(float), xte, yte)), ValueError, "y_train",
+           "float64")
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "curves.png", "checkpoint.npz"])
+def test_stale_temporaries_of_a_run_are_removed_at_its_start(tmp_path, name):
+    """A run killed while writing leaves ``NAME.tmp``; the next run removes it before its
+    first training step (not only when it next writes that file), and writes the file."""
+    from test_train import TinyMLP
+
+    stale = tmp_path / (name + ".tmp")
+    stale.write_bytes(b"half a file")
+    seen = []
+
+    class Watched(TinyMLP):
+        def forward(self, x, return_cache=False):
+            seen.append(stale.exists())
+            return super().forward(x, return_cache)
+
+    ssm_ref.train.train(Watched(seed=0), _tiny_data(), epochs=1, progress=False,
+                        out_dir=tmp_path, plot=True)
+    assert seen and seen[0] is False  # gone before the first step
+    assert not stale.exists() and (tmp_path / name).is_file()
+    other = tmp_path / "notes.txt.tmp"  # not a file of the run: left alone
+    other.write_text("keep")
+    _train(out_dir=tmp_path, plot=False)
+    assert other.read_text() == "keep"
+
+
+def test_stale_temporary_removed_even_when_the_run_writes_no_plot(tmp_path):
+    stale = tmp_path / "curves.png.tmp"
+    stale.write_bytes(b"x")
+    _train(out_dir=tmp_path, plot=False)
+    assert not stale.exists() and not (tmp_path / "curves.png").exists()
+
+
+# =========================================================================== the command line
+# Every user error: one line on stderr, "ssm-ref <command>: error: ...", naming the flag or the
+# file, and exit status 2 (the model builder is TinyMLP here, as in test_cli).
+
+from test_cli import built  # noqa: E402,F401 - the fixture that patches the model builder
+
+CLI_CASES = [  # (argv, words of the one line)
+    (["train", "--warmup-epochs", "inf"], ["--warmup-epochs", "inf"]),
+    (["train", "--warmup-epochs", "nan"], ["--warmup-epochs", "nan"]),
+    (["train", "--warmup-epochs", "-1"], ["--warmup-epochs"]),
+    (["train", "--clip-norm", "nan"], ["--clip-norm", "nan"]),
+    (["train", "--lr", "inf"], ["--lr", "inf"]),
+    (["train", "--lr", "0"], ["--lr"]),
+    (["train", "--lr", "abc"], ["--lr", "'abc'"]),
+    (["train", "--weight-decay", "-1"], ["--weight-decay"]),
+    (["train", "--epochs", "-1"], ["--epochs", "-1"]),
+    (["train", "--batch-size", "1.5"], ["--batch-size", "'1.5'"]),
+    (["train", "--seed", "-1"], ["--seed", "-1"]),
+    (["train", "--patch-size", "0"], ["--patch-size"]),
+    (["train", "--augment", "rotate"], ["--augment", "'rotate'"]),
+    (["train", "--data-opt", "test_fraction=2"], ["test_fraction", "2"]),
+    (["train", "--data-opt", "dtype=banana"], ["dtype", "banana"]),
+    (["train", "--model-opt", "=3"], ["--model-opt"]),
+    (["train", "--dataset", "mnist", "--data-root", "/nonexistent/mnist"],
+     ["/nonexistent/mnist"]),
+    (["predict"], ["required"]),
+    (["predict", "img.png", "--model", "resnet", "--checkpoint", "x.pth"], ["--model",
+                                                                            "'resnet'"]),
+    (["predict", "img.png", "--model", "vim_tiny", "--checkpoint", "/nonexistent/x.pth"],
+     ["--checkpoint", "/nonexistent/x.pth"]),
+    (["predict", "img.png", "--model", "vim_tiny", "--checkpoint", "x.pth", "--top", "0"],
+     ["--top", "0"]),
+    (["bench", "--suite", "nope"], ["--suite", "'nope'"]),
+]
+
+
+def _one_line_error(argv, capsys):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert len(err) == 1, err
+    assert err[0].startswith(f"ssm-ref {argv[0]}") and "error:" in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, words", CLI_CASES, ids=[" ".join(c[0])[:50] for c in CLI_CASES])
+def test_cli_bad_flag_is_one_line_and_status_2(built, argv, words, capsys, tmp_path,
+                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "train":
+        argv = argv + ["--out", str(tmp_path / "run"), "--no-progress", "--epochs", "1"] \
+            if "--epochs" not in argv else argv + ["--out", str(tmp_path / "run")]
+    line = _one_line_error(argv, capsys)
+    for w in words:
+        assert w in line, line
+
+
+def test_cli_resume_from_a_bad_checkpoint_is_one_line(built, tmp_path, capsys):
+    """Truncated, not a zip, a negative epoch, betas = (1, 1): one line naming the file."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--no-plot", "--out",
+                     str(run)]) == 0
+    capsys.readouterr()
+    good = (run / "checkpoint.npz").read_bytes()
+    with np.load(run / "checkpoint.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "not-a-zip": b"not a zip file",
+    }
+    for key, value in (("epoch", np.array(-1)), ("optim/betas", np.array([1.0, 1.0])),
+                       ("optim/t", np.array(-1))):
+        path = tmp_path / f"{key.replace('/', '_')}.npz"
+        np.savez(path, **{**arrays, key: value})
+        bad[key] = path.read_bytes()
+    for what, raw in bad.items():
+        path = tmp_path / f"bad-{what.replace('/', '_')}.npz"
+        path.write_bytes(raw)
+        line = _one_line_error(["train", "--epochs", "2", "--no-progress", "--out",
+                                str(tmp_path / "run2"), "--resume", str(path)], capsys)
+        assert str(path) in line, (what, line)

@@ -31,7 +31,8 @@ import re
 
 import numpy as np
 
-from .._validation import as_array, check_finite, check_positive_int, check_positive_scalar
+from .._validation import (as_array, check_finite, check_nonempty, check_positive_int,
+                            check_positive_scalar)
 from .._xp import array_module
 from ..mamba import MambaConfig
 from ..module import Module, check_state_dict_keys, rng_from
@@ -307,6 +308,7 @@ class VSSM(FullModel):
             raise ValueError(f"Parameter images has shape {x.shape}: H and W must be positive "
                              f"multiples of {m} (patch_size {self.patch_size} times 2 per "
                              f"patch merging)")
+        check_nonempty(x, "images")
         check_finite(x, "images")
         return x
 
