@@ -36,7 +36,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._xp import array_module
-from ._validation import as_array, check_bool, check_finite, check_positive_int, check_positive_scalar
+from ._validation import (as_array, check_bool, check_finite, check_positive_int,
+                          check_positive_scalar)
 
 __all__ = [
     "softmax_cross_entropy",

@@ -628,7 +628,8 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         clip_norm = check_positive_scalar(clip_norm, "clip_norm")
     if (isinstance(warmup_epochs, (bool, np.bool_)) or not isinstance(warmup_epochs, numbers.Real)
             or not math.isfinite(warmup_epochs) or warmup_epochs < 0):
-        raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a finite number >= 0")
+        raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a finite "
+                         "number >= 0")
     if schedule == "cosine" and (isinstance(min_lr, (bool, np.bool_))
                                  or not isinstance(min_lr, numbers.Real)
                                  or not 0.0 <= min_lr <= lr):

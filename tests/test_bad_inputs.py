@@ -988,7 +988,17 @@ def test_stale_temporary_removed_even_when_the_run_writes_no_plot(tmp_path):
 # Every user error: one line on stderr, "ssm-ref <command>: error: ...", naming the flag or the
 # file, and exit status 2 (the model builder is TinyMLP here, as in test_cli).
 
-from test_cli import built  # noqa: E402,F401 - the fixture that patches the model builder
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The model builder patched to make a TinyMLP of the data's shape (as test_cli does)."""
+    from test_train import TinyConfig, TinyMLP
+
+    def fake_build(name, *, seed, img_size, in_chans, n_classes, **rest):
+        return TinyMLP(TinyConfig((*img_size, in_chans), 16, n_classes), seed=seed)
+    monkeypatch.setattr(cli, "_build_model", fake_build)
+
 
 CLI_CASES = [  # (argv, words of the one line)
     (["train", "--warmup-epochs", "inf"], ["--warmup-epochs", "inf"]),
@@ -1065,3 +1075,18 @@ def test_cli_resume_from_a_bad_checkpoint_is_one_line(built, tmp_path, capsys):
         line = _one_line_error(["train", "--epochs", "2", "--no-progress", "--out",
                                 str(tmp_path / "run2"), "--resume", str(path)], capsys)
         assert str(path) in line, (what, line)
+
+
+def test_cli_out_naming_a_file_is_one_line(built, tmp_path, capsys):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep")
+    line = _one_line_error(["train", "--epochs", "1", "--no-progress", "--out", str(existing)],
+                           capsys)
+    assert "--out" in line and str(existing) in line and existing.read_text() == "keep"
+
+
+def test_resume_with_another_batch_size_names_the_setting(tmp_path):
+    _train(out_dir=tmp_path, plot=False, batch_size=8)
+    expect(lambda: _train(out_dir=tmp_path / "b", plot=False, batch_size=4, epochs=2,
+                          resume=tmp_path / "checkpoint.npz"),
+           ValueError, "batch_size = 8", "batch_size = 4")

@@ -4,9 +4,9 @@ Numba's ``workqueue`` threading layer (Numba's fallback when neither TBB
 nor OpenMP is installed) aborts the whole process on two concurrent
 parallel launches, so every parallel kernel of ``fast`` (the scan kernels,
 ``fast._fastexp.exp_array``, the benchmark kernels of ``fast.bench.scan``) is
-launched through one lock under that layer (``fast._launch.launch``).  Each test runs in a subprocess,
-because the threading layer is chosen once per process, before the first
-parallel launch, from ``NUMBA_THREADING_LAYER``.  Oracle: the same call
+launched through one lock under that layer (``fast._launch.launch``).  Each
+test runs in a subprocess, because the threading layer is chosen once per
+process, before the first parallel launch, from ``NUMBA_THREADING_LAYER``.  Oracle: the same call
 made once from the main thread before the threads start; every threaded
 result must equal it bit for bit (the kernels are deterministic for a fixed
 thread count).

@@ -248,8 +248,8 @@ def run_headline(repeats, ref_dim_backward, limit):
     finally:
         numba.set_num_threads(threads)
     t_plain = median_time(lambda: launch(
-        plain_numba_forward, kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"], kw["delta_bias"]),
-        repeats)
+        plain_numba_forward, kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
+        kw["delta_bias"]), repeats)
     # the reference: forward at the full size, backward (O(B D L N) memory) on fewer channels
     t_ref_fwd = median_time(lambda: ssm_ref.selective_scan(**kw), max(1, repeats // 3))
     kw_small = make_inputs(s["batch"], ref_dim_backward, s["length"], s["dstate"])
