@@ -139,11 +139,10 @@ def _parallel_kernels_and_direct_calls():
                         kernels.add(node.name)
     for f, tree in trees.items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                fn = node.func
-                name = fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", None)
-                if name in kernels:
-                    direct.append((f.name, node.lineno, name))
+            if isinstance(node, ast.Call):  # a kernel named anywhere in what is called
+                called = {n.id if isinstance(n, ast.Name) else n.attr
+                          for n in ast.walk(node.func) if isinstance(n, (ast.Name, ast.Attribute))}
+                direct += [(f.name, node.lineno, name) for name in sorted(called & kernels)]
     return kernels, direct
 
 
