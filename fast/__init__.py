@@ -12,6 +12,8 @@ numba_cpu           the selective scan, its backward and the decoding step
                     call from several threads (under Numba's "workqueue"
                     threading layer its parallel launches take a lock)
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
+_launch             the one lock every parallel Numba kernel is launched through
+                    (thread safety under the "workqueue" layer)
 cuda_scan           the hardware-aware selective scan in Numba-CUDA on CuPy
                     arrays (imported only when the "cuda" backend is used)
 bench               the benchmarks (bench.scan, bench.train; ``python -m

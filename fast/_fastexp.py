@@ -62,6 +62,8 @@ from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from ._launch import launch
+
 __all__ = ["fast_exp", "fast_exp_clamped", "fast_softplus", "fast_sigmoid", "exp_array"]
 
 #: fastmath flags of the helpers: contraction into FMA allowed, but no
@@ -424,6 +426,8 @@ def exp_array(x, libm=False, clamped=False):
         raise TypeError(f"Parameter x has dtype {x.dtype} but float32 or float64 was expected")
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
-    kernel = _libm_exp_into if libm else (_exp_clamped_into if clamped else _exp_into)
-    kernel(flat, out)
+    if libm:
+        _libm_exp_into(flat, out)  # serial: no lock needed
+    else:  # parallel: through the package's one launch lock (safe under "workqueue")
+        launch(_exp_clamped_into if clamped else _exp_into, flat, out)
     return out.reshape(x.shape)

@@ -76,21 +76,19 @@ once under every Numba threading layer.  Numba's ``workqueue`` layer (the
 one Numba falls back to when neither TBB nor OpenMP is installed) is not
 thread-safe: two parallel launches at the same time abort the process
 ("Concurrent access has been detected").  So every parallel kernel is
-launched through :func:`_launch`, which serialises the launches with one
-module-level lock while the layer is ``workqueue``.  The layer is known
+launched through :func:`fast._launch.launch`, which serialises the launches
+with one process-wide lock while the layer is ``workqueue``.  The layer is known
 only after the first parallel launch (``numba.threading_layer()`` raises
 before), so launches are serialised until then and, under ``omp`` or
 ``tbb`` (both thread-safe), never again.  Under ``workqueue`` the calls of
 several threads therefore run one kernel at a time (each kernel still
 uses all of Numba's threads); the Python parts (validation, layout) still
-overlap.  Only this module's kernels take the lock: another module's
-``parallel=True`` function launched at the same time under ``workqueue``
-still aborts.
+overlap.  The same lock covers the package's other parallel kernels
+(:func:`fast._fastexp.exp_array`, the benchmark kernels of :mod:`fast.bench`).
 """
 from __future__ import annotations
 
 import cmath
-import threading
 
 import numba
 import numpy as np
@@ -104,6 +102,7 @@ from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_
 from ssm_ref.selective import write_state
 
 from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
+from ._launch import launch
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
            "selective_state_step"]
@@ -136,33 +135,8 @@ _GAP = 64
 # parallel launches from several Python threads (see "Threads" above)
 # ---------------------------------------------------------------------------
 
-#: held around each parallel launch while the threading layer is not known
-#: to be thread-safe
-_LAUNCH_LOCK = threading.Lock()
-
-#: the threading layers that take concurrent launches (Numba's documentation,
-#: "The Threading Layers"); "workqueue" does not
-_THREADSAFE_LAYERS = frozenset({"tbb", "omp"})
-
-#: None until the first parallel launch; then whether the layer Numba chose
-#: is thread-safe (the layer is chosen once per process, at that launch)
-_layer_threadsafe = None
-
-
-def _launch(kernel, *args):
-    """``kernel(*args)`` for a ``parallel=True`` kernel, safe from several threads.
-
-    Serialised by :data:`_LAUNCH_LOCK` until the first launch has shown which
-    threading layer Numba runs, and afterwards only if that layer is not
-    thread-safe (``workqueue``).
-    """
-    global _layer_threadsafe
-    if _layer_threadsafe:
-        return kernel(*args)
-    with _LAUNCH_LOCK:
-        result = kernel(*args)
-        _layer_threadsafe = numba.threading_layer() in _THREADSAFE_LAYERS
-    return result
+# the one lock of every parallel launch of the package (fast._launch)
+_launch = launch
 
 
 # ---------------------------------------------------------------------------

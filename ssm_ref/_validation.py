@@ -85,6 +85,39 @@ def check_finite(arr, name):
     return arr
 
 
+def a_from_log(A_log, name):
+    """Mamba's ``A = -exp(A_log)``, refusing an ``A_log`` whose exponential overflows.
+
+    ``name`` is the parameter's name (``A_log``, ``A_b_log``, ``A_logs``): an
+    overflow is a problem of that parameter, not of A.  The check runs on host
+    arrays only (see :func:`check_finite`).
+
+    Examples
+    --------
+    >>> a_from_log(np.zeros((1, 2)), "A_log")
+    array([[-1., -1.]])
+    """
+    xp = array_module(A_log)
+    with np.errstate(over="ignore", invalid="ignore"):
+        A = -xp.exp(A_log)
+    if not is_device(A) and not np.all(np.isfinite(A)):
+        bad = int(np.size(A) - np.count_nonzero(np.isfinite(A)))
+        limit = float(np.log(np.finfo(A.dtype).max))
+        raise ValueError(
+            f"Parameter {name} has {bad} value(s) (max {float(np.nanmax(A_log)):.6g}) whose "
+            f"A = -exp({name}) is not finite in {A.dtype}; expected finite {name} < {limit:.6g}"
+        )
+    return A
+
+
+def check_nonempty(arr, name):
+    """Raise ``ValueError`` if any axis of ``arr`` has length 0 (naming ``name`` and its shape)."""
+    if 0 in tuple(arr.shape):
+        raise ValueError(f"Parameter {name} has shape {tuple(arr.shape)} with an empty axis; "
+                         "every size must be >= 1")
+    return arr
+
+
 def check_bool(x, name):
     """Raise ``TypeError`` unless ``x`` is a bool (Python's or NumPy's)."""
     if not isinstance(x, (bool, np.bool_)):

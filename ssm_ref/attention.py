@@ -96,7 +96,8 @@ def hidden_attention(delta, A, B, C, delta_bias=None, delta_softplus=False):
            [0.30326533, 0.5       , 0.        ],
            [0.18393972, 0.30326533, 0.5       ]])
     """
-    s = check_scan_args(None, delta, A, B, C, None, None, delta_bias, delta_softplus, None)
+    s = check_scan_args(None, delta, A, B, C, None, None, delta_bias, delta_softplus, None,
+                        u_optional=True)
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     # [book:hidden-attention]
     step, Am = s.step, s.A  # (B, D, L), (D, N)

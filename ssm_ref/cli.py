@@ -455,8 +455,10 @@ def _cmd_train(args):
                             clip_norm=args.clip_norm or None, warmup_epochs=args.warmup_epochs,
                             augment=args.augment, resume=args.resume, plot=not args.no_plot,
                             settings=settings)
-        except ValueError as exc:  # a checkpoint from a run with other settings: one line
-            if not str(exc).startswith("resume:"):
+        except ValueError as exc:  # a checkpoint from a run with other settings, or whose
+            # optimiser state is bad (checked only once train builds the optimiser): one line
+            if not (str(exc).startswith("resume:")
+                    or str(exc).startswith(f"checkpoint {str(args.resume)!r}")):
                 raise
             raise CLIError(f"--resume {args.resume}: {exc}") from None
     print(f"{args.model} on {args.dataset} ({args.backend}, {device}): test accuracy "

@@ -72,6 +72,8 @@ def _check_A(A):
     if A.ndim == 2 and A.shape[0] != A.shape[1]:
         raise ValueError(f"Parameter A has shape {A.shape} but should be square (N, N) "
                          "or a diagonal (N,)")
+    if A.shape[0] == 0:
+        raise ValueError(f"Parameter A has shape {A.shape}: N = 0 states; expected N >= 1")
     check_finite(A, "A")
     return np.diag(A) if A.ndim == 1 else A
 
@@ -91,6 +93,10 @@ def _check_system(A, B, C, D):
     if Cv.shape[-1] != N:
         raise ValueError(f"Parameter C has shape {Cv.shape} but should be ({N},) or "
                          f"(Q, {N}) to match A with N = {N}")
+    for arr, name, axis, what in ((Bv, "B", 1, "inputs P"), (Cv, "C", 0, "outputs Q")):
+        if arr.ndim == 2 and arr.shape[axis] == 0:
+            raise ValueError(f"Parameter {name} has shape {arr.shape}: {what} = 0; "
+                             "expected at least one")
     Dv = as_array(D, "D", ndim=(0, 1, 2))
     out_shape = Cv.shape[:-1] + Bv.shape[1:]  # shape of C @ B
     if Dv.ndim == 0 and Dv == 0:

@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from . import data_files
-from ._validation import check_choice, check_positive_int
+from ._validation import check_bool, check_choice, check_positive_int
 
 __all__ = [
     "ImageDataset",
@@ -109,8 +109,21 @@ def _check_seed(seed):
     return int(seed)
 
 
+def _rng(seed):
+    """``np.random.default_rng(seed)``, or an error that names ``seed`` (NumPy's does not)."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"Parameter seed = {seed!r} must be an integer >= 0 (or a tuple of "
+                        f"them) ({exc})") from exc
+
+
 def _check_dtype(dtype):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"Parameter dtype = {dtype!r} is not a NumPy dtype; expected float32 "
+                        "or float64") from exc
     if dt.kind != "f":
         raise TypeError(f"Parameter dtype = {dtype!r} must be a floating-point dtype (float32 or float64)")
     return dt
@@ -200,11 +213,17 @@ def iterate_batches(x, y, batch_size, *, shuffle=True, seed=0, drop_last=False):
     >>> sorted(sum((yb.tolist() for _, yb in iterate_batches(x, y, 2, seed=3)), []))
     [0, 1, 2, 3, 4]
     """
+    for name, a in (("x", x), ("y", y)):
+        if not hasattr(a, "shape") or len(a.shape) < 1:
+            raise TypeError(f"Parameter {name} is a {type(a).__name__}; expected an array "
+                            "with one example per row")
     n = len(x)
     if len(y) != n:
         raise ValueError(f"Parameters x and y have {n} and {len(y)} examples; they must match")
     batch_size = check_positive_int(batch_size, "batch_size")
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)  # (n,)
+    check_bool(shuffle, "shuffle")
+    check_bool(drop_last, "drop_last")
+    order = _rng(seed).permutation(n) if shuffle else np.arange(n)  # (n,)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]  # (b,)
         if drop_last and len(idx) < batch_size:
@@ -244,8 +263,13 @@ def random_shift(x, max_shift, rng):
     (1.0, (1, 3, 3, 1))
     """
     max_shift = check_positive_int(max_shift, "max_shift", minimum=0)
+    if not hasattr(x, "ndim"):
+        raise TypeError(f"Parameter x is a {type(x).__name__}; expected an array (B, H, W, C)")
     if x.ndim != 4:
         raise ValueError(f"Parameter x has shape {x.shape} but should be (B, H, W, C)")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"Parameter rng = {rng!r} must be a numpy.random.Generator "
+                        "(np.random.default_rng(seed))")
     B, H, W, _ = x.shape
     out = np.zeros_like(x)  # (B, H, W, C)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(B, 2))  # (B, 2): (dy, dx)
@@ -409,7 +433,7 @@ def make_pair_images(n, size=16, layout="row", n_shapes=4, noise=0.1, seed=0, dt
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 <= noise < np.inf:
         raise ValueError(f"Parameter noise = {noise!r} must be a finite number >= 0")
     dtype = _check_dtype(dtype)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     m = PAIR_SHAPES.shape[1]  # side of a mark
     quarter = size // 4
     y = np.zeros(n, dtype=np.int64)  # (n,)

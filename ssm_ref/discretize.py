@@ -204,6 +204,10 @@ def discretize(A, B, dt, method="zoh"):
         want = f"({N},) or ({N}, P)"
         raise ValueError(f"Parameter B has shape {B.shape} but should be {want} "
                          f"to match A of shape {A.shape}")
+    if N == 0:
+        raise ValueError(f"Parameter A has shape {A.shape}: N = 0 states; expected N >= 1")
+    if B.ndim == 2 and B.shape[1] == 0:
+        raise ValueError(f"Parameter B has shape {B.shape}: inputs P = 0; expected at least one")
     check_finite(A, "A")
     check_finite(B, "B")
 

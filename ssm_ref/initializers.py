@@ -34,7 +34,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import eval_legendre
 
-from ._validation import as_array, check_finite, check_positive_int, check_positive_scalar
+from ._validation import (as_array, check_bool, check_finite, check_positive_int,
+                          check_positive_scalar)
 
 __all__ = [
     "hippo_legs",
@@ -226,7 +227,7 @@ def _s4d_modes(N, name):
 
 
 def _finish_pairs(A_half, conjugate_pairs):
-    if conjugate_pairs:
+    if check_bool(conjugate_pairs, "conjugate_pairs"):
         return A_half  # (N/2,)
     return np.concatenate([A_half, A_half.conj()])  # (N,)
 

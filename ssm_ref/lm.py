@@ -51,7 +51,7 @@ import numpy as np
 
 from ._validation import check_positive_int
 from .mamba import MambaBlock, MambaConfig
-from .module import Module, resolve_config, rng_from
+from .module import Module, check_state_dict_keys, resolve_config, rng_from
 from .nn import layer_norm, rms_norm, softplus
 
 __all__ = ["MambaLMConfig", "MambaLM"]
@@ -257,8 +257,7 @@ class MambaLM(Module):
 
         The parameters keep the checkpoint's dtype (that of the embedding).
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+        check_state_dict_keys(state_dict)
         if not isinstance(config, MambaLMConfig):
             raise TypeError(f"Parameter config is a {type(config).__name__}, not a MambaLMConfig")
         sd = dict(state_dict)

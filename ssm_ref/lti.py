@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import as_array, check_choice, check_finite, check_positive_int
+from ._validation import as_array, check_bool, check_choice, check_finite, check_positive_int
 
 __all__ = ["scan_lti", "ssm_kernel", "causal_conv"]
 
@@ -69,7 +69,7 @@ def _check_system(Abar, Bbar, C):
 def _output_dtype(arrays, conjugate_pairs):
     """Common dtype of the inputs; real when the 2·Re convention is used."""
     dtype = np.result_type(*arrays)
-    if conjugate_pairs:
+    if check_bool(conjugate_pairs, "conjugate_pairs"):
         if dtype.kind != "c":
             raise ValueError(
                 "Parameter conjugate_pairs = True needs a complex system (Abar, Bbar "

@@ -46,9 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validation import (
+    a_from_log,
     as_array,
     check_choice,
     check_finite,
+    check_nonempty,
     check_positive_int,
     check_positive_scalar,
     check_shape,
@@ -58,6 +60,7 @@ from .initializers import mamba_a_log
 from .module import (
     Module,
     check_cached_grad,
+    check_state_dstate,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -288,9 +291,10 @@ def inner_path_weights(params, names=None):
     def get(k):
         return _f64(params.get(k if names is None else names[k]))
     A_log = get("A_log")
+    A = a_from_log(A_log, "A_log" if names is None else names["A_log"])  # (D, N)
     return {"w_conv": get("conv1d.weight")[:, 0, :], "b_conv": get("conv1d.bias"),  # (D, K)
             "w_x": get("x_proj.weight"), "w_dt": get("dt_proj.weight"),
-            "b_dt": get("dt_proj.bias"), "A": -array_module(A_log).exp(A_log),  # (D, N)
+            "b_dt": get("dt_proj.bias"), "A": A,  # (D, N)
             "D": get("D")}
 
 
@@ -660,6 +664,7 @@ class MambaBlock(Module):
         check_state_ndim(arrs, "dt_proj.weight", 2, "(d_inner, dt_rank)")
         N, K = arrs["A_log"].shape[1], arrs["conv1d.weight"].shape[2]
         R = arrs["dt_proj.weight"].shape[1]
+        check_state_dstate(arrs, "A_log", "x_proj.weight", R, 0)
         expected = {
             "A_log": (D, N), "D": (D,), "in_proj.weight": (2 * D, d_model), "in_proj.bias": (2 * D,),
             "conv1d.weight": (D, 1, K), "conv1d.bias": (D,), "x_proj.weight": (R + 2 * N, D),
@@ -679,6 +684,7 @@ class MambaBlock(Module):
     def _check_tokens(self, x, name="x"):
         x = as_array(x, name, allow_complex=False, ndim=3)
         check_shape(x, name, (None, None, self.config.d_model))
+        check_nonempty(x, name)
         self._check_module(x, name)
         check_finite(x, name)
         return x

@@ -35,7 +35,7 @@ from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from ._validation import as_array, check_finite, check_shape
+from ._validation import as_array, check_finite, check_nonempty, check_shape
 from ._xp import array_module, on_module
 from .selective import selective_scan, selective_scan_backward, selective_state_update
 
@@ -272,8 +272,7 @@ class Module:
             A shape that differs from the parameter's (name and both shapes
             given), or a value that is not finite.
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+        check_state_dict_keys(state_dict)
         self._check_keys(state_dict, "state_dict")
         new = {}
         for k, old in self.named_parameters():
@@ -345,6 +344,7 @@ class Module:
         """A public forward's input: real, finite, ``ndim``-D with last axis ``last``."""
         x = as_array(x, name, allow_complex=False, ndim=ndim)
         check_shape(x, name, (None,) * (ndim - 1) + (last,))
+        check_nonempty(x, name)
         check_finite(x, name)
         return x
 
@@ -373,14 +373,26 @@ class Module:
 
 
 # =========================================================================== state-dict checks
+def check_state_dict_keys(state_dict):
+    """``state_dict`` must be a mapping whose keys are all ``str`` (state-dict names)."""
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    bad = [k for k in state_dict.keys() if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"Parameter state_dict has {len(bad)} key(s) that are not strings "
+                        f"(first {bad[0]!r} of type {type(bad[0]).__name__}); expected "
+                        "str names such as 'in_proj.weight'")
+
+
 def read_state_dict(state_dict, prefix, required, optional, owner):
     """Copy the arrays of a state dict under ``prefix`` after checking its key set.
 
     Missing and unknown keys are all named in one ``KeyError``; values must be
     real and finite.  Copies stay on the array's own module (NumPy or CuPy).
     """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    check_state_dict_keys(state_dict)
+    if not isinstance(prefix, str):
+        raise TypeError(f"Parameter prefix = {prefix!r} must be a str")
     sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     missing = [k for k in required if k not in sd]
     unknown = sorted(k for k in sd if k not in required and k not in optional)
@@ -430,6 +442,24 @@ def check_state_shapes(arrs, expected, sizes):
                              f"{expected[k]} (inferred {sizes})")
 
 
+def check_state_dstate(arrs, a_key, x_key, dt_rank, axis):
+    """d_state, read from ``arrs[a_key]`` (…, d_state), must fit ``arrs[x_key]``'s
+    ``dt_rank + 2 * d_state`` axis ``axis``; otherwise name both, the A_log entry first.
+
+    Without it a misshaped ``A_log`` would be reported as a wrong ``x_proj`` weight.
+    """
+    a_shape, x_shape = arrs[a_key].shape, arrs[x_key].shape
+    N = a_shape[-1]
+    if len(x_shape) <= axis or x_shape[axis] != dt_rank + 2 * N:
+        got = x_shape[axis] if len(x_shape) > axis else None
+        fits = ("" if got is None or (got - dt_rank) % 2 or got <= dt_rank
+                else f"; {x_key} fits d_state = {(got - dt_rank) // 2}")
+        raise ValueError(f"Parameter state_dict[{a_key!r}] has shape {a_shape} (d_state = {N}) "
+                         f"but state_dict[{x_key!r}] has shape {x_shape}, whose axis {axis} "
+                         f"should be dt_rank + 2 * d_state = {dt_rank} + 2 * {N} = "
+                         f"{dt_rank + 2 * N}{fits}; expected both to agree on d_state")
+
+
 def check_state_pair(arrs, a, b):
     """Optional keys that come together: both ``a`` and ``b`` or neither."""
     if (a in arrs) != (b in arrs):
@@ -463,4 +493,12 @@ def resolve_config(config_cls, config, fields, defaults=None):
 
 def rng_from(seed):
     """A NumPy generator: ``seed`` itself when it is one, else ``default_rng(seed)``."""
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_, float, str)):
+        raise TypeError(f"Parameter seed = {seed!r} must be an int >= 0 or a numpy Generator")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:  # NumPy's message does not name the argument
+        raise type(exc)(f"Parameter seed = {seed!r} must be an int >= 0 or a numpy "
+                        f"Generator ({exc})") from exc

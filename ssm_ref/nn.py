@@ -414,6 +414,9 @@ def _check_norm(x, weight, bias, with_bias, check=True):
     if x.ndim < 1:
         raise ValueError(f"Parameter x has shape {x.shape} but should have at least 1 axis")
     n_chan = x.shape[-1]
+    if n_chan < 1:
+        raise ValueError(f"Parameter x has shape {x.shape}: its last axis (the features "
+                         "normalised over) must have length >= 1")
     weight = check_shape(_real(weight, "weight"), "weight", (n_chan,))
     if with_bias and bias is not None:
         bias = check_shape(_real(bias, "bias"), "bias", (n_chan,))

@@ -36,7 +36,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._xp import array_module
-from ._validation import as_array, check_positive_int, check_positive_scalar
+from ._validation import (as_array, check_bool, check_finite, check_positive_int,
+                          check_positive_scalar)
 
 __all__ = [
     "softmax_cross_entropy",
@@ -134,6 +135,12 @@ def softmax_cross_entropy(logits, labels):
 # Gradient clipping
 # ---------------------------------------------------------------------------
 
+def _check_mapping(arrays, name):
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"Parameter {name} is a {type(arrays).__name__}; expected a dict "
+                        "name -> array")
+
+
 def global_norm(arrays):
     """The Euclidean norm of all arrays of a dict taken together, computed in float64.
 
@@ -146,6 +153,7 @@ def global_norm(arrays):
     >>> global_norm({"a": np.array([3.0]), "b": np.array([[4.0]])})
     5.0
     """
+    _check_mapping(arrays, "arrays")
     total = 0.0
     xp = np
     for g in arrays.values():
@@ -196,6 +204,7 @@ def clip_grad_norm(grads, max_norm):
     array([0.6, 0.8])
     """
     max_norm = check_positive_scalar(max_norm, "max_norm")
+    _check_mapping(grads, "grads")
     norm = global_norm(grads)
     if isinstance(norm, float) and not math.isfinite(norm):
         raise ValueError(f"the global gradient norm is {norm}; cannot clip non-finite gradients")
@@ -288,15 +297,23 @@ class _Optimizer:
         return 0.0 if name in self.no_weight_decay else self.weight_decay
 
     def _check_grads(self, grads):
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"Parameter grads is a {type(grads).__name__}; expected a dict "
+                            "name -> array with the keys of params")
         if set(grads) != set(self.params):
             missing = sorted(set(self.params) - set(grads))
             extra = sorted(set(grads) - set(self.params))
             raise ValueError(f"Parameter grads must have exactly the keys of params; "
                              f"missing {missing}, unexpected {extra}")
         for name, g in grads.items():
+            if not hasattr(g, "dtype") or g.dtype.kind not in "biuf":
+                raise TypeError(f"gradient {name!r} is {type(g).__name__}"
+                                f"{' of dtype ' + str(g.dtype) if hasattr(g, 'dtype') else ''}; "
+                                "expected a real array")
             if g.shape != self.params[name].shape:
                 raise ValueError(f"gradient {name!r} has shape {g.shape} but the parameter "
                                  f"has shape {self.params[name].shape}")
+            check_finite(g, f"grads[{name!r}]")  # a NaN step would corrupt the parameter
 
     def state_dict(self):
         """The optimiser state as a flat dict of arrays, ready for ``np.savez``.
@@ -320,6 +337,12 @@ class _Optimizer:
         ``name`` (a 0-d or ``(1, 4)`` buffer is refused, never broadcast).
         A bad entry raises ValueError naming it.
         """
+        if not hasattr(sd, "keys"):
+            raise TypeError(f"Parameter sd is a {type(sd).__name__}, not a mapping")
+        bad = [k for k in sd.keys() if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"optimizer state has key {bad[0]!r} of type {type(bad[0]).__name__}; "
+                            "expected str keys such as 't' or 'exp_avg.<param name>'")
         t = _state_scalar(sd, "t")
         if not math.isfinite(t) or t < 0 or t != int(t):
             raise ValueError(f"optimizer state 't' = {t!r}; expected an integer step count >= 0")
@@ -410,6 +433,8 @@ class AdamW(_Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  no_weight_decay=()):
         super().__init__(params, lr, weight_decay, no_weight_decay)
+        if isinstance(betas, (str, bytes)) or np.ndim(betas) != 1 or len(betas) != 2:
+            raise ValueError(f"Parameter betas = {betas!r} must be a pair (beta1, beta2)")
         beta1, beta2 = betas
         for name, b in (("betas[0]", beta1), ("betas[1]", beta2)):
             if not isinstance(b, numbers.Real) or not 0.0 <= b < 1.0:
@@ -507,7 +532,7 @@ class SGD(_Optimizer):
         if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"Parameter momentum = {momentum!r} must lie in [0, 1)")
         self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("Parameter nesterov = True needs momentum > 0")
 

@@ -327,7 +327,7 @@ def interleave(G, dtype):
 
 
 def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                         delta_softplus=False, h0=None):
+                         delta_softplus=False, h0=None, *, u_optional=False):
     """The cheap half of the checks: dtypes, shapes, B/C forms, the small arrays.
 
     Checks every argument's dtype and shape, the forms of B and C, that all
@@ -335,24 +335,35 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     without a length axis (and B, C) are finite and Re(A) <= 0.  It neither
     converts nor reads the values of the (B, D, L) arrays ``u``, ``delta``,
     ``z``: the Numba backend calls it and screens those inside its kernels.
-    ``u`` may be None (hidden attention has no input); then the sizes come
-    from ``delta``.  Returns a :class:`ScanArgs` of the arrays as given,
-    except a B or C in the official interleaved real layout (complex A),
-    which is read as its complex array (``ScanArgs.interleaved`` names it).
+    ``u`` may be None only with ``u_optional`` (hidden attention has no
+    input); then the sizes come from ``delta``.  Returns a :class:`ScanArgs`
+    of the arrays as given, except a B or C in the official interleaved real
+    layout (complex A), which is read as its complex array
+    (``ScanArgs.interleaved`` names it).
     """
+    if u is None and not u_optional:
+        raise TypeError("Parameter u is None but an array of shape (B, D, L) was expected")
     delta = as_array(delta, "delta", allow_complex=False, ndim=3, bfloat16=True)
     if u is not None:
         u = as_array(u, "u", allow_complex=False, ndim=3, bfloat16=True)
         batch, dim, length = u.shape
-        check_shape(delta, "delta", (batch, dim, length))
+        if delta.shape != u.shape:
+            raise ValueError(f"Parameter delta has shape {delta.shape} but should be "
+                             f"{u.shape}, the shape (B, D, L) of u")
     else:
         batch, dim, length = delta.shape
+    first = "u" if u is not None else "delta"
+    if min(batch, dim, length) < 1:
+        raise ValueError(
+            f"Parameter {first} has shape {(batch, dim, length)} (B, D, L) with an empty "
+            f"axis; every size must be >= 1"
+        )
     A = as_array(A, "A", ndim=2, bfloat16=True)
     check_shape(A, "A", (dim, None))
     dstate = A.shape[1]
-    if dstate < 1 or length < 1 or batch < 1 or dim < 1:
+    if dstate < 1:
         raise ValueError(
-            f"empty sizes: batch={batch}, D={dim}, L={length}, N={dstate}; all must be >= 1"
+            f"Parameter A has shape {A.shape} (D, N): N = 0 states; N must be >= 1"
         )
     is_complex = A.dtype.kind == "c"
     B = as_array(B, "B", bfloat16=True)
@@ -402,7 +413,7 @@ def check_scan_structure(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                    delta_softplus=False, h0=None):
+                    delta_softplus=False, h0=None, *, u_optional=False):
     """Check every argument of the scan; return them in the working precision.
 
     :func:`check_scan_structure`, then the checks over the (B, D, L) arrays
@@ -419,7 +430,8 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     >>> s.batch, s.dim, s.length, s.dstate, s.form_B.value, s.form_C.value
     (2, 3, 5, 4, 'variable', 'constant')
     """
-    s = check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
+    s = check_scan_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
+                             u_optional=u_optional)
     for name in ("u", "delta", "z"):
         if getattr(s, name) is not None:
             check_finite(getattr(s, name), name)

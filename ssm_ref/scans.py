@@ -101,7 +101,9 @@ def _prepare(a, b, h0):
             f"Parameter a has shape {a.shape} but the time axis (last) must "
             "have length L >= 1"
         )
-    check_shape(b, "b", a.shape)  # same shape as a: no silent broadcasting
+    if b.shape != a.shape:  # same shape as a: no silent broadcasting
+        raise ValueError(f"Parameter b has shape {b.shape} but should be {a.shape}, "
+                         "the shape of a")
     check_finite(a, "a")
     check_finite(b, "b")
     arrays = [a, b]

@@ -71,6 +71,8 @@ __all__ = [
 
 #: Format version written into every checkpoint.
 CHECKPOINT_VERSION = 1
+#: the files a run writes into ``out_dir`` (their ``.tmp`` leftovers are removed at its start)
+RUN_FILES = ("checkpoint.npz", "metrics.json", "curves.png")
 
 _MODEL_PREFIX = "model/"
 _OPTIM_PREFIX = "optim/"
@@ -159,6 +161,13 @@ def _as_dataset(dataset, seed):
             if y.ndim != 1 or y.dtype.kind not in "iu":
                 raise ValueError(f"dataset {name} has shape {y.shape} and dtype {y.dtype}; "
                                  "expected 1-D integer class labels")
+            if y.size == 0:
+                raise ValueError(f"dataset {name} is empty (shape {y.shape}); expected at least "
+                                 "one example")
+        for name, x, y in (("x_train", xtr, ytr), ("x_test", xte, yte)):
+            if len(x) != len(y):
+                raise ValueError(f"dataset {name} has {len(x)} images but y_{name[2:]} has "
+                                 f"{len(y)} labels; expected one label per image")
         n_classes = int(max(ytr.max(), yte.max())) + 1
         chance = float(np.bincount(yte, minlength=n_classes).max() / len(yte))
         return ImageDataset("custom", xtr, ytr, xte, yte, n_classes, chance)
@@ -608,18 +617,29 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive_scalar(lr, "lr")
-    if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
-        raise ValueError(f"Parameter weight_decay = {weight_decay!r} must be a number >= 0")
+    if (isinstance(weight_decay, (bool, np.bool_)) or not isinstance(weight_decay, numbers.Real)
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise ValueError(f"Parameter weight_decay = {weight_decay!r} must be a finite number >= 0")
     seed = check_positive_int(seed, "seed", minimum=0)
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     check_choice(schedule, "schedule", ("cosine", "constant"))
     check_choice(augment, "augment", AUGMENTATIONS)
     if clip_norm is not None:
         clip_norm = check_positive_scalar(clip_norm, "clip_norm")
-    if not isinstance(warmup_epochs, numbers.Real) or warmup_epochs < 0:
-        raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a number >= 0")
+    if (isinstance(warmup_epochs, (bool, np.bool_)) or not isinstance(warmup_epochs, numbers.Real)
+            or not math.isfinite(warmup_epochs) or warmup_epochs < 0):
+        raise ValueError(f"Parameter warmup_epochs = {warmup_epochs!r} must be a finite "
+                         "number >= 0")
+    if schedule == "cosine" and (isinstance(min_lr, (bool, np.bool_))
+                                 or not isinstance(min_lr, numbers.Real)
+                                 or not 0.0 <= min_lr <= lr):
+        raise ValueError(f"Parameter min_lr = {min_lr!r} must lie in [0, lr = {lr}]")
     eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size")
     ds = _as_dataset(dataset, seed)
+    for name in ("y_train", "y_test"):
+        if len(getattr(ds, name)) == 0:
+            raise ValueError(f"Parameter dataset has an empty {name[2:]} set ({name} has 0 "
+                             "labels); expected at least one example")
     _check_labels(ds, model)
 
     steps_per_epoch = math.ceil(len(ds.y_train) / batch_size)  # S
@@ -650,6 +670,8 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:  # temporaries of a run that was killed while writing
+            _remove_stale_tmp(out_dir / name)
     bar_factory = _tqdm() if progress else None
     xp = array_module(next(iter(model.params.values())))
 

@@ -48,6 +48,7 @@ import fast
 import ssm_ref
 from fast import numba_cpu
 from fast._fastexp import fast_exp_clamped
+from fast._launch import launch  # the one lock of parallel launches
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
 from ssm_ref.cli import OneLineParser, output_dir
 
@@ -151,7 +152,7 @@ def machine_limit(total_updates, repeats, dtype=np.float32):
     passes = max(1, total_updates // (_LIMIT_BLOCK * nchunks))
     x = -np.random.default_rng(3).uniform(0.0, 10.0, (nchunks, _LIMIT_BLOCK)).astype(dtype)
     out = np.empty(nchunks, dtype)
-    t = median_time(lambda: machine_limit_kernel(x, passes, out, nchunks), repeats)
+    t = median_time(lambda: launch(machine_limit_kernel, x, passes, out, nchunks), repeats)
     return nchunks * passes * _LIMIT_BLOCK / t / 1e9
 
 
@@ -246,9 +247,9 @@ def run_headline(repeats, ref_dim_backward, limit):
         t_bwd_1 = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
     finally:
         numba.set_num_threads(threads)
-    t_plain = median_time(lambda: plain_numba_forward(
-        kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"], kw["delta_bias"]),
-        repeats)
+    t_plain = median_time(lambda: launch(
+        plain_numba_forward, kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
+        kw["delta_bias"]), repeats)
     # the reference: forward at the full size, backward (O(B D L N) memory) on fewer channels
     t_ref_fwd = median_time(lambda: ssm_ref.selective_scan(**kw), max(1, repeats // 3))
     kw_small = make_inputs(s["batch"], ref_dim_backward, s["length"], s["dstate"])

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_array, check_finite, check_shape
+from .._validation import as_array, check_finite, check_nonempty, check_shape
 from .._xp import array_module
 from ..module import Module, resolve_config, rng_from
 from ..nn import layer_norm, layer_norm_backward, linear, linear_backward
@@ -86,6 +86,7 @@ class Classifier(Module):
             if x.shape[1] % c.patch_size or x.shape[2] % c.patch_size:
                 raise ValueError(f"Parameter x has shape {x.shape} (B, H, W, C): H and W must "
                                  f"be multiples of patch_size = {c.patch_size}")
+        check_nonempty(x, "x")
         check_finite(x, "x")
         return x
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import a_from_log
 from .._xp import array_module, on_module_cached
 from ..mamba import MambaConfig, config_from_sizes, mamba_init
 from ..module import (
     Module,
+    check_state_dstate,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -190,6 +192,7 @@ class PlainMambaMixer(Module):
         C, D = in_proj_sizes(arrs)
         N, R = arrs["A_log"].shape[1], arrs["dt_proj.weight"].shape[1]
         k = arrs["conv2d.weight"].shape[2]
+        check_state_dstate(arrs, "A_log", "x_proj.weight", R, 0)
         expected = {"A_log": (D, N), "D": (D,), "direction_Bs": (len(DIRECTION_CODES), N),
                     "in_proj.weight": (2 * D, C), "in_proj.bias": (2 * D,),
                     "conv2d.weight": (D, 1, k, k), "conv2d.bias": (D,),
@@ -244,7 +247,7 @@ class PlainMambaMixer(Module):
         Bs = xp.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
                        for q, cd in zip(perms, codes_xp)], axis=1)  # (B, K, N, L)
         Cs = xp.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
-        A = -xp.exp(self._w("A_log"))  # (D, N)
+        A = a_from_log(self._w("A_log"), "A_log")  # (D, N)
         shared = {"A": xp.tile(A, (K, 1)), "D": xp.tile(self._w("D"), K),
                   "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
         y_all = xp.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,

@@ -30,6 +30,7 @@ from ..mamba import (
 )
 from ..module import (
     Module,
+    check_state_dstate,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -178,6 +179,7 @@ class VimMixer(Module):
         d_model, D = in_proj_sizes(arrs)
         N, K = arrs["A_log"].shape[1], arrs["conv1d.weight"].shape[2]
         R = arrs["dt_proj.weight"].shape[1]
+        check_state_dstate(arrs, "A_log", "x_proj.weight", R, 0)
         path = {"A_log": (D, N), "D": (D,), "conv1d.weight": (D, 1, K), "conv1d.bias": (D,),
                 "x_proj.weight": (R + 2 * N, D), "dt_proj.weight": (D, R), "dt_proj.bias": (D,)}
         expected = {"in_proj.weight": (2 * D, d_model), "in_proj.bias": (2 * D,),

@@ -30,7 +30,8 @@ import math
 
 import numpy as np
 
-from .._validation import as_array, check_finite, check_positive_int, check_positive_scalar
+from .._validation import (as_array, check_finite, check_nonempty, check_positive_int,
+                            check_positive_scalar)
 from .._xp import array_module
 from ..mamba import MambaConfig
 from ..module import rng_from
@@ -233,6 +234,7 @@ class VisionMamba(FullModel):
         if x.shape[1:] != want:
             raise ValueError(f"Parameter images has shape {x.shape} but should be "
                              f"(B, {want[0]}, {want[1]}, {want[2]}) (B, H, W, C), channels last")
+        check_nonempty(x, "images")
         check_finite(x, "images")
         return x
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import as_array, check_positive_scalar, check_shape
+from .._validation import a_from_log, as_array, check_positive_scalar, check_shape
 from .._xp import array_module, on_module_cached
 from ..mamba import MambaConfig, config_from_sizes, mamba_init
 from ..module import (
     Module,
+    check_state_dstate,
     check_state_ndim,
     check_state_pair,
     check_state_shapes,
@@ -214,6 +215,7 @@ class SS2D(Module):
         K = arrs["x_proj_weight"].shape[0]
         R, N = arrs["dt_projs_weight"].shape[2], arrs["A_logs"].shape[1]
         k = arrs["conv2d.weight"].shape[2]
+        check_state_dstate(arrs, "A_logs", "x_proj_weight", R, 1)
         expected = {
             "x_proj_weight": (K, R + 2 * N, D), "dt_projs_weight": (K, D, R),
             "dt_projs_bias": (K, D), "A_logs": (K * D, N), "Ds": (K * D,),
@@ -254,7 +256,7 @@ class SS2D(Module):
         A_logs = self._w("A_logs")
         return {"w_x": self._w("x_proj_weight"), "w_dt": self._w("dt_projs_weight"),
                 "b_dt": self._w("dt_projs_bias").reshape(K * D),  # (K·D,)
-                "A": -array_module(A_logs).exp(A_logs), "D": self._w("Ds")}  # (K·D, N), (K·D,)
+                "A": a_from_log(A_logs, "A_logs"), "D": self._w("Ds")}  # (K·D, N), (K·D,)
 
     def _core_forward(self, x_act, w):
         """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache."""

@@ -31,10 +31,11 @@ import re
 
 import numpy as np
 
-from .._validation import as_array, check_finite, check_positive_int, check_positive_scalar
+from .._validation import (as_array, check_finite, check_nonempty, check_positive_int,
+                            check_positive_scalar)
 from .._xp import array_module
 from ..mamba import MambaConfig
-from ..module import Module, rng_from
+from ..module import Module, check_state_dict_keys, rng_from
 from ..nn import layer_norm, linear
 from .full_model import FullModel
 from .patch_embed import PatchEmbed
@@ -129,8 +130,7 @@ def vmamba_release_names(state_dict):
     ...                              "classifier.head.bias": 3}))
     ['head.bias', 'layers.0.blocks.1.self_attention.Ds', 'patch_embed.proj.weight']
     """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"Parameter state_dict is a {type(state_dict).__name__}, not a mapping")
+    check_state_dict_keys(state_dict)
     out = {}
     for k in state_dict.keys():
         new = k
@@ -308,6 +308,7 @@ class VSSM(FullModel):
             raise ValueError(f"Parameter images has shape {x.shape}: H and W must be positive "
                              f"multiples of {m} (patch_size {self.patch_size} times 2 per "
                              f"patch merging)")
+        check_nonempty(x, "images")
         check_finite(x, "images")
         return x
 
