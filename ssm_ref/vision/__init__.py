@@ -23,6 +23,7 @@ tiny_mamba          the tiny Vim, VMamba and PlainMamba classifiers
 baselines           the attention (ViT) and CNN baselines
 models              the registry: MODELS and build_model
 analysis            effective receptive fields and hidden-attention maps
+adaptive            content-adaptive and sparse scans (saliency, learned score, top-k)
 ==================  ==========================================================================
 
 Every public name is re-exported here.
@@ -43,3 +44,4 @@ from .tiny_mamba import *  # noqa: F401,F403
 from .baselines import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
 from .analysis import *  # noqa: F401,F403
+from .adaptive import *  # noqa: F401,F403
