@@ -102,12 +102,14 @@ def _states(s, m):
     h = s.initial_state()  # (B, D, N)
     hs = xp.empty((s.batch, s.dim, s.length, s.dstate), dtype=s.work_dtype)  # (B, D, L, N)
     h_prev = xp.empty_like(hs)  # (B, D, L, N)
+    # [book:state-dropout]
     for t in range(s.length):
         h_prev[:, :, t] = h
-        h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N): s_t
+        h = Abar[:, :, t] * h + Bbar_u[:, :, t]  # (B, D, N): s_t, the plain update
         if m is not None:
             h = m[:, :, min(t, m.shape[2] - 1)] * h  # (B, D, N): h_t = m_t * s_t
         hs[:, :, t] = h
+    # [/book:state-dropout]
     return hs, h_prev, Abar, Bt
 
 
@@ -242,11 +244,13 @@ def selective_scan_state_dropout_backward(dout, u, delta, A, B, C, D=None, z=Non
     # reverse scan: g_t = dLoss/dh_t, q_t = m_t g_t = dLoss/ds_t
     qs = xp.empty((batch, dim, length, dstate), dtype=work)  # (B, D, L, N)
     g = xp.zeros((batch, dim, dstate), work) if dlast_state is None else dlast_state.copy()
+    # [book:state-dropout-backward]
     for t in range(length - 1, -1, -1):
-        g = g + dh_out[:, :, t]  # (B, D, N)
+        g = g + dh_out[:, :, t]  # (B, D, N): the readout y_t = <C_t, h_t> adds its share
         q = m[:, :, t] * g  # (B, D, N): through h_t = m_t s_t
         qs[:, :, t] = q
         g = xp.conj(Abar[:, :, t]) * q  # carried to h_{t-1}
+    # [/book:state-dropout-backward]
     if s.h0 is not None:
         grads["h0"] = g  # (B, D, N)
 
@@ -467,10 +471,12 @@ def weight_norm_backward(dW, v, g):
     check_shape(dW, "dW", v.shape)
     check_shape(g, "g", v.shape[:-1])
     check_finite(dW, "dW")
+    # [book:weight-norm-backward]
     n = _row_norms(v)  # (...,)
     vhat = v / n[..., None]  # (..., in)
     dg = np.sum(dW * vhat, axis=-1)  # (...,)
     dv = (g / n)[..., None] * (dW - dg[..., None] * vhat)  # (..., in)
+    # [/book:weight-norm-backward]
     return dv, dg
 
 
