@@ -1,4 +1,4 @@
-"""Experiment 6: adaptive and sparse scans against fixed orders, accuracy against cost (survey §6.2).
+"""Experiment 6: adaptive and sparse scans against fixed orders, accuracy against cost (§6.2).
 
 Glossary
 --------
@@ -133,7 +133,8 @@ def run(args):
             for seed in seeds:
                 ds = load_dataset(task, seed=seed, **tcfg["data"])
                 if "n_train" in tcfg:
-                    ds.x_train, ds.y_train = ds.x_train[:tcfg["n_train"]], ds.y_train[:tcfg["n_train"]]
+                    n = tcfg["n_train"]
+                    ds.x_train, ds.y_train = ds.x_train[:n], ds.y_train[:n]
                 C.as_dtype(ds)
                 H = ds.image_shape[0]
                 model = TinyAdaptiveVim(seed=seed, scan_fn=scan_fn, scan_backward_fn=scan_bwd,

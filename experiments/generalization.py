@@ -142,7 +142,8 @@ def run(args):
             r["drift"].append(drift)
             r["gap"].append(train_acc - acc["clean"])
             r["time"].append(t.s)
-            runs.append({"config": label, "seed": seed, "accuracy": acc, "train_accuracy": train_acc,
+            runs.append({"config": label, "seed": seed, "accuracy": acc,
+                         "train_accuracy": train_acc,
                          "state_drift": drift, "train_time_s": t.s})
             print(f"  {label:20s} seed {seed}: " + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())
                   + f"; drift {[round(d, 2) for d in drift.values()]} ({t.s:.0f} s)", flush=True)
@@ -185,7 +186,8 @@ def plot(results):
         ax.bar(xs, [acc[s]["mean"] for s in shifts], width, yerr=[acc[s]["std"] for s in shifts],
                capsize=2, label=label, color=COLORS[label])
     ax.set_xticks(range(len(shifts)), shifts)
-    ax.set(ylabel="test accuracy", ylim=(0, 1.02), title="Vim on digits: clean and shifted test sets")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.02),
+           title="Vim on digits: clean and shifted test sets")
     ax.legend(fontsize=8, loc="lower left")
     ax = axes[1]
     shifted = [s for s in shifts if s != "clean"]

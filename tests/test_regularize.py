@@ -49,7 +49,8 @@ CASES = {
     "var-var-all": ("variable", "variable", False, {}),
     "const-group-all": ("constant", "grouped", False, {}),
     "var-var-bare": ("variable", "variable", False,
-                     dict(D=False, z=False, delta_bias=False, softplus=False, h0=False, dlast=False)),
+                     dict(D=False, z=False, delta_bias=False, softplus=False, h0=False,
+                          dlast=False)),
     "complex-var-var-all": ("variable", "variable", True, {}),
 }
 
@@ -257,7 +258,8 @@ def test_regularized_trains_and_updates_v_g(rng):
                            after["layers.0.mixer.x_proj.weight_v"])
     # the wrapped model computes with W = g v / ||v|| of the trained v, g
     reg(ds[2])
-    w = weight_norm(after["layers.0.mixer.x_proj.weight_v"], after["layers.0.mixer.x_proj.weight_g"])
+    w = weight_norm(after["layers.0.mixer.x_proj.weight_v"],
+                    after["layers.0.mixer.x_proj.weight_g"])
     assert_close(reg.model.params["layers.0.mixer.x_proj.weight"], w)
     assert "layers.0.mixer.x_proj.weight_g" in reg.no_weight_decay()
     assert "layers.0.mixer.x_proj.weight_v" not in reg.no_weight_decay()

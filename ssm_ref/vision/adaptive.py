@@ -341,7 +341,8 @@ class TinyAdaptiveVim(Classifier):
         self.layers = []
         for i in range(c.depth):
             blk = VimBlock(c.mamba_config(), seed=rng)
-            blk.mixer.params["out_proj.weight"] = blk.mixer.params["out_proj.weight"] / np.sqrt(c.depth)
+            w_out = blk.mixer.params["out_proj.weight"]
+            blk.mixer.params["out_proj.weight"] = w_out / np.sqrt(c.depth)  # as TinyVim
             self.layers.append(self.add_module(f"layers.{i}", blk))
         self.add_param("norm_f.weight", np.ones(c.embed_dim))
         self._init_head(rng)
