@@ -55,18 +55,42 @@ NAME = "generalization"
 #: (label, RegularizationConfig fields)
 CONFIGS = [
     ("baseline", {}),
-    ("state dropout p=0.1", {"state_dropout": 0.1}),
-    ("state dropout p=0.3", {"state_dropout": 0.3}),
+    ("state dropout", {"state_dropout": 0.2}),
     ("weight norm", {"weight_norm": "state"}),
 ]
-COLORS = {"baseline": "tab:grey", "state dropout p=0.1": "tab:cyan",
-          "state dropout p=0.3": "tab:blue", "weight norm": "tab:orange"}
+COLORS = {"baseline": "tab:grey", "state dropout": "tab:blue", "weight norm": "tab:orange"}
 SHIFTS = ROBUSTNESS["shifts"]  # clean, bright +0.2, bright +0.4, contrast x0.5
+TASKS = ("digits", "pair")
 
-FULL = {"model": {"embed_dim": 16, "d_state": 8, "depth": 1}, "epochs": 8, "batch_size": 64,
-        "lr": 3e-3, "weight_decay": 0.05, "n_drift": 200}
-QUICK = {"model": {"embed_dim": 8, "d_state": 4, "depth": 1}, "epochs": 1, "batch_size": 32,
-         "lr": 3e-3, "weight_decay": 0.05, "n_drift": 16, "n_train": 128, "n_test": 64}
+FULL = {
+    "digits": {"data": {}, "model": {"embed_dim": 16, "d_state": 8, "depth": 1,
+                                     "patch_size": 2}, "epochs": 8, "batch_size": 64},
+    "pair": {"data": {"n_train": 1000, "n_test": 500, "size": 12, "n_shapes": 2, "noise": 0.1},
+             "model": {"embed_dim": 24, "d_state": 8, "depth": 1, "patch_size": 3,
+                       "img_size": 12, "n_classes": 2}, "epochs": 10, "batch_size": 32},
+    "lr": 3e-3, "weight_decay": 0.05, "n_drift": 200}
+QUICK = {
+    "digits": {"data": {}, "model": {"embed_dim": 8, "d_state": 4, "depth": 1, "patch_size": 2},
+               "epochs": 1, "batch_size": 32, "n_train": 128, "n_test": 64},
+    "pair": {"data": {"n_train": 64, "n_test": 64, "size": 12, "n_shapes": 2, "noise": 0.1},
+             "model": {"embed_dim": 8, "d_state": 4, "depth": 1, "patch_size": 3,
+                       "img_size": 12, "n_classes": 2}, "epochs": 1, "batch_size": 32},
+    "lr": 3e-3, "weight_decay": 0.05, "n_drift": 16}
+
+
+def shifted_images(x, how):
+    """The test images under a shift; "clean" leaves them untouched (no clipping)."""
+    return x if tuple(how) == ("offset", 0.0) else shift(x, *how)
+
+
+def no_state_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                  return_last_state=False, **kw):
+    """The selective scan with the state removed (h_t = 0): only the skip D u and the gate."""
+    from ssm_ref.regularize import selective_scan_state_dropout
+    return selective_scan_state_dropout(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                        delta_softplus=delta_softplus,
+                                        return_last_state=return_last_state,
+                                        mask=np.zeros((1, 1, 1, 1)), **kw)
 
 
 class LastStateRecorder:
@@ -103,101 +127,124 @@ def state_drift(reg, x, scan_fn, scan_bwd):
     for s, how in SHIFTS.items():
         if s == "clean":
             continue
-        h = first_scan_state(reg, shift(x, *how), scan_fn, scan_bwd)
+        h = first_scan_state(reg, shifted_images(x, how), scan_fn, scan_bwd)
         out[s] = float(np.mean(np.sqrt(np.sum((h - h0) ** 2, axis=(1, 2))) / n0))
     return out
 
 
-def run(args):
+def run_task(task, cfg, seeds, scan_fn, scan_bwd, runs):
+    """Train every configuration on ``task`` with every seed; the task's summary dict."""
     from ssm_ref.data import load_dataset
     from ssm_ref.regularize import Regularized
     from ssm_ref.train import evaluate
     from ssm_ref.vision.models import build_model
 
-    cfg = QUICK if args.quick else FULL
-    seeds = C.seeds_from(args)
-    scan_fn, scan_bwd, backend = C.resolve_backend(args.backend)
-    per = {label: {"acc": [], "drift": [], "gap": [], "time": []} for label, _ in CONFIGS}
-    runs = []
+    tcfg = cfg[task]
+    per = {label: {"acc": [], "drift": [], "gap": [], "time": [], "no_state": []}
+           for label, _ in CONFIGS}
     n_params = {}
     for seed in seeds:
-        ds = C.as_dtype(load_dataset("digits", seed=seed))
-        if "n_train" in cfg:
-            ds.x_train, ds.y_train = ds.x_train[:cfg["n_train"]], ds.y_train[:cfg["n_train"]]
-            ds.x_test, ds.y_test = ds.x_test[:cfg["n_test"]], ds.y_test[:cfg["n_test"]]
+        ds = C.as_dtype(load_dataset(task, seed=seed, **tcfg["data"]))
+        if "n_train" in tcfg:
+            ds.x_train, ds.y_train = ds.x_train[:tcfg["n_train"]], ds.y_train[:tcfg["n_train"]]
+            ds.x_test, ds.y_test = ds.x_test[:tcfg["n_test"]], ds.y_test[:tcfg["n_test"]]
         for label, reg_fields in CONFIGS:
             model = build_model("vim", seed=seed, scan_fn=scan_fn, scan_backward_fn=scan_bwd,
-                                **cfg["model"])
+                                **tcfg["model"])
             reg = Regularized(model, seed=seed, **reg_fields)
             n_params[label] = reg.n_params()
             with C.Timer() as t:
-                C.train_quiet(reg, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                C.train_quiet(reg, ds, epochs=tcfg["epochs"], batch_size=tcfg["batch_size"],
                               lr=cfg["lr"], weight_decay=cfg["weight_decay"], seed=seed)
-            acc = {s: evaluate(reg, shift(ds.x_test, *how), ds.y_test)[1]
+            acc = {s: evaluate(reg, shifted_images(ds.x_test, how), ds.y_test)[1]
                    for s, how in SHIFTS.items()}
             train_acc = evaluate(reg, ds.x_train, ds.y_train)[1]
             drift = state_drift(reg, ds.x_test[:cfg["n_drift"]], scan_fn, scan_bwd)
+            reg.set_backend(no_state_scan, scan_bwd)  # the same model without its state
+            no_state = evaluate(reg, ds.x_test, ds.y_test)[1]
+            reg.set_backend(scan_fn, scan_bwd)
             r = per[label]
             r["acc"].append(acc)
             r["drift"].append(drift)
             r["gap"].append(train_acc - acc["clean"])
             r["time"].append(t.s)
-            runs.append({"config": label, "seed": seed, "accuracy": acc,
-                         "train_accuracy": train_acc,
+            r["no_state"].append(no_state)
+            runs.append({"task": task, "config": label, "seed": seed, "accuracy": acc,
+                         "train_accuracy": train_acc, "accuracy_without_state": no_state,
                          "state_drift": drift, "train_time_s": t.s})
-            print(f"  {label:20s} seed {seed}: " + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())
-                  + f"; drift {[round(d, 2) for d in drift.values()]} ({t.s:.0f} s)", flush=True)
-
-    results = {"shifts": list(SHIFTS), "configs": {}}
+            print(f"  {task:6s} {label:14s} seed {seed}: "
+                  + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())
+                  + f"; no state {no_state:.3f}; drift {[round(d, 2) for d in drift.values()]}"
+                  + f" ({t.s:.0f} s)", flush=True)
+    shifted = [s for s in SHIFTS if s != "clean"]
+    out = {"configs": {}}
     for label, reg_fields in CONFIGS:
         r = per[label]
-        shifted = [s for s in SHIFTS if s != "clean"]
-        results["configs"][label] = {
+        out["configs"][label] = {
             "regularization": reg_fields, "n_params": n_params[label],
             "accuracy": {s: C.mean_std([a[s] for a in r["acc"]]) for s in SHIFTS},
             "shifted_mean_accuracy": C.mean_std([np.mean([a[s] for s in shifted])
                                                  for a in r["acc"]]),
+            "accuracy_without_state": C.mean_std(r["no_state"]),
             "state_drift": {s: C.mean_std([d[s] for d in r["drift"]]) for s in shifted},
             "gap": C.mean_std(r["gap"]),
             "train_time_s": C.mean_std(r["time"])}
-    res = results["configs"]
-    rows = [[label, res[label]["n_params"]] + [C.fmt(res[label]["accuracy"][s]) for s in SHIFTS]
-            + [C.fmt(res[label]["shifted_mean_accuracy"]), C.fmt(res[label]["gap"])]
-            for label, _ in CONFIGS]
-    t1 = C.table(rows, ["config", "params"] + list(SHIFTS) + ["mean shifted", "train - test"])
+    return out
+
+
+def run(args):
+    cfg = QUICK if args.quick else FULL
+    seeds = C.seeds_from(args)
+    scan_fn, scan_bwd, backend = C.resolve_backend(args.backend)
+    runs = []
+    results = {"shifts": list(SHIFTS), "tasks": {}}
+    for task in TASKS:
+        results["tasks"][task] = run_task(task, cfg, seeds, scan_fn, scan_bwd, runs)
     shifted = [s for s in SHIFTS if s != "clean"]
-    rows = [[label] + [C.fmt(res[label]["state_drift"][s], 2) for s in shifted]
-            + [f"{res[label]['train_time_s']['mean']:.0f}"] for label, _ in CONFIGS]
-    t2 = C.table(rows, ["config"] + [f"drift {s}" for s in shifted] + ["train time (s)"])
-    settings = dict(cfg, seeds=seeds, configs={k: v for k, v in CONFIGS},
+    tables = {}
+    for task in TASKS:
+        res = results["tasks"][task]["configs"]
+        rows = [[label, res[label]["n_params"]]
+                + [C.fmt(res[label]["accuracy"][s]) for s in SHIFTS]
+                + [C.fmt(res[label]["shifted_mean_accuracy"]),
+                   C.fmt(res[label]["accuracy_without_state"])]
+                for label, _ in CONFIGS]
+        tables[f"{task}_accuracy"] = C.table(rows, ["config", "params"] + list(SHIFTS)
+                                             + ["mean shifted", "clean, state removed"])
+        rows = [[label] + [C.fmt(res[label]["state_drift"][s], 2) for s in shifted]
+                + [C.fmt(res[label]["gap"]), f"{res[label]['train_time_s']['mean']:.0f}"]
+                for label, _ in CONFIGS]
+        tables[f"{task}_drift"] = C.table(rows, ["config"] + [f"drift {s}" for s in shifted]
+                                          + ["train - test", "train time (s)"])
+    settings = dict(cfg, seeds=seeds, configs={k: v for k, v in CONFIGS}, tasks=list(TASKS),
                     shifts={k: list(v) for k, v in SHIFTS.items()}, model_name="vim")
-    return results, runs, {"accuracy": t1, "drift": t2}, settings, backend
+    return results, runs, tables, settings, backend
 
 
 def plot(results):
-    fig, axes = C.new_figure(1, 2, figsize=(11, 3.6))
+    fig, axes = C.new_figure(2, 2, figsize=(11, 6.6))
     shifts = results["shifts"]
-    labels = list(results["configs"])
-    width = 0.8 / len(labels)
-    ax = axes[0]
-    for k, label in enumerate(labels):
-        acc = results["configs"][label]["accuracy"]
-        xs = np.arange(len(shifts)) + (k - (len(labels) - 1) / 2) * width
-        ax.bar(xs, [acc[s]["mean"] for s in shifts], width, yerr=[acc[s]["std"] for s in shifts],
-               capsize=2, label=label, color=COLORS[label])
-    ax.set_xticks(range(len(shifts)), shifts)
-    ax.set(ylabel="test accuracy", ylim=(0, 1.02),
-           title="Vim on digits: clean and shifted test sets")
-    ax.legend(fontsize=8, loc="lower left")
-    ax = axes[1]
     shifted = [s for s in shifts if s != "clean"]
-    for k, label in enumerate(labels):
-        d = results["configs"][label]["state_drift"]
-        xs = np.arange(len(shifted)) + (k - (len(labels) - 1) / 2) * width
-        ax.bar(xs, [d[s]["mean"] for s in shifted], width, yerr=[d[s]["std"] for s in shifted],
-               capsize=2, label=label, color=COLORS[label])
-    ax.set_xticks(range(len(shifted)), shifted)
-    ax.set(ylabel="relative change of h_L", title="state drift of block 0 under the shift")
+    for row, task in enumerate(TASKS):
+        res = results["tasks"][task]["configs"]
+        labels = list(res)
+        width = 0.8 / len(labels)
+        for ax, keys, what in ((axes[row, 0], shifts, "accuracy"),
+                               (axes[row, 1], shifted, "state_drift")):
+            for k, label in enumerate(labels):
+                st = res[label][what]
+                xs = np.arange(len(keys)) + (k - (len(labels) - 1) / 2) * width
+                ax.bar(xs, [st[s]["mean"] for s in keys], width,
+                       yerr=[st[s]["std"] for s in keys], capsize=2, label=label,
+                       color=COLORS[label])
+            ax.set_xticks(range(len(keys)), keys)
+        chance = 0.5 if task == "pair" else 0.1
+        axes[row, 0].axhline(chance, color="k", ls=":", lw=1)
+        axes[row, 0].set(ylabel="test accuracy", ylim=(0, 1.02),
+                         title=f"{task}: clean and shifted test sets")
+        axes[row, 1].set(ylabel="relative change of h_L",
+                         title=f"{task}: state drift of block 0 under the shift")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -25,17 +25,32 @@ def test_generalization_quick(generalization_run):
     check_common(on_disk, out, "generalization")
     mod = load("generalization")
     res = on_disk["results"]
-    assert list(res["configs"]) == [label for label, _ in mod.CONFIGS]
     assert res["shifts"] == list(mod.SHIFTS)
-    for label, entry in res["configs"].items():
-        for s in mod.SHIFTS:
-            check_stat(entry["accuracy"][s], 1)
-            assert 0.0 <= entry["accuracy"][s]["mean"] <= 1.0
-        assert set(entry["state_drift"]) == set(mod.SHIFTS) - {"clean"}
-        assert all(v["mean"] >= 0 for v in entry["state_drift"].values())
-    wn = res["configs"]["weight norm"]
-    assert wn["n_params"] > res["configs"]["baseline"]["n_params"]  # the g's
-    assert len(on_disk["runs"]) == len(mod.CONFIGS)
+    assert list(res["tasks"]) == list(mod.TASKS) == ["digits", "pair"]
+    for task, out in res["tasks"].items():
+        assert list(out["configs"]) == [label for label, _ in mod.CONFIGS]
+        for label, entry in out["configs"].items():
+            for s in mod.SHIFTS:
+                check_stat(entry["accuracy"][s], 1)
+                assert 0.0 <= entry["accuracy"][s]["mean"] <= 1.0
+            check_stat(entry["accuracy_without_state"], 1)
+            assert set(entry["state_drift"]) == set(mod.SHIFTS) - {"clean"}
+            assert all(v["mean"] >= 0 for v in entry["state_drift"].values())
+        wn, base = out["configs"]["weight norm"], out["configs"]["baseline"]
+        assert wn["n_params"] > base["n_params"]  # the g's
+    assert len(on_disk["runs"]) == len(mod.CONFIGS) * len(mod.TASKS)
+
+
+def test_no_state_scan_keeps_only_the_skip(rng):
+    """h_t = 0: y = D u * silu(z)."""
+    from ssm_ref.nn import silu
+    mod = load("generalization")
+    u, dt = rng.standard_normal((2, 3, 5)), rng.uniform(0.1, 0.5, (2, 3, 5))
+    A = -rng.uniform(0.5, 1.5, (3, 4))
+    Bm, Cm = rng.standard_normal((2, 4, 5)), rng.standard_normal((2, 4, 5))
+    D, z = rng.standard_normal(3), rng.standard_normal((2, 3, 5))
+    y = mod.no_state_scan(u, dt, A, Bm, Cm, D=D, z=z)
+    assert_close(y, D[None, :, None] * u * silu(z))
 
 
 def test_last_state_recorder_changes_nothing(rng):
