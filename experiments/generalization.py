@@ -244,7 +244,7 @@ def plot(results):
                          title=f"{task}: clean and shifted test sets")
         axes[row, 1].set(ylabel="relative change of h_L",
                          title=f"{task}: state drift of block 0 under the shift")
-    axes[0, 0].legend(fontsize=8, loc="lower left")
+    axes[0, 1].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
 
