@@ -28,7 +28,8 @@ bidirectional block, position embedding per grid cell) trained with 3 seeds on
 * scikit-learn's 8x8 digits (2x2 patches, 4x4 tokens), 6 epochs;
 
 embed_dim 24, d_state 8, batch 32, AdamW lr 3e-3, weight decay 0.05, one warmup epoch
-then cosine.  Full mode takes a few minutes on 2 shared CPU cores.
+then cosine.  Full mode took 24 minutes of wall time on 2 CPU cores shared with other
+jobs (load about 8; the JSON records both); alone it takes a few minutes.
 
 The survey (Rahman et al. 2024, arXiv:2410.03105) names adaptive scans "that adjust
 dynamically to the image content", learned scan patterns (§3.2) and "sparse scanning
