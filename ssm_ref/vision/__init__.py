@@ -24,6 +24,7 @@ baselines           the attention (ViT) and CNN baselines
 models              the registry: MODELS and build_model
 analysis            effective receptive fields and hidden-attention maps
 survey_table        the survey's Table 2 (scan methods) and Table 15 (published numbers) as data
+adaptive            content-adaptive and sparse scans (saliency, learned score, top-k)
 ==================  ==========================================================================
 
 Every public name is re-exported here.
@@ -45,3 +46,4 @@ from .baselines import *  # noqa: F401,F403
 from .models import *  # noqa: F401,F403
 from .analysis import *  # noqa: F401,F403
 from .survey_table import *  # noqa: F401,F403
+from .adaptive import *  # noqa: F401,F403
