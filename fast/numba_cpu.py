@@ -102,7 +102,7 @@ from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
                                step_view_shape)
 
-from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
+from ._fastexp import fast_exp2_scan, fast_exp_clamped, fast_sigmoid, fast_softplus
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update"]
 
@@ -128,6 +128,17 @@ _LANES = 16
 #: more), so that two threads never write into one cache line (false sharing
 #: made the two-thread backward pass slower than one thread, measured)
 _GAP = 64
+
+#: log2(e): the real kernels scale A by it once per row, so that their exponential is
+#: the cheaper ``2^x`` of :func:`fast._fastexp.fast_exp2_scan`
+_LOG2E = 1.4426950408889634
+
+#: the backward pass keeps two (T, N) records per thread (Abar_t, Abar_t h_{t-1}); T is
+#: chosen so that they fill at most this many bytes (half of a 1 MiB level-2 cache): at
+#: N = 16 in float32 T = 2048.  Longer rows are done in blocks of T steps, each block but
+#: the last recomputing its records from the state saved at its start (one more exp per
+#: update there, instead of records that spill out of the cache; see chapter 11)
+_BWD_RECORD_BYTES = 256 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -298,6 +309,7 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     # per-thread scratch, allocated here so the parallel body gets it as arguments
@@ -314,20 +326,28 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             s_in = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
                               softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
             _row_start(A, h0, b, d, has_h0, zero, a, h)
+            for n in range(N):
+                a[n] *= log2e  # exp(dt a) = 2^(dt a log2 e): fast_exp2_scan's argument
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+            B_row = Bx[bb, bg]  # (L or 1, N)
+            C_row = Cx[cb, cg]
             for t in range(L):
-                dtt = dt[t]
-                but = bu[t]
-                Bt = Bx[bb, bg, t * b_st]  # (N,)
-                Ct = Cx[cb, cg, t * c_st]  # (N,)
-                acc = zero
-                for n0 in range(0, N, _LANES):
+                y[t] = zero
+            # blocks of 16 states outside, time inside: the block's state and poles stay
+            # in vector registers for the whole row (one block for N <= 16)
+            for n0 in range(0, N, _LANES):
+                for t in range(L):
+                    dtt = dt[t]
+                    but = bu[t]
+                    Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
+                    Ct = C_row[np.uint64(t * c_st)]  # (N,)
+                    acc = zero
                     for j in range(_LANES):  # constant trip count: one vector, no remainder loop
                         n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                        hn = fast_exp_clamped(dtt * a[n]) * h[n] + but * Bt[n]
+                        hn = fast_exp2_scan(dtt * a[n]) * h[n] + but * Bt[n]
                         h[n] = hn
                         acc += hn * Ct[n]
-                y[t] = acc
+                    y[t] += acc
             s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
                                 z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
@@ -339,29 +359,36 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     nchunks = dA_c.shape[0]
+    T = min(block, L)  # time steps per block: its (T, N) records stay in cache
+    nblocks = (L + T - 1) // T
     # per-thread scratch, allocated here so the parallel body gets it as arguments
     dt_s = np.empty((nchunks, L + _GAP), u.dtype)
     bu_s = np.empty((nchunks, L + _GAP), u.dtype)
     y_s = np.empty((nchunks, L + _GAP), u.dtype)
     dy_s = np.empty((nchunks, L + _GAP), u.dtype)
-    abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
-    ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    pA_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/d(dt A_n) * A_n per step
+    pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
+    abar_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
+    ah_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    ck_s = np.empty((nchunks, nblocks + 1, N), u.dtype)  # the state entering each block
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     h_s = np.empty((nchunks, N + _GAP), u.dtype)
     g_s = np.empty((nchunks, N + _GAP), u.dtype)
     sdA_s = np.empty((nchunks, N + _GAP), u.dtype)
     for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
-        dt, bu, y, dy = dt_s[c], bu_s[c], y_s[c], dy_s[c]
-        abar, ah = abar_s[c], ah_s[c]
-        a, h, g, sdA = a_s[c], h_s[c], g_s[c], sdA_s[c]
+        dt, bu, y, dy, pA, pB = dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c]
+        abar, ah, ck = abar_s[c], ah_s[c], ck_s[c]
+        a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
             d = row - b * nd
@@ -380,31 +407,46 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
+                y[t] = zero
+                pA[t] = zero
+                pB[t] = zero
             _row_start(A, h0, b, d, has_h0, zero, a, h)
+            for n in range(N):
+                a2[n] = a[n] * log2e  # exp(dt a) = 2^(dt a log2 e)
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-            # forward again, keeping Abar_t and Abar_t h_{t-1}; dC_t = dy_t h_t on the way
-            for t in range(L):
-                dtt = dt[t]
-                but = bu[t]
-                dyt = dy[t]
-                Bt = Bx[bb, bg, t * b_st]
-                Ct = Cx[cb, cg, t * c_st]
-                dCt = dC_c[c, cb, cg, t * c_st]
-                abar_t = abar[t]
-                ah_t = ah[t]
-                acc = zero
-                for n0 in range(0, N, _LANES):
+            B_row = Bx[bb, bg]  # (L or 1, N)
+            C_row = Cx[cb, cg]
+            dB_row = dB_c[c, bb, bg]
+            dC_row = dC_c[c, cb, cg]
+            # 1. forward again: y, dC_t = dy_t h_t, the state entering each block, and the
+            # records Abar_t, Abar_t h_{t-1} (overwritten block by block: the last one stays)
+            for n0 in range(0, N, _LANES):
+                for k in range(nblocks):
+                    t0 = k * T
                     for j in range(_LANES):
-                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                        at = fast_exp_clamped(dtt * a[n])
-                        ahn = at * h[n]
-                        hn = ahn + but * Bt[n]
-                        abar_t[n] = at
-                        ah_t[n] = ahn
-                        h[n] = hn
-                        acc += hn * Ct[n]
-                        dCt[n] += dyt * hn
-                y[t] = acc
+                        n = np.uint64(n0 + j)
+                        ck[k, n] = h[n]
+                    for t in range(t0, min(t0 + T, L)):
+                        dtt = dt[t]
+                        but = bu[t]
+                        dyt = dy[t]
+                        Bt = B_row[np.uint64(t * b_st)]
+                        Ct = C_row[np.uint64(t * c_st)]
+                        dCt = dC_row[np.uint64(t * c_st)]
+                        abar_t = abar[np.uint64(t - t0)]
+                        ah_t = ah[np.uint64(t - t0)]
+                        acc = zero
+                        for j in range(_LANES):
+                            n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound
+                            at = fast_exp2_scan(dtt * a2[n])
+                            ahn = at * h[n]
+                            hn = ahn + but * Bt[n]
+                            abar_t[n] = at
+                            ah_t[n] = ahn
+                            h[n] = hn
+                            acc += hn * Ct[n]
+                            dCt[n] += dyt * hn
+                        y[t] += acc
             if has_z:  # dz = dout * (y + D u) * silu'(z)
                 for t in range(L):
                     zz = z[b, d, t]
@@ -412,33 +454,58 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
                     s += dz[b, d, t]
-            # reverse scan: g = dLoss/dh_t  (eq-selective-backward)
+            # 2. reverse scan, block by block from the last: g = dLoss/dh_t
+            # (eq-selective-backward); each block but the last recomputes its records
+            # from the state saved at its start
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
-            for t in range(L - 1, -1, -1):
-                dyt = dy[t]
-                dtt = dt[t]
-                but = bu[t]
-                Bt = Bx[bb, bg, t * b_st]
-                Ct = Cx[cb, cg, t * c_st]
-                dBt = dB_c[c, bb, bg, t * b_st]
-                abar_t = abar[t]
-                ah_t = ah[t]
-                accA = zero
-                accB = zero
+            for k in range(nblocks - 1, -1, -1):
+                t0 = k * T
+                t1 = min(t0 + T, L)
                 for n0 in range(0, N, _LANES):
-                    for j in range(_LANES):
-                        n = np.uint64(n0 + j)
-                        gn = g[n] + dyt * Ct[n]
-                        ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
-                        accA += ga * a[n]
-                        sdA[n] += ga * dtt
-                        accB += gn * Bt[n]
-                        dBt[n] += gn * but
-                        g[n] = gn * abar_t[n]
-                du[b, d, t] = dtt * accB + Dd * dyt
-                ddelta[b, d, t] = accA + u_row[t] * accB
+                    if k < nblocks - 1:
+                        for j in range(_LANES):
+                            n = np.uint64(n0 + j)
+                            h[n] = ck[k, n]
+                        for t in range(t0, t1):
+                            dtt = dt[t]
+                            but = bu[t]
+                            Bt = B_row[np.uint64(t * b_st)]
+                            abar_t = abar[np.uint64(t - t0)]
+                            ah_t = ah[np.uint64(t - t0)]
+                            for j in range(_LANES):
+                                n = np.uint64(n0 + j)
+                                at = fast_exp2_scan(dtt * a2[n])
+                                ahn = at * h[n]
+                                abar_t[n] = at
+                                ah_t[n] = ahn
+                                h[n] = ahn + but * Bt[n]
+                    for t in range(t1 - 1, t0 - 1, -1):
+                        dyt = dy[t]
+                        dtt = dt[t]
+                        but = bu[t]
+                        Bt = B_row[np.uint64(t * b_st)]
+                        Ct = C_row[np.uint64(t * c_st)]
+                        dBt = dB_row[np.uint64(t * b_st)]
+                        abar_t = abar[np.uint64(t - t0)]
+                        ah_t = ah[np.uint64(t - t0)]
+                        accA = zero
+                        accB = zero
+                        for j in range(_LANES):
+                            n = np.uint64(n0 + j)
+                            gn = g[n] + dyt * Ct[n]
+                            ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
+                            accA += ga * a[n]
+                            sdA[n] += ga * dtt
+                            accB += gn * Bt[n]
+                            dBt[n] += gn * but
+                            g[n] = gn * abar_t[n]
+                        pA[t] += accA
+                        pB[t] += accB
+            for t in range(L):
+                du[b, d, t] = dt[t] * pB[t] + Dd * dy[t]
+                ddelta[b, d, t] = pA[t] + u_row[t] * pB[t]
                 s += du[b, d, t] + ddelta[b, d, t]
             # through softplus (derivative sigmoid, 1 above 20) and the bias
             sb = zero
@@ -527,7 +594,8 @@ def _fwd_complex(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @njit(parallel=True, error_model="numpy", cache=True)
 def _bwd_complex(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                  has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-                 du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+                 du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # block (the real kernel's steps per block) is unused: no per-block records here
     nb, nd, L = u.shape
     N = A.shape[1]
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
@@ -792,6 +860,12 @@ def _fitting_kernel_args(s):
     return real, k
 
 
+def _bwd_block(npad, dtype):
+    """Time steps per block of the real backward kernel: :data:`_BWD_RECORD_BYTES` for two
+    (T, ``npad``) records of ``dtype``, at least 16."""
+    return max(16, _BWD_RECORD_BYTES // (2 * npad * np.dtype(dtype).itemsize))
+
+
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
@@ -829,7 +903,7 @@ def _backward(s, k, real, dout, dlast_state):
             k["Dv"], k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
             s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
             dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
-            screen)
+            screen, _bwd_block(npad, real if not s.is_complex else state_t))
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
