@@ -102,7 +102,7 @@ from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
                                step_view_shape)
 
-from ._fastexp import fast_exp2_scan, fast_exp_clamped, fast_sigmoid, fast_softplus
+from ._fastexp import fast_exp2_normal, fast_exp2_scan, fast_exp_clamped, fast_sigmoid, fast_softplus
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update"]
 
@@ -132,6 +132,10 @@ _GAP = 64
 #: log2(e): the real kernels scale A by it once per row, so that their exponential is
 #: the cheaper ``2^x`` of :func:`fast._fastexp.fast_exp2_scan`
 _LOG2E = 1.4426950408889634
+
+#: the exps of a row whose arguments ``dt * A * log2(e)`` are all >= this are normal
+#: numbers: :func:`_all_normal`
+_NORMAL_LOW = -125.0
 
 #: the backward pass keeps two (T, N) records per thread (Abar_t, Abar_t h_{t-1}); T is
 #: chosen so that they fill at most this many bytes (half of a 1 MiB level-2 cache): at
@@ -299,6 +303,117 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
     return s
 
 
+@njit(fastmath=_FMK, error_model="numpy", cache=True)
+def _all_normal(dt, a2, zero):
+    """True if every ``dt_t * a2_n`` of the row is >= -125: its exps are normal numbers.
+
+    The kernels then use :func:`fast._fastexp.fast_exp2_normal` for the row (no
+    clamp, an integer add instead of a multiplication), else the clamped
+    :func:`fast._fastexp.fast_exp2_scan`.  NaN gives False.
+    """
+    lo = zero
+    for n in range(a2.size):
+        lo = min(lo, a2[n])
+    below = 0  # a count, not a max: an integer sum vectorizes (a float max needs "no NaN")
+    for t in range(dt.size):
+        below += 1 if dt[t] * lo < _NORMAL_LOW else 0
+    return below == 0
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: each call site's `normal` is a constant
+def _decay(x2, normal):
+    """``2^x2`` (= exp(dt A) for ``x2 = dt A log2 e``) by the variant the row allows."""
+    return fast_exp2_normal(x2) if normal else fast_exp2_scan(x2)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
+    """The recurrence of one row: y_t = <C_t, h_t>, h_t = exp(dt_t A) h_{t-1} + bu_t B_t.
+
+    Blocks of 16 states outside, time inside: the block's state and poles stay
+    in vector registers for the whole row (one block for N <= 16).
+    """
+    for t in range(L):
+        y[t] = zero
+    for n0 in range(0, N, _LANES):
+        for t in range(L):
+            dtt = dt[t]
+            but = bu[t]
+            Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
+            Ct = C_row[np.uint64(t * c_st)]  # (N,)
+            acc = zero
+            for j in range(_LANES):  # constant trip count: one vector, no remainder loop
+                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                hn = _decay(dtt * a2[n], normal) * h[n] + but * Bt[n]
+                h[n] = hn
+                acc += hn * Ct[n]
+            y[t] += acc
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                     b_st, c_st, zero, normal):
+    """The backward pass's forward sweep of one row, in blocks of T steps.
+
+    Adds y_t = <C_t, h_t> to ``y`` and dy_t h_t to dC_t; saves the state entering
+    each block in ``ck[k]``, and the records Abar_t and Abar_t h_{t-1} of the
+    current block in ``abar`` and ``ah`` (so the last block's records stay).
+    """
+    for n0 in range(0, N, _LANES):
+        i = T  # step inside the block: a new block starts at t = 0
+        k = 0
+        for t in range(L):
+            if i == T:
+                for j in range(_LANES):
+                    ck[k, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
+                k += 1
+                i = 0
+            dtt = dt[t]
+            but = bu[t]
+            dyt = dy[t]
+            Bt = B_row[np.uint64(t * b_st)]
+            Ct = C_row[np.uint64(t * c_st)]
+            dCt = dC_row[np.uint64(t * c_st)]
+            abar_t = abar[np.uint64(i)]
+            ah_t = ah[np.uint64(i)]
+            acc = zero
+            for j in range(_LANES):
+                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                at = _decay(dtt * a2[n], normal)
+                ahn = at * h[n]
+                hn = ahn + but * Bt[n]
+                abar_t[n] = at
+                ah_t[n] = ahn
+                h[n] = hn
+                acc += hn * Ct[n]
+                dCt[n] += dyt * hn
+            y[t] += acc
+            i += 1
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal):
+    """Records Abar_t, Abar_t h_{t-1} of block ``k`` (``tn`` steps from k T), states n0..n0+15,
+    recomputed from the state saved at the block's start."""
+    t0 = np.uint64(k * T)
+    for j in range(_LANES):
+        h[np.uint64(n0 + j)] = ck[k, np.uint64(n0 + j)]
+    for i in range(tn):
+        t = t0 + np.uint64(i)  # unsigned: no negative-index wraparound select
+        dtt = dt[t]
+        but = bu[t]
+        Bt = B_row[t * np.uint64(b_st)]
+        abar_t = abar[i]
+        ah_t = ah[i]
+        for j in range(_LANES):
+            n = np.uint64(n0 + j)
+            at = _decay(dtt * a2[n], normal)
+            ahn = at * h[n]
+            abar_t[n] = at
+            ah_t[n] = ahn
+            h[n] = ahn + but * Bt[n]
+
+
 # ---------------------------------------------------------------------------
 # real A: forward, backward, decoding step
 # ---------------------------------------------------------------------------
@@ -327,27 +442,14 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                               softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
             _row_start(A, h0, b, d, has_h0, zero, a, h)
             for n in range(N):
-                a[n] *= log2e  # exp(dt a) = 2^(dt a log2 e): fast_exp2_scan's argument
+                a[n] *= log2e  # exp(dt a) = 2^(dt a log2 e): the argument of _decay
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
             B_row = Bx[bb, bg]  # (L or 1, N)
             C_row = Cx[cb, cg]
-            for t in range(L):
-                y[t] = zero
-            # blocks of 16 states outside, time inside: the block's state and poles stay
-            # in vector registers for the whole row (one block for N <= 16)
-            for n0 in range(0, N, _LANES):
-                for t in range(L):
-                    dtt = dt[t]
-                    but = bu[t]
-                    Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
-                    Ct = C_row[np.uint64(t * c_st)]  # (N,)
-                    acc = zero
-                    for j in range(_LANES):  # constant trip count: one vector, no remainder loop
-                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                        hn = fast_exp2_scan(dtt * a[n]) * h[n] + but * Bt[n]
-                        h[n] = hn
-                        acc += hn * Ct[n]
-                    y[t] += acc
+            if _all_normal(dt[:L], a[:N], zero):  # two copies of the loop, each one exp
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, True)
+            else:
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, False)
             s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
                                 z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
@@ -377,6 +479,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     dy_s = np.empty((nchunks, L + _GAP), u.dtype)
     pA_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/d(dt A_n) * A_n per step
     pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
+    sz_s = np.empty((nchunks, L + _GAP), u.dtype)  # sigmoid(z_t), for dy and dz
     abar_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
     ah_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t * h_{t-1}
     ck_s = np.empty((nchunks, nblocks + 1, N), u.dtype)  # the state entering each block
@@ -386,7 +489,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     g_s = np.empty((nchunks, N + _GAP), u.dtype)
     sdA_s = np.empty((nchunks, N + _GAP), u.dtype)
     for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
-        dt, bu, y, dy, pA, pB = dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c]
+        dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
+                                      sz_s[c])
         abar, ah, ck = abar_s[c], ah_s[c], ck_s[c]
         a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
@@ -403,7 +507,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 s += dout[b, d, t]
                 if has_z:
                     zz = z[b, d, t]
-                    dy[t] = dout[b, d, t] * zz * fast_sigmoid(zz)
+                    sz[t] = fast_sigmoid(zz)
+                    dy[t] = dout[b, d, t] * zz * sz[t]
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
@@ -420,76 +525,48 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             dC_row = dC_c[c, cb, cg]
             # 1. forward again: y, dC_t = dy_t h_t, the state entering each block, and the
             # records Abar_t, Abar_t h_{t-1} (overwritten block by block: the last one stays)
-            for n0 in range(0, N, _LANES):
-                for k in range(nblocks):
-                    t0 = k * T
-                    for j in range(_LANES):
-                        n = np.uint64(n0 + j)
-                        ck[k, n] = h[n]
-                    for t in range(t0, min(t0 + T, L)):
-                        dtt = dt[t]
-                        but = bu[t]
-                        dyt = dy[t]
-                        Bt = B_row[np.uint64(t * b_st)]
-                        Ct = C_row[np.uint64(t * c_st)]
-                        dCt = dC_row[np.uint64(t * c_st)]
-                        abar_t = abar[np.uint64(t - t0)]
-                        ah_t = ah[np.uint64(t - t0)]
-                        acc = zero
-                        for j in range(_LANES):
-                            n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound
-                            at = fast_exp2_scan(dtt * a2[n])
-                            ahn = at * h[n]
-                            hn = ahn + but * Bt[n]
-                            abar_t[n] = at
-                            ah_t[n] = ahn
-                            h[n] = hn
-                            acc += hn * Ct[n]
-                            dCt[n] += dyt * hn
-                        y[t] += acc
+            normal = _all_normal(dt[:L], a2[:N], zero)
+            if normal:  # two copies of the loop, each with one exp
+                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                 dC_row, b_st, c_st, zero, True)
+            else:
+                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                 dC_row, b_st, c_st, zero, False)
             if has_z:  # dz = dout * (y + D u) * silu'(z)
                 for t in range(L):
                     zz = z[b, d, t]
-                    sg = fast_sigmoid(zz)
+                    sg = sz[t]
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
                     s += dz[b, d, t]
             # 2. reverse scan, block by block from the last: g = dLoss/dh_t
             # (eq-selective-backward); each block but the last recomputes its records
-            # from the state saved at its start
+            # from the state saved at its start.  Time indices are unsigned (no
+            # negative-index wraparound selects).
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
             for k in range(nblocks - 1, -1, -1):
-                t0 = k * T
-                t1 = min(t0 + T, L)
+                t0 = np.uint64(k * T)
+                tn = min(T, L - k * T)  # steps in this block
                 for n0 in range(0, N, _LANES):
-                    if k < nblocks - 1:
-                        for j in range(_LANES):
-                            n = np.uint64(n0 + j)
-                            h[n] = ck[k, n]
-                        for t in range(t0, t1):
-                            dtt = dt[t]
-                            but = bu[t]
-                            Bt = B_row[np.uint64(t * b_st)]
-                            abar_t = abar[np.uint64(t - t0)]
-                            ah_t = ah[np.uint64(t - t0)]
-                            for j in range(_LANES):
-                                n = np.uint64(n0 + j)
-                                at = fast_exp2_scan(dtt * a2[n])
-                                ahn = at * h[n]
-                                abar_t[n] = at
-                                ah_t[n] = ahn
-                                h[n] = ahn + but * Bt[n]
-                    for t in range(t1 - 1, t0 - 1, -1):
+                    if k < nblocks - 1 and normal:
+                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
+                                           b_st, True)
+                    elif k < nblocks - 1:
+                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
+                                           b_st, False)
+                    for i in range(tn - 1, -1, -1):
+                        t = t0 + np.uint64(i)
+                        ii = np.uint64(i)
                         dyt = dy[t]
                         dtt = dt[t]
                         but = bu[t]
-                        Bt = B_row[np.uint64(t * b_st)]
-                        Ct = C_row[np.uint64(t * c_st)]
-                        dBt = dB_row[np.uint64(t * b_st)]
-                        abar_t = abar[np.uint64(t - t0)]
-                        ah_t = ah[np.uint64(t - t0)]
+                        Bt = B_row[t * np.uint64(b_st)]
+                        Ct = C_row[t * np.uint64(c_st)]
+                        dBt = dB_row[t * np.uint64(b_st)]
+                        abar_t = abar[ii]
+                        ah_t = ah[ii]
                         accA = zero
                         accB = zero
                         for j in range(_LANES):
