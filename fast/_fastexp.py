@@ -62,8 +62,8 @@ from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["fast_exp", "fast_exp_clamped", "fast_exp2_scan", "fast_exp2_normal", "fast_softplus", "fast_sigmoid",
-           "exp_array"]
+__all__ = ["fast_exp", "fast_exp_clamped", "fast_exp2_scan", "fast_exp2_normal", "fast_softplus",
+           "fast_sigmoid", "exp_array"]
 
 #: fastmath flags of the helpers: contraction into FMA allowed, but no
 #: reassociation (it would undo the split ln 2) and no "no NaN" assumption.

@@ -27,11 +27,15 @@ How it is computed
 * Parallel over the B·D rows (``numba.prange``); each row runs the whole
   recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t with its state in a
   length-N scratch array, so nothing of size (B, D, L, N) is ever allocated.
-* The loop over the state dimension N is innermost, contiguous and
-  branch-free, and its exponential is :func:`fast._fastexp.fast_exp_clamped`
-  (its argument Δ·A is never positive), which LLVM vectorizes (the C
-  library's ``exp`` would not vectorize and caps the scan near 0.5 G state
-  updates per second per core).  The per-time-step
+* The loop over (a block of 16 of) the state dimension N is innermost,
+  contiguous and branch-free, inside the loop over time, so that the block's
+  state stays in vector registers for the whole row.  Its exponential is
+  ``2^(Δ A log2 e)`` (A is scaled once per row) by
+  :func:`fast._fastexp.fast_exp2_scan`, or :func:`fast._fastexp.fast_exp2_normal`
+  (no clamp) for a row whose arguments are all >= -125, which LLVM vectorizes
+  (the C library's ``exp`` would not vectorize and caps the scan near 0.5 G
+  state updates per second per core); chapter 11 counts the instructions per
+  update against the machine's limit.  The per-time-step
   work (bias, softplus, Δ·u, the D skip and the SiLU gate) is done in separate
   loops over L before and after the recurrence, also vectorized.  Three
   more things were needed for LLVM to vectorize well (each measured, see
@@ -52,8 +56,12 @@ How it is computed
   overflow is seen without an extra pass.  Complex A is computed in complex128
   whatever the input dtype (a scalar ``cmath.exp`` loop, not tuned).
 * Backward: each row runs its forward again, keeping its decay factors
-  Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per thread, O(L·N) per thread and never
-  (B, D, L, N)), then the reverse scan of the reference.  Gradients of B and
+  Abar_t and the products Abar_t h_{t-1} for one block of T steps (two
+  (T, N) scratch arrays per thread, at most ``_BWD_RECORD_BYTES``: they stay
+  in cache) and the state entering each block, then the reverse scan of the
+  reference block by block from the last, each block but the last first
+  recomputing its records from its saved state.  Never (B, D, L, N); for
+  L <= T nothing is recomputed.  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
   at the end (no races, no atomics).
@@ -102,7 +110,8 @@ from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import (check_scan_args, check_scan_structure, check_step_args,
                                step_view_shape)
 
-from ._fastexp import fast_exp2_normal, fast_exp2_scan, fast_exp_clamped, fast_sigmoid, fast_softplus
+from ._fastexp import (fast_exp2_normal, fast_exp2_scan, fast_exp_clamped, fast_sigmoid,
+                       fast_softplus)
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update"]
 
@@ -1056,10 +1065,12 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     Notes
     -----
     Implements ``eq-selective-backward``.  Each (batch, channel) row reruns
-    its forward pass keeping its (L, N) states and decay factors in per-thread
-    scratch, then runs the reverse scan; shared gradients (A, B, C, D,
-    delta_bias) are summed in per-thread copies.  Memory O(threads · L · N)
-    scratch plus per-thread copies of dB and dC, never (B, D, L, N).
+    its forward pass keeping the decay factors and states of one block of T
+    steps (and the state entering each block) in per-thread scratch, then
+    runs the reverse scan block by block, recomputing each earlier block
+    from its saved state; shared gradients (A, B, C, D, delta_bias) are
+    summed in per-thread copies.  Memory O(threads · (T + L/T) · N) scratch
+    plus per-thread copies of dB and dC, never (B, D, L, N).
 
     Examples
     --------
