@@ -146,12 +146,15 @@ _LOG2E = 1.4426950408889634
 #: numbers: :func:`_all_normal`
 _NORMAL_LOW = -125.0
 
-#: the backward pass keeps two (T, N) records per thread (Abar_t, Abar_t h_{t-1}); T is
-#: chosen so that they fill at most this many bytes (half of a 1 MiB level-2 cache): at
-#: N = 16 in float32 T = 2048.  Longer rows are done in blocks of T steps, each block but
-#: the last recomputing its records from the state saved at its start (one more exp per
-#: update there, instead of records that spill out of the cache; see chapter 11)
-_BWD_RECORD_BYTES = 256 * 1024
+#: the backward pass of a row keeps two records per step (Abar_t, Abar_t h_{t-1}): rows of
+#: up to T steps, with T such that the records fill at most this many bytes per thread
+#: (T = 16384 at N = 16 in float32), run row by row in _bwd_real, nothing recomputed;
+#: longer rows run in blocks of T steps with all of a thread's rows passing through one
+#: block before the next (_bwd_real_long), so that the block's B, C, dB and dC stay in
+#: cache, at the price of recomputing every block's records.  Measured (chapter 11):
+#: records of 2 MB per thread read back from the level-3 cache cost less than
+#: recomputing them; B, C, dB and dC rows of 4 MB each, as at L = 65536, do not.
+_BWD_RECORD_BYTES = 2 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -423,6 +426,42 @@ def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, n
             h[n] = ahn + but * Bt[n]
 
 
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row,
+                       b_st, c_st, pA, pB, zero):
+    """The reverse sweep (eq-selective-backward) over steps t0 + tn - 1 ... t0, states n0..n0+15.
+
+    ``g`` (dLoss/dh) and ``sdA`` (the dA sum) are carried in and out; adds
+    sum_n g_n ah_n A_n to ``pA[t]`` and sum_n g_n B_n to ``pB[t]``, g_n bu_t to dB_t.
+    ``abar``, ``ah`` hold the block's records, indexed from its first step.
+    """
+    t0 = np.uint64(t0)
+    for i in range(tn - 1, -1, -1):
+        t = t0 + np.uint64(i)  # unsigned: no negative-index wraparound select
+        ii = np.uint64(i)
+        dyt = dy[t]
+        dtt = dt[t]
+        but = bu[t]
+        Bt = B_row[t * np.uint64(b_st)]
+        Ct = C_row[t * np.uint64(c_st)]
+        dBt = dB_row[t * np.uint64(b_st)]
+        abar_t = abar[ii]
+        ah_t = ah[ii]
+        accA = zero
+        accB = zero
+        for j in range(_LANES):
+            n = np.uint64(n0 + j)
+            gn = g[n] + dyt * Ct[n]
+            ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
+            accA += ga * a[n]
+            sdA[n] += ga * dtt
+            accB += gn * Bt[n]
+            dBt[n] += gn * but
+            g[n] = gn * abar_t[n]
+        pA[t] += accA
+        pB[t] += accB
+
+
 # ---------------------------------------------------------------------------
 # real A: forward, backward, decoding step
 # ---------------------------------------------------------------------------
@@ -471,6 +510,9 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
               du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # Rows one after the other.  It is called for L <= block (one block: nothing is
+    # recomputed); for longer rows it would run in blocks recomputed row by row, but
+    # _backward sends those to _bwd_real_long, which keeps B, C, dB, dC in cache.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -556,8 +598,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
             for k in range(nblocks - 1, -1, -1):
-                t0 = np.uint64(k * T)
-                tn = min(T, L - k * T)  # steps in this block
+                t0 = k * T
+                tn = min(T, L - t0)  # steps in this block
                 for n0 in range(0, N, _LANES):
                     if k < nblocks - 1 and normal:
                         _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
@@ -565,30 +607,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     elif k < nblocks - 1:
                         _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
                                            b_st, False)
-                    for i in range(tn - 1, -1, -1):
-                        t = t0 + np.uint64(i)
-                        ii = np.uint64(i)
-                        dyt = dy[t]
-                        dtt = dt[t]
-                        but = bu[t]
-                        Bt = B_row[t * np.uint64(b_st)]
-                        Ct = C_row[t * np.uint64(c_st)]
-                        dBt = dB_row[t * np.uint64(b_st)]
-                        abar_t = abar[ii]
-                        ah_t = ah[ii]
-                        accA = zero
-                        accB = zero
-                        for j in range(_LANES):
-                            n = np.uint64(n0 + j)
-                            gn = g[n] + dyt * Ct[n]
-                            ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
-                            accA += ga * a[n]
-                            sdA[n] += ga * dtt
-                            accB += gn * Bt[n]
-                            dBt[n] += gn * but
-                            g[n] = gn * abar_t[n]
-                        pA[t] += accA
-                        pB[t] += accB
+                    _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
+                                       dB_row, b_st, c_st, pA, pB, zero)
             for t in range(L):
                 du[b, d, t] = dt[t] * pB[t] + Dd * dy[t]
                 ddelta[b, d, t] = pA[t] + u_row[t] * pB[t]
@@ -609,6 +629,173 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 dh0[b, d, n] = g[n]
                 s += g[n]
             screen[row] = s  # not finite: bad input, or float32 overflowed
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+                   has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+                   du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # _bwd_real for L > block: the same arithmetic with the loops over time blocks outside
+    # and the thread's rows inside, so that a block's B, C, dB and dC (shared by the rows)
+    # stay in cache while every row passes through it; each row's state, dLoss/dh, dA sum
+    # and the state entering each block are carried between blocks in per-row scratch.
+    # Every block's records are recomputed in the reverse sweep (also the last one).
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    nrows = nb * nd
+    nchunks = dA_c.shape[0]
+    T = min(block, L)
+    nblocks = (L + T - 1) // T
+    maxrows = nrows // nchunks + 1
+    # per-thread scratch of one block
+    dt_s = np.empty((nchunks, T + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, T + _GAP), u.dtype)
+    y_s = np.empty((nchunks, T + _GAP), u.dtype)
+    dy_s = np.empty((nchunks, T + _GAP), u.dtype)
+    pA_s = np.empty((nchunks, T + _GAP), u.dtype)
+    pB_s = np.empty((nchunks, T + _GAP), u.dtype)
+    sz_s = np.empty((nchunks, T + _GAP), u.dtype)
+    abar_s = np.empty((nchunks, T + 1, N), u.dtype)
+    ah_s = np.empty((nchunks, T + 1, N), u.dtype)
+    a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, N + _GAP), u.dtype)
+    # per-row scratch carried from block to block
+    h_s = np.empty((nchunks, maxrows, N), u.dtype)
+    g_s = np.empty((nchunks, maxrows, N), u.dtype)
+    sdA_s = np.empty((nchunks, maxrows, N), u.dtype)
+    ck_s = np.empty((nchunks, maxrows, nblocks, N), u.dtype)  # state entering each block
+    sums_s = np.zeros((nchunks, maxrows, 3), u.dtype)  # screen, dD and d delta_bias sums
+    for c in prange(nchunks):
+        dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
+                                      sz_s[c])
+        abar, ah, a, a2 = abar_s[c], ah_s[c], a_s[c], a2_s[c]
+        r0 = c * nrows // nchunks
+        r1 = (c + 1) * nrows // nchunks
+        # 1. forward sweep: y, dz and dC, and the state entering each block
+        for k in range(nblocks):
+            t0 = k * T
+            tn = min(T, L - t0)
+            for row in range(r0, r1):
+                r = row - r0
+                b = row // nd
+                d = row - b * nd
+                h, sums = h_s[c, r], sums_s[c, r]
+                bias_d = bias[d] if has_bias else zero
+                Dd = Dv[d] if has_D else zero
+                u_blk = u[b, d, t0:t0 + tn]
+                z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
+                dout_blk = dout[b, d, t0:t0 + tn]
+                s = _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu,
+                               z_blk, has_z)
+                sD = zero
+                for i in range(tn):
+                    s += dout_blk[i]
+                    if has_z:
+                        sz[i] = fast_sigmoid(z_blk[i])
+                        dy[i] = dout_blk[i] * z_blk[i] * sz[i]
+                    else:
+                        dy[i] = dout_blk[i]
+                    sD += dy[i] * u_blk[i]
+                    y[i] = zero
+                if k == 0:
+                    _row_start(A, h0, b, d, has_h0, zero, a, h)
+                for n in range(N):
+                    a2[n] = A[d, n] * log2e
+                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]  # (tn or 1, N)
+                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                dC_blk = dC_c[c, cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                ck_k = ck_s[c, r, k:k + 1]
+                if _all_normal(dt[:tn], a2[:N], zero):
+                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                     C_blk, dC_blk, b_st, c_st, zero, True)
+                else:
+                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                     C_blk, dC_blk, b_st, c_st, zero, False)
+                if has_z:  # dz = dout * (y + D u) * silu'(z)
+                    dz_blk = dz[b, d, t0:t0 + tn]
+                    for i in range(tn):
+                        zz = z_blk[i]
+                        sg = sz[i]
+                        v = y[i] + Dd * u_blk[i]
+                        dz_blk[i] = dout_blk[i] * v * sg * (one + zz * (one - sg))
+                        s += dz_blk[i]
+                sums[0] += s
+                sums[1] += sD
+        # 2. reverse sweep, blocks from the last: recompute the block's records, then back
+        for k in range(nblocks - 1, -1, -1):
+            t0 = k * T
+            tn = min(T, L - t0)
+            for row in range(r0, r1):
+                r = row - r0
+                b = row // nd
+                d = row - b * nd
+                h, g, sdA, sums = h_s[c, r], g_s[c, r], sdA_s[c, r], sums_s[c, r]
+                bias_d = bias[d] if has_bias else zero
+                Dd = Dv[d] if has_D else zero
+                u_blk = u[b, d, t0:t0 + tn]
+                z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
+                dout_blk = dout[b, d, t0:t0 + tn]
+                _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu, z_blk,
+                           has_z)  # dt and bu again (the sum was taken in the sweep)
+                for i in range(tn):
+                    if has_z:
+                        zz = z_blk[i]
+                        dy[i] = dout_blk[i] * zz * fast_sigmoid(zz)
+                    else:
+                        dy[i] = dout_blk[i]
+                    pA[i] = zero
+                    pB[i] = zero
+                if k == nblocks - 1:
+                    for n in range(N):
+                        g[n] = dlast[b, d, n] if has_dlast else zero
+                        sdA[n] = zero
+                for n in range(N):
+                    a[n] = A[d, n]
+                    a2[n] = A[d, n] * log2e
+                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
+                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                dB_blk = dB_c[c, bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
+                ck_k = ck_s[c, r, k:k + 1]
+                normal = _all_normal(dt[:tn], a2[:N], zero)
+                for n0 in range(0, N, _LANES):
+                    if normal:
+                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
+                                           b_st, True)
+                    else:
+                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
+                                           b_st, False)
+                    _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
+                                       dB_blk, b_st, c_st, pA, pB, zero)
+                s = zero
+                sb = zero
+                du_blk = du[b, d, t0:t0 + tn]
+                ddelta_blk = ddelta[b, d, t0:t0 + tn]
+                delta_blk = delta[b, d, t0:t0 + tn]
+                for i in range(tn):
+                    du_blk[i] = dt[i] * pB[i] + Dd * dy[i]
+                    gd = pA[i] + u_blk[i] * pB[i]
+                    s += du_blk[i] + gd
+                    if softplus:  # through softplus (derivative sigmoid, 1 above 20)
+                        raw = delta_blk[i] + bias_d
+                        gd = gd if raw > 20 else gd * fast_sigmoid(raw)
+                    ddelta_blk[i] = gd
+                    sb += gd
+                sums[0] += s
+                sums[2] += sb
+                if k == 0:
+                    dbias_c[c, d] += sums[2]
+                    dD_c[c, d] += sums[1]
+                    for n in range(N):
+                        dA_c[c, d, n] += sdA[n]
+                        dh0[b, d, n] = g[n]
+                        sums[0] += g[n]
+                    screen[row] = sums[0]  # not finite: bad input, or float32 overflowed
 
 
 @njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -984,12 +1171,14 @@ def _backward(s, k, real, dout, dlast_state):
     dD_c = np.zeros((nchunks, dim), real)
     dbias_c = np.zeros((nchunks, dim), real)
     screen = np.empty(batch * dim, real)
-    kernel = _bwd_complex if s.is_complex else _bwd_real
+    block = _bwd_block(npad, state_t)
+    kernel = (_bwd_complex if s.is_complex
+              else _bwd_real if length <= block else _bwd_real_long)
     _launch(kernel, _contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"],
             k["Dv"], k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
             s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
             dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
-            screen, _bwd_block(npad, real if not s.is_complex else state_t))
+            screen, block)
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)

@@ -173,6 +173,27 @@ def test_backward_matches_reference_every_gradient(rng, form_B, form_C, complex_
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("constant", "grouped"),
+                                           ("grouped", "constant")])
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "plain"])
+def test_long_row_backward_in_time_blocks(rng, monkeypatch, form_B, form_C, dtype, softplus):
+    """Rows longer than the records' block (here 16 steps, so 3 blocks of 16 and one of 7)
+    go to _bwd_real_long: every gradient still equals the reference's."""
+    kw = case(rng, form_B, form_C, False, dtype, length=55, softplus=softplus)
+    length = kw["u"].shape[2]
+    dtype_k = np.dtype(dtype)
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * dtype_k.itemsize)
+    assert numba_cpu._bwd_block(16, dtype_k) == 16 < length
+    dout = rng.standard_normal(kw["u"].shape).astype(dtype)
+    dlast = rng.standard_normal(kw["h0"].shape).astype(dtype)
+    g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    for key in GRAD_NAMES:
+        assert g[key].dtype == g_ref[key].dtype, key
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+
+
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_backward_without_optional_arguments(rng, complex_):
     kw = case(rng, complex_=complex_, extras=False, dstate=20)
