@@ -56,12 +56,13 @@ How it is computed
   overflow is seen without an extra pass.  Complex A is computed in complex128
   whatever the input dtype (a scalar ``cmath.exp`` loop, not tuned).
 * Backward: each row runs its forward again, keeping its decay factors
-  Abar_t and the products Abar_t h_{t-1} for one block of T steps (two
-  (T, N) scratch arrays per thread, at most ``_BWD_RECORD_BYTES``: they stay
-  in cache) and the state entering each block, then the reverse scan of the
-  reference block by block from the last, each block but the last first
-  recomputing its records from its saved state.  Never (B, D, L, N); for
-  L <= T nothing is recomputed.  Gradients of B and
+  Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
+  thread), then the reverse scan of the reference.  Rows longer than T
+  steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run in blocks of T
+  steps with the loop over blocks outside the loop over the thread's rows,
+  so that a block's B, C, dB and dC stay in cache; each row's state is
+  carried from block to block and every block's records are recomputed from
+  the state saved at its start.  Never (B, D, L, N).  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
   at the end (no races, no atomics).
@@ -1254,12 +1255,13 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     Notes
     -----
     Implements ``eq-selective-backward``.  Each (batch, channel) row reruns
-    its forward pass keeping the decay factors and states of one block of T
-    steps (and the state entering each block) in per-thread scratch, then
-    runs the reverse scan block by block, recomputing each earlier block
-    from its saved state; shared gradients (A, B, C, D, delta_bias) are
-    summed in per-thread copies.  Memory O(threads · (T + L/T) · N) scratch
-    plus per-thread copies of dB and dC, never (B, D, L, N).
+    its forward pass keeping its decay factors and states in per-thread
+    scratch, then runs the reverse scan; rows longer than T steps go through
+    both in blocks of T steps, all rows of a thread per block, recomputing
+    each block's records from its saved state.  Shared gradients (A, B, C, D,
+    delta_bias) are summed in per-thread copies.  Memory O(threads · T · N)
+    scratch, O(B · D · (L / T) · N) saved states when L > T, plus
+    per-thread copies of dB and dC, never (B, D, L, N).
 
     Examples
     --------
