@@ -27,11 +27,15 @@ How it is computed
 * Parallel over the B·D rows (``numba.prange``); each row runs the whole
   recurrence h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t with its state in a
   length-N scratch array, so nothing of size (B, D, L, N) is ever allocated.
-* The loop over the state dimension N is innermost, contiguous and
-  branch-free, and its exponential is :func:`fast._fastexp.fast_exp_clamped`
-  (its argument Δ·A is never positive), which LLVM vectorizes (the C
-  library's ``exp`` would not vectorize and caps the scan near 0.5 G state
-  updates per second per core).  The per-time-step
+* The loop over (a block of 16 of) the state dimension N is innermost,
+  contiguous and branch-free, inside the loop over time, so that the block's
+  state stays in vector registers for the whole row.  Its exponential is
+  ``2^(Δ A log2 e)`` (A is scaled once per row) by
+  :func:`fast._fastexp.fast_exp2_scan`, or :func:`fast._fastexp.fast_exp2_normal`
+  (no clamp) for a row whose arguments are all >= -125, which LLVM vectorizes
+  (the C library's ``exp`` would not vectorize and caps the scan near 0.5 G
+  state updates per second per core); chapter 11 counts the instructions per
+  update against the machine's limit.  The per-time-step
   work (bias, softplus, Δ·u, the D skip and the SiLU gate) is done in separate
   loops over L before and after the recurrence, also vectorized.  Three
   more things were needed for LLVM to vectorize well (each measured, see
@@ -53,8 +57,13 @@ How it is computed
   overflow is seen without an extra pass.  Complex A is computed in complex128
   whatever the input dtype (a scalar ``cmath.exp`` loop, not tuned).
 * Backward: each row runs its forward again, keeping its decay factors
-  Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per thread, O(L·N) per thread and never
-  (B, D, L, N)), then the reverse scan of the reference.  Gradients of B and
+  Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
+  thread), then the reverse scan of the reference.  Rows longer than T
+  steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run in blocks of T
+  steps with the loop over blocks outside the loop over the thread's rows,
+  so that a block's B, C, dB and dC stay in cache; each row's state is
+  carried from block to block and every block's records are recomputed from
+  the state saved at its start.  Never (B, D, L, N).  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
   at the end (no races, no atomics).
@@ -101,7 +110,8 @@ from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_args
 from ssm_ref.selective import write_state
 
-from ._fastexp import fast_exp_clamped, fast_sigmoid, fast_softplus
+from ._fastexp import (fast_exp2_normal, fast_exp2_scan, fast_exp_clamped, fast_sigmoid,
+                       fast_softplus)
 from ._launch import launch
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
@@ -129,6 +139,24 @@ _LANES = 16
 #: more), so that two threads never write into one cache line (false sharing
 #: made the two-thread backward pass slower than one thread, measured)
 _GAP = 64
+
+#: log2(e): the real kernels scale A by it once per row, so that their exponential is
+#: the cheaper ``2^x`` of :func:`fast._fastexp.fast_exp2_scan`
+_LOG2E = 1.4426950408889634
+
+#: the exps of a row whose arguments ``dt * A * log2(e)`` are all >= this are normal
+#: numbers: :func:`_all_normal`
+_NORMAL_LOW = -125.0
+
+#: the backward pass of a row keeps two records per step (Abar_t, Abar_t h_{t-1}): rows of
+#: up to T steps, with T such that the records fill at most this many bytes per thread
+#: (T = 16384 at N = 16 in float32), run row by row in _bwd_real, nothing recomputed;
+#: longer rows run in blocks of T steps with all of a thread's rows passing through one
+#: block before the next (_bwd_real_long), so that the block's B, C, dB and dC stay in
+#: cache, at the price of recomputing every block's records.  Measured (chapter 11):
+#: records of 2 MB per thread read back from the level-3 cache cost less than
+#: recomputing them; B, C, dB and dC rows of 4 MB each, as at L = 65536, do not.
+_BWD_RECORD_BYTES = 2 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +292,153 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
     return s
 
 
+@njit(fastmath=_FMK, error_model="numpy", cache=True)
+def _all_normal(dt, a2, zero):
+    """True if every ``dt_t * a2_n`` of the row is >= -125: its exps are normal numbers.
+
+    The kernels then use :func:`fast._fastexp.fast_exp2_normal` for the row (no
+    clamp, an integer add instead of a multiplication), else the clamped
+    :func:`fast._fastexp.fast_exp2_scan`.  NaN gives False.
+    """
+    lo = zero
+    for n in range(a2.size):
+        lo = min(lo, a2[n])
+    below = 0  # a count, not a max: an integer sum vectorizes (a float max needs "no NaN")
+    for t in range(dt.size):
+        below += 1 if dt[t] * lo < _NORMAL_LOW else 0
+    return below == 0
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: each call site's `normal` is a constant
+def _decay(x2, normal):
+    """``2^x2`` (= exp(dt A) for ``x2 = dt A log2 e``) by the variant the row allows."""
+    return fast_exp2_normal(x2) if normal else fast_exp2_scan(x2)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
+    """The recurrence of one row: y_t = <C_t, h_t>, h_t = exp(dt_t A) h_{t-1} + bu_t B_t.
+
+    Blocks of 16 states outside, time inside: the block's state and poles stay
+    in vector registers for the whole row (one block for N <= 16).
+    """
+    for t in range(L):
+        y[t] = zero
+    for n0 in range(0, N, _LANES):
+        for t in range(L):
+            dtt = dt[t]
+            but = bu[t]
+            Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
+            Ct = C_row[np.uint64(t * c_st)]  # (N,)
+            acc = zero
+            for j in range(_LANES):  # constant trip count: one vector, no remainder loop
+                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                hn = _decay(dtt * a2[n], normal) * h[n] + but * Bt[n]
+                h[n] = hn
+                acc += hn * Ct[n]
+            y[t] += acc
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                     b_st, c_st, zero, normal):
+    """The backward pass's forward sweep of one row, in blocks of T steps.
+
+    Adds y_t = <C_t, h_t> to ``y`` and dy_t h_t to dC_t; saves the state entering
+    each block in ``ck[k]``, and the records Abar_t and Abar_t h_{t-1} of the
+    current block in ``abar`` and ``ah`` (so the last block's records stay).
+    """
+    for n0 in range(0, N, _LANES):
+        i = T  # step inside the block: a new block starts at t = 0
+        k = 0
+        for t in range(L):
+            if i == T:
+                for j in range(_LANES):
+                    ck[k, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
+                k += 1
+                i = 0
+            dtt = dt[t]
+            but = bu[t]
+            dyt = dy[t]
+            Bt = B_row[np.uint64(t * b_st)]
+            Ct = C_row[np.uint64(t * c_st)]
+            dCt = dC_row[np.uint64(t * c_st)]
+            abar_t = abar[np.uint64(i)]
+            ah_t = ah[np.uint64(i)]
+            acc = zero
+            for j in range(_LANES):
+                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                at = _decay(dtt * a2[n], normal)
+                ahn = at * h[n]
+                hn = ahn + but * Bt[n]
+                abar_t[n] = at
+                ah_t[n] = ahn
+                h[n] = hn
+                acc += hn * Ct[n]
+                dCt[n] += dyt * hn
+            y[t] += acc
+            i += 1
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal):
+    """Records Abar_t, Abar_t h_{t-1} of block ``k`` (``tn`` steps from k T), states n0..n0+15,
+    recomputed from the state saved at the block's start."""
+    t0 = np.uint64(k * T)
+    for j in range(_LANES):
+        h[np.uint64(n0 + j)] = ck[k, np.uint64(n0 + j)]
+    for i in range(tn):
+        t = t0 + np.uint64(i)  # unsigned: no negative-index wraparound select
+        dtt = dt[t]
+        but = bu[t]
+        Bt = B_row[t * np.uint64(b_st)]
+        abar_t = abar[i]
+        ah_t = ah[i]
+        for j in range(_LANES):
+            n = np.uint64(n0 + j)
+            at = _decay(dtt * a2[n], normal)
+            ahn = at * h[n]
+            abar_t[n] = at
+            ah_t[n] = ahn
+            h[n] = ahn + but * Bt[n]
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row,
+                       b_st, c_st, pA, pB, zero):
+    """The reverse sweep (eq-selective-backward) over steps t0 + tn - 1 ... t0, states n0..n0+15.
+
+    ``g`` (dLoss/dh) and ``sdA`` (the dA sum) are carried in and out; adds
+    sum_n g_n ah_n A_n to ``pA[t]`` and sum_n g_n B_n to ``pB[t]``, g_n bu_t to dB_t.
+    ``abar``, ``ah`` hold the block's records, indexed from its first step.
+    """
+    t0 = np.uint64(t0)
+    for i in range(tn - 1, -1, -1):
+        t = t0 + np.uint64(i)  # unsigned: no negative-index wraparound select
+        ii = np.uint64(i)
+        dyt = dy[t]
+        dtt = dt[t]
+        but = bu[t]
+        Bt = B_row[t * np.uint64(b_st)]
+        Ct = C_row[t * np.uint64(c_st)]
+        dBt = dB_row[t * np.uint64(b_st)]
+        abar_t = abar[ii]
+        ah_t = ah[ii]
+        accA = zero
+        accB = zero
+        for j in range(_LANES):
+            n = np.uint64(n0 + j)
+            gn = g[n] + dyt * Ct[n]
+            ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
+            accA += ga * a[n]
+            sdA[n] += ga * dtt
+            accB += gn * Bt[n]
+            dBt[n] += gn * but
+            g[n] = gn * abar_t[n]
+        pA[t] += accA
+        pB[t] += accB
+
+
 # ---------------------------------------------------------------------------
 # real A: forward, backward, decoding step
 # ---------------------------------------------------------------------------
@@ -274,6 +449,7 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     # per-thread scratch, allocated here so the parallel body gets it as arguments
@@ -290,20 +466,15 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             s_in = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
                               softplus, dt, bu, z[b, d] if has_z else u[b, d], has_z)
             _row_start(A, h0, b, d, has_h0, zero, a, h)
+            for n in range(N):
+                a[n] *= log2e  # exp(dt a) = 2^(dt a log2 e): the argument of _decay
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-            for t in range(L):
-                dtt = dt[t]
-                but = bu[t]
-                Bt = Bx[bb, bg, t * b_st]  # (N,)
-                Ct = Cx[cb, cg, t * c_st]  # (N,)
-                acc = zero
-                for n0 in range(0, N, _LANES):
-                    for j in range(_LANES):  # constant trip count: one vector, no remainder loop
-                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                        hn = fast_exp_clamped(dtt * a[n]) * h[n] + but * Bt[n]
-                        h[n] = hn
-                        acc += hn * Ct[n]
-                y[t] = acc
+            B_row = Bx[bb, bg]  # (L or 1, N)
+            C_row = Cx[cb, cg]
+            if _all_normal(dt[:L], a[:N], zero):  # two copies of the loop, each one exp
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, True)
+            else:
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, False)
             s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
                                 z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
@@ -315,29 +486,41 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # Rows one after the other.  It is called for L <= block (one block: nothing is
+    # recomputed); for longer rows it would run in blocks recomputed row by row, but
+    # _backward sends those to _bwd_real_long, which keeps B, C, dB, dC in cache.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     nchunks = dA_c.shape[0]
+    T = min(block, L)  # time steps per block: its (T, N) records stay in cache
+    nblocks = (L + T - 1) // T
     # per-thread scratch, allocated here so the parallel body gets it as arguments
     dt_s = np.empty((nchunks, L + _GAP), u.dtype)
     bu_s = np.empty((nchunks, L + _GAP), u.dtype)
     y_s = np.empty((nchunks, L + _GAP), u.dtype)
     dy_s = np.empty((nchunks, L + _GAP), u.dtype)
-    abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
-    ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    pA_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/d(dt A_n) * A_n per step
+    pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
+    sz_s = np.empty((nchunks, L + _GAP), u.dtype)  # sigmoid(z_t), for dy and dz
+    abar_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
+    ah_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    ck_s = np.empty((nchunks, nblocks + 1, N), u.dtype)  # the state entering each block
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     h_s = np.empty((nchunks, N + _GAP), u.dtype)
     g_s = np.empty((nchunks, N + _GAP), u.dtype)
     sdA_s = np.empty((nchunks, N + _GAP), u.dtype)
     for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
-        dt, bu, y, dy = dt_s[c], bu_s[c], y_s[c], dy_s[c]
-        abar, ah = abar_s[c], ah_s[c]
-        a, h, g, sdA = a_s[c], h_s[c], g_s[c], sdA_s[c]
+        dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
+                                      sz_s[c])
+        abar, ah, ck = abar_s[c], ah_s[c], ck_s[c]
+        a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
             d = row - b * nd
@@ -352,69 +535,60 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 s += dout[b, d, t]
                 if has_z:
                     zz = z[b, d, t]
-                    dy[t] = dout[b, d, t] * zz * fast_sigmoid(zz)
+                    sz[t] = fast_sigmoid(zz)
+                    dy[t] = dout[b, d, t] * zz * sz[t]
                 else:
                     dy[t] = dout[b, d, t]
                 sD += dy[t] * u_row[t]
+                y[t] = zero
+                pA[t] = zero
+                pB[t] = zero
             _row_start(A, h0, b, d, has_h0, zero, a, h)
+            for n in range(N):
+                a2[n] = a[n] * log2e  # exp(dt a) = 2^(dt a log2 e)
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-            # forward again, keeping Abar_t and Abar_t h_{t-1}; dC_t = dy_t h_t on the way
-            for t in range(L):
-                dtt = dt[t]
-                but = bu[t]
-                dyt = dy[t]
-                Bt = Bx[bb, bg, t * b_st]
-                Ct = Cx[cb, cg, t * c_st]
-                dCt = dC_c[c, cb, cg, t * c_st]
-                abar_t = abar[t]
-                ah_t = ah[t]
-                acc = zero
-                for n0 in range(0, N, _LANES):
-                    for j in range(_LANES):
-                        n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                        at = fast_exp_clamped(dtt * a[n])
-                        ahn = at * h[n]
-                        hn = ahn + but * Bt[n]
-                        abar_t[n] = at
-                        ah_t[n] = ahn
-                        h[n] = hn
-                        acc += hn * Ct[n]
-                        dCt[n] += dyt * hn
-                y[t] = acc
+            B_row = Bx[bb, bg]  # (L or 1, N)
+            C_row = Cx[cb, cg]
+            dB_row = dB_c[c, bb, bg]
+            dC_row = dC_c[c, cb, cg]
+            # 1. forward again: y, dC_t = dy_t h_t, the state entering each block, and the
+            # records Abar_t, Abar_t h_{t-1} (overwritten block by block: the last one stays)
+            normal = _all_normal(dt[:L], a2[:N], zero)
+            if normal:  # two copies of the loop, each with one exp
+                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                 dC_row, b_st, c_st, zero, True)
+            else:
+                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                 dC_row, b_st, c_st, zero, False)
             if has_z:  # dz = dout * (y + D u) * silu'(z)
                 for t in range(L):
                     zz = z[b, d, t]
-                    sg = fast_sigmoid(zz)
+                    sg = sz[t]
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
                     s += dz[b, d, t]
-            # reverse scan: g = dLoss/dh_t  (eq-selective-backward)
+            # 2. reverse scan, block by block from the last: g = dLoss/dh_t
+            # (eq-selective-backward); each block but the last recomputes its records
+            # from the state saved at its start.  Time indices are unsigned (no
+            # negative-index wraparound selects).
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
-            for t in range(L - 1, -1, -1):
-                dyt = dy[t]
-                dtt = dt[t]
-                but = bu[t]
-                Bt = Bx[bb, bg, t * b_st]
-                Ct = Cx[cb, cg, t * c_st]
-                dBt = dB_c[c, bb, bg, t * b_st]
-                abar_t = abar[t]
-                ah_t = ah[t]
-                accA = zero
-                accB = zero
+            for k in range(nblocks - 1, -1, -1):
+                t0 = k * T
+                tn = min(T, L - t0)  # steps in this block
                 for n0 in range(0, N, _LANES):
-                    for j in range(_LANES):
-                        n = np.uint64(n0 + j)
-                        gn = g[n] + dyt * Ct[n]
-                        ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
-                        accA += ga * a[n]
-                        sdA[n] += ga * dtt
-                        accB += gn * Bt[n]
-                        dBt[n] += gn * but
-                        g[n] = gn * abar_t[n]
-                du[b, d, t] = dtt * accB + Dd * dyt
-                ddelta[b, d, t] = accA + u_row[t] * accB
+                    if k < nblocks - 1 and normal:
+                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
+                                           b_st, True)
+                    elif k < nblocks - 1:
+                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
+                                           b_st, False)
+                    _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
+                                       dB_row, b_st, c_st, pA, pB, zero)
+            for t in range(L):
+                du[b, d, t] = dt[t] * pB[t] + Dd * dy[t]
+                ddelta[b, d, t] = pA[t] + u_row[t] * pB[t]
                 s += du[b, d, t] + ddelta[b, d, t]
             # through softplus (derivative sigmoid, 1 above 20) and the bias
             sb = zero
@@ -432,6 +606,173 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 dh0[b, d, n] = g[n]
                 s += g[n]
             screen[row] = s  # not finite: bad input, or float32 overflowed
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+                   has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+                   du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # _bwd_real for L > block: the same arithmetic with the loops over time blocks outside
+    # and the thread's rows inside, so that a block's B, C, dB and dC (shared by the rows)
+    # stay in cache while every row passes through it; each row's state, dLoss/dh, dA sum
+    # and the state entering each block are carried between blocks in per-row scratch.
+    # Every block's records are recomputed in the reverse sweep (also the last one).
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    nrows = nb * nd
+    nchunks = dA_c.shape[0]
+    T = min(block, L)
+    nblocks = (L + T - 1) // T
+    maxrows = nrows // nchunks + 1
+    # per-thread scratch of one block
+    dt_s = np.empty((nchunks, T + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, T + _GAP), u.dtype)
+    y_s = np.empty((nchunks, T + _GAP), u.dtype)
+    dy_s = np.empty((nchunks, T + _GAP), u.dtype)
+    pA_s = np.empty((nchunks, T + _GAP), u.dtype)
+    pB_s = np.empty((nchunks, T + _GAP), u.dtype)
+    sz_s = np.empty((nchunks, T + _GAP), u.dtype)
+    abar_s = np.empty((nchunks, T + 1, N), u.dtype)
+    ah_s = np.empty((nchunks, T + 1, N), u.dtype)
+    a_s = np.empty((nchunks, N + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, N + _GAP), u.dtype)
+    # per-row scratch carried from block to block
+    h_s = np.empty((nchunks, maxrows, N), u.dtype)
+    g_s = np.empty((nchunks, maxrows, N), u.dtype)
+    sdA_s = np.empty((nchunks, maxrows, N), u.dtype)
+    ck_s = np.empty((nchunks, maxrows, nblocks, N), u.dtype)  # state entering each block
+    sums_s = np.zeros((nchunks, maxrows, 3), u.dtype)  # screen, dD and d delta_bias sums
+    for c in prange(nchunks):
+        dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
+                                      sz_s[c])
+        abar, ah, a, a2 = abar_s[c], ah_s[c], a_s[c], a2_s[c]
+        r0 = c * nrows // nchunks
+        r1 = (c + 1) * nrows // nchunks
+        # 1. forward sweep: y, dz and dC, and the state entering each block
+        for k in range(nblocks):
+            t0 = k * T
+            tn = min(T, L - t0)
+            for row in range(r0, r1):
+                r = row - r0
+                b = row // nd
+                d = row - b * nd
+                h, sums = h_s[c, r], sums_s[c, r]
+                bias_d = bias[d] if has_bias else zero
+                Dd = Dv[d] if has_D else zero
+                u_blk = u[b, d, t0:t0 + tn]
+                z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
+                dout_blk = dout[b, d, t0:t0 + tn]
+                s = _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu,
+                               z_blk, has_z)
+                sD = zero
+                for i in range(tn):
+                    s += dout_blk[i]
+                    if has_z:
+                        sz[i] = fast_sigmoid(z_blk[i])
+                        dy[i] = dout_blk[i] * z_blk[i] * sz[i]
+                    else:
+                        dy[i] = dout_blk[i]
+                    sD += dy[i] * u_blk[i]
+                    y[i] = zero
+                if k == 0:
+                    _row_start(A, h0, b, d, has_h0, zero, a, h)
+                for n in range(N):
+                    a2[n] = A[d, n] * log2e
+                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]  # (tn or 1, N)
+                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                dC_blk = dC_c[c, cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                ck_k = ck_s[c, r, k:k + 1]
+                if _all_normal(dt[:tn], a2[:N], zero):
+                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                     C_blk, dC_blk, b_st, c_st, zero, True)
+                else:
+                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                     C_blk, dC_blk, b_st, c_st, zero, False)
+                if has_z:  # dz = dout * (y + D u) * silu'(z)
+                    dz_blk = dz[b, d, t0:t0 + tn]
+                    for i in range(tn):
+                        zz = z_blk[i]
+                        sg = sz[i]
+                        v = y[i] + Dd * u_blk[i]
+                        dz_blk[i] = dout_blk[i] * v * sg * (one + zz * (one - sg))
+                        s += dz_blk[i]
+                sums[0] += s
+                sums[1] += sD
+        # 2. reverse sweep, blocks from the last: recompute the block's records, then back
+        for k in range(nblocks - 1, -1, -1):
+            t0 = k * T
+            tn = min(T, L - t0)
+            for row in range(r0, r1):
+                r = row - r0
+                b = row // nd
+                d = row - b * nd
+                h, g, sdA, sums = h_s[c, r], g_s[c, r], sdA_s[c, r], sums_s[c, r]
+                bias_d = bias[d] if has_bias else zero
+                Dd = Dv[d] if has_D else zero
+                u_blk = u[b, d, t0:t0 + tn]
+                z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
+                dout_blk = dout[b, d, t0:t0 + tn]
+                _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu, z_blk,
+                           has_z)  # dt and bu again (the sum was taken in the sweep)
+                for i in range(tn):
+                    if has_z:
+                        zz = z_blk[i]
+                        dy[i] = dout_blk[i] * zz * fast_sigmoid(zz)
+                    else:
+                        dy[i] = dout_blk[i]
+                    pA[i] = zero
+                    pB[i] = zero
+                if k == nblocks - 1:
+                    for n in range(N):
+                        g[n] = dlast[b, d, n] if has_dlast else zero
+                        sdA[n] = zero
+                for n in range(N):
+                    a[n] = A[d, n]
+                    a2[n] = A[d, n] * log2e
+                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
+                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                dB_blk = dB_c[c, bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
+                ck_k = ck_s[c, r, k:k + 1]
+                normal = _all_normal(dt[:tn], a2[:N], zero)
+                for n0 in range(0, N, _LANES):
+                    if normal:
+                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
+                                           b_st, True)
+                    else:
+                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
+                                           b_st, False)
+                    _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
+                                       dB_blk, b_st, c_st, pA, pB, zero)
+                s = zero
+                sb = zero
+                du_blk = du[b, d, t0:t0 + tn]
+                ddelta_blk = ddelta[b, d, t0:t0 + tn]
+                delta_blk = delta[b, d, t0:t0 + tn]
+                for i in range(tn):
+                    du_blk[i] = dt[i] * pB[i] + Dd * dy[i]
+                    gd = pA[i] + u_blk[i] * pB[i]
+                    s += du_blk[i] + gd
+                    if softplus:  # through softplus (derivative sigmoid, 1 above 20)
+                        raw = delta_blk[i] + bias_d
+                        gd = gd if raw > 20 else gd * fast_sigmoid(raw)
+                    ddelta_blk[i] = gd
+                    sb += gd
+                sums[0] += s
+                sums[2] += sb
+                if k == 0:
+                    dbias_c[c, d] += sums[2]
+                    dD_c[c, d] += sums[1]
+                    for n in range(N):
+                        dA_c[c, d, n] += sdA[n]
+                        dh0[b, d, n] = g[n]
+                        sums[0] += g[n]
+                    screen[row] = sums[0]  # not finite: bad input, or float32 overflowed
 
 
 @njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
@@ -503,7 +844,8 @@ def _fwd_complex(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @njit(parallel=True, error_model="numpy", cache=True)
 def _bwd_complex(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                  has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-                 du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+                 du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+    # block (the real kernel's steps per block) is unused: no per-block records here
     nb, nd, L = u.shape
     N = A.shape[1]
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
@@ -769,6 +1111,12 @@ def _fitting_kernel_args(s):
     return real, k
 
 
+def _bwd_block(npad, dtype):
+    """Time steps per block of the real backward kernel: :data:`_BWD_RECORD_BYTES` for two
+    (T, ``npad``) records of ``dtype``, at least 16."""
+    return max(16, _BWD_RECORD_BYTES // (2 * npad * np.dtype(dtype).itemsize))
+
+
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
@@ -801,12 +1149,14 @@ def _backward(s, k, real, dout, dlast_state):
     dD_c = np.zeros((nchunks, dim), real)
     dbias_c = np.zeros((nchunks, dim), real)
     screen = np.empty(batch * dim, real)
-    kernel = _bwd_complex if s.is_complex else _bwd_real
+    block = _bwd_block(npad, state_t)
+    kernel = (_bwd_complex if s.is_complex
+              else _bwd_real if length <= block else _bwd_real_long)
     _launch(kernel, _contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"],
             k["Dv"], k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
             s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
             dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
-            screen)
+            screen, block)
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
@@ -882,10 +1232,13 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     Notes
     -----
     Implements ``eq-selective-backward``.  Each (batch, channel) row reruns
-    its forward pass keeping its (L, N) states and decay factors in per-thread
-    scratch, then runs the reverse scan; shared gradients (A, B, C, D,
-    delta_bias) are summed in per-thread copies.  Memory O(threads · L · N)
-    scratch plus per-thread copies of dB and dC, never (B, D, L, N).
+    its forward pass keeping its decay factors and states in per-thread
+    scratch, then runs the reverse scan; rows longer than T steps go through
+    both in blocks of T steps, all rows of a thread per block, recomputing
+    each block's records from its saved state.  Shared gradients (A, B, C, D,
+    delta_bias) are summed in per-thread copies.  Memory O(threads · T · N)
+    scratch, O(B · D · (L / T) · N) saved states when L > T, plus
+    per-thread copies of dB and dC, never (B, D, L, N).
 
     Examples
     --------

@@ -49,6 +49,36 @@ def test_rates_are_positive_and_below_the_machine_limit(quick_result):
 
 
 
+
+def test_peer_rows_are_timed_or_say_why(quick_result):
+    """The side-by-side table: three peers (timed after agreeing with ours, or skipped with a
+    reason), then the reference and the fast path, both timed."""
+    rows = quick_result["peers"]
+    names = [row["name"] for row in rows]
+    assert names[-2:] == ["ssm_ref.selective_scan", 'fast.selective_scan(backend="numba")']
+    assert len(rows) == 5 and any("selective_scan_ref" in n for n in names[:3])
+    for row in rows:
+        if "skipped" in row:
+            assert isinstance(row["skipped"], str) and row["skipped"], row
+        else:
+            assert row["time_s"] > 0 and row["G_per_s"] > 0, row
+    assert all("time_s" in row for row in rows[-2:])
+    for row in rows[:3]:  # a timed peer agreed with fast.selective_scan first
+        assert "skipped" in row or row["max_abs_diff"] <= 1e-3, row
+
+
+def test_official_reference_is_read_from_a_checkout_or_refused(tmp_path):
+    from fast.bench import peers
+    run, reason = peers.official_peer(None)
+    assert run is None and "--mamba-src" in reason and "MAMBA_SRC" in reason
+    with pytest.raises(ValueError, match="selective_scan_interface.py"):
+        peers.load_official_ref(tmp_path)  # not a clone: the file is named
+    target = tmp_path / peers.OFFICIAL_FILE
+    target.parent.mkdir(parents=True)
+    target.write_text("import selective_scan_cuda\n\ndef other():\n    pass\n")
+    with pytest.raises(ValueError, match="defines no selective_scan_ref"):
+        peers.load_official_ref(tmp_path)  # the module's imports are never run
+
 # --------------------------------------------------------------------------- fast.bench.train
 @pytest.fixture(scope="module")
 def train_module():

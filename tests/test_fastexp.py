@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fast._fastexp import exp_array, fast_exp, fast_sigmoid, fast_softplus
+from fast._fastexp import (exp_array, fast_exp, fast_exp2_normal, fast_exp2_scan,
+                           fast_sigmoid, fast_softplus)
 
 #: (dtype, smallest x with a normal result, largest x with a finite result)
 RANGES = {np.float32: (-87.33, 88.72), np.float64: (-708.39, 709.78)}
@@ -143,3 +144,32 @@ def test_vectorized_exp_is_faster_than_libm():
         return min(times)
 
     assert best(_serial_fast) < best(_serial_libm)
+
+
+@njit(fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _exp2_both(x, scan, normal):  # the kernels' fastmath flags
+    for i in range(x.size):
+        scan[i] = fast_exp2_scan(x[i])
+        normal[i] = fast_exp2_normal(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scan_exp2_one_ulp_and_flush_to_zero(dtype):
+    """The scan kernels' 2^x: within 1 ulp where normal, exactly 0 below 2^-(emin + 1/2)."""
+    emin = 126 if dtype == np.float32 else 1022
+    x = np.concatenate([np.linspace(-emin + 1, 0, 400_001),
+                        -np.logspace(-30, 0, 1001)]).astype(dtype)
+    scan, normal = np.empty_like(x), np.empty_like(x)
+    _exp2_both(x, scan, normal)
+    exact = np.exp2(x.astype(np.longdouble))
+    ulp = np.abs(scan.astype(np.longdouble) - exact) / np.spacing(
+        exact.astype(dtype)).astype(np.longdouble)
+    assert float(ulp.max()) <= 1.0
+    assert np.all(scan[x == 0] == 1.0) and np.all(scan[x == -1] == 0.5)  # exact at integers
+    ok = x >= -125  # the unclamped variant's range: the same numbers
+    assert np.array_equal(normal[ok], scan[ok])
+    low = np.array([-emin - 0.6, -emin - 1, -emin - 100, -1e30, -np.finfo(dtype).max], dtype)
+    out_low, _ = np.empty_like(low), np.empty_like(low)
+    _exp2_both(low, out_low, _)
+    assert np.all(out_low == 0.0)
+    assert np.array_equal(fast_exp2_scan(low), out_low)  # the Python version agrees

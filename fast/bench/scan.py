@@ -24,6 +24,12 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
+* peers (``fast.bench.peers``), when installed (``pip install -e ".[peers]"``):
+  the official ``selective_scan_ref`` (PyTorch CPU; from a clone of
+  state-spaces/mamba given by ``--mamba-src DIR`` or ``MAMBA_SRC``), mambapy's
+  ``pscan`` and ``jax.lax.associative_scan`` under ``jit``, forward at the
+  headline size, each checked against ``fast.selective_scan`` before it is
+  timed; a missing peer is a row that says why;
 * linear scaling: the scan's forward time against NumPy softmax attention
   of the same width (single head, d = D) as L grows, up to the largest L
   whose L x L float32 score matrix fits in ``--attention-gb``;
@@ -47,8 +53,9 @@ from numba import njit, prange
 import fast
 import ssm_ref
 from fast import numba_cpu
-from fast._fastexp import fast_exp_clamped
+from fast._fastexp import fast_exp2_scan
 from fast._launch import launch  # the one lock of parallel launches
+from fast.bench import peers as bench_peers
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
 from ssm_ref.cli import OneLineParser, output_dir
 
@@ -132,7 +139,9 @@ def machine_limit_kernel(x, passes, out, nchunks):
     Each thread runs ``passes`` times over its own block of ``x``,
     ``y = exp(s x) * y + x`` with a scale ``s`` that changes every pass (so
     nothing can be hoisted), all in L1 cache: no loads of B or C, no dot
-    product, no recurrence.  An upper bound for the scan's inner loop.
+    product, no recurrence.  An upper bound for the scan's inner loop.  The
+    exp is the scan kernels' own (:func:`fast._fastexp.fast_exp2_scan`, with
+    ``x`` read as the argument in base 2, as the kernels pass it).
     """
     n = x.shape[1]
     y_s = np.zeros((nchunks, n), x.dtype)
@@ -142,7 +151,7 @@ def machine_limit_kernel(x, passes, out, nchunks):
         for p in range(passes):
             scale = x.dtype.type(1.0 - 1e-7 * p)
             for i in range(n):
-                y[i] = fast_exp_clamped(scale * xc[i]) * y[i] + xc[i]
+                y[i] = fast_exp2_scan(scale * xc[i]) * y[i] + xc[i]
         out[c] = y[0]
 
 
@@ -280,6 +289,37 @@ def run_headline(repeats, ref_dim_backward, limit):
         "forward_fraction_of_limit": g(t_fwd) / limit,
         "backward_fraction_of_limit": g(t_bwd) / limit,
     }
+
+
+def run_peers(repeats, headline, mamba_src):
+    """The side-by-side table at the headline size: peers, the reference, the fast path.
+
+    Each peer is checked against ``fast.selective_scan`` before it is timed
+    (:func:`fast.bench.peers.run_peers`); ours come from ``headline``.
+    """
+    kw = make_inputs(**HEADLINE)
+    want = numba_cpu.selective_scan(**kw).astype(np.float64)
+    rows = bench_peers.run_peers(kw, want, median_time, max(1, repeats // 2), mamba_src)
+    rows += [{"name": "ssm_ref.selective_scan", "time_s": headline["ref_forward_s"]},
+             {"name": 'fast.selective_scan(backend="numba")',
+              "time_s": headline["numba_forward_s"]}]
+    n_up = headline["state_updates"]
+    for row in rows:
+        if "time_s" in row:
+            row["G_per_s"] = n_up / row["time_s"] / 1e9
+    return rows
+
+
+def print_peers(rows):
+    s = HEADLINE
+    print(f"\nforward side by side, B={s['batch']} D={s['dim']} L={s['length']} "
+          f"N={s['dstate']} float32, variable B/C, D, z, delta_bias, softplus:")
+    print(f"{'implementation':46s}{'time (ms)':>11s}{'G upd/s':>10s}")
+    for row in rows:
+        if "time_s" in row:
+            print(f"{row['name']:46s}{row['time_s'] * 1e3:11.1f}{row['G_per_s']:10.3f}")
+        else:
+            print(f"{row['name']:46s}  skipped: {row['skipped']}")
 
 
 def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
@@ -495,6 +535,10 @@ def main(argv=None, prog=None):
                         help="directory for JSON and PNG (default: benchmarks/results under "
                              "the current directory)")
     parser.add_argument("--no-plot", action="store_true", help="write JSON only")
+    parser.add_argument("--mamba-src", type=Path, default=None, metavar="DIR",
+                        help="a clone of state-spaces/mamba: time its selective_scan_ref too "
+                             "(default: the environment variable MAMBA_SRC; needs the peers "
+                             "extra)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     if repeats < 1:
@@ -505,6 +549,8 @@ def main(argv=None, prog=None):
     limit = machine_limit(updates(s["batch"], s["dim"], s["length"], s["dstate"]), repeats)
     headline = run_headline(repeats, ref_dim_backward=96, limit=limit)
     print_headline(headline, machine)
+    peer_rows = run_peers(repeats, headline, args.mamba_src)
+    print_peers(peer_rows)
 
     lengths = [256, 1024, 4096] if args.quick else [256, 1024, 4096, 16384, 65536]
     print("\nsweep (B=1, D=256, float32):")
@@ -525,7 +571,8 @@ def main(argv=None, prog=None):
                                  "the sweep the reference ran with D=16, at L <= "
                                  f"{1024 if args.quick else 4096} only, and longer L reuse the "
                                  "rate of the longest measured L (its cost is linear in L)"),
-              "headline": headline, "sweep": sweep, "attention": attention_rows, "gpu": gpu}
+              "headline": headline, "peers": peer_rows, "sweep": sweep,
+              "attention": attention_rows, "gpu": gpu}
     tag = "cpu_quick" if args.quick else "cpu"
     if not args.no_plot:
         result["plots"] = plot(result, args.out, tag)
