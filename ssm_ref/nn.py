@@ -322,8 +322,20 @@ def _check_conv1d(x, weight, bias, check=True):
     return x, weight, bias
 
 
-def causal_conv1d(x, weight, bias=None, *, check=True):
-    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1).
+#: The values of ``activation`` that :func:`causal_conv1d` takes ("swish" is SiLU's other name).
+CONV_ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_activation(activation):
+    """``activation`` of the causal convolution: None or "silu" ("swish" is read as "silu")."""
+    if not (activation is None or isinstance(activation, str)) or activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"Parameter activation = {activation!r} is not one of "
+                         f"{list(CONV_ACTIVATIONS)}")
+    return None if activation is None else "silu"
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, *, check=True):
+    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1), then SiLU or not.
 
     ``y[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (K-1) + k]`` with
     ``x`` taken as zero before ``t = 0``.  This is PyTorch's
@@ -337,6 +349,11 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     weight : array_like, shape (D, K)
         The official ``conv1d.weight`` (D, 1, K) with the middle axis squeezed.
     bias : array_like, shape (D,), optional
+    activation : {None, "silu", "swish"}, default None
+        Applied to the convolution's output: None for none, ``"silu"`` (or its
+        other name ``"swish"``) for :func:`silu`, as Mamba applies it right
+        after the convolution.  The argument of the official
+        ``causal_conv1d_fn`` (Dao-AILab/causal-conv1d), with the same values.
 
     Returns
     -------
@@ -346,8 +363,16 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     Raises
     ------
     ValueError
-        If ``x`` is not 3-D, ``weight`` is not (D, K), ``bias`` is not (D,), or
-        an input is not finite.
+        If ``x`` is not 3-D, ``weight`` is not (D, K), ``bias`` is not (D,),
+        an input is not finite, or ``activation`` is not one of the above.
+
+    Notes
+    -----
+    The official ``causal_conv1d_fn`` takes the same ``x`` (B, D, L),
+    ``weight`` (D, K), ``bias`` and ``activation``; its sequence indices,
+    initial and final states (for packed sequences and chunked prefill) are
+    not offered here.  ``fast.causal_conv1d(..., backend="numba")`` is the
+    fused compiled version (convolution and SiLU in one pass).
 
     Examples
     --------
@@ -355,7 +380,10 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])  # (B=1, D=1, L=4)
     >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))  # y_t = x_{t-1} + 10 x_t
     array([[[10., 21., 32., 43.]]])
+    >>> causal_conv1d(np.array([[[-2.0, 1.0, 0.0]]]), np.array([[1.0]]), activation="silu")
+    array([[[-0.23840584,  0.73105858,  0.        ]]])
     """
+    activation = _check_activation(activation)
     x, weight, bias = _check_conv1d(x, weight, bias, check)
     xp = array_module(x, weight, bias)
     n_batch, n_chan, length = x.shape
@@ -366,15 +394,21 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
         y += weight[:, k, None] * xpad[:, :, k:k + length]  # tap k sees x[t-(K-1)+k]
     if bias is not None:
         y += bias[:, None]
+    if activation is not None:
+        y = silu(y, check=False)  # (B, D, L)
     return _out(y, x)
 
 
-def causal_conv1d_backward(dy, x, weight, bias=None, *, check=True):
+def causal_conv1d_backward(dy, x, weight, bias=None, activation=None, *, check=True):
     """Gradients of :func:`causal_conv1d`.
 
-    With the padded input ``xp`` (K-1 zeros in front): ``dweight[d, k] =
-    sum_{b,t} dy[b, d, t] xp[b, d, t + k]``, ``dxp[b, d, t + k] += weight[d, k]
-    dy[b, d, t]`` (then drop the padding), ``dbias = sum_{b,t} dy``.
+    With ``activation="silu"`` the convolution's output is recomputed and the
+    gradient taken through the SiLU first (:func:`silu_backward`); then, with
+    ``g`` that gradient and the padded input ``xp`` (K-1 zeros in front):
+    ``dweight[d, k] = sum_{b,t} g[b, d, t] xp[b, d, t + k]``,
+    ``dxp[b, d, t + k] += weight[d, k] g[b, d, t]`` (then drop the padding),
+    ``dbias = sum_{b,t} g``.  The official package's backward
+    (``causal_conv1d_bwd``) returns the same three gradients.
 
     Returns
     -------
@@ -390,11 +424,15 @@ def causal_conv1d_backward(dy, x, weight, bias=None, *, check=True):
     >>> dx, dw, db
     (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
     """
+    activation = _check_activation(activation)
     x, weight, bias = _check_conv1d(x, weight, bias, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
+    if activation is not None:  # through the SiLU first, at the recomputed convolution output
+        x_conv = causal_conv1d(x, weight, bias, check=False).astype(np.float64, copy=False)
+        dy = silu_backward(dy, x_conv, check=False)  # (B, D, L)
     xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
     dxpad = xp.zeros_like(xpad)  # (B, D, L+K-1)
     dweight = xp.zeros((n_chan, K))  # (D, K)
