@@ -149,7 +149,9 @@ def resolve_backend(name):
         ``"ref"`` gives :func:`ssm_ref.selective_scan` and
         :func:`ssm_ref.selective_scan_backward`; the others give
         ``functools.partial(fast.selective_scan, backend=name)`` and the same
-        for ``fast.selective_scan_backward``.
+        for ``fast.selective_scan_backward``; the ``"numba"`` pair also carries
+        the fused inner path (:func:`fast.attach_inner_path`), which the
+        Mamba and Vim blocks then run.
 
     Returns
     -------
@@ -177,8 +179,11 @@ def resolve_backend(name):
     if not available:
         have = ", ".join(b for b, (ok, _) in status.items() if ok)
         raise CLIError(f"backend {name!r} is not available here ({reason}); available: {have}")
-    return (functools.partial(fast.selective_scan, backend=name),
+    pair = (functools.partial(fast.selective_scan, backend=name),
             functools.partial(fast.selective_scan_backward, backend=name))
+    if name == "numba":  # the blocks then run the fused inner path (fast.numba_fused)
+        fast.attach_inner_path(*pair)
+    return pair
 
 
 def _parse_options(items, flag):

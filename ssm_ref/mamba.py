@@ -439,6 +439,23 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
     return y, cache, last_state
 
 
+def inner_path_functions(scan_fn, scan_backward_fn):
+    """The inner path a block runs with these scan functions: ``(forward, backward)``.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry the fused
+    inner path of ``fast.numba_fused`` (an ``inner_path`` attribute on each:
+    the causal conv and its SiLU in one kernel, the projections channels
+    first, no transposes); it is used when both functions have one.
+    Otherwise, the reference :func:`inner_forward` and :func:`inner_backward`.
+    Both pairs take and return the same things; each reads only its own cache.
+    """
+    fwd = getattr(scan_fn, "inner_path", None)
+    bwd = getattr(scan_backward_fn, "inner_path", None)
+    if fwd is None or bwd is None:
+        return inner_forward, inner_backward
+    return fwd, bwd
+
+
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     """Gradients of :func:`mamba_inner_forward`, layer by layer in reverse order.
 
@@ -726,9 +743,10 @@ class MambaBlock(Module):
         # [book:mamba-block-forward]
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, L, 2D)
-        y, inner, last_state = inner_forward(xz.transpose(0, 2, 1),
-                                             inner_path_weights(self._params), self.scan_fn,
-                                             return_last_state)  # (B, D, L)
+        path_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
+        y, inner, last_state = path_forward(xz.transpose(0, 2, 1),
+                                            inner_path_weights(self._params), self.scan_fn,
+                                            return_last_state)  # (B, D, L)
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:mamba-block-forward]
@@ -795,9 +813,10 @@ class MambaBlock(Module):
             self._w("out_proj.bias"), check=False)
 
         # y = inner path(xz): the scan, dt_proj, x_proj, SiLU, conv1d in reverse
-        dxz, g_inner = inner_backward(dy_tok.transpose(0, 2, 1), cache,
-                                      inner_path_weights(self._params),
-                                      self.scan_backward_fn)  # (B, 2D, L)
+        _, path_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
+        dxz, g_inner = path_backward(dy_tok.transpose(0, 2, 1), cache,
+                                     inner_path_weights(self._params),
+                                     self.scan_backward_fn)  # (B, 2D, L)
         g.update(g_inner)
 
         # xz = in_proj(u)

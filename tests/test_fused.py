@@ -19,6 +19,7 @@ import fast
 import ssm_ref as sr
 from ssm_ref import MambaBlock
 from ssm_ref.fused import INNER_FN_ARGS, block_arguments, mamba_inner_fn, mamba_inner_fn_backward
+from fast import numba_fused
 
 SMALL = dict(d_model=8, d_state=4)
 
@@ -173,7 +174,7 @@ def test_inner_fn_bad_input(change, error, match):
     args = {"xz": np.ones((1, 16, 3)), **block_arguments(MambaBlock(d_model=4, d_state=2).params)}
     args.update(change)
     for fn in (mamba_inner_fn, functools.partial(mamba_inner_fn_backward, np.ones((1, 3, 4))),
-               ):  # NUMBA_BAD_INPUT
+               functools.partial(fast.mamba_inner_fn, backend="numba")):
         with pytest.raises(error, match=match):
             fn(**args)
 
@@ -184,3 +185,147 @@ def test_inner_fn_backward_checks_dout():
         mamba_inner_fn_backward(np.ones((1, 3, 5)), **args)
     with pytest.raises(ValueError, match="dout"):
         mamba_inner_fn_backward(np.full((1, 3, 4), np.inf), **args)
+
+
+# --------------------------------------------------------------------------- Numba against the twins
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+
+
+@DTYPES
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("view", ["contiguous", "channel-slice", "flipped"])
+def test_numba_conv_matches_reference(rng, dtype, activation, with_bias, view):
+    xz = rng.standard_normal((3, 10, 11)).astype(dtype)  # (B, 2D, L), D = 5
+    x = {"contiguous": np.ascontiguousarray(xz[:, :5]), "channel-slice": xz[:, :5],
+         "flipped": xz[:, :5, ::-1]}[view]
+    w = rng.standard_normal((5, 4)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype) if with_bias else None
+    y = fast.causal_conv1d(x, w, b, activation, backend="numba")
+    assert_close(y, sr.causal_conv1d(x.astype(np.float64), w.astype(np.float64), b
+                                     if b is None else b.astype(np.float64), activation),
+                 kind="backend", dtype=dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    got = fast.causal_conv1d_backward(dy, x, w, b, activation, backend="numba")
+    want = sr.causal_conv1d_backward(dy.astype(np.float64), x.astype(np.float64),
+                                     w.astype(np.float64),
+                                     None if b is None else b.astype(np.float64), activation)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        if r is None:
+            assert g is None
+        else:
+            assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
+
+
+def test_numba_conv_errors_are_the_reference_ones():
+    for call in (lambda m: m.causal_conv1d(np.ones((1, 3, 5)), np.ones((2, 4))),
+                 lambda m: m.causal_conv1d(np.ones((1, 3, 5)), np.ones((3, 4)), activation="gelu"),
+                 lambda m: m.causal_conv1d_backward(np.ones((1, 3, 4)), np.ones((1, 3, 5)),
+                                                    np.ones((3, 4)))):
+        with pytest.raises(ValueError) as ref_err:
+            call(sr)
+        with pytest.raises(ValueError) as numba_err:
+            call(numba_fused)
+        assert str(numba_err.value) == str(ref_err.value)
+
+
+def test_fused_pieces_have_no_cuda_backend(rng):
+    x, w = np.ones((1, 2, 3)), np.ones((2, 2))
+    with pytest.raises(RuntimeError, match="cuda"):
+        fast.causal_conv1d(x, w, backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        fast.causal_conv1d(x, w, backend="gpu")
+    assert_close(fast.causal_conv1d(x, w, backend="ref"), sr.causal_conv1d(x, w))
+
+
+def inner_variant(rng, variant, batch=2, length=7):
+    block, _, xz = block_case(rng, batch=batch, length=length,
+                              conv_bias=variant != "no-optionals", bias=variant == "block")
+    args = block_arguments(block.params)
+    D, N = args["A"].shape
+    if variant == "no-optionals":
+        args.update(D=None, delta_bias=None, out_proj_bias=None)
+    if variant == "given-BC":
+        args.update(B=rng.standard_normal((D, N)), C=rng.standard_normal((batch, N, length)))
+    softplus = variant != "no-softplus"
+    if not softplus:
+        args["delta_bias"] = np.abs(args["delta_bias"]) + 0.5
+        args["delta_proj_weight"] = 0.1 * args["delta_proj_weight"]
+    return xz, args, softplus
+
+
+@DTYPES
+@pytest.mark.parametrize("variant", ["block", "no-optionals", "given-BC", "no-softplus"])
+def test_numba_inner_fn_matches_reference(rng, dtype, variant):
+    xz, args, softplus = inner_variant(rng, variant)
+    out = fast.mamba_inner_fn(xz.astype(dtype), **args, delta_softplus=softplus, backend="numba")
+    assert_close(out, mamba_inner_fn(xz, **args, delta_softplus=softplus), kind="backend",
+                 dtype=dtype)
+    dout = rng.standard_normal(out.shape)
+    g = fast.mamba_inner_fn_backward(dout.astype(dtype), xz.astype(dtype), **args,
+                                     delta_softplus=softplus, backend="numba")
+    ref = mamba_inner_fn_backward(dout, xz, **args, delta_softplus=softplus)
+    for name in INNER_FN_ARGS:
+        if ref[name] is None:
+            assert g[name] is None, name
+            continue
+        want = dtype if name == "xz" else ref[name].dtype  # each gradient in its argument's dtype
+        assert_close(g[name], ref[name], kind="backend", dtype=want, precision=dtype,
+                     err_msg=name)
+
+
+# --------------------------------------------------------------------------- blocks on the fused path
+def block_pair(make, **kw):
+    """The same block twice: on the reference functions, and on fast.scan_functions('numba')."""
+    ref_block = make(**kw)
+    numba_block = make(**kw)
+    numba_block.set_backend(*fast.scan_functions("numba"))
+    return ref_block, numba_block
+
+
+@pytest.mark.parametrize("make", [
+    functools.partial(MambaBlock, d_model=8, d_state=4, seed=3),
+    functools.partial(MambaBlock, d_model=8, d_state=4, seed=3, conv_bias=False, bias=True),
+    functools.partial(sr.vision.VimMixer, d_model=8, d_state=4, seed=3),
+    functools.partial(sr.vision.VimBlock, d_model=8, d_state=4, seed=3),
+], ids=["mamba", "mamba-bias", "vim-mixer", "vim-block"])
+def test_blocks_use_the_fused_path_with_numba(rng, make, monkeypatch):
+    ref_block, numba_block = block_pair(make)
+    x = rng.standard_normal((2, 9, 8))
+    calls = []
+    real_conv = numba_fused._conv
+    monkeypatch.setattr(numba_fused, "_conv", lambda *a, **k: calls.append(1) or real_conv(*a, **k))
+    out, cache = numba_block.forward(x, return_cache=True)
+    assert calls, "the Numba block did not run the fused convolution"
+    out_ref, cache_ref = ref_block.forward(x, return_cache=True)
+    assert_close(out, out_ref, kind="backend")
+    dout = rng.standard_normal(out.shape)
+    dx, grads = numba_block.backward(dout, cache)
+    dx_ref, grads_ref = ref_block.backward(dout, cache_ref)
+    assert_close(dx, dx_ref, kind="backend", err_msg="dx")
+    assert grads.keys() == grads_ref.keys()
+    for k in grads_ref:
+        assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)
+
+
+def test_fused_block_float32(rng):
+    ref_block, numba_block = block_pair(MambaBlock, d_model=8, d_state=4, seed=1)
+    x = rng.standard_normal((2, 9, 8)).astype(np.float32)
+    out = numba_block(x)
+    assert_close(out, ref_block(x), kind="backend", dtype=np.float32)
+
+
+def test_prefill_then_step_on_the_fused_path(rng):
+    _, block = block_pair(MambaBlock, d_model=8, d_state=4, seed=2)
+    x = rng.standard_normal((1, 7, 8))
+    _, conv, ssm = block.prefill(x[:, :5])
+    y5, _, _ = block.step(x[:, 5], conv, ssm)
+    assert_close(y5, block(x[:, :6])[:, 5], kind="backend")
+
+
+def test_fused_backward_refuses_the_reference_cache(rng):
+    ref_block, numba_block = block_pair(MambaBlock, d_model=8, d_state=4)
+    x = rng.standard_normal((1, 4, 8))
+    out, cache = ref_block.forward(x, return_cache=True)
+    with pytest.raises(TypeError, match="cache"):
+        numba_block.backward(np.ones_like(out), cache)

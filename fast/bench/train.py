@@ -31,7 +31,9 @@ What is measured, per model and image size:
   ``cupy.cuda.is_available()``): the model moved with ``model.to(cupy)``, the
   batch as CuPy arrays, the device synchronised before the clock is read;
 * the **floor** on each device: the same step with a "null scan" that returns
-  zero arrays of the right shapes and dtypes.  It is everything but the scan,
+  zero arrays of the right shapes and dtypes (on the CPU with the fused inner
+  path of ``fast.numba_fused``, as the ``numba`` row runs its layers).  It is
+  everything but the scan,
   so ``scan share = 1 - floor / step`` and no scan, however fast, can make
   the step faster than ``step / floor`` (Amdahl): the machine limit of this
   benchmark, measured in the same run.
@@ -44,6 +46,7 @@ row reports the median, min and max.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import resource
@@ -61,6 +64,7 @@ from ssm_ref.cli import (CLIError, TRAIN_DEFAULTS, OneLineParser,
 from ssm_ref.optim import AdamW, clip_grad_norm, softmax_cross_entropy
 from ssm_ref.vision import MODELS, build_model
 
+from .._registry import attach_inner_path
 from .scan import RESULTS, finish, machine_line, shown, start
 
 DIGITS = 8  # the digits images: 8 x 8 x 1, 10 classes
@@ -149,7 +153,10 @@ def run_case(name, img, batch, backends, repeats, warmup, xp=np, sync=None, seed
     y = xp.asarray(rng.integers(0, 10, batch))  # (B,)
     null = NullScan()
     steps, info = {}, {}
-    for label, (fwd, bwd) in {**backends, "floor": (null.forward, null.backward)}.items():
+    floor = (functools.partial(null.forward), functools.partial(null.backward))
+    if xp is np:  # on the CPU the floor runs the layers as the numba row does: fused
+        attach_inner_path(*floor)
+    for label, (fwd, bwd) in {**backends, "floor": floor}.items():
         model = build_model(name, img_size=(img, img), in_chans=1, n_classes=10, seed=seed,
                             scan_fn=fwd, scan_backward_fn=bwd)
         if xp is not np:
