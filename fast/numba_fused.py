@@ -27,12 +27,15 @@ How it is computed
   pre-activation array is made.  The input may be any strided view
   (``xz[:, :D]``, a flipped sequence ``xz[:, :, ::-1]``).
 * Its backward is one kernel too: each row recomputes its pre-activation
-  into its own row of ``dx``, turns it into the gradient g at the
-  pre-activation (through the SiLU), sums g and g·x for ``dbias`` and
-  ``dweight`` (per row; the rows of one channel are summed afterwards), and
-  then overwrites the row with ``dx[s] = Σ_k weight[k] g[s + K-1-k]`` from
-  left to right (each step reads only entries at or after s, which are still
-  g).  Nothing but ``dx`` and the (B, D, K) partial sums is allocated.
+  into a scratch row of its thread (L entries), turns it into the gradient g
+  at the pre-activation (through the SiLU), sums g and g·x for ``dbias`` and
+  ``dweight`` (per row; the rows of one channel are summed afterwards) and
+  accumulates ``dx[s] = Σ_k weight[k] g[s + K-1-k]`` in the same pass over
+  the taps.  Nothing but ``dx``, the (B, D, K) partial sums and one row per
+  thread is allocated.
+* Both kernels index with an unsigned offset and mark their arrays
+  ``noalias`` (as :mod:`fast.numba_cpu`, whose reasons apply here), so the
+  loops over L vectorize.
 * The inner function keeps every array channels first, (B, ·, L), as the
   scan wants them: ``x_proj`` is one matrix product per batch element,
   ``x_dbl = W_x @ x`` (B, R + 2N, L), whose slices are delta's low-rank input
@@ -62,7 +65,7 @@ from ssm_ref.selective import _one_module
 
 from . import numba_cpu
 from ._fastexp import fast_sigmoid
-from .numba_cpu import _FMK, _compute_dtype, _launch
+from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
            "mamba_inner_fn_backward", "inner_forward", "inner_backward"]
@@ -72,72 +75,82 @@ __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
 # kernels
 # ---------------------------------------------------------------------------
 
-@njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _conv_fwd(x, weight, bias, silu, out):
-    """``out = act(causal_conv1d(x))`` row by row; ``bias`` zeros when there is none."""
+    """``out = act(causal_conv1d(x))`` row by row; ``bias`` zeros when there is none.
+
+    Tap k adds ``weight[k] x[t - shift]`` (shift = K-1-k) to ``out[t]``; the
+    loop runs over ``x``'s index with an unsigned offset, so LLVM sees no
+    negative index to wrap around and vectorizes it (as in fast.numba_cpu).
+    """
     nb, nd, nl = x.shape
     K = weight.shape[1]
     for row in prange(nb * nd):
         b = row // nd
         d = row - b * nd
-        xr = x[b, d]
-        o = out[b, d]
         for t in range(nl):
-            o[t] = bias[d]
+            out[b, d, t] = bias[d]
         for k in range(K):  # tap k sees x[t - (K-1) + k]
-            shift = K - 1 - k
+            shift = np.uint64(K - 1 - k)
             wk = weight[d, k]
-            for t in range(shift, nl):
-                o[t] += wk * xr[t - shift]
+            for t in range(nl - (K - 1 - k)):
+                tt = np.uint64(t)
+                out[b, d, tt + shift] += wk * x[b, d, tt]
         if silu:
             for t in range(nl):
-                v = o[t]
-                o[t] = v * fast_sigmoid(v)
+                v = out[b, d, t]
+                out[b, d, t] = v * fast_sigmoid(v)
 
 
-@njit(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv_bwd(dy, x, weight, bias, silu, dx, dw_rows, db_rows):
-    """Gradients of :func:`_conv_fwd`: ``dx`` whole, ``dweight`` and ``dbias`` per row."""
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv_bwd(dy, x, weight, bias, silu, dx, dw_rows, db_rows, nchunks):
+    """Gradients of :func:`_conv_fwd`: ``dx`` whole, ``dweight`` and ``dbias`` per row.
+
+    Each thread takes a block of rows and one scratch row ``g`` (the gradient
+    at the pre-activation; L entries, allocated here so that the parallel
+    body gets it as an argument).
+    """
     nb, nd, nl = x.shape
     K = weight.shape[1]
-    for row in prange(nb * nd):
-        b = row // nd
-        d = row - b * nd
-        xr = x[b, d]
-        dyr = dy[b, d]
-        g = dx[b, d]  # holds g (the gradient at the pre-activation) until overwritten by dx
-        if silu:
+    nrows = nb * nd
+    g_s = np.empty((nchunks, nl + _GAP), dx.dtype)
+    for c in prange(nchunks):
+        g = g_s[c]
+        for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
+            b = row // nd
+            d = row - b * nd
+            if silu:  # recompute the pre-activation, then through the SiLU
+                for t in range(nl):
+                    g[t] = bias[d]
+                for k in range(K):
+                    shift = np.uint64(K - 1 - k)
+                    wk = weight[d, k]
+                    for t in range(nl - (K - 1 - k)):
+                        tt = np.uint64(t)
+                        g[tt + shift] += wk * x[b, d, tt]
+                for t in range(nl):
+                    v = g[t]
+                    s = fast_sigmoid(v)
+                    g[t] = dy[b, d, t] * s * (1 + v * (1 - s))  # silu'(v) = s (1 + v (1 - s))
+            else:
+                for t in range(nl):
+                    g[t] = dy[b, d, t]
+            acc = g[0] - g[0]  # typed zero
             for t in range(nl):
-                g[t] = bias[d]
+                acc += g[t]
+            db_rows[b, d] = acc
+            for t in range(nl):
+                dx[b, d, t] = 0
             for k in range(K):
-                shift = K - 1 - k
+                shift = np.uint64(K - 1 - k)
                 wk = weight[d, k]
-                for t in range(shift, nl):
-                    g[t] += wk * xr[t - shift]
-            for t in range(nl):
-                v = g[t]
-                s = fast_sigmoid(v)
-                g[t] = dyr[t] * s * (1 + v * (1 - s))  # silu'(v) = s (1 + v (1 - s))
-        else:
-            for t in range(nl):
-                g[t] = dyr[t]
-        acc = g[0] * 0
-        for t in range(nl):
-            acc += g[t]
-        db_rows[b, d] = acc
-        for k in range(K):
-            shift = K - 1 - k
-            acc = g[0] * 0
-            for t in range(shift, nl):
-                acc += g[t] * xr[t - shift]
-            dw_rows[b, d, k] = acc
-        for s in range(nl):  # dx[s] = sum_k weight[k] g[s + K-1-k]: reads only g[s:], in place
-            acc = g[0] * 0
-            for k in range(K):
-                t = s + K - 1 - k
-                if t < nl:
-                    acc += weight[d, k] * g[t]
-            g[s] = acc
+                acc = g[0] - g[0]
+                for t in range(nl - (K - 1 - k)):
+                    tt = np.uint64(t)
+                    gt = g[tt + shift]
+                    acc += gt * x[b, d, tt]  # dweight[k] = sum_t g[t] x[t - shift]
+                    dx[b, d, tt] += wk * gt  # dx[s] = sum_k weight[k] g[s + shift]
+                dw_rows[b, d, k] = acc
 
 
 # ---------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def _conv_backward(dy, x, weight, bias, silu, dx=None):
     dw_rows = np.empty((nb, nd, weight.shape[1]), real)  # (B, D, K)
     db_rows = np.empty((nb, nd), real)  # (B, D)
     _launch(_conv_bwd, dy, x, np.ascontiguousarray(weight, dtype=real),
-            _bias_or_zeros(bias, nd, real), silu, dx, dw_rows, db_rows)
+            _bias_or_zeros(bias, nd, real), silu, dx, dw_rows, db_rows, _threads(nb * nd))
     return dx, dw_rows.sum(axis=0), None if bias is None else db_rows.sum(axis=0)
 
 
