@@ -293,6 +293,10 @@ def build_parser():
     tr.add_argument("--backend", default=d["backend"], choices=BACKENDS,
                     help="selective scan implementation: ref (NumPy reference), numba (compiled "
                          "CPU), cuda (GPU, CuPy arrays); see 'ssm-ref backends'")
+    tr.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                    help="precision of parameters, activations, gradients and optimiser state: "
+                         "float64 (the reference) or float32 (faster, with --backend numba "
+                         "the scan runs in float32 too)")
     tr.add_argument("--seed", type=_nonnegative_int, default=d["seed"], metavar="S",
                     help="seeds the model initialisation, the data split / generation and the "
                          "batch order")
@@ -448,6 +452,7 @@ def _cmd_train(args):
         raise CLIError(str(exc)) from None
     settings = {"model": args.model, "scan": args.scan, "dataset": args.dataset,
                 "backend": args.backend, "device": device, "model_options": model_opts, "data_options": data_opts,
+                "dtype": args.dtype,
                 "blas_threads": args.blas_threads,
                 "malloc": keep_freed_memory(),  # ~15-30% faster steps on the CPU, ssm_ref/_malloc.py
                 "command": "ssm-ref " + " ".join(args.argv)}
@@ -459,7 +464,8 @@ def _cmd_train(args):
                             out_dir=out, progress=not args.no_progress,
                             clip_norm=args.clip_norm or None, warmup_epochs=args.warmup_epochs,
                             augment=args.augment, resume=args.resume, plot=not args.no_plot,
-                            settings=settings)
+                            settings=settings,
+                            dtype=None if args.dtype == "float64" else args.dtype)
         except ValueError as exc:  # a checkpoint from a run with other settings: one line
             if not str(exc).startswith("resume:"):
                 raise

@@ -277,8 +277,8 @@ def _f64(arr):
     return None if arr is None else arr.astype(np.float64, copy=False)
 
 
-def inner_path_weights(params, names=None):
-    """One inner path's parameters in float64 under short names, unchecked.
+def inner_path_weights(params, names=None, dtype=np.float64):
+    """One inner path's parameters in float64 (or ``dtype``) under short names, unchecked.
 
     ``w_conv`` (D, K), ``b_conv`` (D,) or None, ``w_x`` (R + 2N, D), ``w_dt``
     (D, R), ``b_dt`` (D,), ``A`` (D, N) = -exp(A_log), ``D`` (D,).  ``names``
@@ -286,7 +286,8 @@ def inner_path_weights(params, names=None):
     (Vim's backward path keeps its copy under other names).
     """
     def get(k):
-        return _f64(params.get(k if names is None else names[k]))
+        v = params.get(k if names is None else names[k])
+        return None if v is None else v.astype(dtype, copy=False)
     A_log = get("A_log")
     return {"w_conv": get("conv1d.weight")[:, 0, :], "b_conv": get("conv1d.bias"),  # (D, K)
             "w_x": get("x_proj.weight"), "w_dt": get("dt_proj.weight"),
@@ -433,7 +434,7 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
                   delta_softplus=True, return_last_state=return_last_state)
     # [/book:mamba-inner-forward]
     y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
-    y = xp.asarray(y, dtype=np.float64)  # (B, D, L)
+    y = xp.asarray(y, dtype=xz.dtype)  # (B, D, L)
     cache = {"x": x, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
              "delta": delta, "Bmat": Bmat, "Cmat": Cmat}
     return y, cache, last_state
@@ -522,7 +523,7 @@ def inner_backward(dy, cache, w, scan_backward_fn):
     s = scan_backward_fn(dy, cache["x_act"], cache["delta"], w["A"], cache["Bmat"],
                          cache["Cmat"], D=w["D"], z=cache["z"], delta_bias=w["b_dt"],
                          delta_softplus=True)
-    s = {k: (None if v is None else xp.asarray(v, dtype=np.float64)) for k, v in s.items()}
+    s = {k: (None if v is None else xp.asarray(v, dtype=dy.dtype)) for k, v in s.items()}
     g["A_log"] = s["A"] * w["A"]  # A = -exp(A_log): dA/dA_log = A
     g["D"], g["dt_proj.bias"] = s["D"], s["delta_bias"]
 
@@ -734,7 +735,8 @@ class MambaBlock(Module):
         dtype('float32')
         """
         x = self._check_tokens(x)
-        out, cache, _ = self._forward(_f64(x), return_last_state=False)
+        out, cache, _ = self._forward(x.astype(self.compute_dtype, copy=False),
+                                      return_last_state=False)
         out = out.astype(x.dtype)
         return (out, cache) if return_cache else out
 
@@ -745,8 +747,9 @@ class MambaBlock(Module):
                     check=False)  # (B, L, 2D)
         path_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
         y, inner, last_state = path_forward(xz.transpose(0, 2, 1),
-                                            inner_path_weights(self._params), self.scan_fn,
-                                            return_last_state)  # (B, D, L)
+                                            inner_path_weights(self._params,
+                                                               dtype=self.compute_dtype),
+                                            self.scan_fn, return_last_state)  # (B, D, L)
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:mamba-block-forward]
@@ -800,7 +803,7 @@ class MambaBlock(Module):
                                      ndim=3)
         self._check_module(dout_arr, "dout")
         check_finite(dout_arr, "dout")
-        du, grads = self._backward(_f64(dout_arr), cache)
+        du, grads = self._backward(dout_arr.astype(self.compute_dtype, copy=False), cache)
         return du.astype(dout_arr.dtype), grads
 
     def _backward(self, dout, cache):
@@ -815,7 +818,7 @@ class MambaBlock(Module):
         # y = inner path(xz): the scan, dt_proj, x_proj, SiLU, conv1d in reverse
         _, path_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
         dxz, g_inner = path_backward(dy_tok.transpose(0, 2, 1), cache,
-                                     inner_path_weights(self._params),
+                                     inner_path_weights(self._params, dtype=self.compute_dtype),
                                      self.scan_backward_fn)  # (B, 2D, L)
         g.update(g_inner)
 

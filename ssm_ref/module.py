@@ -226,7 +226,7 @@ class Module:
             ``x`` of the wrong shape (named, with the expected shape) or not finite.
         """
         x = self._check_input(x, self.x_ndim, self.config.d_model)
-        out, cache = self._forward(x.astype(np.float64, copy=False))
+        out, cache = self._forward(x.astype(self.compute_dtype, copy=False))
         out = out.astype(x.dtype)
         return (out, cache) if return_cache else out
 
@@ -238,7 +238,7 @@ class Module:
         ``_backward`` runs in float64.  Each gradient has its parameter's dtype.
         """
         dout = self._check_backward_args(dout, cache)
-        dx, grads = self._backward(dout.astype(np.float64, copy=False), cache)
+        dx, grads = self._backward(dout.astype(self.compute_dtype, copy=False), cache)
         return dx.astype(dout.dtype), grads
 
     # ------------------------------------------------------------------ state dict
@@ -305,6 +305,34 @@ class Module:
         for m in self.modules():
             m._params = {k: v.astype(dtype) for k, v in m._params.items()}
 
+    #: The dtype the unchecked ``_forward`` / ``_backward`` compute in (float64: the reference).
+    compute_dtype = np.dtype(np.float64)
+
+    def set_dtype(self, dtype):
+        """Store every parameter in ``dtype`` and compute in it, in the whole tree; return self.
+
+        ``np.float64`` (the default) is the reference precision.  ``np.float32``
+        is the float32 training option (``train(..., dtype="float32")``):
+        parameters, activations, gradients and (with an optimiser made for it)
+        the optimiser state in float32; the layers of :mod:`ssm_ref.nn` then
+        compute in float32 and the Numba scan too.  Parameters are copied once.
+
+        Raises
+        ------
+        ValueError
+            ``dtype`` is not float32 or float64.
+        """
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dtype is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"Parameter dtype = {dtype!r} is not one of ['float32', 'float64']")
+        for m in self.modules():
+            m._params = {k: v.astype(dt, copy=False) for k, v in m._params.items()}
+            m.compute_dtype = dt
+        return self
+
     def set_backend(self, scan_fn=None, scan_backward_fn=None, state_update_fn=None):
         """Use these scan functions in this module and every submodule; None means the reference.
 
@@ -357,9 +385,9 @@ class Module:
         return dout
 
     def _w(self, name):
-        """Own parameter ``name`` in float64 (no copy when it is float64), None if absent."""
+        """Own parameter ``name`` in the compute dtype (no copy when it has it), None if absent."""
         v = self._params.get(name)
-        return None if v is None else v.astype(np.float64, copy=False)
+        return None if v is None else v.astype(self.compute_dtype, copy=False)
 
     # ------------------------------------------------------------------ gradients
     def _grads(self, own, children=None):

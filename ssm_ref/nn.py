@@ -31,7 +31,9 @@ already validated its arrays passes it.
 
 dtype contract: every function computes in float64 and returns each result
 in the dtype of the argument it belongs to (the output in ``x``'s dtype, a
-weight gradient in the weight's dtype).
+weight gradient in the weight's dtype).  One exception, for training in
+float32 (``Module.set_dtype``): called with ``check=False`` on arrays that
+are all float32, a layer computes in float32 (:func:`_work_dtype`).
 
 Array module: every function runs on the array module of its inputs
 (``xp = array_module(x, W)``, NumPy or CuPy, see ``ssm_ref._xp``) and returns
@@ -78,13 +80,25 @@ def _real(x, name, ndim=None):
     return arr
 
 
+def _work_dtype(check, *arrays):
+    """The dtype a layer computes in: float64, or float32 for an unchecked call on float32 only.
+
+    ``check=False`` marks a block's internal call; a block that computes in
+    float32 (``Module.set_dtype(np.float32)``) passes float32 data and
+    weights, and then gets float32 arithmetic.  Any other call is float64.
+    """
+    if not check and all(a.dtype == np.float32 for a in arrays if a is not None):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def _grad_like(dy, like, name, check=True):
     """Validate an upstream gradient: real, finite, same shape as the forward output.
 
     With ``check=False`` (a block's internal call) only the float64 view is taken.
     """
     if not check:
-        return dy.astype(np.float64, copy=False)
+        return dy.astype(_work_dtype(False, dy), copy=False)
     dy = _real(dy, name)
     check_shape(dy, name, tuple(like))
     return dy.astype(np.float64, copy=False)
@@ -106,7 +120,7 @@ def _elementwise_args(x, dy=None, check=True):
         x = _real(x, "x")
     if dy is not None:
         dy = _grad_like(dy, x.shape, "dy", check)
-    return x, x.astype(np.float64, copy=False), dy
+    return x, x.astype(_work_dtype(check, x), copy=False), dy
 
 
 # --------------------------------------------------------------------------- linear
@@ -156,7 +170,8 @@ def linear(x, W, b=None, *, check=True):
     """
     x, W = _check_linear(x, W, check)
     n_out = W.shape[0]
-    y = x.astype(np.float64, copy=False) @ W.astype(np.float64, copy=False).T  # (..., out)
+    wd = _work_dtype(check, x, W)
+    y = x.astype(wd, copy=False) @ W.astype(wd, copy=False).T  # (..., out)
     if b is not None:
         if check:
             b = check_shape(_real(b, "b"), "b", (n_out,))
@@ -191,9 +206,10 @@ def linear_backward(dy, x, W, b=None, *, check=True):
     """
     x, W = _check_linear(x, W, check)
     dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy", check)
-    dy64 = dy.astype(np.float64, copy=False).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
-    x64 = x.astype(np.float64, copy=False).reshape(-1, W.shape[1])  # (M, in)
-    dx = (dy64 @ W.astype(np.float64, copy=False)).reshape(x.shape)  # (..., in)
+    wd = _work_dtype(check, x, W, dy)
+    dy64 = dy.astype(wd, copy=False).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
+    x64 = x.astype(wd, copy=False).reshape(-1, W.shape[1])  # (M, in)
+    dx = (dy64 @ W.astype(wd, copy=False)).reshape(x.shape)  # (..., in)
     dW = dy64.T @ x64  # (out, in)
     if b is not None and check:  # b only decides db's presence and dtype
         b = as_array(b, "b", allow_complex=False)
@@ -388,8 +404,10 @@ def causal_conv1d(x, weight, bias=None, activation=None, *, check=True):
     xp = array_module(x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
-    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
-    y = xp.zeros((n_batch, n_chan, length))  # (B, D, L)
+    wd = _work_dtype(check, x, weight)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1), wd), x.astype(wd, copy=False)],
+                          axis=2)  # (B, D, L+K-1)
+    y = xp.zeros((n_batch, n_chan, length), wd)  # (B, D, L)
     for k in range(K):
         y += weight[:, k, None] * xpad[:, :, k:k + length]  # tap k sees x[t-(K-1)+k]
     if bias is not None:
@@ -431,11 +449,13 @@ def causal_conv1d_backward(dy, x, weight, bias=None, activation=None, *, check=T
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
     if activation is not None:  # through the SiLU first, at the recomputed convolution output
-        x_conv = causal_conv1d(x, weight, bias, check=False).astype(np.float64, copy=False)
+        x_conv = causal_conv1d(x, weight, bias, check=False).astype(dy.dtype, copy=False)
         dy = silu_backward(dy, x_conv, check=False)  # (B, D, L)
-    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    wd = _work_dtype(check, x, weight, dy)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1), wd), x.astype(wd, copy=False)],
+                          axis=2)  # (B, D, L+K-1)
     dxpad = xp.zeros_like(xpad)  # (B, D, L+K-1)
-    dweight = xp.zeros((n_chan, K))  # (D, K)
+    dweight = xp.zeros((n_chan, K), wd)  # (D, K)
     for k in range(K):
         dweight[:, k] = xp.sum(dy * xpad[:, :, k:k + length], axis=(0, 2))
         dxpad[:, :, k:k + length] += weight[:, k, None] * dy
@@ -483,7 +503,7 @@ def rms_norm(x, weight, eps=1e-5, *, check=True):
     """
     x, weight, _ = _check_norm(x, weight, None, False, check)
     xp = array_module(x, weight)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     return _out(x64 * rstd * weight, x)
 
@@ -510,7 +530,7 @@ def rms_norm_backward(dy, x, weight, eps=1e-5, *, check=True):
     x, weight, _ = _check_norm(x, weight, None, False, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     g = dy * weight  # (..., D)
     dx = rstd * (g - x64 * rstd**2 * xp.mean(g * x64, axis=-1, keepdims=True))
@@ -543,7 +563,7 @@ def layer_norm(x, weight, bias=None, eps=1e-5, *, check=True):
     """
     x, weight, bias = _check_norm(x, weight, bias, True, check)
     xp = array_module(x, weight, bias)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu  # (..., D)
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -576,7 +596,7 @@ def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5, *, check=True):
     x, weight, bias = _check_norm(x, weight, bias, True, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -654,8 +674,9 @@ def depthwise_conv2d(x, weight, bias=None, *, check=True):
     xp = array_module(x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
-    y = xp.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
+    wd = _work_dtype(check, x, weight)
+    xpad = _pad2d(x.astype(wd, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    y = xp.zeros((n_batch, height, width, n_chan), wd)  # (B, H, W, C)
     for p in range(kh):
         for q in range(kw):
             y += weight[:, p, q] * xpad[:, p:p + height, q:q + width, :]
@@ -692,9 +713,10 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None, *, check=True):
     xp = array_module(dy, x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    wd = _work_dtype(check, x, weight, dy)
+    xpad = _pad2d(x.astype(wd, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
     dxpad = xp.zeros_like(xpad)
-    dweight = xp.zeros((n_chan, kh, kw))  # (C, kh, kw)
+    dweight = xp.zeros((n_chan, kh, kw), wd)  # (C, kh, kw)
     for p in range(kh):
         for q in range(kw):
             window = xpad[:, p:p + height, q:q + width, :]  # (B, H, W, C)

@@ -502,3 +502,71 @@ def test_every_file_of_a_run_is_written_atomically_and_synced(digits, tmp_path, 
         assert str(tmp_path) in synced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "curves.png",
                                                           "metrics.json"]
+
+
+# --------------------------------------------------------------------------- the float32 option
+def _dtypes(tree):
+    return {np.dtype(v.dtype) for v in tree.values() if v is not None}
+
+
+@pytest.mark.parametrize("backend", ["ref", "numba"])
+def test_float32_training_stays_float32_and_tracks_float64(digits, backend):
+    """train(dtype="float32"): parameters, activations, gradients and optimiser state in float32
+    end to end, and its loss history within 1e-3 relative of the float64 run's."""
+    from ssm_ref.cli import resolve_backend
+    from ssm_ref.optim import AdamW
+    fwd, bwd = resolve_backend(backend)
+
+    def build():
+        return models.build_model("vim", embed_dim=16, depth=1, d_state=4, seed=0,
+                                  scan_fn=fwd, scan_backward_fn=bwd)
+
+    data = _small(digits, 128, 64)
+    kw = dict(epochs=2, batch_size=32, lr=3e-2, warmup_epochs=0, seed=0, progress=False)
+    m64 = train(build(), data, **kw)
+    seen = {}
+    model = build()
+    real_step = AdamW.step
+
+    def spy(opt, grads, lr=None):  # what the training loop hands the optimiser, and its state
+        seen.setdefault("grads", _dtypes(grads))
+        real_step(opt, grads, lr)
+        seen["state"] = _dtypes(opt.state["exp_avg"]) | _dtypes(opt.state["exp_avg_sq"])
+    real_forward = type(model).forward
+
+    def forward(self, x, return_cache=False):
+        out = real_forward(self, x, return_cache)
+        seen.setdefault("logits", out[0].dtype if return_cache else out.dtype)
+        if return_cache:
+            seen.setdefault("cache", {np.dtype(a.dtype) for a in _arrays(out[1])})
+        return out
+
+    import unittest.mock as mock
+    with mock.patch.object(AdamW, "step", spy), mock.patch.object(type(model), "forward", forward):
+        m32 = train(model, data, dtype="float32", **kw)
+    f32 = {np.dtype(np.float32)}
+    assert _dtypes(model.params) == f32 and model.compute_dtype == np.float32
+    assert seen["grads"] == f32 and seen["state"] == f32
+    assert seen["logits"] == np.float32 and seen["cache"] <= f32 | {np.dtype(np.int64)}
+    assert m32["settings"]["dtype"] == "float32"
+    np.testing.assert_allclose(m32["train_loss"], m64["train_loss"], rtol=1e-3)
+    assert m32["train_loss"] != m64["train_loss"]  # it did run in another precision
+
+
+def _arrays(obj):
+    if isinstance(obj, np.ndarray):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _arrays(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _arrays(v)
+
+
+def test_float32_option_needs_a_module_and_a_known_dtype(digits):
+    with pytest.raises(TypeError, match="set_dtype"):
+        train(TinyMLP(), _small(digits, 8, 4), dtype="float32", progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        train(models.build_model("vim", embed_dim=8, depth=1, d_state=2), _small(digits, 8, 4),
+              dtype="float16", progress=False)

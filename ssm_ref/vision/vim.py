@@ -192,8 +192,8 @@ class VimMixer(Module):
 
     def _forward(self, u):
         """Both directions on float64 tokens u (B, L, d_model), unchecked: ``(out, cache)``."""
-        fwd_w = inner_path_weights(self._params)
-        bwd_w = inner_path_weights(self._params, _BACKWARD_NAMES)
+        fwd_w = inner_path_weights(self._params, dtype=self.compute_dtype)
+        bwd_w = inner_path_weights(self._params, _BACKWARD_NAMES, self.compute_dtype)
         # [book:vim-mixer-forward]
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False).transpose(0, 2, 1)  # (B, 2D, L)
@@ -225,10 +225,12 @@ class VimMixer(Module):
             self._w("out_proj.bias"), check=False)
         dy = self._scale * dy_tok.transpose(0, 2, 1)  # (B, D, L)
         _, inner_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
-        dxz_f, g_f = inner_backward(dy, cache["f"], inner_path_weights(self._params),
+        dxz_f, g_f = inner_backward(dy, cache["f"],
+                                    inner_path_weights(self._params, dtype=self.compute_dtype),
                                     self.scan_backward_fn)
         dxz_b, g_b = inner_backward(xp.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
-                                    inner_path_weights(self._params, _BACKWARD_NAMES),
+                                    inner_path_weights(self._params, _BACKWARD_NAMES,
+                                                       self.compute_dtype),
                                     self.scan_backward_fn)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})

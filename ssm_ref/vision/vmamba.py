@@ -277,7 +277,7 @@ class SS2D(Module):
             y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
                              w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
                              z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, K·D, L)
-            y = xp.asarray(y, dtype=np.float64)
+            y = xp.asarray(y, dtype=x_act.dtype)
             ys = [y[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
         else:  # sequences of different lengths: one scan per direction, its slice of parameters
             ys = []
@@ -285,13 +285,13 @@ class SS2D(Module):
                 sl = slice(k * D, (k + 1) * D)
                 ys.append(xp.asarray(self.scan_fn(
                     xs[k], deltas[k], w["A"][sl], Bs[k], Cs[k], D=w["D"][sl], z=None,
-                    delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=np.float64))
-        y_grid = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+                    delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=x_act.dtype))
+        y_grid = xp.zeros((Bsz, H, W, D), x_act.dtype)  # (B, H, W, D)
         for k in range(K):
             y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W,
                                     check=False)  # scatter back
         if self.reduce == "mean":
-            y_grid = y_grid / count
+            y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
                  "Bs": Bs, "Cs": Cs, "one_call": one_call}
         return y_grid, cache
@@ -303,7 +303,7 @@ class SS2D(Module):
         xp = array_module(dy_grid)
         perms, xs = cache["perms"], cache["xs"]
         if self.reduce == "mean":
-            dy_grid = dy_grid / cache["count"]
+            dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
         dys = [to_sequence(dy_grid, perms[k], check=False).transpose(0, 2, 1)
                for k in range(K)]  # (B, D, L_k)
         if cache["one_call"]:
@@ -312,7 +312,7 @@ class SS2D(Module):
                 xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
                 xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                 delta_softplus=True)
-            s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
+            s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                  for key, v in s.items()}
             dA, dDs, dbias = s["A"], s["D"], s["delta_bias"]
             du = [s["u"][:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
@@ -327,7 +327,7 @@ class SS2D(Module):
                 s = self.scan_backward_fn(dys[k], xs[k], cache["deltas"][k], w["A"][sl],
                                           cache["Bs"][k], cache["Cs"][k], D=w["D"][sl], z=None,
                                           delta_bias=w["b_dt"][sl], delta_softplus=True)
-                s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
+                s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                      for key, v in s.items()}
                 dA[sl], dDs[sl], dbias[sl] = s["A"], s["D"], s["delta_bias"]
                 du.append(s["u"])
@@ -337,7 +337,7 @@ class SS2D(Module):
         g = {"A_logs": dA * w["A"],  # A = -exp(A_logs)
              "Ds": dDs, "dt_projs_bias": dbias.reshape(K, D),
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
-        dx_act = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+        dx_act = xp.zeros((Bsz, H, W, D), dy_grid.dtype)  # (B, H, W, D)
         for k in range(K):
             # delta_k = dt_projs_weight[k] @ dts_k
             g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta[k], cache["dts"][k])
