@@ -1,4 +1,4 @@
-"""The Mamba block's inner function with the official signature (``mamba_inner_fn``), and its backward.
+"""The Mamba block's inner function with the official signature (``mamba_inner_fn``).
 
 The official package runs the part of the Mamba block between ``in_proj`` and
 the end of ``out_proj`` as one function, ``mamba_inner_fn``
@@ -203,7 +203,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
 def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
                             delta_proj_weight, out_proj_weight, out_proj_bias, A, B=None, C=None,
                             D=None, delta_bias=None, delta_softplus=True):
-    """Gradients of :func:`mamba_inner_fn`, recomputing its forward (the official backward does too).
+    """Gradients of :func:`mamba_inner_fn`, recomputing its forward (as the official backward).
 
     Parameters
     ----------

@@ -344,14 +344,15 @@ CONV_ACTIVATIONS = (None, "silu", "swish")
 
 def _check_activation(activation):
     """``activation`` of the causal convolution: None or "silu" ("swish" is read as "silu")."""
-    if not (activation is None or isinstance(activation, str)) or activation not in CONV_ACTIVATIONS:
+    if not (activation is None or isinstance(activation, str)) \
+            or activation not in CONV_ACTIVATIONS:
         raise ValueError(f"Parameter activation = {activation!r} is not one of "
                          f"{list(CONV_ACTIVATIONS)}")
     return None if activation is None else "silu"
 
 
 def causal_conv1d(x, weight, bias=None, activation=None, *, check=True):
-    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1), then SiLU or not.
+    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1), SiLU optional.
 
     ``y[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (K-1) + k]`` with
     ``x`` taken as zero before ``t = 0``.  This is PyTorch's

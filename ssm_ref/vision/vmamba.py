@@ -43,7 +43,6 @@ from ..nn import (
 )
 from .multi import CROSS_SCAN_ORDERS, count_directions, resolve_directions
 from .prenorm import PreNormBlock
-from .scan_orders import from_sequence, to_sequence
 
 __all__ = ["SS2D", "VSSBlock", "LocalSS2D", "ES2D"]
 
@@ -257,20 +256,28 @@ class SS2D(Module):
                 "A": -array_module(A_logs).exp(A_logs), "D": self._w("Ds")}  # (K·D, N), (K·D,)
 
     def _core_forward(self, x_act, w):
-        """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache."""
+        """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache.
+
+        The tokens are turned channels first once, ``(B, D, H·W)``, so that each
+        direction's sequence is a gather along the last axis, ``(B, D, L_k)``, in
+        the scan's layout, and its projections are matrix products; the outputs
+        are scattered back the same way (``eq-scan-gather``, ``eq-scan-scatter``).
+        """
         Bsz, H, W, D = x_act.shape
         c = self.config
         R, N, K = c.dt_rank, c.d_state, self.n_directions
         xp = array_module(x_act)
         perms, count = self._perms(H, W, xp)
+        idx = [on_module_cached(q, xp) for q in perms]  # the orders on x_act's device
+        x_cf = xp.ascontiguousarray(x_act.reshape(Bsz, H * W, D).transpose(0, 2, 1))  # (B, D, HW)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
-            xs_k = to_sequence(x_act, perms[k], check=False).transpose(0, 2, 1)  # (B, D, L_k)
-            x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L_k)
+            xs_k = x_cf[:, :, idx[k]]  # (B, D, L_k): the sequence of direction k
+            x_dbl = xp.matmul(w["w_x"][k], xs_k)  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
             Cs.append(x_dbl[:, R + N:])  # (B, N, L_k)
-            deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, D, L_k)
+            deltas.append(xp.matmul(w["w_dt"][k], dts[k]))  # (B, D, L_k)
             xs.append(xs_k)
         one_call = len({q.size for q in perms}) == 1
         if one_call:  # VMamba: one scan over K·D channels with K groups of B and C
@@ -286,10 +293,10 @@ class SS2D(Module):
                 ys.append(xp.asarray(self.scan_fn(
                     xs[k], deltas[k], w["A"][sl], Bs[k], Cs[k], D=w["D"][sl], z=None,
                     delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=x_act.dtype))
-        y_grid = xp.zeros((Bsz, H, W, D), x_act.dtype)  # (B, H, W, D)
+        y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
         for k in range(K):
-            y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W,
-                                    check=False)  # scatter back
+            y_cf[:, :, idx[k]] += ys[k]  # scatter back (each order visits a cell once)
+        y_grid = y_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         if self.reduce == "mean":
             y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
@@ -302,10 +309,11 @@ class SS2D(Module):
         K = self.n_directions
         xp = array_module(dy_grid)
         perms, xs = cache["perms"], cache["xs"]
+        idx = [on_module_cached(q, xp) for q in perms]
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
-        dys = [to_sequence(dy_grid, perms[k], check=False).transpose(0, 2, 1)
-               for k in range(K)]  # (B, D, L_k)
+        dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
+        dys = [dy_cf[:, :, idx[k]] for k in range(K)]  # (B, D, L_k)
         if cache["one_call"]:
             s = self.scan_backward_fn(
                 xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
@@ -337,17 +345,18 @@ class SS2D(Module):
         g = {"A_logs": dA * w["A"],  # A = -exp(A_logs)
              "Ds": dDs, "dt_projs_bias": dbias.reshape(K, D),
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
-        dx_act = xp.zeros((Bsz, H, W, D), dy_grid.dtype)  # (B, H, W, D)
+        dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
         for k in range(K):
-            # delta_k = dt_projs_weight[k] @ dts_k
-            g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta[k], cache["dts"][k])
-            d_dts = xp.einsum("bdl,dr->brl", ddelta[k], w["w_dt"][k])  # (B, R, L_k)
+            # delta_k = dt_projs_weight[k] @ dts_k: sum over the batch and the sequence
+            g["dt_projs_weight"][k] = xp.tensordot(ddelta[k], cache["dts"][k],
+                                                   axes=([0, 2], [0, 2]))  # (D, R)
+            d_dts = xp.matmul(w["w_dt"][k].T, ddelta[k])  # (B, R, L_k)
             # (dts, B, C) = x_proj_weight[k] @ xs_k
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
-            g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
-            dxs = du[k] + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, D, L_k)
-            dx_act += from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W,
-                                    check=False)  # adjoint of gather
+            g["x_proj_weight"][k] = xp.tensordot(d_xdbl, xs[k], axes=([0, 2], [0, 2]))  # (R+2N, D)
+            dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
+            dx_cf[:, :, idx[k]] += dxs  # adjoint of the gather
+        dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         return dx_act, g
 
     # ------------------------------------------------------------------ forward / backward
