@@ -259,9 +259,11 @@ class SS2D(Module):
         """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache.
 
         The tokens are turned channels first once, ``(B, D, H·W)``, so that each
-        direction's sequence is a gather along the last axis, ``(B, D, L_k)``, in
-        the scan's layout, and its projections are matrix products; the outputs
-        are scattered back the same way (``eq-scan-gather``, ``eq-scan-scatter``).
+        direction's sequence is a gather along the last axis (``take``: a
+        C-contiguous ``(B, D, L_k)``, the scan's layout; NumPy's fancy indexing
+        on the last axis would return a strided view the scan must copy), and
+        its projections are matrix products; the outputs are scattered back by
+        index (``eq-scan-gather``, ``eq-scan-scatter``).
         """
         Bsz, H, W, D = x_act.shape
         c = self.config
@@ -272,7 +274,7 @@ class SS2D(Module):
         x_cf = xp.ascontiguousarray(x_act.reshape(Bsz, H * W, D).transpose(0, 2, 1))  # (B, D, HW)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
-            xs_k = x_cf[:, :, idx[k]]  # (B, D, L_k): the sequence of direction k
+            xs_k = xp.take(x_cf, idx[k], axis=2)  # (B, D, L_k): the sequence of direction k
             x_dbl = xp.matmul(w["w_x"][k], xs_k)  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
@@ -313,7 +315,7 @@ class SS2D(Module):
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
         dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
-        dys = [dy_cf[:, :, idx[k]] for k in range(K)]  # (B, D, L_k)
+        dys = [xp.take(dy_cf, idx[k], axis=2) for k in range(K)]  # (B, D, L_k), C-contiguous
         if cache["one_call"]:
             s = self.scan_backward_fn(
                 xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
