@@ -350,12 +350,12 @@ class SS2D(Module):
         dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
         for k in range(K):
             # delta_k = dt_projs_weight[k] @ dts_k: sum over the batch and the sequence
-            g["dt_projs_weight"][k] = xp.tensordot(ddelta[k], cache["dts"][k],
-                                                   axes=([0, 2], [0, 2]))  # (D, R)
+            g["dt_projs_weight"][k] = xp.matmul(ddelta[k], cache["dts"][k].transpose(0, 2, 1)
+                                                ).sum(axis=0)  # (D, R): over batch and sequence
             d_dts = xp.matmul(w["w_dt"][k].T, ddelta[k])  # (B, R, L_k)
             # (dts, B, C) = x_proj_weight[k] @ xs_k
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
-            g["x_proj_weight"][k] = xp.tensordot(d_xdbl, xs[k], axes=([0, 2], [0, 2]))  # (R+2N, D)
+            g["x_proj_weight"][k] = xp.matmul(d_xdbl, xs[k].transpose(0, 2, 1)).sum(axis=0)
             dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
             dx_cf[:, :, idx[k]] += dxs  # adjoint of the gather
         dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
