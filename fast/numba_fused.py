@@ -103,12 +103,14 @@ def _conv_fwd(x, weight, bias, silu, out):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv_bwd(dy, x, weight, bias, silu, dx, dw_rows, db_rows, nchunks):
+def _conv_bwd(dy, x, weight, bias, silu, dx, c0, dw_rows, db_rows, nchunks):
     """Gradients of :func:`_conv_fwd`: ``dx`` whole, ``dweight`` and ``dbias`` per row.
 
-    Each thread takes a block of rows and one scratch row ``g`` (the gradient
-    at the pre-activation; L entries, allocated here so that the parallel
-    body gets it as an argument).
+    ``dx`` is a C-contiguous (B, C, L) array whose channels ``c0 .. c0 + D``
+    receive the gradient (the x half of ``dxz``): written through a strided
+    view, the loop would not vectorize.  Each thread takes a block of rows and
+    one scratch row ``g`` (the gradient at the pre-activation; L entries,
+    allocated here so that the parallel body gets it as an argument).
     """
     nb, nd, nl = x.shape
     K = weight.shape[1]
@@ -139,8 +141,9 @@ def _conv_bwd(dy, x, weight, bias, silu, dx, dw_rows, db_rows, nchunks):
             for t in range(nl):
                 acc += g[t]
             db_rows[b, d] = acc
+            dxr = dx[b, c0 + d]
             for t in range(nl):
-                dx[b, d, t] = 0
+                dxr[t] = 0
             for k in range(K):
                 shift = np.uint64(K - 1 - k)
                 wk = weight[d, k]
@@ -149,7 +152,7 @@ def _conv_bwd(dy, x, weight, bias, silu, dx, dw_rows, db_rows, nchunks):
                     tt = np.uint64(t)
                     gt = g[tt + shift]
                     acc += gt * x[b, d, tt]  # dweight[k] = sum_t g[t] x[t - shift]
-                    dx[b, d, tt] += wk * gt  # dx[s] = sum_k weight[k] g[s + shift]
+                    dxr[tt] += wk * gt  # dx[s] = sum_k weight[k] g[s + shift]
                 dw_rows[b, d, k] = acc
 
 
@@ -170,15 +173,21 @@ def _conv(x, weight, bias, silu, out=None):
     return out
 
 
-def _conv_backward(dy, x, weight, bias, silu, dx=None):
-    """Backward, unchecked: ``(dx, dweight, dbias or None)`` in ``x``'s dtype."""
+def _conv_backward(dy, x, weight, bias, silu, out=None, c0=0):
+    """Backward, unchecked: ``(dx, dweight, dbias or None)`` in ``x``'s dtype.
+
+    ``out``: a C-contiguous (B, C, L) array that receives dx in its channels
+    ``c0 .. c0 + D`` (``dx`` is then that view).
+    """
     real = x.dtype
     nb, nd, _ = x.shape
-    dx = np.empty(x.shape, real) if dx is None else dx  # (B, D, L)
+    if out is None:
+        out, c0 = np.empty(x.shape, real), 0  # (B, D, L)
     dw_rows = np.empty((nb, nd, weight.shape[1]), real)  # (B, D, K)
     db_rows = np.empty((nb, nd), real)  # (B, D)
     _launch(_conv_bwd, dy, x, np.ascontiguousarray(weight, dtype=real),
-            _bias_or_zeros(bias, nd, real), silu, dx, dw_rows, db_rows, _threads(nb * nd))
+            _bias_or_zeros(bias, nd, real), silu, out, c0, dw_rows, db_rows, _threads(nb * nd))
+    dx = out[:, c0:c0 + nd]  # (B, D, L)
     return dx, dw_rows.sum(axis=0), None if bias is None else db_rows.sum(axis=0)
 
 
@@ -290,7 +299,7 @@ def _path_backward(dy, c, w, scan_backward_fn, softplus=True, Bgiven=False, Cgiv
     dx_act += s["u"]  # ... and the scan's
     dxz = np.empty((nb, 2 * D, nl), real)  # (B, 2D, L)
     _, g["w_conv"], g["b_conv"] = _conv_backward(dx_act, c["x"], w["w_conv"], w["b_conv"], True,
-                                                 dx=dxz[:, :D])
+                                                 out=dxz, c0=0)  # dx into dxz[:, :D]
     dxz[:, D:] = s["z"]
     return dxz, s, g
 
