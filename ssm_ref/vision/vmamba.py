@@ -297,7 +297,7 @@ class SS2D(Module):
                     delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=x_act.dtype))
         y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
         for k in range(K):
-            y_cf[:, :, idx[k]] += ys[k]  # scatter back (each order visits a cell once)
+            _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
         y_grid = y_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         if self.reduce == "mean":
             y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
@@ -357,7 +357,7 @@ class SS2D(Module):
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
             g["x_proj_weight"][k] = xp.matmul(d_xdbl, xs[k].transpose(0, 2, 1)).sum(axis=0)
             dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
-            dx_cf[:, :, idx[k]] += dxs  # adjoint of the gather
+            _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
         dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         return dx_act, g
 
@@ -412,6 +412,22 @@ class SS2D(Module):
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
+
+
+def _add_back(out, seq, perm, xp):
+    """``out[:, :, perm] += seq`` for out (B, D, H·W) and seq (B, D, L_k): the scatter of a scan.
+
+    When ``perm`` visits every cell, as a gather with the inverse order
+    (``out[:, :, c] += seq[:, :, inv[c]]``: the same sums, about 20x faster
+    than NumPy's indexed add along the last axis at VMamba's sizes); for a
+    part of the grid (EfficientVMamba's sub-grids), by the indexed add.
+    """
+    if perm.size == out.shape[2]:
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.size)  # inv[c]: the step at which perm visits cell c
+        out += xp.take(seq, on_module_cached(inv, xp), axis=2)
+    else:
+        out[:, :, on_module_cached(perm, xp)] += seq
 
 
 def _with_scheme(kwargs, scheme, options):
