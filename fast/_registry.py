@@ -343,8 +343,10 @@ def scan_functions(backend="auto"):
     its ``inner_forward`` on the first, ``inner_backward`` on the second),
     which :class:`ssm_ref.MambaBlock` and Vim's mixer run in place of their
     NumPy conv -> x_proj -> dt_proj -> scan layers
-    (:func:`ssm_ref.mamba.inner_path_functions`).  ``"ref"`` gives the
-    reference functions themselves.
+    (:func:`ssm_ref.mamba.inner_path_functions`), and the fused depthwise
+    conv2d + SiLU (attribute ``conv2d_silu``) that VMamba's SS2D runs
+    (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`).  ``"ref"`` gives
+    the reference functions themselves.
 
     Raises
     ------
@@ -386,4 +388,6 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     fused = importlib.import_module("fast.numba_fused")
     scan_fn.inner_path = fused.inner_forward
     scan_backward_fn.inner_path = fused.inner_backward
+    scan_fn.conv2d_silu = fused.conv2d_silu_forward  # VMamba's SS2D: 3x3 conv + SiLU fused
+    scan_backward_fn.conv2d_silu = fused.conv2d_silu_backward
     return scan_fn, scan_backward_fn

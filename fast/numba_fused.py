@@ -60,7 +60,7 @@ from numba import njit, prange
 
 from ssm_ref._validation import as_array, check_finite, check_shape
 from ssm_ref.fused import INNER_FN_ARGS, check_inner_fn_args
-from ssm_ref.nn import _check_activation, _check_conv1d, _grad_like
+from ssm_ref.nn import _check_activation, _check_conv1d, _check_conv2d
 from ssm_ref.selective import _one_module
 
 from . import numba_cpu
@@ -68,7 +68,8 @@ from ._fastexp import fast_sigmoid
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
-           "mamba_inner_fn_backward", "inner_forward", "inner_backward"]
+           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
+           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -429,3 +430,195 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
               "delta_bias": s["delta_bias"]})
     return {k: None if a[k] is None else np.asarray(g[k]).astype(a[k].dtype, copy=False)
             for k in INNER_FN_ARGS}
+
+
+# ---------------------------------------------------------------------------
+# VMamba's depthwise conv2d + SiLU (channels last)
+# ---------------------------------------------------------------------------
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_fwd(x, weight, bias, silu, out):
+    """``out = act(depthwise_conv2d(x))`` on (B, H, W, C), one (batch, image row) per job.
+
+    ``weight`` is (kh, kw, C): the loop over C is innermost and contiguous in
+    both the image and the weight, so it vectorizes; zero padding is the
+    taps skipped at the border.
+    """
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for j in range(W):
+            for c in range(C):
+                out[b, i, j, c] = bias[c]
+            for p in range(kh):
+                ii = i + p - top
+                if ii < 0 or ii >= H:
+                    continue
+                for q in range(kw):
+                    jj = j + q - left
+                    if jj < 0 or jj >= W:
+                        continue
+                    for c in range(C):
+                        out[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+            if silu:
+                for c in range(C):
+                    v = out[b, i, j, c]
+                    out[b, i, j, c] = v * fast_sigmoid(v)
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_grad_pre(dy, x, weight, bias, g):
+    """g = dy * silu'(pre) with the pre-activation recomputed, per (batch, image row)."""
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for j in range(W):
+            for c in range(C):
+                g[b, i, j, c] = bias[c]
+            for p in range(kh):
+                ii = i + p - top
+                if ii < 0 or ii >= H:
+                    continue
+                for q in range(kw):
+                    jj = j + q - left
+                    if jj < 0 or jj >= W:
+                        continue
+                    for c in range(C):
+                        g[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+            for c in range(C):
+                v = g[b, i, j, c]
+                s = fast_sigmoid(v)
+                g[b, i, j, c] = dy[b, i, j, c] * s * (1 + v * (1 - s))
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_bwd(g, x, weight, dx, dw_rows, db_rows):
+    """dx, and dweight / dbias per (batch, image row), from g at the pre-activation.
+
+    ``dx[b, i, j] = sum_{p,q} weight[p, q] g[b, i - p + top, j - q + left]`` (a
+    gather, so each job writes only its own row of dx).
+    """
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for c in range(C):
+            db_rows[job, c] = 0
+        for p in range(kh):
+            for q in range(kw):
+                for c in range(C):
+                    dw_rows[job, p, q, c] = 0
+        for j in range(W):
+            for c in range(C):
+                db_rows[job, c] += g[b, i, j, c]
+                dx[b, i, j, c] = 0
+            for p in range(kh):
+                ii = i + p - top  # the input row tap p reads for output row i ...
+                io = i - p + top  # ... and the output row that reads input row i with tap p
+                for q in range(kw):
+                    jj = j + q - left
+                    if 0 <= ii < H and 0 <= jj < W:
+                        for c in range(C):
+                            dw_rows[job, p, q, c] += g[b, i, j, c] * x[b, ii, jj, c]
+                    jo = j - q + left
+                    if 0 <= io < H and 0 <= jo < W:
+                        for c in range(C):
+                            dx[b, i, j, c] += weight[p, q, c] * g[b, io, jo, c]
+
+
+def _conv2d(x, weight, bias, silu):
+    """Forward on a ``real`` (float32/64) x (B, H, W, C) and (C, kh, kw) weight, unchecked."""
+    real = x.dtype
+    out = np.empty(x.shape, real)  # (B, H, W, C)
+    _launch(_conv2d_fwd, np.ascontiguousarray(x), np.ascontiguousarray(
+        weight.transpose(1, 2, 0), dtype=real), _bias_or_zeros(bias, x.shape[3], real), silu, out)
+    return out
+
+
+def _conv2d_backward(dy, x, weight, bias, silu):
+    """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype."""
+    real = x.dtype
+    nb, H, _, C = x.shape
+    x = np.ascontiguousarray(x)
+    w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
+    if silu:
+        g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation
+        _launch(_conv2d_grad_pre, np.ascontiguousarray(dy, dtype=real), x, w_t,
+                _bias_or_zeros(bias, C, real), g)
+    else:
+        g = np.ascontiguousarray(dy, dtype=real)
+    dx = np.empty(x.shape, real)
+    dw_rows = np.empty((nb * H,) + w_t.shape, real)  # (B·H, kh, kw, C)
+    db_rows = np.empty((nb * H, C), real)
+    _launch(_conv2d_bwd, g, x, w_t, dx, dw_rows, db_rows)
+    dw = dw_rows.sum(axis=0).transpose(2, 0, 1)  # (C, kh, kw)
+    return dx, dw, None if bias is None else db_rows.sum(axis=0)
+
+
+def depthwise_conv2d(x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.depthwise_conv2d` with an optional SiLU (one kernel).
+
+    ``activation`` None or ``"silu"`` (VMamba's SS2D applies SiLU right after
+    its 3x3 depthwise convolution); float32 ``x`` is computed in float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import depthwise_conv2d
+    >>> x = np.zeros((1, 3, 3, 1)); x[0, 1, 1, 0] = 1.0
+    >>> depthwise_conv2d(x, np.arange(9.0).reshape(1, 3, 3))[0, :, :, 0]
+    array([[8., 7., 6.],
+           [5., 4., 3.],
+           [2., 1., 0.]])
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    real = _compute_dtype(x.dtype)
+    return _conv2d(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+
+
+def depthwise_conv2d_backward(dy, x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.depthwise_conv2d_backward`, SiLU optional.
+
+    Returns ``(dx, dweight, dbias)``, each in its argument's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import depthwise_conv2d_backward
+    >>> dx, dw, db = depthwise_conv2d_backward(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)),
+    ...                                        np.ones((1, 3, 3)), np.zeros(1))
+    >>> dw[0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    dy = as_array(dy, "dy", allow_complex=False)
+    check_shape(dy, "dy", x.shape)
+    check_finite(dy, "dy")
+    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
+    dx, dw, db = _conv2d_backward(dy.astype(real, copy=False), x.astype(real, copy=False),
+                                  weight, bias, silu)
+    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
+            None if bias is None else db.astype(bias.dtype, copy=False))
+
+
+def conv2d_silu_forward(x, weight, bias):
+    """SS2D's conv + SiLU on the fused path, unchecked: ``silu(depthwise_conv2d(x))``."""
+    return _conv2d(x, weight.astype(x.dtype, copy=False), bias, True)
+
+
+def conv2d_silu_backward(dy, x, weight, bias):
+    """Gradients of :func:`conv2d_silu_forward`, unchecked: ``(dx, dweight, dbias or None)``."""
+    return _conv2d_backward(np.ascontiguousarray(dy, dtype=x.dtype), x,
+                            weight.astype(x.dtype, copy=False), bias, True)

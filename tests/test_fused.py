@@ -329,3 +329,51 @@ def test_fused_backward_refuses_the_reference_cache(rng):
     out, cache = ref_block.forward(x, return_cache=True)
     with pytest.raises(TypeError, match="cache"):
         numba_block.backward(np.ones_like(out), cache)
+
+
+# --------------------------------------------------------------------------- VMamba's conv2d + SiLU
+@DTYPES
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("k, with_bias", [(3, True), (3, False), (2, True), (5, True)])
+def test_numba_conv2d_matches_reference(rng, dtype, activation, k, with_bias):
+    xz = rng.standard_normal((2, 5, 7, 8)).astype(dtype)  # (B, H, W, 2C)
+    x = xz[..., :4]  # a channel slice, as SS2D's xc
+    w = rng.standard_normal((4, k, k)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype) if with_bias else None
+    f64 = (lambda a: None if a is None else a.astype(np.float64))
+    ref = sr.depthwise_conv2d(f64(x), f64(w), f64(b))
+    if activation:
+        ref = sr.silu(ref)
+    assert_close(numba_fused.depthwise_conv2d(x, w, b, activation), ref, kind="backend",
+                 dtype=dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dpre = sr.silu_backward(f64(dy), sr.depthwise_conv2d(f64(x), f64(w), f64(b))) \
+        if activation else f64(dy)
+    want = sr.depthwise_conv2d_backward(dpre, f64(x), f64(w), f64(b))
+    got = numba_fused.depthwise_conv2d_backward(dy, x, w, b, activation)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        if r is None:
+            assert g is None
+        else:
+            assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["vmamba", "localmamba", "efficientvmamba"])
+def test_ss2d_models_use_the_fused_conv_with_numba(rng, name, monkeypatch):
+    ref = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
+                                d_state=4, seed=0)
+    fused = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
+                                  d_state=4, seed=0)
+    fused.set_backend(*fast.scan_functions("numba"))
+    calls = []
+    real = numba_fused._conv2d
+    monkeypatch.setattr(numba_fused, "_conv2d", lambda *a: calls.append(1) or real(*a))
+    x = rng.standard_normal((3, 8, 8, 1))
+    out, cache = fused.forward(x, return_cache=True)
+    assert calls, "SS2D did not run the fused conv2d + SiLU"
+    out_ref, cache_ref = ref.forward(x, return_cache=True)
+    assert_close(out, out_ref, kind="backend")
+    dout = rng.standard_normal(out.shape)
+    grads, grads_ref = fused.backward(dout, cache), ref.backward(dout, cache_ref)
+    for k in grads_ref:
+        assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)

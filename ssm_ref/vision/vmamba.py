@@ -369,9 +369,14 @@ class SS2D(Module):
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]  # (B, H, W, D) each
-        x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                                  check=False)  # (B, H, W, D)
-        x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        conv_silu, _ = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if conv_silu is None:
+            x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                                      check=False)  # (B, H, W, D)
+            x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        else:  # the Numba backend: conv and SiLU in one kernel (x_conv recomputed backward)
+            x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
+                                            self._w("conv2d.bias"))  # (B, H, W, D)
         y, core = self._core_forward(x_act, self._core_weights())  # (B, H, W, D)
         y_norm = layer_norm(y, self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
                             check=False)
@@ -403,15 +408,36 @@ class SS2D(Module):
             check=False)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
         g.update(gc)
-        dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
-        dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
-            dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-            check=False)
+        _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if cache["x_conv"] is not None:
+            dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
+            dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
+                dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                check=False)
+        elif conv_silu_backward is not None:  # the forward ran the fused conv + SiLU
+            dxc, dw_conv, g["conv2d.bias"] = conv_silu_backward(
+                dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
+        else:
+            raise TypeError("Parameter cache comes from a forward on the fused Numba path; "
+                            "run backward with the same scan functions")
         g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
         dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
+
+
+def conv2d_silu_functions(scan_fn, scan_backward_fn):
+    """SS2D's fused ``silu(depthwise_conv2d(x))`` and its backward, or ``(None, None)``.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry them (a
+    ``conv2d_silu`` attribute on each, from ``fast.numba_fused``): one kernel
+    for the convolution and its SiLU, the pre-activation recomputed in the
+    backward.  Used only when both functions have one.
+    """
+    fwd = getattr(scan_fn, "conv2d_silu", None)
+    bwd = getattr(scan_backward_fn, "conv2d_silu", None)
+    return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
 
 
 def _add_back(out, seq, perm, xp):
