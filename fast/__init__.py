@@ -11,7 +11,8 @@ numba_cpu           the selective scan, its backward and the decoding step on
                     threading layer its parallel launches take a lock)
 numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
                     SiLU and the inner function (conv -> x_proj -> dt_proj ->
-                    scan -> gate), forward and backward
+                    scan -> gate), forward and backward; SS2D's depthwise
+                    conv2d + SiLU
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 cuda_scan           the hardware-aware selective scan in Numba-CUDA on CuPy
                     arrays (imported only when the "cuda" backend is used)

@@ -44,6 +44,12 @@ How it is computed
   where the reference goes through (B, L, ·) tokens for its ``linear``
   layers.  The matrix products are NumPy's (BLAS); the weight gradients sum
   over the batch as one batched product and a sum each.
+* VMamba's SS2D has a 3x3 depthwise convolution on channels-last images
+  followed by SiLU: :func:`depthwise_conv2d` does both in one kernel, one
+  (batch, image row) per job with the loop over channels innermost and
+  contiguous; its backward recomputes the pre-activation once into a
+  gradient array g and then gathers ``dx`` from g's neighbours (each job
+  writes only its own row: no races).
 * Precision: float32 ``xz`` (or ``x``) is computed in float32 (weights cast
   to float32), anything else in float64, as :mod:`fast.numba_cpu`.
 
