@@ -30,7 +30,8 @@ The data path (book equation ``eq-mamba-block``), tokens (B, L, d_model)::
 
 Parameters live in ``block.params``, a dict keyed by the official state-dict
 names (``in_proj.weight``, ``conv1d.weight``, ...), so weights move between
-PyTorch and this project by name.  Everything is computed in float64; the
+PyTorch and this project by name.  Everything is computed in float64 (or in
+float32 after ``block.set_dtype(np.float32)``, the float32 training option); the
 output has the input's dtype.
 
 The functions and the block run on the array module of their inputs (NumPy,
@@ -562,7 +563,8 @@ class MambaBlock(Module):
     seed : int, numpy.random.Generator or None, default 0
         Seed of the official initialization (:func:`mamba_init`).
     dtype : numpy dtype, default float64
-        dtype the parameters are stored in (computation is float64 regardless).
+        dtype the parameters are stored in (computation is float64 regardless,
+        unless :meth:`set_dtype` changes both).
     scan_fn : callable, optional
         The selective scan, with the signature of :func:`ssm_ref.selective_scan`
         (default); e.g. ``fast.selective_scan`` to run the compiled backend.

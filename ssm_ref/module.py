@@ -99,7 +99,8 @@ class Module:
     parameters with :meth:`add_param` and its submodules with
     :meth:`add_module`, in the order its state dict should list them.
 
-    A block implements two unchecked methods on float64 arrays,
+    A block implements two unchecked methods on arrays of its ``compute_dtype``
+    (float64 unless :meth:`set_dtype` chose float32),
     ``_forward(u) -> (out, cache)`` and ``_backward(dout, cache) -> (dx, grads)``
     (``grads`` by state-dict name, see :meth:`_grads`); the public
     :meth:`forward` and :meth:`backward` validate their arguments once and call
@@ -213,7 +214,8 @@ class Module:
         """Run the block on ``x`` (tokens (B, L, C) or an image (B, H, W, C), C = d_model).
 
         The public entry point: ``x`` is validated here (real, finite, the
-        block's shape), then the unchecked ``_forward`` runs in float64.
+        block's shape), then the unchecked ``_forward`` runs in ``compute_dtype``
+        (float64 unless :meth:`set_dtype` chose float32).
 
         Returns
         -------
@@ -235,7 +237,7 @@ class Module:
 
         ``dout`` (the gradient of the output) and ``cache`` (from
         ``forward(x, return_cache=True)``) are validated here; the unchecked
-        ``_backward`` runs in float64.  Each gradient has its parameter's dtype.
+        ``_backward`` runs in ``compute_dtype``.  Each gradient has its parameter's dtype.
         """
         dout = self._check_backward_args(dout, cache)
         dx, grads = self._backward(dout.astype(self.compute_dtype, copy=False), cache)
@@ -326,7 +328,7 @@ class Module:
             dt = np.dtype(dtype)
         except TypeError:
             dt = None
-        if dtype is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        if dtype is None or dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise ValueError(f"Parameter dtype = {dtype!r} is not one of ['float32', 'float64']")
         for m in self.modules():
             m._params = {k: v.astype(dt, copy=False) for k, v in m._params.items()}

@@ -570,3 +570,26 @@ def test_float32_option_needs_a_module_and_a_known_dtype(digits):
     with pytest.raises(ValueError, match="dtype"):
         train(models.build_model("vim", embed_dim=8, depth=1, d_state=2), _small(digits, 8, 4),
               dtype="float16", progress=False)
+
+
+@pytest.mark.parametrize("bad", ["float16", None, "f8x", np.int32])
+def test_set_dtype_and_state_dtype_refuse_other_dtypes(bad):
+    from ssm_ref.optim import AdamW
+    model = models.build_model("vim", embed_dim=8, depth=1, d_state=2)
+    with pytest.raises(ValueError, match="dtype"):
+        model.set_dtype(bad)
+    assert model.compute_dtype == np.float64  # unchanged
+    with pytest.raises(ValueError, match="state_dtype"):
+        AdamW(model.params, state_dtype=bad)
+
+
+def test_set_dtype_round_trip_keeps_the_function():
+    """float64 -> float32 -> float64: the same outputs to float32 precision, dtypes followed."""
+    model = models.build_model("vmamba", embed_dim=8, depth=1, d_state=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 1))
+    out64 = model(x)
+    out32 = model.set_dtype("float32")(x.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, out64, rtol=2e-4, atol=2e-5)
+    assert model.set_dtype(np.float64)(x).dtype == np.float64
+    assert {v.dtype for v in model.params.values()} == {np.dtype(np.float64)}
