@@ -11,6 +11,10 @@ numba_cpu           the selective scan, its backward and the decoding step
                     channel); safe to
                     call from several threads (under Numba's "workqueue"
                     threading layer its parallel launches take a lock)
+numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
+                    SiLU and the inner function (conv -> x_proj -> dt_proj ->
+                    scan -> gate), forward and backward; SS2D's depthwise
+                    conv2d + SiLU
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 _launch             the one lock every parallel Numba kernel is launched through
                     (thread safety under the "workqueue" layer)
@@ -33,7 +37,15 @@ from ._registry import (  # noqa: F401
     selective_scan_backward,
     selective_state_step,
     selective_state_update,
+    causal_conv1d,
+    causal_conv1d_backward,
+    mamba_inner_fn,
+    mamba_inner_fn_backward,
+    scan_functions,
+    attach_inner_path,
 )
 
 __all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
-           "selective_state_update", "selective_state_step"]
+           "selective_state_update", "selective_state_step", "causal_conv1d",
+           "causal_conv1d_backward", "mamba_inner_fn", "mamba_inner_fn_backward", "scan_functions",
+           "attach_inner_path"]

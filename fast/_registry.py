@@ -25,12 +25,15 @@ Rules
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
 from ssm_ref._xp import is_cupy
 
 __all__ = ["BACKENDS", "backends", "selective_scan", "selective_scan_backward",
-           "selective_state_update", "selective_state_step"]
+           "selective_state_update", "selective_state_step", "causal_conv1d",
+           "causal_conv1d_backward", "mamba_inner_fn", "mamba_inner_fn_backward", "scan_functions",
+           "attach_inner_path"]
 
 #: the backend names, in order of preference for NumPy input
 BACKENDS = ("ref", "numba", "cuda")
@@ -243,3 +246,176 @@ def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     module = _module(backend, dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z,
                                   dt_bias=dt_bias))
     return module.selective_state_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+# ---------------------------------------------------------------------------
+# the Mamba block's fused pieces (causal conv1d + SiLU, the inner function)
+# ---------------------------------------------------------------------------
+
+#: where each backend keeps the fused pieces: the reference twins, or fast.numba_fused
+_FUSED_MODULES = {"ref": {"causal_conv1d": "ssm_ref.nn", "mamba_inner_fn": "ssm_ref.fused"},
+                  "numba": {"causal_conv1d": "fast.numba_fused",
+                            "mamba_inner_fn": "fast.numba_fused"}}
+
+
+def _fused_module(backend, arrays, piece):
+    """The module holding ``piece`` (its ``_backward`` too) for ``backend``; raise if none."""
+    module = _module(backend, arrays)  # the name, its availability, the arrays' device
+    name = next(b for b, m in _MODULES.items() if m == module.__name__)
+    if name not in _FUSED_MODULES:
+        raise RuntimeError(f"backend {name!r} has no {piece}: only the selective scan runs "
+                           "there; use backend='ref' (the reference runs on the array module "
+                           "of its inputs, CuPy included)")
+    return importlib.import_module(_FUSED_MODULES[name][piece])
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, *, backend="auto"):
+    """Causal depthwise conv1d with an optional SiLU (official ``causal_conv1d_fn``) on a backend.
+
+    Same parameters, results and errors as :func:`ssm_ref.nn.causal_conv1d`,
+    plus ``backend`` (``"ref"`` or ``"numba"``; ``"cuda"`` raises
+    ``RuntimeError``, as does ``"auto"`` on GPU arrays).  The Numba version is
+    one kernel for the convolution and its SiLU.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    >>> fast.causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]), backend="numba")
+    array([[[10., 21., 32., 43.]]])
+    """
+    module = _fused_module(backend, dict(x=x, weight=weight, bias=bias), "causal_conv1d")
+    return module.causal_conv1d(x, weight, bias, activation)
+
+
+def causal_conv1d_backward(dy, x, weight, bias=None, activation=None, *, backend="auto"):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`causal_conv1d` on a backend.
+
+    Same parameters, results and errors as
+    :func:`ssm_ref.nn.causal_conv1d_backward`, plus ``backend``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> dx, dw, db = fast.causal_conv1d_backward(np.ones((1, 1, 3)), np.ones((1, 1, 3)),
+    ...                                          np.ones((1, 2)), backend="numba")
+    >>> dx, dw, db
+    (array([[[2., 2., 1.]]]), array([[2., 3.]]), None)
+    """
+    module = _fused_module(backend, dict(dy=dy, x=x, weight=weight, bias=bias), "causal_conv1d")
+    return module.causal_conv1d_backward(dy, x, weight, bias, activation)
+
+
+def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
+                   out_proj_weight, out_proj_bias, A, B=None, C=None, D=None, delta_bias=None,
+                   delta_softplus=True, *, backend="auto"):
+    """The Mamba block after ``in_proj`` (official ``mamba_inner_fn``) on a backend.
+
+    Same parameters, results and errors as :func:`ssm_ref.fused.mamba_inner_fn`,
+    plus ``backend`` (``"ref"`` or ``"numba"``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> from ssm_ref import MambaBlock
+    >>> from ssm_ref.fused import block_arguments
+    >>> args = block_arguments(MambaBlock(d_model=4, d_state=2).params)
+    >>> fast.mamba_inner_fn(np.ones((1, 16, 3)), **args, backend="numba").shape
+    (1, 3, 4)
+    """
+    arrays = dict(xz=xz, conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias,
+                  x_proj_weight=x_proj_weight, delta_proj_weight=delta_proj_weight,
+                  out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias, A=A, B=B, C=C,
+                  D=D, delta_bias=delta_bias)
+    module = _fused_module(backend, arrays, "mamba_inner_fn")
+    return module.mamba_inner_fn(**arrays, delta_softplus=delta_softplus)
+
+
+def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
+                            delta_proj_weight, out_proj_weight, out_proj_bias, A, B=None, C=None,
+                            D=None, delta_bias=None, delta_softplus=True, *, backend="auto"):
+    """Gradients of :func:`mamba_inner_fn` on a backend: the dict of every argument's gradient.
+
+    Same parameters, results and errors as
+    :func:`ssm_ref.fused.mamba_inner_fn_backward`, plus ``backend``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fast
+    >>> from ssm_ref import MambaBlock
+    >>> from ssm_ref.fused import block_arguments
+    >>> args = block_arguments(MambaBlock(d_model=4, d_state=2).params)
+    >>> g = fast.mamba_inner_fn_backward(np.ones((1, 3, 4)), np.ones((1, 16, 3)), **args,
+    ...                                  backend="numba")
+    >>> g["xz"].shape, g["B"]
+    ((1, 16, 3), None)
+    """
+    arrays = dict(xz=xz, conv1d_weight=conv1d_weight, conv1d_bias=conv1d_bias,
+                  x_proj_weight=x_proj_weight, delta_proj_weight=delta_proj_weight,
+                  out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias, A=A, B=B, C=C,
+                  D=D, delta_bias=delta_bias)
+    module = _fused_module(backend, dict(dout=dout, **arrays), "mamba_inner_fn")
+    return module.mamba_inner_fn_backward(dout, **arrays, delta_softplus=delta_softplus)
+
+
+def scan_functions(backend="auto"):
+    """The ``(scan_fn, scan_backward_fn)`` pair a block takes, for one backend.
+
+    ``functools.partial(selective_scan, backend=backend)`` and the same for
+    :func:`selective_scan_backward`.  For ``"numba"`` the two also carry the
+    fused inner path of :mod:`fast.numba_fused` (attribute ``inner_path``:
+    its ``inner_forward`` on the first, ``inner_backward`` on the second),
+    which :class:`ssm_ref.MambaBlock` and Vim's mixer run in place of their
+    NumPy conv -> x_proj -> dt_proj -> scan layers
+    (:func:`ssm_ref.mamba.inner_path_functions`), and the fused depthwise
+    conv2d + SiLU (attribute ``conv2d_silu``) that VMamba's SS2D runs
+    (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`).  ``"ref"`` gives
+    the reference functions themselves.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``backend``.
+    RuntimeError
+        The backend is not available here.
+
+    Examples
+    --------
+    >>> import fast
+    >>> fwd, bwd = fast.scan_functions("numba")
+    >>> fwd.keywords, fwd.inner_path.__name__, bwd.inner_path.__name__
+    ({'backend': 'numba'}, 'inner_forward', 'inner_backward')
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(f"Parameter backend = {backend!r} is not one of "
+                         f"{list(BACKENDS + ('auto',))}")
+    if backend == "ref":
+        ref = importlib.import_module(_MODULES["ref"])
+        return ref.selective_scan, ref.selective_scan_backward
+    if backend != "auto":
+        available, reason = _status(backend)
+        if not available:
+            raise RuntimeError(f"backend {backend!r} is not available here: {reason}")
+    fwd = functools.partial(selective_scan, backend=backend)
+    bwd = functools.partial(selective_scan_backward, backend=backend)
+    if backend == "numba":
+        attach_inner_path(fwd, bwd)
+    return fwd, bwd
+
+
+def attach_inner_path(scan_fn, scan_backward_fn):
+    """Give a pair of Numba scan functions the fused inner path (see :func:`scan_functions`).
+
+    For callers that build their own ``functools.partial`` pair (the command
+    line, the benchmarks); returns the pair.
+    """
+    fused = importlib.import_module("fast.numba_fused")
+    scan_fn.inner_path = fused.inner_forward
+    scan_backward_fn.inner_path = fused.inner_backward
+    scan_fn.conv2d_silu = fused.conv2d_silu_forward  # VMamba's SS2D: 3x3 conv + SiLU fused
+    scan_backward_fn.conv2d_silu = fused.conv2d_silu_backward
+    return scan_fn, scan_backward_fn

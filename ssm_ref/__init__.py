@@ -15,6 +15,7 @@ scans               sequential, Hillis-Steele, Blelloch, chunked, log-space scan
 nn                  layers with hand-derived backward passes (linear, conv1d, norms) (ch. 7)
 module              the one Module base: parameters by state-dict name, submodules   (ch. 7)
 mamba               the Mamba block with official weights names and step mode     (ch. 7)
+fused               the block's inner function with the official signature        (ch. 7, 11)
 lm                  a Mamba language model that reads real checkpoints            (ch. 7)
 regularize          state dropout in the scan, weight normalisation (survey §6.1) (ch. 13)
 vision              scan orders, multi-direction scans, vision Mamba blocks       (ch. 8-9)
@@ -32,6 +33,7 @@ from .scans import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
 from .module import *  # noqa: F401,F403
 from .mamba import *  # noqa: F401,F403
+from .fused import *  # noqa: F401,F403
 from .lm import *  # noqa: F401,F403
 from .regularize import *  # noqa: F401,F403
 from . import vision  # noqa: F401

@@ -149,7 +149,9 @@ def resolve_backend(name):
         ``"ref"`` gives :func:`ssm_ref.selective_scan` and
         :func:`ssm_ref.selective_scan_backward`; the others give
         ``functools.partial(fast.selective_scan, backend=name)`` and the same
-        for ``fast.selective_scan_backward``.
+        for ``fast.selective_scan_backward``; the ``"numba"`` pair also carries
+        the fused inner path (:func:`fast.attach_inner_path`), which the
+        Mamba and Vim blocks then run.
 
     Returns
     -------
@@ -177,8 +179,11 @@ def resolve_backend(name):
     if not available:
         have = ", ".join(b for b, (ok, _) in status.items() if ok)
         raise CLIError(f"backend {name!r} is not available here ({reason}); available: {have}")
-    return (functools.partial(fast.selective_scan, backend=name),
+    pair = (functools.partial(fast.selective_scan, backend=name),
             functools.partial(fast.selective_scan_backward, backend=name))
+    if name == "numba":  # the blocks then run the fused inner path (fast.numba_fused)
+        fast.attach_inner_path(*pair)
+    return pair
 
 
 def _parse_options(items, flag):
@@ -288,6 +293,10 @@ def build_parser():
     tr.add_argument("--backend", default=d["backend"], choices=BACKENDS,
                     help="selective scan implementation: ref (NumPy reference), numba (compiled "
                          "CPU), cuda (GPU, CuPy arrays); see 'ssm-ref backends'")
+    tr.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                    help="precision of parameters, activations, gradients and optimiser state: "
+                         "float64 (the reference) or float32 (faster, with --backend numba "
+                         "the scan runs in float32 too)")
     tr.add_argument("--seed", type=_nonnegative_int, default=d["seed"], metavar="S",
                     help="seeds the model initialisation, the data split / generation and the "
                          "batch order")
@@ -443,6 +452,7 @@ def _cmd_train(args):
         raise CLIError(str(exc)) from None
     settings = {"model": args.model, "scan": args.scan, "dataset": args.dataset,
                 "backend": args.backend, "device": device, "model_options": model_opts, "data_options": data_opts,
+                "dtype": args.dtype,
                 "blas_threads": args.blas_threads,
                 "malloc": keep_freed_memory(),  # ~15-30% faster steps on the CPU, ssm_ref/_malloc.py
                 "command": "ssm-ref " + " ".join(args.argv)}
@@ -454,7 +464,8 @@ def _cmd_train(args):
                             out_dir=out, progress=not args.no_progress,
                             clip_norm=args.clip_norm or None, warmup_epochs=args.warmup_epochs,
                             augment=args.augment, resume=args.resume, plot=not args.no_plot,
-                            settings=settings)
+                            settings=settings,
+                            dtype=None if args.dtype == "float64" else args.dtype)
         except ValueError as exc:  # a checkpoint from a run with other settings, or whose
             # optimiser state is bad (checked only once train builds the optimiser): one line
             if not (str(exc).startswith("resume:")

@@ -30,7 +30,8 @@ The data path (book equation ``eq-mamba-block``), tokens (B, L, d_model)::
 
 Parameters live in ``block.params``, a dict keyed by the official state-dict
 names (``in_proj.weight``, ``conv1d.weight``, ...), so weights move between
-PyTorch and this project by name.  Everything is computed in float64; the
+PyTorch and this project by name.  Everything is computed in float64 (or in
+float32 after ``block.set_dtype(np.float32)``, the float32 training option); the
 output has the input's dtype.
 
 The functions and the block run on the array module of their inputs (NumPy,
@@ -280,8 +281,8 @@ def _f64(arr):
     return None if arr is None else arr.astype(np.float64, copy=False)
 
 
-def inner_path_weights(params, names=None):
-    """One inner path's parameters in float64 under short names, unchecked.
+def inner_path_weights(params, names=None, dtype=np.float64):
+    """One inner path's parameters in float64 (or ``dtype``) under short names, unchecked.
 
     ``w_conv`` (D, K), ``b_conv`` (D,) or None, ``w_x`` (R + 2N, D), ``w_dt``
     (D, R), ``b_dt`` (D,), ``A`` (D, N) = -exp(A_log), ``D`` (D,).  ``names``
@@ -289,7 +290,8 @@ def inner_path_weights(params, names=None):
     (Vim's backward path keeps its copy under other names).
     """
     def get(k):
-        return _f64(params.get(k if names is None else names[k]))
+        v = params.get(k if names is None else names[k])
+        return None if v is None else v.astype(dtype, copy=False)
     A_log = get("A_log")
     A = a_from_log(A_log, "A_log" if names is None else names["A_log"])  # (D, N)
     return {"w_conv": get("conv1d.weight")[:, 0, :], "b_conv": get("conv1d.bias"),  # (D, K)
@@ -437,10 +439,27 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
                   delta_softplus=True, return_last_state=return_last_state)
     # [/book:mamba-inner-forward]
     y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
-    y = xp.asarray(y, dtype=np.float64)  # (B, D, L)
+    y = xp.asarray(y, dtype=xz.dtype)  # (B, D, L)
     cache = {"x": x, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
              "delta": delta, "Bmat": Bmat, "Cmat": Cmat}
     return y, cache, last_state
+
+
+def inner_path_functions(scan_fn, scan_backward_fn):
+    """The inner path a block runs with these scan functions: ``(forward, backward)``.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry the fused
+    inner path of ``fast.numba_fused`` (an ``inner_path`` attribute on each:
+    the causal conv and its SiLU in one kernel, the projections channels
+    first, no transposes); it is used when both functions have one.
+    Otherwise, the reference :func:`inner_forward` and :func:`inner_backward`.
+    Both pairs take and return the same things; each reads only its own cache.
+    """
+    fwd = getattr(scan_fn, "inner_path", None)
+    bwd = getattr(scan_backward_fn, "inner_path", None)
+    if fwd is None or bwd is None:
+        return inner_forward, inner_backward
+    return fwd, bwd
 
 
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
@@ -509,7 +528,7 @@ def inner_backward(dy, cache, w, scan_backward_fn):
     s = scan_backward_fn(dy, cache["x_act"], cache["delta"], w["A"], cache["Bmat"],
                          cache["Cmat"], D=w["D"], z=cache["z"], delta_bias=w["b_dt"],
                          delta_softplus=True)
-    s = {k: (None if v is None else xp.asarray(v, dtype=np.float64)) for k, v in s.items()}
+    s = {k: (None if v is None else xp.asarray(v, dtype=dy.dtype)) for k, v in s.items()}
     g["A_log"] = s["A"] * w["A"]  # A = -exp(A_log): dA/dA_log = A
     g["D"], g["dt_proj.bias"] = s["D"], s["delta_bias"]
 
@@ -548,7 +567,8 @@ class MambaBlock(Module):
     seed : int, numpy.random.Generator or None, default 0
         Seed of the official initialization (:func:`mamba_init`).
     dtype : numpy dtype, default float64
-        dtype the parameters are stored in (computation is float64 regardless).
+        dtype the parameters are stored in (computation is float64 regardless,
+        unless :meth:`set_dtype` changes both).
     scan_fn : callable, optional
         The selective scan, with the signature of :func:`ssm_ref.selective_scan`
         (default); e.g. ``fast.selective_scan`` to run the compiled backend.
@@ -725,7 +745,8 @@ class MambaBlock(Module):
         dtype('float32')
         """
         x = self._check_tokens(x)
-        out, cache, _ = self._forward(_f64(x), return_last_state=False)
+        out, cache, _ = self._forward(x.astype(self.compute_dtype, copy=False),
+                                      return_last_state=False)
         out = out.astype(x.dtype)
         return (out, cache) if return_cache else out
 
@@ -734,9 +755,11 @@ class MambaBlock(Module):
         # [book:mamba-block-forward]
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, L, 2D)
-        y, inner, last_state = inner_forward(xz.transpose(0, 2, 1),
-                                             inner_path_weights(self._params), self.scan_fn,
-                                             return_last_state)  # (B, D, L)
+        path_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
+        y, inner, last_state = path_forward(xz.transpose(0, 2, 1),
+                                            inner_path_weights(self._params,
+                                                               dtype=self.compute_dtype),
+                                            self.scan_fn, return_last_state)  # (B, D, L)
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:mamba-block-forward]
@@ -790,7 +813,7 @@ class MambaBlock(Module):
                                      ndim=3)
         self._check_module(dout_arr, "dout")
         check_finite(dout_arr, "dout")
-        du, grads = self._backward(_f64(dout_arr), cache)
+        du, grads = self._backward(dout_arr.astype(self.compute_dtype, copy=False), cache)
         return du.astype(dout_arr.dtype), grads
 
     def _backward(self, dout, cache):
@@ -803,9 +826,10 @@ class MambaBlock(Module):
             self._w("out_proj.bias"), check=False)
 
         # y = inner path(xz): the scan, dt_proj, x_proj, SiLU, conv1d in reverse
-        dxz, g_inner = inner_backward(dy_tok.transpose(0, 2, 1), cache,
-                                      inner_path_weights(self._params),
-                                      self.scan_backward_fn)  # (B, 2D, L)
+        _, path_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
+        dxz, g_inner = path_backward(dy_tok.transpose(0, 2, 1), cache,
+                                     inner_path_weights(self._params, dtype=self.compute_dtype),
+                                     self.scan_backward_fn)  # (B, 2D, L)
         g.update(g_inner)
 
         # xz = in_proj(u)

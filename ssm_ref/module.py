@@ -99,7 +99,8 @@ class Module:
     parameters with :meth:`add_param` and its submodules with
     :meth:`add_module`, in the order its state dict should list them.
 
-    A block implements two unchecked methods on float64 arrays,
+    A block implements two unchecked methods on arrays of its ``compute_dtype``
+    (float64 unless :meth:`set_dtype` chose float32),
     ``_forward(u) -> (out, cache)`` and ``_backward(dout, cache) -> (dx, grads)``
     (``grads`` by state-dict name, see :meth:`_grads`); the public
     :meth:`forward` and :meth:`backward` validate their arguments once and call
@@ -213,7 +214,8 @@ class Module:
         """Run the block on ``x`` (tokens (B, L, C) or an image (B, H, W, C), C = d_model).
 
         The public entry point: ``x`` is validated here (real, finite, the
-        block's shape), then the unchecked ``_forward`` runs in float64.
+        block's shape), then the unchecked ``_forward`` runs in ``compute_dtype``
+        (float64 unless :meth:`set_dtype` chose float32).
 
         Returns
         -------
@@ -226,7 +228,7 @@ class Module:
             ``x`` of the wrong shape (named, with the expected shape) or not finite.
         """
         x = self._check_input(x, self.x_ndim, self.config.d_model)
-        out, cache = self._forward(x.astype(np.float64, copy=False))
+        out, cache = self._forward(x.astype(self.compute_dtype, copy=False))
         out = out.astype(x.dtype)
         return (out, cache) if return_cache else out
 
@@ -235,10 +237,10 @@ class Module:
 
         ``dout`` (the gradient of the output) and ``cache`` (from
         ``forward(x, return_cache=True)``) are validated here; the unchecked
-        ``_backward`` runs in float64.  Each gradient has its parameter's dtype.
+        ``_backward`` runs in ``compute_dtype``.  Each gradient has its parameter's dtype.
         """
         dout = self._check_backward_args(dout, cache)
-        dx, grads = self._backward(dout.astype(np.float64, copy=False), cache)
+        dx, grads = self._backward(dout.astype(self.compute_dtype, copy=False), cache)
         return dx.astype(dout.dtype), grads
 
     # ------------------------------------------------------------------ state dict
@@ -304,6 +306,34 @@ class Module:
         for m in self.modules():
             m._params = {k: v.astype(dtype) for k, v in m._params.items()}
 
+    #: The dtype the unchecked ``_forward`` / ``_backward`` compute in (float64: the reference).
+    compute_dtype = np.dtype(np.float64)
+
+    def set_dtype(self, dtype):
+        """Store every parameter in ``dtype`` and compute in it, in the whole tree; return self.
+
+        ``np.float64`` (the default) is the reference precision.  ``np.float32``
+        is the float32 training option (``train(..., dtype="float32")``):
+        parameters, activations, gradients and (with an optimiser made for it)
+        the optimiser state in float32; the layers of :mod:`ssm_ref.nn` then
+        compute in float32 and the Numba scan too.  Parameters are copied once.
+
+        Raises
+        ------
+        ValueError
+            ``dtype`` is not float32 or float64.
+        """
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dtype is None or dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"Parameter dtype = {dtype!r} is not one of ['float32', 'float64']")
+        for m in self.modules():
+            m._params = {k: v.astype(dt, copy=False) for k, v in m._params.items()}
+            m.compute_dtype = dt
+        return self
+
     def set_backend(self, scan_fn=None, scan_backward_fn=None, state_update_fn=None):
         """Use these scan functions in this module and every submodule; None means the reference.
 
@@ -357,9 +387,9 @@ class Module:
         return dout
 
     def _w(self, name):
-        """Own parameter ``name`` in float64 (no copy when it is float64), None if absent."""
+        """Own parameter ``name`` in the compute dtype (no copy when it has it), None if absent."""
         v = self._params.get(name)
-        return None if v is None else v.astype(np.float64, copy=False)
+        return None if v is None else v.astype(self.compute_dtype, copy=False)
 
     # ------------------------------------------------------------------ gradients
     def _grads(self, own, children=None):

@@ -31,7 +31,9 @@ already validated its arrays passes it.
 
 dtype contract: every function computes in float64 and returns each result
 in the dtype of the argument it belongs to (the output in ``x``'s dtype, a
-weight gradient in the weight's dtype).
+weight gradient in the weight's dtype).  One exception, for training in
+float32 (``Module.set_dtype``): called with ``check=False`` on arrays that
+are all float32, a layer computes in float32 (:func:`_work_dtype`).
 
 Array module: every function runs on the array module of its inputs
 (``xp = array_module(x, W)``, NumPy or CuPy, see ``ssm_ref._xp``) and returns
@@ -78,13 +80,25 @@ def _real(x, name, ndim=None):
     return arr
 
 
+def _work_dtype(check, *arrays):
+    """The dtype a layer computes in: float64, or float32 for an unchecked call on float32 only.
+
+    ``check=False`` marks a block's internal call; a block that computes in
+    float32 (``Module.set_dtype(np.float32)``) passes float32 data and
+    weights, and then gets float32 arithmetic.  Any other call is float64.
+    """
+    if not check and all(a.dtype == np.float32 for a in arrays if a is not None):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def _grad_like(dy, like, name, check=True):
     """Validate an upstream gradient: real, finite, same shape as the forward output.
 
     With ``check=False`` (a block's internal call) only the float64 view is taken.
     """
     if not check:
-        return dy.astype(np.float64, copy=False)
+        return dy.astype(_work_dtype(False, dy), copy=False)
     dy = _real(dy, name)
     check_shape(dy, name, tuple(like))
     return dy.astype(np.float64, copy=False)
@@ -106,7 +120,7 @@ def _elementwise_args(x, dy=None, check=True):
         x = _real(x, "x")
     if dy is not None:
         dy = _grad_like(dy, x.shape, "dy", check)
-    return x, x.astype(np.float64, copy=False), dy
+    return x, x.astype(_work_dtype(check, x), copy=False), dy
 
 
 # --------------------------------------------------------------------------- linear
@@ -156,7 +170,8 @@ def linear(x, W, b=None, *, check=True):
     """
     x, W = _check_linear(x, W, check)
     n_out = W.shape[0]
-    y = x.astype(np.float64, copy=False) @ W.astype(np.float64, copy=False).T  # (..., out)
+    wd = _work_dtype(check, x, W)
+    y = x.astype(wd, copy=False) @ W.astype(wd, copy=False).T  # (..., out)
     if b is not None:
         if check:
             b = check_shape(_real(b, "b"), "b", (n_out,))
@@ -191,9 +206,10 @@ def linear_backward(dy, x, W, b=None, *, check=True):
     """
     x, W = _check_linear(x, W, check)
     dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy", check)
-    dy64 = dy.astype(np.float64, copy=False).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
-    x64 = x.astype(np.float64, copy=False).reshape(-1, W.shape[1])  # (M, in)
-    dx = (dy64 @ W.astype(np.float64, copy=False)).reshape(x.shape)  # (..., in)
+    wd = _work_dtype(check, x, W, dy)
+    dy64 = dy.astype(wd, copy=False).reshape(-1, W.shape[0])  # (M, out), M = prod(leading)
+    x64 = x.astype(wd, copy=False).reshape(-1, W.shape[1])  # (M, in)
+    dx = (dy64 @ W.astype(wd, copy=False)).reshape(x.shape)  # (..., in)
     dW = dy64.T @ x64  # (out, in)
     if b is not None and check:  # b only decides db's presence and dtype
         b = as_array(b, "b", allow_complex=False)
@@ -322,8 +338,21 @@ def _check_conv1d(x, weight, bias, check=True):
     return x, weight, bias
 
 
-def causal_conv1d(x, weight, bias=None, *, check=True):
-    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1).
+#: The values of ``activation`` that :func:`causal_conv1d` takes ("swish" is SiLU's other name).
+CONV_ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_activation(activation):
+    """``activation`` of the causal convolution: None or "silu" ("swish" is read as "silu")."""
+    if not (activation is None or isinstance(activation, str)) \
+            or activation not in CONV_ACTIVATIONS:
+        raise ValueError(f"Parameter activation = {activation!r} is not one of "
+                         f"{list(CONV_ACTIVATIONS)}")
+    return None if activation is None else "silu"
+
+
+def causal_conv1d(x, weight, bias=None, activation=None, *, check=True):
+    """Causal depthwise 1-D convolution, Mamba's ``conv1d`` (left zero padding K-1), SiLU optional.
 
     ``y[b, d, t] = bias[d] + sum_k weight[d, k] * x[b, d, t - (K-1) + k]`` with
     ``x`` taken as zero before ``t = 0``.  This is PyTorch's
@@ -337,6 +366,11 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     weight : array_like, shape (D, K)
         The official ``conv1d.weight`` (D, 1, K) with the middle axis squeezed.
     bias : array_like, shape (D,), optional
+    activation : {None, "silu", "swish"}, default None
+        Applied to the convolution's output: None for none, ``"silu"`` (or its
+        other name ``"swish"``) for :func:`silu`, as Mamba applies it right
+        after the convolution.  The argument of the official
+        ``causal_conv1d_fn`` (Dao-AILab/causal-conv1d), with the same values.
 
     Returns
     -------
@@ -346,8 +380,16 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     Raises
     ------
     ValueError
-        If ``x`` is not 3-D, ``weight`` is not (D, K), ``bias`` is not (D,), or
-        an input is not finite.
+        If ``x`` is not 3-D, ``weight`` is not (D, K), ``bias`` is not (D,),
+        an input is not finite, or ``activation`` is not one of the above.
+
+    Notes
+    -----
+    The official ``causal_conv1d_fn`` takes the same ``x`` (B, D, L),
+    ``weight`` (D, K), ``bias`` and ``activation``; its sequence indices,
+    initial and final states (for packed sequences and chunked prefill) are
+    not offered here.  ``fast.causal_conv1d(..., backend="numba")`` is the
+    fused compiled version (convolution and SiLU in one pass).
 
     Examples
     --------
@@ -355,26 +397,37 @@ def causal_conv1d(x, weight, bias=None, *, check=True):
     >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])  # (B=1, D=1, L=4)
     >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))  # y_t = x_{t-1} + 10 x_t
     array([[[10., 21., 32., 43.]]])
+    >>> causal_conv1d(np.array([[[-2.0, 1.0, 0.0]]]), np.array([[1.0]]), activation="silu")
+    array([[[-0.23840584,  0.73105858,  0.        ]]])
     """
+    activation = _check_activation(activation)
     x, weight, bias = _check_conv1d(x, weight, bias, check)
     xp = array_module(x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
-    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
-    y = xp.zeros((n_batch, n_chan, length))  # (B, D, L)
+    wd = _work_dtype(check, x, weight)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1), wd), x.astype(wd, copy=False)],
+                          axis=2)  # (B, D, L+K-1)
+    y = xp.zeros((n_batch, n_chan, length), wd)  # (B, D, L)
     for k in range(K):
         y += weight[:, k, None] * xpad[:, :, k:k + length]  # tap k sees x[t-(K-1)+k]
     if bias is not None:
         y += bias[:, None]
+    if activation is not None:
+        y = silu(y, check=False)  # (B, D, L)
     return _out(y, x)
 
 
-def causal_conv1d_backward(dy, x, weight, bias=None, *, check=True):
+def causal_conv1d_backward(dy, x, weight, bias=None, activation=None, *, check=True):
     """Gradients of :func:`causal_conv1d`.
 
-    With the padded input ``xp`` (K-1 zeros in front): ``dweight[d, k] =
-    sum_{b,t} dy[b, d, t] xp[b, d, t + k]``, ``dxp[b, d, t + k] += weight[d, k]
-    dy[b, d, t]`` (then drop the padding), ``dbias = sum_{b,t} dy``.
+    With ``activation="silu"`` the convolution's output is recomputed and the
+    gradient taken through the SiLU first (:func:`silu_backward`); then, with
+    ``g`` that gradient and the padded input ``xp`` (K-1 zeros in front):
+    ``dweight[d, k] = sum_{b,t} g[b, d, t] xp[b, d, t + k]``,
+    ``dxp[b, d, t + k] += weight[d, k] g[b, d, t]`` (then drop the padding),
+    ``dbias = sum_{b,t} g``.  The official package's backward
+    (``causal_conv1d_bwd``) returns the same three gradients.
 
     Returns
     -------
@@ -390,14 +443,20 @@ def causal_conv1d_backward(dy, x, weight, bias=None, *, check=True):
     >>> dx, dw, db
     (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
     """
+    activation = _check_activation(activation)
     x, weight, bias = _check_conv1d(x, weight, bias, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
     n_batch, n_chan, length = x.shape
     K = weight.shape[1]
-    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1)), x], axis=2)  # (B, D, L+K-1)
+    if activation is not None:  # through the SiLU first, at the recomputed convolution output
+        x_conv = causal_conv1d(x, weight, bias, check=False).astype(dy.dtype, copy=False)
+        dy = silu_backward(dy, x_conv, check=False)  # (B, D, L)
+    wd = _work_dtype(check, x, weight, dy)
+    xpad = xp.concatenate([xp.zeros((n_batch, n_chan, K - 1), wd), x.astype(wd, copy=False)],
+                          axis=2)  # (B, D, L+K-1)
     dxpad = xp.zeros_like(xpad)  # (B, D, L+K-1)
-    dweight = xp.zeros((n_chan, K))  # (D, K)
+    dweight = xp.zeros((n_chan, K), wd)  # (D, K)
     for k in range(K):
         dweight[:, k] = xp.sum(dy * xpad[:, :, k:k + length], axis=(0, 2))
         dxpad[:, :, k:k + length] += weight[:, k, None] * dy
@@ -448,7 +507,7 @@ def rms_norm(x, weight, eps=1e-5, *, check=True):
     """
     x, weight, _ = _check_norm(x, weight, None, False, check)
     xp = array_module(x, weight)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     return _out(x64 * rstd * weight, x)
 
@@ -475,7 +534,7 @@ def rms_norm_backward(dy, x, weight, eps=1e-5, *, check=True):
     x, weight, _ = _check_norm(x, weight, None, False, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     rstd = 1.0 / xp.sqrt(xp.mean(x64 * x64, axis=-1, keepdims=True) + eps)  # (..., 1)
     g = dy * weight  # (..., D)
     dx = rstd * (g - x64 * rstd**2 * xp.mean(g * x64, axis=-1, keepdims=True))
@@ -508,7 +567,7 @@ def layer_norm(x, weight, bias=None, eps=1e-5, *, check=True):
     """
     x, weight, bias = _check_norm(x, weight, bias, True, check)
     xp = array_module(x, weight, bias)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu  # (..., D)
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -541,7 +600,7 @@ def layer_norm_backward(dy, x, weight, bias=None, eps=1e-5, *, check=True):
     x, weight, bias = _check_norm(x, weight, bias, True, check)
     dy = _grad_like(dy, x.shape, "dy", check)
     xp = array_module(dy, x, weight, bias)
-    x64 = x.astype(np.float64, copy=False)
+    x64 = x.astype(_work_dtype(check, x, weight), copy=False)
     mu = xp.mean(x64, axis=-1, keepdims=True)  # (..., 1)
     xc = x64 - mu
     rstd = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + eps)  # (..., 1)
@@ -619,8 +678,9 @@ def depthwise_conv2d(x, weight, bias=None, *, check=True):
     xp = array_module(x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
-    y = xp.zeros((n_batch, height, width, n_chan))  # (B, H, W, C)
+    wd = _work_dtype(check, x, weight)
+    xpad = _pad2d(x.astype(wd, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    y = xp.zeros((n_batch, height, width, n_chan), wd)  # (B, H, W, C)
     for p in range(kh):
         for q in range(kw):
             y += weight[:, p, q] * xpad[:, p:p + height, q:q + width, :]
@@ -657,9 +717,10 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None, *, check=True):
     xp = array_module(dy, x, weight, bias)
     n_batch, height, width, n_chan = x.shape
     _, kh, kw = weight.shape
-    xpad = _pad2d(x.astype(np.float64, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
+    wd = _work_dtype(check, x, weight, dy)
+    xpad = _pad2d(x.astype(wd, copy=False), kh, kw)  # (B, H+kh-1, W+kw-1, C)
     dxpad = xp.zeros_like(xpad)
-    dweight = xp.zeros((n_chan, kh, kw))  # (C, kh, kw)
+    dweight = xp.zeros((n_chan, kh, kw), wd)  # (C, kh, kw)
     for p in range(kh):
         for q in range(kw):
             window = xpad[:, p:p + height, q:q + width, :]  # (B, H, W, C)

@@ -17,6 +17,9 @@ both share (``*``, ``+``, ``.astype``, ``.sum``), so it runs unchanged on a GPU.
 
 Precision: the moments are kept in float64 and each update is computed in
 float64, then written back in the parameter's own dtype (float32 stays float32).
+An optimiser made with ``state_dtype=np.float32`` (the float32 training option,
+``train(..., dtype="float32")``) keeps its moments and computes its updates in
+float32 instead.
 
 Weight decay is *decoupled* (Loshchilov & Hutter 2019, "Decoupled Weight Decay
 Regularization", arXiv:1711.05101), the algorithm of ``torch.optim.AdamW``: the
@@ -274,7 +277,7 @@ class _Optimizer:
 
     _slots: tuple[str, ...] = ()  # names of the per-parameter state arrays
 
-    def __init__(self, params, lr, weight_decay, no_weight_decay):
+    def __init__(self, params, lr, weight_decay, no_weight_decay, state_dtype=np.float64):
         if not isinstance(params, Mapping) or not params:
             raise TypeError("Parameter params must be a non-empty mapping name -> array "
                             f"(got {type(params).__name__})")
@@ -291,6 +294,12 @@ class _Optimizer:
         self.no_weight_decay = excluded
         self.t = 0  # number of updates made so far
         self.state = {slot: {} for slot in self._slots}
+        dt = np.dtype(state_dtype) if state_dtype in (np.float32, np.float64, "float32",
+                                                      "float64") else None
+        if dt is None:
+            raise ValueError(f"Parameter state_dtype = {state_dtype!r} is not one of "
+                             "['float32', 'float64']")
+        self.state_dtype = dt  # the moments' dtype and the dtype the updates are computed in
 
     def decay_for(self, name):
         """The weight decay applied to parameter ``name`` (0 when excluded)."""
@@ -363,7 +372,7 @@ class _Optimizer:
                     raise ValueError(f"optimizer state {key!r} has shape {tuple(np.shape(value))} "
                                      f"but parameter {name!r} has shape {shape}; expected equal shapes")
                 xp = array_module(self.params[name])
-                buf = xp.array(value, dtype=np.float64)  # a copy
+                buf = xp.array(value, dtype=self.state_dtype)  # a copy
                 if not bool(xp.isfinite(buf).all()):
                     raise ValueError(f"optimizer state {key!r} holds non-finite values; "
                                      "expected finite numbers")
@@ -399,6 +408,9 @@ class AdamW(_Optimizer):
         Decoupled weight decay ``wd``; 0.01 is PyTorch's default.
     no_weight_decay : iterable of str, optional
         Parameter names that are never decayed (``model.no_weight_decay()``).
+    state_dtype : {float64, float32}, optional
+        dtype of the optimiser's state and of the update arithmetic (float32
+        for the float32 training option).
 
     Notes
     -----
@@ -431,8 +443,8 @@ class AdamW(_Optimizer):
     _slots = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                 no_weight_decay=()):
-        super().__init__(params, lr, weight_decay, no_weight_decay)
+                 no_weight_decay=(), state_dtype=np.float64):
+        super().__init__(params, lr, weight_decay, no_weight_decay, state_dtype)
         if isinstance(betas, (str, bytes)) or np.ndim(betas) != 1 or len(betas) != 2:
             raise ValueError(f"Parameter betas = {betas!r} must be a pair (beta1, beta2)")
         beta1, beta2 = betas
@@ -453,17 +465,18 @@ class AdamW(_Optimizer):
         bias2 = 1.0 - beta2 ** t
         for name, p in self.params.items():
             xp = array_module(p)
-            g = grads[name].astype(xp.float64)  # same shape as p
+            work = self.state_dtype  # float64 unless made for float32 training
+            g = grads[name].astype(work)  # same shape as p
             m = self.state["exp_avg"].get(name)
             v = self.state["exp_avg_sq"].get(name)
             if m is None:
-                m = xp.zeros(p.shape, dtype=xp.float64)
-                v = xp.zeros(p.shape, dtype=xp.float64)
+                m = xp.zeros(p.shape, dtype=work)
+                v = xp.zeros(p.shape, dtype=work)
             m = beta1 * m + (1.0 - beta1) * g
             v = beta2 * v + (1.0 - beta2) * (g * g)
             self.state["exp_avg"][name] = m
             self.state["exp_avg_sq"][name] = v
-            p64 = p.astype(xp.float64)
+            p64 = p.astype(work)
             p64 = p64 - lr * self.decay_for(name) * p64  # decoupled weight decay first
             p64 = p64 - lr * (m / bias1) / (xp.sqrt(v / bias2) + self.eps)
             p[...] = p64.astype(p.dtype)  # in place: the model holds this array
@@ -507,6 +520,9 @@ class SGD(_Optimizer):
     nesterov : bool, optional
         Nesterov momentum: the step uses ``g + momentum·buf``.
     no_weight_decay : iterable of str, optional
+    state_dtype : {float64, float32}, optional
+        dtype of the optimiser's state and of the update arithmetic (float32
+        for the float32 training option).
 
     Notes
     -----
@@ -527,8 +543,8 @@ class SGD(_Optimizer):
     _slots = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0, nesterov=False,
-                 no_weight_decay=()):
-        super().__init__(params, lr, weight_decay, no_weight_decay)
+                 no_weight_decay=(), state_dtype=np.float64):
+        super().__init__(params, lr, weight_decay, no_weight_decay, state_dtype)
         if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
             raise ValueError(f"Parameter momentum = {momentum!r} must lie in [0, 1)")
         self.momentum = float(momentum)
@@ -543,8 +559,8 @@ class SGD(_Optimizer):
         self.t += 1
         for name, p in self.params.items():
             xp = array_module(p)
-            p64 = p.astype(xp.float64)
-            g = grads[name].astype(xp.float64) + self.decay_for(name) * p64
+            p64 = p.astype(self.state_dtype)
+            g = grads[name].astype(self.state_dtype) + self.decay_for(name) * p64
             if self.momentum > 0.0:
                 buf = self.state["momentum_buffer"].get(name)
                 buf = g.copy() if buf is None else self.momentum * buf + g

@@ -74,6 +74,9 @@ CHECKPOINT_VERSION = 1
 #: the files a run writes into ``out_dir`` (their ``.tmp`` leftovers are removed at its start)
 RUN_FILES = ("checkpoint.npz", "metrics.json", "curves.png")
 
+#: The precisions ``train(..., dtype=)`` offers (float64: the reference; float32: faster).
+DTYPES = ("float64", "float32")
+
 _MODEL_PREFIX = "model/"
 _OPTIM_PREFIX = "optim/"
 
@@ -442,7 +445,7 @@ def _restore_optimizer(data, optimizer, path):
 #: The settings of :func:`train` that shape the trajectory; a resumed run must
 #: use the values of the run it continues (``epochs`` may grow).
 _RESUME_SETTINGS = ("batch_size", "lr", "weight_decay", "seed", "optimizer", "clip_norm",
-                    "warmup_epochs", "schedule", "min_lr", "augment")
+                    "warmup_epochs", "schedule", "min_lr", "augment", "dtype")
 
 
 def _check_resume_settings(data, run_settings, path):
@@ -508,7 +511,7 @@ def plot_curves(metrics, path=None):
 def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, seed=0,
           out_dir=None, progress=True, *, optimizer="adamw", clip_norm=1.0, warmup_epochs=1,
           schedule="cosine", min_lr=0.0, augment="none", eval_batch_size=256, resume=None,
-          plot=True, on_epoch_end=None, settings=None):
+          plot=True, on_epoch_end=None, settings=None, dtype=None):
     """Train ``model`` on ``dataset`` with AdamW, a cosine schedule and gradient clipping.
 
     Parameters
@@ -562,6 +565,16 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
     settings : dict, optional
         Extra settings recorded in metrics.json (the command line records the
         model name, scan order, backend...).
+    dtype : {None, "float64", "float32"}, optional
+        The precision of the run.  None leaves the model as it is (the
+        library's modules compute in float64, the reference precision).
+        ``"float32"`` trains in float32 end to end: ``model.set_dtype``
+        stores the parameters in float32 and makes every layer compute in it
+        (activations and gradients float32), the batches are cast to float32
+        and the optimiser keeps its state and computes its updates in float32
+        (``state_dtype``).  ``"float64"`` calls ``model.set_dtype(float64)``.
+        The model must have ``set_dtype`` (every :class:`ssm_ref.module.Module`
+        does) unless ``dtype`` is None.
 
     Returns
     -------
@@ -635,6 +648,11 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
                                  or not 0.0 <= min_lr <= lr):
         raise ValueError(f"Parameter min_lr = {min_lr!r} must lie in [0, lr = {lr}]")
     eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size")
+    if dtype is not None:
+        check_choice(dtype, "dtype", DTYPES)
+        if not callable(getattr(model, "set_dtype", None)):
+            raise TypeError(f"Parameter dtype = {dtype!r} needs a model with set_dtype(dtype) "
+                            f"(a ssm_ref Module); {type(model).__name__} has none (pass dtype=None)")
     ds = _as_dataset(dataset, seed)
     for name in ("y_train", "y_test"):
         if len(getattr(ds, name)) == 0:
@@ -649,6 +667,12 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
                     "weight_decay": float(weight_decay), "seed": seed, "optimizer": optimizer,
                     "clip_norm": clip_norm, "warmup_epochs": warmup_epochs, "schedule": schedule,
                     "min_lr": min_lr, "augment": augment, **(settings or {})}
+    if dtype is not None:
+        run_settings["dtype"] = dtype
+        model.set_dtype(dtype)  # parameters stored, and every layer computing, in dtype
+    opt_kwargs = _optimizer_kwargs(model, lr, weight_decay)
+    if dtype is not None:
+        opt_kwargs["state_dtype"] = dtype
 
     history = {"train_loss": [], "train_accuracy": [], "test_loss_per_epoch": [],
                "test_accuracy_per_epoch": [], "lr": [], "epoch_time_s": [], "train_time_s": []}
@@ -657,13 +681,13 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         ckpt = _read_checkpoint(resume)
         _check_resume_settings(ckpt, run_settings, resume)
         _check_model_entries(ckpt, model, resume)
-        check_opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
+        check_opt = OPTIMIZERS[optimizer](model.params, **opt_kwargs)
         _restore_optimizer(ckpt, check_opt, resume)  # a bad optimiser state: nothing restored yet
         _restore_model(ckpt, model)
         start_epoch = int(ckpt["epoch"])
         stored = json.loads(str(ckpt["history_json"]))
         history.update({k: list(v) for k, v in stored.items() if k in history})
-    opt = OPTIMIZERS[optimizer](model.params, **_optimizer_kwargs(model, lr, weight_decay))
+    opt = OPTIMIZERS[optimizer](model.params, **opt_kwargs)
     if resume is not None:
         _restore_optimizer(ckpt, opt, resume)
 
@@ -689,6 +713,8 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         for xb, yb in batches:
             xb = AUGMENTATIONS[augment](xb, aug_rng)
             xb, yb = _like_params(model, xb, yb)
+            if dtype is not None:
+                xb = xb.astype(dtype, copy=False)  # activations in the run's dtype from the start
             step_lr = (cosine_lr(opt.t, total_steps, lr, warmup_steps, min_lr)
                        if schedule == "cosine" else lr)
             logits, cache = model.forward(xb, return_cache=True)  # (b, K)

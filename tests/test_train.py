@@ -445,6 +445,24 @@ def test_resume_with_other_settings_names_the_setting(digits, tmp_path, change):
     assert m["epochs"] == 3
 
 
+def test_resume_in_another_precision_names_dtype(digits, tmp_path):
+    data = _small(digits, 64, 32)
+    kw = dict(epochs=2, batch_size=32, lr=5e-3, seed=3, progress=False, plot=False)
+
+    def build():
+        return models.build_model("vim", embed_dim=8, depth=1, d_state=2, seed=0)
+
+    train(build(), data, out_dir=tmp_path / "a", dtype="float32",
+          on_epoch_end=lambda e, m: True, **kw)
+    with pytest.raises(ValueError) as err:
+        train(build(), data, resume=tmp_path / "a" / "checkpoint.npz", dtype="float64", **kw)
+    msg = str(err.value)
+    assert "dtype = 'float32'" in msg and "dtype = 'float64'" in msg, msg
+    m = train(build(), data, resume=tmp_path / "a" / "checkpoint.npz", dtype="float32",
+              **{**kw, "epochs": 3})
+    assert m["epochs"] == 3
+
+
 def test_stale_temporary_is_removed_at_load_and_save(tmp_path, rng):
     _good_checkpoint(tmp_path, rng)
     path = tmp_path / "good.npz"
@@ -502,3 +520,94 @@ def test_every_file_of_a_run_is_written_atomically_and_synced(digits, tmp_path, 
         assert str(tmp_path) in synced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz", "curves.png",
                                                           "metrics.json"]
+
+
+# --------------------------------------------------------------------------- the float32 option
+def _dtypes(tree):
+    return {np.dtype(v.dtype) for v in tree.values() if v is not None}
+
+
+@pytest.mark.parametrize("backend", ["ref", "numba"])
+def test_float32_training_stays_float32_and_tracks_float64(digits, backend):
+    """train(dtype="float32"): parameters, activations, gradients and optimiser state in float32
+    end to end, and its loss history within 1e-3 relative of the float64 run's."""
+    from ssm_ref.cli import resolve_backend
+    from ssm_ref.optim import AdamW
+    fwd, bwd = resolve_backend(backend)
+
+    def build():
+        return models.build_model("vim", embed_dim=16, depth=1, d_state=4, seed=0,
+                                  scan_fn=fwd, scan_backward_fn=bwd)
+
+    data = _small(digits, 128, 64)
+    kw = dict(epochs=2, batch_size=32, lr=3e-2, warmup_epochs=0, seed=0, progress=False)
+    m64 = train(build(), data, **kw)
+    seen = {}
+    model = build()
+    real_step = AdamW.step
+
+    def spy(opt, grads, lr=None):  # what the training loop hands the optimiser, and its state
+        seen.setdefault("grads", _dtypes(grads))
+        real_step(opt, grads, lr)
+        seen["state"] = _dtypes(opt.state["exp_avg"]) | _dtypes(opt.state["exp_avg_sq"])
+    real_forward = type(model).forward
+
+    def forward(self, x, return_cache=False):
+        out = real_forward(self, x, return_cache)
+        seen.setdefault("logits", out[0].dtype if return_cache else out.dtype)
+        if return_cache:
+            seen.setdefault("cache", {np.dtype(a.dtype) for a in _arrays(out[1])})
+        return out
+
+    import unittest.mock as mock
+    with mock.patch.object(AdamW, "step", spy), mock.patch.object(type(model), "forward", forward):
+        m32 = train(model, data, dtype="float32", **kw)
+    f32 = {np.dtype(np.float32)}
+    assert _dtypes(model.params) == f32 and model.compute_dtype == np.float32
+    assert seen["grads"] == f32 and seen["state"] == f32
+    assert seen["logits"] == np.float32 and seen["cache"] <= f32 | {np.dtype(np.int64)}
+    assert m32["settings"]["dtype"] == "float32"
+    np.testing.assert_allclose(m32["train_loss"], m64["train_loss"], rtol=1e-3)
+    assert m32["train_loss"] != m64["train_loss"]  # it did run in another precision
+
+
+def _arrays(obj):
+    if isinstance(obj, np.ndarray):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _arrays(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _arrays(v)
+
+
+def test_float32_option_needs_a_module_and_a_known_dtype(digits):
+    with pytest.raises(TypeError, match="set_dtype"):
+        train(TinyMLP(), _small(digits, 8, 4), dtype="float32", progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        train(models.build_model("vim", embed_dim=8, depth=1, d_state=2), _small(digits, 8, 4),
+              dtype="float16", progress=False)
+
+
+@pytest.mark.parametrize("bad", ["float16", None, "f8x", np.int32])
+def test_set_dtype_and_state_dtype_refuse_other_dtypes(bad):
+    from ssm_ref.optim import AdamW
+    model = models.build_model("vim", embed_dim=8, depth=1, d_state=2)
+    with pytest.raises(ValueError, match="dtype"):
+        model.set_dtype(bad)
+    assert model.compute_dtype == np.float64  # unchanged
+    with pytest.raises(ValueError, match="state_dtype"):
+        AdamW(model.params, state_dtype=bad)
+
+
+def test_set_dtype_round_trip_keeps_the_function():
+    """float64 -> float32 -> float64: the same outputs to float32 precision, dtypes followed."""
+    model = models.build_model("vmamba", embed_dim=8, depth=1, d_state=2, seed=1)
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 1))
+    out64 = model(x)
+    out32 = model.set_dtype("float32")(x.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, out64, rtol=2e-4, atol=2e-5)
+    assert model.set_dtype(np.float64)(x).dtype == np.float64
+    assert {v.dtype for v in model.params.values()} == {np.dtype(np.float64)}

@@ -17,8 +17,11 @@ One training step is what ``ssm_ref.train.train`` does per batch with the
 defaults of ``ssm-ref train``: forward with cache, softmax cross-entropy,
 backward, global gradient-norm clipping to 1, one AdamW step (lr 1e-2, weight
 decay 0.05, none on the no-weight-decay parameters).  Float64, as the models
-compute; random images and labels (seeded): a step costs the same whatever
-the values.
+compute, or float32 with ``--dtype float32`` (the step of ``ssm-ref train
+--dtype float32``; written to ``train_cpu_float32.json``); random images and
+labels (seeded): a step costs the same whatever the values.  With the
+``numba`` backend the Mamba and Vim blocks run the fused inner path of
+``fast.numba_fused`` (as ``ssm-ref train --backend numba`` does).
 
 What is measured, per model and image size:
 
@@ -31,7 +34,9 @@ What is measured, per model and image size:
   ``cupy.cuda.is_available()``): the model moved with ``model.to(cupy)``, the
   batch as CuPy arrays, the device synchronised before the clock is read;
 * the **floor** on each device: the same step with a "null scan" that returns
-  zero arrays of the right shapes and dtypes.  It is everything but the scan,
+  zero arrays of the right shapes and dtypes (on the CPU with the fused inner
+  path of ``fast.numba_fused``, as the ``numba`` row runs its layers).  It is
+  everything but the scan,
   so ``scan share = 1 - floor / step`` and no scan, however fast, can make
   the step faster than ``step / floor`` (Amdahl): the machine limit of this
   benchmark, measured in the same run.
@@ -44,6 +49,7 @@ row reports the median, min and max.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import resource
@@ -61,6 +67,7 @@ from ssm_ref.cli import (CLIError, TRAIN_DEFAULTS, OneLineParser,
 from ssm_ref.optim import AdamW, clip_grad_norm, softmax_cross_entropy
 from ssm_ref.vision import MODELS, build_model
 
+from .._registry import attach_inner_path
 from .scan import RESULTS, finish, machine_line, shown, start
 
 DIGITS = 8  # the digits images: 8 x 8 x 1, 10 classes
@@ -114,11 +121,15 @@ class NullScan:
 # one training step, timed
 # ---------------------------------------------------------------------------
 
-def make_step(model, x, y):
-    """One step of ``ssm_ref.train.train`` with the ``ssm-ref train`` defaults."""
+def make_step(model, x, y, dtype="float64"):
+    """One step of ``ssm_ref.train.train`` with the ``ssm-ref train`` defaults.
+
+    ``dtype="float32"``: the step of ``train(..., dtype="float32")`` (the model
+    already set to float32 and ``x`` float32; AdamW's state in float32).
+    """
     d = TRAIN_DEFAULTS
     opt = AdamW(model.params, lr=d["lr"], weight_decay=d["weight_decay"],
-                no_weight_decay=set(model.no_weight_decay()))
+                no_weight_decay=set(model.no_weight_decay()), state_dtype=dtype)
 
     def step():
         logits, cache = model.forward(x, return_cache=True)  # (B, K)
@@ -132,7 +143,7 @@ def make_step(model, x, y):
 
 
 def run_case(name, img, batch, backends, repeats, warmup, xp=np, sync=None, seed=0,
-             fewer=None, threads=None):
+             fewer=None, threads=None, dtype="float64"):
     """Time one step of model ``name`` on ``img`` x ``img`` images for each backend and the floor.
 
     ``backends`` maps a label to ``(scan_fn, scan_backward_fn)``; the floor
@@ -145,16 +156,21 @@ def run_case(name, img, batch, backends, repeats, warmup, xp=np, sync=None, seed
     """
     fewer, threads = fewer or {}, threads or {}
     rng = np.random.default_rng(seed)
-    x = xp.asarray(rng.standard_normal((batch, img, img, 1)))  # (B, H, W, C) float64
+    x = xp.asarray(rng.standard_normal((batch, img, img, 1)).astype(dtype))  # (B, H, W, C)
     y = xp.asarray(rng.integers(0, 10, batch))  # (B,)
     null = NullScan()
     steps, info = {}, {}
-    for label, (fwd, bwd) in {**backends, "floor": (null.forward, null.backward)}.items():
+    floor = (functools.partial(null.forward), functools.partial(null.backward))
+    if xp is np:  # on the CPU the floor runs the layers as the numba row does: fused
+        attach_inner_path(*floor)
+    for label, (fwd, bwd) in {**backends, "floor": floor}.items():
         model = build_model(name, img_size=(img, img), in_chans=1, n_classes=10, seed=seed,
                             scan_fn=fwd, scan_backward_fn=bwd)
         if xp is not np:
             model.to(xp)
-        steps[label] = make_step(model, x, y)
+        if dtype != "float64":  # as train(..., dtype=): parameters and layers in dtype
+            model.set_dtype(dtype)
+        steps[label] = make_step(model, x, y, dtype)
         if label in threads:
             steps[label] = _on_threads(steps[label], threads[label])
         info = {"patches": math.prod(model.config.grid), "config": model.config.to_dict(),
@@ -262,7 +278,7 @@ def _with_floor_ratios(rows, ref_ms=None):
 # devices
 # ---------------------------------------------------------------------------
 
-def run_cpu(models, sizes, batch, repeats, warmup, ref_repeats):
+def run_cpu(models, sizes, batch, repeats, warmup, ref_repeats, dtype="float64"):
     """All CPU rows, with BLAS on one thread."""
     rows = []
     with threadpool_limits(limits=1, user_api="blas"):
@@ -274,7 +290,8 @@ def run_cpu(models, sizes, batch, repeats, warmup, ref_repeats):
                 if numba.get_num_threads() > 1:  # the same kernels on one core
                     backends["numba-1t"] = backends["numba"]
                 case = run_case(name, img, batch, backends, repeats, warmup,
-                                fewer={"ref": ref_repeats(img)}, threads={"numba-1t": 1})
+                                fewer={"ref": ref_repeats(img)}, threads={"numba-1t": 1},
+                                dtype=dtype)
                 rows += _with_floor_ratios(case)
                 _print_rows(case, "cpu")
     return {"blas_threads": 1, "blas": blas, "numba_threads": numba.get_num_threads(),
@@ -303,7 +320,7 @@ def gpu_skip_reason():
     return None
 
 
-def run_gpu(models, sizes, batch, repeats, warmup, cpu_rows):
+def run_gpu(models, sizes, batch, repeats, warmup, cpu_rows, dtype="float64"):
     """The ``cuda`` backend and the GPU floor; ``{"skipped": why}`` without a real GPU."""
     reason = gpu_skip_reason()
     if reason is not None:
@@ -316,7 +333,8 @@ def run_gpu(models, sizes, batch, repeats, warmup, cpu_rows):
     for img in sizes:
         for name in models:
             backends = {"cuda": resolve_backend("cuda")}
-            case = run_case(name, img, batch, backends, repeats, warmup, xp=cupy, sync=sync)
+            case = run_case(name, img, batch, backends, repeats, warmup, xp=cupy, sync=sync,
+                            dtype=dtype)
             cpu = {r["backend"]: r["ms"] for r in cpu_rows
                    if r["model"] == name and r["img"] == img}
             case = _with_floor_ratios(case, ref_ms=cpu.get("ref"))  # vs the CPU reference
@@ -441,6 +459,9 @@ def main(argv=None, prog=None):
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory for the JSON and PNG (default: benchmarks/results under "
                              "the current directory)")
+    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
+                        help="precision of the step (float32: 'ssm-ref train --dtype float32'; "
+                             "results go to train_cpu_float32.json)")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc at its defaults, which hand large freed "
@@ -461,12 +482,12 @@ def main(argv=None, prog=None):
     sizes = [DIGITS] + ([img] if img and img != DIGITS else [])
     t_start, machine = start(parser, args.out)
     print(machine_line(machine))
-    print(f"one training step, batch {args.batch}, float64; median of {repeats} steps after "
+    print(f"one training step, batch {args.batch}, {args.dtype}; median of {repeats} steps after "
           f"{warmup} warm-up steps; BLAS on 1 thread; freed memory {malloc}\n")
     print(HEADER)
     cpu = run_cpu(args.models, sizes, args.batch, repeats, warmup,
-                  ref_repeats=lambda s: repeats if s == DIGITS else ref_repeats)
-    gpu = run_gpu(args.models, sizes, args.batch, repeats, warmup, cpu["rows"])
+                  ref_repeats=lambda s: repeats if s == DIGITS else ref_repeats, dtype=args.dtype)
+    gpu = run_gpu(args.models, sizes, args.batch, repeats, warmup, cpu["rows"], args.dtype)
     if "skipped" in gpu:
         print(f"gpu    skipped: {gpu['skipped']}")
     machine["load_average_end"] = list(os.getloadavg())
@@ -476,7 +497,7 @@ def main(argv=None, prog=None):
     result = {
         "machine": machine, "quick": args.quick,
         "settings": {"batch": args.batch, "image_sizes": sizes, "models": args.models,
-                     "dtype": "float64", "repeats": repeats, "ref_repeats_large_image":
+                     "dtype": args.dtype, "repeats": repeats, "ref_repeats_large_image":
                      ref_repeats, "warmup": warmup, "lr": TRAIN_DEFAULTS["lr"],
                      "weight_decay": TRAIN_DEFAULTS["weight_decay"], "clip_norm": CLIP_NORM,
                      "malloc": malloc},
@@ -487,10 +508,10 @@ def main(argv=None, prog=None):
         "floor": "the same step with a null scan (zero results of the right shapes): "
                  "everything but the scan, the limit of any faster scan (step / floor)",
         "cpu": cpu, "gpu": gpu}
-    tag = "cpu_quick" if args.quick else "cpu"
+    tag = ("cpu_quick" if args.quick else "cpu") + ("" if args.dtype == "float64" else "_float32")
     if not args.no_plot:
         result["plots"] = [plot(cpu["rows"], args.out / f"train_{tag}.png",
-                                f"One training step on the CPU (batch {args.batch}, float64)")]
+                                f"One training step on the CPU (batch {args.batch}, {args.dtype})")]
         if "rows" in gpu:
             result["plots"].append(plot(
                 gpu["rows"], args.out / f"train_{tag.replace('cpu', 'gpu')}.png",

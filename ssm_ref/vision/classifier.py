@@ -121,7 +121,7 @@ class Classifier(Module):
             ``x`` not (B, H, W, C) with the configured size and channels, or not finite.
         """
         x = self._check_images(x)
-        logits, feat, cache = self._forward(x.astype(np.float64, copy=False))
+        logits, feat, cache = self._forward(x.astype(self.compute_dtype, copy=False))
         cache.update(x_dtype=x.dtype, logits=logits, feat_shape=feat.shape)
         logits = logits.astype(x.dtype)
         return (logits, cache) if return_cache else logits
@@ -155,7 +155,7 @@ class Classifier(Module):
         d = as_array(dlogits, "dlogits", allow_complex=False, ndim=2)
         check_shape(d, "dlogits", cache["logits"].shape)
         check_finite(d, "dlogits")
-        dx, grads = self._backward(d.astype(np.float64, copy=False), None, cache)
+        dx, grads = self._backward(d.astype(self.compute_dtype, copy=False), None, cache)
         grads = self._grads_out(grads)
         return (dx.astype(cache["x_dtype"]), grads) if return_input_grad else grads
 
@@ -175,7 +175,7 @@ class Classifier(Module):
         cache : dict, only with ``return_cache=True`` (for :meth:`backward_features`).
         """
         x = self._check_images(x)
-        logits, feat, cache = self._forward(x.astype(np.float64, copy=False))
+        logits, feat, cache = self._forward(x.astype(self.compute_dtype, copy=False))
         cache.update(x_dtype=x.dtype, logits=logits, feat_shape=feat.shape)
         feat = feat.astype(x.dtype)
         return (feat, cache) if return_cache else feat
@@ -186,7 +186,7 @@ class Classifier(Module):
         d = as_array(dfeat, "dfeat", allow_complex=False, ndim=4)
         check_shape(d, "dfeat", cache["feat_shape"])
         check_finite(d, "dfeat")
-        dx, grads = self._backward(None, d.astype(np.float64, copy=False), cache)
+        dx, grads = self._backward(None, d.astype(self.compute_dtype, copy=False), cache)
         return dx.astype(cache["x_dtype"]), self._grads_out(grads)
 
     def _grads_out(self, grads):
@@ -240,7 +240,7 @@ class Classifier(Module):
         t = cache["pre_norm"]
         Bsz, E = t.shape[0], t.shape[-1]
         xp = array_module(t)
-        dnormed = xp.zeros(t.shape)  # (B, ..., E)
+        dnormed = xp.zeros(t.shape, t.dtype)  # (B, ..., E)
         if dlogits is not None:
             dpooled = self._head_backward(dlogits, cache["pooled"], g)  # (B, E)
             spread = (Bsz,) + (1,) * (t.ndim - 2) + (E,)

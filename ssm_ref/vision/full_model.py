@@ -26,7 +26,7 @@ class FullModel(Module):
     def forward_features(self, images):
         """The features (B, D) that the head reads, in the images' dtype."""
         x = self._check_images(images)
-        return self._run(x.astype(np.float64, copy=False)).astype(x.dtype)
+        return self._run(x.astype(self.compute_dtype, copy=False)).astype(x.dtype)
 
     def forward(self, images):
         """Logits (B, num_classes), in the images' dtype, for images (B, H, W, C).
@@ -37,12 +37,12 @@ class FullModel(Module):
             ``images`` not of the model's shape (named in the message), or not finite.
         """
         x = self._check_images(images)
-        return self._head(self._run(x.astype(np.float64, copy=False))).astype(x.dtype)
+        return self._head(self._run(x.astype(self.compute_dtype, copy=False))).astype(x.dtype)
 
     def trace(self, images):
         """Every intermediate of the forward pass by the official oracle's names (float64),
         plus ``logits``; the subclass's ``_run`` lists them."""
         x = self._check_images(images)
         rec = {}
-        rec["logits"] = self._head(self._run(x.astype(np.float64, copy=False), rec))
+        rec["logits"] = self._head(self._run(x.astype(self.compute_dtype, copy=False), rec))
         return rec

@@ -216,7 +216,7 @@ class PatchEmbed(Module):
             or not finite.
         """
         x = self._check(x)
-        y, cache = self._forward(x.astype(np.float64, copy=False))
+        y, cache = self._forward(x.astype(self.compute_dtype, copy=False))
         y = y.astype(x.dtype)
         return (y, cache) if return_cache else y
 
@@ -248,7 +248,7 @@ class PatchEmbed(Module):
         dout = as_array(dout, "dout", allow_complex=False)
         check_shape(dout, "dout", cache["patches"].shape[:3] + (self.embed_dim,))
         check_finite(dout, "dout")
-        dx, g = self._backward(dout.astype(np.float64, copy=False), cache)
+        dx, g = self._backward(dout.astype(self.compute_dtype, copy=False), cache)
         return dx.astype(dout.dtype), g
 
     def _backward(self, dout, cache):

@@ -252,8 +252,8 @@ class PlainMambaMixer(Module):
                   "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
         y_all = xp.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,
                                         delta_bias=shared["b"], delta_softplus=True),
-                           dtype=np.float64)  # (B, K·D, L)
-        y = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+                           dtype=us.dtype)  # (B, K·D, L)
+        y = xp.zeros((Bsz, H, W, D), us.dtype)  # (B, H, W, D)
         for k in range(K):
             y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W,
                                check=False)
@@ -292,16 +292,16 @@ class PlainMambaMixer(Module):
         s = self.scan_backward_fn(dys, cache["us"], cache["ds"], sh["A"], cache["Bs"],
                                   cache["Cs"], D=sh["D"], z=None, delta_bias=sh["b"],
                                   delta_softplus=True)
-        s = {key: (None if v is None else xp.asarray(v, dtype=np.float64)) for key, v in s.items()}
+        s = {key: (None if v is None else xp.asarray(v, dtype=dys.dtype)) for key, v in s.items()}
         A = -xp.exp(self._w("A_log"))
         g["A_log"] = s["A"].reshape(K, D, N).sum(axis=0) * A  # shared: sum the K copies
         g["D"] = s["D"].reshape(K, D).sum(axis=0)
         g["dt_proj.bias"] = s["delta_bias"].reshape(K, D).sum(axis=0)
         g["direction_Bs"] = xp.zeros_like(self._w("direction_Bs"))  # (5, N)
-        dx_act = xp.zeros((Bsz, H, W, D))
-        ddelta = xp.zeros((Bsz, H, W, D))
-        dBt = xp.zeros((Bsz, H, W, N))
-        dCt = xp.zeros((Bsz, H, W, N))
+        dx_act = xp.zeros((Bsz, H, W, D), dys.dtype)
+        ddelta = xp.zeros((Bsz, H, W, D), dys.dtype)
+        dBt = xp.zeros((Bsz, H, W, N), dys.dtype)
+        dCt = xp.zeros((Bsz, H, W, N), dys.dtype)
         for k in range(K):
             sl = slice(k * D, (k + 1) * D)
             dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W, check=False)

@@ -160,7 +160,7 @@ class TinyVim(Classifier):
         seq = cache["pre_norm"]
         Bsz, L1, E = seq.shape
         xp = array_module(seq)
-        dnormed = xp.zeros((Bsz, L1, E))  # (B, L + 1, E)
+        dnormed = xp.zeros((Bsz, L1, E), seq.dtype)  # (B, L + 1, E)
         if dlogits is not None:
             dnormed[:, self.cls_index] = self._head_backward(dlogits, cache["pooled"], g)
         else:

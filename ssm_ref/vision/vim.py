@@ -23,8 +23,7 @@ from ..mamba import (
     INNER_KEYS,
     MambaConfig,
     config_from_sizes,
-    inner_backward,
-    inner_forward,
+    inner_path_functions,
     inner_path_weights,
     mamba_init,
 )
@@ -195,11 +194,12 @@ class VimMixer(Module):
 
     def _forward(self, u):
         """Both directions on float64 tokens u (B, L, d_model), unchecked: ``(out, cache)``."""
-        fwd_w = inner_path_weights(self._params)
-        bwd_w = inner_path_weights(self._params, _BACKWARD_NAMES)
+        fwd_w = inner_path_weights(self._params, dtype=self.compute_dtype)
+        bwd_w = inner_path_weights(self._params, _BACKWARD_NAMES, self.compute_dtype)
         # [book:vim-mixer-forward]
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False).transpose(0, 2, 1)  # (B, 2D, L)
+        inner_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
         y_f, cache_f, _ = inner_forward(xz, fwd_w, self.scan_fn)  # (B, D, L)
         y_b, cache_b, _ = inner_forward(xz[:, :, ::-1], bwd_w, self.scan_fn)  # on the flip
         y = self._scale * (y_f + y_b[:, :, ::-1])  # (B, D, L): average (1/2) or sum (1)
@@ -226,10 +226,13 @@ class VimMixer(Module):
             dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)
         dy = self._scale * dy_tok.transpose(0, 2, 1)  # (B, D, L)
-        dxz_f, g_f = inner_backward(dy, cache["f"], inner_path_weights(self._params),
+        _, inner_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
+        dxz_f, g_f = inner_backward(dy, cache["f"],
+                                    inner_path_weights(self._params, dtype=self.compute_dtype),
                                     self.scan_backward_fn)
         dxz_b, g_b = inner_backward(xp.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
-                                    inner_path_weights(self._params, _BACKWARD_NAMES),
+                                    inner_path_weights(self._params, _BACKWARD_NAMES,
+                                                       self.compute_dtype),
                                     self.scan_backward_fn)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})

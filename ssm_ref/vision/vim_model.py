@@ -301,7 +301,7 @@ class VisionMamba(FullModel):
         """
         x = self._check_images(images)
         out = []
-        self._run(x.astype(np.float64, copy=False), selection=out)
+        self._run(x.astype(self.compute_dtype, copy=False), selection=out)
         return out
 
     @staticmethod

@@ -44,7 +44,6 @@ from ..nn import (
 )
 from .multi import SCHEMES, CROSS_SCAN_ORDERS, count_directions, resolve_directions, scan_scheme
 from .prenorm import PreNormBlock
-from .scan_orders import from_sequence, to_sequence
 
 __all__ = ["SS2D", "VSSBlock", "LocalSS2D", "ES2D", "MultiHeadSS2D"]
 
@@ -259,27 +258,37 @@ class SS2D(Module):
                 "A": a_from_log(A_logs, "A_logs"), "D": self._w("Ds")}  # (K·D, N), (K·D,)
 
     def _core_forward(self, x_act, w):
-        """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache."""
+        """Scan x_act (B, H, W, D) in the K directions; return y (B, H, W, D) and a cache.
+
+        The tokens are turned channels first once, ``(B, D, H·W)``, so that each
+        direction's sequence is a gather along the last axis (``take``: a
+        C-contiguous ``(B, D, L_k)``, the scan's layout; NumPy's fancy indexing
+        on the last axis would return a strided view the scan must copy), and
+        its projections are matrix products; the outputs are scattered back by
+        index (``eq-scan-gather``, ``eq-scan-scatter``).
+        """
         Bsz, H, W, D = x_act.shape
         c = self.config
         R, N, K = c.dt_rank, c.d_state, self.n_directions
         xp = array_module(x_act)
         perms, count = self._perms(H, W, xp)
+        idx = [on_module_cached(q, xp) for q in perms]  # the orders on x_act's device
+        x_cf = xp.ascontiguousarray(x_act.reshape(Bsz, H * W, D).transpose(0, 2, 1))  # (B, D, HW)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
-            xs_k = to_sequence(x_act, perms[k], check=False).transpose(0, 2, 1)  # (B, D, L_k)
-            x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L_k)
+            xs_k = xp.take(x_cf, idx[k], axis=2)  # (B, D, L_k): the sequence of direction k
+            x_dbl = xp.matmul(w["w_x"][k], xs_k)  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
             Cs.append(x_dbl[:, R + N:])  # (B, N, L_k)
-            deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, D, L_k)
+            deltas.append(xp.matmul(w["w_dt"][k], dts[k]))  # (B, D, L_k)
             xs.append(xs_k)
         one_call = len({q.size for q in perms}) == 1
         if one_call:  # VMamba: one scan over K·D channels with K groups of B and C
             y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
                              w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
                              z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, K·D, L)
-            y = xp.asarray(y, dtype=np.float64)
+            y = xp.asarray(y, dtype=x_act.dtype)
             ys = [y[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
         else:  # sequences of different lengths: one scan per direction, its slice of parameters
             ys = []
@@ -287,13 +296,13 @@ class SS2D(Module):
                 sl = slice(k * D, (k + 1) * D)
                 ys.append(xp.asarray(self.scan_fn(
                     xs[k], deltas[k], w["A"][sl], Bs[k], Cs[k], D=w["D"][sl], z=None,
-                    delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=np.float64))
-        y_grid = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+                    delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=x_act.dtype))
+        y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
         for k in range(K):
-            y_grid += from_sequence(ys[k].transpose(0, 2, 1), perms[k], H, W,
-                                    check=False)  # scatter back
+            _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
+        y_grid = y_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         if self.reduce == "mean":
-            y_grid = y_grid / count
+            y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
                  "Bs": Bs, "Cs": Cs, "one_call": one_call}
         return y_grid, cache
@@ -304,17 +313,18 @@ class SS2D(Module):
         K = self.n_directions
         xp = array_module(dy_grid)
         perms, xs = cache["perms"], cache["xs"]
+        idx = [on_module_cached(q, xp) for q in perms]
         if self.reduce == "mean":
-            dy_grid = dy_grid / cache["count"]
-        dys = [to_sequence(dy_grid, perms[k], check=False).transpose(0, 2, 1)
-               for k in range(K)]  # (B, D, L_k)
+            dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
+        dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
+        dys = [xp.take(dy_cf, idx[k], axis=2) for k in range(K)]  # (B, D, L_k), C-contiguous
         if cache["one_call"]:
             s = self.scan_backward_fn(
                 xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
                 xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
                 xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                 delta_softplus=True)
-            s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
+            s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                  for key, v in s.items()}
             dA, dDs, dbias = s["A"], s["D"], s["delta_bias"]
             du = [s["u"][:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
@@ -329,7 +339,7 @@ class SS2D(Module):
                 s = self.scan_backward_fn(dys[k], xs[k], cache["deltas"][k], w["A"][sl],
                                           cache["Bs"][k], cache["Cs"][k], D=w["D"][sl], z=None,
                                           delta_bias=w["b_dt"][sl], delta_softplus=True)
-                s = {key: (None if v is None else xp.asarray(v, dtype=np.float64))
+                s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                      for key, v in s.items()}
                 dA[sl], dDs[sl], dbias[sl] = s["A"], s["D"], s["delta_bias"]
                 du.append(s["u"])
@@ -339,17 +349,18 @@ class SS2D(Module):
         g = {"A_logs": dA * w["A"],  # A = -exp(A_logs)
              "Ds": dDs, "dt_projs_bias": dbias.reshape(K, D),
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
-        dx_act = xp.zeros((Bsz, H, W, D))  # (B, H, W, D)
+        dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
         for k in range(K):
-            # delta_k = dt_projs_weight[k] @ dts_k
-            g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta[k], cache["dts"][k])
-            d_dts = xp.einsum("bdl,dr->brl", ddelta[k], w["w_dt"][k])  # (B, R, L_k)
+            # delta_k = dt_projs_weight[k] @ dts_k: sum over the batch and the sequence
+            g["dt_projs_weight"][k] = xp.matmul(ddelta[k], cache["dts"][k].transpose(0, 2, 1)
+                                                ).sum(axis=0)  # (D, R): over batch and sequence
+            d_dts = xp.matmul(w["w_dt"][k].T, ddelta[k])  # (B, R, L_k)
             # (dts, B, C) = x_proj_weight[k] @ xs_k
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
-            g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
-            dxs = du[k] + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, D, L_k)
-            dx_act += from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W,
-                                    check=False)  # adjoint of gather
+            g["x_proj_weight"][k] = xp.matmul(d_xdbl, xs[k].transpose(0, 2, 1)).sum(axis=0)
+            dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
+            _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
+        dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         return dx_act, g
 
     # ------------------------------------------------------------------ forward / backward
@@ -360,9 +371,14 @@ class SS2D(Module):
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]  # (B, H, W, D) each
-        x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                                  check=False)  # (B, H, W, D)
-        x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        conv_silu, _ = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if conv_silu is None:
+            x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                                      check=False)  # (B, H, W, D)
+            x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        else:  # the Numba backend: conv and SiLU in one kernel (x_conv recomputed backward)
+            x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
+                                            self._w("conv2d.bias"))  # (B, H, W, D)
         y, core = self._core_forward(x_act, self._core_weights())  # (B, H, W, D)
         y_norm = layer_norm(y, self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
                             check=False)
@@ -394,15 +410,52 @@ class SS2D(Module):
             check=False)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
         g.update(gc)
-        dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
-        dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
-            dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-            check=False)
+        _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if cache["x_conv"] is not None:
+            dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
+            dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
+                dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                check=False)
+        elif conv_silu_backward is not None:  # the forward ran the fused conv + SiLU
+            dxc, dw_conv, g["conv2d.bias"] = conv_silu_backward(
+                dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
+        else:
+            raise TypeError("Parameter cache comes from a forward on the fused Numba path; "
+                            "run backward with the same scan functions")
         g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
         dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
+
+
+def conv2d_silu_functions(scan_fn, scan_backward_fn):
+    """SS2D's fused ``silu(depthwise_conv2d(x))`` and its backward, or ``(None, None)``.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry them (a
+    ``conv2d_silu`` attribute on each, from ``fast.numba_fused``): one kernel
+    for the convolution and its SiLU, the pre-activation recomputed in the
+    backward.  Used only when both functions have one.
+    """
+    fwd = getattr(scan_fn, "conv2d_silu", None)
+    bwd = getattr(scan_backward_fn, "conv2d_silu", None)
+    return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
+
+
+def _add_back(out, seq, perm, xp):
+    """``out[:, :, perm] += seq`` for out (B, D, H·W) and seq (B, D, L_k): the scatter of a scan.
+
+    When ``perm`` visits every cell, as a gather with the inverse order
+    (``out[:, :, c] += seq[:, :, inv[c]]``: the same sums, about 20x faster
+    than NumPy's indexed add along the last axis at VMamba's sizes); for a
+    part of the grid (EfficientVMamba's sub-grids), by the indexed add.
+    """
+    if perm.size == out.shape[2]:
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.size)  # inv[c]: the step at which perm visits cell c
+        out += xp.take(seq, on_module_cached(inv, xp), axis=2)
+    else:
+        out[:, :, on_module_cached(perm, xp)] += seq
 
 
 def _with_scheme(kwargs, scheme, options):

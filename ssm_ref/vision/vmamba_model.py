@@ -95,7 +95,7 @@ class PatchMerging2D(Module):
         if x.shape[1] % 2 or x.shape[2] % 2:
             raise ValueError(f"Parameter x has shape {x.shape} (B, h, w, C) but h and w must be "
                              "even (VMamba pads odd sizes in one version and crops in another)")
-        return self._forward(x.astype(np.float64, copy=False))[0].astype(x.dtype)
+        return self._forward(x.astype(self.compute_dtype, copy=False))[0].astype(x.dtype)
 
     def _forward(self, x):
         xp = array_module(x)

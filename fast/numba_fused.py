@@ -1,0 +1,630 @@
+"""The Mamba block's fused pieces on the CPU with Numba: causal conv1d + SiLU, the inner function.
+
+Glossary
+--------
+======  ================================================================
+B       batch size (the *matrix* B is ``Bmat``)
+L       sequence length
+D       channels of the inner path (``d_inner``); ``xz`` has 2D
+K       convolution width (``d_conv``)
+N, R    state size, rank of the delta projection (``dt_rank``)
+row     one (batch, channel) pair: the unit of parallel work
+======  ================================================================
+
+Same signatures and semantics as the reference twins, whose docstrings are
+the specification: :func:`ssm_ref.nn.causal_conv1d` (with ``activation``),
+:func:`ssm_ref.nn.causal_conv1d_backward`, :func:`ssm_ref.fused.mamba_inner_fn`
+and :func:`ssm_ref.fused.mamba_inner_fn_backward` (the official
+``causal_conv1d_fn`` of Dao-AILab/causal-conv1d and ``mamba_inner_fn`` of
+state-spaces/mamba).  This module says only how they are computed.
+
+How it is computed
+------------------
+* The convolution and its SiLU are one kernel, parallel over the B·D rows:
+  each row writes its output once (bias, then the K taps as shifted
+  multiply-adds over the row, then the SiLU in place, with the vectorized
+  :func:`fast._fastexp.fast_sigmoid`), so no padded copy of x and no
+  pre-activation array is made.  The input may be any strided view
+  (``xz[:, :D]``, a flipped sequence ``xz[:, :, ::-1]``).
+* Its backward is one kernel too: each row recomputes its pre-activation
+  into a scratch row of its thread (L entries), turns it into the gradient g
+  at the pre-activation (through the SiLU), sums g and g·x for ``dbias`` and
+  ``dweight`` (per row; the rows of one channel are summed afterwards) and
+  accumulates ``dx[s] = Σ_k weight[k] g[s + K-1-k]`` in the same pass over
+  the taps.  Nothing but ``dx``, the (B, D, K) partial sums and one row per
+  thread is allocated.
+* Both kernels index with an unsigned offset and mark their arrays
+  ``noalias`` (as :mod:`fast.numba_cpu`, whose reasons apply here), so the
+  loops over L vectorize.
+* The inner function keeps every array channels first, (B, ·, L), as the
+  scan wants them: ``x_proj`` is one matrix product per batch element,
+  ``x_dbl = W_x @ x`` (B, R + 2N, L), whose slices are delta's low-rank input
+  and B, C already in the scan's (B, N, L) layout; ``delta = W_dt @ dt``
+  is (B, D, L) directly.  No token-major copy and no transpose is made,
+  where the reference goes through (B, L, ·) tokens for its ``linear``
+  layers.  The matrix products are NumPy's (BLAS); the weight gradients sum
+  over the batch as one batched product and a sum each.
+* VMamba's SS2D has a 3x3 depthwise convolution on channels-last images
+  followed by SiLU: :func:`depthwise_conv2d` does both in one kernel, one
+  (batch, image row) per job with the loop over channels innermost and
+  contiguous; its backward recomputes the pre-activation once into a
+  gradient array g and then gathers ``dx`` from g's neighbours (each job
+  writes only its own row: no races).
+* Precision: float32 ``xz`` (or ``x``) is computed in float32 (weights cast
+  to float32), anything else in float64, as :mod:`fast.numba_cpu`.
+
+The blocks use the inner path of this module when their scan functions come
+from :func:`fast.scan_functions` with ``backend="numba"`` (see
+:func:`ssm_ref.mamba.inner_path_functions`); its ``inner_forward`` and
+``inner_backward`` take and return what :func:`ssm_ref.mamba.inner_forward`
+and :func:`ssm_ref.mamba.inner_backward` do, with a cache of their own.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ssm_ref._validation import as_array, check_finite, check_shape
+from ssm_ref.fused import INNER_FN_ARGS, check_inner_fn_args
+from ssm_ref.nn import _check_activation, _check_conv1d, _check_conv2d
+from ssm_ref.selective import _one_module
+
+from . import numba_cpu
+from ._fastexp import fast_sigmoid
+from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
+
+__all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
+           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
+           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward"]
+
+
+# ---------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv_fwd(x, weight, bias, silu, out):
+    """``out = act(causal_conv1d(x))`` row by row; ``bias`` zeros when there is none.
+
+    Tap k adds ``weight[k] x[t - shift]`` (shift = K-1-k) to ``out[t]``; the
+    loop runs over ``x``'s index with an unsigned offset, so LLVM sees no
+    negative index to wrap around and vectorizes it (as in fast.numba_cpu).
+    """
+    nb, nd, nl = x.shape
+    K = weight.shape[1]
+    for row in prange(nb * nd):
+        b = row // nd
+        d = row - b * nd
+        for t in range(nl):
+            out[b, d, t] = bias[d]
+        for k in range(K):  # tap k sees x[t - (K-1) + k]
+            shift = np.uint64(K - 1 - k)
+            wk = weight[d, k]
+            for t in range(nl - (K - 1 - k)):
+                tt = np.uint64(t)
+                out[b, d, tt + shift] += wk * x[b, d, tt]
+        if silu:
+            for t in range(nl):
+                v = out[b, d, t]
+                out[b, d, t] = v * fast_sigmoid(v)
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv_bwd(dy, x, weight, bias, silu, dx, c0, dw_rows, db_rows, nchunks):
+    """Gradients of :func:`_conv_fwd`: ``dx`` whole, ``dweight`` and ``dbias`` per row.
+
+    ``dx`` is a C-contiguous (B, C, L) array whose channels ``c0 .. c0 + D``
+    receive the gradient (the x half of ``dxz``): written through a strided
+    view, the loop would not vectorize.  Each thread takes a block of rows and
+    one scratch row ``g`` (the gradient at the pre-activation; L entries,
+    allocated here so that the parallel body gets it as an argument).
+    """
+    nb, nd, nl = x.shape
+    K = weight.shape[1]
+    nrows = nb * nd
+    g_s = np.empty((nchunks, nl + _GAP), dx.dtype)
+    for c in prange(nchunks):
+        g = g_s[c]
+        for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
+            b = row // nd
+            d = row - b * nd
+            if silu:  # recompute the pre-activation, then through the SiLU
+                for t in range(nl):
+                    g[t] = bias[d]
+                for k in range(K):
+                    shift = np.uint64(K - 1 - k)
+                    wk = weight[d, k]
+                    for t in range(nl - (K - 1 - k)):
+                        tt = np.uint64(t)
+                        g[tt + shift] += wk * x[b, d, tt]
+                for t in range(nl):
+                    v = g[t]
+                    s = fast_sigmoid(v)
+                    g[t] = dy[b, d, t] * s * (1 + v * (1 - s))  # silu'(v) = s (1 + v (1 - s))
+            else:
+                for t in range(nl):
+                    g[t] = dy[b, d, t]
+            acc = g[0] - g[0]  # typed zero
+            for t in range(nl):
+                acc += g[t]
+            db_rows[b, d] = acc
+            dxr = dx[b, c0 + d]
+            for t in range(nl):
+                dxr[t] = 0
+            for k in range(K):
+                shift = np.uint64(K - 1 - k)
+                wk = weight[d, k]
+                acc = g[0] - g[0]
+                for t in range(nl - (K - 1 - k)):
+                    tt = np.uint64(t)
+                    gt = g[tt + shift]
+                    acc += gt * x[b, d, tt]  # dweight[k] = sum_t g[t] x[t - shift]
+                    dxr[tt] += wk * gt  # dx[s] = sum_k weight[k] g[s + shift]
+                dw_rows[b, d, k] = acc
+
+
+# ---------------------------------------------------------------------------
+# the convolution (unchecked and public)
+# ---------------------------------------------------------------------------
+
+def _bias_or_zeros(bias, n, real):
+    return np.zeros(n, real) if bias is None else np.ascontiguousarray(bias, dtype=real)
+
+
+def _conv(x, weight, bias, silu, out=None):
+    """Forward on a ``real`` (float32/64) x of any strides and (D, K) weight, unchecked."""
+    real = x.dtype
+    out = np.empty(x.shape, real) if out is None else out  # (B, D, L)
+    _launch(_conv_fwd, x, np.ascontiguousarray(weight, dtype=real),
+            _bias_or_zeros(bias, x.shape[1], real), silu, out)
+    return out
+
+
+def _conv_backward(dy, x, weight, bias, silu, out=None, c0=0):
+    """Backward, unchecked: ``(dx, dweight, dbias or None)`` in ``x``'s dtype.
+
+    ``out``: a C-contiguous (B, C, L) array that receives dx in its channels
+    ``c0 .. c0 + D`` (``dx`` is then that view).
+    """
+    real = x.dtype
+    nb, nd, _ = x.shape
+    if out is None:
+        out, c0 = np.empty(x.shape, real), 0  # (B, D, L)
+    dw_rows = np.empty((nb, nd, weight.shape[1]), real)  # (B, D, K)
+    db_rows = np.empty((nb, nd), real)  # (B, D)
+    _launch(_conv_bwd, dy, x, np.ascontiguousarray(weight, dtype=real),
+            _bias_or_zeros(bias, nd, real), silu, out, c0, dw_rows, db_rows, _threads(nb * nd))
+    dx = out[:, c0:c0 + nd]  # (B, D, L)
+    return dx, dw_rows.sum(axis=0), None if bias is None else db_rows.sum(axis=0)
+
+
+def causal_conv1d(x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.causal_conv1d` (same signature and result).
+
+    One kernel, parallel over the (batch, channel) rows, computes the
+    convolution and its SiLU; float32 ``x`` is computed in float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import causal_conv1d
+    >>> x = np.array([[[1.0, 2.0, 3.0, 4.0]]])
+    >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))
+    array([[[10., 21., 32., 43.]]])
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv1d(x, weight, bias)
+    real = _compute_dtype(x.dtype)
+    return _conv(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+
+
+def causal_conv1d_backward(dy, x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.causal_conv1d_backward` (same result).
+
+    Returns ``(dx, dweight, dbias)``, each in its argument's dtype (``dbias``
+    None without a bias).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import causal_conv1d_backward
+    >>> dx, dw, db = causal_conv1d_backward(np.ones((1, 1, 3)), np.array([[[1.0, 2.0, 3.0]]]),
+    ...                                     np.array([[1.0, 1.0]]), np.zeros(1))
+    >>> dx, dw, db
+    (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv1d(x, weight, bias)
+    dy = as_array(dy, "dy", allow_complex=False)
+    check_shape(dy, "dy", x.shape)
+    check_finite(dy, "dy")
+    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
+    dx, dw, db = _conv_backward(dy.astype(real, copy=False), x.astype(real, copy=False),
+                                weight, bias, silu)
+    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
+            None if bias is None else db.astype(bias.dtype, copy=False))
+
+
+# ---------------------------------------------------------------------------
+# the inner path, channels first
+# ---------------------------------------------------------------------------
+
+def _batch_outer(a, b):
+    """``sum_b a[b] @ b[b].T`` for a (B, P, L) and b (B, Q, L): (P, Q).
+
+    One BLAS product per batch element into a (B, P, Q) stack, then its sum:
+    no copy of the inputs (``tensordot`` transposes both into (P, B·L)
+    first; measured 1.6x slower at B, P, Q, L = 64, 192, 40, 256).
+    """
+    return np.matmul(a, b.transpose(0, 2, 1)).sum(axis=0)
+
+
+def _path_forward(xz, w, scan_fn, Bgiven=None, Cgiven=None, softplus=True,
+                  return_last_state=False):
+    """conv + SiLU -> x_proj -> dt_proj -> scan on ``xz`` (B, 2D, L) in its (compute) dtype.
+
+    ``w``: the (D, K) conv weight ``w_conv``, ``b_conv``, ``w_x``, ``w_dt``,
+    ``b_dt``, ``A``, ``D`` (those of :func:`ssm_ref.mamba.inner_path_weights`).
+    Returns ``(y (B, D, L), cache, last_state or None)``.
+    """
+    real = xz.dtype
+    D = xz.shape[1] // 2
+    R, N = w["w_dt"].shape[1], w["A"].shape[1]
+    x, z = xz[:, :D], xz[:, D:]  # (B, D, L) views
+    x_act = _conv(x, w["w_conv"], w["b_conv"], True)  # (B, D, L)
+    x_dbl = np.matmul(w["w_x"].astype(real, copy=False), x_act)  # (B, R + 2N, L)
+    dt_low = x_dbl[:, :R]  # (B, R, L)
+    delta = np.matmul(w["w_dt"].astype(real, copy=False), dt_low)  # (B, D, L)
+    Bmat = x_dbl[:, R:R + N] if Bgiven is None else Bgiven  # (B, N, L)
+    Cmat = x_dbl[:, R + N:] if Cgiven is None else Cgiven  # (B, N, L)
+    res = scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z, delta_bias=w["b_dt"],
+                  delta_softplus=softplus, return_last_state=return_last_state)
+    y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
+    cache = {"x": x, "z": z, "x_act": x_act, "x_dbl": x_dbl, "delta": delta,
+             "Bmat": Bmat, "Cmat": Cmat, "fused": True}
+    return np.asarray(y), cache, last_state
+
+
+def _path_backward(dy, c, w, scan_backward_fn, softplus=True, Bgiven=False, Cgiven=False):
+    """Gradients of :func:`_path_forward`: ``(dxz (B, 2D, L), scan grads, weight grads)``."""
+    real = c["x_act"].dtype
+    nb, D, nl = c["x_act"].shape
+    R = w["w_dt"].shape[1]
+    N = w["A"].shape[1]
+    s = scan_backward_fn(dy, c["x_act"], c["delta"], w["A"], c["Bmat"], c["Cmat"], D=w["D"],
+                         z=c["z"], delta_bias=w["b_dt"], delta_softplus=softplus)
+    g = {}
+    w_dt, w_x = w["w_dt"].astype(real, copy=False), w["w_x"].astype(real, copy=False)
+    ddelta = s["delta"]  # (B, D, L)
+    g["w_dt"] = _batch_outer(ddelta, c["x_dbl"][:, :R])  # (D, R)
+    d_xdbl = np.empty(c["x_dbl"].shape, real)  # (B, R + 2N, L)
+    np.matmul(w_dt.T, ddelta, out=d_xdbl[:, :R])  # (B, R, L)
+    d_xdbl[:, R:R + N] = 0 if Bgiven else s["B"]  # a given B took no part in x_proj
+    d_xdbl[:, R + N:] = 0 if Cgiven else s["C"]
+    g["w_x"] = _batch_outer(d_xdbl, c["x_act"])  # (R + 2N, D)
+    dx_act = np.matmul(w_x.T, d_xdbl)  # (B, D, L): x_proj's input ...
+    dx_act += s["u"]  # ... and the scan's
+    dxz = np.empty((nb, 2 * D, nl), real)  # (B, 2D, L)
+    _, g["w_conv"], g["b_conv"] = _conv_backward(dx_act, c["x"], w["w_conv"], w["b_conv"], True,
+                                                 out=dxz, c0=0)  # dx into dxz[:, :D]
+    dxz[:, D:] = s["z"]
+    return dxz, s, g
+
+
+def inner_forward(xz, w, scan_fn, return_last_state=False):
+    """The fused :func:`ssm_ref.mamba.inner_forward` (same arguments and results), unchecked.
+
+    ``xz`` (B, 2D, L) float32 or float64 of any strides; ``w`` from
+    :func:`ssm_ref.mamba.inner_path_weights`.  Returns ``(y, cache,
+    last_state or None)``, ``y`` in ``xz``'s dtype; the cache is this
+    module's (``x``, ``z``, ``x_act``, ``x_dbl``, ``delta``, ``Bmat``,
+    ``Cmat``) and only :func:`inner_backward` reads it.
+    """
+    return _path_forward(xz, w, scan_fn, return_last_state=return_last_state)
+
+
+def inner_backward(dy, cache, w, scan_backward_fn):
+    """The fused :func:`ssm_ref.mamba.inner_backward` (same arguments and results), unchecked.
+
+    Returns ``(dxz (B, 2D, L), grads by state-dict name)``, in the cache's dtype.
+    """
+    if not cache.get("fused"):
+        raise TypeError("Parameter cache must be the dict from fast.numba_fused.inner_forward "
+                        "(the block's forward ran another inner path)")
+    real = cache["x_act"].dtype
+    dxz, s, g = _path_backward(np.ascontiguousarray(dy, dtype=real), cache, w, scan_backward_fn)
+    grads = {"A_log": s["A"] * w["A"], "D": s["D"], "dt_proj.bias": s["delta_bias"],
+             "dt_proj.weight": g["w_dt"], "x_proj.weight": g["w_x"],
+             "conv1d.weight": g["w_conv"][:, None, :], "conv1d.bias": g["b_conv"]}
+    return dxz, grads
+
+
+# ---------------------------------------------------------------------------
+# the official-signature inner function
+# ---------------------------------------------------------------------------
+
+def _inner_fn_setup(args, delta_softplus):
+    """Validated arguments, the compute dtype, the path's weights in it, and the sizes."""
+    a, sizes = check_inner_fn_args(args, delta_softplus)
+    real = _compute_dtype(a["xz"].dtype)
+
+    def cast(v):
+        return None if v is None else v.astype(real, copy=False)
+    w = {"w_conv": cast(a["conv1d_weight"][:, 0, :]), "b_conv": cast(a["conv1d_bias"]),
+         "w_x": cast(a["x_proj_weight"]), "w_dt": cast(a["delta_proj_weight"]),
+         "b_dt": cast(a["delta_bias"]), "A": a["A"], "D": cast(a["D"])}
+    return a, real, w, sizes
+
+
+def _out_proj(y, a, real):
+    """``out_proj`` on channels-first y (B, D, L): (B, L, d_model)."""
+    out = np.matmul(y.transpose(0, 2, 1), a["out_proj_weight"].astype(real, copy=False).T)
+    if a["out_proj_bias"] is not None:
+        out += a["out_proj_bias"].astype(real, copy=False)
+    return out
+
+
+def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
+                   out_proj_weight, out_proj_bias, A, B=None, C=None, D=None, delta_bias=None,
+                   delta_softplus=True):
+    """Numba version of :func:`ssm_ref.fused.mamba_inner_fn` (same signature and result).
+
+    The fused causal conv + SiLU kernel, the projections as channels-first
+    BLAS products, the Numba selective scan; float32 ``xz`` is computed in
+    float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssm_ref import MambaBlock
+    >>> from ssm_ref.fused import block_arguments
+    >>> from fast.numba_fused import mamba_inner_fn
+    >>> block = MambaBlock(d_model=4, d_state=2)
+    >>> u = np.random.default_rng(0).standard_normal((2, 5, 4))
+    >>> xz = (u @ block.params["in_proj.weight"].T).transpose(0, 2, 1)
+    >>> bool(np.allclose(mamba_inner_fn(xz, **block_arguments(block.params)), block(u)))
+    True
+    """
+    a, real, w, _ = _inner_fn_setup(dict(zip(INNER_FN_ARGS, (
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+        out_proj_bias, A, B, C, D, delta_bias))), delta_softplus)
+    y, _, _ = _path_forward(a["xz"].astype(real, copy=False), w, numba_cpu.selective_scan,
+                            a["B"], a["C"], delta_softplus)
+    return _out_proj(y, a, real).astype(a["xz"].dtype, copy=False)
+
+
+def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
+                            delta_proj_weight, out_proj_weight, out_proj_bias, A, B=None, C=None,
+                            D=None, delta_bias=None, delta_softplus=True):
+    """Numba version of :func:`ssm_ref.fused.mamba_inner_fn_backward` (same result).
+
+    Recomputes the forward (fused), then the gradients; returns the dict of
+    every argument's gradient by name, each in its argument's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssm_ref import MambaBlock
+    >>> from ssm_ref.fused import block_arguments
+    >>> from fast.numba_fused import mamba_inner_fn_backward
+    >>> args = block_arguments(MambaBlock(d_model=4, d_state=2).params)
+    >>> g = mamba_inner_fn_backward(np.ones((1, 3, 4)), np.ones((1, 16, 3)), **args)
+    >>> g["xz"].shape, g["conv1d_weight"].shape
+    ((1, 16, 3), (8, 1, 4))
+    """
+    a, real, w, sizes = _inner_fn_setup(dict(zip(INNER_FN_ARGS, (
+        xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+        out_proj_bias, A, B, C, D, delta_bias))), delta_softplus)
+    n_batch, _, length = a["xz"].shape
+    dout = as_array(dout, "dout", allow_complex=False, ndim=3)
+    check_shape(dout, "dout", (n_batch, length, sizes[4]))
+    check_finite(dout, "dout")
+    _one_module({"dout": dout, "xz": a["xz"]})
+    y, c, _ = _path_forward(a["xz"].astype(real, copy=False), w, numba_cpu.selective_scan,
+                            a["B"], a["C"], delta_softplus)
+    dout = dout.astype(real, copy=False)  # (B, L, d_model)
+    g = {"out_proj_weight": _batch_outer(dout.transpose(0, 2, 1), y),  # (d_model, D)
+         "out_proj_bias": None if a["out_proj_bias"] is None else dout.sum(axis=(0, 1))}
+    dy = np.matmul(a["out_proj_weight"].astype(real, copy=False).T,
+                   dout.transpose(0, 2, 1))  # (B, D, L)
+    dxz, s, gw = _path_backward(dy, c, w, numba_cpu.selective_scan_backward, delta_softplus,
+                                a["B"] is not None, a["C"] is not None)
+    g.update({"xz": dxz, "conv1d_weight": gw["w_conv"][:, None, :], "conv1d_bias": gw["b_conv"],
+              "x_proj_weight": gw["w_x"], "delta_proj_weight": gw["w_dt"], "A": s["A"],
+              "B": s["B"] if a["B"] is not None else None,
+              "C": s["C"] if a["C"] is not None else None, "D": s["D"],
+              "delta_bias": s["delta_bias"]})
+    return {k: None if a[k] is None else np.asarray(g[k]).astype(a[k].dtype, copy=False)
+            for k in INNER_FN_ARGS}
+
+
+# ---------------------------------------------------------------------------
+# VMamba's depthwise conv2d + SiLU (channels last)
+# ---------------------------------------------------------------------------
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_fwd(x, weight, bias, silu, out):
+    """``out = act(depthwise_conv2d(x))`` on (B, H, W, C), one (batch, image row) per job.
+
+    ``weight`` is (kh, kw, C): the loop over C is innermost and contiguous in
+    both the image and the weight, so it vectorizes; zero padding is the
+    taps skipped at the border.
+    """
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for j in range(W):
+            for c in range(C):
+                out[b, i, j, c] = bias[c]
+            for p in range(kh):
+                ii = i + p - top
+                if ii < 0 or ii >= H:
+                    continue
+                for q in range(kw):
+                    jj = j + q - left
+                    if jj < 0 or jj >= W:
+                        continue
+                    for c in range(C):
+                        out[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+            if silu:
+                for c in range(C):
+                    v = out[b, i, j, c]
+                    out[b, i, j, c] = v * fast_sigmoid(v)
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_grad_pre(dy, x, weight, bias, g):
+    """g = dy * silu'(pre) with the pre-activation recomputed, per (batch, image row)."""
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for j in range(W):
+            for c in range(C):
+                g[b, i, j, c] = bias[c]
+            for p in range(kh):
+                ii = i + p - top
+                if ii < 0 or ii >= H:
+                    continue
+                for q in range(kw):
+                    jj = j + q - left
+                    if jj < 0 or jj >= W:
+                        continue
+                    for c in range(C):
+                        g[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+            for c in range(C):
+                v = g[b, i, j, c]
+                s = fast_sigmoid(v)
+                g[b, i, j, c] = dy[b, i, j, c] * s * (1 + v * (1 - s))
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_bwd(g, x, weight, dx, dw_rows, db_rows):
+    """dx, and dweight / dbias per (batch, image row), from g at the pre-activation.
+
+    ``dx[b, i, j] = sum_{p,q} weight[p, q] g[b, i - p + top, j - q + left]`` (a
+    gather, so each job writes only its own row of dx).
+    """
+    nb, H, W, C = x.shape
+    kh, kw = weight.shape[0], weight.shape[1]
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    for job in prange(nb * H):
+        b = job // H
+        i = job - b * H
+        for c in range(C):
+            db_rows[job, c] = 0
+        for p in range(kh):
+            for q in range(kw):
+                for c in range(C):
+                    dw_rows[job, p, q, c] = 0
+        for j in range(W):
+            for c in range(C):
+                db_rows[job, c] += g[b, i, j, c]
+                dx[b, i, j, c] = 0
+            for p in range(kh):
+                ii = i + p - top  # the input row tap p reads for output row i ...
+                io = i - p + top  # ... and the output row that reads input row i with tap p
+                for q in range(kw):
+                    jj = j + q - left
+                    if 0 <= ii < H and 0 <= jj < W:
+                        for c in range(C):
+                            dw_rows[job, p, q, c] += g[b, i, j, c] * x[b, ii, jj, c]
+                    jo = j - q + left
+                    if 0 <= io < H and 0 <= jo < W:
+                        for c in range(C):
+                            dx[b, i, j, c] += weight[p, q, c] * g[b, io, jo, c]
+
+
+def _conv2d(x, weight, bias, silu):
+    """Forward on a ``real`` (float32/64) x (B, H, W, C) and (C, kh, kw) weight, unchecked."""
+    real = x.dtype
+    out = np.empty(x.shape, real)  # (B, H, W, C)
+    _launch(_conv2d_fwd, np.ascontiguousarray(x), np.ascontiguousarray(
+        weight.transpose(1, 2, 0), dtype=real), _bias_or_zeros(bias, x.shape[3], real), silu, out)
+    return out
+
+
+def _conv2d_backward(dy, x, weight, bias, silu):
+    """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype."""
+    real = x.dtype
+    nb, H, _, C = x.shape
+    x = np.ascontiguousarray(x)
+    w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
+    if silu:
+        g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation
+        _launch(_conv2d_grad_pre, np.ascontiguousarray(dy, dtype=real), x, w_t,
+                _bias_or_zeros(bias, C, real), g)
+    else:
+        g = np.ascontiguousarray(dy, dtype=real)
+    dx = np.empty(x.shape, real)
+    dw_rows = np.empty((nb * H,) + w_t.shape, real)  # (B·H, kh, kw, C)
+    db_rows = np.empty((nb * H, C), real)
+    _launch(_conv2d_bwd, g, x, w_t, dx, dw_rows, db_rows)
+    dw = dw_rows.sum(axis=0).transpose(2, 0, 1)  # (C, kh, kw)
+    return dx, dw, None if bias is None else db_rows.sum(axis=0)
+
+
+def depthwise_conv2d(x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.depthwise_conv2d` with an optional SiLU (one kernel).
+
+    ``activation`` None or ``"silu"`` (VMamba's SS2D applies SiLU right after
+    its 3x3 depthwise convolution); float32 ``x`` is computed in float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import depthwise_conv2d
+    >>> x = np.zeros((1, 3, 3, 1)); x[0, 1, 1, 0] = 1.0
+    >>> depthwise_conv2d(x, np.arange(9.0).reshape(1, 3, 3))[0, :, :, 0]
+    array([[8., 7., 6.],
+           [5., 4., 3.],
+           [2., 1., 0.]])
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    real = _compute_dtype(x.dtype)
+    return _conv2d(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+
+
+def depthwise_conv2d_backward(dy, x, weight, bias=None, activation=None):
+    """Numba version of :func:`ssm_ref.nn.depthwise_conv2d_backward`, SiLU optional.
+
+    Returns ``(dx, dweight, dbias)``, each in its argument's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_fused import depthwise_conv2d_backward
+    >>> dx, dw, db = depthwise_conv2d_backward(np.ones((1, 2, 2, 1)), np.ones((1, 2, 2, 1)),
+    ...                                        np.ones((1, 3, 3)), np.zeros(1))
+    >>> dw[0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    silu = _check_activation(activation) is not None
+    x, weight, bias = _check_conv2d(x, weight, bias)
+    dy = as_array(dy, "dy", allow_complex=False)
+    check_shape(dy, "dy", x.shape)
+    check_finite(dy, "dy")
+    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
+    dx, dw, db = _conv2d_backward(dy.astype(real, copy=False), x.astype(real, copy=False),
+                                  weight, bias, silu)
+    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
+            None if bias is None else db.astype(bias.dtype, copy=False))
+
+
+def conv2d_silu_forward(x, weight, bias):
+    """SS2D's conv + SiLU on the fused path, unchecked: ``silu(depthwise_conv2d(x))``."""
+    return _conv2d(x, weight.astype(x.dtype, copy=False), bias, True)
+
+
+def conv2d_silu_backward(dy, x, weight, bias):
+    """Gradients of :func:`conv2d_silu_forward`, unchecked: ``(dx, dweight, dbias or None)``."""
+    return _conv2d_backward(np.ascontiguousarray(dy, dtype=x.dtype), x,
+                            weight.astype(x.dtype, copy=False), bias, True)
