@@ -14,8 +14,9 @@ import a throwaway ``mamba_ssm`` package, built in a temporary directory by this
 - ``selective_scan_fn`` is :func:`selective_scan_fn` below: a ``torch.autograd.Function`` whose
   forward hands the tensors to :func:`fast.selective_scan` as NumPy arrays and whose backward
   calls :func:`fast.selective_scan_backward`;
-- ``selective_state_update`` is :func:`selective_state_update` below: :func:`fast.
-  selective_state_update` on the NumPy views of the tensors, so the state is updated in place;
+- ``selective_state_update`` is :func:`selective_state_update` below:
+  :func:`fast.selective_state_update` on the NumPy views of the tensors, so the state is
+  updated in place;
 - ``selective_scan_ref``, ``mamba_inner_ref`` and ``selective_state_update_ref`` are the official
   functions, their source read from the snapshot given (the oracle).
 
@@ -36,8 +37,10 @@ PyTorch.  A case it fails is one where the official test's tolerance does not ho
 official kernel's own arithmetic on these (CPU-generated) inputs.
 
 The summary (passed / failed / skipped / deselected per file and backend, each failure's id,
-dtypes and first lines, the snapshot's commit, the SHA-256 of this file) is written as JSON to ``--out``
-(default ``results.json`` next to this file); ``tests/test_official_suite.py`` checks it.
+dtypes, failing assert and first lines, the snapshot's commit, the SHA-256 of this file) is
+written as JSON to ``--out`` (default ``results.json`` next to this file);
+``tests/test_official_suite.py`` checks it.  ``--widen`` runs the wider parametrization the
+official files keep as comments (:func:`widen_parametrize`).
 
 Usage (any Python with torch (CPU), einops, numpy, numba, ml_dtypes and pytest; ``--torch-site``
 adds the site-packages of another environment that has torch and einops)::
@@ -311,7 +314,14 @@ def file_sha256(path=__file__):
 
 
 def official_functions(source, names):
-    """The source text of the top-level functions ``names`` of a module's ``source``."""
+    r"""The source text of the top-level functions ``names`` of a module's ``source``.
+
+    Examples
+    --------
+    >>> print(official_functions("import os\n\ndef f(x):\n    return x\n", ["f"]))
+    def f(x):
+        return x
+    """
     tree = ast.parse(source)
     lines = source.splitlines()
     found = {}
@@ -370,13 +380,22 @@ def _count(values):
 
 
 def widen_parametrize(text):
-    """The official test text with each parametrization widened to its commented-out list.
+    r"""The official test text with each parametrization widened to its commented-out list.
 
     The official files keep the full lists of values above the active ones as comments
     (``# @pytest.mark.parametrize('seqlen', [8, 16, ..., 4096])`` over ``[128, ..., 4096]``).
     Each active ``@pytest.mark.parametrize(name, [...])`` takes the longest list among the
     commented-out ones of the same name in the block of decorator lines around it.  Returns the
     new text and the number of lines changed.
+
+    Examples
+    --------
+    >>> text = ("# @pytest.mark.parametrize('L', [8, 16, 128])\n"
+    ...         "@pytest.mark.parametrize('L', [128])\n"
+    ...         "def test_x(L):\n")
+    >>> new, changed = widen_parametrize(text)
+    >>> changed, new.splitlines()[1]
+    (1, "@pytest.mark.parametrize('L', [8, 16, 128])")
     """
     lines = text.splitlines()
     changed = 0
@@ -396,7 +415,8 @@ def widen_parametrize(text):
             if o and o.group(2) and o.group(4) == name and _count(o.group(5)) > _count(best):
                 best = o.group(5)
         if best != m.group(5):
-            lines[i] = f"{m.group(1)}@pytest.mark.parametrize({m.group(3)}{name}{m.group(3)}, {best})"
+            quote = m.group(3)
+            lines[i] = f"{m.group(1)}@pytest.mark.parametrize({quote}{name}{quote}, {best})"
             changed += 1
     return "\n".join(lines) + "\n", changed
 
