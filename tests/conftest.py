@@ -244,6 +244,14 @@ def check_same_on(xp, fn, args, what=None):
     return expected
 
 
+#: The ``backend`` fixture's parameters with the "cuda" case marked ``cudasim``, for a test
+#: whose cuda cases are small enough for Numba's CUDA simulator (~1000x slower than a GPU):
+#: ``@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)``.  Those cases then run
+#: in the simulator's own process (``NUMBA_ENABLE_CUDASIM=1 pytest -m cudasim``, part of
+#: ``make test``) and are left out of the ``-m "not cudasim"`` run.
+SIM_BACKENDS = ["ref", "numba", pytest.param("cuda", marks=pytest.mark.cudasim)]
+
+
 @pytest.fixture(params=["ref", "numba", "cuda"])
 def backend(request):
     """A selective-scan backend of ``fast``: the reference, Numba, and CUDA where it can

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cases import GRAD_NAMES, scan_case
-from conftest import assert_close
+from conftest import SIM_BACKENDS, assert_close
 
 import fast
 import ssm_ref
@@ -112,6 +112,7 @@ def _f32(kw):
             for k, v in kw.items()}
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)  # cuda: simulator
 @pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("constant", "grouped")])
 def test_bfloat16_scan_and_backward_are_float32_rounded(backend, rng, form_B, form_C):
     kw = _bf16(scan_case(rng, form_B, form_C))
@@ -129,6 +130,7 @@ def test_bfloat16_scan_and_backward_are_float32_rounded(backend, rng, form_B, fo
         assert_close(g[name], g32[name].astype(BF16), kind="backend", err_msg=name)
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)  # cuda: simulator
 def test_bfloat16_state_update_is_float32_rounded(backend, rng):
     kw = dict(state=rng.standard_normal((2, 4, 2, 3)), x=rng.standard_normal((2, 4, 2)),
               dt=rng.standard_normal((2, 4, 2)), A=-np.exp(rng.standard_normal((4, 2, 3))),

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_close
+from conftest import SIM_BACKENDS, assert_close
 
 import fast
 import ssm_ref
@@ -153,6 +153,7 @@ def test_each_optional_argument_alone(backend, rng, name):
     assert_close(kw["state"], new_ref, kind="backend", err_msg="state")
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)  # cuda: simulator
 @pytest.mark.parametrize("layout,groups", [("single", None), ("heads", 2)],
                          ids=["single", "heads-G2"])
 def test_state_batch_indices_update_only_their_rows(backend, rng, layout, groups):
@@ -170,6 +171,7 @@ def test_state_batch_indices_update_only_their_rows(backend, rng, layout, groups
     assert not np.array_equal(state[[5, 0, 3]], before[[5, 0, 3]])
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)  # cuda: simulator
 def test_float32_state_and_strided_state_are_updated_in_their_memory(backend, rng):
     kw = step_case(rng, "heads", 2, dtype=np.float32)
     big = np.zeros((3, 2) + kw["state"].shape[1:], np.float32)
@@ -195,6 +197,7 @@ def test_complex_A_updates_a_complex_state(rng, layout, groups):
         assert_close(kw["state"], new_ref, kind="backend", err_msg=backend)
 
 
+@pytest.mark.parametrize("backend", SIM_BACKENDS, indirect=True)  # cuda: simulator
 def test_step_is_the_functional_form_and_leaves_state_alone(backend, rng):
     kw = step_case(rng, "heads", 2)
     state = kw.pop("state")
