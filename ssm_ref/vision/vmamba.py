@@ -44,6 +44,7 @@ from ..nn import (
 )
 from .multi import SCHEMES, CROSS_SCAN_ORDERS, count_directions, resolve_directions, scan_scheme
 from .prenorm import PreNormBlock
+from .scan_orders import from_sequence, to_sequence
 
 __all__ = ["SS2D", "VSSBlock", "LocalSS2D", "ES2D", "MultiHeadSS2D"]
 
