@@ -442,34 +442,42 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
 # VMamba's depthwise conv2d + SiLU (channels last)
 # ---------------------------------------------------------------------------
 
-@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv2d_fwd(x, weight, bias, silu, out):
-    """``out = act(depthwise_conv2d(x))`` on (B, H, W, C), one (batch, image row) per job.
+@njit(fastmath=_FMK, error_model="numpy", inline="always")
+def _conv2d_row_pre(x, weight, bias, b, i, out):
+    """The pre-activation of image row ``i`` of batch element ``b``: bias plus the taps.
 
     ``weight`` is (kh, kw, C): the loop over C is innermost and contiguous in
     both the image and the weight, so it vectorizes; zero padding is the
     taps skipped at the border.
     """
-    nb, H, W, C = x.shape
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = weight.shape[0], weight.shape[1]
     top, left = (kh - 1) // 2, (kw - 1) // 2
+    for j in range(W):
+        for c in range(C):
+            out[b, i, j, c] = bias[c]
+        for p in range(kh):
+            ii = i + p - top
+            if ii < 0 or ii >= H:
+                continue
+            for q in range(kw):
+                jj = j + q - left
+                if jj < 0 or jj >= W:
+                    continue
+                for c in range(C):
+                    out[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _conv2d_fwd(x, weight, bias, silu, out):
+    """``out = act(depthwise_conv2d(x))`` on (B, H, W, C), one (batch, image row) per job."""
+    nb, H, W, C = x.shape
     for job in prange(nb * H):
         b = job // H
         i = job - b * H
-        for j in range(W):
-            for c in range(C):
-                out[b, i, j, c] = bias[c]
-            for p in range(kh):
-                ii = i + p - top
-                if ii < 0 or ii >= H:
-                    continue
-                for q in range(kw):
-                    jj = j + q - left
-                    if jj < 0 or jj >= W:
-                        continue
-                    for c in range(C):
-                        out[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
-            if silu:
+        _conv2d_row_pre(x, weight, bias, b, i, out)
+        if silu:
+            for j in range(W):
                 for c in range(C):
                     v = out[b, i, j, c]
                     out[b, i, j, c] = v * fast_sigmoid(v)
@@ -479,24 +487,11 @@ def _conv2d_fwd(x, weight, bias, silu, out):
 def _conv2d_grad_pre(dy, x, weight, bias, g):
     """g = dy * silu'(pre) with the pre-activation recomputed, per (batch, image row)."""
     nb, H, W, C = x.shape
-    kh, kw = weight.shape[0], weight.shape[1]
-    top, left = (kh - 1) // 2, (kw - 1) // 2
     for job in prange(nb * H):
         b = job // H
         i = job - b * H
+        _conv2d_row_pre(x, weight, bias, b, i, g)
         for j in range(W):
-            for c in range(C):
-                g[b, i, j, c] = bias[c]
-            for p in range(kh):
-                ii = i + p - top
-                if ii < 0 or ii >= H:
-                    continue
-                for q in range(kw):
-                    jj = j + q - left
-                    if jj < 0 or jj >= W:
-                        continue
-                    for c in range(C):
-                        g[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
             for c in range(C):
                 v = g[b, i, j, c]
                 s = fast_sigmoid(v)
