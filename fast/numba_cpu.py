@@ -487,9 +487,9 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
               du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
-    # Rows one after the other.  It is called for L <= block (one block: nothing is
-    # recomputed); for longer rows it would run in blocks recomputed row by row, but
-    # _backward sends those to _bwd_real_long, which keeps B, C, dB, dC in cache.
+    # Rows one after the other, each row's records (T = L steps) kept whole: nothing is
+    # recomputed.  _backward launches it only for L <= block; longer rows go to
+    # _bwd_real_long, which runs in time blocks and keeps B, C, dB, dC in cache.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -498,8 +498,6 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
     nrows = nb * nd
     nchunks = dA_c.shape[0]
-    T = min(block, L)  # time steps per block: its (T, N) records stay in cache
-    nblocks = (L + T - 1) // T
     # per-thread scratch, allocated here so the parallel body gets it as arguments
     dt_s = np.empty((nchunks, L + _GAP), u.dtype)
     bu_s = np.empty((nchunks, L + _GAP), u.dtype)
@@ -508,9 +506,9 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pA_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/d(dt A_n) * A_n per step
     pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
     sz_s = np.empty((nchunks, L + _GAP), u.dtype)  # sigmoid(z_t), for dy and dz
-    abar_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
-    ah_s = np.empty((nchunks, T + 1, N), u.dtype)  # Abar_t * h_{t-1}
-    ck_s = np.empty((nchunks, nblocks + 1, N), u.dtype)  # the state entering each block
+    abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
+    ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
+    ck_s = np.empty((nchunks, 1, N), u.dtype)  # the state entering the row (one block)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
     a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     h_s = np.empty((nchunks, N + _GAP), u.dtype)
@@ -551,14 +549,14 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             C_row = Cx[cb, cg]
             dB_row = dB_c[c, bb, bg]
             dC_row = dC_c[c, cb, cg]
-            # 1. forward again: y, dC_t = dy_t h_t, the state entering each block, and the
-            # records Abar_t, Abar_t h_{t-1} (overwritten block by block: the last one stays)
+            # 1. forward again: y, dC_t = dy_t h_t and the records Abar_t, Abar_t h_{t-1}
+            # of the whole row (one block of T = L steps)
             normal = _all_normal(dt[:L], a2[:N], zero)
             if normal:  # two copies of the loop, each with one exp
-                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                _bwd_row_forward(L, N, L, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, True)
             else:
-                _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                _bwd_row_forward(L, N, L, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, False)
             if has_z:  # dz = dout * (y + D u) * silu'(z)
                 for t in range(L):
@@ -567,25 +565,15 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     v = y[t] + Dd * u_row[t]
                     dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
                     s += dz[b, d, t]
-            # 2. reverse scan, block by block from the last: g = dLoss/dh_t
-            # (eq-selective-backward); each block but the last recomputes its records
-            # from the state saved at its start.  Time indices are unsigned (no
-            # negative-index wraparound selects).
+            # 2. reverse scan over the row's records: g = dLoss/dh_t
+            # (eq-selective-backward).  Time indices are unsigned (no negative-index
+            # wraparound selects).
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
-            for k in range(nblocks - 1, -1, -1):
-                t0 = k * T
-                tn = min(T, L - t0)  # steps in this block
-                for n0 in range(0, N, _LANES):
-                    if k < nblocks - 1 and normal:
-                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
-                                           b_st, True)
-                    elif k < nblocks - 1:
-                        _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row,
-                                           b_st, False)
-                    _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
-                                       dB_row, b_st, c_st, pA, pB, zero)
+            for n0 in range(0, N, _LANES):
+                _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
+                                   dB_row, b_st, c_st, pA, pB, zero)
             for t in range(L):
                 du[b, d, t] = dt[t] * pB[t] + Dd * dy[t]
                 ddelta[b, d, t] = pA[t] + u_row[t] * pB[t]
