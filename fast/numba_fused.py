@@ -198,6 +198,28 @@ def _conv_backward(dy, x, weight, bias, silu, out=None, c0=0):
     return dx, dw_rows.sum(axis=0), None if bias is None else db_rows.sum(axis=0)
 
 
+def _checked_forward(x, weight, bias, activation, check, kernel):
+    """A public convolution: ``check`` the arguments, run ``kernel`` in the compute dtype."""
+    silu = _check_activation(activation) is not None
+    x, weight, bias = check(x, weight, bias)
+    real = _compute_dtype(x.dtype)
+    return kernel(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+
+
+def _checked_backward(dy, x, weight, bias, activation, check, kernel):
+    """A public convolution's backward: checks, ``kernel``, gradients in the arguments' dtypes."""
+    silu = _check_activation(activation) is not None
+    x, weight, bias = check(x, weight, bias)
+    dy = as_array(dy, "dy", allow_complex=False)
+    check_shape(dy, "dy", x.shape)
+    check_finite(dy, "dy")
+    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
+    dx, dw, db = kernel(dy.astype(real, copy=False), x.astype(real, copy=False), weight, bias,
+                        silu)
+    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
+            None if bias is None else db.astype(bias.dtype, copy=False))
+
+
 def causal_conv1d(x, weight, bias=None, activation=None):
     """Numba version of :func:`ssm_ref.nn.causal_conv1d` (same signature and result).
 
@@ -212,10 +234,7 @@ def causal_conv1d(x, weight, bias=None, activation=None):
     >>> causal_conv1d(x, np.array([[0.0, 1.0, 10.0]]))
     array([[[10., 21., 32., 43.]]])
     """
-    silu = _check_activation(activation) is not None
-    x, weight, bias = _check_conv1d(x, weight, bias)
-    real = _compute_dtype(x.dtype)
-    return _conv(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+    return _checked_forward(x, weight, bias, activation, _check_conv1d, _conv)
 
 
 def causal_conv1d_backward(dy, x, weight, bias=None, activation=None):
@@ -233,16 +252,7 @@ def causal_conv1d_backward(dy, x, weight, bias=None, activation=None):
     >>> dx, dw, db
     (array([[[2., 2., 1.]]]), array([[3., 6.]]), array([3.]))
     """
-    silu = _check_activation(activation) is not None
-    x, weight, bias = _check_conv1d(x, weight, bias)
-    dy = as_array(dy, "dy", allow_complex=False)
-    check_shape(dy, "dy", x.shape)
-    check_finite(dy, "dy")
-    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
-    dx, dw, db = _conv_backward(dy.astype(real, copy=False), x.astype(real, copy=False),
-                                weight, bias, silu)
-    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
-            None if bias is None else db.astype(bias.dtype, copy=False))
+    return _checked_backward(dy, x, weight, bias, activation, _check_conv1d, _conv_backward)
 
 
 # ---------------------------------------------------------------------------
@@ -580,10 +590,7 @@ def depthwise_conv2d(x, weight, bias=None, activation=None):
            [5., 4., 3.],
            [2., 1., 0.]])
     """
-    silu = _check_activation(activation) is not None
-    x, weight, bias = _check_conv2d(x, weight, bias)
-    real = _compute_dtype(x.dtype)
-    return _conv2d(x.astype(real, copy=False), weight, bias, silu).astype(x.dtype, copy=False)
+    return _checked_forward(x, weight, bias, activation, _check_conv2d, _conv2d)
 
 
 def depthwise_conv2d_backward(dy, x, weight, bias=None, activation=None):
@@ -602,16 +609,8 @@ def depthwise_conv2d_backward(dy, x, weight, bias=None, activation=None):
            [2., 4., 2.],
            [1., 2., 1.]])
     """
-    silu = _check_activation(activation) is not None
-    x, weight, bias = _check_conv2d(x, weight, bias)
-    dy = as_array(dy, "dy", allow_complex=False)
-    check_shape(dy, "dy", x.shape)
-    check_finite(dy, "dy")
-    real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
-    dx, dw, db = _conv2d_backward(dy.astype(real, copy=False), x.astype(real, copy=False),
-                                  weight, bias, silu)
-    return (dx.astype(x.dtype, copy=False), dw.astype(weight.dtype, copy=False),
-            None if bias is None else db.astype(bias.dtype, copy=False))
+    return _checked_backward(dy, x, weight, bias, activation, _check_conv2d,
+                             _conv2d_backward)
 
 
 def conv2d_silu_forward(x, weight, bias):
