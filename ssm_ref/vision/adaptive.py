@@ -37,7 +37,7 @@ import numpy as np
 
 from .._validation import as_array, check_finite, check_positive_int
 from .._xp import array_module
-from ..nn import rms_norm, rms_norm_backward, sigmoid
+from ..nn import sigmoid
 from .classifier import Classifier, normal_init
 from .configs import VimConfig
 from .patch_embed import insert_cls_token, insert_cls_token_backward
@@ -355,7 +355,6 @@ class TinyAdaptiveVim(Classifier):
 
     def _scan_idx(self, score, B):
         c = self.config
-        L = self.perm.size
         if c.order == "fixed" and c.keep is None:
             return np.tile(self.perm, (B, 1))  # (B, L)
         if c.keep is None:
@@ -390,11 +389,7 @@ class TinyAdaptiveVim(Classifier):
         for blk in self.layers:
             seq, lc = blk._forward(seq)
             cache["layers"].append(lc)
-        cache["pre_norm"] = seq
-        normed = rms_norm(seq, self._w("norm_f.weight"), check=False)  # (B, k + 1, E)
-        pooled = normed[:, self.cls_index]  # (B, E)
-        cache["pooled"] = pooled
-        logits = self._head_forward(pooled)  # (B, K)
+        logits = self._cls_head_forward(seq, cache)  # RMSNorm, class token, head: (B, K)
         patches = xp.concatenate([seq[:, :self.cls_index], seq[:, self.cls_index + 1:]],
                                  axis=1)  # (B, k, E)
         feat = scatter_tokens(patches, idx, h * w).reshape(B, h, w, E)  # zeros where skipped
@@ -403,19 +398,11 @@ class TinyAdaptiveVim(Classifier):
     def _backward(self, dlogits, dfeat, cache):
         c = self.config
         g = {}
-        seq = cache["pre_norm"]
-        B, K1, E = seq.shape
+        B, _, E = cache["pre_norm"].shape
         h, w = cache["grid"]
         idx = cache["idx"]
-        xp = array_module(seq)
-        dnormed = xp.zeros((B, K1, E))  # (B, k + 1, E)
-        if dlogits is not None:
-            dnormed[:, self.cls_index] = self._head_backward(dlogits, cache["pooled"], g)
-        else:
-            g["head.weight"] = xp.zeros(self._params["head.weight"].shape)
-            g["head.bias"] = xp.zeros(self._params["head.bias"].shape)
-        dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"),
-                                                     check=False)
+        xp = array_module(cache["pre_norm"])
+        dseq = self._cls_head_backward(dlogits, cache, g)  # (B, k + 1, E)
         if dfeat is not None:  # the features are the stream before norm_f, on the grid
             dpatch = gather_tokens(dfeat.reshape(B, h * w, E), idx)  # (B, k, E)
             dseq[:, :self.cls_index] += dpatch[:, :self.cls_index]
@@ -425,7 +412,7 @@ class TinyAdaptiveVim(Classifier):
             g.update({f"layers.{i}.{k}": v for k, v in gl.items()})
         dseq, g["cls_token"] = insert_cls_token_backward(dseq, self.cls_index)  # (B, k, E)
         if c.score == "learned":
-            gate, s_sel = cache["gate"], cache["s_sel"]
+            gate = cache["gate"]
             dgate = xp.sum(dseq * cache["ungated"], axis=-1)  # (B, k)
             ds_sel = dgate * gate * (1.0 - 0.5 * gate)  # d(2 sigmoid)/ds = 2 sig (1 - sig)
             dseq = dseq * gate[:, :, None]  # (B, k, E)

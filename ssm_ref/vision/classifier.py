@@ -45,7 +45,8 @@ import numpy as np
 from .._validation import as_array, check_finite, check_nonempty, check_shape
 from .._xp import array_module
 from ..module import Module, resolve_config, rng_from
-from ..nn import layer_norm, layer_norm_backward, linear, linear_backward
+from ..nn import (layer_norm, layer_norm_backward, linear, linear_backward, rms_norm,
+                  rms_norm_backward)
 from .configs import BaseConfig
 from .patch_embed import PatchEmbed
 
@@ -219,6 +220,35 @@ class Classifier(Module):
         dpooled, g["head.weight"], g["head.bias"] = linear_backward(
             dlogits, pooled, self._w("head.weight"), self._w("head.bias"), check=False)  # (B, E)
         return dpooled
+
+    def _cls_head_forward(self, seq, cache):
+        """Final RMSNorm (``norm_f.*``) -> the class token -> head; the logits (B, K).
+
+        ``seq`` is (B, L + 1, E) with the class token at ``self.cls_index``; it
+        is kept in ``cache["pre_norm"]`` (it is also the models' feature map).
+        """
+        cache["pre_norm"] = seq
+        normed = rms_norm(seq, self._w("norm_f.weight"), check=False)  # (B, L + 1, E)
+        pooled = normed[:, self.cls_index]  # (B, E) the class token
+        cache["pooled"] = pooled
+        return self._head_forward(pooled)  # (B, K)
+
+    def _cls_head_backward(self, dlogits, cache, g):
+        """Adjoint of :meth:`_cls_head_forward` (``dlogits`` may be None).
+
+        Fills the head and ``norm_f.*`` gradients into ``g``; returns d pre_norm.
+        """
+        seq = cache["pre_norm"]
+        xp = array_module(seq)
+        dnormed = xp.zeros(seq.shape, seq.dtype)  # (B, L + 1, E)
+        if dlogits is not None:
+            dnormed[:, self.cls_index] = self._head_backward(dlogits, cache["pooled"], g)
+        else:
+            g["head.weight"] = xp.zeros(self._params["head.weight"].shape)
+            g["head.bias"] = xp.zeros(self._params["head.bias"].shape)
+        dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"),
+                                                     check=False)
+        return dseq
 
     def _pool_head_forward(self, t, eps, cache):
         """Final LayerNorm (``norm.*``) -> mean over the tokens -> head; the logits (B, K).

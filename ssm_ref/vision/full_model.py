@@ -9,7 +9,6 @@ with the linear classifier ``head`` on the features.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from ..module import Module
 from ..nn import linear

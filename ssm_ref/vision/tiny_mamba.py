@@ -25,7 +25,6 @@ import math
 import numpy as np
 
 from .._xp import array_module
-from ..nn import rms_norm, rms_norm_backward
 from .classifier import Classifier, normal_init
 from .configs import PlainMambaConfig, VimConfig, VMambaConfig
 from .patch_embed import (
@@ -145,11 +144,7 @@ class TinyVim(Classifier):
         for blk in self.layers:
             seq, lc = blk._forward(seq)
             cache["layers"].append(lc)
-        cache["pre_norm"] = seq
-        normed = rms_norm(seq, self._w("norm_f.weight"), check=False)  # (B, L + 1, E)
-        pooled = normed[:, self.cls_index]  # (B, E) the class token
-        cache["pooled"] = pooled
-        logits = self._head_forward(pooled)  # (B, K)
+        logits = self._cls_head_forward(seq, cache)  # RMSNorm, class token, head: (B, K)
         patches = array_module(seq).concatenate(
             [seq[:, :self.cls_index], seq[:, self.cls_index + 1:]], axis=1)  # (B, L, E) scan order, class token removed
         feat = from_sequence(patches, self.perm, h, w, check=False)  # (B, h, w, E) back on the grid
@@ -157,17 +152,7 @@ class TinyVim(Classifier):
 
     def _backward(self, dlogits, dfeat, cache):
         g = {}
-        seq = cache["pre_norm"]
-        Bsz, L1, E = seq.shape
-        xp = array_module(seq)
-        dnormed = xp.zeros((Bsz, L1, E), seq.dtype)  # (B, L + 1, E)
-        if dlogits is not None:
-            dnormed[:, self.cls_index] = self._head_backward(dlogits, cache["pooled"], g)
-        else:
-            g["head.weight"] = xp.zeros(self._params["head.weight"].shape)
-            g["head.bias"] = xp.zeros(self._params["head.bias"].shape)
-        dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"),
-                                                     check=False)
+        dseq = self._cls_head_backward(dlogits, cache, g)  # (B, L + 1, E)
         if dfeat is not None:  # the features are the stream before norm_f
             dpatch = to_sequence(dfeat, self.perm, check=False)  # (B, L, E) in scan order
             dseq[:, :self.cls_index] += dpatch[:, :self.cls_index]
