@@ -340,34 +340,30 @@ def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
                      b_st, c_st, zero, normal):
-    """The backward pass's forward sweep of one row, in blocks of T steps.
+    """The backward pass's forward sweep over the L steps of a row (or of a time block).
 
     Adds y_t = <C_t, h_t> to ``y`` and dy_t h_t to dC_t; saves the state entering
-    each block in ``ck[k]``, and the records Abar_t and Abar_t h_{t-1} of the
-    current block in ``abar`` and ``ah`` (so the last block's records stay).
+    the steps in ``ck[0]``, and the records Abar_t and Abar_t h_{t-1} in ``abar``
+    and ``ah`` (indexed from the first step).
     """
     for n0 in range(0, N, _LANES):
-        i = T  # step inside the block: a new block starts at t = 0
-        k = 0
+        for j in range(_LANES):
+            ck[0, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
         for t in range(L):
-            if i == T:
-                for j in range(_LANES):
-                    ck[k, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
-                k += 1
-                i = 0
-            dtt = dt[t]
-            but = bu[t]
-            dyt = dy[t]
-            Bt = B_row[np.uint64(t * b_st)]
-            Ct = C_row[np.uint64(t * c_st)]
-            dCt = dC_row[np.uint64(t * c_st)]
-            abar_t = abar[np.uint64(i)]
-            ah_t = ah[np.uint64(i)]
+            tt = np.uint64(t)  # unsigned: no negative-index wraparound select
+            dtt = dt[tt]
+            but = bu[tt]
+            dyt = dy[tt]
+            Bt = B_row[tt * np.uint64(b_st)]
+            Ct = C_row[tt * np.uint64(c_st)]
+            dCt = dC_row[tt * np.uint64(c_st)]
+            abar_t = abar[tt]
+            ah_t = ah[tt]
             acc = zero
             for j in range(_LANES):
-                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+                n = np.uint64(n0 + j)
                 at = _decay(dtt * a2[n], normal)
                 ahn = at * h[n]
                 hn = ahn + but * Bt[n]
@@ -376,8 +372,7 @@ def _bwd_row_forward(L, N, T, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, 
                 h[n] = hn
                 acc += hn * Ct[n]
                 dCt[n] += dyt * hn
-            y[t] += acc
-            i += 1
+            y[tt] += acc
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
@@ -553,10 +548,10 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             # of the whole row (one block of T = L steps)
             normal = _all_normal(dt[:L], a2[:N], zero)
             if normal:  # two copies of the loop, each with one exp
-                _bwd_row_forward(L, N, L, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, True)
             else:
-                _bwd_row_forward(L, N, L, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, False)
             if has_z:  # dz = dout * (y + D u) * silu'(z)
                 for t in range(L):
@@ -676,10 +671,10 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 dC_blk = dC_c[c, cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
                 ck_k = ck_s[c, r, k:k + 1]
                 if _all_normal(dt[:tn], a2[:N], zero):
-                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                    _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
                                      C_blk, dC_blk, b_st, c_st, zero, True)
                 else:
-                    _bwd_row_forward(tn, N, tn, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                    _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
                                      C_blk, dC_blk, b_st, c_st, zero, False)
                 if has_z:  # dz = dout * (y + D u) * silu'(z)
                     dz_blk = dz[b, d, t0:t0 + tn]
