@@ -34,6 +34,28 @@ def test_records_machine_and_load(quick_result):
     assert machine["cores"] >= 1 and machine["numba_threads"] >= 1
     assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     assert quick_result["quick"] is True
+    assert quick_result["malloc"].split()[0] in ("kept", "unchanged:")  # what the run set
+
+
+def test_sweep_counts_page_faults_of_the_backward(quick_result):
+    for row in quick_result["sweep"]:
+        faults = row["backward_page_faults_per_call"]
+        assert faults is None or faults >= 0
+
+
+def test_minor_faults_counts_pages_touched_for_the_first_time():
+    """Fresh anonymous memory faults once per page at first touch; a no-op does not fault."""
+    import mmap  # noqa: PLC0415
+    import resource  # noqa: PLC0415,F401 - the counter exists (Unix)
+    pages = 64
+
+    def touch_fresh_pages():
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:
+            for i in range(pages):
+                m[i * mmap.PAGESIZE] = 1
+
+    assert bench_scan.minor_faults(touch_fresh_pages, calls=2) >= pages
+    assert bench_scan.minor_faults(lambda: None, calls=2) < pages
 
 
 def test_rates_are_positive_and_below_the_machine_limit(quick_result):

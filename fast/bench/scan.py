@@ -20,7 +20,8 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 * the machine's limit on the same threads: a kernel doing only what cannot
   be avoided per state update, one vectorized exp and one FMA
   (``y = exp(s x) y + x``, in L1 cache), over the same element count;
-* a sweep over L (256 ... 65536) and N (16, 64) at B=1, D=256;
+* a sweep over L (256 ... 65536) and N (16, 64) at B=1, D=256, with the
+  minor page faults of a backward call (see "freed memory" below);
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
@@ -33,6 +34,13 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 * linear scaling: the scan's forward time against NumPy softmax attention
   of the same width (single head, d = D) as L grows, up to the largest L
   whose L x L float32 score matrix fits in ``--attention-gb``;
+* freed memory: like ``ssm-ref train`` and ``fast.bench.train``, the run
+  first keeps freed memory in the process (:mod:`ssm_ref._malloc`), and
+  records that it did.  With glibc's defaults (``--default-malloc``) the
+  backward pass's 16 MB outputs at L = 16384 come back from the kernel as
+  fresh pages at every call and fault in again inside the kernel: about
+  1500 faults per call, which halved the rate at that one length
+  (chapter 11);
 * on a real GPU (CuPy + the ``cuda`` backend available, not the simulator):
   the CUDA scan, a naive CuPy loop over time, and the GPU limit (bytes that
   must move / measured device-to-device copy bandwidth).
@@ -57,6 +65,7 @@ from fast._fastexp import fast_exp2_scan
 from fast._launch import launch  # the one lock of parallel launches
 from fast.bench import peers as bench_peers
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
+from ssm_ref._malloc import keep_freed_memory
 from ssm_ref.cli import OneLineParser, output_dir
 
 #: where results go by default: relative to the current directory, so that a run from the
@@ -108,6 +117,24 @@ def median_time(fn, repeats, sync=None):
 def best_time(fn, repeats, sync=None):
     """Shortest wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
     return float(np.min(_times(fn, repeats, sync)))
+
+
+def minor_faults(fn, calls=3):
+    """Minor page faults per call of ``fn()`` (mean over ``calls``, after one warm-up call).
+
+    A minor fault is a page the kernel maps in at first touch (zeroing it):
+    memory the allocator had handed back to the operating system.  None
+    where the ``resource`` module is missing (Windows).
+    """
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:
+        return None
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def updates(batch, dim, length, dstate):
@@ -349,10 +376,11 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
             n_up = updates(1, dim, length, dstate)
             t_fwd = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
             t_bwd = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+            faults = minor_faults(lambda: numba_cpu.selective_scan_backward(dout, **kw))
             row = {"N": dstate, "L": length, "D": dim, "B": 1, "state_updates": n_up,
                    "numba_forward_s": t_fwd, "numba_forward_G_per_s": n_up / t_fwd / 1e9,
                    "numba_backward_s": t_bwd, "numba_backward_G_per_s": n_up / t_bwd / 1e9,
-                   "ref_measured": False}
+                   "backward_page_faults_per_call": faults, "ref_measured": False}
             if length <= ref_max_length:
                 kw_ref = make_inputs(1, ref_dim, length, dstate)
                 t_ref = median_time(lambda: ssm_ref.selective_scan(**kw_ref), 1)
@@ -362,7 +390,9 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
             row["speedup_forward_vs_ref"] = row["numba_forward_G_per_s"] / ref_rate
             rows.append(row)
             print(f"  N={dstate:3d} L={length:6d}: fwd {row['numba_forward_G_per_s']:.2f} G/s, "
-                  f"bwd {row['numba_backward_G_per_s']:.2f} G/s, x{row['speedup_forward_vs_ref']:.0f} "
+                  f"bwd {row['numba_backward_G_per_s']:.2f} G/s "
+                  f"({'?' if faults is None else f'{faults:.0f}'} page faults per call), "
+                  f"x{row['speedup_forward_vs_ref']:.0f} "
                   f"vs ref{'' if row['ref_measured'] else ' (ref rate from a shorter L)'}",
                   flush=True)
     return rows
@@ -556,12 +586,17 @@ def main(argv=None, prog=None):
                         help="a clone of state-spaces/mamba: time its selective_scan_ref too "
                              "(default: the environment variable MAMBA_SRC; needs the peers "
                              "extra)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc at its defaults, which hand large freed "
+                             "blocks back to the OS at every call (by default the run keeps "
+                             "them, as 'ssm-ref train' does: see ssm_ref/_malloc.py)")
     args = parser.parse_args(argv)
+    malloc = "default (--default-malloc)" if args.default_malloc else keep_freed_memory()
     repeats = args.repeats or (3 if args.quick else 7)
     if repeats < 1:
         parser.error("--repeats must be >= 1")
     t_start, machine = start(parser, args.out)
-    print(f"{machine_line(machine)}, niceness {machine['niceness']}")
+    print(f"{machine_line(machine)}, niceness {machine['niceness']}; freed memory {malloc}")
     s = HEADLINE
     limit = machine_limit(updates(s["batch"], s["dim"], s["length"], s["dstate"]), repeats)
     headline = run_headline(repeats, ref_dim_backward=96, limit=limit)
@@ -581,7 +616,7 @@ def main(argv=None, prog=None):
     print("\nGPU:", gpu.get("skipped") or json.dumps(gpu, indent=1))
 
     machine["load_average_end"] = list(os.getloadavg())
-    result = {"machine": machine, "quick": args.quick, "repeats": repeats,
+    result = {"machine": machine, "quick": args.quick, "repeats": repeats, "malloc": malloc,
               "timing": "median wall time after one warm-up call",
               "reference_note": ("reference forward measured at the headline size; reference "
                                  "backward measured at D=96 and reported per state update; in "
@@ -590,7 +625,7 @@ def main(argv=None, prog=None):
                                  "rate of the longest measured L (its cost is linear in L)"),
               "headline": headline, "peers": peer_rows, "sweep": sweep,
               "attention": attention_rows, "gpu": gpu}
-    tag = "cpu_quick" if args.quick else "cpu"
+    tag = ("cpu_quick" if args.quick else "cpu") + ("_default_malloc" if args.default_malloc else "")
     if not args.no_plot:
         result["plots"] = plot(result, args.out, tag)
     finish(result, args.out / f"scan_{tag}.json", t_start)
