@@ -601,8 +601,6 @@ def main(argv=None, prog=None):
     limit = machine_limit(updates(s["batch"], s["dim"], s["length"], s["dstate"]), repeats)
     headline = run_headline(repeats, ref_dim_backward=96, limit=limit)
     print_headline(headline, machine)
-    peer_rows = run_peers(repeats, headline, args.mamba_src)
-    print_peers(peer_rows)
 
     lengths = [256, 1024, 4096] if args.quick else [256, 1024, 4096, 16384, 65536]
     print("\nsweep (B=1, D=256, float32):")
@@ -612,6 +610,10 @@ def main(argv=None, prog=None):
     att_lengths = [256, 512, 1024, 2048, 4096] + ([] if args.quick else [8192, 16384])
     attention_rows = run_attention(att_lengths, dim=256, dstate=16, repeats=repeats,
                                    max_gb=args.attention_gb)
+    # the peers last: PyTorch's and XLA's thread pools stay busy for a while after them,
+    # and a sweep run right after the peers once measured its first row 25x too slow
+    peer_rows = run_peers(repeats, headline, args.mamba_src)
+    print_peers(peer_rows)
     gpu = run_gpu(repeats)
     print("\nGPU:", gpu.get("skipped") or json.dumps(gpu, indent=1))
 
