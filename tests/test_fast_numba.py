@@ -194,6 +194,35 @@ def test_long_row_backward_in_time_blocks(rng, monkeypatch, form_B, form_C, dtyp
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("constant", "grouped"),
+                                           ("grouped", "constant")])
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "plain"])
+def test_long_row_forward_in_time_blocks(rng, monkeypatch, form_B, form_C, dtype, softplus):
+    """Rows whose B and C outgrow the forward's block (here 16 steps, so 3 blocks of 16 and
+    one of 7) go to _fwd_real_long: output and last state still equal the reference's."""
+    kw = case(rng, form_B, form_C, False, dtype, length=55, softplus=softplus)
+    length = kw["u"].shape[2]
+    dtype_k = np.dtype(dtype)
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * dtype_k.itemsize)
+    assert numba_cpu._fwd_block(16, dtype_k) == 16 < length
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+
+
+def test_long_row_forward_screens_bad_input(rng, monkeypatch):
+    """The blocked forward's screen sees a NaN in the last block: the reference's error."""
+    kw = case(rng, "variable", "variable", False, np.float64, length=55)
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * 8)
+    kw["u"] = kw["u"].copy()
+    kw["u"][0, 1, 50] = np.nan
+    with pytest.raises(ValueError, match="u"):
+        numba_cpu.selective_scan(**kw)
+
+
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 def test_backward_without_optional_arguments(rng, complex_):
     kw = case(rng, complex_=complex_, extras=False, dstate=20)
