@@ -262,7 +262,7 @@ def _row_start(A, h0, b, d, has_h0, zero, a, h):
         h[n] = h0[b, d, n] if has_h0 else zero
 
 
-@njit(fastmath=_FMK, error_model="numpy", cache=True)
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
 def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
     """dt = softplus(delta + bias), bu = dt * u; returns the sum of the inputs and steps.
 
@@ -285,7 +285,7 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
     return s
 
 
-@njit(fastmath=_FMK, error_model="numpy", cache=True)
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
 def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
     """out = (y + D u) * silu(z), each part optional (length: that of ``out_row``).
 
@@ -304,7 +304,7 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
     return s
 
 
-@njit(fastmath=_FMK, error_model="numpy", cache=True)
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
 def _all_normal(dt, a2, zero):
     """True if every ``dt_t * a2_n`` of the row is >= -125: its exps are normal numbers.
 
