@@ -255,6 +255,12 @@ def _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd):
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _time_slice(X_row, t0, tn, st):
+    """Steps t0 .. t0 + tn - 1 of a (Lb, N) row of B, C, dB or dC (one entry if ``st`` = 0)."""
+    return X_row[t0 * st:t0 * st + (tn - 1) * st + 1]
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _row_start(A, h0, b, d, has_h0, zero, a, h):
     """Row (b, d)'s poles ``a = A[d]`` and initial state ``h = h0[b, d]`` (zeros without h0)."""
     for n in range(A.shape[1]):
@@ -534,8 +540,8 @@ def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                 for n in range(N):
                     a[n] = A[d, n] * log2e  # exp(dt a) = 2^(dt a log2 e)
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]  # (tn or 1, N)
-                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)  # (tn or 1, N)
+                C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
                 if _all_normal(dt[:tn], a[:N], zero):
                     _fwd_row_scan(tn, N, dt, bu, a, h, y, B_blk, C_blk, b_st, c_st, zero, True)
                 else:
@@ -738,9 +744,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 for n in range(N):
                     a2[n] = A[d, n] * log2e
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]  # (tn or 1, N)
-                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
-                dC_blk = dC_c[c, cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
+                B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)  # (tn or 1, N)
+                C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
+                dC_blk = _time_slice(dC_c[c, cb, cg], t0, tn, c_st)
                 ck_k = ck_s[c, r, k:k + 1]
                 if _all_normal(dt[:tn], a2[:N], zero):
                     _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
@@ -790,9 +796,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     a[n] = A[d, n]
                     a2[n] = A[d, n] * log2e
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-                B_blk = Bx[bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
-                C_blk = Cx[cb, cg, t0 * c_st:t0 * c_st + (tn - 1) * c_st + 1]
-                dB_blk = dB_c[c, bb, bg, t0 * b_st:t0 * b_st + (tn - 1) * b_st + 1]
+                B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)
+                C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
+                dB_blk = _time_slice(dB_c[c, bb, bg], t0, tn, b_st)
                 ck_k = ck_s[c, r, k:k + 1]
                 normal = _all_normal(dt[:tn], a2[:N], zero)
                 for n0 in range(0, N, _LANES):
