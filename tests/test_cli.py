@@ -397,6 +397,18 @@ def test_bench_bad_option_of_the_real_benchmark_is_status_2(capsys):
     assert "ssm-ref bench --suite scan: error: argument --repeats" in err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),  # 0 once meant "the default"
+    (["--repeats", "-2"], "--repeats must be >= 1, got -2"),
+    (["--attention-gb", "0"], "--attention-gb must be > 0, got 0.0"),
+    (["--attention-gb", "nan"], "--attention-gb must be > 0, got nan"),
+])
+def test_bench_scan_refuses_bad_values_before_measuring(args, message, capsys, tmp_path):
+    assert cli.main(["bench", "--suite", "scan", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
 # --------------------------------------------------------------------------- subprocess
 def _run(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))

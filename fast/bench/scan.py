@@ -591,10 +591,12 @@ def main(argv=None, prog=None):
                              "blocks back to the OS at every call (by default the run keeps "
                              "them, as 'ssm-ref train' does: see ssm_ref/_malloc.py)")
     args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
+    if repeats < 1:  # (``args.repeats or 7`` once ran a full benchmark for --repeats 0)
+        parser.error(f"--repeats must be >= 1, got {repeats}")
+    if not args.attention_gb > 0:
+        parser.error(f"--attention-gb must be > 0, got {args.attention_gb}")
     malloc = "default (--default-malloc)" if args.default_malloc else keep_freed_memory()
-    repeats = args.repeats or (3 if args.quick else 7)
-    if repeats < 1:
-        parser.error("--repeats must be >= 1")
     t_start, machine = start(parser, args.out)
     print(f"{machine_line(machine)}, niceness {machine['niceness']}; freed memory {malloc}")
     s = HEADLINE
