@@ -276,15 +276,18 @@ def _row_steps(delta_row, u_row, bias_d, softplus, dt, bu, z_row, has_z):
     step overflowed (an ``exp(dt * A)`` of an infinite step would be meaningless).
     """
     s = u_row[0] - u_row[0]  # typed zero
-    for t in range(delta_row.size):
-        dt[t] = delta_row[t] + bias_d
-        s += u_row[t] + delta_row[t]
-    if softplus:
+    if softplus:  # one pass over the row, in two copies: no branch inside the loop
         for t in range(delta_row.size):
-            dt[t] = fast_softplus(dt[t])
-    for t in range(delta_row.size):
-        bu[t] = dt[t] * u_row[t]
-        s += dt[t]
+            x = fast_softplus(delta_row[t] + bias_d)
+            dt[t] = x
+            bu[t] = x * u_row[t]
+            s += u_row[t] + delta_row[t] + x
+    else:
+        for t in range(delta_row.size):
+            x = delta_row[t] + bias_d
+            dt[t] = x
+            bu[t] = x * u_row[t]
+            s += u_row[t] + delta_row[t] + x
     if has_z:
         for t in range(delta_row.size):
             s += z_row[t]
@@ -316,7 +319,8 @@ def _all_normal(dt, a2, zero):
 
     The kernels then use :func:`fast._fastexp.fast_exp2_normal` for the row (no
     clamp, an integer add instead of a multiplication), else the clamped
-    :func:`fast._fastexp.fast_exp2_scan`.  NaN gives False.
+    :func:`fast._fastexp.fast_exp2_scan`.  A NaN step counts as normal: it makes
+    the row's output NaN whichever exp runs, and the row's screen sum catches it.
     """
     lo = zero
     for n in range(a2.size):
