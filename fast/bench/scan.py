@@ -119,22 +119,31 @@ def best_time(fn, repeats, sync=None):
     return float(np.min(_times(fn, repeats, sync)))
 
 
-def minor_faults(fn, calls=3):
-    """Minor page faults per call of ``fn()`` (mean over ``calls``, after one warm-up call).
+def counting_faults(fn):
+    """``(counted, per_call)``: ``counted()`` calls ``fn()`` and counts its minor page faults.
 
-    A minor fault is a page the kernel maps in at first touch (zeroing it):
-    memory the allocator had handed back to the operating system.  None
-    where the ``resource`` module is missing (Windows).
+    ``per_call()`` is their mean over the calls after the first (the warm-up
+    call of :func:`median_time`, which may fault legitimately), or None where
+    the ``resource`` module is missing (Windows).  A minor fault is a page the
+    kernel maps in at first touch (zeroing it): memory the allocator had
+    handed back to the operating system.  Counting the timed calls themselves
+    costs two ``getrusage`` calls each (about a microsecond) and no extra run.
     """
     try:
         import resource  # noqa: PLC0415 - Unix only
     except ImportError:
-        return None
-    fn()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(calls):
+        return fn, lambda: None
+    counts = []
+
+    def counted():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+    def per_call():
+        return float(np.mean(counts[1:])) if len(counts) > 1 else None
+
+    return counted, per_call
 
 
 def updates(batch, dim, length, dstate):
@@ -375,8 +384,10 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
             dout = np.ones_like(kw["u"])
             n_up = updates(1, dim, length, dstate)
             t_fwd = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
-            t_bwd = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
-            faults = minor_faults(lambda: numba_cpu.selective_scan_backward(dout, **kw))
+            bwd, faults_per_call = counting_faults(
+                lambda: numba_cpu.selective_scan_backward(dout, **kw))
+            t_bwd = median_time(bwd, repeats)
+            faults = faults_per_call()
             row = {"N": dstate, "L": length, "D": dim, "B": 1, "state_updates": n_up,
                    "numba_forward_s": t_fwd, "numba_forward_G_per_s": n_up / t_fwd / 1e9,
                    "numba_backward_s": t_bwd, "numba_backward_G_per_s": n_up / t_bwd / 1e9,
