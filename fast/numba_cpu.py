@@ -167,7 +167,7 @@ _BWD_RECORD_BYTES = 2 * 1024 * 1024
 #: rows passing through one block before the next (_fwd_real_long), so that the block's
 #: B and C stay in cache.  Measured (chapter 11): at N = 64, L = 65536 float32 (B and C
 #: 16 MB each, beyond the 32 MB level-3 cache together) the row-by-row forward fell to
-#: 1.6-2.4 G updates/s against 5 at L = 16384.
+#: 0.9-2.4 G updates/s against 5 at L = 16384.
 _FWD_BC_BYTES = 2 * 1024 * 1024
 
 
@@ -521,7 +521,7 @@ def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     bu_s = np.empty((nchunks, T + _GAP), u.dtype)
     y_s = np.empty((nchunks, T + _GAP), u.dtype)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
-    h_s = np.empty((nchunks, maxrows, N + _GAP), u.dtype)  # each row's state between blocks
+    h_s = np.empty((nchunks, maxrows, N), u.dtype)  # each row's state between blocks
     sum_s = np.zeros((nchunks, maxrows + _GAP), u.dtype)  # each row's screen sum
     for c in prange(nchunks):
         dt, bu, y, a, sums = dt_s[c], bu_s[c], y_s[c], a_s[c], sum_s[c]
