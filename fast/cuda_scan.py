@@ -1153,6 +1153,17 @@ def _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, indices, i
     return q, arrs, dtypes
 
 
+def _prepare_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, indices, in_place):
+    """:func:`_validate_step`, then the compute dtype, the CUDA check and the arrays adopted
+    by a :class:`_Mover`: ``(q, arrays, dtypes, dtype, mover)`` for both step functions."""
+    q, arrs, dtypes = _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+                                     indices, in_place)
+    dtype = _step_dtype(dtypes["x"])
+    _require_cuda()
+    mover = _Mover(arrs["x"])
+    return q, {k: mover.adopt(v, k) for k, v in arrs.items()}, dtypes, dtype, mover
+
+
 def _step_dtype(x_dtype, name="x"):
     """The dtype a kernel computes in: ``x_dtype`` (float32, float64), float32 for bfloat16."""
     if x_dtype.name == "bfloat16":
@@ -1238,12 +1249,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> np.round(y, 6), np.round(state[0, 0], 6)  # doctest: +SKIP
     (array([[0.3, 0.3]]), array([0.1, 0.1, 0.1]))
     """
-    q, arrs, dtypes = _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
-                                     state_batch_indices, in_place=True)
-    dtype = _step_dtype(dtypes["x"])
-    _require_cuda()
-    mover = _Mover(arrs["x"])
-    arrs = {k: mover.adopt(v, k) for k, v in arrs.items()}
+    q, arrs, dtypes, dtype, mover = _prepare_step(state, x, dt, A, B, C, D, z, dt_bias,
+                                                  dt_softplus, state_batch_indices,
+                                                  in_place=True)
     indices = mover.adopt(state_batch_indices, "state_batch_indices")
     target = arrs["state"]
     flat_shape = q.flat("state").shape  # (S, D, N)
@@ -1293,12 +1301,8 @@ def selective_state_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     >>> np.round(y, 6)  # doctest: +SKIP
     array([[0.3, 0.3]])
     """
-    q, arrs, dtypes = _validate_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
-                                     None, in_place=False)
-    dtype = _step_dtype(dtypes["x"])
-    _require_cuda()
-    mover = _Mover(arrs["x"])
-    arrs = {k: mover.adopt(v, k) for k, v in arrs.items()}
+    q, arrs, dtypes, dtype, mover = _prepare_step(state, x, dt, A, B, C, D, z, dt_bias,
+                                                  dt_softplus, None, in_place=False)
     dev_state, copy = mover.copy(arrs["state"], "state", dtype)
     out = _launch_step(q, arrs, dtype, mover, dev_state.reshape(q.flat("state").shape), None)
     numba_kind = mover.kind == "numba"
