@@ -314,6 +314,63 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
 
 
 @njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
+def _row_dy(dout_row, z_row, u_row, has_z, sz, dy, zero):
+    """dy = dout * silu(z) (dout without z), the gradient reaching y_t; sigmoid(z) into ``sz``.
+
+    Returns the sum of ``dout_row`` (a screen) and that of dy * u (the row's dD).
+    """
+    s = zero
+    sD = zero
+    for t in range(dout_row.size):
+        s += dout_row[t]
+        if has_z:
+            zz = z_row[t]
+            sz[t] = fast_sigmoid(zz)
+            dy[t] = dout_row[t] * zz * sz[t]
+        else:
+            dy[t] = dout_row[t]
+        sD += dy[t] * u_row[t]
+    return s, sD
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
+def _row_dz(dout_row, z_row, sz, y, u_row, Dd, dz_row, one):
+    """dz = dout * (y + D u) * silu'(z), with ``sz`` = sigmoid(z); returns the sum of dz."""
+    s = one - one
+    for t in range(dz_row.size):
+        zz = z_row[t]
+        sg = sz[t]
+        v = y[t] + Dd * u_row[t]
+        dz_row[t] = dout_row[t] * v * sg * (one + zz * (one - sg))
+        s += dz_row[t]
+    return s
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
+def _row_input_grads(dt, pA, pB, dy, u_row, Dd, delta_row, bias_d, softplus, du_row,
+                     ddelta_row):
+    """du and d delta of a row from the reverse sweep's per-step sums ``pA`` and ``pB``.
+
+    du_t = dt_t pB_t + D dy_t; d delta_t = pA_t + u_t pB_t, through softplus
+    (derivative sigmoid, 1 above 20) when ``softplus``.  Returns the sum of du
+    and d delta before softplus (a screen) and that of d delta (the row's
+    d delta_bias).
+    """
+    s = dt[0] - dt[0]  # typed zero
+    sb = s
+    for t in range(du_row.size):
+        du_row[t] = dt[t] * pB[t] + Dd * dy[t]
+        gd = pA[t] + u_row[t] * pB[t]
+        s += du_row[t] + gd
+        if softplus:
+            raw = delta_row[t] + bias_d
+            gd = gd if raw > 20 else gd * fast_sigmoid(raw)
+        ddelta_row[t] = gd
+        sb += gd
+    return s, sb
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
 def _all_normal(dt, a2, zero):
     """True if every ``dt_t * a2_n`` of the row is >= -125: its exps are normal numbers.
 
@@ -602,19 +659,11 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             bias_d = bias[d] if has_bias else zero
             Dd = Dv[d] if has_D else zero
             u_row = u[b, d]
-            s = _row_steps(delta[b, d], u_row, bias_d, softplus,
-                           dt, bu, z[b, d] if has_z else u_row, has_z)
-            # gradient reaching y_t = <C_t, h_t>: dy = dout * silu(z)
-            sD = zero
+            z_row = z[b, d] if has_z else u_row
+            s = _row_steps(delta[b, d], u_row, bias_d, softplus, dt, bu, z_row, has_z)
+            s_dy, sD = _row_dy(dout[b, d], z_row, u_row, has_z, sz, dy, zero)
+            s += s_dy
             for t in range(L):
-                s += dout[b, d, t]
-                if has_z:
-                    zz = z[b, d, t]
-                    sz[t] = fast_sigmoid(zz)
-                    dy[t] = dout[b, d, t] * zz * sz[t]
-                else:
-                    dy[t] = dout[b, d, t]
-                sD += dy[t] * u_row[t]
                 y[t] = zero
                 pA[t] = zero
                 pB[t] = zero
@@ -635,13 +684,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             else:
                 _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, False)
-            if has_z:  # dz = dout * (y + D u) * silu'(z)
-                for t in range(L):
-                    zz = z[b, d, t]
-                    sg = sz[t]
-                    v = y[t] + Dd * u_row[t]
-                    dz[b, d, t] = dout[b, d, t] * v * sg * (one + zz * (one - sg))
-                    s += dz[b, d, t]
+            if has_z:
+                s += _row_dz(dout[b, d], z_row, sz, y, u_row, Dd, dz[b, d], one)
             # 2. reverse scan over the row's records: g = dLoss/dh_t
             # (eq-selective-backward).  Time indices are unsigned (no negative-index
             # wraparound selects).
@@ -651,19 +695,9 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for n0 in range(0, N, _LANES):
                 _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
                                    dB_row, b_st, c_st, pA, pB, zero)
-            for t in range(L):
-                du[b, d, t] = dt[t] * pB[t] + Dd * dy[t]
-                ddelta[b, d, t] = pA[t] + u_row[t] * pB[t]
-                s += du[b, d, t] + ddelta[b, d, t]
-            # through softplus (derivative sigmoid, 1 above 20) and the bias
-            sb = zero
-            for t in range(L):
-                gd = ddelta[b, d, t]
-                if softplus:
-                    raw = delta[b, d, t] + bias_d
-                    gd = gd if raw > 20 else gd * fast_sigmoid(raw)
-                    ddelta[b, d, t] = gd
-                sb += gd
+            s_g, sb = _row_input_grads(dt, pA, pB, dy, u_row, Dd, delta[b, d], bias_d, softplus,
+                                       du[b, d], ddelta[b, d])
+            s += s_g
             dbias_c[c, d] += sb
             dD_c[c, d] += sD
             for n in range(N):
@@ -733,15 +767,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 dout_blk = dout[b, d, t0:t0 + tn]
                 s = _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu,
                                z_blk, has_z)
-                sD = zero
+                s_dy, sD = _row_dy(dout_blk, z_blk, u_blk, has_z, sz, dy, zero)
+                s += s_dy
                 for i in range(tn):
-                    s += dout_blk[i]
-                    if has_z:
-                        sz[i] = fast_sigmoid(z_blk[i])
-                        dy[i] = dout_blk[i] * z_blk[i] * sz[i]
-                    else:
-                        dy[i] = dout_blk[i]
-                    sD += dy[i] * u_blk[i]
                     y[i] = zero
                 if k == 0:
                     _row_start(A, h0, b, d, has_h0, zero, a, h)
@@ -758,14 +786,8 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 else:
                     _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
                                      C_blk, dC_blk, b_st, c_st, zero, False)
-                if has_z:  # dz = dout * (y + D u) * silu'(z)
-                    dz_blk = dz[b, d, t0:t0 + tn]
-                    for i in range(tn):
-                        zz = z_blk[i]
-                        sg = sz[i]
-                        v = y[i] + Dd * u_blk[i]
-                        dz_blk[i] = dout_blk[i] * v * sg * (one + zz * (one - sg))
-                        s += dz_blk[i]
+                if has_z:
+                    s += _row_dz(dout_blk, z_blk, sz, y, u_blk, Dd, dz[b, d, t0:t0 + tn], one)
                 sums[0] += s
                 sums[1] += sD
         # 2. reverse sweep, blocks from the last: recompute the block's records, then back
@@ -814,20 +836,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                                            b_st, False)
                     _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
                                        dB_blk, b_st, c_st, pA, pB, zero)
-                s = zero
-                sb = zero
-                du_blk = du[b, d, t0:t0 + tn]
-                ddelta_blk = ddelta[b, d, t0:t0 + tn]
-                delta_blk = delta[b, d, t0:t0 + tn]
-                for i in range(tn):
-                    du_blk[i] = dt[i] * pB[i] + Dd * dy[i]
-                    gd = pA[i] + u_blk[i] * pB[i]
-                    s += du_blk[i] + gd
-                    if softplus:  # through softplus (derivative sigmoid, 1 above 20)
-                        raw = delta_blk[i] + bias_d
-                        gd = gd if raw > 20 else gd * fast_sigmoid(raw)
-                    ddelta_blk[i] = gd
-                    sb += gd
+                s, sb = _row_input_grads(dt, pA, pB, dy, u_blk, Dd, delta[b, d, t0:t0 + tn],
+                                         bias_d, softplus, du[b, d, t0:t0 + tn],
+                                         ddelta[b, d, t0:t0 + tn])
                 sums[0] += s
                 sums[2] += sb
                 if k == 0:
