@@ -59,6 +59,9 @@ How it is computed
   whose B and C exceed ``_FWD_BC_BYTES`` run in time blocks, the loop over
   blocks outside the loop over the thread's rows, each row's state carried
   from block to block, so that a block's B and C stay in cache.
+* N <= 8 (the tiny vision models): two rows that read the same B and C
+  share one 16-lane block (:mod:`fast.numba_pairs`), instead of each
+  padding its 8 states to 16 lanes.
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
   thread), then the reverse scan of the reference.  Rows longer than T
@@ -1201,15 +1204,20 @@ def _bwd_block(npad, dtype):
 
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
+    paired = _pairs.pairs_apply(s, _fwd_block(_LANES, real))  # N <= 8: two rows per vector
+    if paired:
+        k = _pairs.pair_args(k)
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
     last = np.empty((s.batch, s.dim, k["A"].shape[1]),
-                    np.complex128 if s.is_complex else real)  # (B, D, Np)
+                    np.complex128 if s.is_complex else real)  # (B, D, Np), Np = 8 paired
     screen = np.empty(s.batch * s.dim, real)
     args = (k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
             k["h0"], s.D is not None, s.z is not None, s.delta_bias is not None,
             s.delta_softplus, s.h0 is not None, out, last, screen, _threads(s.batch * s.dim))
     if s.is_complex:
         _launch(_fwd_complex, *args)
+    elif paired:
+        _launch(_pairs.fwd_pairs, *args)
     else:
         block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
@@ -1224,7 +1232,11 @@ def _backward(s, k, real, dout, dlast_state):
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     nchunks = _threads(batch * dim)
-    npad = k["A"].shape[1]
+    block = _bwd_block(k["A"].shape[1], state_t)
+    paired = _pairs.pairs_apply(s, block)  # N <= 8: two rows per vector
+    if paired:
+        k = _pairs.pair_args(k)
+    npad = k["A"].shape[1]  # 8 when paired
     dlast = (np.zeros((1, 1, 1), state_t) if dlast_state is None
              else _pad_last(dlast_state, npad, state_t))  # (B, D, Np)
     du = np.empty((batch, dim, length), real)  # (B, D, L)
@@ -1237,17 +1249,21 @@ def _backward(s, k, real, dout, dlast_state):
     dD_c = np.zeros((nchunks, dim), real)
     dbias_c = np.zeros((nchunks, dim), real)
     screen = np.empty(batch * dim, real)
-    block = _bwd_block(npad, state_t)
-    kernel = (_bwd_complex if s.is_complex
-              else _bwd_real if length <= block else _bwd_real_long)
-    _launch(kernel, _contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"],
+    args = (_contiguous(dout, real), k["u"], k["delta"], k["A"], k["Bx"], k["Cx"],
             k["Dv"], k["z"], k["bias"], k["h0"], dlast, s.D is not None, s.z is not None,
             s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
             dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
-            screen, block)
+            screen)
+    if paired:
+        _launch(_pairs.bwd_pairs, *args)
+    else:
+        kernel = (_bwd_complex if s.is_complex
+                  else _bwd_real if length <= block else _bwd_real_long)
+        _launch(kernel, *args, block)
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
-        X = Xc.sum(axis=0)[..., :dstate]  # (B|1, G', L|1, N)
+        X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)
+        X = X[..., :dstate]  # (B|1, G', L|1, N)
         return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
 
     grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
@@ -1498,3 +1514,7 @@ def _state_step(q):
         y_all[valid] = y
         y = y_all
     return y, h, valid
+
+
+# the pair kernels (N <= 8) import this module's row helpers, so they are imported last
+from . import numba_pairs as _pairs  # noqa: E402

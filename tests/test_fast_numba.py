@@ -6,7 +6,11 @@ Oracle: ``ssm_ref.selective_scan`` / ``selective_scan_backward`` /
 go through ``assert_close(kind="backend")``: float64 inputs within 1e-9,
 float32 inputs (computed in float32 by the kernels) within 2e-4 relative.
 Sizes are small: N = 5 exercises the padding of N to 16 lanes, N = 20 two
-lane blocks; D = 4 rows split over the threads.
+lane blocks; D = 4 rows split over the threads.  With N = 5 and B, C shared
+by pairs of channels, the kernels of ``fast.numba_pairs`` (two rows per
+block) run; the ``lanes`` fixture runs the main comparisons once more with
+them switched off, so that the 16-lane kernels are checked on every form
+too (``tests/test_numba_pairs.py`` tests the pairs themselves).
 """
 from __future__ import annotations
 
@@ -18,10 +22,18 @@ from cases import CASE_IDS, CASES, GRAD_NAMES, scan_case
 from conftest import assert_close
 
 import ssm_ref
-from fast import numba_cpu
+from fast import numba_cpu, numba_pairs
 
 #: Sizes of these tests' scans: N = 5 pads to 16 lanes.
 case = functools.partial(scan_case, length=13, dstate=5)
+
+
+@pytest.fixture(params=["pairs", "16-lanes"])
+def lanes(request, monkeypatch):
+    """Run a test with the pair kernels where they apply, then with 16 lanes per row only."""
+    if request.param == "16-lanes":
+        monkeypatch.setattr(numba_pairs, "pairs_apply", lambda s, block: False)
+    return request.param
 
 
 # ---------------------------------------------------------------------------
@@ -44,7 +56,7 @@ def test_last_state_in_A_dtype(rng, complex_, u_dtype, A_dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
-def test_forward_matches_reference_all_forms(rng, form_B, form_C, complex_, dtype):
+def test_forward_matches_reference_all_forms(rng, lanes, form_B, form_C, complex_, dtype):
     kw = case(rng, form_B, form_C, complex_, dtype)
     y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
     y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
@@ -160,7 +172,8 @@ def test_result_does_not_depend_on_thread_count(rng):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
-def test_backward_matches_reference_every_gradient(rng, form_B, form_C, complex_, dtype):
+def test_backward_matches_reference_every_gradient(rng, lanes, form_B, form_C, complex_,
+                                                   dtype):
     kw = case(rng, form_B, form_C, complex_, dtype)
     dout = rng.standard_normal(kw["u"].shape).astype(dtype)
     dlast = rng.standard_normal(kw["h0"].shape)

@@ -1,0 +1,335 @@
+"""Two channels per vector: the real scan kernels of :mod:`fast.numba_cpu` for N <= 8.
+
+Glossary
+--------
+======  ================================================================
+pair    rows (b, d) and (b, d + 1), d even: the unit of parallel work here
+lane    one of the 16 entries of a block; lanes 0-7 hold the first row's
+        states 0-7 (padded with zeros), lanes 8-15 the second row's
+half    8 lanes: one row's share of the block
+======  ================================================================
+
+Why this module exists
+----------------------
+The kernels of :mod:`fast.numba_cpu` run the loop over N in blocks of exactly
+16 lanes (``_LANES``: a loop with a shorter constant trip count is not
+vectorized by LLVM), so a row with N = 8, the state size of the tiny vision
+models, pays for 16 state updates per step and throws half of them away.  In
+float64 that is a whole wasted AVX-512 vector per step.  Here two rows that
+read the same B and C (two rows of one group) share one block: each lane
+takes its step ``dt`` and its ``dt * u`` from its own row (a select on the
+lane index, which LLVM resolves at compile time for float64, where each half
+is one vector), the lanes of B and C hold the group's 8 entries twice, and
+the output ``y_t = <C_t, h_t>`` is summed over each half separately.
+Every state update is the arithmetic of :mod:`fast.numba_cpu`; only sums are
+taken in another order (dB and dC add up per half, then the halves), so the
+results agree with the 16-lane kernels to rounding (``tests/test_numba_pairs.py``).
+
+When it runs
+------------
+:func:`fast.numba_cpu.selective_scan` and
+:func:`~fast.numba_cpu.selective_scan_backward` use these kernels when
+:func:`pairs_apply` says so: real A, N <= 8, a row short enough for the
+row-by-row kernels (no time blocks), an even number of channels, and B and
+C given per batch element or per group (variable or grouped form) with an
+even number of channels per group, so that both rows of a pair read the
+same B and C.  Otherwise the 16-lane kernels run.
+
+Measured on the 2-core AMD EPYC of chapter 11, on one thread, old and new
+kernels in alternating processes, VMamba's scan in a 32x32 training step
+(B = 64, K·D = 192, L = 256, N = 8, grouped B and C, softplus): float64
+forward 55 -> 39 ms, backward 99 -> 67 ms (1.45x); float32 forward 24 -> 23
+ms, backward 48 -> 46 ms.  float32 gains little: its 16 lanes are one
+vector, so the two rows' steps are blended into it (``vpermt2ps``) and each
+of the two output sums reduces all 16 lanes with the other half zeroed;
+in float64 each half is a vector of its own and the selects vanish.
+
+Layout
+------
+A, h0 and the last state are padded to 8 entries, (D, 8) and (B, D, 8); B
+and C are laid out as in :mod:`fast.numba_cpu`, ``(B or 1, G, L, 16)``, with
+their 8 padded entries written into both halves (:func:`pair_args`).  The
+backward's dB and dC come out in the same doubled layout, one copy per thread:
+their halves are summed with the copies (:func:`fold_halves`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _bc_strides,
+                        _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
+                        _row_output, _row_steps)
+
+__all__ = ["pairs_apply", "pair_args", "fold_halves", "fwd_pairs", "bwd_pairs", "HALF"]
+
+#: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
+HALF = _LANES // 2
+
+
+def pairs_apply(s, block):
+    """True if the real scan of :class:`~ssm_ref.scan_args.ScanArgs` ``s`` runs two rows per block.
+
+    ``block`` is the longest row that the row-by-row kernels of
+    :mod:`fast.numba_cpu` take with 16 lanes (longer rows run in time blocks,
+    which have no pair version).
+    """
+    if s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
+        return False
+    for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
+        groups = form.view_shape(X.shape)[1]  # G': D for the constant form (B per channel)
+        if groups == s.dim or (s.dim // groups) % 2:  # two rows of a pair read two B rows
+            return False
+    return True
+
+
+def pair_args(k):
+    """The kernel arrays of :func:`fast.numba_cpu._kernel_args` (16 lanes) made the pair kernels':
+    A and h0 cut to 8 states, B and C cut to 8 and written into both halves."""
+    out = dict(k)
+    out["A"] = np.ascontiguousarray(k["A"][:, :HALF])  # (D, 8)
+    out["h0"] = np.ascontiguousarray(k["h0"][..., :HALF])  # (B, D, 8), or the (1, 1, 1) dummy
+    for key in ("Bx", "Cx"):
+        half = k[key][..., :HALF]
+        out[key] = np.concatenate([half, half], axis=-1)  # (B|1, G', L|1, 16)
+    return out
+
+
+def fold_halves(Xc):
+    """Per-thread dB or dC copies (threads, ..., 16) -> the sum over threads and halves (..., 8)."""
+    X = Xc.sum(axis=0)
+    return X[..., :HALF] + X[..., HALF:]
+
+
+# ---------------------------------------------------------------------------
+# the recurrence of a pair
+# ---------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
+    """The recurrence of two rows in one block: lanes < 8 use ``dt[0]``, ``bu[0]`` and add
+    into ``y[0]``, lanes >= 8 ``dt[1]``, ``bu[1]`` and ``y[1]`` (compare ``_fwd_row_scan``)."""
+    for t in range(L):
+        dt0, dt1, bu0, bu1 = dt[0, t], dt[1, t], bu[0, t], bu[1, t]
+        Bt = B_row[np.uint64(t * b_st)]  # (16,): the group's 8 entries, twice
+        Ct = C_row[np.uint64(t * c_st)]
+        acc0 = zero
+        acc1 = zero
+        for j in range(_LANES):  # constant trip count and constant halves: selects fold
+            n = np.uint64(j)
+            second = j >= HALF
+            hn = (_decay((dt1 if second else dt0) * a2[n], normal) * h[n]
+                  + (bu1 if second else bu0) * Bt[n])
+            h[n] = hn
+            p = hn * Ct[n]
+            acc0 += zero if second else p
+            acc1 += p if second else zero
+        y[0, t] = acc0
+        y[1, t] = acc1
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row, b_st, c_st,
+                      zero, normal):
+    """The backward's forward sweep of a pair (compare ``_bwd_row_forward``): writes ``y``,
+    adds dy_t h_t into dC_t (each half into its own lanes) and records Abar_t, Abar_t h_{t-1}."""
+    for t in range(L):
+        tt = np.uint64(t)
+        dt0, dt1, bu0, bu1 = dt[0, tt], dt[1, tt], bu[0, tt], bu[1, tt]
+        dy0, dy1 = dy[0, tt], dy[1, tt]
+        Bt = B_row[tt * np.uint64(b_st)]
+        Ct = C_row[tt * np.uint64(c_st)]
+        dCt = dC_row[tt * np.uint64(c_st)]
+        abar_t = abar[tt]
+        ah_t = ah[tt]
+        acc0 = zero
+        acc1 = zero
+        for j in range(_LANES):
+            n = np.uint64(j)
+            second = j >= HALF
+            at = _decay((dt1 if second else dt0) * a2[n], normal)
+            ahn = at * h[n]
+            hn = ahn + (bu1 if second else bu0) * Bt[n]
+            abar_t[n] = at
+            ah_t[n] = ahn
+            h[n] = hn
+            p = hn * Ct[n]
+            acc0 += zero if second else p
+            acc1 += p if second else zero
+            dCt[n] += (dy1 if second else dy0) * hn
+        y[0, tt] = acc0
+        y[1, tt] = acc1
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row, b_st, c_st,
+                      pA, pB, zero):
+    """The reverse sweep of a pair (compare ``_bwd_block_reverse``): writes ``pA[i, t]`` =
+    sum_n g_n ah_n A_n and ``pB[i, t]`` = sum_n g_n B_n over row i's half, adds g_n bu_t to dB_t."""
+    for i in range(L - 1, -1, -1):
+        t = np.uint64(i)
+        dt0, dt1, bu0, bu1 = dt[0, t], dt[1, t], bu[0, t], bu[1, t]
+        dy0, dy1 = dy[0, t], dy[1, t]
+        Bt = B_row[t * np.uint64(b_st)]
+        Ct = C_row[t * np.uint64(c_st)]
+        dBt = dB_row[t * np.uint64(b_st)]
+        abar_t = abar[t]
+        ah_t = ah[t]
+        accA0 = zero
+        accA1 = zero
+        accB0 = zero
+        accB1 = zero
+        for j in range(_LANES):
+            n = np.uint64(j)
+            second = j >= HALF
+            gn = g[n] + (dy1 if second else dy0) * Ct[n]
+            ga = gn * ah_t[n]  # gradient w.r.t. dt_t * A_n
+            pa = ga * a[n]
+            pb = gn * Bt[n]
+            accA0 += zero if second else pa
+            accA1 += pa if second else zero
+            accB0 += zero if second else pb
+            accB1 += pb if second else zero
+            sdA[n] += ga * (dt1 if second else dt0)
+            dBt[n] += gn * (bu1 if second else bu0)
+            g[n] = gn * abar_t[n]
+        pA[0, t] = accA0
+        pA[1, t] = accA1
+        pB[0, t] = accB0
+        pB[1, t] = accB1
+
+
+# ---------------------------------------------------------------------------
+# the kernels: the arguments of _fwd_real and _bwd_real, with the layout above
+# ---------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h):
+    """The pair's poles ``a`` (and ``a2 = a log2 e``) and initial state ``h``, 16 lanes."""
+    for i in range(2):
+        for n in range(HALF):
+            a[i * HALF + n] = A[d + i, n]
+            a2[i * HALF + n] = A[d + i, n] * log2e
+            h[i * HALF + n] = h0[b, d + i, n] if has_h0 else zero
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
+    """``fast.numba_cpu._fwd_real`` with two rows per block; A (D, 8), Bx and Cx doubled."""
+    nb, nd, L = u.shape
+    zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    npairs = nb * nd // 2
+    dt_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    y_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    for c in prange(nchunks):  # one block of pairs per thread
+        dt, bu, y, h, a, a2 = dt_s[c], bu_s[c], y_s[c], h_s[c], a_s[c], a2_s[c]
+        for p in range(c * npairs // nchunks, (c + 1) * npairs // nchunks):
+            b = (2 * p) // nd
+            d = 2 * p - b * nd  # even
+            s = zero
+            for i in range(2):
+                s += _row_steps(delta[b, d + i], u[b, d + i], bias[d + i] if has_bias else zero,
+                                softplus, dt[i], bu[i], z[b, d + i] if has_z else u[b, d + i],
+                                has_z)
+            _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
+            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+            if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
+                                                                      zero):
+                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, True)
+            else:
+                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, False)
+            for i in range(2):
+                s += _row_output(y[i], u[b, d + i], Dv[d + i] if has_D else zero, has_D,
+                                 z[b, d + i] if has_z else u[b, d + i], has_z, out[b, d + i])
+                for n in range(HALF):
+                    last[b, d + i, n] = h[i * HALF + n]
+                    s += h[i * HALF + n]
+                screen[2 * p + i] = s  # the pair's sum so far: any non-finite term shows
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+              has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+    """``fast.numba_cpu._bwd_real`` with two rows per block; A, h0, dlast and dh0 with 8
+    states, Bx, Cx, dB_c and dC_c doubled (16 lanes)."""
+    nb, nd, L = u.shape
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    npairs = nb * nd // 2
+    nchunks = dA_c.shape[0]
+    # per-thread scratch, allocated here so the parallel body gets it as arguments
+    dt_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    y_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    dy_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    pA_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    pB_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    sz_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    abar_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # +1: a gap between threads
+    ah_s = np.empty((nchunks, L + 1, _LANES), u.dtype)
+    a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    g_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    sdA_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    for c in prange(nchunks):  # one chunk of pairs per thread, its own dA/dB/dC copies
+        dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
+                                      sz_s[c])
+        abar, ah, a, a2, h, g, sdA = abar_s[c], ah_s[c], a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
+        for p in range(c * npairs // nchunks, (c + 1) * npairs // nchunks):
+            b = (2 * p) // nd
+            d = 2 * p - b * nd  # even
+            s = zero
+            for i in range(2):
+                u_row = u[b, d + i]
+                z_row = z[b, d + i] if has_z else u_row
+                s += _row_steps(delta[b, d + i], u_row, bias[d + i] if has_bias else zero,
+                                softplus, dt[i], bu[i], z_row, has_z)
+                s_dy, sD = _row_dy(dout[b, d + i], z_row, u_row, has_z, sz[i], dy[i], zero)
+                s += s_dy
+                dD_c[c, d + i] += sD
+            _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
+            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+            B_row, C_row = Bx[bb, bg], Cx[cb, cg]  # (L or 1, 16)
+            # 1. forward again: y, dC_t = dy_t h_t and the records of both rows
+            if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
+                                                                      zero):
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
+                                  dC_c[c, cb, cg], b_st, c_st, zero, True)
+            else:
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
+                                  dC_c[c, cb, cg], b_st, c_st, zero, False)
+            if has_z:
+                for i in range(2):
+                    s += _row_dz(dout[b, d + i], z[b, d + i], sz[i], y[i], u[b, d + i],
+                                 Dv[d + i] if has_D else zero, dz[b, d + i], one)
+            # 2. reverse scan over the records: g = dLoss/dh_t (eq-selective-backward)
+            for i in range(2):
+                for n in range(HALF):
+                    g[i * HALF + n] = dlast[b, d + i, n] if has_dlast else zero
+            for n in range(_LANES):
+                sdA[n] = zero
+            _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_c[c, bb, bg],
+                              b_st, c_st, pA, pB, zero)
+            for i in range(2):
+                s_g, sb = _row_input_grads(dt[i], pA[i], pB[i], dy[i], u[b, d + i],
+                                           Dv[d + i] if has_D else zero, delta[b, d + i],
+                                           bias[d + i] if has_bias else zero, softplus,
+                                           du[b, d + i], ddelta[b, d + i])
+                s += s_g
+                dbias_c[c, d + i] += sb
+                for n in range(HALF):
+                    dA_c[c, d + i, n] += sdA[i * HALF + n]
+                    dh0[b, d + i, n] = g[i * HALF + n]
+                    s += g[i * HALF + n]
+                screen[2 * p + i] = s  # the pair's sum so far: any non-finite term shows

@@ -1,0 +1,161 @@
+"""Two rows per 16-lane block (``fast.numba_pairs``) against the reference and the 16-lane kernels.
+
+Oracles: ``ssm_ref.selective_scan`` / ``selective_scan_backward`` in float64
+(``assert_close(kind="backend")``), and the 16-lane kernels of
+``fast.numba_cpu`` on the same input (``kind="exact"``: the same updates, sums
+taken in another order).  A spy on the pair kernels proves each case ran them.
+The decision :func:`fast.numba_pairs.pairs_apply` is checked case by case.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cases import GRAD_NAMES, scan_case
+from conftest import assert_close
+
+import ssm_ref
+from fast import numba_cpu, numba_pairs
+from ssm_ref.scan_args import check_scan_structure
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the launches of the pair kernels: ``calls["fwd_pairs"]``, ``calls["bwd_pairs"]``."""
+    counts = {"fwd_pairs": 0, "bwd_pairs": 0}
+    for name in counts:
+        kernel = getattr(numba_pairs, name)
+
+        def spy(*args, _kernel=kernel, _name=name):
+            counts[_name] += 1
+            return _kernel(*args)
+        monkeypatch.setattr(numba_pairs, name, spy)
+    return counts
+
+
+def sixteen_lanes(monkeypatch):
+    """Switch the pair kernels off: every real scan runs the 16-lane kernels."""
+    monkeypatch.setattr(numba_pairs, "pairs_apply", lambda s, block: False)
+
+
+def vmamba_case(rng, dtype, dstate=8, **kw):
+    """A VMamba-like scan: 4 groups (directions) of 2 channels share B and C; 2 images."""
+    kw.setdefault("length", 11)
+    return scan_case(rng, "grouped", "grouped", False, dtype, batch=2, dim=8, dstate=dstate,
+                     groups=4, **kw)
+
+
+# ---------------------------------------------------------------------------
+# when the pair kernels run
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, True),
+    ({"dstate": 3}, True),
+    ({"dstate": 9}, False),  # nine states do not fit in a half
+    ({"dim": 6, "groups": 2}, False),  # three channels per group: pairs would straddle groups
+    ({"dim": 7, "groups": 1}, False),  # an odd number of channels
+    ({"form_B": "constant"}, False),  # B per channel: two rows read two B rows
+    ({"form_C": "variable"}, True),  # one C for every channel
+    ({"complex_": True}, False),
+], ids=["vmamba", "N3", "N9", "odd-group", "odd-D", "B-constant", "C-variable", "complex"])
+def test_pairs_apply(rng, change, expected):
+    args = dict(form_B="grouped", form_C="grouped", complex_=False, dim=8, dstate=8, groups=4)
+    args.update(change)
+    kw = scan_case(rng, **args)
+    kw.setdefault("delta_softplus", False)
+    s = check_scan_structure(**{k: kw.get(k) for k in (
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
+    assert numba_pairs.pairs_apply(s, block=64) is expected
+    assert numba_pairs.pairs_apply(s, block=kw["u"].shape[2] - 1) is False  # time blocks
+
+
+# ---------------------------------------------------------------------------
+# the pair kernels against the reference and the 16-lane kernels
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dstate", [8, 3])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
+def test_forward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, dstate, extras):
+    kw = vmamba_case(rng, dtype, dstate, extras=extras)
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    assert calls["fwd_pairs"] == 1
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+    sixteen_lanes(monkeypatch)
+    y16, last16 = numba_cpu.selective_scan(**kw, return_last_state=True)
+    assert calls["fwd_pairs"] == 1
+    assert_close(y, y16, kind="exact", err_msg="y against 16 lanes")
+    assert_close(last, last16, kind="exact", err_msg="last state against 16 lanes")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("dstate", [8, 3])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
+def test_backward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, dstate,
+                                                 extras):
+    kw = vmamba_case(rng, dtype, dstate, extras=extras)
+    dout = rng.standard_normal(kw["u"].shape).astype(dtype)
+    dlast = rng.standard_normal(kw["u"].shape[:2] + (dstate,)).astype(dtype)
+    g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert calls["bwd_pairs"] == 1
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    sixteen_lanes(monkeypatch)
+    g16 = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert calls["bwd_pairs"] == 1
+    for key in GRAD_NAMES:
+        if g_ref[key] is None:
+            assert g[key] is None, key
+            continue
+        assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+        assert_close(g[key], g16[key], kind="exact", err_msg=f"d{key} against 16 lanes")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_rows_whose_decay_underflows(rng, calls, dtype):
+    """One row of a pair with steps whose exp(dt A) is below 2^-125 (the clamped exponential),
+    its partner with moderate steps: both rows still match the reference."""
+    kw = vmamba_case(rng, dtype, extras=False, length=20)
+    kw["A"] = kw["A"].copy()
+    kw["A"][0] *= 400.0  # row 0's dt A reaches far below -125 / log2(e)
+    y = numba_cpu.selective_scan(**kw)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls == {"fwd_pairs": 1, "bwd_pairs": 1}
+    assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    for key in ("u", "delta", "A", "B", "C"):
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+
+
+@pytest.mark.parametrize("where", [(0, 1, 4), (1, 6, 10)], ids=["second-row", "last-pair"])
+def test_screen_sees_nan_in_either_row(rng, calls, where):
+    """A NaN in either row of a pair reaches the screen: the reference's error, forward
+    and backward."""
+    kw = vmamba_case(rng, np.float64)
+    kw["u"] = kw["u"].copy()
+    kw["u"][where] = np.nan
+    with pytest.raises(ValueError, match="u"):
+        numba_cpu.selective_scan(**kw)
+    with pytest.raises(ValueError, match="u"):
+        numba_cpu.selective_scan_backward(np.ones_like(kw["u"]), **kw)
+    assert calls == {"fwd_pairs": 1, "bwd_pairs": 1}
+
+
+def test_float32_overflow_runs_again_in_float64(rng, calls):
+    """dt * u beyond float32 in a pair (the output fits: B is small): the screen sees it and
+    the call is computed again in float64 (by the pair kernels again), as the reference."""
+    kw = vmamba_case(rng, np.float32, extras=False)
+    kw["u"] = kw["u"].copy()
+    kw["u"][1, 3, 2] = 3e38
+    kw["delta"] = np.full_like(kw["delta"], 4.0)
+    kw["B"] = kw["B"] * np.float32(1e-3)
+    y = numba_cpu.selective_scan(**kw)
+    assert calls["fwd_pairs"] == 2  # float32, then float64
+    y_ref = ssm_ref.selective_scan(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray)
+                                          else v) for k, v in kw.items()})
+    assert np.isfinite(y_ref).all()
+    assert_close(y, y_ref.astype(np.float32), kind="backend", dtype=np.float32)
