@@ -54,6 +54,8 @@ their halves are summed with the copies (:func:`fold_halves`).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from numba import njit, prange
 
@@ -61,10 +63,37 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _b
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
                         _row_output, _row_steps)
 
-__all__ = ["pairs_apply", "pair_args", "fold_halves", "fwd_pairs", "bwd_pairs", "HALF"]
+__all__ = ["pairs_apply", "switched_off", "pair_args", "fold_halves", "fwd_pairs", "bwd_pairs",
+           "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
+
+
+#: False inside :func:`switched_off`
+_enabled = True
+
+
+@contextlib.contextmanager
+def switched_off():
+    """Inside the ``with`` block every real scan runs the 16-lane kernels (not thread-safe).
+
+    For comparisons: the scan benchmark times both layouts, the tests check
+    both against the reference.
+
+    Examples
+    --------
+    >>> from fast import numba_pairs
+    >>> with numba_pairs.switched_off():
+    ...     numba_pairs._enabled
+    False
+    """
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def pairs_apply(s, block):
@@ -74,7 +103,7 @@ def pairs_apply(s, block):
     :mod:`fast.numba_cpu` take with 16 lanes (longer rows run in time blocks,
     which have no pair version).
     """
-    if s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
+    if not _enabled or s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
         return False
     for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
         groups = form.view_shape(X.shape)[1]  # G': D for the constant form (B per channel)

@@ -43,6 +43,26 @@ def test_sweep_counts_page_faults_of_the_backward(quick_result):
         assert faults is None or faults >= 0
 
 
+def test_pairs_section_times_both_layouts(quick_result):
+    """Both dtypes and both passes, each timed with the pair kernels and with 16 lanes."""
+    rows = quick_result["pairs"]
+    assert {(r["dtype"], r["pass"]) for r in rows} == {
+        (d, p) for d in ("float64", "float32") for p in ("forward", "backward")}
+    for row in rows:
+        assert row["dstate"] == 8 and row["state_updates"] == (
+            row["batch"] * row["dim"] * row["length"] * row["dstate"])
+        assert 0 < row["pairs_s"] and 0 < row["sixteen_lanes_s"]
+        assert row["speedup"] == pytest.approx(row["sixteen_lanes_s"] / row["pairs_s"])
+
+
+def test_alternating_medians_calls_each_function_in_turn():
+    order = []
+    fns = [lambda: order.append("a"), lambda: order.append("b")]
+    medians = bench_scan.alternating_medians(fns, 3)
+    assert order == ["a", "b"] * 4  # one warm-up call each, then three rounds
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+
+
 def test_counting_faults_counts_pages_touched_for_the_first_time():
     """Fresh anonymous memory faults once per page at first touch; a no-op does not fault."""
     import mmap  # noqa: PLC0415

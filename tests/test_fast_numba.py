@@ -29,11 +29,13 @@ case = functools.partial(scan_case, length=13, dstate=5)
 
 
 @pytest.fixture(params=["pairs", "16-lanes"])
-def lanes(request, monkeypatch):
+def lanes(request):
     """Run a test with the pair kernels where they apply, then with 16 lanes per row only."""
-    if request.param == "16-lanes":
-        monkeypatch.setattr(numba_pairs, "pairs_apply", lambda s, block: False)
-    return request.param
+    if request.param == "pairs":
+        yield request.param
+    else:
+        with numba_pairs.switched_off():
+            yield request.param
 
 
 # ---------------------------------------------------------------------------

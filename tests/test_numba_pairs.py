@@ -32,11 +32,6 @@ def calls(monkeypatch):
     return counts
 
 
-def sixteen_lanes(monkeypatch):
-    """Switch the pair kernels off: every real scan runs the 16-lane kernels."""
-    monkeypatch.setattr(numba_pairs, "pairs_apply", lambda s, block: False)
-
-
 def vmamba_case(rng, dtype, dstate=8, **kw):
     """A VMamba-like scan: 4 groups (directions) of 2 channels share B and C; 2 images."""
     kw.setdefault("length", 11)
@@ -67,6 +62,9 @@ def test_pairs_apply(rng, change, expected):
         "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
     assert numba_pairs.pairs_apply(s, block=64) is expected
     assert numba_pairs.pairs_apply(s, block=kw["u"].shape[2] - 1) is False  # time blocks
+    with numba_pairs.switched_off():
+        assert numba_pairs.pairs_apply(s, block=64) is False
+    assert numba_pairs.pairs_apply(s, block=64) is expected  # switched on again
 
 
 # ---------------------------------------------------------------------------
@@ -76,7 +74,7 @@ def test_pairs_apply(rng, change, expected):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("dstate", [8, 3])
 @pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
-def test_forward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, dstate, extras):
+def test_forward_matches_reference_and_16_lanes(rng, calls, dtype, dstate, extras):
     kw = vmamba_case(rng, dtype, dstate, extras=extras)
     y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
     assert calls["fwd_pairs"] == 1
@@ -84,8 +82,8 @@ def test_forward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, 
     assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
     assert_close(y, y_ref, kind="backend", err_msg="y")
     assert_close(last, last_ref, kind="backend", err_msg="last state")
-    sixteen_lanes(monkeypatch)
-    y16, last16 = numba_cpu.selective_scan(**kw, return_last_state=True)
+    with numba_pairs.switched_off():
+        y16, last16 = numba_cpu.selective_scan(**kw, return_last_state=True)
     assert calls["fwd_pairs"] == 1
     assert_close(y, y16, kind="exact", err_msg="y against 16 lanes")
     assert_close(last, last16, kind="exact", err_msg="last state against 16 lanes")
@@ -94,16 +92,15 @@ def test_forward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("dstate", [8, 3])
 @pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
-def test_backward_matches_reference_and_16_lanes(rng, monkeypatch, calls, dtype, dstate,
-                                                 extras):
+def test_backward_matches_reference_and_16_lanes(rng, calls, dtype, dstate, extras):
     kw = vmamba_case(rng, dtype, dstate, extras=extras)
     dout = rng.standard_normal(kw["u"].shape).astype(dtype)
     dlast = rng.standard_normal(kw["u"].shape[:2] + (dstate,)).astype(dtype)
     g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_pairs"] == 1
     g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
-    sixteen_lanes(monkeypatch)
-    g16 = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    with numba_pairs.switched_off():
+        g16 = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_pairs"] == 1
     for key in GRAD_NAMES:
         if g_ref[key] is None:

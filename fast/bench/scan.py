@@ -22,6 +22,10 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
   (``y = exp(s x) y + x``, in L1 cache), over the same element count;
 * a sweep over L (256 ... 65536) and N (16, 64) at B=1, D=256, with the
   minor page faults of a backward call (see "freed memory" below);
+* small states (N = 8, VMamba's scan in a 32x32 training step: B=64, D=192
+  in 4 groups of B and C, L=256), float64 and float32: the kernels of
+  :mod:`fast.numba_pairs` (two rows per 16-lane block) against the same call
+  with them switched off (16 lanes per row, 8 of them padding), in turn;
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
@@ -60,7 +64,7 @@ from numba import njit, prange
 
 import fast
 import ssm_ref
-from fast import numba_cpu
+from fast import numba_cpu, numba_pairs
 from fast._fastexp import fast_exp2_scan
 from fast._launch import launch  # the one lock of parallel launches
 from fast.bench import peers as bench_peers
@@ -72,6 +76,9 @@ from ssm_ref.cli import OneLineParser, output_dir
 #: repository's root updates the committed files and a run elsewhere writes next to it
 RESULTS = Path("benchmarks") / "results"
 HEADLINE = dict(batch=1, dim=1536, length=1024, dstate=16)
+#: the small-state case of ``fast.numba_pairs``: VMamba's scan in a 32x32 training step
+#: (64 images, K = 4 directions x 48 channels, one group of B and C per direction)
+PAIRS = dict(batch=64, dim=192, groups=4, length=256, dstate=8)
 
 
 # ---------------------------------------------------------------------------
@@ -409,6 +416,58 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
     return rows
 
 
+def alternating_medians(fns, repeats):
+    """Median wall times of the functions ``fns``, called in turn ``repeats`` times after one
+    warm-up call each (a change of load hits them alike)."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
+def run_pairs(repeats, quick):
+    """N = 8: two rows per 16-lane block (``fast.numba_pairs``) against 16 lanes per row.
+
+    :data:`PAIRS` (half the batch with ``quick``), float64 and float32, grouped B and C,
+    D, delta_bias and softplus (VMamba's scan has no z); forward and backward in turn.
+    """
+    s = dict(PAIRS, batch=PAIRS["batch"] // 2 if quick else PAIRS["batch"])
+    n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+    rows = []
+    for dtype in (np.float64, np.float32):
+        kw = make_inputs(s["batch"], s["dim"], s["length"], s["dstate"], dtype)
+        del kw["z"]
+        rng = np.random.default_rng(2)
+        for key in ("B", "C"):  # (batch, groups, N, L): one B and C per direction
+            kw[key] = rng.standard_normal((s["batch"], s["groups"], s["dstate"],
+                                           s["length"])).astype(dtype)
+        dout = rng.standard_normal(kw["u"].shape).astype(dtype)
+
+        def sixteen(fn):
+            def run():
+                with numba_pairs.switched_off():
+                    fn()
+            return run
+
+        passes = {"forward": lambda: numba_cpu.selective_scan(**kw),
+                  "backward": lambda: numba_cpu.selective_scan_backward(dout, **kw)}
+        for name, fn in passes.items():
+            t_pairs, t_16 = alternating_medians([fn, sixteen(fn)], repeats)
+            rows.append({"dtype": np.dtype(dtype).name, "pass": name, **s,
+                         "state_updates": n_up, "pairs_s": t_pairs, "sixteen_lanes_s": t_16,
+                         "pairs_G_per_s": n_up / t_pairs / 1e9,
+                         "speedup": t_16 / t_pairs})
+            print(f"  {np.dtype(dtype).name} {name:8s}: pairs {t_pairs * 1e3:7.2f} ms "
+                  f"({n_up / t_pairs / 1e9:.2f} G/s), 16 lanes per row {t_16 * 1e3:7.2f} ms: "
+                  f"{t_16 / t_pairs:.2f}x", flush=True)
+    return rows
+
+
 def run_attention(lengths, dim, dstate, repeats, max_gb):
     """Forward time of the scan and of softmax attention of the same width, against L.
 
@@ -619,6 +678,11 @@ def main(argv=None, prog=None):
     print("\nsweep (B=1, D=256, float32):")
     sweep = run_sweep(lengths, (16, 64), dim=256, repeats=repeats, ref_dim=16,
                       ref_max_length=1024 if args.quick else 4096)
+    p = PAIRS
+    print(f"\nN={p['dstate']}, two rows per block (fast.numba_pairs) vs 16 lanes per row: "
+          f"B={p['batch'] // (2 if args.quick else 1)} D={p['dim']} in {p['groups']} groups "
+          f"L={p['length']} (VMamba's scan in a 32x32 training step):")
+    pair_rows = run_pairs(repeats, args.quick)
     print("\nforward time, scan vs softmax attention (width 256, N=16):")
     att_lengths = [256, 512, 1024, 2048, 4096] + ([] if args.quick else [8192, 16384])
     attention_rows = run_attention(att_lengths, dim=256, dstate=16, repeats=repeats,
@@ -638,7 +702,7 @@ def main(argv=None, prog=None):
                                  "the sweep the reference ran with D=16, at L <= "
                                  f"{1024 if args.quick else 4096} only, and longer L reuse the "
                                  "rate of the longest measured L (its cost is linear in L)"),
-              "headline": headline, "peers": peer_rows, "sweep": sweep,
+              "headline": headline, "peers": peer_rows, "sweep": sweep, "pairs": pair_rows,
               "attention": attention_rows, "gpu": gpu}
     tag = ("cpu_quick" if args.quick else "cpu") + ("_default_malloc" if args.default_malloc else "")
     if not args.no_plot:
