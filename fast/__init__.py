@@ -11,6 +11,8 @@ numba_cpu           the selective scan, its backward and the decoding step
                     channel); safe to
                     call from several threads (under Numba's "workqueue"
                     threading layer its parallel launches take a lock)
+numba_pairs         numba_cpu's scan kernels for N <= 8: two channels that share
+                    B and C in one 16-lane block (used by numba_cpu itself)
 numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
                     SiLU and the inner function (conv -> x_proj -> dt_proj ->
                     scan -> gate), forward and backward; SS2D's depthwise
