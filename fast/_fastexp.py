@@ -64,8 +64,8 @@ from numba.extending import intrinsic, overload
 
 from ._launch import launch
 
-__all__ = ["fast_exp", "fast_exp_clamped", "fast_exp2_scan", "fast_exp2_normal", "fast_softplus",
-           "fast_sigmoid", "exp_array"]
+__all__ = ["fast_exp", "fast_exp_clamped", "fast_exp2_scan", "fast_exp2_normal", "exp2_terms",
+           "fast_softplus", "fast_sigmoid", "exp_array"]
 
 #: fastmath flags of the helpers: contraction into FMA allowed, but no
 #: reassociation (it would undo the split ln 2) and no "no NaN" assumption.
@@ -318,7 +318,65 @@ _EXP2 = {
 }
 
 
-def fast_exp2_scan(x2):
+def exp2_terms(dtype):
+    """The constants of :func:`fast_exp2_scan` and :func:`fast_exp2_normal` for ``dtype``.
+
+    A tuple of scalars of ``dtype``: the shifter, the clamp and the polynomial's
+    coefficients from degree 0 up (9 entries in float32, 16 in float64).  A
+    kernel that takes this tuple as an argument and hands it to the two
+    functions gets the same results as with their built-in constants, but as
+    run-time values, which LLVM keeps in registers.  Its own constants it
+    loads afresh at every pass of a loop that has many of them live (two
+    instructions each, an address and a broadcast; measured in the scan's
+    forward loop: 16 of the 46 instructions of a step, chapter 11).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast._fastexp import exp2_terms
+    >>> len(exp2_terms(np.float32)), exp2_terms(np.float64)[2]
+    (9, 1.0)
+    """
+    c = _EXP2[np.dtype(dtype).itemsize * 8]
+    dt = np.dtype(dtype).type
+    return (dt(c["shifter"]), dt(c["lowest"])) + tuple(dt(p) for p in c["poly"])
+
+
+def _exp2_typed(x2, terms):
+    """``_EXP2``'s entry for the Numba types of the exp2 overloads' arguments, or None.
+
+    ``terms`` must be absent (None, or omitted) or a tuple of ``x2``'s type
+    with the length of :func:`exp2_terms`.
+    """
+    if not (isinstance(x2, types.Float) and x2.bitwidth in _EXP2):
+        return None
+    c = _EXP2[x2.bitwidth]
+    if terms is None or isinstance(terms, (types.NoneType, types.Omitted)):
+        return c
+    if isinstance(terms, types.UniTuple) and terms.dtype == x2 and terms.count == len(
+            c["poly"]) + 2:
+        return c
+    return None
+
+
+def _exp2_unpack(x2, terms):
+    """``(shifter, lowest, poly)`` from ``terms``, or the built-in constants without them."""
+    c = _EXP2[np.asarray(x2).dtype.itemsize * 8]
+    return c["shifter"], c["lowest"], c["poly"]
+
+
+@overload(_exp2_unpack, jit_options={"error_model": "numpy"})
+def _exp2_unpack_impl(x2, terms):
+    c = _exp2_typed(x2, terms)
+    if c is None:
+        return None
+    if terms is None or isinstance(terms, (types.NoneType, types.Omitted)):
+        shifter, lowest, poly = c["shifter"], c["lowest"], c["poly"]
+        return lambda x2, terms: (shifter, lowest, poly)
+    return lambda x2, terms: (terms[0], terms[1], terms[2:])
+
+
+def fast_exp2_scan(x2, terms=None):
     """``2^x2`` for ``x2 <= 0``: the scan kernels' exponential, ``e^x = 2^(x log2 e)``.
 
     Parameters
@@ -327,6 +385,11 @@ def fast_exp2_scan(x2):
         Argument in base 2, finite and at most 0 (the kernels pass
         ``delta * A * log2(e)`` with ``delta >= 0`` and ``A <= 0``); larger
         or non-finite arguments give meaningless results.
+    terms : tuple, optional
+        :func:`exp2_terms` of ``x2``'s dtype, handed to the compiled kernel
+        as an argument: the same result, with the constants as run-time
+        values that stay in registers (see :func:`exp2_terms`).  Ignored
+        from Python.
 
     Returns
     -------
@@ -360,21 +423,22 @@ def fast_exp2_scan(x2):
     >>> float(fast_exp2_scan(np.float64(-1.0)))
     0.5
     """
+    del terms  # the same constants: NumPy computes exp2 exactly enough
     x2 = np.asarray(x2)
     lowest = -126.5 if x2.dtype == np.float32 else -1022.5
     return np.where(x2 < lowest, 0, np.exp2(x2)).astype(x2.dtype)[()]
 
 
 @overload(fast_exp2_scan, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
-def _fast_exp2_scan_impl(x2):
-    if not (isinstance(x2, types.Float) and x2.bitwidth in _EXP2):
+def _fast_exp2_scan_impl(x2, terms=None):
+    c = _exp2_typed(x2, terms)
+    if c is None:
         return None
-    c = _EXP2[x2.bitwidth]
-    poly, shifter, lowest = c["poly"], c["shifter"], c["lowest"]
     bits, from_bits, shift, int_t = c["bits"], c["from_bits"], c["shift"], c["int_t"]
-    degree = len(poly) - 1
+    degree = len(c["poly"]) - 1
 
-    def impl(x2):
+    def impl(x2, terms=None):
+        shifter, lowest, poly = _exp2_unpack(x2, terms)
         x2 = max(x2, lowest)  # k >= -127: the exponent field of 2^k is >= 0
         s = x2 + shifter  # rounds to an integer: k + bias in the low mantissa bits
         f = x2 - (s - shifter)  # x2 - k, exact, in [-1/2, 1/2]
@@ -385,7 +449,7 @@ def _fast_exp2_scan_impl(x2):
     return impl
 
 
-def fast_exp2_normal(x2):
+def fast_exp2_normal(x2, terms=None):
     """``2^x2`` for ``-125 <= x2 <= 0``: :func:`fast_exp2_scan` without its clamp.
 
     Where every argument of a row is known to lie in this range (its results
@@ -403,19 +467,20 @@ def fast_exp2_normal(x2):
     >>> float(fast_exp2_normal(np.float32(-2.0)))
     0.25
     """
+    del terms  # as fast_exp2_scan's
     return np.exp2(np.asarray(x2))[()]
 
 
 @overload(fast_exp2_normal, fastmath=_FM, jit_options={"fastmath": _FM, "error_model": "numpy"})
-def _fast_exp2_normal_impl(x2):
-    if not (isinstance(x2, types.Float) and x2.bitwidth in _EXP2):
+def _fast_exp2_normal_impl(x2, terms=None):
+    c = _exp2_typed(x2, terms)
+    if c is None:
         return None
-    c = _EXP2[x2.bitwidth]
-    poly, shifter = c["poly"], c["shifter"]
     bits, from_bits, shift, int_t = c["bits"], c["from_bits"], c["shift"], c["int_t"]
-    degree = len(poly) - 1
+    degree = len(c["poly"]) - 1
 
-    def impl(x2):
+    def impl(x2, terms=None):
+        shifter, _, poly = _exp2_unpack(x2, terms)
         s = x2 + shifter  # rounds to an integer: k + bias in the low mantissa bits
         f = x2 - (s - shifter)  # x2 - k, exact, in [-1/2, 1/2]
         p = poly[degree]

@@ -116,8 +116,8 @@ from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_args
 from ssm_ref.selective import write_state
 
-from ._fastexp import (fast_exp2_normal, fast_exp2_scan, fast_exp_clamped, fast_sigmoid,
-                       fast_softplus)
+from ._fastexp import (exp2_terms, fast_exp2_normal, fast_exp2_scan, fast_exp_clamped,
+                       fast_sigmoid, fast_softplus)
 from ._launch import launch
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
@@ -392,13 +392,18 @@ def _all_normal(dt, a2, zero):
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: each call site's `normal` is a constant
-def _decay(x2, normal):
-    """``2^x2`` (= exp(dt A) for ``x2 = dt A log2 e``) by the variant the row allows."""
-    return fast_exp2_normal(x2) if normal else fast_exp2_scan(x2)
+def _decay(x2, normal, terms):
+    """``2^x2`` (= exp(dt A) for ``x2 = dt A log2 e``) by the variant the row allows.
+
+    ``terms`` is :func:`fast._fastexp.exp2_terms`, a kernel argument: the
+    exponential's constants as run-time values, which stay in registers
+    through the loop over time (see ``_fwd_row_scan``).
+    """
+    return fast_exp2_normal(x2, terms) if normal else fast_exp2_scan(x2, terms)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
+def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal, terms):
     """The recurrence of one row: y_t = <C_t, h_t>, h_t = exp(dt_t A) h_{t-1} + bu_t B_t.
 
     Blocks of 16 states outside, time inside: the block's state and poles stay
@@ -415,7 +420,7 @@ def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal
             acc = zero
             for j in range(_LANES):  # constant trip count: one vector, no remainder loop
                 n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                hn = _decay(dtt * a2[n], normal) * h[n] + but * Bt[n]
+                hn = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
                 h[n] = hn
                 acc += hn * Ct[n]
             y[t] += acc
@@ -423,7 +428,7 @@ def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
-                     b_st, c_st, zero, normal):
+                     b_st, c_st, zero, normal, terms):
     """The backward pass's forward sweep over the L steps of a row (or of a time block).
 
     Adds y_t = <C_t, h_t> to ``y`` and dy_t h_t to dC_t; saves the state entering
@@ -446,7 +451,7 @@ def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_
             acc = zero
             for j in range(_LANES):
                 n = np.uint64(n0 + j)
-                at = _decay(dtt * a2[n], normal)
+                at = _decay(dtt * a2[n], normal, terms)
                 ahn = at * h[n]
                 hn = ahn + but * Bt[n]
                 abar_t[n] = at
@@ -458,7 +463,7 @@ def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal):
+def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal, terms):
     """Records Abar_t, Abar_t h_{t-1} of block ``k`` (``tn`` steps from k T), states n0..n0+15,
     recomputed from the state saved at the block's start."""
     t0 = np.uint64(k * T)
@@ -473,7 +478,7 @@ def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, n
         ah_t = ah[i]
         for j in range(_LANES):
             n = np.uint64(n0 + j)
-            at = _decay(dtt * a2[n], normal)
+            at = _decay(dtt * a2[n], normal, terms)
             ahn = at * h[n]
             abar_t[n] = at
             ah_t[n] = ahn
@@ -522,7 +527,7 @@ def _bwd_block_reverse(t0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
-              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -549,9 +554,9 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             B_row = Bx[bb, bg]  # (L or 1, N)
             C_row = Cx[cb, cg]
             if _all_normal(dt[:L], a[:N], zero):  # two copies of the loop, each one exp
-                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, True)
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, True, terms)
             else:
-                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, False)
+                _fwd_row_scan(L, N, dt, bu, a, h, y, B_row, C_row, b_st, c_st, zero, False, terms)
             s_out = _row_output(y, u[b, d], Dv[d] if has_D else zero, has_D,
                                 z[b, d] if has_z else u[b, d], has_z, out[b, d])
             for n in range(N):
@@ -563,7 +568,7 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                    has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks,
-                   block):
+                   block, terms):
     # _fwd_real for rows longer than ``block`` steps: the same arithmetic with the loops over
     # time blocks outside and the thread's rows inside, so that a block's B and C (shared
     # by the rows of a group) stay in cache while every row passes through it; each row's
@@ -607,9 +612,11 @@ def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                 B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)  # (tn or 1, N)
                 C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
                 if _all_normal(dt[:tn], a[:N], zero):
-                    _fwd_row_scan(tn, N, dt, bu, a, h, y, B_blk, C_blk, b_st, c_st, zero, True)
+                    _fwd_row_scan(tn, N, dt, bu, a, h, y, B_blk, C_blk, b_st, c_st, zero, True,
+                                  terms)
                 else:
-                    _fwd_row_scan(tn, N, dt, bu, a, h, y, B_blk, C_blk, b_st, c_st, zero, False)
+                    _fwd_row_scan(tn, N, dt, bu, a, h, y, B_blk, C_blk, b_st, c_st, zero, False,
+                                  terms)
                 s += _row_output(y, u_blk, Dv[d] if has_D else zero, has_D, z_blk, has_z,
                                  out[b, d, t0:t0 + tn])
                 sums[r] += s
@@ -623,7 +630,7 @@ def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block, terms):
     # Rows one after the other, each row's records (T = L steps) kept whole: nothing is
     # recomputed.  _backward launches it only for L <= block; longer rows go to
     # _bwd_real_long, which runs in time blocks and keeps B, C, dB, dC in cache.
@@ -683,10 +690,10 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             normal = _all_normal(dt[:L], a2[:N], zero)
             if normal:  # two copies of the loop, each with one exp
                 _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                 dC_row, b_st, c_st, zero, True)
+                                 dC_row, b_st, c_st, zero, True, terms)
             else:
                 _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                 dC_row, b_st, c_st, zero, False)
+                                 dC_row, b_st, c_st, zero, False, terms)
             if has_z:
                 s += _row_dz(dout[b, d], z_row, sz, y, u_row, Dd, dz[b, d], one)
             # 2. reverse scan over the row's records: g = dLoss/dh_t
@@ -713,7 +720,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                    has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-                   du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block):
+                   du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block,
+                   terms):
     # _bwd_real for L > block: the same arithmetic with the loops over time blocks outside
     # and the thread's rows inside, so that a block's B, C, dB and dC (shared by the rows)
     # stay in cache while every row passes through it; each row's state, dLoss/dh, dA sum
@@ -785,10 +793,10 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 ck_k = ck_s[c, r, k:k + 1]
                 if _all_normal(dt[:tn], a2[:N], zero):
                     _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                     C_blk, dC_blk, b_st, c_st, zero, True)
+                                     C_blk, dC_blk, b_st, c_st, zero, True, terms)
                 else:
                     _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                     C_blk, dC_blk, b_st, c_st, zero, False)
+                                     C_blk, dC_blk, b_st, c_st, zero, False, terms)
                 if has_z:
                     s += _row_dz(dout_blk, z_blk, sz, y, u_blk, Dd, dz[b, d, t0:t0 + tn], one)
                 sums[0] += s
@@ -833,10 +841,10 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 for n0 in range(0, N, _LANES):
                     if normal:
                         _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
-                                           b_st, True)
+                                           b_st, True, terms)
                     else:
                         _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
-                                           b_st, False)
+                                           b_st, False, terms)
                     _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
                                        dB_blk, b_st, c_st, pA, pB, zero)
                 s, sb = _row_input_grads(dt, pA, pB, dy, u_blk, Dd, delta[b, d, t0:t0 + tn],
@@ -1217,13 +1225,13 @@ def _forward(s, k, real):
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
-        _launch(_pairs.fwd_pairs, *args)
+        _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
     else:
         block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
-            _launch(_fwd_real, *args)
+            _launch(_fwd_real, *args, exp2_terms(real))
         else:
-            _launch(_fwd_real_long, *args, block)
+            _launch(_fwd_real_long, *args, block, exp2_terms(real))
     return out, last, screen
 
 
@@ -1254,12 +1262,13 @@ def _backward(s, k, real, dout, dlast_state):
             s.delta_bias is not None, s.delta_softplus, s.h0 is not None,
             dlast_state is not None, du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c,
             screen)
-    if paired:
-        _launch(_pairs.bwd_pairs, *args)
+    if s.is_complex:
+        _launch(_bwd_complex, *args, block)
+    elif paired:
+        _launch(_pairs.bwd_pairs, *args, exp2_terms(real))
     else:
-        kernel = (_bwd_complex if s.is_complex
-                  else _bwd_real if length <= block else _bwd_real_long)
-        _launch(kernel, *args, block)
+        _launch(_bwd_real if length <= block else _bwd_real_long, *args, block,
+                exp2_terms(real))
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)

@@ -135,7 +135,7 @@ def fold_halves(Xc):
 # ---------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
+def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal, terms):
     """The recurrence of two rows in one block: lanes < 8 use ``dt[0]``, ``bu[0]`` and add
     into ``y[0]``, lanes >= 8 ``dt[1]``, ``bu[1]`` and ``y[1]`` (compare ``_fwd_row_scan``)."""
     for t in range(L):
@@ -147,7 +147,7 @@ def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
         for j in range(_LANES):  # constant trip count and constant halves: selects fold
             n = np.uint64(j)
             second = j >= HALF
-            hn = (_decay((dt1 if second else dt0) * a2[n], normal) * h[n]
+            hn = (_decay((dt1 if second else dt0) * a2[n], normal, terms) * h[n]
                   + (bu1 if second else bu0) * Bt[n])
             h[n] = hn
             p = hn * Ct[n]
@@ -159,7 +159,7 @@ def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal):
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row, b_st, c_st,
-                      zero, normal):
+                      zero, normal, terms):
     """The backward's forward sweep of a pair (compare ``_bwd_row_forward``): writes ``y``,
     adds dy_t h_t into dC_t (each half into its own lanes) and records Abar_t, Abar_t h_{t-1}."""
     for t in range(L):
@@ -176,7 +176,7 @@ def _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row, b
         for j in range(_LANES):
             n = np.uint64(j)
             second = j >= HALF
-            at = _decay((dt1 if second else dt0) * a2[n], normal)
+            at = _decay((dt1 if second else dt0) * a2[n], normal, terms)
             ahn = at * h[n]
             hn = ahn + (bu1 if second else bu0) * Bt[n]
             abar_t[n] = at
@@ -244,7 +244,7 @@ def _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h):
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
-              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks):
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
     """``fast.numba_cpu._fwd_real`` with two rows per block; A (D, 8), Bx and Cx doubled."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
@@ -271,9 +271,11 @@ def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
             if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
                                                                       zero):
-                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, True)
+                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, True,
+                           terms)
             else:
-                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, False)
+                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, False,
+                           terms)
             for i in range(2):
                 s += _row_output(y[i], u[b, d + i], Dv[d + i] if has_D else zero, has_D,
                                  z[b, d + i] if has_z else u[b, d + i], has_z, out[b, d + i])
@@ -286,7 +288,7 @@ def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen):
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
     """``fast.numba_cpu._bwd_real`` with two rows per block; A, h0, dlast and dh0 with 8
     states, Bx, Cx, dB_c and dC_c doubled (16 lanes)."""
     nb, nd, L = u.shape
@@ -334,10 +336,10 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
                                                                       zero):
                 _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
-                                  dC_c[c, cb, cg], b_st, c_st, zero, True)
+                                  dC_c[c, cb, cg], b_st, c_st, zero, True, terms)
             else:
                 _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
-                                  dC_c[c, cb, cg], b_st, c_st, zero, False)
+                                  dC_c[c, cb, cg], b_st, c_st, zero, False, terms)
             if has_z:
                 for i in range(2):
                     s += _row_dz(dout[b, d + i], z[b, d + i], sz[i], y[i], u[b, d + i],

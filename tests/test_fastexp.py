@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fast._fastexp import (exp_array, fast_exp, fast_exp2_normal, fast_exp2_scan,
+from fast._fastexp import (exp2_terms, exp_array, fast_exp, fast_exp2_normal, fast_exp2_scan,
                            fast_sigmoid, fast_softplus)
 
 #: (dtype, smallest x with a normal result, largest x with a finite result)
@@ -173,3 +173,39 @@ def test_scan_exp2_one_ulp_and_flush_to_zero(dtype):
     _exp2_both(low, out_low, _)
     assert np.all(out_low == 0.0)
     assert np.array_equal(fast_exp2_scan(low), out_low)  # the Python version agrees
+
+
+@njit(fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _exp2_with_terms(x, terms, scan, normal):  # the kernels' fastmath flags, run-time constants
+    for i in range(x.size):
+        scan[i] = fast_exp2_scan(x[i], terms)
+        normal[i] = fast_exp2_normal(x[i], terms)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp2_with_run_time_terms_is_bit_for_bit_the_same(dtype):
+    """exp2_terms handed in as an argument: the same numbers as the built-in constants
+    (the kernels' fastmath flags could only change them by reassociating the shifter)."""
+    emin = 126 if dtype == np.float32 else 1022
+    x = np.concatenate([np.linspace(-emin - 3, 0, 200_001), [-1e30, -0.0]]).astype(dtype)
+    scan, normal = np.empty_like(x), np.empty_like(x)
+    _exp2_both(x, scan, normal)
+    scan_t, normal_t = np.empty_like(x), np.empty_like(x)
+    _exp2_with_terms(x, exp2_terms(dtype), scan_t, normal_t)
+    assert np.array_equal(scan_t, scan)
+    ok = x >= -125
+    assert np.array_equal(normal_t[ok], normal[ok])
+    terms = exp2_terms(dtype)
+    assert len(terms) == (9 if dtype == np.float32 else 16)
+    assert all(type(t) is np.dtype(dtype).type for t in terms)
+
+
+def test_exp2_terms_of_another_dtype_do_not_compile():
+    """Terms of the other float width (or a wrong count) match no overload: a typing error,
+    not a silent conversion."""
+    from numba.core.errors import TypingError  # noqa: PLC0415
+    x = np.zeros(4, np.float32)
+    with pytest.raises(TypingError):
+        _exp2_with_terms(x, exp2_terms(np.float64), np.empty_like(x), np.empty_like(x))
+    with pytest.raises(TypingError):
+        _exp2_with_terms(x, exp2_terms(np.float32)[:-1], np.empty_like(x), np.empty_like(x))

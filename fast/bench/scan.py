@@ -65,7 +65,7 @@ from numba import njit, prange
 import fast
 import ssm_ref
 from fast import numba_cpu, numba_pairs
-from fast._fastexp import fast_exp2_scan
+from fast._fastexp import exp2_terms, fast_exp2_scan
 from fast._launch import launch  # the one lock of parallel launches
 from fast.bench import peers as bench_peers
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
@@ -186,7 +186,7 @@ _LIMIT_BLOCK = 4096  # elements per pass: 16 KiB of float32, stays in L1
 
 
 @_njit_noalias(parallel=True, fastmath=numba_cpu._FMK, error_model="numpy", cache=True)
-def machine_limit_kernel(x, passes, out, nchunks):
+def machine_limit_kernel(x, passes, out, nchunks, terms):
     """Only what every state update needs: one vectorized exp and one FMA per element.
 
     Each thread runs ``passes`` times over its own block of ``x``,
@@ -194,7 +194,8 @@ def machine_limit_kernel(x, passes, out, nchunks):
     nothing can be hoisted), all in L1 cache: no loads of B or C, no dot
     product, no recurrence.  An upper bound for the scan's inner loop.  The
     exp is the scan kernels' own (:func:`fast._fastexp.fast_exp2_scan`, with
-    ``x`` read as the argument in base 2, as the kernels pass it).
+    ``x`` read as the argument in base 2, as the kernels pass it, and its
+    constants handed in as ``terms``, as the kernels hand them).
     """
     n = x.shape[1]
     y_s = np.zeros((nchunks, n), x.dtype)
@@ -204,7 +205,7 @@ def machine_limit_kernel(x, passes, out, nchunks):
         for p in range(passes):
             scale = x.dtype.type(1.0 - 1e-7 * p)
             for i in range(n):
-                y[i] = fast_exp2_scan(scale * xc[i]) * y[i] + xc[i]
+                y[i] = fast_exp2_scan(scale * xc[i], terms) * y[i] + xc[i]
         out[c] = y[0]
 
 
@@ -220,7 +221,8 @@ def machine_limit(total_updates, repeats, dtype=np.float32):
     passes = max(1, total_updates // (_LIMIT_BLOCK * nchunks))
     x = -np.random.default_rng(3).uniform(0.0, 10.0, (nchunks, _LIMIT_BLOCK)).astype(dtype)
     out = np.empty(nchunks, dtype)
-    t = best_time(lambda: launch(machine_limit_kernel, x, passes, out, nchunks),
+    terms = exp2_terms(dtype)
+    t = best_time(lambda: launch(machine_limit_kernel, x, passes, out, nchunks, terms),
                   max(7, repeats))
     return nchunks * passes * _LIMIT_BLOCK / t / 1e9
 
