@@ -49,7 +49,7 @@ from numba.extending import intrinsic  # noqa: E402
 
 import fast  # noqa: E402
 import ssm_ref  # noqa: E402
-from fast._fastexp import fast_exp2_normal, fast_sigmoid, fast_softplus  # noqa: E402
+from fast._fastexp import exp2_terms, fast_exp2_normal, fast_sigmoid, fast_softplus  # noqa: E402
 from fast.bench.scan import machine_info, machine_limit, make_inputs  # noqa: E402
 from fast.numba_cpu import _FMK, _njit_noalias  # noqa: E402
 
@@ -129,7 +129,7 @@ def _row_gate(y, u_row, Dd, z_row, out_row):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy")
-def rows_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, mode):
+def rows_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, mode, terms):
     """A row per channel, 16 states per vector; mode 0: lane sum, 1: none (wrong), 2: tiles."""
     nd, L = u.shape[1], u.shape[2]
     N = A.shape[1]
@@ -158,7 +158,7 @@ def rows_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, mode):
                     acc = zero
                     for j in range(LANES):
                         n = np.uint64(j)
-                        hn = fast_exp2_normal(dtt * a[n]) * h[n] + but * Bv[n]
+                        hn = fast_exp2_normal(dtt * a[n], terms) * h[n] + but * Bv[n]
                         h[n] = hn
                         acc += hn * Cv[n]
                     y[t] = acc
@@ -166,7 +166,7 @@ def rows_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, mode):
                     Pt = P[np.uint64(t & (LANES - 1))]
                     for j in range(LANES):
                         n = np.uint64(j)
-                        hn = fast_exp2_normal(dtt * a[n]) * h[n] + but * Bv[n]
+                        hn = fast_exp2_normal(dtt * a[n], terms) * h[n] + but * Bv[n]
                         h[n] = hn
                         Pt[n] = hn * Cv[n]
                     if mode == 2 and t & (LANES - 1) == LANES - 1:
@@ -177,7 +177,7 @@ def rows_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, mode):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy")
-def lanes_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks):
+def lanes_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, terms):
     """16 channels per vector (D a multiple of 16): steps to (L, 16) tiles, scan, back."""
     nd, L = u.shape[1], u.shape[2]
     N = A.shape[1]
@@ -214,7 +214,7 @@ def lanes_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks):
                     yv = yT[t]
                     for j in range(LANES):
                         jj = np.uint64(j)
-                        hn = fast_exp2_normal(dtv[jj] * a[jj]) * h[jj] + buv[jj] * bn
+                        hn = fast_exp2_normal(dtv[jj] * a[jj], terms) * h[jj] + buv[jj] * bn
                         h[jj] = hn
                         yv[jj] += hn * cn
             for t in range(L):  # tile -> rows
@@ -257,13 +257,14 @@ def main(argv=None):
                 np.ascontiguousarray(k["C"][0].T), k["D"], k["z"], k["delta_bias"], out)
 
     a16, a1 = plain(kw), plain(kw1)
+    terms = exp2_terms(np.float32)  # the exponential's constants as an argument, as the library
     variants = {
         "library": lambda th: fast.selective_scan(**kw, backend="numba"),
-        "rows": lambda th: rows_kernel(*a16, th, 0),
-        "rows, no lane sum (wrong result)": lambda th: rows_kernel(*a16, th, 1),
-        "rows, tile sums": lambda th: rows_kernel(*a16, th, 2),
-        "channel lanes": lambda th: lanes_kernel(*a16, th),
-        "channel lanes, N = 1": lambda th: lanes_kernel(*a1, th),
+        "rows": lambda th: rows_kernel(*a16, th, 0, terms),
+        "rows, no lane sum (wrong result)": lambda th: rows_kernel(*a16, th, 1, terms),
+        "rows, tile sums": lambda th: rows_kernel(*a16, th, 2, terms),
+        "channel lanes": lambda th: lanes_kernel(*a16, th, terms),
+        "channel lanes, N = 1": lambda th: lanes_kernel(*a1, th, terms),
     }
     errors = {}
     for name, fn in variants.items():
