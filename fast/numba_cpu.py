@@ -1212,7 +1212,7 @@ def _bwd_block(npad, dtype):
 
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
-    paired = _pairs.pairs_apply(s, _fwd_block(_LANES, real))  # N <= 8: two rows per vector
+    paired = _pairs.pairs_apply(s, _fwd_block(_LANES, real), real, "forward")  # N <= 8
     if paired:
         k = _pairs.pair_args(k)
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
@@ -1241,7 +1241,7 @@ def _backward(s, k, real, dout, dlast_state):
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     nchunks = _threads(batch * dim)
     block = _bwd_block(k["A"].shape[1], state_t)
-    paired = _pairs.pairs_apply(s, block)  # N <= 8: two rows per vector
+    paired = _pairs.pairs_apply(s, block, real, "backward")  # N <= 8: two rows per vector
     if paired:
         k = _pairs.pair_args(k)
     npad = k["A"].shape[1]  # 8 when paired

@@ -33,7 +33,9 @@ When it runs
 row-by-row kernels (no time blocks), an even number of channels, and B and
 C given per batch element or per group (variable or grouped form) with an
 even number of channels per group, so that both rows of a pair read the
-same B and C.  Otherwise the 16-lane kernels run.
+same B and C, and a compute dtype that gains (:data:`PAIRED_DTYPES`: the
+float64 forward and backward, the float32 backward).  Otherwise the 16-lane
+kernels run.
 
 Measured on the 2-core AMD EPYC of chapter 11, on one thread, old and new
 kernels in alternating processes, VMamba's scan in a 32x32 training step
@@ -42,7 +44,9 @@ forward 55 -> 39 ms, backward 99 -> 67 ms (1.45x); float32 forward 24 -> 23
 ms, backward 48 -> 46 ms.  float32 gains little: its 16 lanes are one
 vector, so the two rows' steps are blended into it (``vpermt2ps``) and each
 of the two output sums reduces all 16 lanes with the other half zeroed;
-in float64 each half is a vector of its own and the selects vanish.
+in float64 each half is a vector of its own and the selects vanish.  On
+two threads the float32 forward came out 0.92-1.01x, so it stays on 16
+lanes per row (:data:`PAIRED_DTYPES`).
 
 Layout
 ------
@@ -63,47 +67,59 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _b
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
                         _row_output, _row_steps)
 
-__all__ = ["pairs_apply", "switched_off", "pair_args", "fold_halves", "fwd_pairs", "bwd_pairs",
-           "HALF"]
+__all__ = ["pairs_apply", "forced", "PAIRED_DTYPES", "pair_args", "fold_halves", "fwd_pairs",
+           "bwd_pairs", "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
 
 
-#: False inside :func:`switched_off`
-_enabled = True
+#: the compute dtypes that run in pairs, per pass: where the pairs measured faster than 16
+#: lanes per row (the scan benchmark's ``pairs`` rows, chapter 11).  The float32 forward did
+#: not (0.92-1.01x): its 16 lanes are one vector, so the blends of the two rows' steps and
+#: two 16-lane sums per step cost what the pairs save; its backward, with two records and
+#: dC per step in the same vector, did (1.05-1.3x).
+PAIRED_DTYPES = {"forward": (np.dtype(np.float64),),
+                 "backward": (np.dtype(np.float32), np.dtype(np.float64))}
+
+#: None: :data:`PAIRED_DTYPES` decides; True or False inside :func:`forced`
+_forced = None
 
 
 @contextlib.contextmanager
-def switched_off():
-    """Inside the ``with`` block every real scan runs the 16-lane kernels (not thread-safe).
+def forced(on):
+    """Inside the ``with`` block, pairs run wherever the layout allows (``on=True``, whatever
+    :data:`PAIRED_DTYPES` says) or nowhere (``on=False``): for comparisons (not thread-safe).
 
-    For comparisons: the scan benchmark times both layouts, the tests check
-    both against the reference.
+    The scan benchmark times both, the tests check both against the reference.
 
     Examples
     --------
     >>> from fast import numba_pairs
-    >>> with numba_pairs.switched_off():
-    ...     numba_pairs._enabled
+    >>> with numba_pairs.forced(False):
+    ...     numba_pairs._forced
     False
+    >>> numba_pairs._forced is None
+    True
     """
-    global _enabled
-    before, _enabled = _enabled, False
+    global _forced
+    before, _forced = _forced, bool(on)
     try:
         yield
     finally:
-        _enabled = before
+        _forced = before
 
 
-def pairs_apply(s, block):
+def pairs_apply(s, block, dtype, direction):
     """True if the real scan of :class:`~ssm_ref.scan_args.ScanArgs` ``s`` runs two rows per block.
 
     ``block`` is the longest row that the row-by-row kernels of
     :mod:`fast.numba_cpu` take with 16 lanes (longer rows run in time blocks,
-    which have no pair version).
+    which have no pair version); ``dtype`` the compute dtype and
+    ``direction`` ``"forward"`` or ``"backward"`` (see :data:`PAIRED_DTYPES`).
     """
-    if not _enabled or s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
+    wanted = np.dtype(dtype) in PAIRED_DTYPES[direction] if _forced is None else _forced
+    if not wanted or s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
         return False
     for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
         groups = form.view_shape(X.shape)[1]  # G': D for the constant form (B per channel)

@@ -53,6 +53,7 @@ def test_pairs_section_times_both_layouts(quick_result):
             row["batch"] * row["dim"] * row["length"] * row["dstate"])
         assert 0 < row["pairs_s"] and 0 < row["sixteen_lanes_s"]
         assert row["speedup"] == pytest.approx(row["sixteen_lanes_s"] / row["pairs_s"])
+        assert row["pairs_by_default"] is (row["dtype"] == "float64" or row["pass"] == "backward")
 
 
 def test_alternating_medians_calls_each_function_in_turn():

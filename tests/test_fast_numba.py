@@ -34,7 +34,7 @@ def lanes(request):
     if request.param == "pairs":
         yield request.param
     else:
-        with numba_pairs.switched_off():
+        with numba_pairs.forced(False):
             yield request.param
 
 

@@ -60,11 +60,17 @@ def test_pairs_apply(rng, change, expected):
     kw.setdefault("delta_softplus", False)
     s = check_scan_structure(**{k: kw.get(k) for k in (
         "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
-    assert numba_pairs.pairs_apply(s, block=64) is expected
-    assert numba_pairs.pairs_apply(s, block=kw["u"].shape[2] - 1) is False  # time blocks
-    with numba_pairs.switched_off():
-        assert numba_pairs.pairs_apply(s, block=64) is False
-    assert numba_pairs.pairs_apply(s, block=64) is expected  # switched on again
+    f64, f32 = np.float64, np.float32
+    assert numba_pairs.pairs_apply(s, 64, f64, "forward") is expected
+    assert numba_pairs.pairs_apply(s, 64, f64, "backward") is expected
+    assert numba_pairs.pairs_apply(s, 64, f32, "backward") is expected
+    assert numba_pairs.pairs_apply(s, 64, f32, "forward") is False  # not faster: 16 lanes
+    assert numba_pairs.pairs_apply(s, kw["u"].shape[2] - 1, f64, "forward") is False  # blocks
+    with numba_pairs.forced(False):
+        assert numba_pairs.pairs_apply(s, 64, f64, "forward") is False
+    with numba_pairs.forced(True):
+        assert numba_pairs.pairs_apply(s, 64, f32, "forward") is expected
+    assert numba_pairs.pairs_apply(s, 64, f32, "forward") is False  # the table again
 
 
 # ---------------------------------------------------------------------------
@@ -75,14 +81,17 @@ def test_pairs_apply(rng, change, expected):
 @pytest.mark.parametrize("dstate", [8, 3])
 @pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
 def test_forward_matches_reference_and_16_lanes(rng, calls, dtype, dstate, extras):
+    """Forced on: the float32 forward runs 16 lanes per row by default (PAIRED_DTYPES), its
+    pair kernel is checked all the same."""
     kw = vmamba_case(rng, dtype, dstate, extras=extras)
-    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    with numba_pairs.forced(True):
+        y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
     assert calls["fwd_pairs"] == 1
     y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
     assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
     assert_close(y, y_ref, kind="backend", err_msg="y")
     assert_close(last, last_ref, kind="backend", err_msg="last state")
-    with numba_pairs.switched_off():
+    with numba_pairs.forced(False):
         y16, last16 = numba_cpu.selective_scan(**kw, return_last_state=True)
     assert calls["fwd_pairs"] == 1
     assert_close(y, y16, kind="exact", err_msg="y against 16 lanes")
@@ -99,7 +108,7 @@ def test_backward_matches_reference_and_16_lanes(rng, calls, dtype, dstate, extr
     g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_pairs"] == 1
     g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
-    with numba_pairs.switched_off():
+    with numba_pairs.forced(False):
         g16 = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_pairs"] == 1
     for key in GRAD_NAMES:
@@ -118,7 +127,8 @@ def test_rows_whose_decay_underflows(rng, calls, dtype):
     kw = vmamba_case(rng, dtype, extras=False, length=20)
     kw["A"] = kw["A"].copy()
     kw["A"][0] *= 400.0  # row 0's dt A reaches far below -125 / log2(e)
-    y = numba_cpu.selective_scan(**kw)
+    with numba_pairs.forced(True):
+        y = numba_cpu.selective_scan(**kw)
     dout = rng.standard_normal(y.shape).astype(dtype)
     g = numba_cpu.selective_scan_backward(dout, **kw)
     assert calls == {"fwd_pairs": 1, "bwd_pairs": 1}
@@ -150,7 +160,8 @@ def test_float32_overflow_runs_again_in_float64(rng, calls):
     kw["u"][1, 3, 2] = 3e38
     kw["delta"] = np.full_like(kw["delta"], 4.0)
     kw["B"] = kw["B"] * np.float32(1e-3)
-    y = numba_cpu.selective_scan(**kw)
+    with numba_pairs.forced(True):
+        y = numba_cpu.selective_scan(**kw)
     assert calls["fwd_pairs"] == 2  # float32, then float64
     y_ref = ssm_ref.selective_scan(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray)
                                           else v) for k, v in kw.items()})

@@ -25,7 +25,8 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 * small states (N = 8, VMamba's scan in a 32x32 training step: B=64, D=192
   in 4 groups of B and C, L=256), float64 and float32: the kernels of
   :mod:`fast.numba_pairs` (two rows per 16-lane block) against the same call
-  with them switched off (16 lanes per row, 8 of them padding), in turn;
+  with them switched off (16 lanes per row, 8 of them padding), in turn, and
+  which of the two the library runs by default (``PAIRED_DTYPES``);
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
@@ -450,23 +451,26 @@ def run_pairs(repeats, quick):
                                            s["length"])).astype(dtype)
         dout = rng.standard_normal(kw["u"].shape).astype(dtype)
 
-        def sixteen(fn):
+        def with_pairs(fn, on):
             def run():
-                with numba_pairs.switched_off():
+                with numba_pairs.forced(on):
                     fn()
             return run
 
         passes = {"forward": lambda: numba_cpu.selective_scan(**kw),
                   "backward": lambda: numba_cpu.selective_scan_backward(dout, **kw)}
         for name, fn in passes.items():
-            t_pairs, t_16 = alternating_medians([fn, sixteen(fn)], repeats)
+            t_pairs, t_16 = alternating_medians([with_pairs(fn, True), with_pairs(fn, False)],
+                                                repeats)
+            default = np.dtype(dtype) in numba_pairs.PAIRED_DTYPES[name]
             rows.append({"dtype": np.dtype(dtype).name, "pass": name, **s,
                          "state_updates": n_up, "pairs_s": t_pairs, "sixteen_lanes_s": t_16,
                          "pairs_G_per_s": n_up / t_pairs / 1e9,
-                         "speedup": t_16 / t_pairs})
+                         "speedup": t_16 / t_pairs, "pairs_by_default": default})
             print(f"  {np.dtype(dtype).name} {name:8s}: pairs {t_pairs * 1e3:7.2f} ms "
                   f"({n_up / t_pairs / 1e9:.2f} G/s), 16 lanes per row {t_16 * 1e3:7.2f} ms: "
-                  f"{t_16 / t_pairs:.2f}x", flush=True)
+                  f"{t_16 / t_pairs:.2f}x ({'pairs' if default else '16 lanes'} by default)",
+                  flush=True)
     return rows
 
 
