@@ -45,7 +45,7 @@ ms, backward 48 -> 46 ms.  float32 gains little: its 16 lanes are one
 vector, so the two rows' steps are blended into it (``vpermt2ps``) and each
 of the two output sums reduces all 16 lanes with the other half zeroed;
 in float64 each half is a vector of its own and the selects vanish.  On
-two threads the float32 forward came out 0.78-1.02x, so it stays on 16
+two threads the float32 forward came out 0.78-1.03x, so it stays on 16
 lanes per row (:data:`PAIRED_DTYPES`).
 
 Layout
@@ -76,7 +76,7 @@ HALF = _LANES // 2
 
 #: the compute dtypes that run in pairs, per pass: where the pairs measured faster than 16
 #: lanes per row (the scan benchmark's ``pairs`` rows, chapter 11).  The float32 forward did
-#: not (0.78-1.02x in five runs): its 16 lanes are one vector, so the blends of the two
+#: not (0.78-1.03x in six runs): its 16 lanes are one vector, so the blends of the two
 #: rows' steps and two 16-lane sums per step cost what the pairs save; its backward, with
 #: two records and dC per step in the same vector, did (1.05-1.6x).
 PAIRED_DTYPES = {"forward": (np.dtype(np.float64),),
