@@ -148,11 +148,12 @@ def test_strided_views_give_the_contiguous_result_bit_for_bit(rng, in_dtype, u_d
     assert_close(y_view, ssm_ref.selective_scan(**views, **kw), kind="backend")
 
 
-def test_result_does_not_depend_on_thread_count(rng):
+@pytest.mark.parametrize("dim", [6, 8], ids=["16-lanes", "pairs"])  # 8: two rows per block
+def test_result_does_not_depend_on_thread_count(rng, dim):
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one thread only: nothing to compare")
-    kw = case(rng, dim=6)
+    kw = case(rng, dim=dim)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
