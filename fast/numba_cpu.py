@@ -42,7 +42,10 @@ How it is computed
   the comments at ``_LANES``, ``_FMK`` and ``_njit_noalias``): N padded to
   blocks of exactly 16 lanes with an unsigned index, ``error_model="numpy"``
   (no ZeroDivisionError branch), and ``noalias`` array arguments (no
-  run-time overlap checks in front of every 16-lane loop).
+  run-time overlap checks in front of every 16-lane loop).  The
+  exponential's constants come in as a kernel argument
+  (:func:`fast._fastexp.exp2_terms`), so that LLVM keeps them in registers
+  instead of reloading them at every step.
 * Precision: float32 input is computed in float32 (state, exponentials and
   the dot product with C), and so are float16 and ``ml_dtypes.bfloat16``
   (converted on the way in, results cast back); anything else in float64.  The float32 result
@@ -397,7 +400,8 @@ def _decay(x2, normal, terms):
 
     ``terms`` is :func:`fast._fastexp.exp2_terms`, a kernel argument: the
     exponential's constants as run-time values, which stay in registers
-    through the loop over time (see ``_fwd_row_scan``).
+    through the loop over time (as compile-time constants LLVM reloaded them
+    at every step; chapter 11, "Constants in registers").
     """
     return fast_exp2_normal(x2, terms) if normal else fast_exp2_scan(x2, terms)
 
