@@ -411,23 +411,38 @@ def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal
     """The recurrence of one row: y_t = <C_t, h_t>, h_t = exp(dt_t A) h_{t-1} + bu_t B_t.
 
     Blocks of 16 states outside, time inside: the block's state and poles stay
-    in vector registers for the whole row (one block for N <= 16).
+    in vector registers for the whole row (one block for N <= 16).  The first
+    block writes y, the others add to it.
     """
-    for t in range(L):
-        y[t] = zero
     for n0 in range(0, N, _LANES):
-        for t in range(L):
-            dtt = dt[t]
-            but = bu[t]
-            Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
-            Ct = C_row[np.uint64(t * c_st)]  # (N,)
-            acc = zero
-            for j in range(_LANES):  # constant trip count: one vector, no remainder loop
-                n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-                hn = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
-                h[n] = hn
-                acc += hn * Ct[n]
+        if n0 == 0:
+            _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
+                            terms, False)
+        else:
+            _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
+                            terms, True)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` and `add` are constants
+def _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal, terms,
+                    add):
+    """States n0 .. n0 + 15 of a row over its L steps; y_t = (y_t if ``add`` else 0) + their
+    part of <C_t, h_t>."""
+    for t in range(L):
+        dtt = dt[t]
+        but = bu[t]
+        Bt = B_row[np.uint64(t * b_st)]  # (N,); unsigned: no wraparound select
+        Ct = C_row[np.uint64(t * c_st)]  # (N,)
+        acc = zero
+        for j in range(_LANES):  # constant trip count: one vector, no remainder loop
+            n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
+            hn = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
+            h[n] = hn
+            acc += hn * Ct[n]
+        if add:
             y[t] += acc
+        else:
+            y[t] = acc
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
