@@ -152,8 +152,8 @@ def fold_halves(Xc):
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _pair_scan(L, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal, terms):
-    """The recurrence of two rows in one block: lanes < 8 use ``dt[0]``, ``bu[0]`` and add
-    into ``y[0]``, lanes >= 8 ``dt[1]``, ``bu[1]`` and ``y[1]`` (compare ``_fwd_row_scan``)."""
+    """The recurrence of two rows in one block: lanes < 8 use ``dt[0]``, ``bu[0]`` and sum
+    into ``y[0]``, lanes >= 8 ``dt[1]``, ``bu[1]`` and ``y[1]`` (compare ``_fwd_block_scan``)."""
     for t in range(L):
         dt0, dt1, bu0, bu1 = dt[0, t], dt[1, t], bu[0, t], bu[1, t]
         Bt = B_row[np.uint64(t * b_st)]  # (16,): the group's 8 entries, twice
