@@ -76,7 +76,7 @@ HALF = _LANES // 2
 
 #: the compute dtypes that run in pairs, per pass: where the pairs measured faster than 16
 #: lanes per row (the scan benchmark's ``pairs`` rows, chapter 11).  The float32 forward did
-#: not (0.78-1.03x in six runs): its 16 lanes are one vector, so the blends of the two
+#: not (0.78-1.03x in seven runs): its 16 lanes are one vector, so the blends of the two
 #: rows' steps and two 16-lane sums per step cost what the pairs save; its backward, with
 #: two records and dC per step in the same vector, did (1.05-1.6x).
 PAIRED_DTYPES = {"forward": (np.dtype(np.float64),),
