@@ -1127,24 +1127,47 @@ def _pad_last(X, n_padded, dtype):
     return out
 
 
-def _layout_bc(X, form, work, n_padded):
-    """B or C -> (B or 1, G', L or 1, N padded), contiguous, dtype ``work``."""
+def _layout_bc(X, form, work, n_padded, copies=1):
+    """B or C -> (B or 1, G', L or 1, ``copies`` x N padded), contiguous, dtype ``work``.
+
+    ``copies=2`` is the layout of :mod:`fast.numba_pairs`: the padded entries
+    written into both halves.
+    """
     X = np.swapaxes(X.reshape(form.view_shape(X.shape)), 2, 3)  # (B|1, G', N, L|1) -> (.., L|1, N)
-    return _pad_last(X, n_padded, work)
+    if copies == 1:
+        return _pad_last(X, n_padded, work)
+    out = np.zeros(X.shape[:-1] + (copies * n_padded,), work)
+    for i in range(copies):
+        out[..., i * n_padded:i * n_padded + X.shape[-1]] = X
+    return out
 
 
-def _kernel_args(s, real):
-    """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones."""
+def _paired(s, real, direction):
+    """True if the ``direction`` ("forward" or "backward") of ``s`` runs the pair kernels."""
+    block = (_fwd_block if direction == "forward" else _bwd_block)(_LANES, real)
+    return _pairs.pairs_apply(s, block, real, direction)
+
+
+def _kernel_args(s, real, direction):
+    """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones.
+
+    ``paired`` (a bool among the arrays) says whether they are laid out for the
+    pair kernels of ``direction`` (:func:`_paired`): N padded to 8 and B, C
+    doubled, instead of N padded to a multiple of 16.
+    """
     state_t = np.complex128 if s.is_complex else real
-    npad = _padded(s.dstate)
+    paired = _paired(s, real, direction)
+    npad = _pairs.HALF if paired else _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
+    copies = 2 if paired else 1
     return dict(
+        paired=paired,
         u=_contiguous(s.u, real),
         delta=_contiguous(s.delta, real),
         A=_pad_last(s.A, npad, state_t),  # (D, Np)
-        Bx=_layout_bc(s.B, s.form_B, state_t, npad),  # (B|1, G', L|1, Np)
-        Cx=_layout_bc(s.C, s.form_C, state_t, npad),
+        Bx=_layout_bc(s.B, s.form_B, state_t, npad, copies),  # (B|1, G', L|1, Np or 16)
+        Cx=_layout_bc(s.C, s.form_C, state_t, npad, copies),
         Dv=dummy1 if s.D is None else np.ascontiguousarray(s.D, dtype=real),
         z=dummy3 if s.z is None else _contiguous(s.z, real),
         bias=dummy1 if s.delta_bias is None
@@ -1198,8 +1221,8 @@ def _threads(rows):
 _SMALL = {"A": "A", "Bx": "B", "Cx": "C", "Dv": "D", "bias": "delta_bias", "h0": "h0"}
 
 
-def _fitting_kernel_args(s):
-    """``(real, kernel arrays)``: the compute dtype and the arrays cast to it.
+def _fitting_kernel_args(s, direction):
+    """``(real, kernel arrays)``: the compute dtype and the arrays cast to it, for ``direction``.
 
     float32 ``u`` is computed in float32 unless an argument given in a wider
     dtype does not fit float32 (``A = -1e300`` would become ``-inf``, and
@@ -1208,12 +1231,12 @@ def _fitting_kernel_args(s):
     """
     real = np.dtype(np.float64) if s.is_complex else _compute_dtype(s.out_dtype)
     with np.errstate(over="ignore"):  # a float64 argument beyond float32: seen just below
-        k = _kernel_args(s, real)
+        k = _kernel_args(s, real, direction)
     if real == np.float32 and not all(
             np.isfinite(k[key]).all() for key, name in _SMALL.items()
             if getattr(s, name) is not None and s.dtypes[name].itemsize > 4):
         real = np.dtype(np.float64)
-        k = _kernel_args(s, real)
+        k = _kernel_args(s, real, direction)
     return real, k
 
 
@@ -1231,9 +1254,7 @@ def _bwd_block(npad, dtype):
 
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
-    paired = _pairs.pairs_apply(s, _fwd_block(_LANES, real), real, "forward")  # N <= 8
-    if paired:
-        k = _pairs.pair_args(k)
+    paired = k["paired"]  # N <= 8: two rows per vector
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
     last = np.empty((s.batch, s.dim, k["A"].shape[1]),
                     np.complex128 if s.is_complex else real)  # (B, D, Np), Np = 8 paired
@@ -1259,11 +1280,9 @@ def _backward(s, k, real, dout, dlast_state):
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     nchunks = _threads(batch * dim)
-    block = _bwd_block(k["A"].shape[1], state_t)
-    paired = _pairs.pairs_apply(s, block, real, "backward")  # N <= 8: two rows per vector
-    if paired:
-        k = _pairs.pair_args(k)
+    paired = k["paired"]  # N <= 8: two rows per vector
     npad = k["A"].shape[1]  # 8 when paired
+    block = _bwd_block(npad, state_t)  # the 16-lane kernels' (unused when paired)
     dlast = (np.zeros((1, 1, 1), state_t) if dlast_state is None
              else _pad_last(dlast_state, npad, state_t))  # (B, D, Np)
     du = np.empty((batch, dim, length), real)  # (B, D, L)
@@ -1339,13 +1358,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                                             delta_softplus, h0), reference_check)
     check_bool(return_last_state, "return_last_state")
     maybe_negative = _maybe_negative(s)
-    real, k = _fitting_kernel_args(s)
+    real, k = _fitting_kernel_args(s, "forward")
     out, last, screen = _forward(s, k, real)
     if _screen_failed(screen, maybe_negative):
         reference_check()  # raises the reference's error (non-finite input, negative step)
         if real == np.float32:  # valid input that float32 could not hold: again in float64
             real = np.dtype(np.float64)
-            out, last, _ = _forward(s, _kernel_args(s, real), real)
+            out, last, _ = _forward(s, _kernel_args(s, real, "forward"), real)
     y = out.astype(s.out_dtype, copy=False)
     if not return_last_state:
         return y
@@ -1399,7 +1418,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
 
     s, dout_, dlast_ = _validated(check, reference_check)
     maybe_negative = _maybe_negative(s)
-    real, k = _fitting_kernel_args(s)
+    real, k = _fitting_kernel_args(s, "backward")
     grads, screen = _backward(s, k, real, dout_, dlast_)
     # the screen covers the per-row gradients; the shared ones are checked here
     shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
@@ -1409,7 +1428,7 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
         reference_check()  # raises the reference's error (non-finite input, negative step)
         if real == np.float32:  # valid input that float32 could not hold: again in float64
             real = np.dtype(np.float64)
-            grads, _ = _backward(s, _kernel_args(s, real), real, dout_, dlast_)
+            grads, _ = _backward(s, _kernel_args(s, real, "backward"), real, dout_, dlast_)
     for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
         if grad is not None:          # interleaved again for an interleaved B/C)
             grads[name] = np.ascontiguousarray(s.grad_as_given(name, grad))

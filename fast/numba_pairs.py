@@ -52,7 +52,7 @@ Layout
 ------
 A, h0 and the last state are padded to 8 entries, (D, 8) and (B, D, 8); B
 and C are laid out as in :mod:`fast.numba_cpu`, ``(B or 1, G, L, 16)``, with
-their 8 padded entries written into both halves (:func:`pair_args`).  The
+their 8 padded entries written into both halves (``fast.numba_cpu._layout_bc``).  The
 backward's dB and dC come out in the same doubled layout, one copy per thread:
 their halves are summed with the copies (:func:`fold_halves`).
 """
@@ -67,8 +67,8 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _b
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
                         _row_output, _row_steps)
 
-__all__ = ["pairs_apply", "forced", "PAIRED_DTYPES", "pair_args", "fold_halves", "fwd_pairs",
-           "bwd_pairs", "HALF"]
+__all__ = ["pairs_apply", "forced", "PAIRED_DTYPES", "fold_halves", "fwd_pairs", "bwd_pairs",
+           "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
@@ -126,18 +126,6 @@ def pairs_apply(s, block, dtype, direction):
         if groups == s.dim or (s.dim // groups) % 2:  # two rows of a pair read two B rows
             return False
     return True
-
-
-def pair_args(k):
-    """The kernel arrays of :func:`fast.numba_cpu._kernel_args` (16 lanes) made the pair kernels':
-    A and h0 cut to 8 states, B and C cut to 8 and written into both halves."""
-    out = dict(k)
-    out["A"] = np.ascontiguousarray(k["A"][:, :HALF])  # (D, 8)
-    out["h0"] = np.ascontiguousarray(k["h0"][..., :HALF])  # (B, D, 8), or the (1, 1, 1) dummy
-    for key in ("Bx", "Cx"):
-        half = k[key][..., :HALF]
-        out[key] = np.concatenate([half, half], axis=-1)  # (B|1, G', L|1, 16)
-    return out
 
 
 def fold_halves(Xc):
