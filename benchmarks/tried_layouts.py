@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,7 +49,7 @@ from numba.extending import intrinsic  # noqa: E402
 import fast  # noqa: E402
 import ssm_ref  # noqa: E402
 from fast._fastexp import exp2_terms, fast_exp2_normal, fast_sigmoid, fast_softplus  # noqa: E402
-from fast.bench.scan import machine_info, machine_limit, make_inputs  # noqa: E402
+from fast.bench.scan import machine_info, machine_limit, make_inputs, median_time  # noqa: E402
 from fast.numba_cpu import _FMK, _njit_noalias  # noqa: E402
 
 LANES = 16
@@ -228,16 +227,6 @@ def lanes_kernel(u, delta, A, Bt, Ct, Dv, z, bias, out, nchunks, terms):
 # the measurement
 # ---------------------------------------------------------------------------
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=21, help="timed calls (default 21)")
@@ -285,7 +274,7 @@ def main(argv=None):
         for rnd in range(3):  # rounds alternate the variants; the median of the rounds is kept
             for name, fn in variants.items():
                 times[name].setdefault(threads, []).append(
-                    median_ms(lambda: fn(threads), args.repeats))
+                    1e3 * median_time(lambda: fn(threads), args.repeats))
     numba.set_num_threads(all_threads)
     rows = []
     print(f"B=1 D={dim} L={length} N={dstate} float32; medians of {args.repeats} calls, "

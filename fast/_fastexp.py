@@ -342,6 +342,11 @@ def exp2_terms(dtype):
     return (dt(c["shifter"]), dt(c["lowest"])) + tuple(dt(p) for p in c["poly"])
 
 
+def _no_terms(terms):
+    """True if the Numba type of an exp2 overload's ``terms`` says it was not given."""
+    return terms is None or isinstance(terms, (types.NoneType, types.Omitted))
+
+
 def _exp2_typed(x2, terms):
     """``_EXP2``'s entry for the Numba types of the exp2 overloads' arguments, or None.
 
@@ -351,7 +356,7 @@ def _exp2_typed(x2, terms):
     if not (isinstance(x2, types.Float) and x2.bitwidth in _EXP2):
         return None
     c = _EXP2[x2.bitwidth]
-    if terms is None or isinstance(terms, (types.NoneType, types.Omitted)):
+    if _no_terms(terms):
         return c
     if isinstance(terms, types.UniTuple) and terms.dtype == x2 and terms.count == len(
             c["poly"]) + 2:
@@ -370,7 +375,7 @@ def _exp2_unpack_impl(x2, terms):
     c = _exp2_typed(x2, terms)
     if c is None:
         return None
-    if terms is None or isinstance(terms, (types.NoneType, types.Omitted)):
+    if _no_terms(terms):
         shifter, lowest, poly = c["shifter"], c["lowest"], c["poly"]
         return lambda x2, terms: (shifter, lowest, poly)
     return lambda x2, terms: (terms[0], terms[1], terms[2:])
