@@ -65,7 +65,7 @@ from numba import njit, prange
 
 from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _bc_strides,
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
-                        _row_output, _row_steps)
+                        _row_output, _row_start, _row_steps)
 
 __all__ = ["pairs_apply", "forced", "PAIRED_DTYPES", "fold_halves", "fwd_pairs", "bwd_pairs",
            "HALF"]
@@ -239,11 +239,10 @@ def _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row, 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h):
     """The pair's poles ``a`` (and ``a2 = a log2 e``) and initial state ``h``, 16 lanes."""
-    for i in range(2):
-        for n in range(HALF):
-            a[i * HALF + n] = A[d + i, n]
-            a2[i * HALF + n] = A[d + i, n] * log2e
-            h[i * HALF + n] = h0[b, d + i, n] if has_h0 else zero
+    for i in range(2):  # A and h0 hold 8 states: each row fills its half
+        _row_start(A, h0, b, d + i, has_h0, zero, a[i * HALF:], h[i * HALF:])
+    for n in range(_LANES):
+        a2[n] = a[n] * log2e
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
