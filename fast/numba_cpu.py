@@ -65,6 +65,10 @@ How it is computed
 * N <= 8 (the tiny vision models): two rows that read the same B and C
   share one 16-lane block (:mod:`fast.numba_pairs`), instead of each
   padding its 8 states to 16 lanes.
+* The float32 forward of channels that share B and C (variable or grouped
+  form, at least 16 channels per group: Mamba's case) runs 16 channels per
+  vector instead of 16 states (:mod:`fast.numba_tiles`): no sum across the
+  lanes at each step.
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
   thread), then the reverse scan of the reference.  Rows longer than T
@@ -1148,21 +1152,29 @@ def _paired(s, real, direction):
     return _pairs.pairs_apply(s, block, real, direction)
 
 
+def _tiled(s, real, direction):
+    """True if the ``direction`` of ``s`` runs the channel-tile kernel (forward only)."""
+    return direction == "forward" and _tiles.tiles_apply(s, _fwd_block(s.dstate, real), real)
+
+
 def _kernel_args(s, real, direction):
     """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones.
 
     ``paired`` (a bool among the arrays) says whether they are laid out for the
     pair kernels of ``direction`` (:func:`_paired`): N padded to 8 and B, C
-    doubled, instead of N padded to a multiple of 16.
+    doubled, instead of N padded to a multiple of 16; ``tiled`` whether for
+    the channel-tile kernel (:func:`_tiled`): N not padded.
     """
     state_t = np.complex128 if s.is_complex else real
     paired = _paired(s, real, direction)
-    npad = _pairs.HALF if paired else _padded(s.dstate)
+    tiled = not paired and _tiled(s, real, direction)
+    npad = _pairs.HALF if paired else s.dstate if tiled else _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
     copies = 2 if paired else 1
     return dict(
         paired=paired,
+        tiled=tiled,
         u=_contiguous(s.u, real),
         delta=_contiguous(s.delta, real),
         A=_pad_last(s.A, npad, state_t),  # (D, Np)
@@ -1266,6 +1278,8 @@ def _forward(s, k, real):
         _launch(_fwd_complex, *args)
     elif paired:
         _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
+    elif k["tiled"]:  # 16 channels per vector
+        _launch(_tiles.fwd_tiles, *args[:-1], _threads(_tiles.tile_count(s)), exp2_terms(real))
     else:
         block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
@@ -1565,3 +1579,4 @@ def _state_step(q):
 
 # the pair kernels (N <= 8) import this module's row helpers, so they are imported last
 from . import numba_pairs as _pairs  # noqa: E402
+from . import numba_tiles as _tiles  # noqa: E402

@@ -1,0 +1,335 @@
+"""Sixteen channels per vector: the float32 forward scan of :mod:`fast.numba_cpu` by channel tiles.
+
+Glossary
+--------
+======  ================================================================
+tile    16 channels d0 .. d0 + 15 of one batch element and one group of B
+        and C: the unit of parallel work here (fewer at the end of a group,
+        the missing lanes padded with zero steps)
+lane    one of the 16 entries of a vector; here lane j is channel d0 + j
+W       the tile width: 16 float32 lanes, one AVX-512 vector
+======  ================================================================
+
+Why this module exists
+----------------------
+The kernels of :mod:`fast.numba_cpu` put the state dimension N in the
+vector lanes: one row (one channel) at a time, 16 states per vector.  Each
+step then ends in ``y_t = <C_t, h_t>``, a sum across the lanes, which costs
+8 instructions (4 shuffles, 4 adds) of a 29.5-instruction step.  When the
+16 channels of a tile read the same B and C (their variable or grouped
+form, Mamba's case), the channels can take the lanes instead: lane j holds
+state n of channel d0 + j, and a step of state n is
+
+    h[n] = 2^(dt * a2[n]) * h[n] + bu * B_t[n],    y += h[n] * C_t[n]
+
+with ``dt``, ``bu``, ``y``, ``h[n]`` and ``a2[n]`` 16-lane vectors and
+``B_t[n]``, ``C_t[n]`` one number broadcast to all lanes (a memory operand
+of the multiply, no extra instruction).  ``y`` sums over n in its own
+lanes: no sum across lanes at all, about 18 instructions per 16 state
+updates instead of 29.5, and the N states of a step are N independent
+chains instead of one.
+
+The price is a transpose: the steps ``dt`` and ``dt * u`` are computed
+row by row (one channel, vectorized over time, as in :mod:`fast.numba_cpu`),
+but the scan reads them one time step (16 channels) at a time, and ``y``
+comes out the other way round.  :func:`transpose_block` turns a 16 x 16
+block in 64 two-vector shuffles (an LLVM ``shufflevector`` network written
+here with llvmlite; element by element the three transposes took as long
+as the scan itself, measured).
+
+Everything else is the row kernel's arithmetic: the same exponential
+(:func:`fast._fastexp.fast_exp2_normal` or ``fast_exp2_scan`` by tile, as
+:func:`fast.numba_cpu._all_normal` decides by row), the same softplus and
+output passes (:func:`fast.numba_cpu._row_steps`,
+:func:`fast.numba_cpu._row_output`), the same screen sums.  Only the sum
+over n for ``y`` is taken in another order, so the results agree with the
+row kernels to rounding (``tests/test_numba_tiles.py``).
+
+When it runs
+------------
+:func:`fast.numba_cpu.selective_scan` uses :func:`fwd_tiles` when
+:func:`tiles_apply` says so: real A, a float32 computation, a row short
+enough for the row-by-row kernel (no time blocks), and B and C both given
+per batch element or per group (variable or grouped form) with the same
+groups of at least 16 channels, so that a tile's channels read one B and
+one C.  Otherwise the row kernels run (and the pair kernels of
+:mod:`fast.numba_pairs` where those apply).  The backward pass stays on the
+row kernels: a tile's records (Abar_t and Abar_t h_{t-1} for 16 channels)
+are 16 times a row's, and at the headline size they no longer fit in the
+level-2 cache (measured slower: chapter 11).  float64 would have 8 lanes
+per vector; it is not tiled (not measured).
+
+Measured on the 2-core AMD EPYC of chapter 11, headline size (B = 1,
+D = 1536, L = 1024, N = 16, float32): see chapter 11, "Sixteen channels per
+vector".
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
+                        _njit_noalias, _row_output, _row_steps)
+
+__all__ = ["tiles_apply", "tile_count", "forced", "TILED_DTYPES", "TILE", "fwd_tiles",
+           "transpose_block"]
+
+#: channels per tile: one float32 AVX-512 vector
+TILE = 16
+
+#: the compute dtypes whose forward runs in tiles (16 float32 lanes per vector)
+TILED_DTYPES = (np.dtype(np.float32),)
+
+#: None: the rules of :func:`tiles_apply`; False inside ``forced(False)``
+_forced = None
+
+
+@contextlib.contextmanager
+def forced(on):
+    """Inside the ``with`` block, tiles run wherever :func:`tiles_apply`'s layout rules allow
+    (``on=True``) or nowhere (``on=False``): for comparisons (not thread-safe).
+
+    Only float32 has a tile kernel, so ``on=True`` changes nothing today; it
+    is there so that the tests and the benchmark can say which they time.
+
+    Examples
+    --------
+    >>> from fast import numba_tiles
+    >>> with numba_tiles.forced(False):
+    ...     numba_tiles._forced
+    False
+    >>> numba_tiles._forced is None
+    True
+    """
+    global _forced
+    before, _forced = _forced, bool(on)
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def tiles_apply(s, block, dtype):
+    """True if the real forward scan of :class:`~ssm_ref.scan_args.ScanArgs` ``s`` runs in tiles.
+
+    ``block`` is the longest row that the row-by-row forward kernel takes
+    (longer rows run in time blocks, which have no tile version) and
+    ``dtype`` the compute dtype.
+    """
+    if _forced is False or np.dtype(dtype) not in TILED_DTYPES:
+        return False
+    if s.is_complex or s.length > block:
+        return False
+    groups = []
+    for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
+        shape = form.view_shape(X.shape)  # (B|1, G', N, L|1); G' = D for the constant form
+        if shape[3] != s.length:  # constant in time: B per channel, nothing to share
+            return False
+        groups.append(shape[1])
+    return groups[0] == groups[1] and s.dim // groups[0] >= TILE
+
+
+def tile_count(s):
+    """Tiles of a scan that :func:`tiles_apply` accepts: batch x groups x tiles per group."""
+    groups = s.form_B.view_shape(s.B.shape)[1]
+    return s.batch * groups * -(-(s.dim // groups) // TILE)
+
+
+# ---------------------------------------------------------------------------
+# a 16 x 16 transpose in vector registers
+# ---------------------------------------------------------------------------
+
+def _address(context, builder, aryty, ary, row, col):
+    """``(address of ary[row, col], row stride in bytes)`` as LLVM integers."""
+    arr = context.make_array(aryty)(context, builder, ary)
+    i64 = ir.IntType(64)
+    item = ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(aryty.dtype)))
+    stride = builder.extract_value(arr.strides, 0)
+    base = builder.ptrtoint(arr.data, i64)
+    return builder.add(base, builder.add(builder.mul(row, stride), builder.mul(col, item))), stride
+
+
+@intrinsic
+def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
+    """``dst[q0 + i, k0 + j] = src[r0 + j, c0 + i]`` for i, j < 16: one 16 x 16 float32 block.
+
+    Both arrays are 2-D with contiguous rows (any row stride); nothing is
+    checked, the block must lie inside both.  The 16 rows are loaded as
+    vectors and the transpose is 4 rounds of 16 two-vector shuffles: round
+    k exchanges bit k of the row index with bit k of the column index (rows
+    a and a + 2^k, bit k of a clear, trade the entries whose column has bit
+    k set for the other's entries whose column has it clear), so after the
+    4 rounds entry (r, c) sits at (c, r).
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.ndim == dst.ndim == 2 and src.dtype == dst.dtype == types.float32):
+        return None
+    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+    w = TILE
+
+    def codegen(context, builder, signature, args):
+        s, r0, c0, d, q0, k0 = args
+        vty = ir.VectorType(context.get_value_type(types.float32), w)
+        i64 = ir.IntType(64)
+        s_at, s_stride = _address(context, builder, src, s, r0, c0)
+        d_at, d_stride = _address(context, builder, dst, d, q0, k0)
+
+        def row_pointer(at, stride, i):
+            return builder.inttoptr(builder.add(at, builder.mul(ir.Constant(i64, i), stride)),
+                                    vty.as_pointer())
+
+        rows = [builder.load(row_pointer(s_at, s_stride, j), align=4) for j in range(w)]
+        for k in range(4):
+            bit = 1 << k
+            # shuffle masks over the 32 entries of (row a, row b): b's entries count from 16
+            keep_low = [c if not c & bit else w + c - bit for c in range(w)]
+            keep_high = [c + bit if not c & bit else w + c for c in range(w)]
+            low = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_low)
+            high = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_high)
+            new = list(rows)
+            for a in range(w):
+                if not a & bit:
+                    new[a] = builder.shuffle_vector(rows[a], rows[a | bit], low)
+                    new[a | bit] = builder.shuffle_vector(rows[a], rows[a | bit], high)
+            rows = new
+        for i in range(w):
+            builder.store(rows[i], row_pointer(d_at, d_stride, i), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+# ---------------------------------------------------------------------------
+# the pieces of a tile
+# ---------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _tile_of(tile, ngroups, per_group, gsize):
+    """Tile number -> ``(b, d0, nv)``: batch element, first channel, channels in the tile."""
+    b = tile // (ngroups * per_group)
+    rest = tile - b * ngroups * per_group
+    g = rest // per_group
+    d0 = g * gsize + (rest - g * per_group) * TILE
+    return b, d0, min(TILE, (g + 1) * gsize - d0)
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per tile
+def _tile_normal(L, N, dt_r, a2, zero):
+    """True if every ``dt * a2[n, j]`` of the tile is >= -125 (``_all_normal``'s rule).
+
+    Counted over the steps by row (``dt_r``, one channel per row): a loop over
+    contiguous memory, vectorized.
+    """
+    lo = zero
+    for n in range(N):
+        for j in range(TILE):
+            lo = min(lo, a2[n, j])
+    below = 0
+    for j in range(TILE):
+        row = dt_r[j]
+        for t in range(L):
+            below += 1 if row[t] * lo < _NORMAL_LOW else 0
+    return below == 0
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, normal, terms):
+    """The recurrence of a tile: lane j of ``h[n]`` is state n of channel d0 + j.
+
+    ``dt``, ``bu`` and ``y`` are (L, 16): time steps by channels; ``y`` must
+    be zero on entry.  The loop over the 16 lanes is innermost with a
+    constant trip count (one vector); the loop over n inside the loop over
+    time keeps the step's ``y`` in a register.  Indices are unsigned (no
+    negative-index wraparound selects).
+    """
+    for t in range(L):
+        tt = np.uint64(t)
+        Bt = B_row[tt]  # (N,): one number per state, broadcast to the 16 channels
+        Ct = C_row[tt]
+        for j in range(TILE):
+            y[tt, np.uint64(j)] = zero
+        for n in range(N):
+            nn = np.uint64(n)
+            bn = Bt[nn]
+            cn = Ct[nn]
+            for j in range(TILE):
+                jj = np.uint64(j)
+                hv = _decay(dt[tt, jj] * a2[nn, jj], normal, terms) * h[nn, jj] + bu[tt, jj] * bn
+                h[nn, jj] = hv
+                y[tt, jj] += hv * cn
+
+
+# ---------------------------------------------------------------------------
+# the kernel
+# ---------------------------------------------------------------------------
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
+    """``fast.numba_cpu._fwd_real`` by tiles of 16 channels; A, h0 and the last state with N
+    states (not padded), Bx and Cx (B|1, G, L, N) with G groups of at least 16 channels."""
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    per_group = (gsize + TILE - 1) // TILE
+    ngroups = nd // gsize
+    ntiles = nb * ngroups * per_group
+    Lp = (L + TILE - 1) // TILE * TILE  # whole 16 x 16 blocks
+    # per-thread scratch: rows (channel, time) and their transposes (time, channel), each
+    # array of its own, so that LLVM knows that a store into one leaves the others alone
+    # (in one shared array it reloaded dt and bu and kept y in memory: 1.5x slower, measured)
+    dt_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)  # steps by channel; zeros beyond L
+    bu_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)
+    y_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)
+    dt_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)  # steps by time
+    bu_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    y_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    a2_s = np.empty((nchunks, N + 1, TILE), u.dtype)  # A log2(e)
+    h_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    sums_s = np.empty((nchunks, TILE + _GAP), u.dtype)
+    for c in prange(nchunks):  # one block of tiles per thread
+        dt_r, bu_r, y_r, dt, bu, y = dt_rs[c], bu_rs[c], y_rs[c], dt_s[c], bu_s[c], y_s[c]
+        a2, h, sums = a2_s[c], h_s[c], sums_s[c]
+        for tile in range(c * ntiles // nchunks, (c + 1) * ntiles // nchunks):
+            b, d0, nv = _tile_of(tile, ngroups, per_group, gsize)
+            for j in range(TILE):  # steps by row, as the row kernel; missing channels: zeros
+                if j < nv:
+                    d = d0 + j
+                    sums[j] = _row_steps(delta[b, d], u[b, d], bias[d] if has_bias else zero,
+                                         softplus, dt_r[j], bu_r[j], z[b, d] if has_z else u[b, d],
+                                         has_z)
+                    for n in range(N):
+                        a2[n, j] = A[d, n] * log2e  # exp(dt a) = 2^(dt a log2 e)
+                        h[n, j] = h0[b, d, n] if has_h0 else zero
+                else:
+                    for t in range(L):
+                        dt_r[j, t] = zero
+                        bu_r[j, t] = zero
+                    for n in range(N):
+                        a2[n, j] = zero
+                        h[n, j] = zero
+            for t0 in range(0, L, TILE):  # entries L .. Lp - 1 are zeros from the start
+                transpose_block(dt_r, 0, t0, dt, t0, 0)
+                transpose_block(bu_r, 0, t0, bu, t0, 0)
+            bb, bg, cb, cg = _bc_offsets(b, d0, b_sb, gsize, c_sb, c_gd)
+            B_row = Bx[bb, bg]  # (L, N)
+            C_row = Cx[cb, cg]
+            if _tile_normal(L, N, dt_r, a2, zero):  # two copies of the loop, each one exp
+                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, True, terms)
+            else:
+                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, False, terms)
+            for t0 in range(0, L, TILE):
+                transpose_block(y, t0, 0, y_r, 0, t0)
+            for j in range(nv):
+                d = d0 + j
+                s = sums[j] + _row_output(y_r[j], u[b, d], Dv[d] if has_D else zero, has_D,
+                                          z[b, d] if has_z else u[b, d], has_z, out[b, d])
+                for n in range(N):
+                    last[b, d, n] = h[n, j]
+                    s += h[n, j]
+                screen[b * nd + d] = s  # not finite: bad input, or float32 overflowed

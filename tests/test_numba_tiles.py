@@ -1,0 +1,191 @@
+"""Sixteen channels per vector (``fast.numba_tiles``) against the reference and the row kernels.
+
+Oracles: ``ssm_ref.selective_scan`` (``assert_close(kind="backend")``), the
+row kernels of ``fast.numba_cpu`` on the same input (``kind="exact"``: the
+same updates, the sum over N taken in another order), and ``np.transpose``
+for the 16 x 16 block transpose.  A spy on the tile kernel proves each case
+ran it; the decision :func:`fast.numba_tiles.tiles_apply` is checked case by
+case.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cases import scan_case
+from conftest import assert_close
+from numba import njit
+from numba.core.errors import TypingError
+
+import ssm_ref
+from fast import numba_cpu, numba_tiles
+from ssm_ref.scan_args import check_scan_structure
+
+TILE = numba_tiles.TILE
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the launches of the tile kernel: ``calls["fwd_tiles"]``."""
+    counts = {"fwd_tiles": 0}
+    kernel = numba_tiles.fwd_tiles
+
+    def spy(*args):
+        counts["fwd_tiles"] += 1
+        return kernel(*args)
+    monkeypatch.setattr(numba_tiles, "fwd_tiles", spy)
+    return counts
+
+
+def tiled_case(rng, dtype=np.float32, *, dim=40, groups=1, length=37, dstate=5, **kw):
+    """A Mamba-like scan whose channels share B and C: by default 40 channels in one group
+    (tiles of 16, 16 and 8 channels), 2 batch elements, L not a multiple of 16."""
+    form = "variable" if groups == 1 else "grouped"
+    return scan_case(rng, form, form, False, dtype, dim=dim, groups=groups, length=length,
+                     dstate=dstate, **kw)
+
+
+def structure(kw):
+    kw = dict(kw)
+    kw.setdefault("delta_softplus", False)
+    return check_scan_structure(**{k: kw.get(k) for k in (
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
+
+
+# ---------------------------------------------------------------------------
+# the block transpose
+# ---------------------------------------------------------------------------
+
+@njit
+def _transpose_at(src, r0, c0, dst, q0, k0):
+    numba_tiles.transpose_block(src, r0, c0, dst, q0, k0)
+
+
+def test_transpose_block_against_numpy(rng):
+    """One 16 x 16 block of a strided source into a strided destination; nothing else moves."""
+    src = rng.standard_normal((40, 50)).astype(np.float32)
+    dst = np.full((30, 45), np.float32(7.0))
+    _transpose_at(src, 3, 5, dst, 2, 20)
+    expected = np.full_like(dst, 7.0)
+    expected[2:2 + TILE, 20:20 + TILE] = src[3:3 + TILE, 5:5 + TILE].T
+    assert np.array_equal(dst, expected)
+    rows = src[::2]  # a row stride of two rows
+    out = np.zeros((TILE, TILE), np.float32)
+    _transpose_at(rows, 1, 0, out, 0, 0)
+    assert np.array_equal(out, rows[1:1 + TILE, :TILE].T)
+
+
+def test_transpose_block_is_float32_only():
+    with pytest.raises(TypingError):
+        _transpose_at(np.zeros((16, 16)), 0, 0, np.zeros((16, 16)), 0, 0)
+
+
+# ---------------------------------------------------------------------------
+# when the tile kernel runs
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, True),
+    ({"dim": 16}, True),
+    ({"dim": 15}, False),  # fewer channels than a tile
+    ({"dim": 64, "groups": 4}, True),  # 16 channels per group
+    ({"dim": 60, "groups": 4}, False),  # 15 channels per group
+    ({"groups": (1, 2), "dim": 64}, False),  # B and C grouped differently
+    ({"form": ("constant", "variable")}, False),  # B per channel
+    ({"dtype": np.float64}, False),  # 8 lanes per vector: not tiled
+], ids=["mamba", "D16", "D15", "G4", "G4-15", "G-differ", "B-constant", "float64"])
+def test_tiles_apply(rng, change, expected):
+    args = dict(dim=40, groups=1, dtype=np.float32)
+    args.update(change)
+    form_B, form_C = args.pop("form", ("variable" if args["groups"] == 1 else "grouped",) * 2)
+    dtype = args.pop("dtype")
+    kw = scan_case(rng, form_B, form_C, False, dtype, length=20, **args)
+    s = structure(kw)
+    assert numba_tiles.tiles_apply(s, 64, dtype) is expected
+    assert numba_tiles.tiles_apply(s, 19, dtype) is False  # rows longer than a block
+    with numba_tiles.forced(False):
+        assert numba_tiles.tiles_apply(s, 64, dtype) is False
+    with numba_tiles.forced(True):
+        assert numba_tiles.tiles_apply(s, 64, dtype) is expected
+
+
+def test_tile_count(rng):
+    s = structure(tiled_case(rng, dim=72, groups=2))  # 36 channels per group: 3 tiles each
+    assert numba_tiles.tile_count(s) == 2 * 2 * 3
+
+
+# ---------------------------------------------------------------------------
+# the tile kernel against the reference and the row kernels
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [
+    dict(),  # 40 channels: tiles of 16, 16, 8
+    dict(dim=16, length=1, dstate=1),
+    dict(dim=33, length=16, dstate=16),
+    dict(dim=48, groups=3, length=50, dstate=17),
+    dict(dim=34, groups=2, length=5, dstate=8),
+], ids=["D40-L37-N5", "D16-L1-N1", "D33-L16-N16", "G3-L50-N17", "G2-L5-N8"])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
+def test_forward_matches_reference_and_rows(rng, calls, shape, extras):
+    kw = tiled_case(rng, extras=extras, **shape)
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    assert calls["fwd_tiles"] == 1
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
+    assert y.shape == y_ref.shape and last.shape == last_ref.shape
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+    with numba_tiles.forced(False):
+        y_rows, last_rows = numba_cpu.selective_scan(**kw, return_last_state=True)
+    assert calls["fwd_tiles"] == 1
+    assert_close(y, y_rows, kind="exact", err_msg="y against the row kernel")
+    assert_close(last, last_rows, kind="exact", err_msg="last state against the row kernel")
+
+
+def test_channels_whose_decay_underflows(rng, calls):
+    """One channel with steps whose exp(dt A) is below 2^-125 (the clamped exponential for
+    its tile), the others moderate: all match the reference."""
+    kw = tiled_case(rng, extras=False, length=20)
+    kw["A"] = kw["A"].copy()
+    kw["A"][3] *= 400.0  # channel 3's dt A reaches far below -125 / log2(e)
+    y = numba_cpu.selective_scan(**kw)
+    assert calls["fwd_tiles"] == 1
+    assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
+
+
+def test_channels_last_views(rng, calls):
+    """u, delta and z as transposed views of (B, L, D) tokens, as the vision blocks pass them."""
+    kw = tiled_case(rng)
+    for key in ("u", "delta", "z"):
+        kw[key] = np.ascontiguousarray(kw[key].transpose(0, 2, 1)).transpose(0, 2, 1)
+    y = numba_cpu.selective_scan(**kw)
+    assert calls["fwd_tiles"] == 1
+    assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
+
+
+@pytest.mark.parametrize("where", [(0, 1, 4), (1, 39, 36)], ids=["first-tile", "last-channel"])
+def test_screen_sees_nan_in_any_channel(rng, calls, where):
+    """A NaN anywhere in a tile reaches the screen: the reference's error."""
+    kw = tiled_case(rng)
+    kw["u"] = kw["u"].copy()
+    kw["u"][where] = np.nan
+    with pytest.raises(ValueError, match="u"):
+        numba_cpu.selective_scan(**kw)
+    with pytest.raises(ValueError, match="u"):
+        ssm_ref.selective_scan(**kw)
+    assert calls["fwd_tiles"] == 1
+
+
+def test_float32_overflow_runs_again_in_float64(rng, calls):
+    """dt * u beyond float32 in one channel (the output fits: B is small): the screen sees it
+    and the call is computed again in float64 (by the row kernel), as the reference."""
+    kw = tiled_case(rng, extras=False)
+    kw["u"] = kw["u"].copy()
+    kw["u"][1, 20, 2] = 3e38
+    kw["delta"] = np.full_like(kw["delta"], 4.0)
+    kw["B"] = (kw["B"] * 1e-10).astype(np.float32)
+    y = numba_cpu.selective_scan(**kw)
+    assert calls["fwd_tiles"] == 1  # the float32 try; float64 is not tiled
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    kw64 = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    assert_close(y, ssm_ref.selective_scan(**kw64).astype(np.float32), kind="backend",
+                 dtype=np.float32, err_msg="y")
