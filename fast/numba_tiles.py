@@ -236,30 +236,41 @@ def _tile_normal(L, N, dt_r, a2, zero):
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, normal, terms):
+def _tile_step(dt, bu, a2, h, tt, nn, jj, bn, normal, terms):
+    """h[n] of lane j after step t: ``2^(dt a2[n]) h[n] + bu B_t[n]`` (written back, returned)."""
+    hv = _decay(dt[tt, jj] * a2[nn, jj], normal, terms) * h[nn, jj] + bu[tt, jj] * bn
+    h[nn, jj] = hv
+    return hv
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, normal, terms):
     """The recurrence of a tile: lane j of ``h[n]`` is state n of channel d0 + j.
 
-    ``dt``, ``bu`` and ``y`` are (L, 16): time steps by channels; ``y`` must
-    be zero on entry.  The loop over the 16 lanes is innermost with a
-    constant trip count (one vector); the loop over n inside the loop over
-    time keeps the step's ``y`` in a register.  Indices are unsigned (no
-    negative-index wraparound selects).
+    ``dt``, ``bu`` and ``y`` are (L, 16): time steps by channels.  The loop
+    over the 16 lanes is innermost with a constant trip count (one vector);
+    the loop over n inside the loop over time keeps the step's ``y`` in a
+    register.  State 0 writes ``y``, the others add to it (no zeroing pass,
+    no load of ``y`` at each step).  Indices are unsigned (no negative-index
+    wraparound selects).
     """
+    first = np.uint64(0)
     for t in range(L):
         tt = np.uint64(t)
         Bt = B_row[tt]  # (N,): one number per state, broadcast to the 16 channels
         Ct = C_row[tt]
+        b0 = Bt[first]
+        c0 = Ct[first]
         for j in range(TILE):
-            y[tt, np.uint64(j)] = zero
-        for n in range(N):
+            jj = np.uint64(j)
+            y[tt, jj] = _tile_step(dt, bu, a2, h, tt, first, jj, b0, normal, terms) * c0
+        for n in range(1, N):
             nn = np.uint64(n)
             bn = Bt[nn]
             cn = Ct[nn]
             for j in range(TILE):
                 jj = np.uint64(j)
-                hv = _decay(dt[tt, jj] * a2[nn, jj], normal, terms) * h[nn, jj] + bu[tt, jj] * bn
-                h[nn, jj] = hv
-                y[tt, jj] += hv * cn
+                y[tt, jj] += _tile_step(dt, bu, a2, h, tt, nn, jj, bn, normal, terms) * cn
 
 
 # ---------------------------------------------------------------------------
@@ -320,9 +331,9 @@ def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
             B_row = Bx[bb, bg]  # (L, N)
             C_row = Cx[cb, cg]
             if _tile_normal(L, N, dt_r, a2, zero):  # two copies of the loop, each one exp
-                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, True, terms)
+                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, True, terms)
             else:
-                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, zero, False, terms)
+                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, False, terms)
             for t0 in range(0, L, TILE):
                 transpose_block(y, t0, 0, y_r, 0, t0)
             for j in range(nv):
