@@ -56,6 +56,18 @@ def test_pairs_section_times_both_layouts(quick_result):
         assert row["pairs_by_default"] is (row["dtype"] == "float64" or row["pass"] == "backward")
 
 
+def test_tiles_section_times_both_layouts(quick_result):
+    """The headline and VMamba's size, each with channel tiles on and off."""
+    rows = quick_result["tiles"]
+    assert [r["case"] for r in rows] == ["headline", "VMamba 32x32"]
+    for row in rows:
+        assert row["dtype"] == "float32" and row["pass"] == "forward"
+        assert row["state_updates"] == row["batch"] * row["dim"] * row["length"] * row["dstate"]
+        assert 0 < row["tiles_s"] and 0 < row["rows_s"]
+        assert row["speedup"] == pytest.approx(row["rows_s"] / row["tiles_s"])
+        assert row["tiles_G_per_s"] == pytest.approx(row["state_updates"] / row["tiles_s"] / 1e9)
+
+
 def test_alternating_medians_calls_each_function_in_turn():
     order = []
     fns = [lambda: order.append("a"), lambda: order.append("b")]

@@ -27,6 +27,9 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
   :mod:`fast.numba_pairs` (two rows per 16-lane block) against the same call
   with them switched off (16 lanes per row, 8 of them padding), in turn, and
   which of the two the library runs by default (``PAIRED_DTYPES``);
+* channel tiles: the float32 forward at the headline size and at VMamba's
+  size with the kernel of :mod:`fast.numba_tiles` (16 channels per vector)
+  switched on and off (16 states per vector), in turn;
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
@@ -65,7 +68,7 @@ from numba import njit, prange
 
 import fast
 import ssm_ref
-from fast import numba_cpu, numba_pairs
+from fast import numba_cpu, numba_pairs, numba_tiles
 from fast._fastexp import exp2_terms, fast_exp2_scan
 from fast._launch import launch  # the one lock of parallel launches
 from fast.bench import peers as bench_peers
@@ -452,8 +455,8 @@ def run_pairs(repeats, quick):
         dout = rng.standard_normal(kw["u"].shape).astype(dtype)
 
         def with_pairs(fn, on):
-            def run():
-                with numba_pairs.forced(on):
+            def run():  # 16 lanes per row is the row kernel: channel tiles off
+                with numba_pairs.forced(on), numba_tiles.forced(on):
                     fn()
             return run
 
@@ -471,6 +474,42 @@ def run_pairs(repeats, quick):
                   f"({n_up / t_pairs / 1e9:.2f} G/s), 16 lanes per row {t_16 * 1e3:7.2f} ms: "
                   f"{t_16 / t_pairs:.2f}x ({'pairs' if default else '16 lanes'} by default)",
                   flush=True)
+    return rows
+
+
+def run_tiles(repeats, quick):
+    """float32 forward: 16 channels per vector (``fast.numba_tiles``) against 16 states per vector.
+
+    Two sizes: :data:`HEADLINE` (Mamba's scan: variable B and C, z) and :data:`PAIRS`
+    (VMamba's: grouped B and C, no z, N = 8; half the batch with ``quick``), the tile
+    kernel switched on and off (``numba_tiles.forced``), timed in turn.
+    """
+    rows = []
+    for name, s in (("headline", HEADLINE),
+                    ("VMamba 32x32", dict(PAIRS, batch=PAIRS["batch"] // 2 if quick
+                                          else PAIRS["batch"]))):
+        kw = make_inputs(s["batch"], s["dim"], s["length"], s["dstate"])
+        if "groups" in s:
+            del kw["z"]
+            kw["B"], kw["C"] = (np.random.default_rng(2 + i).standard_normal(
+                (s["batch"], s["groups"], s["dstate"], s["length"])).astype(np.float32)
+                for i in range(2))
+        n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+
+        def with_tiles(on):
+            def run():
+                with numba_tiles.forced(on):
+                    numba_cpu.selective_scan(**kw)
+            return run
+
+        t_tiles, t_rows = alternating_medians([with_tiles(True), with_tiles(False)], repeats)
+        rows.append({"case": name, **s, "dtype": "float32", "pass": "forward",
+                     "state_updates": n_up, "tiles_s": t_tiles, "rows_s": t_rows,
+                     "tiles_G_per_s": n_up / t_tiles / 1e9, "rows_G_per_s": n_up / t_rows / 1e9,
+                     "speedup": t_rows / t_tiles})
+        print(f"  {name:13s}: tiles {t_tiles * 1e3:7.2f} ms ({n_up / t_tiles / 1e9:.2f} G/s), "
+              f"16 states per vector {t_rows * 1e3:7.2f} ms ({n_up / t_rows / 1e9:.2f} G/s): "
+              f"{t_rows / t_tiles:.2f}x", flush=True)
     return rows
 
 
@@ -689,6 +728,8 @@ def main(argv=None, prog=None):
           f"B={p['batch'] // (2 if args.quick else 1)} D={p['dim']} in {p['groups']} groups "
           f"L={p['length']} (VMamba's scan in a 32x32 training step):")
     pair_rows = run_pairs(repeats, args.quick)
+    print("\nfloat32 forward, 16 channels per vector (fast.numba_tiles) vs 16 states per vector:")
+    tile_rows = run_tiles(repeats, args.quick)
     print("\nforward time, scan vs softmax attention (width 256, N=16):")
     att_lengths = [256, 512, 1024, 2048, 4096] + ([] if args.quick else [8192, 16384])
     attention_rows = run_attention(att_lengths, dim=256, dstate=16, repeats=repeats,
@@ -709,6 +750,7 @@ def main(argv=None, prog=None):
                                  f"{1024 if args.quick else 4096} only, and longer L reuse the "
                                  "rate of the longest measured L (its cost is linear in L)"),
               "headline": headline, "peers": peer_rows, "sweep": sweep, "pairs": pair_rows,
+              "tiles": tile_rows,
               "attention": attention_rows, "gpu": gpu}
     tag = ("cpu_quick" if args.quick else "cpu") + ("_default_malloc" if args.default_malloc else "")
     if not args.no_plot:
