@@ -65,10 +65,11 @@ How it is computed
 * N <= 8 (the tiny vision models): two rows that read the same B and C
   share one 16-lane block (:mod:`fast.numba_pairs`), instead of each
   padding its 8 states to 16 lanes.
-* The float32 forward of channels that share B and C (variable or grouped
-  form, at least 16 channels per group: Mamba's case) runs 16 channels per
-  vector instead of 16 states (:mod:`fast.numba_tiles`): no sum across the
-  lanes at each step.
+* float32 channels that share B and C (variable or grouped form, at least
+  16 channels per group: Mamba's case) run 16 channels per vector instead
+  of 16 states (:mod:`fast.numba_tiles`): no sum across the lanes at each
+  step.  The forward always; the backward while its records fit in about
+  a level-2 cache (L N <= 4096).
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
   thread), then the reverse scan of the reference.  Rows longer than T
@@ -1153,8 +1154,9 @@ def _paired(s, real, direction):
 
 
 def _tiled(s, real, direction):
-    """True if the ``direction`` of ``s`` runs the channel-tile kernel (forward only)."""
-    return direction == "forward" and _tiles.tiles_apply(s, _fwd_block(s.dstate, real), real)
+    """True if the ``direction`` of ``s`` runs the channel tiles of :mod:`fast.numba_tiles`."""
+    block = (_fwd_block if direction == "forward" else _bwd_block)(s.dstate, real)
+    return _tiles.tiles_apply(s, block, real, direction)
 
 
 def _kernel_args(s, real, direction):
@@ -1166,8 +1168,9 @@ def _kernel_args(s, real, direction):
     the channel-tile kernel (:func:`_tiled`): N not padded.
     """
     state_t = np.complex128 if s.is_complex else real
-    paired = _paired(s, real, direction)
-    tiled = not paired and _tiled(s, real, direction)
+    # tiles first (they also avoid the padding of N <= 8), unless pairs are forced on
+    tiled = not _pairs.forced_on() and _tiled(s, real, direction)
+    paired = not tiled and _paired(s, real, direction)
     npad = _pairs.HALF if paired else s.dstate if tiled else _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
@@ -1293,7 +1296,8 @@ def _backward(s, k, real, dout, dlast_state):
     """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype."""
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
-    nchunks = _threads(batch * dim)
+    tiled = k["tiled"]  # 16 channels per vector
+    nchunks = _threads(_tiles.tile_count(s) if tiled else batch * dim)
     paired = k["paired"]  # N <= 8: two rows per vector
     npad = k["A"].shape[1]  # 8 when paired
     block = _bwd_block(npad, state_t)  # the 16-lane kernels' (unused when paired)
@@ -1318,6 +1322,8 @@ def _backward(s, k, real, dout, dlast_state):
         _launch(_bwd_complex, *args, block)
     elif paired:
         _launch(_pairs.bwd_pairs, *args, exp2_terms(real))
+    elif tiled:
+        _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
     else:
         _launch(_bwd_real if length <= block else _bwd_real_long, *args, block,
                 exp2_terms(real))

@@ -67,8 +67,8 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _b
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
                         _row_output, _row_start, _row_steps)
 
-__all__ = ["pairs_apply", "forced", "PAIRED_DTYPES", "fold_halves", "fwd_pairs", "bwd_pairs",
-           "HALF"]
+__all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "fold_halves", "fwd_pairs",
+           "bwd_pairs", "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
@@ -108,6 +108,12 @@ def forced(on):
         yield
     finally:
         _forced = before
+
+
+def forced_on():
+    """True inside ``forced(True)``: the pairs then run even where channel tiles
+    (:mod:`fast.numba_tiles`) would."""
+    return _forced is True
 
 
 def pairs_apply(s, block, dtype, direction):

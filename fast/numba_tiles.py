@@ -1,4 +1,4 @@
-"""Sixteen channels per vector: the float32 forward scan of :mod:`fast.numba_cpu` by channel tiles.
+"""Sixteen channels per vector: the float32 scan kernels of :mod:`fast.numba_cpu` by channel tiles.
 
 Glossary
 --------
@@ -45,23 +45,37 @@ output passes (:func:`fast.numba_cpu._row_steps`,
 over n for ``y`` is taken in another order, so the results agree with the
 row kernels to rounding (``tests/test_numba_tiles.py``).
 
-When it runs
-------------
-:func:`fast.numba_cpu.selective_scan` uses :func:`fwd_tiles` when
-:func:`tiles_apply` says so: real A, a float32 computation, a row short
-enough for the row-by-row kernel (no time blocks), and B and C both given
-per batch element or per group (variable or grouped form) with the same
-groups of at least 16 channels, so that a tile's channels read one B and
-one C.  Otherwise the row kernels run (and the pair kernels of
-:mod:`fast.numba_pairs` where those apply).  The backward pass stays on the
-row kernels: a tile's records (Abar_t and Abar_t h_{t-1} for 16 channels)
-are 16 times a row's, and at the headline size they no longer fit in the
-level-2 cache (measured slower: chapter 11).  float64 would have 8 lanes
-per vector; it is not tiled (not measured).
+The backward pass
+-----------------
+:func:`bwd_tiles` is :func:`fast.numba_cpu._bwd_real` with the same change:
+the forward sweep again (keeping the records Abar_t and Abar_t h_{t-1}),
+then the reverse sweep, 16 channels per vector.  The per-step sums over the
+states (``y_t``, and the ``pA_t``, ``pB_t`` that become ``d delta`` and
+``du``) are again lane by lane, with no sum across lanes.  What is summed
+over channels now is dB_t and dC_t, shared by the tile's channels: each
+step adds its products into a per-thread (L, N, 16) array of lanes, and the
+16 lanes are summed once per batch element and group, not once per step.
+The price is memory: the records and the lanes are four (L, N, 16) arrays
+per thread, 16 times a row's records, so the tiles run only while these
+fit in about a core's level-2 cache (:data:`BWD_TILE_BYTES`, L N <= 4096 in
+float32, which covers VMamba's scan but not the headline size, where they
+measured as fast as the row kernels and no faster).
 
-Measured on the 2-core AMD EPYC of chapter 11, headline size (B = 1,
-D = 1536, L = 1024, N = 16, float32): see chapter 11, "Sixteen channels per
-vector".
+When they run
+-------------
+:func:`fast.numba_cpu.selective_scan` and
+:func:`~fast.numba_cpu.selective_scan_backward` use the tile kernels when
+:func:`tiles_apply` says so: real A, a float32 computation, a row short
+enough for the row-by-row kernels (no time blocks), B and C both given per
+batch element or per group (variable or grouped form) with the same groups
+of at least 16 channels, so that a tile's channels read one B and one C,
+and for the backward records within :data:`BWD_TILE_BYTES`.  They come
+before the pair kernels of :mod:`fast.numba_pairs` (which run where the
+tiles do not, unless ``numba_pairs.forced(True)``), then the row kernels.
+float64 would have 8 lanes per vector; it is not tiled (not measured).
+
+Measured on the 2-core AMD EPYC of chapter 11: see chapter 11, "Sixteen
+channels per vector", and the ``tiles`` rows of the scan benchmark.
 """
 from __future__ import annotations
 
@@ -73,16 +87,25 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
-                        _njit_noalias, _row_output, _row_steps)
+                        _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
+                        _row_steps)
 
 __all__ = ["tiles_apply", "tile_count", "forced", "TILED_DTYPES", "TILE", "fwd_tiles",
-           "transpose_block"]
+           "bwd_tiles", "transpose_block"]
 
 #: channels per tile: one float32 AVX-512 vector
 TILE = 16
 
 #: the compute dtypes whose forward runs in tiles (16 float32 lanes per vector)
 TILED_DTYPES = (np.dtype(np.float32),)
+
+#: the backward runs in tiles while its per-thread records (Abar_t, Abar_t h_{t-1}) and lanes
+#: of dB and dC, four (L, N, 16) arrays, take at most this many bytes (L N <= 4096 in
+#: float32), about the level-2 cache of a core.  Measured (chapter 11), tiles against the
+#: row kernels: 1.3-1.45x at 0.5 MB (VMamba's scan), 1.1-1.4x at 1 MB, 0.95-1.07x at 2 MB,
+#: 0.98-0.99x at 4 MB (the headline size): beyond the cache the records and lanes are read
+#: back from level 3 at every step.
+BWD_TILE_BYTES = 1024 * 1024
 
 #: None: the rules of :func:`tiles_apply`; False inside ``forced(False)``
 _forced = None
@@ -113,16 +136,21 @@ def forced(on):
         _forced = before
 
 
-def tiles_apply(s, block, dtype):
-    """True if the real forward scan of :class:`~ssm_ref.scan_args.ScanArgs` ``s`` runs in tiles.
+def tiles_apply(s, block, dtype, direction="forward"):
+    """True if the real scan of :class:`~ssm_ref.scan_args.ScanArgs` ``s`` runs in tiles.
 
-    ``block`` is the longest row that the row-by-row forward kernel takes
-    (longer rows run in time blocks, which have no tile version) and
-    ``dtype`` the compute dtype.
+    ``block`` is the longest row that the row-by-row kernel of ``direction``
+    (``"forward"`` or ``"backward"``) takes (longer rows run in time blocks,
+    which have no tile version) and ``dtype`` the compute dtype.  The
+    backward also needs its per-thread records and lanes of dB and dC, four
+    (L, N, 16) arrays, within :data:`BWD_TILE_BYTES`.
     """
     if _forced is False or np.dtype(dtype) not in TILED_DTYPES:
         return False
     if s.is_complex or s.length > block:
+        return False
+    if direction == "backward" and (
+            4 * s.length * s.dstate * TILE * np.dtype(dtype).itemsize > BWD_TILE_BYTES):
         return False
     groups = []
     for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
@@ -344,3 +372,233 @@ def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                     last[b, d, n] = h[n, j]
                     s += h[n, j]
                 screen[b * nd + d] = s  # not finite: bad input, or float32 overflowed
+
+
+# ---------------------------------------------------------------------------
+# the backward pass
+# ---------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _tile_record(dt, bu, dy, a2, h, abar, ah, dCl, tt, nn, jj, bn, normal, terms):
+    """Step t of state n, lane j, in the backward's forward sweep: records Abar_t and
+    Abar_t h_{t-1}, adds dy_t h_t to the lanes of dC; returns h_t (also written back)."""
+    e = _decay(dt[tt, jj] * a2[nn, jj], normal, terms)
+    ahv = e * h[nn, jj]
+    hv = ahv + bu[tt, jj] * bn
+    abar[tt, nn, jj] = e
+    ah[tt, nn, jj] = ahv
+    h[nn, jj] = hv
+    dCl[tt, nn, jj] += dy[tt, jj] * hv
+    return hv
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row, normal, terms):
+    """The backward's forward sweep of a tile: y_t, the records and the lanes of dC.
+
+    State 0 writes ``y``, the others add (as :func:`_tile_scan`).
+    """
+    first = np.uint64(0)
+    for t in range(L):
+        tt = np.uint64(t)
+        Bt = B_row[tt]
+        Ct = C_row[tt]
+        b0 = Bt[first]
+        c0 = Ct[first]
+        for j in range(TILE):
+            jj = np.uint64(j)
+            y[tt, jj] = _tile_record(dt, bu, dy, a2, h, abar, ah, dCl, tt, first, jj, b0, normal,
+                                     terms) * c0
+        for n in range(1, N):
+            nn = np.uint64(n)
+            bn = Bt[nn]
+            cn = Ct[nn]
+            for j in range(TILE):
+                jj = np.uint64(j)
+                y[tt, jj] += _tile_record(dt, bu, dy, a2, h, abar, ah, dCl, tt, nn, jj, bn,
+                                          normal, terms) * cn
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _tile_grad(dt, bu, dy, a, g, sdA, abar, ah, dBl, tt, nn, jj, bn, cn):
+    """Step t of state n, lane j, in the reverse sweep (eq-selective-backward): updates
+    g = dLoss/dh, the dA sum and the lanes of dB; returns the step's terms of
+    ``pA`` (sum_n g_n Abar h_{t-1} A_n) and ``pB`` (sum_n g_n B_n)."""
+    gn = g[nn, jj] + dy[tt, jj] * cn
+    ga = gn * ah[tt, nn, jj]  # gradient w.r.t. dt_t * A_n
+    sdA[nn, jj] += ga * dt[tt, jj]
+    dBl[tt, nn, jj] += gn * bu[tt, jj]
+    g[nn, jj] = gn * abar[tt, nn, jj]
+    return ga * a[nn, jj], gn * bn
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row, C_row):
+    """The reverse sweep of a tile over steps L - 1 ... 0: ``pA``, ``pB`` (written by state 0,
+    added by the others), g, the dA sums and the lanes of dB."""
+    first = np.uint64(0)
+    for i in range(L):
+        tt = np.uint64(L - 1 - i)
+        Bt = B_row[tt]
+        Ct = C_row[tt]
+        b0 = Bt[first]
+        c0 = Ct[first]
+        for j in range(TILE):
+            jj = np.uint64(j)
+            vA, vB = _tile_grad(dt, bu, dy, a, g, sdA, abar, ah, dBl, tt, first, jj, b0, c0)
+            pA[tt, jj] = vA
+            pB[tt, jj] = vB
+        for n in range(1, N):
+            nn = np.uint64(n)
+            bn = Bt[nn]
+            cn = Ct[nn]
+            for j in range(TILE):
+                jj = np.uint64(j)
+                vA, vB = _tile_grad(dt, bu, dy, a, g, sdA, abar, ah, dBl, tt, nn, jj, bn, cn)
+                pA[tt, jj] += vA
+                pB[tt, jj] += vB
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per tile
+def _flush_lanes(L, N, lanes, X_row, zero):
+    """``X_row[t, n] += sum_j lanes[t, n, j]`` (dB or dC of one batch element and group), and
+    the lanes zeroed for the next group."""
+    for t in range(L):
+        for n in range(N):
+            s = zero
+            for j in range(TILE):
+                s += lanes[t, n, j]
+                lanes[t, n, j] = zero
+            X_row[t, n] += s
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def bwd_tiles(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+              has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
+    """``fast.numba_cpu._bwd_real`` by tiles of 16 channels; A, h0, dlast, dh0, dA_c with N
+    states (not padded), Bx, Cx, dB_c, dC_c (.., B|1, G, L, N) with groups of at least 16
+    channels.
+
+    dB_t and dC_t are sums over the channels that share them.  Within a tile
+    the 16 channels are the lanes, so each step adds its products into a
+    per-thread (L, N, 16) array of lanes without summing across them; the
+    lanes are summed (and zeroed) once, when the thread moves on to another
+    batch element or group and at its end.
+    """
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    per_group = (gsize + TILE - 1) // TILE
+    ngroups = nd // gsize
+    ntiles = nb * ngroups * per_group
+    nchunks = dA_c.shape[0]
+    Lp = (L + TILE - 1) // TILE * TILE
+    # per-thread scratch, each array of its own (see fwd_tiles)
+    dt_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)  # by channel; zeros beyond L
+    bu_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)
+    dy_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)
+    sz_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)  # sigmoid(z)
+    y_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)
+    pA_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)
+    pB_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)
+    dt_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)  # by time step
+    bu_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    dy_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    y_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    pA_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    pB_s = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    abar_s = np.empty((nchunks, L + 1, N, TILE), u.dtype)  # records; +1: a gap
+    ah_s = np.empty((nchunks, L + 1, N, TILE), u.dtype)
+    dBl_s = np.zeros((nchunks, L + 1, N, TILE), u.dtype)  # lanes of dB, dC
+    dCl_s = np.zeros((nchunks, L + 1, N, TILE), u.dtype)
+    a_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    a2_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    h_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    g_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    sdA_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    sums_s = np.empty((nchunks, TILE + _GAP), u.dtype)
+    sD_s = np.empty((nchunks, TILE + _GAP), u.dtype)
+    for c in prange(nchunks):  # one block of tiles per thread, its own dA/dB/dC copies
+        dt_r, bu_r, dy_r, sz_r = dt_rs[c], bu_rs[c], dy_rs[c], sz_rs[c]
+        y_r, pA_r, pB_r = y_rs[c], pA_rs[c], pB_rs[c]
+        dt, bu, dy, y, pA, pB = dt_s[c], bu_s[c], dy_s[c], y_s[c], pA_s[c], pB_s[c]
+        abar, ah, dBl, dCl = abar_s[c], ah_s[c], dBl_s[c], dCl_s[c]
+        a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
+        sums, sDs = sums_s[c], sD_s[c]
+        t_hi = (c + 1) * ntiles // nchunks
+        for tile in range(c * ntiles // nchunks, t_hi):
+            b, d0, nv = _tile_of(tile, ngroups, per_group, gsize)
+            for j in range(TILE):  # per row, as the row kernel; missing channels: zeros
+                if j < nv:
+                    d = d0 + j
+                    u_row = u[b, d]
+                    z_row = z[b, d] if has_z else u_row
+                    s = _row_steps(delta[b, d], u_row, bias[d] if has_bias else zero, softplus,
+                                   dt_r[j], bu_r[j], z_row, has_z)
+                    s_dy, sD = _row_dy(dout[b, d], z_row, u_row, has_z, sz_r[j], dy_r[j], zero)
+                    sums[j] = s + s_dy
+                    sDs[j] = sD
+                    for n in range(N):
+                        a[n, j] = A[d, n]
+                        a2[n, j] = A[d, n] * log2e  # exp(dt a) = 2^(dt a log2 e)
+                        h[n, j] = h0[b, d, n] if has_h0 else zero
+                        g[n, j] = dlast[b, d, n] if has_dlast else zero
+                        sdA[n, j] = zero
+                else:
+                    for t in range(L):
+                        dt_r[j, t] = zero
+                        bu_r[j, t] = zero
+                        dy_r[j, t] = zero
+                    for n in range(N):
+                        a[n, j] = zero
+                        a2[n, j] = zero
+                        h[n, j] = zero
+                        g[n, j] = zero
+                        sdA[n, j] = zero
+            for t0 in range(0, L, TILE):
+                transpose_block(dt_r, 0, t0, dt, t0, 0)
+                transpose_block(bu_r, 0, t0, bu, t0, 0)
+                transpose_block(dy_r, 0, t0, dy, t0, 0)
+            bb, bg, cb, cg = _bc_offsets(b, d0, b_sb, gsize, c_sb, c_gd)
+            B_row = Bx[bb, bg]  # (L, N)
+            C_row = Cx[cb, cg]
+            # 1. forward again: y, the records and the lanes of dC
+            if _tile_normal(L, N, dt_r, a2, zero):  # two copies of the loop, each one exp
+                _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row, True,
+                                  terms)
+            else:
+                _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row, False,
+                                  terms)
+            # 2. the reverse sweep over the records
+            _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row, C_row)
+            for t0 in range(0, L, TILE):
+                transpose_block(y, t0, 0, y_r, 0, t0)
+                transpose_block(pA, t0, 0, pA_r, 0, t0)
+                transpose_block(pB, t0, 0, pB_r, 0, t0)
+            for j in range(nv):
+                d = d0 + j
+                u_row = u[b, d]
+                Dd = Dv[d] if has_D else zero
+                s = sums[j]
+                if has_z:
+                    s += _row_dz(dout[b, d], z[b, d], sz_r[j], y_r[j], u_row, Dd, dz[b, d], one)
+                s_g, sb = _row_input_grads(dt_r[j], pA_r[j], pB_r[j], dy_r[j], u_row, Dd,
+                                           delta[b, d], bias[d] if has_bias else zero, softplus,
+                                           du[b, d], ddelta[b, d])
+                s += s_g
+                dbias_c[c, d] += sb
+                dD_c[c, d] += sDs[j]
+                for n in range(N):
+                    dA_c[c, d, n] += sdA[n, j]
+                    dh0[b, d, n] = g[n, j]
+                    s += g[n, j]
+                screen[b * nd + d] = s  # not finite: bad input, or float32 overflowed
+            # the lanes hold this batch element's and group's dB, dC: summed when the next
+            # tile of the thread (if any) belongs to another (tile // per_group: b and group)
+            if tile == t_hi - 1 or (tile + 1) // per_group != tile // per_group:
+                _flush_lanes(L, N, dBl, dB_c[c, bb, bg], zero)
+                _flush_lanes(L, N, dCl, dC_c[c, cb, cg], zero)

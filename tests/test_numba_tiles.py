@@ -1,5 +1,7 @@
 """Sixteen channels per vector (``fast.numba_tiles``) against the reference and the row kernels.
 
+Forward and backward.
+
 Oracles: ``ssm_ref.selective_scan`` (``assert_close(kind="backend")``), the
 row kernels of ``fast.numba_cpu`` on the same input (``kind="exact"``: the
 same updates, the sum over N taken in another order), and ``np.transpose``
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import scan_case
+from cases import GRAD_NAMES, scan_case
 from conftest import assert_close
 from numba import njit
 from numba.core.errors import TypingError
@@ -25,14 +27,15 @@ TILE = numba_tiles.TILE
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the launches of the tile kernel: ``calls["fwd_tiles"]``."""
-    counts = {"fwd_tiles": 0}
-    kernel = numba_tiles.fwd_tiles
+    """Count the launches of the tile kernels: ``calls["fwd_tiles"]``, ``calls["bwd_tiles"]``."""
+    counts = {"fwd_tiles": 0, "bwd_tiles": 0}
+    for name in counts:
+        kernel = getattr(numba_tiles, name)
 
-    def spy(*args):
-        counts["fwd_tiles"] += 1
-        return kernel(*args)
-    monkeypatch.setattr(numba_tiles, "fwd_tiles", spy)
+        def spy(*args, _kernel=kernel, _name=name):
+            counts[_name] += 1
+            return _kernel(*args)
+        monkeypatch.setattr(numba_tiles, name, spy)
     return counts
 
 
@@ -101,11 +104,38 @@ def test_tiles_apply(rng, change, expected):
     kw = scan_case(rng, form_B, form_C, False, dtype, length=20, **args)
     s = structure(kw)
     assert numba_tiles.tiles_apply(s, 64, dtype) is expected
+    assert numba_tiles.tiles_apply(s, 64, dtype, "backward") is expected
     assert numba_tiles.tiles_apply(s, 19, dtype) is False  # rows longer than a block
     with numba_tiles.forced(False):
         assert numba_tiles.tiles_apply(s, 64, dtype) is False
     with numba_tiles.forced(True):
         assert numba_tiles.tiles_apply(s, 64, dtype) is expected
+
+
+def test_backward_tiles_need_records_within_the_budget(rng):
+    """The backward runs in tiles while 4 (L, N, 16) float32 arrays fit BWD_TILE_BYTES."""
+    budget = numba_tiles.BWD_TILE_BYTES
+    fits = budget // (4 * TILE * 4)  # L * N
+    for length, dstate, expected in ((fits // 8, 8, True), (fits // 8 + 1, 8, False)):
+        s = structure(tiled_case(rng, length=length, dstate=dstate))
+        assert numba_tiles.tiles_apply(s, 10 ** 6, np.float32, "backward") is expected
+        assert numba_tiles.tiles_apply(s, 10 ** 6, np.float32, "forward") is True
+
+
+def test_tiles_come_before_pairs_unless_pairs_are_forced(rng, calls, monkeypatch):
+    """N <= 8 with 16 channels per group: both layouts fit; tiles run, pairs only when forced."""
+    from fast import numba_pairs
+    kw = tiled_case(rng, dim=32, groups=2, dstate=8)
+    dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
+    numba_cpu.selective_scan_backward(dout, **kw)  # the float32 backward has pairs by default
+    assert calls["bwd_tiles"] == 1
+    pair_calls = []
+    kernel = numba_pairs.bwd_pairs
+    monkeypatch.setattr(numba_pairs, "bwd_pairs", lambda *a: pair_calls.append(1) or kernel(*a))
+    with numba_pairs.forced(True):
+        g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls["bwd_tiles"] == 1 and pair_calls == [1]
+    assert_close(g["B"], ssm_ref.selective_scan_backward(dout, **kw)["B"], kind="backend")
 
 
 def test_tile_count(rng):
@@ -141,6 +171,55 @@ def test_forward_matches_reference_and_rows(rng, calls, shape, extras):
     assert_close(last, last_rows, kind="exact", err_msg="last state against the row kernel")
 
 
+@pytest.mark.parametrize("shape", [
+    dict(),
+    dict(dim=16, length=1, dstate=1),
+    dict(dim=33, length=16, dstate=16),
+    dict(dim=48, groups=3, length=50, dstate=17),
+    dict(dim=34, groups=2, length=5, dstate=8),
+    dict(dim=96, groups=2, length=9, dstate=3, batch=3),  # several tiles per group and thread
+], ids=["D40-L37-N5", "D16-L1-N1", "D33-L16-N16", "G3-L50-N17", "G2-L5-N8", "B3-G2-D96"])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
+def test_backward_matches_reference_and_rows(rng, calls, shape, extras):
+    """Every gradient, with and without dlast_state; dB and dC summed over the lanes of each
+    batch element and group (a thread's tiles cross groups and batch elements)."""
+    kw = tiled_case(rng, extras=extras, **shape)
+    dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
+    dlast = (rng.standard_normal(kw["u"].shape[:2] + (kw["A"].shape[1],)).astype(np.float32)
+             if extras else None)
+    g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert calls["bwd_tiles"] == 1
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    with numba_tiles.forced(False):
+        g_rows = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert calls["bwd_tiles"] == 1
+    for key in GRAD_NAMES:
+        if g_ref[key] is None:
+            assert g[key] is None, key
+            continue
+        assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+        assert_close(g[key], g_rows[key], kind="exact", err_msg=f"d{key} against the rows")
+
+
+def test_backward_on_one_thread_and_many(rng, calls):
+    """The lanes of dB and dC are flushed per thread: one thread (all tiles in turn) and as
+    many threads as tiles give the same gradients."""
+    import numba
+    kw = tiled_case(rng, dim=64, groups=2, batch=2)  # 2 x 2 x 2 tiles
+    dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        g1 = numba_cpu.selective_scan_backward(dout, **kw)
+    finally:
+        numba.set_num_threads(threads)
+    g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls["bwd_tiles"] == 2
+    for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
+        assert_close(g1[key], g[key], kind="exact", err_msg=f"d{key}")
+
+
 def test_channels_whose_decay_underflows(rng, calls):
     """One channel with steps whose exp(dt A) is below 2^-125 (the clamped exponential for
     its tile), the others moderate: all match the reference."""
@@ -148,8 +227,13 @@ def test_channels_whose_decay_underflows(rng, calls):
     kw["A"] = kw["A"].copy()
     kw["A"][3] *= 400.0  # channel 3's dt A reaches far below -125 / log2(e)
     y = numba_cpu.selective_scan(**kw)
-    assert calls["fwd_tiles"] == 1
+    dout = rng.standard_normal(y.shape).astype(np.float32)
+    g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls == {"fwd_tiles": 1, "bwd_tiles": 1}
     assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    for key in ("u", "delta", "A", "B", "C"):
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
 
 
 def test_channels_last_views(rng, calls):
@@ -172,7 +256,9 @@ def test_screen_sees_nan_in_any_channel(rng, calls, where):
         numba_cpu.selective_scan(**kw)
     with pytest.raises(ValueError, match="u"):
         ssm_ref.selective_scan(**kw)
-    assert calls["fwd_tiles"] == 1
+    with pytest.raises(ValueError, match="u"):
+        numba_cpu.selective_scan_backward(np.ones_like(kw["u"]), **kw)
+    assert calls == {"fwd_tiles": 1, "bwd_tiles": 1}
 
 
 def test_float32_overflow_runs_again_in_float64(rng, calls):
