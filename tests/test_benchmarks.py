@@ -54,14 +54,17 @@ def test_pairs_section_times_both_layouts(quick_result):
         assert 0 < row["pairs_s"] and 0 < row["sixteen_lanes_s"]
         assert row["speedup"] == pytest.approx(row["sixteen_lanes_s"] / row["pairs_s"])
         assert row["pairs_by_default"] is (row["dtype"] == "float64" or row["pass"] == "backward")
+        assert row["library_runs"] == ("pairs" if row["dtype"] == "float64" else "channel tiles")
 
 
 def test_tiles_section_times_both_layouts(quick_result):
-    """The headline and VMamba's size, each with channel tiles on and off."""
+    """The headline's forward and VMamba's forward and backward, with channel tiles on and off
+    (the headline's backward records exceed the tiles' budget: not timed)."""
     rows = quick_result["tiles"]
-    assert [r["case"] for r in rows] == ["headline", "VMamba 32x32"]
+    assert [(r["case"], r["pass"]) for r in rows] == [
+        ("headline", "forward"), ("VMamba 32x32", "forward"), ("VMamba 32x32", "backward")]
     for row in rows:
-        assert row["dtype"] == "float32" and row["pass"] == "forward"
+        assert row["dtype"] == "float32"
         assert row["state_updates"] == row["batch"] * row["dim"] * row["length"] * row["dstate"]
         assert 0 < row["tiles_s"] and 0 < row["rows_s"]
         assert row["speedup"] == pytest.approx(row["rows_s"] / row["tiles_s"])

@@ -28,8 +28,9 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
   with them switched off (16 lanes per row, 8 of them padding), in turn, and
   which of the two the library runs by default (``PAIRED_DTYPES``);
 * channel tiles: the float32 forward at the headline size and at VMamba's
-  size with the kernel of :mod:`fast.numba_tiles` (16 channels per vector)
-  switched on and off (16 states per vector), in turn;
+  size, and the backward at VMamba's, with the kernels of
+  :mod:`fast.numba_tiles` (16 channels per vector) switched on and off (16
+  states per vector, or the pairs of N = 8 where those apply), in turn;
 * the reference (NumPy, float64 inside) is slow: it is timed at the sizes
   stated in the output (fewer channels, shorter L) and compared per state
   update, which is fair because its cost is linear in B·D·L·N;
@@ -440,10 +441,13 @@ def run_pairs(repeats, quick):
     """N = 8: two rows per 16-lane block (``fast.numba_pairs``) against 16 lanes per row.
 
     :data:`PAIRS` (half the batch with ``quick``), float64 and float32, grouped B and C,
-    D, delta_bias and softplus (VMamba's scan has no z); forward and backward in turn.
+    D, delta_bias and softplus (VMamba's scan has no z); forward and backward in turn,
+    the channel tiles off in both (``library_runs`` says what runs by default: in float32
+    the tiles of ``run_tiles``).
     """
     s = dict(PAIRS, batch=PAIRS["batch"] // 2 if quick else PAIRS["batch"])
     n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+    tile_fits = numba_tiles.BWD_TILE_BYTES // (4 * numba_tiles.TILE * 4)  # see run_tiles
     rows = []
     for dtype in (np.float64, np.float32):
         kw = make_inputs(s["batch"], s["dim"], s["length"], s["dstate"], dtype)
@@ -466,25 +470,31 @@ def run_pairs(repeats, quick):
             t_pairs, t_16 = alternating_medians([with_pairs(fn, True), with_pairs(fn, False)],
                                                 repeats)
             default = np.dtype(dtype) in numba_pairs.PAIRED_DTYPES[name]
+            runs = ("channel tiles" if np.dtype(dtype) in numba_tiles.TILED_DTYPES and (
+                name == "forward" or s["length"] * s["dstate"] <= tile_fits)
+                else "pairs" if default else "16 lanes")
             rows.append({"dtype": np.dtype(dtype).name, "pass": name, **s,
                          "state_updates": n_up, "pairs_s": t_pairs, "sixteen_lanes_s": t_16,
                          "pairs_G_per_s": n_up / t_pairs / 1e9,
-                         "speedup": t_16 / t_pairs, "pairs_by_default": default})
+                         "speedup": t_16 / t_pairs, "pairs_by_default": default,
+                         "library_runs": runs})
             print(f"  {np.dtype(dtype).name} {name:8s}: pairs {t_pairs * 1e3:7.2f} ms "
                   f"({n_up / t_pairs / 1e9:.2f} G/s), 16 lanes per row {t_16 * 1e3:7.2f} ms: "
-                  f"{t_16 / t_pairs:.2f}x ({'pairs' if default else '16 lanes'} by default)",
-                  flush=True)
+                  f"{t_16 / t_pairs:.2f}x (the library runs {runs})", flush=True)
     return rows
 
 
 def run_tiles(repeats, quick):
-    """float32 forward: 16 channels per vector (``fast.numba_tiles``) against 16 states per vector.
+    """float32: 16 channels per vector (``fast.numba_tiles``) against 16 states per vector.
 
     Two sizes: :data:`HEADLINE` (Mamba's scan: variable B and C, z) and :data:`PAIRS`
     (VMamba's: grouped B and C, no z, N = 8; half the batch with ``quick``), the tile
-    kernel switched on and off (``numba_tiles.forced``), timed in turn.
+    kernels switched on and off (``numba_tiles.forced``), timed in turn: the forward, and
+    the backward where its records fit the tiles' budget (``BWD_TILE_BYTES``; VMamba's
+    size, not the headline's).
     """
     rows = []
+    fits = numba_tiles.BWD_TILE_BYTES // (4 * numba_tiles.TILE * 4)  # L N of the backward
     for name, s in (("headline", HEADLINE),
                     ("VMamba 32x32", dict(PAIRS, batch=PAIRS["batch"] // 2 if quick
                                           else PAIRS["batch"]))):
@@ -494,22 +504,27 @@ def run_tiles(repeats, quick):
             kw["B"], kw["C"] = (np.random.default_rng(2 + i).standard_normal(
                 (s["batch"], s["groups"], s["dstate"], s["length"])).astype(np.float32)
                 for i in range(2))
+        dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
         n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
+        passes = {"forward": lambda: numba_cpu.selective_scan(**kw)}
+        if s["length"] * s["dstate"] <= fits:
+            passes["backward"] = lambda: numba_cpu.selective_scan_backward(dout, **kw)
+        for pass_name, fn in passes.items():
+            def with_tiles(on, fn=fn):
+                def run():
+                    with numba_tiles.forced(on):
+                        fn()
+                return run
 
-        def with_tiles(on):
-            def run():
-                with numba_tiles.forced(on):
-                    numba_cpu.selective_scan(**kw)
-            return run
-
-        t_tiles, t_rows = alternating_medians([with_tiles(True), with_tiles(False)], repeats)
-        rows.append({"case": name, **s, "dtype": "float32", "pass": "forward",
-                     "state_updates": n_up, "tiles_s": t_tiles, "rows_s": t_rows,
-                     "tiles_G_per_s": n_up / t_tiles / 1e9, "rows_G_per_s": n_up / t_rows / 1e9,
-                     "speedup": t_rows / t_tiles})
-        print(f"  {name:13s}: tiles {t_tiles * 1e3:7.2f} ms ({n_up / t_tiles / 1e9:.2f} G/s), "
-              f"16 states per vector {t_rows * 1e3:7.2f} ms ({n_up / t_rows / 1e9:.2f} G/s): "
-              f"{t_rows / t_tiles:.2f}x", flush=True)
+            t_tiles, t_rows = alternating_medians([with_tiles(True), with_tiles(False)],
+                                                  repeats)
+            rows.append({"case": name, **s, "dtype": "float32", "pass": pass_name,
+                         "state_updates": n_up, "tiles_s": t_tiles, "rows_s": t_rows,
+                         "tiles_G_per_s": n_up / t_tiles / 1e9,
+                         "rows_G_per_s": n_up / t_rows / 1e9, "speedup": t_rows / t_tiles})
+            print(f"  {name:13s} {pass_name:8s}: tiles {t_tiles * 1e3:7.2f} ms "
+                  f"({n_up / t_tiles / 1e9:.2f} G/s), without {t_rows * 1e3:7.2f} ms "
+                  f"({n_up / t_rows / 1e9:.2f} G/s): {t_rows / t_tiles:.2f}x", flush=True)
     return rows
 
 
@@ -728,7 +743,7 @@ def main(argv=None, prog=None):
           f"B={p['batch'] // (2 if args.quick else 1)} D={p['dim']} in {p['groups']} groups "
           f"L={p['length']} (VMamba's scan in a 32x32 training step):")
     pair_rows = run_pairs(repeats, args.quick)
-    print("\nfloat32 forward, 16 channels per vector (fast.numba_tiles) vs 16 states per vector:")
+    print("\nfloat32, 16 channels per vector (fast.numba_tiles) vs without:")
     tile_rows = run_tiles(repeats, args.quick)
     print("\nforward time, scan vs softmax attention (width 256, N=16):")
     att_lengths = [256, 512, 1024, 2048, 4096] + ([] if args.quick else [8192, 16384])
