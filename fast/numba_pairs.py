@@ -58,11 +58,10 @@ their halves are summed with the copies (:func:`fold_halves`).
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from numba import njit, prange
 
+from ._override import Override
 from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _bc_strides,
                         _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
                         _row_output, _row_start, _row_steps)
@@ -83,10 +82,9 @@ PAIRED_DTYPES = {"forward": (np.dtype(np.float64),),
                  "backward": (np.dtype(np.float32), np.dtype(np.float64))}
 
 #: None: :data:`PAIRED_DTYPES` decides; True or False inside :func:`forced`
-_forced = None
+_override = Override()
 
 
-@contextlib.contextmanager
 def forced(on):
     """Inside the ``with`` block, pairs run wherever the layout allows (``on=True``, whatever
     :data:`PAIRED_DTYPES` says) or nowhere (``on=False``): for comparisons (not thread-safe).
@@ -97,23 +95,18 @@ def forced(on):
     --------
     >>> from fast import numba_pairs
     >>> with numba_pairs.forced(False):
-    ...     numba_pairs._forced
+    ...     numba_pairs._override.value
     False
-    >>> numba_pairs._forced is None
+    >>> numba_pairs._override.value is None
     True
     """
-    global _forced
-    before, _forced = _forced, bool(on)
-    try:
-        yield
-    finally:
-        _forced = before
+    return _override.forced(on)
 
 
 def forced_on():
     """True inside ``forced(True)``: the pairs then run even where channel tiles
     (:mod:`fast.numba_tiles`) would."""
-    return _forced is True
+    return _override.value is True
 
 
 def pairs_apply(s, block, dtype, direction):
@@ -124,7 +117,8 @@ def pairs_apply(s, block, dtype, direction):
     which have no pair version); ``dtype`` the compute dtype and
     ``direction`` ``"forward"`` or ``"backward"`` (see :data:`PAIRED_DTYPES`).
     """
-    wanted = np.dtype(dtype) in PAIRED_DTYPES[direction] if _forced is None else _forced
+    forced_to = _override.value
+    wanted = np.dtype(dtype) in PAIRED_DTYPES[direction] if forced_to is None else forced_to
     if not wanted or s.is_complex or s.dstate > HALF or s.length > block or s.dim % 2:
         return False
     for X, form in ((s.B, s.form_B), (s.C, s.form_C)):

@@ -79,13 +79,12 @@ channels per vector", and the ``tiles`` rows of the scan benchmark.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ._override import Override
 from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
                         _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
                         _row_steps)
@@ -108,10 +107,9 @@ TILED_DTYPES = (np.dtype(np.float32),)
 BWD_TILE_BYTES = 1024 * 1024
 
 #: None: the rules of :func:`tiles_apply`; False inside ``forced(False)``
-_forced = None
+_override = Override()
 
 
-@contextlib.contextmanager
 def forced(on):
     """Inside the ``with`` block, tiles run wherever :func:`tiles_apply`'s layout rules allow
     (``on=True``) or nowhere (``on=False``): for comparisons (not thread-safe).
@@ -123,17 +121,12 @@ def forced(on):
     --------
     >>> from fast import numba_tiles
     >>> with numba_tiles.forced(False):
-    ...     numba_tiles._forced
+    ...     numba_tiles._override.value
     False
-    >>> numba_tiles._forced is None
+    >>> numba_tiles._override.value is None
     True
     """
-    global _forced
-    before, _forced = _forced, bool(on)
-    try:
-        yield
-    finally:
-        _forced = before
+    return _override.forced(on)
 
 
 def tiles_apply(s, block, dtype, direction="forward"):
@@ -145,7 +138,7 @@ def tiles_apply(s, block, dtype, direction="forward"):
     backward also needs its per-thread records and lanes of dB and dC, four
     (L, N, 16) arrays, within :data:`BWD_TILE_BYTES`.
     """
-    if _forced is False or np.dtype(dtype) not in TILED_DTYPES:
+    if _override.value is False or np.dtype(dtype) not in TILED_DTYPES:
         return False
     if s.is_complex or s.length > block:
         return False
