@@ -101,3 +101,18 @@ def astype(kw, dtype):
     """The same arguments with every real array cast to ``dtype`` (complex ones kept)."""
     return {k: (v.astype(dtype) if isinstance(v, np.ndarray) and not np.iscomplexobj(v) else v)
             for k, v in kw.items()}
+
+
+def check_grads(g, g_ref, g_other, other):
+    """A fast backward's gradients ``g`` against the reference's (``"backend"`` tolerance) and
+    against another fast layout's on the same input (``"exact"``: the same updates, sums in
+    another order); ``other`` names that layout in the messages.  None where the reference
+    has None."""
+    from conftest import assert_close
+    for key in GRAD_NAMES:
+        if g_ref[key] is None:
+            assert g[key] is None, key
+            continue
+        assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+        assert_close(g[key], g_other[key], kind="exact", err_msg=f"d{key} against {other}")
