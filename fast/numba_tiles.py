@@ -7,7 +7,7 @@ tile    16 channels d0 .. d0 + 15 of one batch element and one group of B
         and C: the unit of parallel work here (fewer at the end of a group,
         the missing lanes padded with zero steps)
 lane    one of the 16 entries of a vector; here lane j is channel d0 + j
-W       the tile width: 16 float32 lanes, one AVX-512 vector
+TILE    the tile width: 16 float32 lanes, one AVX-512 vector
 ======  ================================================================
 
 Why this module exists
@@ -25,9 +25,9 @@ state n of channel d0 + j, and a step of state n is
 with ``dt``, ``bu``, ``y``, ``h[n]`` and ``a2[n]`` 16-lane vectors and
 ``B_t[n]``, ``C_t[n]`` one number broadcast to all lanes (a memory operand
 of the multiply, no extra instruction).  ``y`` sums over n in its own
-lanes: no sum across lanes at all, about 18 instructions per 16 state
-updates instead of 29.5, and the N states of a step are N independent
-chains instead of one.
+lanes: no sum across lanes at all, 20 instructions per 16 state updates
+(loop overhead included) instead of 29.5, and the N states of a step are N
+independent chains instead of one.
 
 The price is a transpose: the steps ``dt`` and ``dt * u`` are computed
 row by row (one channel, vectorized over time, as in :mod:`fast.numba_cpu`),
@@ -72,7 +72,9 @@ of at least 16 channels, so that a tile's channels read one B and one C,
 and for the backward records within :data:`BWD_TILE_BYTES`.  They come
 before the pair kernels of :mod:`fast.numba_pairs` (which run where the
 tiles do not, unless ``numba_pairs.forced(True)``), then the row kernels.
-float64 would have 8 lanes per vector; it is not tiled (not measured).
+float64 is not tiled: 16 channels in two float64 vectors (the same kernels with
+a 16-lane float64 transpose) were no faster in the forward and 0.6-0.7x as
+fast as the pairs in the backward, measured at VMamba's size.
 
 Measured on the 2-core AMD EPYC of chapter 11: see chapter 11, "Sixteen
 channels per vector", and the ``tiles`` rows of the scan benchmark.
