@@ -72,9 +72,11 @@ of at least 16 channels, so that a tile's channels read one B and one C,
 and for the backward records within :data:`BWD_TILE_BYTES`.  They come
 before the pair kernels of :mod:`fast.numba_pairs` (which run where the
 tiles do not, unless ``numba_pairs.forced(True)``), then the row kernels.
-float64 is not tiled: 16 channels in two float64 vectors (the same kernels with
-a 16-lane float64 transpose) were no faster in the forward and 0.6-0.7x as
-fast as the pairs in the backward, measured at VMamba's size.
+float64 is not tiled: tiles of 8 channels (one float64 vector) are loops of
+8 constant trips, which LLVM leaves to the unroller, mostly scalar
+(0.25-0.8x the pairs); 16 channels in two float64 vectors were no faster in
+the forward and 0.6-0.7x as fast as the pairs in the backward, measured at
+VMamba's size.
 
 Measured on the 2-core AMD EPYC of chapter 11: see chapter 11, "Sixteen
 channels per vector", and the ``tiles`` rows of the scan benchmark.
