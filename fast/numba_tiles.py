@@ -74,7 +74,7 @@ before the pair kernels of :mod:`fast.numba_pairs` (which run where the
 tiles do not, unless ``numba_pairs.forced(True)``), then the row kernels.
 float64 is not tiled: tiles of 8 channels (one float64 vector) are loops of
 8 constant trips, which LLVM leaves to the unroller, mostly scalar
-(0.25-0.8x the pairs); 16 channels in two float64 vectors were no faster in
+(0.25-0.81x the pairs or rows); 16 channels in two float64 vectors were no faster in
 the forward and 0.6-0.7x as fast as the pairs in the backward, measured at
 VMamba's size.
 
