@@ -1270,19 +1270,21 @@ def _bwd_block(npad, dtype):
 def _forward(s, k, real):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
     paired = k["paired"]  # N <= 8: two rows per vector
+    tiled = k["tiled"]  # 16 channels per vector: the tiles are the unit of parallel work
+    nchunks = _threads(_tiles.tile_count(s) if tiled else s.batch * s.dim)
     out = np.empty((s.batch, s.dim, s.length), real)  # (B, D, L)
     last = np.empty((s.batch, s.dim, k["A"].shape[1]),
                     np.complex128 if s.is_complex else real)  # (B, D, Np), Np = 8 paired
     screen = np.empty(s.batch * s.dim, real)
     args = (k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
             k["h0"], s.D is not None, s.z is not None, s.delta_bias is not None,
-            s.delta_softplus, s.h0 is not None, out, last, screen, _threads(s.batch * s.dim))
+            s.delta_softplus, s.h0 is not None, out, last, screen, nchunks)
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
         _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
-    elif k["tiled"]:  # 16 channels per vector
-        _launch(_tiles.fwd_tiles, *args[:-1], _threads(_tiles.tile_count(s)), exp2_terms(real))
+    elif tiled:
+        _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
     else:
         block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
@@ -1296,7 +1298,7 @@ def _backward(s, k, real, dout, dlast_state):
     """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype."""
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
-    tiled = k["tiled"]  # 16 channels per vector
+    tiled = k["tiled"]  # 16 channels per vector: the tiles are the unit of parallel work
     nchunks = _threads(_tiles.tile_count(s) if tiled else batch * dim)
     paired = k["paired"]  # N <= 8: two rows per vector
     npad = k["A"].shape[1]  # 8 when paired

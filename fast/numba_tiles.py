@@ -93,8 +93,8 @@ from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _N
                         _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
                         _row_steps)
 
-__all__ = ["tiles_apply", "tile_count", "forced", "TILED_DTYPES", "TILE", "fwd_tiles",
-           "bwd_tiles", "transpose_block"]
+__all__ = ["tiles_apply", "backward_fits", "tile_count", "forced", "TILED_DTYPES", "TILE",
+           "fwd_tiles", "bwd_tiles", "transpose_block"]
 
 #: channels per tile: one float32 AVX-512 vector
 TILE = 16
@@ -146,8 +146,7 @@ def tiles_apply(s, block, dtype, direction="forward"):
         return False
     if s.is_complex or s.length > block:
         return False
-    if direction == "backward" and (
-            4 * s.length * s.dstate * TILE * np.dtype(dtype).itemsize > BWD_TILE_BYTES):
+    if direction == "backward" and not backward_fits(s.length, s.dstate, dtype):
         return False
     groups = []
     for X, form in ((s.B, s.form_B), (s.C, s.form_C)):
@@ -156,6 +155,12 @@ def tiles_apply(s, block, dtype, direction="forward"):
             return False
         groups.append(shape[1])
     return groups[0] == groups[1] and s.dim // groups[0] >= TILE
+
+
+def backward_fits(length, dstate, dtype):
+    """True if the backward's per-thread records and lanes of dB and dC, four
+    (``length``, ``dstate``, 16) arrays of ``dtype``, fit :data:`BWD_TILE_BYTES`."""
+    return 4 * length * dstate * TILE * np.dtype(dtype).itemsize <= BWD_TILE_BYTES
 
 
 def tile_count(s):
@@ -318,7 +323,7 @@ def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     Lp = (L + TILE - 1) // TILE * TILE  # whole 16 x 16 blocks
     # per-thread scratch: rows (channel, time) and their transposes (time, channel), each
     # array of its own, so that LLVM knows that a store into one leaves the others alone
-    # (in one shared array it reloaded dt and bu and kept y in memory: 1.5x slower, measured)
+    # (in one shared array it reloaded dt and bu and kept y in memory: up to 1.7x slower)
     dt_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)  # steps by channel; zeros beyond L
     bu_rs = np.zeros((nchunks, TILE, Lp + _GAP), u.dtype)
     y_rs = np.empty((nchunks, TILE, Lp + _GAP), u.dtype)

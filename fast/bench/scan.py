@@ -447,7 +447,6 @@ def run_pairs(repeats, quick):
     """
     s = dict(PAIRS, batch=PAIRS["batch"] // 2 if quick else PAIRS["batch"])
     n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
-    tile_fits = numba_tiles.BWD_TILE_BYTES // (4 * numba_tiles.TILE * 4)  # see run_tiles
     rows = []
     for dtype in (np.float64, np.float32):
         kw = make_inputs(s["batch"], s["dim"], s["length"], s["dstate"], dtype)
@@ -471,7 +470,7 @@ def run_pairs(repeats, quick):
                                                 repeats)
             default = np.dtype(dtype) in numba_pairs.PAIRED_DTYPES[name]
             runs = ("channel tiles" if np.dtype(dtype) in numba_tiles.TILED_DTYPES and (
-                name == "forward" or s["length"] * s["dstate"] <= tile_fits)
+                name == "forward" or numba_tiles.backward_fits(s["length"], s["dstate"], dtype))
                 else "pairs" if default else "16 lanes")
             rows.append({"dtype": np.dtype(dtype).name, "pass": name, **s,
                          "state_updates": n_up, "pairs_s": t_pairs, "sixteen_lanes_s": t_16,
@@ -494,7 +493,6 @@ def run_tiles(repeats, quick):
     size, not the headline's).
     """
     rows = []
-    fits = numba_tiles.BWD_TILE_BYTES // (4 * numba_tiles.TILE * 4)  # L N of the backward
     for name, s in (("headline", HEADLINE),
                     ("VMamba 32x32", dict(PAIRS, batch=PAIRS["batch"] // 2 if quick
                                           else PAIRS["batch"]))):
@@ -507,7 +505,7 @@ def run_tiles(repeats, quick):
         dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
         n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
         passes = {"forward": lambda: numba_cpu.selective_scan(**kw)}
-        if s["length"] * s["dstate"] <= fits:
+        if numba_tiles.backward_fits(s["length"], s["dstate"], np.float32):
             passes["backward"] = lambda: numba_cpu.selective_scan_backward(dout, **kw)
         for pass_name, fn in passes.items():
             def with_tiles(on, fn=fn):
