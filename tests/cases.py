@@ -116,3 +116,18 @@ def check_grads(g, g_ref, g_other, other):
         assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
         assert_close(g[key], g_other[key], kind="exact", err_msg=f"d{key} against {other}")
+
+
+def count_calls(monkeypatch, module, names):
+    """Replace the functions ``names`` of ``module`` by spies that count their calls and call
+    them: returns the dict of counts, one per name (the kernel-family tests prove with it
+    which kernel ran)."""
+    counts = {name: 0 for name in names}
+    for name in names:
+        kernel = getattr(module, name)
+
+        def spy(*args, _kernel=kernel, _name=name):
+            counts[_name] += 1
+            return _kernel(*args)
+        monkeypatch.setattr(module, name, spy)
+    return counts

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import check_grads, scan_case
+from cases import check_grads, count_calls, scan_case
 from conftest import assert_close
 
 import ssm_ref
@@ -21,15 +21,7 @@ from ssm_ref.scan_args import check_scan_structure
 @pytest.fixture
 def calls(monkeypatch):
     """Count the launches of the pair kernels: ``calls["fwd_pairs"]``, ``calls["bwd_pairs"]``."""
-    counts = {"fwd_pairs": 0, "bwd_pairs": 0}
-    for name in counts:
-        kernel = getattr(numba_pairs, name)
-
-        def spy(*args, _kernel=kernel, _name=name):
-            counts[_name] += 1
-            return _kernel(*args)
-        monkeypatch.setattr(numba_pairs, name, spy)
-    return counts
+    return count_calls(monkeypatch, numba_pairs, ("fwd_pairs", "bwd_pairs"))
 
 
 def vmamba_case(rng, dtype, dstate=8, **kw):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import check_grads, scan_case
+from cases import check_grads, count_calls, scan_case
 from conftest import assert_close
 from numba import njit
 from numba.core.errors import TypingError
@@ -28,15 +28,7 @@ TILE = numba_tiles.TILE
 @pytest.fixture
 def calls(monkeypatch):
     """Count the launches of the tile kernels: ``calls["fwd_tiles"]``, ``calls["bwd_tiles"]``."""
-    counts = {"fwd_tiles": 0, "bwd_tiles": 0}
-    for name in counts:
-        kernel = getattr(numba_tiles, name)
-
-        def spy(*args, _kernel=kernel, _name=name):
-            counts[_name] += 1
-            return _kernel(*args)
-        monkeypatch.setattr(numba_tiles, name, spy)
-    return counts
+    return count_calls(monkeypatch, numba_tiles, ("fwd_tiles", "bwd_tiles"))
 
 
 def tiled_case(rng, dtype=np.float32, *, dim=40, groups=1, length=37, dstate=5, **kw):
@@ -129,12 +121,10 @@ def test_tiles_come_before_pairs_unless_pairs_are_forced(rng, calls, monkeypatch
     dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
     numba_cpu.selective_scan_backward(dout, **kw)  # the float32 backward has pairs by default
     assert calls["bwd_tiles"] == 1
-    pair_calls = []
-    kernel = numba_pairs.bwd_pairs
-    monkeypatch.setattr(numba_pairs, "bwd_pairs", lambda *a: pair_calls.append(1) or kernel(*a))
+    pair_calls = count_calls(monkeypatch, numba_pairs, ("bwd_pairs",))
     with numba_pairs.forced(True):
         g = numba_cpu.selective_scan_backward(dout, **kw)
-    assert calls["bwd_tiles"] == 1 and pair_calls == [1]
+    assert calls["bwd_tiles"] == 1 and pair_calls == {"bwd_pairs": 1}
     assert_close(g["B"], ssm_ref.selective_scan_backward(dout, **kw)["B"], kind="backend")
 
 
