@@ -111,6 +111,26 @@ def test_softplus_and_sigmoid(dtype):
     np.testing.assert_array_equal(sp[x > 20], x[x > 20])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_and_sigmoid_edges(dtype):
+    """No edge selects inside: NaN and inf still come back right, and far below the normal
+    range of e^x the results are off by less than twice the smallest normal number."""
+    tiny = 2 * np.finfo(dtype).tiny
+    far = -700.0 if dtype == np.float32 else -1e4
+    x = np.array([np.nan, np.inf, -np.inf, -87.0, -90.0, -103.0, -750.0, far, 88.5, 1e30],
+                 dtype)
+    sp, sg = np.empty_like(x), np.empty_like(x)
+    _softplus_sigmoid(x, sp, sg)
+    assert np.isnan(sp[0]) and np.isnan(sg[0])
+    assert sp[1] == np.inf and sg[1] == 1.0
+    assert sp[2] >= 0 and sp[2] <= tiny and sg[2] >= 0 and sg[2] <= tiny
+    xl = x[3:].astype(np.longdouble)
+    sp_ref = np.where(xl > 20, xl, np.log1p(np.exp(np.minimum(xl, 20))))
+    sg_ref = 1 / (1 + np.exp(-xl))
+    assert np.all(np.abs(sp[3:] - sp_ref) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * sp_ref))
+    assert np.all(np.abs(sg[3:] - sg_ref) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * sg_ref))
+
+
 def test_python_fallbacks_are_numpy():
     assert fast_exp(np.float64(1.0)) == np.exp(1.0)
     assert float(fast_softplus(np.float64(30.0))) == 30.0
@@ -154,8 +174,9 @@ def _exp2_both(x, scan, normal):  # the kernels' fastmath flags
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_scan_exp2_one_ulp_and_flush_to_zero(dtype):
-    """The scan kernels' 2^x: within 1 ulp where normal, exactly 0 below 2^-(emin + 1/2)."""
+def test_scan_exp2_ulp_bound_and_flush_to_zero(dtype):
+    """The scan kernels' 2^x: within 2 ulp (float32: degree 5, the bound documented for CUDA's
+    exp2f) or 1 ulp (float64) where normal, exactly 0 below 2^-(emin + 1/2)."""
     emin = 126 if dtype == np.float32 else 1022
     x = np.concatenate([np.linspace(-emin + 1, 0, 400_001),
                         -np.logspace(-30, 0, 1001)]).astype(dtype)
@@ -164,7 +185,8 @@ def test_scan_exp2_one_ulp_and_flush_to_zero(dtype):
     exact = np.exp2(x.astype(np.longdouble))
     ulp = np.abs(scan.astype(np.longdouble) - exact) / np.spacing(
         exact.astype(dtype)).astype(np.longdouble)
-    assert float(ulp.max()) <= 1.0
+    assert float(ulp.max()) <= (2.0 if dtype == np.float32 else 1.0)
+    assert float(ulp.mean()) <= 0.75  # most results within one rounding of the exact value
     assert np.all(scan[x == 0] == 1.0) and np.all(scan[x == -1] == 0.5)  # exact at integers
     ok = x >= -125  # the unclamped variant's range: the same numbers
     assert np.array_equal(normal[ok], scan[ok])
@@ -196,7 +218,7 @@ def test_exp2_with_run_time_terms_is_bit_for_bit_the_same(dtype):
     ok = x >= -125
     assert np.array_equal(normal_t[ok], normal[ok])
     terms = exp2_terms(dtype)
-    assert len(terms) == (9 if dtype == np.float32 else 16)
+    assert len(terms) == (8 if dtype == np.float32 else 16)  # 2 + degree 5 or 13 + 1
     assert all(type(t) is np.dtype(dtype).type for t in terms)
 
 
