@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Numba's on-disk cache (the kernels' cache=True) is invalidated when a kernel's own file
+# changes, not when a function it calls from another file does (Numba's documentation,
+# "Cache invalidation"): after an edit of fast/_fastexp.py the kernels of fast/numba_cpu.py
+# would run the old exponential.  So every target compiles into a cache directory named
+# after the sources of the compiled code; one set by the caller wins.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache/$(shell cat fast/*.py fast/*/*.py | cksum | cut -d" " -f1)
 
 .PHONY: test test-fast test-cudasim book bench gpu-check clean help
 
@@ -40,7 +46,7 @@ bench: $(STAMP)
 	$(PY) -m fast.bench.scan
 
 clean:
-	rm -rf book/_build .pytest_cache
+	rm -rf book/_build .pytest_cache .numba_cache
 
 # On a machine with an NVIDIA GPU: install the gpu extra, run the real-GPU tests, the CUDA scan
 # and training-step benchmarks and a short training run; write benchmarks/results/gpu_*.json.
