@@ -70,7 +70,7 @@ from numba import njit, prange
 import fast
 import ssm_ref
 from fast import numba_cpu, numba_pairs, numba_tiles
-from fast._fastexp import exp2_terms, fast_exp2_scan
+from fast._fastexp import exp2_terms, fast_exp2_normal
 from fast._launch import launch  # the one lock of parallel launches
 from fast.bench import peers as bench_peers
 from fast.numba_cpu import _njit_noalias  # the kernels' decorator
@@ -198,7 +198,9 @@ def machine_limit_kernel(x, passes, out, nchunks, terms):
     ``y = exp(s x) * y + x`` with a scale ``s`` that changes every pass (so
     nothing can be hoisted), all in L1 cache: no loads of B or C, no dot
     product, no recurrence.  An upper bound for the scan's inner loop.  The
-    exp is the scan kernels' own (:func:`fast._fastexp.fast_exp2_scan`, with
+    exp is the one the scan kernels run where every argument of a row or tile is
+    at least -125 (:func:`fast._fastexp.fast_exp2_normal`: no clamp, 2^k by an
+    integer add; the arguments here lie in [-10, 0]), with
     ``x`` read as the argument in base 2, as the kernels pass it, and its
     constants handed in as ``terms``, as the kernels hand them).
     """
@@ -210,7 +212,7 @@ def machine_limit_kernel(x, passes, out, nchunks, terms):
         for p in range(passes):
             scale = x.dtype.type(1.0 - 1e-7 * p)
             for i in range(n):
-                y[i] = fast_exp2_scan(scale * xc[i], terms) * y[i] + xc[i]
+                y[i] = fast_exp2_normal(scale * xc[i], terms) * y[i] + xc[i]
         out[c] = y[0]
 
 
