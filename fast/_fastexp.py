@@ -513,12 +513,13 @@ def fast_softplus(x):
     """softplus(x) = log(1 + e^x), and x itself above 20 (PyTorch's threshold).
 
     From Python it evaluates with NumPy; inside Numba it is written as
-    ``max(x, 0) + log1p(e^{-|x|})`` with :func:`fast_exp` and a
+    ``max(x, 0) + log1p(e^{-|x|})`` with :func:`fast_exp`'s core and a
     branch-free ``log1p`` on (0, 1]: with ``s = e / (2 + e)`` in [0, 1/3],
     ``log(1 + e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...)``: in float32
     a fitted polynomial of degree 4 in ``s^2`` (relative error 4.5e-9), in
-    float64 the series to ``s^34`` (remainder below 2e-18 relative).  Relative accuracy is kept for tiny ``e`` because ``s``
-    is computed directly, not as a difference.
+    float64 the series to ``s^34`` (remainder below 2e-18 relative).
+    Relative accuracy is kept for tiny ``e`` because ``s`` is computed
+    directly, not as a difference.
 
     The exponential is :func:`fast_exp`'s core without its edge selects
     (its argument ``-|x|`` is never positive): below ``x = -87.33`` (float32;
