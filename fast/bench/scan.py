@@ -14,7 +14,8 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 
 * the headline case of the fast-path issue: B=1, D=1536, L=1024, N=16,
   float32, variable B and C, with D, z, delta_bias and softplus; forward and
-  backward, in G state updates per second (B·D·L·N / time);
+  backward, called in turn (so that their ratio survives a change of the
+  machine's load), in G state updates per second (B·D·L·N / time);
 * a plain Numba loop (``math.exp``, no vector exp) on the same case: the
   exp-bound baseline;
 * the machine's limit on the same threads: a kernel doing only what cannot
@@ -316,13 +317,16 @@ def run_headline(repeats, ref_dim_backward, limit):
     n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
     kw = make_inputs(**s)
     dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
-    t_fwd = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
-    t_bwd = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+    # forward and backward in turn, so that a slow stretch of a shared machine hits both
+    # alike and their ratio holds (timed one block after the other, one run measured 3.1 and
+    # the next 4.3)
+    passes = [lambda: numba_cpu.selective_scan(**kw),
+              lambda: numba_cpu.selective_scan_backward(dout, **kw)]
+    t_fwd, t_bwd = alternating_medians(passes, repeats)
     threads = numba.get_num_threads()  # the same kernels on one thread: the per-core rate
     numba.set_num_threads(1)
     try:
-        t_fwd_1 = median_time(lambda: numba_cpu.selective_scan(**kw), repeats)
-        t_bwd_1 = median_time(lambda: numba_cpu.selective_scan_backward(dout, **kw), repeats)
+        t_fwd_1, t_bwd_1 = alternating_medians(passes, repeats)
     finally:
         numba.set_num_threads(threads)
     t_plain = median_time(lambda: launch(
