@@ -14,8 +14,9 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
 
 * the headline case of the fast-path issue: B=1, D=1536, L=1024, N=16,
   float32, variable B and C, with D, z, delta_bias and softplus; forward and
-  backward, called in turn (so that their ratio survives a change of the
-  machine's load), in G state updates per second (B·D·L·N / time);
+  backward, timed in blocks that take turns (so that their ratio survives a
+  change of the machine's load), in G state updates per second
+  (B·D·L·N / time);
 * a plain Numba loop (``math.exp``, no vector exp) on the same case: the
   exp-bound baseline;
 * the machine's limit on the same threads: a kernel doing only what cannot
@@ -317,16 +318,17 @@ def run_headline(repeats, ref_dim_backward, limit):
     n_up = updates(s["batch"], s["dim"], s["length"], s["dstate"])
     kw = make_inputs(**s)
     dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
-    # forward and backward in turn, so that a slow stretch of a shared machine hits both
-    # alike and their ratio holds (timed one block after the other, one run measured 3.1 and
-    # the next 4.3)
+    # forward and backward in blocks that take turns, so that a slow stretch of a shared
+    # machine hits both alike and their ratio holds (timed as one block each, one run measured
+    # 3.1 and the next 4.3); call by call in turn, the backward evicted the forward's inputs
+    # from the cache and slowed it by about 6% in one run
     passes = [lambda: numba_cpu.selective_scan(**kw),
               lambda: numba_cpu.selective_scan_backward(dout, **kw)]
-    t_fwd, t_bwd = alternating_medians(passes, repeats)
+    t_fwd, t_bwd = alternating_blocks(passes, repeats)
     threads = numba.get_num_threads()  # the same kernels on one thread: the per-core rate
     numba.set_num_threads(1)
     try:
-        t_fwd_1, t_bwd_1 = alternating_medians(passes, repeats)
+        t_fwd_1, t_bwd_1 = alternating_blocks(passes, repeats)
     finally:
         numba.set_num_threads(threads)
     t_plain = median_time(lambda: launch(
@@ -440,6 +442,22 @@ def alternating_medians(fns, repeats):
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
+def alternating_blocks(fns, repeats, rounds=3):
+    """Median wall times of the functions ``fns``, timed in blocks that take turns.
+
+    Each of ``rounds`` rounds gives every function one untimed call (which
+    brings its data into cache, as a function timed on its own has it) and
+    then ``repeats`` timed calls.  Blocks keep each function's own cache
+    state, as :func:`median_time` does; their turns make a slow stretch of
+    the machine hit all of them alike, as :func:`alternating_medians` does.
+    """
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            ts.extend(_times(fn, repeats))
     return [float(np.median(ts)) for ts in times]
 
 
