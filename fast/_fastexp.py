@@ -597,7 +597,7 @@ def _fast_sigmoid_impl(x):
     if c is None:
         return None
     under, top = c["under"], c["finite_top"]
-    one = np.float32(1.0) if x.bitwidth == 32 else 1.0
+    one = _ONE_32 if x.bitwidth == 32 else 1.0
 
     def impl(x):
         e = _exp_core(min(max(-x, under), top))  # e^-x, finite: 1 / (1 + e) stays a division

@@ -79,6 +79,15 @@ def test_alternating_medians_calls_each_function_in_turn():
     assert len(medians) == 2 and all(m >= 0 for m in medians)
 
 
+def test_alternating_blocks_times_each_function_in_blocks_that_take_turns():
+    order = []
+    fns = [lambda: order.append("a"), lambda: order.append("b")]
+    medians = bench_scan.alternating_blocks(fns, 2, rounds=3)
+    # per round and function: one untimed call, then two timed ones
+    assert order == (["a"] * 3 + ["b"] * 3) * 3
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+
+
 def test_counting_faults_counts_pages_touched_for_the_first_time():
     """Fresh anonymous memory faults once per page at first touch; a no-op does not fault."""
     import mmap  # noqa: PLC0415
