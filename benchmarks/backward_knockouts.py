@@ -1,0 +1,167 @@
+"""Where the tile backward's time goes: parts of it left out, timed against the whole.
+
+Usage (from the repository's root; about five minutes on 2 cores)::
+
+    python benchmarks/backward_knockouts.py            # writes results/backward_knockouts_cpu.json
+    python benchmarks/backward_knockouts.py --rounds 5 --out /tmp
+
+Chapter 11 ("Not the cache: the same work with everything in level 2") quotes
+the JSON.  The headline's work, D L = 1536 x 1024 with N = 16 in float32
+(variable B and C, with D, z, delta_bias and softplus), is run as two shapes:
+L = 1024 (D = 1536) and L = 64 (D = 24576), where a tile's records and lanes
+(four (L, N, 16) float32 arrays, 256 KB) stay in the level-2 cache.  On one
+thread, for each shape it times
+
+* ``rows``: ``fast.selective_scan_backward`` with the channel tiles off (what the
+  library runs at the headline size);
+* ``tiles``: the same with the tile kernel ``fast.numba_tiles.bwd_tiles`` forced on
+  at both shapes (the library runs it only while its records fit
+  ``BWD_TILE_BYTES``);
+* variants of the tile kernel with a part left out or moved, each a WRONG result,
+  timed only: ``no lanes`` (the per-update sums into the lanes of dB and dC),
+  ``no reverse sweep``, ``records in one row`` and ``lanes in one row`` (the same
+  stores, all into one row of the array, which stays in the level-1 cache);
+* ``forward``: ``fast.selective_scan`` with the tiles on, for the ratio.
+
+Each variant is a copy of ``fast/`` and ``ssm_ref/`` in a temporary folder with
+``fast/numba_tiles.py`` edited (every edit must match the source exactly once,
+or the script stops), run in its own process with its own Numba cache, in
+rounds that take turns.  The JSON keeps every round's median.  This script is
+the evidence for the chapter, not part of the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if "--worker" not in sys.argv:  # a worker imports the variant's copy (its PYTHONPATH)
+    sys.path.insert(0, str(ROOT))
+
+SHAPES = {"L=1024": (1536, 1024), "L=64": (24576, 64)}
+
+#: the variants: (pass, tiles on, edits of fast/numba_tiles.py as (old, new) pairs)
+_RECORDS_ONE_ROW = [
+    ("    abar[tt, nn, jj] = e\n    ah[tt, nn, jj] = ahv",
+     "    abar[0, nn, jj] = e\n    ah[0, nn, jj] = ahv"),
+    ("    ga = gn * ah[tt, nn, jj]", "    ga = gn * ah[0, nn, jj]"),
+    ("    g[nn, jj] = gn * abar[tt, nn, jj]", "    g[nn, jj] = gn * abar[0, nn, jj]"),
+]
+VARIANTS = {
+    "rows": ("backward", False, []),
+    "tiles": ("backward", True, []),
+    "tiles, no lanes": ("backward", True, [
+        ("    dCl[tt, nn, jj] += dy[tt, jj] * hv\n", ""),
+        ("    dBl[tt, nn, jj] += gn * bu[tt, jj]\n", "")]),
+    "tiles, no reverse sweep": ("backward", True, [
+        ("            _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, "
+         "B_row, C_row)\n",
+         "            pA[:, :] = 0\n            pB[:, :] = 0\n")]),
+    "tiles, records in one row": ("backward", True, _RECORDS_ONE_ROW),
+    "tiles, lanes in one row": ("backward", True, [
+        ("    dCl[tt, nn, jj] += dy[tt, jj] * hv", "    dCl[0, nn, jj] += dy[tt, jj] * hv"),
+        ("    dBl[tt, nn, jj] += gn * bu[tt, jj]", "    dBl[0, nn, jj] += gn * bu[tt, jj]")]),
+    "forward (tiles)": ("forward", True, []),
+}
+
+
+def edited(source, edits):
+    """``source`` with each ``(old, new)`` replaced; ``old`` must occur exactly once."""
+    for old, new in edits:
+        count = source.count(old)
+        if count != 1:
+            raise SystemExit(f"backward_knockouts: an edit matches {count} times, not once "
+                             f"(fast/numba_tiles.py changed?):\n{old}")
+        source = source.replace(old, new)
+    return source
+
+
+def worker(pass_name, tiles, shape, repeats):
+    """In the variant's process: the median time (ms) of ``repeats`` calls on one thread."""
+    import numba
+    import numpy as np
+
+    import fast
+    from fast import numba_cpu, numba_tiles
+    if Path(fast.__file__).resolve().parents[1] == ROOT:
+        raise SystemExit("backward_knockouts: the worker imported the checkout, not its variant")
+    from fast.bench.scan import make_inputs, median_time
+    from ssm_ref._malloc import keep_freed_memory
+    keep_freed_memory()
+    numba.set_num_threads(1)
+    dim, length = SHAPES[shape]
+    kw = make_inputs(1, dim, length, 16)
+    dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
+    numba_tiles.backward_fits = lambda *a: True  # the tiles at both shapes when on
+    with numba_tiles.forced(tiles):
+        if pass_name == "forward":
+            def fn():
+                return numba_cpu.selective_scan(**kw)
+        else:
+            def fn():
+                return numba_cpu.selective_scan_backward(dout, **kw)
+        return 1e3 * median_time(fn, repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all variants (3)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per run (15)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--worker", nargs=4, metavar=("PASS", "TILES", "SHAPE", "REPEATS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        pass_name, tiles, shape, repeats = args.worker
+        print(f"{worker(pass_name, tiles == '1', shape, int(repeats)):.3f}")
+        return None
+
+    from fast.bench.scan import machine_info
+    source = (ROOT / "fast" / "numba_tiles.py").read_text()
+    times = {name: {shape: [] for shape in SHAPES} for name in VARIANTS}
+    with tempfile.TemporaryDirectory() as scratch:
+        trees = {}
+        for i, (name, (_, _, edits)) in enumerate(VARIANTS.items()):
+            tree = Path(scratch) / f"variant{i}"
+            for package in ("fast", "ssm_ref"):
+                shutil.copytree(ROOT / package, tree / package,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            (tree / "fast" / "numba_tiles.py").write_text(edited(source, edits))
+            trees[name] = tree
+        for rnd in range(args.rounds):
+            for shape in SHAPES:
+                for name, (pass_name, tiles, _) in VARIANTS.items():
+                    env = dict(os.environ, PYTHONPATH=str(trees[name]),
+                               NUMBA_CACHE_DIR=str(trees[name] / ".numba_cache"))
+                    run = subprocess.run(
+                        [sys.executable, str(Path(__file__).resolve()), "--worker", pass_name,
+                         "1" if tiles else "0", shape, str(args.repeats)],
+                        cwd=trees[name], env=env, capture_output=True, text=True, check=True)
+                    ms = float(run.stdout.split()[-1])
+                    times[name][shape].append(ms)
+                    print(f"round {rnd + 1} {shape:7s} {name:28s} {ms:8.2f} ms", flush=True)
+    print(f"\none thread, medians of {args.repeats} calls per run, {args.rounds} rounds")
+    print(f"{'':28s} " + " ".join(f"{shape:>20s}" for shape in SHAPES))
+    for name in VARIANTS:
+        print(f"{name:28s} " + " ".join(
+            f"{min(times[name][s]):8.2f}-{max(times[name][s]):8.2f} ms" for s in SHAPES))
+    result = {"machine": machine_info(), "threads": 1, "repeats": args.repeats,
+              "rounds": args.rounds,
+              "shapes": {s: {"B": 1, "D": d, "L": length, "N": 16, "dtype": "float32"}
+                         for s, (d, length) in SHAPES.items()},
+              "ms_per_round": times}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "backward_knockouts_cpu.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
