@@ -32,7 +32,6 @@ the evidence for the chapter, not part of the library.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -122,7 +121,11 @@ def main():
         print(f"{worker(pass_name, tiles == '1', shape, int(repeats)):.3f}")
         return None
 
-    from fast.bench.scan import machine_info
+    import time
+
+    from fast.bench.scan import finish, machine_info
+    t_start = time.perf_counter()
+    machine = machine_info()
     source = (ROOT / "fast" / "numba_tiles.py").read_text()
     times = {name: {shape: [] for shape in SHAPES} for name in VARIANTS}
     with tempfile.TemporaryDirectory() as scratch:
@@ -151,15 +154,14 @@ def main():
     for name in VARIANTS:
         print(f"{name:28s} " + " ".join(
             f"{min(times[name][s]):8.2f}-{max(times[name][s]):8.2f} ms" for s in SHAPES))
-    result = {"machine": machine_info(), "threads": 1, "repeats": args.repeats,
+    machine["load_average_end"] = list(os.getloadavg())
+    result = {"machine": machine, "threads": 1, "repeats": args.repeats,
               "rounds": args.rounds,
               "shapes": {s: {"B": 1, "D": d, "L": length, "N": 16, "dtype": "float32"}
                          for s, (d, length) in SHAPES.items()},
               "ms_per_round": times}
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "backward_knockouts_cpu.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {path}")
+    finish(result, args.out / "backward_knockouts_cpu.json", t_start)
     return result
 
 

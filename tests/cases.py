@@ -131,3 +131,12 @@ def count_calls(monkeypatch, module, names):
             return _kernel(*args)
         monkeypatch.setattr(module, name, spy)
     return counts
+
+
+def script_module(path, name):
+    """The Python file ``path`` (a script outside the packages) imported as module ``name``."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

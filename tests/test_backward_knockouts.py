@@ -3,21 +3,17 @@ variant's edits of fast/numba_tiles.py still apply (each exactly once), so the s
 time the unedited kernel under a variant's name after the kernel changes."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from cases import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def knockouts():
-    spec = importlib.util.spec_from_file_location("backward_knockouts",
-                                                  ROOT / "benchmarks" / "backward_knockouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(ROOT / "benchmarks" / "backward_knockouts.py", "backward_knockouts")
 
 
 def test_every_edit_applies_once(knockouts):

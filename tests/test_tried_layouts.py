@@ -3,13 +3,13 @@ its shuffle tree sums rows, and its stand-alone kernels compute the scan they ar
 (checked against ssm_ref at a small size, with a partial last tile of 16 steps)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ssm_ref
+from cases import script_module
 from conftest import assert_close
 from fast.bench.scan import make_inputs
 
@@ -18,11 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tried():
-    spec = importlib.util.spec_from_file_location("tried_layouts",
-                                                  ROOT / "benchmarks" / "tried_layouts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(ROOT / "benchmarks" / "tried_layouts.py", "tried_layouts")
 
 
 def test_tree_masks_sum_each_row(tried):
