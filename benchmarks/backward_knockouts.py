@@ -21,7 +21,14 @@ thread, for each shape it times
   timed only: ``no lanes`` (the per-update sums into the lanes of dB and dC),
   ``no reverse sweep``, ``records in one row`` and ``lanes in one row`` (the same
   stores, all into one row of the array, which stays in the level-1 cache);
+* ``reverse sweep in LLVM IR``: the tile kernel with its reverse sweep replaced by
+  ``benchmarks/_reverse_ir.py``, which keeps dLoss/dh and the dA sum of four states in
+  registers through the loop over time (one vector store per update instead of three):
+  the one direction left that removes memory operations rather than moving them;
 * ``forward``: ``fast.selective_scan`` with the tiles on, for the ratio.
+
+``tiles`` and the LLVM IR variant are first checked against the row kernels on a
+small case (in their first round).
 
 Each variant is a copy of ``fast/`` and ``ssm_ref/`` in a temporary folder with
 ``fast/numba_tiles.py`` edited (every edit must match the source exactly once,
@@ -52,6 +59,8 @@ _RECORDS_ONE_ROW = [
     ("    ga = gn * ah[tt, nn, jj]", "    ga = gn * ah[0, nn, jj]"),
     ("    g[nn, jj] = gn * abar[tt, nn, jj]", "    g[nn, jj] = gn * abar[0, nn, jj]"),
 ]
+_REVERSE_CALL = ("            _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, "
+                 "pB, B_row, C_row)\n")  # the kernel's call of the reverse sweep
 VARIANTS = {
     "rows": ("backward", False, []),
     "tiles": ("backward", True, []),
@@ -59,15 +68,28 @@ VARIANTS = {
         ("    dCl[tt, nn, jj] += dy[tt, jj] * hv\n", ""),
         ("    dBl[tt, nn, jj] += gn * bu[tt, jj]\n", "")]),
     "tiles, no reverse sweep": ("backward", True, [
-        ("            _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, "
-         "B_row, C_row)\n",
+        (_REVERSE_CALL,
          "            pA[:, :] = 0\n            pB[:, :] = 0\n")]),
     "tiles, records in one row": ("backward", True, _RECORDS_ONE_ROW),
     "tiles, lanes in one row": ("backward", True, [
         ("    dCl[tt, nn, jj] += dy[tt, jj] * hv", "    dCl[0, nn, jj] += dy[tt, jj] * hv"),
         ("    dBl[tt, nn, jj] += gn * bu[tt, jj]", "    dBl[0, nn, jj] += gn * bu[tt, jj]")]),
+    "tiles, reverse sweep in LLVM IR (4 states in registers)": ("backward", True, [
+        (_REVERSE_CALL,
+         "            for n0 in range(0, N, 4):  # N = 16 here\n"
+         "                reverse_block4(dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row,\n"
+         "                               C_row, L, n0, n0 > 0)\n"),
+        ("from ._override import Override\n",
+         "from ._override import Override\nfrom ._reverse_ir import reverse_block4\n")]),
     "forward (tiles)": ("forward", True, []),
 }
+
+#: files a variant adds to its copy of fast/: (name in fast/, file in benchmarks/)
+EXTRA_FILES = {"tiles, reverse sweep in LLVM IR (4 states in registers)":
+               ("_reverse_ir.py", "_reverse_ir.py")}
+
+#: the variants that compute the right result: checked against the row kernels first
+CORRECT = ("tiles", "tiles, reverse sweep in LLVM IR (4 states in registers)")
 
 
 def edited(source, edits):
@@ -81,8 +103,9 @@ def edited(source, edits):
     return source
 
 
-def worker(pass_name, tiles, shape, repeats):
-    """In the variant's process: the median time (ms) of ``repeats`` calls on one thread."""
+def worker(pass_name, tiles, shape, repeats, check):
+    """In the variant's process: the median time (ms) of ``repeats`` calls on one thread;
+    with ``check``, first the tile backward against the row kernels on a small case."""
     import numba
     import numpy as np
 
@@ -94,6 +117,16 @@ def worker(pass_name, tiles, shape, repeats):
     from ssm_ref._malloc import keep_freed_memory
     keep_freed_memory()
     numba.set_num_threads(1)
+    if check:
+        kw = make_inputs(2, 40, 37, 16)  # tiles of 16, 16, 8 channels; L not a multiple of 16
+        dout = np.random.default_rng(2).standard_normal(kw["u"].shape).astype(np.float32)
+        got = numba_cpu.selective_scan_backward(dout, **kw)
+        with numba_tiles.forced(False):
+            want = numba_cpu.selective_scan_backward(dout, **kw)
+        for name, g in want.items():
+            if g is not None and not np.allclose(got[name], g, rtol=1e-4,
+                                                 atol=1e-4 * float(np.max(np.abs(g)))):
+                raise SystemExit(f"backward_knockouts: d{name} differs from the row kernels")
     dim, length = SHAPES[shape]
     kw = make_inputs(1, dim, length, 16)
     dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
@@ -113,12 +146,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all variants (3)")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per run (15)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--worker", nargs=4, metavar=("PASS", "TILES", "SHAPE", "REPEATS"),
+    parser.add_argument("--worker", nargs=5,
+                        metavar=("PASS", "TILES", "SHAPE", "REPEATS", "CHECK"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        pass_name, tiles, shape, repeats = args.worker
-        print(f"{worker(pass_name, tiles == '1', shape, int(repeats)):.3f}")
+        pass_name, tiles, shape, repeats, check = args.worker
+        print(f"{worker(pass_name, tiles == '1', shape, int(repeats), check == '1'):.3f}")
         return None
 
     import time
@@ -136,6 +170,9 @@ def main():
                 shutil.copytree(ROOT / package, tree / package,
                                 ignore=shutil.ignore_patterns("__pycache__"))
             (tree / "fast" / "numba_tiles.py").write_text(edited(source, edits))
+            if name in EXTRA_FILES:
+                target, file = EXTRA_FILES[name]
+                shutil.copy(ROOT / "benchmarks" / file, tree / "fast" / target)
             trees[name] = tree
         for rnd in range(args.rounds):
             for shape in SHAPES:
@@ -144,15 +181,16 @@ def main():
                                NUMBA_CACHE_DIR=str(trees[name] / ".numba_cache"))
                     run = subprocess.run(
                         [sys.executable, str(Path(__file__).resolve()), "--worker", pass_name,
-                         "1" if tiles else "0", shape, str(args.repeats)],
+                         "1" if tiles else "0", shape, str(args.repeats),
+                         "1" if rnd == 0 and name in CORRECT else "0"],
                         cwd=trees[name], env=env, capture_output=True, text=True, check=True)
                     ms = float(run.stdout.split()[-1])
                     times[name][shape].append(ms)
-                    print(f"round {rnd + 1} {shape:7s} {name:28s} {ms:8.2f} ms", flush=True)
+                    print(f"round {rnd + 1} {shape:7s} {name:56s} {ms:8.2f} ms", flush=True)
     print(f"\none thread, medians of {args.repeats} calls per run, {args.rounds} rounds")
-    print(f"{'':28s} " + " ".join(f"{shape:>20s}" for shape in SHAPES))
+    print(f"{'':56s} " + " ".join(f"{shape:>20s}" for shape in SHAPES))
     for name in VARIANTS:
-        print(f"{name:28s} " + " ".join(
+        print(f"{name:56s} " + " ".join(
             f"{min(times[name][s]):8.2f}-{max(times[name][s]):8.2f} ms" for s in SHAPES))
     machine["load_average_end"] = list(os.getloadavg())
     result = {"machine": machine, "threads": 1, "repeats": args.repeats,
