@@ -3,13 +3,10 @@ variant's edits of fast/numba_tiles.py still apply (each exactly once), so the s
 time the unedited kernel under a variant's name after the kernel changes."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from cases import script_module
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,12 @@
 """book/check_html.py: each rule catches its fault, and clean HTML passes."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
+from cases import script_module
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("check_html", ROOT / "book" / "check_html.py")
-check_html = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_html)
+check_html = script_module(ROOT / "book" / "check_html.py", "check_html")
 
 
 def page(body):

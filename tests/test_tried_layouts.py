@@ -3,17 +3,13 @@ its shuffle tree sums rows, and its stand-alone kernels compute the scan they ar
 (checked against ssm_ref at a small size, with a partial last tile of 16 steps)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import ssm_ref
 from cases import script_module
-from conftest import assert_close
+from conftest import ROOT, assert_close
 from fast.bench.scan import make_inputs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
