@@ -1,6 +1,6 @@
 """Where the tile backward's time goes: parts of it left out, timed against the whole.
 
-Usage (from the repository's root; about five minutes on 2 cores)::
+Usage (from the repository's root; about seven minutes on 2 cores)::
 
     python benchmarks/backward_knockouts.py            # writes results/backward_knockouts_cpu.json
     python benchmarks/backward_knockouts.py --rounds 5 --out /tmp
@@ -21,14 +21,19 @@ thread, for each shape it times
   timed only: ``no lanes`` (the per-update sums into the lanes of dB and dC),
   ``no reverse sweep``, ``records in one row`` and ``lanes in one row`` (the same
   stores, all into one row of the array, which stays in the level-1 cache);
-* ``reverse sweep in LLVM IR``: the tile kernel with its reverse sweep replaced by
-  ``benchmarks/_reverse_ir.py``, which keeps dLoss/dh and the dA sum of four states in
-  registers through the loop over time (one vector store per update instead of three):
-  the one direction left that removes memory operations rather than moving them;
-* ``forward``: ``fast.selective_scan`` with the tiles on, for the ratio.
+* ``no sweeps``: both sweeps left out: what the backward spends around them (the
+  per-row passes, softplus, sigmoid(z), the transposes, the lanes' sums);
+* ``reverse sweep in LLVM IR`` and ``both sweeps in LLVM IR``: the tile kernel with
+  its sweeps replaced by ``benchmarks/_sweeps_ir.py``, which keeps h, dLoss/dh and the
+  dA sum of four (or, in the forward sweep, eight) states in registers through the loop
+  over time: the one direction left that removes memory operations rather than moving
+  them;
+* ``forward``: ``fast.selective_scan`` with the tiles on, for the ratio, and the same
+  with its sweep left out.
 
-``tiles`` and the LLVM IR variant are first checked against the row kernels on a
-small case (in their first round).
+``tiles`` and the LLVM IR variants are first checked against the row kernels on a
+small case (in their first round).  ``--only WORD ...`` runs the variants whose names
+contain one of the words (a quick look).
 
 Each variant is a copy of ``fast/`` and ``ssm_ref/`` in a temporary folder with
 ``fast/numba_tiles.py`` edited (every edit must match the source exactly once,
@@ -61,6 +66,26 @@ _RECORDS_ONE_ROW = [
 ]
 _REVERSE_CALL = ("            _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, "
                  "pB, B_row, C_row)\n")  # the kernel's call of the reverse sweep
+_FORWARD_CALL = ("                _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, "
+                 "B_row, C_row, True,\n                                  terms)\n")  # normal rows
+_REVERSE_IR = ("            for n0 in range(0, N, 4):  # N = 16 here\n"
+               "                reverse_block4(dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, "
+               "B_row,\n                               C_row, L, n0, n0 > 0)\n")
+_IMPORT_IR = ("from ._override import Override\n",
+              "from ._override import Override\n"
+              "from ._sweeps_ir import forward_block4, forward_block8, reverse_block4\n")
+
+
+def _forward_ir(k):
+    """The edit that runs the forward sweep of normal rows by ``_sweeps_ir``, k states at once."""
+    name = f"forward_block{k}"
+    return (f"                terms_a = np.empty(len(terms), u.dtype)  # as float32\n"
+            f"                for i in range(len(terms)):\n"
+            f"                    terms_a[i] = terms[i]\n"
+            f"                for n0 in range(0, N, {k}):  # N = 16 here\n"
+            f"                    {name}(dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row,\n"
+            f"                                  terms_a, L, n0, n0 > 0)\n")
+
 VARIANTS = {
     "rows": ("backward", False, []),
     "tiles": ("backward", True, []),
@@ -70,26 +95,31 @@ VARIANTS = {
     "tiles, no reverse sweep": ("backward", True, [
         (_REVERSE_CALL,
          "            pA[:, :] = 0\n            pB[:, :] = 0\n")]),
+    "tiles, no sweeps": ("backward", True, [
+        (_REVERSE_CALL,
+         "            pA[:, :] = 0\n            pB[:, :] = 0\n"),
+        (_FORWARD_CALL, "                y[:, :] = 0\n")]),
     "tiles, records in one row": ("backward", True, _RECORDS_ONE_ROW),
     "tiles, lanes in one row": ("backward", True, [
         ("    dCl[tt, nn, jj] += dy[tt, jj] * hv", "    dCl[0, nn, jj] += dy[tt, jj] * hv"),
         ("    dBl[tt, nn, jj] += gn * bu[tt, jj]", "    dBl[0, nn, jj] += gn * bu[tt, jj]")]),
     "tiles, reverse sweep in LLVM IR (4 states in registers)": ("backward", True, [
-        (_REVERSE_CALL,
-         "            for n0 in range(0, N, 4):  # N = 16 here\n"
-         "                reverse_block4(dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row,\n"
-         "                               C_row, L, n0, n0 > 0)\n"),
-        ("from ._override import Override\n",
-         "from ._override import Override\nfrom ._reverse_ir import reverse_block4\n")]),
+        (_REVERSE_CALL, _REVERSE_IR), _IMPORT_IR]),
+    "tiles, both sweeps in LLVM IR (4 states in registers)": ("backward", True, [
+        (_REVERSE_CALL, _REVERSE_IR), (_FORWARD_CALL, _forward_ir(4)), _IMPORT_IR]),
+    "tiles, both sweeps in LLVM IR (forward: 8 states)": ("backward", True, [
+        (_REVERSE_CALL, _REVERSE_IR), (_FORWARD_CALL, _forward_ir(8)), _IMPORT_IR]),
     "forward (tiles)": ("forward", True, []),
+    "forward (tiles), no sweep": ("forward", True, [
+        ("                _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, True, terms)\n",
+         "                y[:, :] = 0\n")]),
 }
 
 #: files a variant adds to its copy of fast/: (name in fast/, file in benchmarks/)
-EXTRA_FILES = {"tiles, reverse sweep in LLVM IR (4 states in registers)":
-               ("_reverse_ir.py", "_reverse_ir.py")}
+EXTRA_FILES = {name: ("_sweeps_ir.py", "_sweeps_ir.py") for name in VARIANTS if "LLVM" in name}
 
 #: the variants that compute the right result: checked against the row kernels first
-CORRECT = ("tiles", "tiles, reverse sweep in LLVM IR (4 states in registers)")
+CORRECT = ("tiles",) + tuple(name for name in VARIANTS if "LLVM" in name)
 
 
 def edited(source, edits):
@@ -146,6 +176,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all variants (3)")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per run (15)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="only the variants whose names contain one of these words "
+                             "(a quick look; the JSON then holds only them)")
     parser.add_argument("--worker", nargs=5,
                         metavar=("PASS", "TILES", "SHAPE", "REPEATS", "CHECK"),
                         help=argparse.SUPPRESS)
@@ -154,6 +187,10 @@ def main():
         pass_name, tiles, shape, repeats, check = args.worker
         print(f"{worker(pass_name, tiles == '1', shape, int(repeats), check == '1'):.3f}")
         return None
+    variants = {name: v for name, v in VARIANTS.items()
+                if not args.only or any(word in name for word in args.only)}
+    if not variants:
+        raise SystemExit(f"backward_knockouts: no variant's name contains {args.only}")
 
     import time
 
@@ -161,10 +198,10 @@ def main():
     t_start = time.perf_counter()
     machine = machine_info()
     source = (ROOT / "fast" / "numba_tiles.py").read_text()
-    times = {name: {shape: [] for shape in SHAPES} for name in VARIANTS}
+    times = {name: {shape: [] for shape in SHAPES} for name in variants}
     with tempfile.TemporaryDirectory() as scratch:
         trees = {}
-        for i, (name, (_, _, edits)) in enumerate(VARIANTS.items()):
+        for i, (name, (_, _, edits)) in enumerate(variants.items()):
             tree = Path(scratch) / f"variant{i}"
             for package in ("fast", "ssm_ref"):
                 shutil.copytree(ROOT / package, tree / package,
@@ -176,20 +213,22 @@ def main():
             trees[name] = tree
         for rnd in range(args.rounds):
             for shape in SHAPES:
-                for name, (pass_name, tiles, _) in VARIANTS.items():
+                for name, (pass_name, tiles, _) in variants.items():
                     env = dict(os.environ, PYTHONPATH=str(trees[name]),
                                NUMBA_CACHE_DIR=str(trees[name] / ".numba_cache"))
                     run = subprocess.run(
                         [sys.executable, str(Path(__file__).resolve()), "--worker", pass_name,
                          "1" if tiles else "0", shape, str(args.repeats),
                          "1" if rnd == 0 and name in CORRECT else "0"],
-                        cwd=trees[name], env=env, capture_output=True, text=True, check=True)
+                        cwd=trees[name], env=env, capture_output=True, text=True)
+                    if run.returncode:
+                        raise SystemExit(f"backward_knockouts: {name!r} failed:\n{run.stderr}")
                     ms = float(run.stdout.split()[-1])
                     times[name][shape].append(ms)
                     print(f"round {rnd + 1} {shape:7s} {name:56s} {ms:8.2f} ms", flush=True)
     print(f"\none thread, medians of {args.repeats} calls per run, {args.rounds} rounds")
     print(f"{'':56s} " + " ".join(f"{shape:>20s}" for shape in SHAPES))
-    for name in VARIANTS:
+    for name in variants:
         print(f"{name:56s} " + " ".join(
             f"{min(times[name][s]):8.2f}-{max(times[name][s]):8.2f} ms" for s in SHAPES))
     machine["load_average_end"] = list(os.getloadavg())

@@ -1,0 +1,247 @@
+"""The tile backward's two sweeps for blocks of states, written in LLVM IR (variants of
+``benchmarks/backward_knockouts.py``, not part of the library).
+
+``fast.numba_tiles._tile_bwd_forward`` and ``_tile_bwd_reverse`` keep each state's h,
+dLoss/dh and dA sum in memory (the loop over states has a run-time trip count): a load and
+a store per update and per quantity.  Here the loop over time carries them for states
+n0 .. n0 + K - 1 in registers (phi nodes), so that an update stores only what the other
+sweep reads (its records) and its lanes of dB or dC.  The arithmetic is the tile kernel's:
+
+forward sweep (:func:`forward_block4`, :func:`forward_block8`; the rows' exponential
+``fast_exp2_normal``)::
+
+    Abar = 2^(dt_t a2[n]);  ah = Abar h;  h = ah + bu_t B_t[n]
+    records Abar, ah;       dC lanes += dy_t h;  y_t += h C_t[n]
+
+reverse sweep (:func:`reverse_block4`, eq-selective-backward)::
+
+    gn = g + dy_t C_t[n];  ga = gn ah_t;  sdA += ga dt_t;  dB lanes += gn bu_t
+    g = gn Abar_t;         pA_t += ga A[n];         pB_t += gn B_t[n]
+
+Arrays as in ``bwd_tiles`` (float32, rows of 16 lanes); ``N`` must be a multiple of K.
+"""
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+__all__ = ["forward_block4", "forward_block8", "reverse_block4"]
+
+W = 16  # lanes: channels of a tile
+_F32 = ir.FloatType()
+_VTY = ir.VectorType(_F32, W)
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_FLAGS = ("contract", "nsz", "arcp")  # fast._fastexp's _FM
+
+
+class _Builder:
+    """Addresses, vector loads and stores, broadcasts and FMAs for one intrinsic's arrays."""
+
+    def __init__(self, context, builder, names, tys, args):
+        self.b = builder
+        self.arrays = {}
+        for name, ty, v in zip(names, tys, args):
+            arr = context.make_array(ty)(context, builder, v)
+            base = builder.ptrtoint(arr.data, _I64)
+            self.arrays[name] = (base, [builder.extract_value(arr.strides, i)
+                                        for i in range(ty.ndim)])
+        fma_fn = builder.module.globals.get("llvm.fma.v16f32")
+        if fma_fn is None:
+            fma_fn = ir.Function(builder.module, ir.FunctionType(_VTY, [_VTY] * 3),
+                                 name="llvm.fma.v16f32")
+        self.fma_fn = fma_fn
+
+    @staticmethod
+    def c64(v):
+        return ir.Constant(_I64, v)
+
+    def addr(self, name, *idx):
+        base, strides = self.arrays[name]
+        off = base
+        for ix, st in zip(idx, strides):
+            off = self.b.add(off, self.b.mul(ix, st))
+        return off
+
+    def vload(self, name, *idx):
+        return self.b.load(self.b.inttoptr(self.addr(name, *idx), _VTY.as_pointer()), align=4)
+
+    def vstore(self, v, name, *idx):
+        self.b.store(v, self.b.inttoptr(self.addr(name, *idx), _VTY.as_pointer()), align=4)
+
+    def splat(self, x):
+        v = self.b.insert_element(ir.Constant(_VTY, ir.Undefined), x, ir.Constant(_I32, 0))
+        return self.b.shuffle_vector(v, ir.Constant(_VTY, ir.Undefined),
+                                     ir.Constant(ir.VectorType(_I32, W), [0] * W))
+
+    def sload(self, name, *idx):
+        """One float32 broadcast to the 16 lanes."""
+        return self.splat(self.b.load(self.b.inttoptr(self.addr(name, *idx),
+                                                      _F32.as_pointer()), align=4))
+
+    def fma(self, x, y, z):
+        return self.b.call(self.fma_fn, [x, y, z])
+
+    # Numba gives every float operation without flags its kernel's fast-math flags, "reassoc"
+    # included, which would fold fast_exp2_normal's ``x - (s - shifter)`` away: these carry
+    # the flags of fast._fastexp's functions instead
+    def fadd(self, x, y):
+        return self.b.fadd(x, y, flags=_FLAGS)
+
+    def fsub(self, x, y):
+        return self.b.fsub(x, y, flags=_FLAGS)
+
+    def fmul(self, x, y):
+        return self.b.fmul(x, y, flags=_FLAGS)
+
+    def loop(self, count, carried, body, label):
+        """``for i in range(count)`` with the vectors ``carried`` in phi nodes: ``body(i,
+        values)`` returns their next values; returns their values after the loop."""
+        b = self.b
+        zero = self.c64(0)
+        entry = b.block
+        loop = b.append_basic_block(label)
+        done = b.append_basic_block(label + "_done")
+        b.cbranch(b.icmp_signed(">", count, zero), loop, done)
+        b.position_at_end(loop)
+        i_phi = b.phi(_I64)
+        i_phi.add_incoming(zero, entry)
+        phis = [b.phi(_VTY) for _ in carried]
+        for p, v in zip(phis, carried):
+            p.add_incoming(v, entry)
+        new = body(i_phi, phis)
+        i_next = b.add(i_phi, self.c64(1))
+        i_phi.add_incoming(i_next, b.block)
+        for p, v in zip(phis, new):
+            p.add_incoming(v, b.block)
+        b.cbranch(b.icmp_signed("<", i_next, count), loop, done)
+        b.position_at_end(done)
+        out = []
+        for v0, v1 in zip(carried, new):
+            p = b.phi(_VTY)
+            p.add_incoming(v0, entry)
+            p.add_incoming(v1, loop)
+            out.append(p)
+        return out
+
+    def add_or_write(self, acc, add, name, *idx):
+        """``name[idx] = acc``, or ``+= acc`` if ``add``."""
+        zero_v = ir.Constant(_VTY, [0.0] * W)
+        old = self.b.select(add, self.vload(name, *idx), zero_v)
+        self.vstore(self.fadd(old, acc), name, *idx)
+
+
+def _reverse(K):
+    @intrinsic
+    def reverse(typingctx, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row, C_row,
+                L, n0, add):
+        """Steps L - 1 ... 0 of the reverse sweep for states n0 .. n0 + K - 1; ``pA``, ``pB``
+        written (or added to, if ``add``); g and sdA of the K states read and written back."""
+        sig = types.void(dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row, C_row,
+                         types.intp, types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            x = _Builder(context, builder, ["dt", "bu", "dy", "a", "g", "sdA", "abar", "ah",
+                                            "dBl", "pA", "pB", "B", "C"], tys[:13], args[:13])
+            L_ = context.cast(builder, args[13], tys[13], types.int64)
+            n0_ = context.cast(builder, args[14], tys[14], types.int64)
+            add_ = context.cast(builder, args[15], tys[15], types.boolean)
+            zero = x.c64(0)
+            ns = [builder.add(n0_, x.c64(k)) for k in range(K)]
+            av = [x.vload("a", n, zero) for n in ns]
+
+            def body(i, phis):
+                gs, ss = phis[:K], phis[K:]
+                t = builder.sub(builder.sub(L_, x.c64(1)), i)
+                dtv, buv, dyv = (x.vload(name, t, zero) for name in ("dt", "bu", "dy"))
+                accA = accB = ir.Constant(_VTY, [0.0] * W)
+                g_new, s_new = [], []
+                for k, n in enumerate(ns):
+                    gn = x.fma(dyv, x.sload("C", t, n), gs[k])
+                    ga = x.fmul(gn, x.vload("ah", t, n, zero))
+                    s_new.append(x.fma(ga, dtv, ss[k]))
+                    x.vstore(x.fma(gn, buv, x.vload("dBl", t, n, zero)), "dBl", t, n, zero)
+                    g_new.append(x.fmul(gn, x.vload("abar", t, n, zero)))
+                    accA = x.fma(ga, av[k], accA)
+                    accB = x.fma(gn, x.sload("B", t, n), accB)
+                x.add_or_write(accA, add_, "pA", t, zero)
+                x.add_or_write(accB, add_, "pB", t, zero)
+                return g_new + s_new
+
+            carried = ([x.vload("g", n, zero) for n in ns]
+                       + [x.vload("sdA", n, zero) for n in ns])
+            out = x.loop(L_, carried, body, "rev_loop")
+            for k, n in enumerate(ns):
+                x.vstore(out[k], "g", n, zero)
+                x.vstore(out[K + k], "sdA", n, zero)
+            return context.get_dummy_value()
+        return sig, codegen
+    return reverse
+
+
+def _forward(K):
+    @intrinsic
+    def forward(typingctx, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row, terms, L, n0,
+                add):
+        """Steps 0 ... L - 1 of the backward's forward sweep for states n0 .. n0 + K - 1,
+        every ``dt a2`` in [-125, 0] (``fast_exp2_normal``); ``y`` written (or added to, if
+        ``add``); h of the K states read and written back.  ``terms``: a float32 array of
+        ``fast._fastexp.exp2_terms``."""
+        sig = types.void(dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row, terms,
+                         types.intp, types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            x = _Builder(context, builder, ["dt", "bu", "dy", "a2", "h", "y", "abar", "ah",
+                                            "dCl", "B", "C", "terms"], tys[:12], args[:12])
+            L_ = context.cast(builder, args[12], tys[12], types.int64)
+            n0_ = context.cast(builder, args[13], tys[13], types.int64)
+            add_ = context.cast(builder, args[14], tys[14], types.boolean)
+            zero = x.c64(0)
+            ns = [builder.add(n0_, x.c64(k)) for k in range(K)]
+            a2v = [x.vload("a2", n, zero) for n in ns]
+            consts = [x.sload("terms", x.c64(i)) for i in range(8)]
+            unbiased = x.fadd(consts[0], consts[1])  # 1.5 * 2^23
+            poly = consts[2:]
+            vi32 = ir.VectorType(_I32, W)
+            shift = ir.Constant(vi32, [23] * W)
+
+            def exp2(v):  # fast_exp2_normal, operation for operation (no fast-math flags)
+                s = x.fadd(v, unbiased)
+                f = x.fsub(v, x.fsub(s, unbiased))
+                p = poly[-1]
+                for c in poly[-2::-1]:
+                    p = x.fma(p, f, c)
+                bits = builder.add(builder.bitcast(p, vi32),
+                                   builder.shl(builder.bitcast(s, vi32), shift))
+                return builder.bitcast(bits, _VTY)
+
+            def body(t, hs):
+                dtv, buv, dyv = (x.vload(name, t, zero) for name in ("dt", "bu", "dy"))
+                acc = ir.Constant(_VTY, [0.0] * W)
+                h_new = []
+                for k, n in enumerate(ns):
+                    e = exp2(x.fmul(dtv, a2v[k]))
+                    ahv = x.fmul(e, hs[k])
+                    hv = x.fma(buv, x.sload("B", t, n), ahv)
+                    x.vstore(e, "abar", t, n, zero)
+                    x.vstore(ahv, "ah", t, n, zero)
+                    x.vstore(x.fma(dyv, hv, x.vload("dCl", t, n, zero)), "dCl", t, n, zero)
+                    acc = x.fma(hv, x.sload("C", t, n), acc)
+                    h_new.append(hv)
+                x.add_or_write(acc, add_, "y", t, zero)
+                return h_new
+
+            out = x.loop(L_, [x.vload("h", n, zero) for n in ns], body, "fwd_loop")
+            for k, n in enumerate(ns):
+                x.vstore(out[k], "h", n, zero)
+            return context.get_dummy_value()
+        return sig, codegen
+    return forward
+
+
+#: K states per block: the reverse sweep carries 2K vectors (g, the dA sum), the forward
+#: sweep K states and K poles
+reverse_block4 = _reverse(4)
+forward_block4 = _forward(4)
+forward_block8 = _forward(8)
