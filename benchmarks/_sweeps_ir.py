@@ -51,6 +51,16 @@ class _Builder:
                                  name="llvm.fma.v16f32")
         self.fma_fn = fma_fn
 
+    @classmethod
+    def start(cls, context, builder, signature, args, K, names):
+        """The builder for an intrinsic whose arguments are the arrays ``names`` and then
+        ``L``, ``n0`` and ``add``: ``(builder, L, [n0 .. n0 + K - 1], add)`` as LLVM values."""
+        tys, m = signature.args, len(names)
+        x = cls(context, builder, names, tys[:m], args[:m])
+        L, n0 = (context.cast(builder, args[i], tys[i], types.int64) for i in (m, m + 1))
+        add = context.cast(builder, args[m + 2], tys[m + 2], types.boolean)
+        return x, L, [builder.add(n0, cls.c64(k)) for k in range(K)], add
+
     @staticmethod
     def c64(v):
         return ir.Constant(_I64, v)
@@ -140,14 +150,10 @@ def _reverse(K):
                          types.intp, types.intp, types.boolean)
 
         def codegen(context, builder, signature, args):
-            tys = signature.args
-            x = _Builder(context, builder, ["dt", "bu", "dy", "a", "g", "sdA", "abar", "ah",
-                                            "dBl", "pA", "pB", "B", "C"], tys[:13], args[:13])
-            L_ = context.cast(builder, args[13], tys[13], types.int64)
-            n0_ = context.cast(builder, args[14], tys[14], types.int64)
-            add_ = context.cast(builder, args[15], tys[15], types.boolean)
+            x, L_, ns, add_ = _Builder.start(
+                context, builder, signature, args, K,
+                ["dt", "bu", "dy", "a", "g", "sdA", "abar", "ah", "dBl", "pA", "pB", "B", "C"])
             zero = x.c64(0)
-            ns = [builder.add(n0_, x.c64(k)) for k in range(K)]
             av = [x.vload("a", n, zero) for n in ns]
 
             def body(i, phis):
@@ -191,14 +197,10 @@ def _forward(K):
                          types.intp, types.intp, types.boolean)
 
         def codegen(context, builder, signature, args):
-            tys = signature.args
-            x = _Builder(context, builder, ["dt", "bu", "dy", "a2", "h", "y", "abar", "ah",
-                                            "dCl", "B", "C", "terms"], tys[:12], args[:12])
-            L_ = context.cast(builder, args[12], tys[12], types.int64)
-            n0_ = context.cast(builder, args[13], tys[13], types.int64)
-            add_ = context.cast(builder, args[14], tys[14], types.boolean)
+            x, L_, ns, add_ = _Builder.start(
+                context, builder, signature, args, K,
+                ["dt", "bu", "dy", "a2", "h", "y", "abar", "ah", "dCl", "B", "C", "terms"])
             zero = x.c64(0)
-            ns = [builder.add(n0_, x.c64(k)) for k in range(K)]
             a2v = [x.vload("a2", n, zero) for n in ns]
             consts = [x.sload("terms", x.c64(i)) for i in range(8)]
             unbiased = x.fadd(consts[0], consts[1])  # 1.5 * 2^23
