@@ -74,6 +74,35 @@ def test_transpose_block_is_float32_only():
         _transpose_at(np.zeros((16, 16)), 0, 0, np.zeros((16, 16)), 0, 0)
 
 
+@njit
+def _lane_sums_at(src, r0, dst, k0):
+    numba_tiles.add_lane_sums(src, r0, dst, k0)
+
+
+def test_add_lane_sums_against_numpy(rng):
+    """16 rows of a strided source summed over their first 16 entries into 16 entries of the
+    destination (added to what is there) and set to zero; nothing else moves."""
+    base = rng.standard_normal((60, 20)).astype(np.float32)
+    base_before = base.copy()
+    src = base[::2]  # a row stride of two rows, 20 entries per row
+    before = src.copy()
+    dst = rng.standard_normal(40).astype(np.float32)
+    expected = dst.astype(np.float64)
+    expected[7:7 + TILE] += before[3:3 + TILE, :TILE].astype(np.float64).sum(axis=1)
+    _lane_sums_at(src, 3, dst, 7)
+    np.testing.assert_allclose(dst, expected, rtol=1e-6, atol=1e-6)
+    untouched = np.ones(before.shape, bool)
+    untouched[3:3 + TILE, :TILE] = False
+    assert np.array_equal(src[untouched], before[untouched])
+    assert not src[3:3 + TILE, :TILE].any()
+    assert np.array_equal(base[1::2], base_before[1::2])  # the rows in between
+
+
+def test_add_lane_sums_is_float32_only():
+    with pytest.raises(TypingError):
+        _lane_sums_at(np.zeros((16, 16)), 0, np.zeros(16), 0)
+
+
 # ---------------------------------------------------------------------------
 # when the tile kernel runs
 # ---------------------------------------------------------------------------
