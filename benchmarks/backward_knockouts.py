@@ -46,12 +46,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trees import ROOT, check_not_checkout, copy_packages, run_in  # noqa: E402
+
 if "--worker" not in sys.argv:  # a worker imports the variant's copy (its PYTHONPATH)
     sys.path.insert(0, str(ROOT))
 
@@ -141,8 +142,7 @@ def worker(pass_name, tiles, shape, repeats, check):
 
     import fast
     from fast import numba_cpu, numba_tiles
-    if Path(fast.__file__).resolve().parents[1] == ROOT:
-        raise SystemExit("backward_knockouts: the worker imported the checkout, not its variant")
+    check_not_checkout(fast)
     from fast.bench.scan import make_inputs, median_time
     from ssm_ref._malloc import keep_freed_memory
     keep_freed_memory()
@@ -202,10 +202,7 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         trees = {}
         for i, (name, (_, _, edits)) in enumerate(variants.items()):
-            tree = Path(scratch) / f"variant{i}"
-            for package in ("fast", "ssm_ref"):
-                shutil.copytree(ROOT / package, tree / package,
-                                ignore=shutil.ignore_patterns("__pycache__"))
+            tree = copy_packages(Path(scratch) / f"variant{i}")
             (tree / "fast" / "numba_tiles.py").write_text(edited(source, edits))
             if name in EXTRA_FILES:
                 target, file = EXTRA_FILES[name]
@@ -214,16 +211,9 @@ def main():
         for rnd in range(args.rounds):
             for shape in SHAPES:
                 for name, (pass_name, tiles, _) in variants.items():
-                    env = dict(os.environ, PYTHONPATH=str(trees[name]),
-                               NUMBA_CACHE_DIR=str(trees[name] / ".numba_cache"))
-                    run = subprocess.run(
-                        [sys.executable, str(Path(__file__).resolve()), "--worker", pass_name,
-                         "1" if tiles else "0", shape, str(args.repeats),
-                         "1" if rnd == 0 and name in CORRECT else "0"],
-                        cwd=trees[name], env=env, capture_output=True, text=True)
-                    if run.returncode:
-                        raise SystemExit(f"backward_knockouts: {name!r} failed:\n{run.stderr}")
-                    ms = float(run.stdout.split()[-1])
+                    ms = run_in(trees[name], Path(__file__).resolve(), "--worker", pass_name,
+                                "1" if tiles else "0", shape, args.repeats,
+                                "1" if rnd == 0 and name in CORRECT else "0")
                     times[name][shape].append(ms)
                     print(f"round {rnd + 1} {shape:7s} {name:56s} {ms:8.2f} ms", flush=True)
     print(f"\none thread, medians of {args.repeats} calls per run, {args.rounds} rounds")

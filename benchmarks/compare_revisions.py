@@ -1,0 +1,154 @@
+"""The scan's time in the working tree against a committed revision, side by side.
+
+Usage (from the repository's root; a few minutes on 2 cores)::
+
+    python benchmarks/compare_revisions.py HEAD~1
+    python benchmarks/compare_revisions.py main --cases tiny vmamba --threads 1 --rounds 5
+
+Before a kernel change is kept, its gain has to stand out from the spread of single
+runs (5-10 % on the virtual machine of chapter 11).  This runs the library as committed
+at the revision and as it is in the working tree, each a copy in its own folder with its
+own Numba cache, one process per measurement, the two versions taking turns round by
+round, and prints the median of the rounds' medians, their range and the ratio
+(revision / working tree: above 1, the working tree is faster).
+
+The cases are the scans that the library's users run most (``fast.selective_scan`` and
+``fast.selective_scan_backward`` with ``backend="numba"``, float32):
+
+* ``headline``: B = 1, D = 1536, L = 1024, N = 16, variable B and C, D, z, delta_bias and
+  softplus (chapter 11's headline size);
+* ``vmamba``: VMamba 32x32's scan in a training step, B = 64, D = 192 (4 directions x 48
+  channels, B and C per direction), L = 256, N = 8, no z;
+* ``tiny``: tiny Vim 8x8's, B = 64, D = 48, L = 17, N = 8 (``ssm-ref train``'s default
+  model).
+
+With ``--out`` it writes ``compare_revisions_cpu.json`` there.  This script is a tool for
+the chapter's measurements, not part of the library.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _trees import ROOT, check_not_checkout, copy_packages, run_in  # noqa: E402
+
+#: (batch, dim, length, dstate, groups of B and C or None for variable B and C with z)
+CASES = {"headline": (1, 1536, 1024, 16, None),
+         "vmamba": (64, 192, 256, 8, 4),
+         "tiny": (64, 48, 17, 8, None)}
+PASSES = ("forward", "backward")
+
+
+def inputs(case):
+    """The arguments of the case's scan (float32), and a gradient of its output."""
+    import numpy as np
+
+    from fast.bench.scan import make_inputs
+    batch, dim, length, dstate, groups = CASES[case]
+    kw = make_inputs(batch, dim, length, dstate)
+    if groups is not None:  # VMamba: B and C per direction, no gate
+        del kw["z"]
+        kw["B"], kw["C"] = (np.random.default_rng(2 + i).standard_normal(
+            (batch, groups, dstate, length)).astype(np.float32) for i in range(2))
+    dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
+    return kw, dout
+
+
+def worker(case, pass_name, threads, repeats):
+    """In a version's process: the median time (µs) of ``repeats`` calls."""
+    import numba
+
+    import fast
+    from fast.bench.scan import median_time
+    from ssm_ref._malloc import keep_freed_memory
+    check_not_checkout(fast)
+    keep_freed_memory()
+    numba.set_num_threads(threads)
+    kw, dout = inputs(case)
+    if pass_name == "forward":
+        def fn():
+            return fast.selective_scan(**kw, backend="numba")
+    else:
+        def fn():
+            return fast.selective_scan_backward(dout, **kw, backend="numba")
+    return 1e6 * median_time(fn, repeats)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", help="the git revision to compare the working tree with")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
+                        help="Numba thread counts (1 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs (3)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed calls per run (default: about half a second's worth)")
+    parser.add_argument("--out", type=Path, help="a folder for compare_revisions_cpu.json")
+    parser.add_argument("--worker", nargs=4, metavar=("CASE", "PASS", "THREADS", "REPEATS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        case, pass_name, threads, repeats = args.worker
+        print(f"{worker(case, pass_name, int(threads), int(repeats)):.1f}")
+        return None
+    if args.rounds < 1 or args.repeats < 0 or min(args.threads) < 1:
+        parser.error(f"--rounds and --threads take positive numbers, --repeats one >= 0 "
+                     f"(got {args.rounds}, {args.threads}, {args.repeats})")
+    sys.path.insert(0, str(ROOT))  # the main process reads the checkout's fast.bench
+
+    import numpy as np
+
+    from fast.bench.scan import finish, machine_info, machine_line, start, updates
+    t_start, machine = (start(parser, args.out) if args.out
+                        else (time.perf_counter(), machine_info()))
+    print(machine_line(machine), flush=True)
+    default_repeats = {"headline": 21, "vmamba": 15, "tiny": 201}
+    runs = [(case, p, th) for case in args.cases for p in args.passes for th in args.threads]
+    times = {run: {"rev": [], "tree": []} for run in runs}
+    script = Path(__file__).resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        trees = {"rev": copy_packages(Path(scratch) / "rev", args.rev),
+                 "tree": copy_packages(Path(scratch) / "tree")}
+        for rnd in range(args.rounds):
+            for run in runs:
+                case, pass_name, threads = run
+                repeats = args.repeats or default_repeats[case]
+                for version, tree in trees.items():
+                    us = run_in(tree, script, args.rev, "--worker", case, pass_name, threads,
+                                repeats)
+                    times[run][version].append(us)
+                print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
+                      f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
+                      f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
+    print(f"\nmedians of the rounds' medians in µs (their range), float32; ratio: "
+          f"{args.rev} / working tree")
+    print(f"{'case':9s} {'pass':9s} {'threads':>7s} {args.rev:>24s} {'working tree':>24s}"
+          f" {'ratio':>6s} {'G updates/s':>12s}")
+    rows = []
+    for (case, pass_name, threads), t in times.items():
+        rev, tree = float(np.median(t["rev"])), float(np.median(t["tree"]))
+        batch, dim, length, dstate, _ = CASES[case]
+        rate = updates(batch, dim, length, dstate) / (tree * 1e-6) / 1e9
+        print(f"{case:9s} {pass_name:9s} {threads:7d} "
+              f"{rev:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
+              f"{tree:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
+              f"{rev / tree:6.2f} {rate:12.2f}")
+        rows.append({"case": case, "pass": pass_name, "threads": threads,
+                     "shape": dict(zip(("batch", "dim", "length", "dstate", "groups"),
+                                       CASES[case])),
+                     "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev / tree})
+    if args.out:
+        machine["load_average_end"] = list(os.getloadavg())
+        finish({"machine": machine, "rev": args.rev, "rounds": args.rounds, "rows": rows},
+               args.out / "compare_revisions_cpu.json", t_start)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

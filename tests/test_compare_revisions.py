@@ -1,0 +1,73 @@
+"""benchmarks/compare_revisions.py and benchmarks/_trees.py: the copies of the library that
+the version comparisons time, and their errors (the timings themselves are benchmarks)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from cases import script_module
+from conftest import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "compare_revisions.py"
+
+
+needs_git = pytest.mark.skipif(not (ROOT / ".git").exists(),
+                               reason="not a git checkout: no revision to copy")
+
+
+@pytest.fixture(scope="module")
+def trees():
+    return script_module(ROOT / "benchmarks" / "_trees.py", "_trees")
+
+
+@needs_git
+def test_a_revision_is_copied_as_committed(trees, tmp_path):
+    """HEAD's fast/ and ssm_ref/ as git has them: the same files as the commit lists."""
+    dest = trees.copy_packages(tmp_path / "rev", "HEAD")
+    listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", "fast", "ssm_ref"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == sorted(listed)
+    committed = subprocess.run(["git", "show", "HEAD:fast/__init__.py"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout
+    assert (dest / "fast" / "__init__.py").read_text() == committed
+
+
+def test_the_working_tree_is_copied_without_caches(trees, tmp_path):
+    dest = trees.copy_packages(tmp_path / "tree")
+    assert (dest / "fast" / "numba_tiles.py").read_text() == (
+        ROOT / "fast" / "numba_tiles.py").read_text()
+    assert not list(dest.rglob("__pycache__"))
+
+
+@needs_git
+def test_an_unknown_revision_stops_with_its_name(trees, tmp_path):
+    with pytest.raises(SystemExit, match="no revision 'no-such-rev-xyz'"):
+        trees.copy_packages(tmp_path / "rev", "no-such-rev-xyz")
+
+
+def test_a_failing_run_stops_with_its_error_output(trees, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('kernel exploded')\n")
+    with pytest.raises(SystemExit, match="kernel exploded"):
+        trees.run_in(tmp_path, bad)
+
+
+def test_a_worker_that_imported_the_checkout_stops(trees):
+    import fast
+    with pytest.raises(SystemExit, match="imported the checkout"):
+        trees.check_not_checkout(fast)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["HEAD", "--rounds", "0"], "--rounds and --threads take positive numbers"),
+    (["HEAD", "--threads", "0"], "--rounds and --threads take positive numbers"),
+    (["HEAD", "--cases", "huge"], "invalid choice: 'huge'"),
+    (["no-such-rev-xyz", "--cases", "tiny", "--rounds", "1"], "no revision 'no-such-rev-xyz'"),
+])
+def test_bad_arguments_get_one_clear_line(args, message):
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert run.returncode != 0
+    assert message in run.stderr
