@@ -238,8 +238,8 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
     """``dst[k0 + i] += src[r0 + i, :16].sum()`` for i < 16, and those 16 rows of ``src``
     set to zero: the sums of 16 vectors, one per row, as one vector.
 
-    ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D contiguous, both
-    float32; nothing is checked.  The 16 rows are loaded as vectors and halved in 4 rounds:
+    ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D and contiguous (its
+    Numba type says so), both float32; the indices are not checked.  The 16 rows are loaded as vectors and halved in 4 rounds:
     round k pairs vector a (bit k of a clear) with vector a + 2^k and keeps, in each lane
     c, the sum of lanes c and c xor 2^k of the first if bit k of c is clear, of the second
     if it is set (two shuffles and an add per pair).  After the 4 rounds lane c holds the
@@ -247,7 +247,7 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
     one vector's lanes takes 4 shuffles and 4 adds.
     """
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == 2 and dst.ndim == 1
+            and src.ndim == 2 and dst.ndim == 1 and dst.layout == "C"
             and src.dtype == dst.dtype == types.float32):
         return None
     sig = types.void(src, types.intp, dst, types.intp)

@@ -98,9 +98,11 @@ def test_add_lane_sums_against_numpy(rng):
     assert np.array_equal(base[1::2], base_before[1::2])  # the rows in between
 
 
-def test_add_lane_sums_is_float32_only():
+def test_add_lane_sums_takes_float32_and_a_contiguous_destination():
     with pytest.raises(TypingError):
         _lane_sums_at(np.zeros((16, 16)), 0, np.zeros(16), 0)
+    with pytest.raises(TypingError):  # every other entry: one vector store would not do
+        _lane_sums_at(np.zeros((16, 16), np.float32), 0, np.zeros(32, np.float32)[::2], 0)
 
 
 # ---------------------------------------------------------------------------
