@@ -184,6 +184,13 @@ def _address(context, builder, aryty, ary, row, col):
     return builder.add(base, builder.add(builder.mul(row, stride), builder.mul(col, item))), stride
 
 
+def _row_pointer(builder, at, stride, i, vty):
+    """Pointer to a ``vty`` vector at row ``i`` (a Python int) after the address ``at``."""
+    i64 = ir.IntType(64)
+    return builder.inttoptr(builder.add(at, builder.mul(ir.Constant(i64, i), stride)),
+                            vty.as_pointer())
+
+
 @intrinsic
 def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
     """``dst[q0 + i, k0 + j] = src[r0 + j, c0 + i]`` for i, j < 16: one 16 x 16 float32 block.
@@ -205,15 +212,11 @@ def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
     def codegen(context, builder, signature, args):
         s, r0, c0, d, q0, k0 = args
         vty = ir.VectorType(context.get_value_type(types.float32), w)
-        i64 = ir.IntType(64)
         s_at, s_stride = _address(context, builder, src, s, r0, c0)
         d_at, d_stride = _address(context, builder, dst, d, q0, k0)
 
-        def row_pointer(at, stride, i):
-            return builder.inttoptr(builder.add(at, builder.mul(ir.Constant(i64, i), stride)),
-                                    vty.as_pointer())
-
-        rows = [builder.load(row_pointer(s_at, s_stride, j), align=4) for j in range(w)]
+        rows = [builder.load(_row_pointer(builder, s_at, s_stride, j, vty), align=4)
+                for j in range(w)]
         for k in range(4):
             bit = 1 << k
             # shuffle masks over the 32 entries of (row a, row b): b's entries count from 16
@@ -228,7 +231,7 @@ def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
                     new[a | bit] = builder.shuffle_vector(rows[a], rows[a | bit], high)
             rows = new
         for i in range(w):
-            builder.store(rows[i], row_pointer(d_at, d_stride, i), align=4)
+            builder.store(rows[i], _row_pointer(builder, d_at, d_stride, i, vty), align=4)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -239,8 +242,8 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
     set to zero: the sums of 16 vectors, one per row, as one vector.
 
     ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D and contiguous (its
-    Numba type says so), both float32; the indices are not checked.  The 16 rows are loaded as vectors and halved in 4 rounds:
-    round k pairs vector a (bit k of a clear) with vector a + 2^k and keeps, in each lane
+    Numba type says so), both float32; the indices are not checked.  The 16 rows are
+    loaded as vectors and halved in 4 rounds: round k pairs vector a (bit k of a clear) with vector a + 2^k and keeps, in each lane
     c, the sum of lanes c and c xor 2^k of the first if bit k of c is clear, of the second
     if it is set (two shuffles and an add per pair).  After the 4 rounds lane c holds the
     sum of row c over all 16 lanes: 30 shuffles and 15 adds for 16 rows, where a sum across
@@ -259,13 +262,10 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
         i64 = ir.IntType(64)
         zero_i = ir.Constant(i64, 0)
         s_at, s_stride = _address(context, builder, src, s, r0, zero_i)
-        d_arr = context.make_array(dst)(context, builder, d)
-        item = ir.Constant(i64, 4)
-        d_at = builder.add(builder.ptrtoint(d_arr.data, i64), builder.mul(k0, item))
+        d_at, _ = _address(context, builder, dst, d, zero_i, k0)  # 1-D: entry k0
 
         def row_pointer(i):
-            return builder.inttoptr(builder.add(s_at, builder.mul(ir.Constant(i64, i), s_stride)),
-                                    vty.as_pointer())
+            return _row_pointer(builder, s_at, s_stride, i, vty)
 
         rows = [builder.load(row_pointer(j), align=4) for j in range(w)]
         for k in range(4):
