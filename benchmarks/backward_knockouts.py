@@ -44,7 +44,6 @@ the evidence for the chapter, not part of the library.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -221,7 +220,6 @@ def main():
     for name in variants:
         print(f"{name:56s} " + " ".join(
             f"{min(times[name][s]):8.2f}-{max(times[name][s]):8.2f} ms" for s in SHAPES))
-    machine["load_average_end"] = list(os.getloadavg())
     result = {"machine": machine, "threads": 1, "repeats": args.repeats,
               "rounds": args.rounds,
               "shapes": {s: {"B": 1, "D": d, "L": length, "N": 16, "dtype": "float32"}

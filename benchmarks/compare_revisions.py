@@ -28,7 +28,6 @@ the chapter's measurements, not part of the library.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -132,19 +131,18 @@ def main(argv=None):
           f" {'ratio':>6s} {'G updates/s':>12s}")
     rows = []
     for (case, pass_name, threads), t in times.items():
-        rev, tree = float(np.median(t["rev"])), float(np.median(t["tree"]))
+        rev_us, tree_us = float(np.median(t["rev"])), float(np.median(t["tree"]))
         batch, dim, length, dstate, _ = CASES[case]
-        rate = updates(batch, dim, length, dstate) / (tree * 1e-6) / 1e9
+        rate = updates(batch, dim, length, dstate) / (tree_us * 1e-6) / 1e9
         print(f"{case:9s} {pass_name:9s} {threads:7d} "
-              f"{rev:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
-              f"{tree:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
-              f"{rev / tree:6.2f} {rate:12.2f}")
+              f"{rev_us:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
+              f"{tree_us:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
+              f"{rev_us / tree_us:6.2f} {rate:12.2f}")
         rows.append({"case": case, "pass": pass_name, "threads": threads,
                      "shape": dict(zip(("batch", "dim", "length", "dstate", "groups"),
                                        CASES[case])),
-                     "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev / tree})
+                     "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us})
     if args.out:
-        machine["load_average_end"] = list(os.getloadavg())
         finish({"machine": machine, "rev": args.rev, "rounds": args.rounds, "rows": rows},
                args.out / "compare_revisions_cpu.json", t_start)
     return rows

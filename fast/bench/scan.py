@@ -300,7 +300,12 @@ def machine_line(machine):
 
 
 def finish(result, path, t_start):
-    """Write ``result`` (with the run's wall time) to ``path`` as JSON and say so."""
+    """Write ``result`` (with the run's wall time) to ``path`` as JSON and say so.
+
+    ``result["machine"]`` gets the load average at the end now, unless the run recorded it
+    already (right after its measurements, before plotting).
+    """
+    result["machine"].setdefault("load_average_end", list(os.getloadavg()))
     result["wall_time_s"] = time.perf_counter() - t_start
     path.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {shown(path)}"
