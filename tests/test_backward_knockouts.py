@@ -8,6 +8,8 @@ import pytest
 from cases import script_module
 from conftest import ROOT
 
+from fast.numba_cpu import _FMK
+
 
 @pytest.fixture(scope="module")
 def knockouts():
@@ -43,7 +45,7 @@ def sweeps_ir():
 
 #: the tile kernels' fast-math flags: a variant's IR is inlined into a kernel compiled with
 #: them, and Numba gives every float operation without flags of its own these flags
-KERNEL_FLAGS = {"contract", "reassoc", "nsz", "arcp"}
+KERNEL_FLAGS = _FMK
 
 
 def _arrays(seed):
