@@ -65,7 +65,7 @@ from numba.extending import intrinsic, overload
 from ._launch import launch
 
 __all__ = ["fast_exp", "fast_exp_clamped", "fast_exp2_scan", "fast_exp2_normal", "exp2_terms",
-           "fast_softplus", "fast_sigmoid", "exp_array"]
+           "fast_softplus", "fast_softplus_grad", "fast_sigmoid", "exp_array"]
 
 #: fastmath flags of the helpers: contraction into FMA allowed, but no
 #: reassociation (it would undo the split ln 2) and no "no NaN" assumption.
@@ -568,6 +568,50 @@ def _fast_softplus_impl(x):
             q = _fma(q, s2, series[j])
         sp = max(x, zero) + two * s * q
         return sp if x <= threshold else x  # NaN fails the comparison: NaN comes back
+    return impl
+
+
+def fast_softplus_grad(x):
+    """``(softplus(x), d softplus / dx)``: the step and its derivative, from one exponential.
+
+    The derivative is sigmoid(x) up to 20 and 1 above (PyTorch's threshold, as
+    :func:`fast_softplus`).  Inside Numba the first value is :func:`fast_softplus`'s,
+    and the second reuses its ``e = e^{-|x|}``: sigmoid(x) = ``1 / (1 + e)``
+    for x > 0 and ``e / (1 + e)`` otherwise (one more division, no second
+    exponential).  The backward kernels take both in their first pass over a row, so
+    that the input gradients need no exponential of their own.  Below ``x = -87.33``
+    (float32; -708.39 in float64) the derivative is about the smallest normal number
+    instead of ``e^x`` (the absolute error of :func:`fast_softplus`).  NaN gives
+    ``(NaN, NaN)``, ``inf`` gives ``(inf, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast._fastexp import fast_softplus_grad
+    >>> [float(v) for v in fast_softplus_grad(np.float64(0.0))]  # log 2, sigmoid(0)
+    [0.6931471805599453, 0.5]
+    """
+    x = np.asarray(x)
+    with np.errstate(over="ignore"):  # e^-x = inf far below 0: the derivative 0
+        g = np.where(x > 20, 1.0, 1.0 / (1.0 + np.exp(-np.minimum(x, 20))))
+    return fast_softplus(x), np.where(np.isnan(x), x, g)[()]
+
+
+@overload(fast_softplus_grad, fastmath=_FM,
+          jit_options={"fastmath": _FM, "error_model": "numpy"})
+def _fast_softplus_grad_impl(x):
+    c = _constants(x)
+    if c is None:
+        return None
+    under, zero = c["under"], c["zero"]
+    dt = np.float32 if x.bitwidth == 32 else np.float64
+    one, threshold = dt(1.0), dt(20.0)
+
+    def impl(x):
+        sp = fast_softplus(x)
+        e = _exp_core(max(-abs(x), under))  # fast_softplus's e^-|x|: LLVM computes it once
+        g = (one if x > zero else e) / (one + e)  # sigmoid(x)
+        return sp, g if x <= threshold else (one if x > threshold else x)  # NaN: NaN
     return impl
 
 

@@ -14,7 +14,7 @@ import pytest
 from numba import njit
 
 from fast._fastexp import (exp2_terms, exp_array, fast_exp, fast_exp2_normal, fast_exp2_scan,
-                           fast_sigmoid, fast_softplus)
+                           fast_sigmoid, fast_softplus, fast_softplus_grad)
 
 #: (dtype, smallest x with a normal result, largest x with a finite result)
 RANGES = {np.float32: (-87.33, 88.72), np.float64: (-708.39, 709.78)}
@@ -131,6 +131,42 @@ def test_softplus_and_sigmoid_edges(dtype):
     sp_ref, sg_ref = _exact_softplus_sigmoid(x[3:])
     assert np.all(np.abs(sp[3:] - sp_ref) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * sp_ref))
     assert np.all(np.abs(sg[3:] - sg_ref) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * sg_ref))
+
+
+@njit(fastmath=True, error_model="numpy")
+def _softplus_grad(x, sp, g):
+    for i in range(x.size):
+        sp[i], g[i] = fast_softplus_grad(x[i])
+
+
+def _exact_softplus_grad(x):
+    """softplus's derivative (PyTorch's: 1 above 20) in extended precision."""
+    xl = x.astype(np.longdouble)
+    return np.where(xl > 20, 1, 1 / (1 + np.exp(-np.minimum(xl, 20))))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_grad_is_softplus_and_its_derivative(dtype):
+    x = np.concatenate([np.linspace(-60, 60, 20_001), [19.999, 20.0, 20.001, 1e-8, -1e-8, 0.0],
+                        [np.nan, np.inf, -np.inf, -90.0, -750.0, 1e30]]).astype(dtype)
+    sp, g, sp_alone, sg = (np.empty_like(x) for _ in range(4))
+    _softplus_grad(x, sp, g)
+    _softplus_sigmoid(x, sp_alone, sg)
+    finite = np.isfinite(x)
+    # fast_softplus's value (to an ulp: LLVM may contract a multiply-add differently here)
+    np.testing.assert_allclose(sp[finite], sp_alone[finite], rtol=2 * np.finfo(dtype).eps)
+    tiny = 2 * np.finfo(dtype).tiny
+    sp_ref, _ = _exact_softplus_sigmoid(x[finite])
+    assert np.all(np.abs(sp[finite] - sp_ref) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * sp_ref))
+    want = _exact_softplus_grad(x[finite])
+    assert np.all(np.abs(g[finite] - want) <= np.maximum(tiny, 4 * np.finfo(dtype).eps * want))
+    np.testing.assert_array_equal(g[x > 20], 1)
+    assert np.isnan(g[np.isnan(x)]).all() and np.isnan(sp[np.isnan(x)]).all()
+    assert g[x == np.inf] == 1 and 0 <= g[x == -np.inf] <= tiny
+    # the Python version (NumPy) agrees
+    sp_np, g_np = fast_softplus_grad(x)
+    np.testing.assert_allclose(g_np[finite], want, rtol=4 * np.finfo(dtype).eps, atol=tiny)
+    np.testing.assert_allclose(sp_np, sp, rtol=4 * np.finfo(dtype).eps, atol=tiny)
 
 
 def test_python_fallbacks_are_numpy():
