@@ -125,7 +125,7 @@ from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_
 from ssm_ref.selective import write_state
 
 from ._fastexp import (exp2_terms, fast_exp2_normal, fast_exp2_scan, fast_exp_clamped,
-                       fast_sigmoid, fast_softplus)
+                       fast_sigmoid, fast_softplus, fast_softplus_grad)
 from ._launch import launch
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
@@ -325,22 +325,40 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
 
 
 @njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
-def _row_dy(dout_row, z_row, u_row, has_z, sz, dy, zero):
-    """dy = dout * silu(z) (dout without z), the gradient reaching y_t; sigmoid(z) into ``sz``.
+def _row_prep(delta_row, u_row, bias_d, softplus, dout_row, z_row, has_z, dt, bu, dsp, sz, dy,
+              zero):
+    """The backward's pass over a row before its sweeps, one loop over the steps.
 
-    Returns the sum of ``dout_row`` (a screen) and that of dy * u (the row's dD).
+    Writes dt = softplus(delta + bias) and bu = dt u (as :func:`_row_steps`), the
+    derivative d dt / d(delta + bias) into ``dsp`` (1 without ``softplus``; with it,
+    from the same exponential: :func:`fast._fastexp.fast_softplus_grad`), with ``has_z``
+    sigmoid(z) into ``sz``, and dy = dout silu(z) (dout without z), the gradient
+    reaching y_t.  Returns the screen sum of u, delta, dt, z and dout, and the sum of
+    dy u (the row's dD).
     """
     s = zero
     sD = zero
+    one = zero + 1
     for t in range(dout_row.size):
-        s += dout_row[t]
+        raw = delta_row[t] + bias_d
+        if softplus:
+            x, gx = fast_softplus_grad(raw)
+        else:
+            x, gx = raw, one
+        dsp[t] = gx
+        uu = u_row[t]
+        dt[t] = x
+        bu[t] = x * uu
+        g = dout_row[t]
+        s += uu + delta_row[t] + x + g
         if has_z:
             zz = z_row[t]
-            sz[t] = fast_sigmoid(zz)
-            dy[t] = dout_row[t] * zz * sz[t]
-        else:
-            dy[t] = dout_row[t]
-        sD += dy[t] * u_row[t]
+            sg = fast_sigmoid(zz)
+            sz[t] = sg
+            s += zz
+            g = g * zz * sg
+        dy[t] = g
+        sD += g * uu
     return s, sD
 
 
@@ -355,6 +373,61 @@ def _row_dz(dout_row, z_row, sz, y, u_row, Dd, dz_row, one):
         dz_row[t] = dout_row[t] * v * sg * (one + zz * (one - sg))
         s += dz_row[t]
     return s
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
+def _row_grads(dt, pA, pB, dy, dsp, u_row, Dd, du_row, ddelta_row, with_dz, dout_row, z_row, sz,
+               y, dz_row, one):
+    """The backward's pass over a row after its sweeps, one loop over the steps.
+
+    From the reverse sweep's per-step sums ``pA`` and ``pB``: du_t = dt_t pB_t + D dy_t
+    and d delta_t = (pA_t + u_t pB_t) ``dsp_t`` (:func:`_row_prep`'s derivative of the
+    step); with ``with_dz`` also dz (as :func:`_row_dz`, ``y`` the row's output before
+    D u).  Returns the screen sum of du, d delta before the derivative and dz, and the
+    sum of d delta (the row's d delta_bias).
+    """
+    s = one - one
+    sb = s
+    for t in range(du_row.size):
+        uu = u_row[t]
+        g = dt[t] * pB[t] + Dd * dy[t]
+        du_row[t] = g
+        gd = pA[t] + uu * pB[t]
+        s += g + gd
+        gd = gd * dsp[t]
+        ddelta_row[t] = gd
+        sb += gd
+        if with_dz:  # as _row_dz
+            sg = sz[t]
+            g = dout_row[t] * (y[t] + Dd * uu) * sg * (one + z_row[t] * (one - sg))
+            dz_row[t] = g
+            s += g
+    return s, sb
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
+def _row_dy(dout_row, z_row, u_row, has_z, sz, dy, zero):
+    """dy = dout * silu(z) (dout without z), the gradient reaching y_t; sigmoid(z) into ``sz``.
+
+    Returns the sum of ``dout_row`` (a screen) and that of dy * u (the row's dD).
+    With :func:`_row_steps` before the sweeps and :func:`_row_dz` and
+    :func:`_row_input_grads` after them, the tile kernel's per-row passes
+    (``fast.numba_tiles.bwd_tiles``): there the fused :func:`_row_prep` and
+    :func:`_row_grads` were no faster at VMamba's size and 8% slower at tiny Vim's
+    (``benchmarks/compare_revisions.py``).
+    """
+    s = zero
+    sD = zero
+    for t in range(dout_row.size):
+        s += dout_row[t]
+        if has_z:
+            zz = z_row[t]
+            sz[t] = fast_sigmoid(zz)
+            dy[t] = dout_row[t] * zz * sz[t]
+        else:
+            dy[t] = dout_row[t]
+        sD += dy[t] * u_row[t]
+    return s, sD
 
 
 @njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per row
@@ -674,6 +747,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pA_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/d(dt A_n) * A_n per step
     pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
     sz_s = np.empty((nchunks, L + _GAP), u.dtype)  # sigmoid(z_t), for dy and dz
+    dsp_s = np.empty((nchunks, L + _GAP), u.dtype)  # softplus'(delta_t + bias)
     abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
     ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
     ck_s = np.empty((nchunks, 1, N), u.dtype)  # the state entering the row (one block)
@@ -685,7 +759,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
-        abar, ah, ck = abar_s[c], ah_s[c], ck_s[c]
+        abar, ah, ck, dsp = abar_s[c], ah_s[c], ck_s[c], dsp_s[c]
         a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
@@ -694,9 +768,8 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             Dd = Dv[d] if has_D else zero
             u_row = u[b, d]
             z_row = z[b, d] if has_z else u_row
-            s = _row_steps(delta[b, d], u_row, bias_d, softplus, dt, bu, z_row, has_z)
-            s_dy, sD = _row_dy(dout[b, d], z_row, u_row, has_z, sz, dy, zero)
-            s += s_dy
+            s, sD = _row_prep(delta[b, d], u_row, bias_d, softplus, dout[b, d], z_row, has_z,
+                              dt, bu, dsp, sz, dy, zero)
             for t in range(L):
                 y[t] = zero
                 pA[t] = zero
@@ -718,8 +791,6 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             else:
                 _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
                                  dC_row, b_st, c_st, zero, False, terms)
-            if has_z:
-                s += _row_dz(dout[b, d], z_row, sz, y, u_row, Dd, dz[b, d], one)
             # 2. reverse scan over the row's records: g = dLoss/dh_t
             # (eq-selective-backward).  Time indices are unsigned (no negative-index
             # wraparound selects).
@@ -729,8 +800,9 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for n0 in range(0, N, _LANES):
                 _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
                                    dB_row, b_st, c_st, pA, pB, zero)
-            s_g, sb = _row_input_grads(dt, pA, pB, dy, u_row, Dd, delta[b, d], bias_d, softplus,
-                                       du[b, d], ddelta[b, d])
+            # 3. du, d delta and dz
+            s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_row, Dd, du[b, d], ddelta[b, d], has_z,
+                                 dout[b, d], z_row, sz, y, dz[b, d] if has_z else dz[0, 0], one)
             s += s_g
             dbias_c[c, d] += sb
             dD_c[c, d] += sD
@@ -770,6 +842,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pA_s = np.empty((nchunks, T + _GAP), u.dtype)
     pB_s = np.empty((nchunks, T + _GAP), u.dtype)
     sz_s = np.empty((nchunks, T + _GAP), u.dtype)
+    dsp_s = np.empty((nchunks, T + _GAP), u.dtype)
     abar_s = np.empty((nchunks, T + 1, N), u.dtype)
     ah_s = np.empty((nchunks, T + 1, N), u.dtype)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
@@ -783,7 +856,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     for c in prange(nchunks):
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
-        abar, ah, a, a2 = abar_s[c], ah_s[c], a_s[c], a2_s[c]
+        abar, ah, a, a2, dsp = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c]
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
         # 1. forward sweep: y, dz and dC, and the state entering each block
@@ -800,10 +873,8 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 u_blk = u[b, d, t0:t0 + tn]
                 z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
                 dout_blk = dout[b, d, t0:t0 + tn]
-                s = _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu,
-                               z_blk, has_z)
-                s_dy, sD = _row_dy(dout_blk, z_blk, u_blk, has_z, sz, dy, zero)
-                s += s_dy
+                s, sD = _row_prep(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dout_blk,
+                                  z_blk, has_z, dt, bu, dsp, sz, dy, zero)
                 for i in range(tn):
                     y[i] = zero
                 if k == 0:
@@ -839,14 +910,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 u_blk = u[b, d, t0:t0 + tn]
                 z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
                 dout_blk = dout[b, d, t0:t0 + tn]
-                _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dt, bu, z_blk,
-                           has_z)  # dt and bu again (the sum was taken in the sweep)
+                _row_prep(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dout_blk, z_blk,
+                          has_z, dt, bu, dsp, sz, dy, zero)  # again (the sums were taken)
                 for i in range(tn):
-                    if has_z:
-                        zz = z_blk[i]
-                        dy[i] = dout_blk[i] * zz * fast_sigmoid(zz)
-                    else:
-                        dy[i] = dout_blk[i]
                     pA[i] = zero
                     pB[i] = zero
                 if k == nblocks - 1:
@@ -871,9 +937,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                                            b_st, False, terms)
                     _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
                                        dB_blk, b_st, c_st, pA, pB, zero)
-                s, sb = _row_input_grads(dt, pA, pB, dy, u_blk, Dd, delta[b, d, t0:t0 + tn],
-                                         bias_d, softplus, du[b, d, t0:t0 + tn],
-                                         ddelta[b, d, t0:t0 + tn])
+                s, sb = _row_grads(dt, pA, pB, dy, dsp, u_blk, Dd,
+                                   du[b, d, t0:t0 + tn], ddelta[b, d, t0:t0 + tn], False,
+                                   dout_blk, z_blk, sz, y, u_blk, one)  # dz: in the sweep
                 sums[0] += s
                 sums[2] += sb
                 if k == 0:

@@ -63,8 +63,8 @@ from numba import njit, prange
 
 from ._override import Override
 from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _bc_strides,
-                        _decay, _njit_noalias, _row_dy, _row_dz, _row_input_grads,
-                        _row_output, _row_start, _row_steps)
+                        _decay, _njit_noalias, _row_grads, _row_output, _row_prep,
+                        _row_start, _row_steps)
 
 __all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "fold_halves", "fwd_pairs",
            "bwd_pairs", "HALF"]
@@ -309,6 +309,7 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pA_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
     pB_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
     sz_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
+    dsp_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
     abar_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # +1: a gap between threads
     ah_s = np.empty((nchunks, L + 1, _LANES), u.dtype)
     a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
@@ -320,6 +321,7 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
         abar, ah, a, a2, h, g, sdA = abar_s[c], ah_s[c], a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
+        dsp = dsp_s[c]
         for p in range(c * npairs // nchunks, (c + 1) * npairs // nchunks):
             b = (2 * p) // nd
             d = 2 * p - b * nd  # even
@@ -327,10 +329,10 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for i in range(2):
                 u_row = u[b, d + i]
                 z_row = z[b, d + i] if has_z else u_row
-                s += _row_steps(delta[b, d + i], u_row, bias[d + i] if has_bias else zero,
-                                softplus, dt[i], bu[i], z_row, has_z)
-                s_dy, sD = _row_dy(dout[b, d + i], z_row, u_row, has_z, sz[i], dy[i], zero)
-                s += s_dy
+                s_in, sD = _row_prep(delta[b, d + i], u_row, bias[d + i] if has_bias else zero,
+                                     softplus, dout[b, d + i], z_row, has_z, dt[i], bu[i],
+                                     dsp[i], sz[i], dy[i], zero)
+                s += s_in
                 dD_c[c, d + i] += sD
             _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
@@ -343,10 +345,6 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             else:
                 _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
                                   dC_c[c, cb, cg], b_st, c_st, zero, False, terms)
-            if has_z:
-                for i in range(2):
-                    s += _row_dz(dout[b, d + i], z[b, d + i], sz[i], y[i], u[b, d + i],
-                                 Dv[d + i] if has_D else zero, dz[b, d + i], one)
             # 2. reverse scan over the records: g = dLoss/dh_t (eq-selective-backward)
             for i in range(2):
                 for n in range(HALF):
@@ -356,10 +354,12 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_c[c, bb, bg],
                               b_st, c_st, pA, pB, zero)
             for i in range(2):
-                s_g, sb = _row_input_grads(dt[i], pA[i], pB[i], dy[i], u[b, d + i],
-                                           Dv[d + i] if has_D else zero, delta[b, d + i],
-                                           bias[d + i] if has_bias else zero, softplus,
-                                           du[b, d + i], ddelta[b, d + i])
+                u_row = u[b, d + i]
+                z_row = z[b, d + i] if has_z else u_row
+                s_g, sb = _row_grads(dt[i], pA[i], pB[i], dy[i], dsp[i], u_row,
+                                     Dv[d + i] if has_D else zero, du[b, d + i], ddelta[b, d + i],
+                                     has_z, dout[b, d + i], z_row, sz[i], y[i],
+                                     dz[b, d + i] if has_z else dz[0, 0], one)
                 s += s_g
                 dbias_c[c, d + i] += sb
                 for n in range(HALF):
