@@ -22,7 +22,8 @@ The cases are the scans that the library's users run most (``fast.selective_scan
 * ``tiny``: tiny Vim 8x8's, B = 64, D = 48, L = 17, N = 8 (``ssm-ref train``'s default
   model).
 
-With ``--out`` it writes ``compare_revisions_cpu.json`` there.  This script is a tool for
+With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
+name, one per comparison the book quotes).  This script is a tool for
 the chapter's measurements, not part of the library.
 """
 from __future__ import annotations
@@ -88,7 +89,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs (3)")
     parser.add_argument("--repeats", type=int, default=0,
                         help="timed calls per run (default: about half a second's worth)")
-    parser.add_argument("--out", type=Path, help="a folder for compare_revisions_cpu.json")
+    parser.add_argument("--out", type=Path, help="a folder for the JSON")
+    parser.add_argument("--name", default="compare_revisions_cpu.json",
+                        help="the JSON's file name in --out (compare_revisions_cpu.json): one "
+                             "per comparison the book quotes")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "PASS", "THREADS", "REPEATS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -96,6 +100,8 @@ def main(argv=None):
         case, pass_name, threads, repeats = args.worker
         print(f"{worker(case, pass_name, int(threads), int(repeats)):.1f}")
         return None
+    if Path(args.name).name != args.name or not args.name.endswith(".json"):
+        parser.error(f"--name takes a file name ending in .json, not {args.name!r}")
     if args.rounds < 1 or args.repeats < 0 or min(args.threads) < 1:
         parser.error(f"--rounds and --threads take positive numbers, --repeats one >= 0 "
                      f"(got {args.rounds}, {args.threads}, {args.repeats})")
@@ -144,7 +150,7 @@ def main(argv=None):
                      "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us})
     if args.out:
         finish({"machine": machine, "rev": args.rev, "rounds": args.rounds, "rows": rows},
-               args.out / "compare_revisions_cpu.json", t_start)
+               args.out / args.name, t_start)
     return rows
 
 

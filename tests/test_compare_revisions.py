@@ -64,6 +64,8 @@ def test_a_worker_that_imported_the_checkout_stops(trees):
     (["HEAD", "--rounds", "0"], "--rounds and --threads take positive numbers"),
     (["HEAD", "--threads", "0"], "--rounds and --threads take positive numbers"),
     (["HEAD", "--cases", "huge"], "invalid choice: 'huge'"),
+    (["HEAD", "--name", "../x.json"], "--name takes a file name ending in .json"),
+    (["HEAD", "--name", "x.txt"], "--name takes a file name ending in .json"),
     (["no-such-rev-xyz", "--cases", "tiny", "--rounds", "1"], "no revision 'no-such-rev-xyz'"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message):
