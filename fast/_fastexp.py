@@ -161,6 +161,12 @@ def _constants(x):
     return None
 
 
+def _typed(x, *values):
+    """``values`` as numbers of the Numba float type ``x`` (an overload's constants)."""
+    dt = np.float32 if x.bitwidth == 32 else np.float64
+    return tuple(dt(v) for v in values)
+
+
 def _exp_core(xc):
     """``e^xc`` for ``xc`` already clamped to where ``2^k`` is a normal number; no edge cases.
 
@@ -554,8 +560,7 @@ def _fast_softplus_impl(x):
     if c is None:
         return None
     under, zero = c["under"], c["zero"]
-    dt = np.float32 if x.bitwidth == 32 else np.float64
-    two, threshold = dt(2.0), dt(20.0)
+    two, threshold = _typed(x, 2.0, 20.0)
     series = _ATANH_32 if x.bitwidth == 32 else _ATANH_64  # atanh(s) / s in powers of s^2
     top = len(series) - 1
 
@@ -604,8 +609,7 @@ def _fast_softplus_grad_impl(x):
     if c is None:
         return None
     under, zero = c["under"], c["zero"]
-    dt = np.float32 if x.bitwidth == 32 else np.float64
-    one, threshold = dt(1.0), dt(20.0)
+    one, threshold = _typed(x, 1.0, 20.0)
 
     def impl(x):
         sp = fast_softplus(x)
