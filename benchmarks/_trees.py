@@ -1,5 +1,6 @@
 """Copies of the library for benchmarks that time several versions of it side by side
-(``backward_knockouts.py``, ``compare_revisions.py``; not part of the library).
+(``backward_knockouts.py``, ``compare_revisions.py``, ``same_kernels.py``; not part of the
+library).
 
 Each version is a folder holding ``fast/`` and ``ssm_ref/``, run in its own process with
 the folder first on ``PYTHONPATH`` and its own Numba cache, so that no version reuses
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fast", "ssm_ref")
 
-__all__ = ["ROOT", "copy_packages", "run_in", "check_not_checkout"]
+__all__ = ["ROOT", "copy_packages", "run_text", "run_in", "check_not_checkout"]
 
 
 def copy_packages(dest, rev=None):
@@ -41,16 +42,21 @@ def copy_packages(dest, rev=None):
     return dest
 
 
-def run_in(tree, script, *args):
-    """Run ``python script args`` with the version in ``tree``; the last word it prints, as
-    a float.  A failing run stops the script with the run's error output."""
+def run_text(tree, script, *args):
+    """Run ``python script args`` with the version in ``tree``; what it prints.  A failing
+    run stops the script with the run's error output."""
     env = dict(os.environ, PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(Path(tree) / ".numba_cache"))
     run = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=tree, env=env,
                          capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(f"{Path(script).name} {' '.join(map(str, args))} in {tree} failed:\n"
                          f"{run.stderr}")
-    return float(run.stdout.split()[-1])
+    return run.stdout
+
+
+def run_in(tree, script, *args):
+    """:func:`run_text`, and the last word it printed as a float (a time)."""
+    return float(run_text(tree, script, *args).split()[-1])
 
 
 def check_not_checkout(module):
