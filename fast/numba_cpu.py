@@ -413,7 +413,7 @@ def _row_dy(dout_row, z_row, u_row, has_z, sz, dy, zero):
     With :func:`_row_steps` before the sweeps and :func:`_row_dz` and
     :func:`_row_input_grads` after them, the tile kernel's per-row passes
     (``fast.numba_tiles.bwd_tiles``): there the fused :func:`_row_prep` and
-    :func:`_row_grads` were no faster at VMamba's size and 8% slower at tiny Vim's
+    :func:`_row_grads` were no faster at VMamba's size and 3-8% slower at tiny Vim's
     (``benchmarks/compare_revisions.py``).
     """
     s = zero
