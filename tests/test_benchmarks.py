@@ -187,8 +187,13 @@ def test_train_rows_are_positive_and_above_the_floor(train_result):
             assert all(math.isfinite(t) and t > 0 for t in times), r["backend"]
             assert r["ms_min"] <= r["ms"] <= r["ms_max"] and r["repeats"] == 3
             assert r["floor_ms"] == by["floor"]["ms"]
-            # the floor is the step without the scan: never slower (10% for timing noise)
-            assert r["floor_ms"] <= 1.1 * r["ms"], (model, r["backend"], r["ms"], r["floor_ms"])
+            # the floor is the step without the scan: never slower.  Its fastest repeat
+            # against the step's slowest (and 10%): a load spike during one of the two
+            # measurements (seen in a CI run beside a book build) does not fail this, a floor
+            # that ran the scan (3-6x the floor here) does
+            floor_min = by["floor"]["ms_min"]
+            assert floor_min <= 1.1 * r["ms_max"], (model, r["backend"], r["ms_all"],
+                                                    by["floor"]["ms_all"])
         assert by["ref"]["speedup_vs_ref"] == 1.0
         assert by["ref"]["state_updates_per_forward"] > 0  # the null scan saw the calls
 
