@@ -93,7 +93,8 @@ def compare(rev_kernels, tree_kernels):
 
 def kernel_listings(cases):
     """In a version's process: run the scans of ``cases`` once, then the normalized assembly
-    of every kernel they compiled, by ``module.function [signature]``."""
+    of every kernel they compiled, by ``"module.function (argument types)"``
+    (:func:`short_signature`)."""
     import importlib
 
     from numba.core.dispatcher import Dispatcher

@@ -246,9 +246,9 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
     loaded as vectors and halved in 4 rounds: round k pairs vector a (bit k of a clear)
     with vector a + 2^k and keeps, in each lane c, the sum of lanes c and c xor 2^k of the
     first if bit k of c is clear, of the second if it is set (two shuffles and an add per
-    pair).  After the 4 rounds lane c holds the
-    sum of row c over all 16 lanes: 30 shuffles and 15 adds for 16 rows, where a sum across
-    one vector's lanes takes 4 shuffles and 4 adds.
+    pair).  After the 4 rounds lane c holds the sum of row c over all 16 lanes: 30
+    shuffles and 15 adds for 16 rows, where a sum across one vector's lanes takes 4
+    shuffles and 4 adds.
     """
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
             and src.ndim == 2 and dst.ndim == 1 and dst.layout == "C"
