@@ -85,10 +85,9 @@ channels per vector", and the ``tiles`` rows of the scan benchmark.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
+from ._lanes import WIDTH, add_lane_sums, transpose_block
 from ._override import Override
 from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
                         _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
@@ -98,7 +97,7 @@ __all__ = ["tiles_apply", "backward_fits", "tile_count", "forced", "TILED_DTYPES
            "fwd_tiles", "bwd_tiles", "transpose_block", "add_lane_sums"]
 
 #: channels per tile: one float32 AVX-512 vector
-TILE = 16
+TILE = WIDTH
 
 #: the compute dtypes whose forward runs in tiles (16 float32 lanes per vector)
 TILED_DTYPES = (np.dtype(np.float32),)
@@ -168,123 +167,6 @@ def tile_count(s):
     """Tiles of a scan that :func:`tiles_apply` accepts: batch x groups x tiles per group."""
     groups = s.form_B.view_shape(s.B.shape)[1]
     return s.batch * groups * -(-(s.dim // groups) // TILE)
-
-
-# ---------------------------------------------------------------------------
-# a 16 x 16 transpose in vector registers
-# ---------------------------------------------------------------------------
-
-def _address(context, builder, aryty, ary, row, col):
-    """``(address of ary[row, col], row stride in bytes)`` as LLVM integers."""
-    arr = context.make_array(aryty)(context, builder, ary)
-    i64 = ir.IntType(64)
-    item = ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(aryty.dtype)))
-    stride = builder.extract_value(arr.strides, 0)
-    base = builder.ptrtoint(arr.data, i64)
-    return builder.add(base, builder.add(builder.mul(row, stride), builder.mul(col, item))), stride
-
-
-def _row_pointer(builder, at, stride, i, vty):
-    """Pointer to a ``vty`` vector at row ``i`` (a Python int) after the address ``at``."""
-    i64 = ir.IntType(64)
-    return builder.inttoptr(builder.add(at, builder.mul(ir.Constant(i64, i), stride)),
-                            vty.as_pointer())
-
-
-@intrinsic
-def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
-    """``dst[q0 + i, k0 + j] = src[r0 + j, c0 + i]`` for i, j < 16: one 16 x 16 float32 block.
-
-    Both arrays are 2-D with contiguous rows (any row stride); nothing is
-    checked, the block must lie inside both.  The 16 rows are loaded as
-    vectors and the transpose is 4 rounds of 16 two-vector shuffles: round
-    k exchanges bit k of the row index with bit k of the column index (rows
-    a and a + 2^k, bit k of a clear, trade the entries whose column has bit
-    k set for the other's entries whose column has it clear), so after the
-    4 rounds entry (r, c) sits at (c, r).
-    """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == dst.ndim == 2 and src.dtype == dst.dtype == types.float32):
-        return None
-    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
-    w = TILE
-
-    def codegen(context, builder, signature, args):
-        s, r0, c0, d, q0, k0 = args
-        vty = ir.VectorType(context.get_value_type(types.float32), w)
-        s_at, s_stride = _address(context, builder, src, s, r0, c0)
-        d_at, d_stride = _address(context, builder, dst, d, q0, k0)
-
-        rows = [builder.load(_row_pointer(builder, s_at, s_stride, j, vty), align=4)
-                for j in range(w)]
-        for k in range(4):
-            bit = 1 << k
-            # shuffle masks over the 32 entries of (row a, row b): b's entries count from 16
-            keep_low = [c if not c & bit else w + c - bit for c in range(w)]
-            keep_high = [c + bit if not c & bit else w + c for c in range(w)]
-            low = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_low)
-            high = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_high)
-            new = list(rows)
-            for a in range(w):
-                if not a & bit:
-                    new[a] = builder.shuffle_vector(rows[a], rows[a | bit], low)
-                    new[a | bit] = builder.shuffle_vector(rows[a], rows[a | bit], high)
-            rows = new
-        for i in range(w):
-            builder.store(rows[i], _row_pointer(builder, d_at, d_stride, i, vty), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def add_lane_sums(typingctx, src, r0, dst, k0):
-    """``dst[k0 + i] += src[r0 + i, :16].sum()`` for i < 16, and those 16 rows of ``src``
-    set to zero: the sums of 16 vectors, one per row, as one vector.
-
-    ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D and contiguous (its
-    Numba type says so), both float32; the indices are not checked.  The 16 rows are
-    loaded as vectors and halved in 4 rounds: round k pairs vector a (bit k of a clear)
-    with vector a + 2^k and keeps, in each lane c, the sum of lanes c and c xor 2^k of the
-    first if bit k of c is clear, of the second if it is set (two shuffles and an add per
-    pair).  After the 4 rounds lane c holds the sum of row c over all 16 lanes: 30
-    shuffles and 15 adds for 16 rows, where a sum across one vector's lanes takes 4
-    shuffles and 4 adds.
-    """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == 2 and dst.ndim == 1 and dst.layout == "C"
-            and src.dtype == dst.dtype == types.float32):
-        return None
-    sig = types.void(src, types.intp, dst, types.intp)
-    w = TILE
-
-    def codegen(context, builder, signature, args):
-        s, r0, d, k0 = args
-        vty = ir.VectorType(context.get_value_type(types.float32), w)
-        i64 = ir.IntType(64)
-        zero_i = ir.Constant(i64, 0)
-        s_at, s_stride = _address(context, builder, src, s, r0, zero_i)
-        d_at, _ = _address(context, builder, dst, d, zero_i, k0)  # 1-D: entry k0
-
-        def row_pointer(i):
-            return _row_pointer(builder, s_at, s_stride, i, vty)
-
-        rows = [builder.load(row_pointer(j), align=4) for j in range(w)]
-        for k in range(4):
-            bit = 1 << k
-            own = [c if not c & bit else w + c for c in range(w)]  # lane c of a or of b
-            other = [c ^ bit if not c & bit else w + (c ^ bit) for c in range(w)]
-            own_m = ir.Constant(ir.VectorType(ir.IntType(32), w), own)
-            other_m = ir.Constant(ir.VectorType(ir.IntType(32), w), other)
-            rows = [builder.fadd(builder.shuffle_vector(rows[a], rows[a + 1], own_m),
-                                 builder.shuffle_vector(rows[a], rows[a + 1], other_m))
-                    for a in range(0, len(rows), 2)]
-        d_ptr = builder.inttoptr(d_at, vty.as_pointer())
-        builder.store(builder.fadd(builder.load(d_ptr, align=4), rows[0]), d_ptr, align=4)
-        zeros = ir.Constant(vty, [0.0] * w)
-        for j in range(w):
-            builder.store(zeros, row_pointer(j), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
 
 
 # ---------------------------------------------------------------------------
