@@ -24,32 +24,20 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from fast._row_sweep import Vectors
+
 __all__ = ["forward_block4", "forward_block8", "reverse_block4"]
 
 W = 16  # lanes: channels of a tile
-_F32 = ir.FloatType()
-_VTY = ir.VectorType(_F32, W)
-_I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
-_FLAGS = ("contract", "nsz", "arcp")  # fast._fastexp's _FM
+_VTY = ir.VectorType(ir.FloatType(), W)
 
 
-class _Builder:
-    """Addresses, vector loads and stores, broadcasts and FMAs for one intrinsic's arrays."""
+class _Builder(Vectors):
+    """:class:`fast._row_sweep.Vectors` in float32, its loads and stores under the names the
+    sweeps below were written with, and the arguments ``L``, ``n0``, ``add``."""
 
     def __init__(self, context, builder, names, tys, args):
-        self.b = builder
-        self.arrays = {}
-        for name, ty, v in zip(names, tys, args):
-            arr = context.make_array(ty)(context, builder, v)
-            base = builder.ptrtoint(arr.data, _I64)
-            self.arrays[name] = (base, [builder.extract_value(arr.strides, i)
-                                        for i in range(ty.ndim)])
-        fma_fn = builder.module.globals.get("llvm.fma.v16f32")
-        if fma_fn is None:
-            fma_fn = ir.Function(builder.module, ir.FunctionType(_VTY, [_VTY] * 3),
-                                 name="llvm.fma.v16f32")
-        self.fma_fn = fma_fn
+        super().__init__(context, builder, types.float32, names, tys, args)
 
     @classmethod
     def start(cls, context, builder, signature, args, K, names):
@@ -59,79 +47,17 @@ class _Builder:
         x = cls(context, builder, names, tys[:m], args[:m])
         L, n0 = (context.cast(builder, args[i], tys[i], types.int64) for i in (m, m + 1))
         add = context.cast(builder, args[m + 2], tys[m + 2], types.boolean)
-        return x, L, [builder.add(n0, cls.c64(k)) for k in range(K)], add
-
-    @staticmethod
-    def c64(v):
-        return ir.Constant(_I64, v)
-
-    def addr(self, name, *idx):
-        base, strides = self.arrays[name]
-        off = base
-        for ix, st in zip(idx, strides):
-            off = self.b.add(off, self.b.mul(ix, st))
-        return off
+        return x, L, [builder.add(n0, x.c64(k)) for k in range(K)], add
 
     def vload(self, name, *idx):
-        return self.b.load(self.b.inttoptr(self.addr(name, *idx), _VTY.as_pointer()), align=4)
+        return self.load(name, *idx)
 
     def vstore(self, v, name, *idx):
-        self.b.store(v, self.b.inttoptr(self.addr(name, *idx), _VTY.as_pointer()), align=4)
-
-    def splat(self, x):
-        v = self.b.insert_element(ir.Constant(_VTY, ir.Undefined), x, ir.Constant(_I32, 0))
-        return self.b.shuffle_vector(v, ir.Constant(_VTY, ir.Undefined),
-                                     ir.Constant(ir.VectorType(_I32, W), [0] * W))
+        self.store(v, name, *idx)
 
     def sload(self, name, *idx):
         """One float32 broadcast to the 16 lanes."""
-        return self.splat(self.b.load(self.b.inttoptr(self.addr(name, *idx),
-                                                      _F32.as_pointer()), align=4))
-
-    def fma(self, x, y, z):
-        return self.b.call(self.fma_fn, [x, y, z])
-
-    # Numba gives every float operation without flags its kernel's fast-math flags, "reassoc"
-    # included, which would fold fast_exp2_normal's ``x - (s - shifter)`` away: these carry
-    # the flags of fast._fastexp's functions instead
-    def fadd(self, x, y):
-        return self.b.fadd(x, y, flags=_FLAGS)
-
-    def fsub(self, x, y):
-        return self.b.fsub(x, y, flags=_FLAGS)
-
-    def fmul(self, x, y):
-        return self.b.fmul(x, y, flags=_FLAGS)
-
-    def loop(self, count, carried, body, label):
-        """``for i in range(count)`` with the vectors ``carried`` in phi nodes: ``body(i,
-        values)`` returns their next values; returns their values after the loop."""
-        b = self.b
-        zero = self.c64(0)
-        entry = b.block
-        loop = b.append_basic_block(label)
-        done = b.append_basic_block(label + "_done")
-        b.cbranch(b.icmp_signed(">", count, zero), loop, done)
-        b.position_at_end(loop)
-        i_phi = b.phi(_I64)
-        i_phi.add_incoming(zero, entry)
-        phis = [b.phi(_VTY) for _ in carried]
-        for p, v in zip(phis, carried):
-            p.add_incoming(v, entry)
-        new = body(i_phi, phis)
-        i_next = b.add(i_phi, self.c64(1))
-        i_phi.add_incoming(i_next, b.block)
-        for p, v in zip(phis, new):
-            p.add_incoming(v, b.block)
-        b.cbranch(b.icmp_signed("<", i_next, count), loop, done)
-        b.position_at_end(done)
-        out = []
-        for v0, v1 in zip(carried, new):
-            p = b.phi(_VTY)
-            p.add_incoming(v0, entry)
-            p.add_incoming(v1, loop)
-            out.append(p)
-        return out
+        return self.broadcast(name, *idx)
 
     def add_or_write(self, acc, add, name, *idx):
         """``name[idx] = acc``, or ``+= acc`` if ``add``."""
@@ -203,20 +129,9 @@ def _forward(K):
             zero = x.c64(0)
             a2v = [x.vload("a2", n, zero) for n in ns]
             consts = [x.sload("terms", x.c64(i)) for i in range(8)]
-            unbiased = x.fadd(consts[0], consts[1])  # 1.5 * 2^23
-            poly = consts[2:]
-            vi32 = ir.VectorType(_I32, W)
-            shift = ir.Constant(vi32, [23] * W)
 
-            def exp2(v):  # fast_exp2_normal, operation for operation (no fast-math flags)
-                s = x.fadd(v, unbiased)
-                f = x.fsub(v, x.fsub(s, unbiased))
-                p = poly[-1]
-                for c in poly[-2::-1]:
-                    p = x.fma(p, f, c)
-                bits = builder.add(builder.bitcast(p, vi32),
-                                   builder.shl(builder.bitcast(s, vi32), shift))
-                return builder.bitcast(bits, _VTY)
+            def exp2(v):  # fast_exp2_normal, operation for operation
+                return x.exp2(v, consts, True)
 
             def body(t, hs):
                 dtv, buv, dyv = (x.vload(name, t, zero) for name in ("dt", "bu", "dy"))

@@ -127,6 +127,7 @@ from ssm_ref.selective import write_state
 from ._fastexp import (exp2_terms, fast_exp2_normal, fast_exp2_scan, fast_exp_clamped,
                        fast_sigmoid, fast_softplus, fast_softplus_grad)
 from ._launch import launch
+from ._row_sweep import row_sweep_clamped, row_sweep_normal
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
            "selective_state_step"]
@@ -559,6 +560,24 @@ def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_
             y[tt] += acc
 
 
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                       b_st, c_st, zero, normal, terms):
+    """:func:`_bwd_row_forward`'s results, its first L mod 16 steps by it and the others by
+    :mod:`fast._row_sweep`, which sums the outputs y_t 16 steps at a time (chapter 11,
+    "Sixteen sums at a time")."""
+    head = L % _LANES
+    _bwd_row_forward(head, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                     b_st, c_st, zero, normal, terms)
+    for n0 in range(0, N, _LANES):
+        if normal:
+            row_sweep_normal(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms, head,
+                             L // _LANES, n0, b_st, c_st)
+        else:
+            row_sweep_clamped(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms,
+                              head, L // _LANES, n0, b_st, c_st)
+
+
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal, terms):
     """Records Abar_t, Abar_t h_{t-1} of block ``k`` (``tn`` steps from k T), states n0..n0+15,
@@ -786,11 +805,11 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             # of the whole row (one block of T = L steps)
             normal = _all_normal(dt[:L], a2[:N], zero)
             if normal:  # two copies of the loop, each with one exp
-                _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                 dC_row, b_st, c_st, zero, True, terms)
+                _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                   dC_row, b_st, c_st, zero, True, terms)
             else:
-                _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                 dC_row, b_st, c_st, zero, False, terms)
+                _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
+                                   dC_row, b_st, c_st, zero, False, terms)
             # 2. reverse scan over the row's records: g = dLoss/dh_t
             # (eq-selective-backward).  Time indices are unsigned (no negative-index
             # wraparound selects).
@@ -887,11 +906,11 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 dC_blk = _time_slice(dC_c[c, cb, cg], t0, tn, c_st)
                 ck_k = ck_s[c, r, k:k + 1]
                 if _all_normal(dt[:tn], a2[:N], zero):
-                    _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                     C_blk, dC_blk, b_st, c_st, zero, True, terms)
+                    _bwd_sweep_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                       C_blk, dC_blk, b_st, c_st, zero, True, terms)
                 else:
-                    _bwd_row_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                     C_blk, dC_blk, b_st, c_st, zero, False, terms)
+                    _bwd_sweep_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
+                                       C_blk, dC_blk, b_st, c_st, zero, False, terms)
                 if has_z:
                     s += _row_dz(dout_blk, z_blk, sz, y, u_blk, Dd, dz[b, d, t0:t0 + tn], one)
                 sums[0] += s

@@ -1,0 +1,228 @@
+"""The backward's forward sweep of one row in LLVM IR, its sums over the states taken 16
+steps at a time.
+
+The row kernels of :mod:`fast.numba_cpu` put 16 states in a vector's lanes, so the output
+of a step, ``y_t = <C_t, h_t>``, is a sum across the lanes of one vector.  Written in
+Numba (``_bwd_row_forward``), every step takes that sum on its own: 4 shuffles and 4 adds,
+one after the other.  Here the loop over time runs 16 steps per pass and keeps their 16
+vectors of products in registers; :func:`fast._lanes.halve_in_rounds` turns them into one
+vector of the 16 steps' sums (30 shuffles and 15 adds, independent within a round), stored
+with one vector add into ``y``.  Numba cannot express this: its loops over the states are
+vectorized by LLVM, and their vectors never reach Python code as values.  Measured at the
+headline size (chapter 11, "Sixteen sums at a time"): the backward runs about 1.1x as fast
+on one thread.  The same sums written through a 16-row buffer in memory from Numba ran
+slower than the per-step sums (LLVM no longer kept the state in registers).
+
+The arithmetic is that of ``_bwd_row_forward`` operation for operation, so the records
+``Abar_t``, ``Abar_t h_{t-1}``, the state and ``dC`` come out the same (tested bit for
+bit); only ``y`` is summed in another order::
+
+    Abar = 2^(dt_t a2);  ah = Abar h;  h = bu_t B_t + ah     (one FMA)
+    records Abar, ah;    dC_t = dy_t h + dC_t                (one FMA)
+    y_t += sum over the 16 lanes of h C_t
+
+The two intrinsics differ in their exponential: :func:`row_sweep_normal` is
+:func:`fast._fastexp.fast_exp2_normal` (every ``dt a2`` of the row in [-125, 0]),
+:func:`row_sweep_clamped` is :func:`fast._fastexp.fast_exp2_scan`.  Both take float32 or
+float64 arrays (in float64 a vector of 16 lanes is two AVX-512 registers, which LLVM
+handles as pairs).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ._fastexp import _FM
+from ._lanes import WIDTH, halve_in_rounds
+
+__all__ = ["row_sweep_normal", "row_sweep_clamped"]
+
+#: the operations' fast-math flags: fast._fastexp's (contraction, no reassociation).  An
+#: IR operation without flags would get the kernel's, "reassoc" included, and LLVM would
+#: fold the exponential's rounding ``x - (s - shifter)`` away.
+_FLAGS = tuple(sorted(_FM))
+
+_ARRAYS = ("dt", "bu", "dy", "a2", "h", "y", "abar", "ah", "dC", "B", "C")
+
+
+class Vectors:
+    """Addresses, loads, stores and arithmetic on vectors of 16 lanes of one dtype, for the
+    arrays of one intrinsic call (``names``, their Numba types ``tys`` and LLVM values);
+    also used by the LLVM IR variants of ``benchmarks/_sweeps_ir.py``."""
+
+    def __init__(self, context, builder, dtype, names, tys, values):
+        self.b = builder
+        self.et = context.get_value_type(dtype)
+        self.vty = ir.VectorType(self.et, WIDTH)
+        self.align = context.get_abi_sizeof(self.et)
+        self.i64 = ir.IntType(64)
+        self.arrays = {}
+        for name, ty, value in zip(names, tys, values):
+            arr = context.make_array(ty)(context, builder, value)
+            self.arrays[name] = (builder.ptrtoint(arr.data, self.i64),
+                                 [builder.extract_value(arr.strides, i) for i in range(ty.ndim)])
+        fname = f"llvm.fma.v{WIDTH}{'f32' if self.align == 4 else 'f64'}"
+        fma = builder.module.globals.get(fname)
+        if fma is None:
+            fma = ir.Function(builder.module, ir.FunctionType(self.vty, [self.vty] * 3),
+                              name=fname)
+        self.fma_fn = fma
+
+    def c64(self, v):
+        return ir.Constant(self.i64, v)
+
+    def pointer(self, name, ty, *index):
+        base, strides = self.arrays[name]
+        at = base
+        for i, stride in zip(index, strides):
+            at = self.b.add(at, self.b.mul(i, stride))
+        return self.b.inttoptr(at, ty.as_pointer())
+
+    def load(self, name, *index):
+        return self.b.load(self.pointer(name, self.vty, *index), align=self.align)
+
+    def store(self, v, name, *index):
+        self.b.store(v, self.pointer(name, self.vty, *index), align=self.align)
+
+    def splat(self, x):
+        v = self.b.insert_element(ir.Constant(self.vty, ir.Undefined), x,
+                                  ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(v, ir.Constant(self.vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(ir.IntType(32), WIDTH),
+                                                 [0] * WIDTH))
+
+    def broadcast(self, name, *index):
+        """One entry, in all 16 lanes."""
+        return self.splat(self.b.load(self.pointer(name, self.et, *index), align=self.align))
+
+    def fma(self, x, y, z):
+        return self.b.call(self.fma_fn, [x, y, z])
+
+    def fadd(self, x, y):
+        return self.b.fadd(x, y, flags=_FLAGS)
+
+    def fsub(self, x, y):
+        return self.b.fsub(x, y, flags=_FLAGS)
+
+    def fmul(self, x, y):
+        return self.b.fmul(x, y, flags=_FLAGS)
+
+    def exp2(self, x, terms, normal):
+        """``fast_exp2_normal(x)`` (``normal``) or ``fast_exp2_scan(x)`` lane by lane, from
+        the splatted constants of :func:`fast._fastexp.exp2_terms`."""
+        b = self.b
+        shifter, lowest, poly = terms[0], terms[1], terms[2:]
+        ity = ir.VectorType(ir.IntType(8 * self.align), WIDTH)
+        shift = ir.Constant(ity, [23 if self.align == 4 else 52] * WIDTH)
+        if normal:
+            rnd = self.fadd(shifter, lowest)  # 1.5 * 2^23: k itself in the low bits
+        else:
+            x = b.select(b.fcmp_ordered(">", x, lowest), x, lowest)  # k >= -127
+            rnd = shifter
+        s = self.fadd(x, rnd)
+        f = self.fsub(x, self.fsub(s, rnd))
+        p = poly[-1]
+        for c in poly[-2::-1]:
+            p = self.fma(p, f, c)
+        two_k = b.shl(b.bitcast(s, ity), shift)
+        if normal:  # k added to the exponent of p
+            return b.bitcast(b.add(b.bitcast(p, ity), two_k), self.vty)
+        return self.fmul(p, b.bitcast(two_k, self.vty))  # p * 2^k (0 for k = -127)
+
+    def loop(self, count, carried, body, label):
+        """``for j in range(count)`` with the vectors ``carried`` in phi nodes:
+        ``body(j, values)`` returns their next values; their values after the loop."""
+        b = self.b
+        zero = self.c64(0)
+        entry = b.block
+        loop = b.append_basic_block(label)
+        done = b.append_basic_block(label + "_done")
+        b.cbranch(b.icmp_signed(">", count, zero), loop, done)
+        b.position_at_end(loop)
+        j = b.phi(self.i64)
+        j.add_incoming(zero, entry)
+        phis = [b.phi(self.vty) for _ in carried]
+        for p, v in zip(phis, carried):
+            p.add_incoming(v, entry)
+        new = body(j, phis)
+        j_next = b.add(j, self.c64(1))
+        j.add_incoming(j_next, b.block)
+        for p, v in zip(phis, new):
+            p.add_incoming(v, b.block)
+        b.cbranch(b.icmp_signed("<", j_next, count), loop, done)
+        b.position_at_end(done)
+        out = []
+        for v0, v1 in zip(carried, new):
+            p = b.phi(self.vty)
+            p.add_incoming(v0, entry)
+            p.add_incoming(v1, loop)
+            out.append(p)
+        return out
+
+
+def _row_sweep(normal):
+    @intrinsic
+    def row_sweep(typingctx, dt, bu, dy, a2, h, y, abar, ah, dC, B, C, terms, t0, nblocks, n0,
+                  b_st, c_st):
+        arrays = (dt, bu, dy, a2, h, y, abar, ah, dC, B, C)
+        if not all(isinstance(a, types.Array) for a in arrays):
+            return None
+        dtype = dt.dtype
+        if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
+            return None
+        if [a.ndim for a in arrays] != [1] * 6 + [2] * 5:
+            return None
+        if not (isinstance(terms, types.UniTuple) and terms.dtype == dtype):
+            return None
+        sig = types.void(*arrays, terms, types.intp, types.intp, types.intp, types.intp,
+                         types.intp)
+
+        def codegen(context, builder, signature, args):
+            x = Vectors(context, builder, dtype, _ARRAYS, signature.args[:11], args[:11])
+            t0_, nblocks_, n0_, b_st_, c_st_ = (
+                context.cast(builder, v, ty, types.int64)
+                for v, ty in zip(args[12:], signature.args[12:]))
+            consts = [x.splat(builder.extract_value(args[11], i))
+                      for i in range(signature.args[11].count)]
+            a2v = x.load("a2", n0_)
+
+            def block(j, carried):  # steps t0 + 16 j ... t0 + 16 j + 15
+                hv = carried[0]
+                tb = builder.add(t0_, builder.mul(j, x.c64(WIDTH)))
+                products = []
+                for i in range(WIDTH):
+                    t = builder.add(tb, x.c64(i))
+                    tB = builder.mul(t, b_st_)  # 0: B constant in time
+                    tC = builder.mul(t, c_st_)
+                    dtv, buv, dyv = (x.broadcast(name, t) for name in ("dt", "bu", "dy"))
+                    e = x.exp2(x.fmul(dtv, a2v), consts, normal)
+                    ahv = x.fmul(e, hv)
+                    hv = x.fma(buv, x.load("B", tB, n0_), ahv)
+                    x.store(e, "abar", t, n0_)
+                    x.store(ahv, "ah", t, n0_)
+                    x.store(x.fma(dyv, hv, x.load("dC", tC, n0_)), "dC", tC, n0_)
+                    products.append(x.fmul(hv, x.load("C", tC, n0_)))
+                x.store(x.fadd(x.load("y", tb), halve_in_rounds(builder, products)), "y", tb)
+                return [hv]
+
+            hv, = x.loop(nblocks_, [x.load("h", n0_)], block,
+                         "row_sweep_" + ("normal" if normal else "clamped"))
+            x.store(hv, "h", n0_)
+            return context.get_dummy_value()
+        return sig, codegen
+    row_sweep.__doc__ = (
+        f"""Steps ``t0 .. t0 + 16 nblocks - 1`` of the backward's forward sweep of a row, for
+        states ``n0 .. n0 + 15``, with {"fast_exp2_normal" if normal else "fast_exp2_scan"}.
+
+        ``dt``, ``bu``, ``dy``, ``a2`` (the poles times log2 e), ``h`` (the state, read and
+        written back) and ``y`` (added to, 16 entries at a time) are 1-D; ``abar`` and
+        ``ah`` (the records, row t written), ``dC`` (row ``t c_st`` added to), ``B`` and ``C``
+        (rows ``t b_st`` and ``t c_st`` read; a stride 0 for a B or C constant in time) are
+        2-D with contiguous rows; ``terms`` is :func:`fast._fastexp.exp2_terms` of their
+        dtype.  Nothing is checked at run time.""")
+    return row_sweep
+
+
+row_sweep_normal = _row_sweep(True)
+row_sweep_clamped = _row_sweep(False)
