@@ -72,7 +72,11 @@ How it is computed
   a level-2 cache (L N <= 4096).
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
-  thread), then the reverse scan of the reference.  Rows longer than T
+  thread), then the reverse scan of the reference.  That forward sweep is
+  written in LLVM IR (:mod:`fast._row_sweep`) after its first L mod 16
+  steps: it sums the outputs y_t = <C_t, h_t> 16 steps at a time, one
+  shuffle network for 16 sums across the lanes instead of one sum per step.
+  Rows longer than T
   steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run in blocks of T
   steps with the loop over blocks outside the loop over the thread's rows,
   so that a block's B, C, dB and dC stay in cache; each row's state is
