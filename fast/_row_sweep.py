@@ -1,5 +1,5 @@
-"""The backward's forward sweep of one row in LLVM IR, its sums over the states taken 16
-steps at a time.
+"""The row kernels' sweeps over time in LLVM IR, their sums over the states taken 16 steps at
+a time.
 
 The row kernels of :mod:`fast.numba_cpu` put 16 states in a vector's lanes, so the output
 of a step, ``y_t = <C_t, h_t>``, is a sum across the lanes of one vector.  Written in
@@ -11,7 +11,8 @@ with one vector add into ``y``.  Numba cannot express this: its loops over the s
 vectorized by LLVM, and their vectors never reach Python code as values.  Measured at the
 headline size (chapter 11, "Sixteen sums at a time"): the backward runs about 1.1x as fast
 on one thread.  The same sums written through a 16-row buffer in memory from Numba ran
-slower than the per-step sums (LLVM no longer kept the state in registers).
+slower than the per-step sums (the compiled loop gained a scalar copy behind a run-time
+test).
 
 The arithmetic is that of ``_bwd_row_forward`` operation for operation, so the records
 ``Abar_t``, ``Abar_t h_{t-1}``, the state and ``dC`` come out the same (tested bit for
@@ -21,11 +22,15 @@ bit); only ``y`` is summed in another order::
     records Abar, ah;    dC_t = dy_t h + dC_t                (one FMA)
     y_t += sum over the 16 lanes of h C_t
 
-The two intrinsics differ in their exponential: :func:`row_sweep_normal` is
-:func:`fast._fastexp.fast_exp2_normal` (every ``dt a2`` of the row in [-125, 0]),
-:func:`row_sweep_clamped` is :func:`fast._fastexp.fast_exp2_scan`.  Both take float32 or
-float64 arrays (in float64 a vector of 16 lanes is two AVX-512 registers, which LLVM
-handles as pairs).
+The forward pass's row scan (``numba_cpu._fwd_row_scan``) sums its outputs the same way
+(:func:`row_scan_normal`, :func:`row_scan_clamped`: no records, no dC), in float32 only:
+at the headline size with the tiles switched off it ran 1.2x as fast, while in float64 it
+ran 0.97x (16 float64 lanes are two registers, and the degree-13 exponential dominates).
+
+The ``_normal`` and ``_clamped`` intrinsics differ in their exponential:
+:func:`fast._fastexp.fast_exp2_normal` (every ``dt a2`` of the row in [-125, 0]) or
+:func:`fast._fastexp.fast_exp2_scan`.  They take float32 or float64 arrays (in float64 a
+vector of 16 lanes is two AVX-512 registers, which LLVM handles as pairs).
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ from numba.extending import intrinsic
 from ._fastexp import _FM
 from ._lanes import WIDTH, halve_in_rounds
 
-__all__ = ["row_sweep_normal", "row_sweep_clamped"]
+__all__ = ["row_sweep_normal", "row_sweep_clamped", "row_scan_normal", "row_scan_clamped",
+           "Vectors"]
 
 #: the operations' fast-math flags: fast._fastexp's (contraction, no reassociation).  An
 #: IR operation without flags would get the kernel's, "reassoc" included, and LLVM would
@@ -44,6 +50,7 @@ __all__ = ["row_sweep_normal", "row_sweep_clamped"]
 _FLAGS = tuple(sorted(_FM))
 
 _ARRAYS = ("dt", "bu", "dy", "a2", "h", "y", "abar", "ah", "dC", "B", "C")
+_SCAN_ARRAYS = ("dt", "bu", "a2", "h", "y", "B", "C")
 
 
 class Vectors:
@@ -161,55 +168,84 @@ class Vectors:
         return out
 
 
+def _dtype_of(arrays, ndims, terms):
+    """The common float dtype of an intrinsic's arrays if their types fit, else None."""
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return None
+    dtype = arrays[0].dtype
+    if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
+        return None
+    if [a.ndim for a in arrays] != list(ndims):
+        return None
+    if not (isinstance(terms, types.UniTuple) and terms.dtype == dtype):
+        return None
+    return dtype
+
+
+def _blocks(context, builder, signature, args, names, normal, step, scalars, label):
+    """The loop over blocks of 16 steps shared by both sweeps.  The arguments are the arrays
+    ``names``, ``terms``, ``t0``, ``nblocks``, ``n0``, ``b_st``, ``c_st`` and for the scan
+    ``add``; ``step(x, t, tB, tC, s, e, hv, n0)`` makes the update ``hv = bu_t B_t + Abar_t
+    hv`` and what else a step does, from the broadcasts ``s`` of the 1-D arrays ``scalars``
+    at step t, and returns ``(hv, product for y)``."""
+    m = len(names)
+    x = Vectors(context, builder, signature.args[0].dtype, names, signature.args[:m], args[:m])
+    t0, nblocks, n0, b_st, c_st = (context.cast(builder, v, ty, types.int64)
+                                   for v, ty in zip(args[m + 1:m + 6], signature.args[m + 1:]))
+    add = (context.cast(builder, args[m + 6], signature.args[m + 6], types.boolean)
+           if len(args) > m + 6 else ir.Constant(ir.IntType(1), 1))
+    consts = [x.splat(builder.extract_value(args[m], i))
+              for i in range(signature.args[m].count)]
+    a2v = x.load("a2", n0)
+    zeros = ir.Constant(x.vty, [0.0] * WIDTH)
+
+    def block(j, carried):  # steps t0 + 16 j ... t0 + 16 j + 15
+        hv = carried[0]
+        tb = builder.add(t0, builder.mul(j, x.c64(WIDTH)))
+        products = []
+        for i in range(WIDTH):
+            t = builder.add(tb, x.c64(i))
+            s = {name: x.broadcast(name, t) for name in scalars}  # first: as the loops did
+            e = x.exp2(x.fmul(s["dt"], a2v), consts, normal)
+            hv, product = step(x, t, builder.mul(t, b_st), builder.mul(t, c_st), s, e, hv, n0)
+            products.append(product)
+        old = builder.select(add, x.load("y", tb), zeros)  # the first block of states writes
+        x.store(x.fadd(old, halve_in_rounds(builder, products)), "y", tb)
+        return [hv]
+
+    hv, = x.loop(nblocks, [x.load("h", n0)], block, label)
+    x.store(hv, "h", n0)
+    return context.get_dummy_value()
+
+
+def _records_step(x, t, tB, tC, s, e, hv, n0):
+    """A step of the backward's forward sweep: records, dC, and the product for y."""
+    ahv = x.fmul(e, hv)
+    hv = x.fma(s["bu"], x.load("B", tB, n0), ahv)
+    x.store(e, "abar", t, n0)
+    x.store(ahv, "ah", t, n0)
+    x.store(x.fma(s["dy"], hv, x.load("dC", tC, n0)), "dC", tC, n0)
+    return hv, x.fmul(hv, x.load("C", tC, n0))
+
+
+def _scan_step(x, t, tB, tC, s, e, hv, n0):
+    """A step of the forward pass: the update and the product for y."""
+    hv = x.fma(s["bu"], x.load("B", tB, n0), x.fmul(e, hv))
+    return hv, x.fmul(hv, x.load("C", tC, n0))
+
+
 def _row_sweep(normal):
     @intrinsic
     def row_sweep(typingctx, dt, bu, dy, a2, h, y, abar, ah, dC, B, C, terms, t0, nblocks, n0,
                   b_st, c_st):
         arrays = (dt, bu, dy, a2, h, y, abar, ah, dC, B, C)
-        if not all(isinstance(a, types.Array) for a in arrays):
+        if _dtype_of(arrays, [1] * 6 + [2] * 5, terms) is None:
             return None
-        dtype = dt.dtype
-        if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
-            return None
-        if [a.ndim for a in arrays] != [1] * 6 + [2] * 5:
-            return None
-        if not (isinstance(terms, types.UniTuple) and terms.dtype == dtype):
-            return None
-        sig = types.void(*arrays, terms, types.intp, types.intp, types.intp, types.intp,
-                         types.intp)
+        sig = types.void(*arrays, terms, *[types.intp] * 5)
 
         def codegen(context, builder, signature, args):
-            x = Vectors(context, builder, dtype, _ARRAYS, signature.args[:11], args[:11])
-            t0_, nblocks_, n0_, b_st_, c_st_ = (
-                context.cast(builder, v, ty, types.int64)
-                for v, ty in zip(args[12:], signature.args[12:]))
-            consts = [x.splat(builder.extract_value(args[11], i))
-                      for i in range(signature.args[11].count)]
-            a2v = x.load("a2", n0_)
-
-            def block(j, carried):  # steps t0 + 16 j ... t0 + 16 j + 15
-                hv = carried[0]
-                tb = builder.add(t0_, builder.mul(j, x.c64(WIDTH)))
-                products = []
-                for i in range(WIDTH):
-                    t = builder.add(tb, x.c64(i))
-                    tB = builder.mul(t, b_st_)  # 0: B constant in time
-                    tC = builder.mul(t, c_st_)
-                    dtv, buv, dyv = (x.broadcast(name, t) for name in ("dt", "bu", "dy"))
-                    e = x.exp2(x.fmul(dtv, a2v), consts, normal)
-                    ahv = x.fmul(e, hv)
-                    hv = x.fma(buv, x.load("B", tB, n0_), ahv)
-                    x.store(e, "abar", t, n0_)
-                    x.store(ahv, "ah", t, n0_)
-                    x.store(x.fma(dyv, hv, x.load("dC", tC, n0_)), "dC", tC, n0_)
-                    products.append(x.fmul(hv, x.load("C", tC, n0_)))
-                x.store(x.fadd(x.load("y", tb), halve_in_rounds(builder, products)), "y", tb)
-                return [hv]
-
-            hv, = x.loop(nblocks_, [x.load("h", n0_)], block,
-                         "row_sweep_" + ("normal" if normal else "clamped"))
-            x.store(hv, "h", n0_)
-            return context.get_dummy_value()
+            return _blocks(context, builder, signature, args, _ARRAYS, normal, _records_step,
+                           ("dt", "bu", "dy"), "row_sweep_" + ("normal" if normal else "clamped"))
         return sig, codegen
     row_sweep.__doc__ = (
         f"""Steps ``t0 .. t0 + 16 nblocks - 1`` of the backward's forward sweep of a row, for
@@ -224,5 +260,27 @@ def _row_sweep(normal):
     return row_sweep
 
 
+def _row_scan(normal):
+    @intrinsic
+    def row_scan(typingctx, dt, bu, a2, h, y, B, C, terms, t0, nblocks, n0, b_st, c_st, add):
+        arrays = (dt, bu, a2, h, y, B, C)
+        if _dtype_of(arrays, [1] * 5 + [2] * 2, terms) is None:
+            return None
+        sig = types.void(*arrays, terms, *[types.intp] * 5, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            return _blocks(context, builder, signature, args, _SCAN_ARRAYS, normal, _scan_step,
+                           ("dt", "bu"), "row_scan_" + ("normal" if normal else "clamped"))
+        return sig, codegen
+    row_scan.__doc__ = (
+        f"""Steps ``t0 .. t0 + 16 nblocks - 1`` of the forward pass of a row, for states
+        ``n0 .. n0 + 15``, with {"fast_exp2_normal" if normal else "fast_exp2_scan"}: the
+        arrays of :func:`row_sweep_normal` without records, dy and dC; ``y`` written, or
+        added to if ``add`` (the later blocks of 16 states).""")
+    return row_scan
+
+
 row_sweep_normal = _row_sweep(True)
 row_sweep_clamped = _row_sweep(False)
+row_scan_normal = _row_scan(True)
+row_scan_clamped = _row_scan(False)

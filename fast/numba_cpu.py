@@ -35,7 +35,10 @@ How it is computed
   (no clamp) for a row whose arguments are all >= -125, which LLVM vectorizes
   (the C library's ``exp`` would not vectorize and caps the scan near 0.5 G
   state updates per second per core); chapter 11 counts the instructions per
-  update against the machine's limit.  The per-time-step
+  update against the machine's limit.  In float32 the loop over time runs
+  16 steps per pass after the row's first L mod 16 (:mod:`fast._row_sweep`,
+  LLVM IR), so that the outputs y_t = <C_t, h_t> are summed across the lanes
+  16 at a time.  The per-time-step
   work (bias, softplus, Δ·u, the D skip and the SiLU gate) is done in separate
   loops over L before and after the recurrence, also vectorized.  Three
   more things were needed for LLVM to vectorize well (each measured, see
@@ -119,19 +122,20 @@ import cmath
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.core import cpu as _numba_cpu
 from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
+from numba.extending import overload
 
 import ssm_ref
 from ssm_ref._validation import as_array, check_bool, check_finite, check_shape
 from ssm_ref.scan_args import check_scan_args, check_scan_structure, check_step_args
 from ssm_ref.selective import write_state
 
-from ._fastexp import (exp2_terms, fast_exp2_normal, fast_exp2_scan, fast_exp_clamped,
+from ._fastexp import (_fma, exp2_terms, fast_exp2_normal, fast_exp2_scan, fast_exp_clamped,
                        fast_sigmoid, fast_softplus, fast_softplus_grad)
 from ._launch import launch
-from ._row_sweep import row_sweep_clamped, row_sweep_normal
+from ._row_sweep import row_scan_clamped, row_scan_normal, row_sweep_clamped, row_sweep_normal
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
            "selective_state_step"]
@@ -489,21 +493,44 @@ def _decay(x2, normal, terms):
     return fast_exp2_normal(x2, terms) if normal else fast_exp2_scan(x2, terms)
 
 
+def _scan_in_ir(zero):
+    """Whether the forward's row scan sums its outputs 16 steps at a time
+    (:mod:`fast._row_sweep`): True in float32 only.  Measured at the headline size on one
+    thread, rows forced (no tiles): float32 1.19x as fast, float64 0.97x (16 float64 lanes
+    are two registers, and the degree-13 exponential dominates)."""
+    return zero.dtype == np.float32
+
+
+@overload(_scan_in_ir, jit_options={"cache": True})
+def _scan_in_ir_impl(zero):
+    in_ir = zero == types.float32
+    return lambda zero: in_ir  # a constant: LLVM drops the other branch
+
+
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _fwd_row_scan(L, N, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal, terms):
     """The recurrence of one row: y_t = <C_t, h_t>, h_t = exp(dt_t A) h_{t-1} + bu_t B_t.
 
     Blocks of 16 states outside, time inside: the block's state and poles stay
     in vector registers for the whole row (one block for N <= 16).  The first
-    block writes y, the others add to it.
+    block writes y, the others add to it.  The first L mod 16 steps run in
+    :func:`_fwd_block_scan`, the others in :mod:`fast._row_sweep`, which sums 16
+    steps' outputs at a time (chapter 11, "Sixteen sums at a time").
     """
+    head = L % _LANES if _scan_in_ir(zero) else L  # float64: the Numba loop throughout
     for n0 in range(0, N, _LANES):
         if n0 == 0:
-            _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
+            _fwd_block_scan(head, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
                             terms, False)
         else:
-            _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
+            _fwd_block_scan(head, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, normal,
                             terms, True)
+        if normal:
+            row_scan_normal(dt, bu, a2, h, y, B_row, C_row, terms, head, (L - head) // _LANES,
+                            n0, b_st, c_st, n0 > 0)
+        else:
+            row_scan_clamped(dt, bu, a2, h, y, B_row, C_row, terms, head, (L - head) // _LANES,
+                             n0, b_st, c_st, n0 > 0)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` and `add` are constants
@@ -519,7 +546,9 @@ def _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, nor
         acc = zero
         for j in range(_LANES):  # constant trip count: one vector, no remainder loop
             n = np.uint64(n0 + j)  # unsigned: no negative-index wraparound select
-            hn = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
+            # Abar h + bu B with one FMA, the same as fast._row_sweep's (which of the two
+            # products LLVM would fuse otherwise depends on the code around the loop)
+            hn = _fma(but, Bt[n], _decay(dtt * a2[n], normal, terms) * h[n])
             h[n] = hn
             acc += hn * Ct[n]
         if add:

@@ -139,3 +139,53 @@ def test_row_kernels_with_whole_blocks_match_the_reference(rng, monkeypatch, dty
     g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
     for key in GRAD_NAMES:
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+
+
+@njit(fastmath=numba_cpu._FMK, error_model="numpy")
+def _scan_pair(L, N, dt, bu, a2, h, y, B, C, b_st, c_st, zero, normal, terms, new):
+    """The forward pass's recurrence of a row: ``_fwd_row_scan`` (its IR blocks) or the
+    Numba loop ``_fwd_block_scan`` over all L steps, block of states by block."""
+    if new:
+        numba_cpu._fwd_row_scan(L, N, dt, bu, a2, h, y, B, C, b_st, c_st, zero, normal, terms)
+    else:
+        for n0 in range(0, N, 16):
+            numba_cpu._fwd_block_scan(L, n0, dt, bu, a2, h, y, B, C, b_st, c_st, zero, normal,
+                                      terms, n0 > 0)
+
+
+@SWEEPS
+@SHAPES
+@STRIDES
+@pytest.mark.parametrize("normal", [True, False], ids=["normal", "clamped"])
+def test_scan_equals_the_numba_loop(rng, dtype, L, N, b_st, c_st, normal):
+    """The forward's state bit for bit, its y within the exact tolerance (and every entry
+    written: y starts as NaN)."""
+    dt, bu, _, a2, h0, B, C = _row_inputs(rng, L, N, dtype, normal, b_st, c_st)
+    out = {}
+    for new in (False, True):
+        h, y = h0.copy(), np.full(L + numba_cpu._GAP, np.nan, dtype)
+        _scan_pair(L, N, dt, bu, a2, h, y, B, C, b_st, c_st, dtype(0), normal,
+                   exp2_terms(dtype), new)
+        out[new] = h[:N], y[:L]
+    np.testing.assert_array_equal(out[True][0], out[False][0], err_msg="h")
+    assert np.isfinite(out[True][1]).all()
+    assert_close(out[True][1], out[False][1], kind="exact", err_msg="y")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("constant", "grouped")])
+@pytest.mark.parametrize("long_rows", [False, True], ids=["rows", "time-blocks"])
+def test_row_forward_with_whole_blocks_matches_the_reference(rng, monkeypatch, dtype, form_B,
+                                                             form_C, long_rows):
+    """The forward's row kernels (``_fwd_real``, and ``_fwd_real_long`` in blocks of 32
+    steps) at N = 20, L = 37: the reference's output and last state."""
+    kw = case(rng, form_B, form_C, False, dtype, z=True)
+    if long_rows:
+        itemsize = np.dtype(dtype).itemsize
+        monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 32 * 2 * 32 * itemsize)
+        assert numba_cpu._fwd_block(32, np.dtype(dtype)) == 32
+    with numba_pairs.forced(False), numba_tiles.forced(False):
+        y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
