@@ -25,7 +25,8 @@ bit); only ``y`` is summed in another order::
 The forward pass's row scan (``numba_cpu._fwd_row_scan``) sums its outputs the same way
 (:func:`row_scan_normal`, :func:`row_scan_clamped`: no records, no dC), in float32 only:
 at the headline size with the tiles switched off it ran 1.2x as fast, while in float64 it
-ran 0.97x (16 float64 lanes are two registers, and the degree-13 exponential dominates).
+ran 0.97x (16 float64 lanes are two registers, and the exponential, then of degree 13,
+dominates).
 
 The ``_normal`` and ``_clamped`` intrinsics differ in their exponential:
 :func:`fast._fastexp.fast_exp2_normal` (every ``dt a2`` of the row in [-125, 0]) or
