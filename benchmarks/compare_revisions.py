@@ -13,14 +13,18 @@ round, and prints the median of the rounds' medians, their range and the ratio
 (revision / working tree: above 1, the working tree is faster).
 
 The cases are the scans that the library's users run most (``fast.selective_scan`` and
-``fast.selective_scan_backward`` with ``backend="numba"``, float32):
+``fast.selective_scan_backward`` with ``backend="numba"``, float32 unless said):
 
 * ``headline``: B = 1, D = 1536, L = 1024, N = 16, variable B and C, D, z, delta_bias and
   softplus (chapter 11's headline size);
 * ``vmamba``: VMamba 32x32's scan in a training step, B = 64, D = 192 (4 directions x 48
   channels, B and C per direction), L = 256, N = 8, no z;
 * ``tiny``: tiny Vim 8x8's, B = 64, D = 48, L = 17, N = 8 (``ssm-ref train``'s default
-  model).
+  model);
+* ``vim-f64``: tiny Vim 32x32's in float64, the models' default dtype, B = 64, D = 48,
+  L = 257, N = 8 (the pair kernels of ``fast.numba_pairs``).  Without a float64 case a
+  change that made the float64 backward twice as slow went unseen for a session
+  (chapter 11, "Two passes over a row instead of four").
 
 With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
 name, one per comparison the book quotes).  This script is a tool for
@@ -37,25 +41,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _trees import ROOT, check_not_checkout, copy_packages, run_in  # noqa: E402
 
-#: (batch, dim, length, dstate, groups of B and C or None for variable B and C with z)
-CASES = {"headline": (1, 1536, 1024, 16, None),
-         "vmamba": (64, 192, 256, 8, 4),
-         "tiny": (64, 48, 17, 8, None)}
+#: (batch, dim, length, dstate, groups of B and C or None for variable B and C with z, dtype)
+CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
+         "vmamba": (64, 192, 256, 8, 4, "float32"),
+         "tiny": (64, 48, 17, 8, None, "float32"),
+         "vim-f64": (64, 48, 257, 8, None, "float64")}
 PASSES = ("forward", "backward")
 
 
 def inputs(case):
-    """The arguments of the case's scan (float32), and a gradient of its output."""
+    """The arguments of the case's scan (in its dtype), and a gradient of its output."""
     import numpy as np
 
     from fast.bench.scan import make_inputs
-    batch, dim, length, dstate, groups = CASES[case]
-    kw = make_inputs(batch, dim, length, dstate)
+    batch, dim, length, dstate, groups, dtype = CASES[case]
+    kw = make_inputs(batch, dim, length, dstate, np.dtype(dtype))
     if groups is not None:  # VMamba: B and C per direction, no gate
         del kw["z"]
         kw["B"], kw["C"] = (np.random.default_rng(2 + i).standard_normal(
-            (batch, groups, dstate, length)).astype(np.float32) for i in range(2))
-    dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(np.float32)
+            (batch, groups, dstate, length)).astype(dtype) for i in range(2))
+    dout = np.random.default_rng(1).standard_normal(kw["u"].shape).astype(dtype)
     return kw, dout
 
 

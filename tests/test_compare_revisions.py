@@ -73,3 +73,18 @@ def test_bad_arguments_get_one_clear_line(args, message):
                          cwd=ROOT)
     assert run.returncode != 0
     assert message in run.stderr
+
+
+def test_every_case_has_its_dtype_and_shapes():
+    """The cases' inputs: float32 ones and the float64 one (without a float64 case a change
+    that made the float64 backward twice as slow went unseen), shapes (B, D, L) and (D, N)."""
+    import numpy as np
+    compare = script_module(SCRIPT, "compare_revisions")
+    for case, (batch, dim, length, dstate, groups, dtype) in compare.CASES.items():
+        kw, dout = compare.inputs(case)
+        assert kw["u"].shape == dout.shape == (batch, dim, length), case
+        assert kw["A"].shape == (dim, dstate), case
+        arrays = [v for v in kw.values() if isinstance(v, np.ndarray)] + [dout]
+        assert {a.dtype for a in arrays} == {np.dtype(dtype)}, case
+        assert ("z" in kw) == (groups is None), case
+    assert {spec[-1] for spec in compare.CASES.values()} == {"float32", "float64"}
