@@ -46,6 +46,8 @@ CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
          "vmamba": (64, 192, 256, 8, 4, "float32"),
          "tiny": (64, 48, 17, 8, None, "float32"),
          "vim-f64": (64, 48, 257, 8, None, "float64")}
+#: timed calls per run of each case by default: about half a second's worth
+REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21}
 PASSES = ("forward", "backward")
 
 
@@ -118,7 +120,6 @@ def main(argv=None):
     t_start, machine = (start(parser, args.out) if args.out
                         else (time.perf_counter(), machine_info()))
     print(machine_line(machine), flush=True)
-    default_repeats = {"headline": 21, "vmamba": 15, "tiny": 201}
     runs = [(case, p, th) for case in args.cases for p in args.passes for th in args.threads]
     times = {run: {"rev": [], "tree": []} for run in runs}
     script = Path(__file__).resolve()
@@ -128,7 +129,7 @@ def main(argv=None):
         for rnd in range(args.rounds):
             for run in runs:
                 case, pass_name, threads = run
-                repeats = args.repeats or default_repeats[case]
+                repeats = args.repeats or REPEATS[case]
                 for version, tree in trees.items():
                     us = run_in(tree, script, args.rev, "--worker", case, pass_name, threads,
                                 repeats)
@@ -136,22 +137,22 @@ def main(argv=None):
                 print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
                       f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
                       f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
-    print(f"\nmedians of the rounds' medians in µs (their range), float32; ratio: "
+    print(f"\nmedians of the rounds' medians in µs (their range); ratio: "
           f"{args.rev} / working tree")
     print(f"{'case':9s} {'pass':9s} {'threads':>7s} {args.rev:>24s} {'working tree':>24s}"
           f" {'ratio':>6s} {'G updates/s':>12s}")
     rows = []
     for (case, pass_name, threads), t in times.items():
         rev_us, tree_us = float(np.median(t["rev"])), float(np.median(t["tree"]))
-        batch, dim, length, dstate, _ = CASES[case]
+        batch, dim, length, dstate, _, _ = CASES[case]
         rate = updates(batch, dim, length, dstate) / (tree_us * 1e-6) / 1e9
         print(f"{case:9s} {pass_name:9s} {threads:7d} "
               f"{rev_us:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
               f"{tree_us:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
               f"{rev_us / tree_us:6.2f} {rate:12.2f}")
         rows.append({"case": case, "pass": pass_name, "threads": threads,
-                     "shape": dict(zip(("batch", "dim", "length", "dstate", "groups"),
-                                       CASES[case])),
+                     "shape": dict(zip(("batch", "dim", "length", "dstate", "groups",
+                                        "dtype"), CASES[case])),
                      "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us})
     if args.out:
         finish({"machine": machine, "rev": args.rev, "rounds": args.rounds, "rows": rows},

@@ -88,3 +88,4 @@ def test_every_case_has_its_dtype_and_shapes():
         assert {a.dtype for a in arrays} == {np.dtype(dtype)}, case
         assert ("z" in kw) == (groups is None), case
     assert {spec[-1] for spec in compare.CASES.values()} == {"float32", "float64"}
+    assert set(compare.REPEATS) == set(compare.CASES)  # every case runs without --repeats
