@@ -593,10 +593,12 @@ def fast_softplus_grad(x):
     and the second reuses its ``e = e^{-|x|}``: sigmoid(x) = ``1 / (1 + e)``
     for x > 0 and ``e / (1 + e)`` otherwise (one more division, no second
     exponential).  The backward kernels take both in their first pass over a row, so
-    that the input gradients need no exponential of their own.  Numba inlines it into its
-    caller (``inline="always"``): compiled as a function of its own, its float64 version
-    was too large for LLVM to inline, and the loops that called it did not vectorize (17
-    ms per million elements instead of 2.9; the float64 backward ran twice as long).  Below ``x = -87.33``
+    that the input gradients need no exponential of their own.  In float64 the derivative
+    is :func:`fast_sigmoid`'s (a second exponential), and Numba inlines the function into
+    its caller: compiled as a function of its own, the float64 version with the shared
+    exponential was too large for LLVM to inline, and the loops that called it did not
+    vectorize (17 ms per million elements instead of 2.4; the float64 backward ran twice
+    as long).  Below ``x = -87.33``
     (float32; -708.39 in float64) the derivative is about the smallest normal number
     instead of ``e^x`` (the absolute error of :func:`fast_softplus`).  NaN gives
     ``(NaN, NaN)``, ``inf`` gives ``(inf, 1)``.
@@ -614,7 +616,12 @@ def fast_softplus_grad(x):
     return fast_softplus(x), np.where(np.isnan(x), x, g)[()]
 
 
-@overload(fast_softplus_grad, fastmath=_FM, inline="always",
+def _inline_in_float64(expr, caller_info, callee_info):
+    """Numba's inlining rule for :func:`fast_softplus_grad`: float64 calls only (see there)."""
+    return callee_info.signature.args[0].bitwidth == 64
+
+
+@overload(fast_softplus_grad, fastmath=_FM, inline=_inline_in_float64,
           jit_options={"fastmath": _FM, "error_model": "numpy"})
 def _fast_softplus_grad_impl(x):
     c = _constants(x)
@@ -629,7 +636,14 @@ def _fast_softplus_grad_impl(x):
         g = (one if x > zero else e) / (one + e)  # sigmoid(x)
         return sp, g if x <= threshold else (one if x > threshold else x)  # NaN: NaN
 
-    return impl
+    # float64, inlined by Numba: two calls, which LLVM inlines and vectorizes, and no
+    # conditional expression or loop of its own (inlined, those made Numba's SSA check warn)
+    def impl64(x):
+        nan = min(abs(x), one)  # NaN only for NaN (max and min keep a NaN first argument)
+        g = max(fast_sigmoid(x), one * (x > threshold)) + (nan - nan)  # 1 above 20; NaN: NaN
+        return fast_softplus(x), g
+
+    return impl if x.bitwidth == 32 else impl64
 
 
 def fast_sigmoid(x):
