@@ -33,8 +33,8 @@ _VTY = ir.VectorType(ir.FloatType(), W)
 
 
 class _Builder(Vectors):
-    """:class:`fast._row_sweep.Vectors` in float32, its loads and stores under the names the
-    sweeps below were written with, and the arguments ``L``, ``n0``, ``add``."""
+    """:class:`fast._row_sweep.Vectors` in float32, and the arguments ``L``, ``n0``, ``add``
+    of the sweeps below."""
 
     def __init__(self, context, builder, names, tys, args):
         super().__init__(context, builder, types.float32, names, tys, args)
@@ -49,21 +49,11 @@ class _Builder(Vectors):
         add = context.cast(builder, args[m + 2], tys[m + 2], types.boolean)
         return x, L, [builder.add(n0, x.c64(k)) for k in range(K)], add
 
-    def vload(self, name, *idx):
-        return self.load(name, *idx)
-
-    def vstore(self, v, name, *idx):
-        self.store(v, name, *idx)
-
-    def sload(self, name, *idx):
-        """One float32 broadcast to the 16 lanes."""
-        return self.broadcast(name, *idx)
-
     def add_or_write(self, acc, add, name, *idx):
         """``name[idx] = acc``, or ``+= acc`` if ``add``."""
         zero_v = ir.Constant(_VTY, [0.0] * W)
-        old = self.b.select(add, self.vload(name, *idx), zero_v)
-        self.vstore(self.fadd(old, acc), name, *idx)
+        old = self.b.select(add, self.load(name, *idx), zero_v)
+        self.store(self.fadd(old, acc), name, *idx)
 
 
 def _reverse(K):
@@ -80,32 +70,32 @@ def _reverse(K):
                 context, builder, signature, args, K,
                 ["dt", "bu", "dy", "a", "g", "sdA", "abar", "ah", "dBl", "pA", "pB", "B", "C"])
             zero = x.c64(0)
-            av = [x.vload("a", n, zero) for n in ns]
+            av = [x.load("a", n, zero) for n in ns]
 
             def body(i, phis):
                 gs, ss = phis[:K], phis[K:]
                 t = builder.sub(builder.sub(L_, x.c64(1)), i)
-                dtv, buv, dyv = (x.vload(name, t, zero) for name in ("dt", "bu", "dy"))
+                dtv, buv, dyv = (x.load(name, t, zero) for name in ("dt", "bu", "dy"))
                 accA = accB = ir.Constant(_VTY, [0.0] * W)
                 g_new, s_new = [], []
                 for k, n in enumerate(ns):
-                    gn = x.fma(dyv, x.sload("C", t, n), gs[k])
-                    ga = x.fmul(gn, x.vload("ah", t, n, zero))
+                    gn = x.fma(dyv, x.broadcast("C", t, n), gs[k])
+                    ga = x.fmul(gn, x.load("ah", t, n, zero))
                     s_new.append(x.fma(ga, dtv, ss[k]))
-                    x.vstore(x.fma(gn, buv, x.vload("dBl", t, n, zero)), "dBl", t, n, zero)
-                    g_new.append(x.fmul(gn, x.vload("abar", t, n, zero)))
+                    x.store(x.fma(gn, buv, x.load("dBl", t, n, zero)), "dBl", t, n, zero)
+                    g_new.append(x.fmul(gn, x.load("abar", t, n, zero)))
                     accA = x.fma(ga, av[k], accA)
-                    accB = x.fma(gn, x.sload("B", t, n), accB)
+                    accB = x.fma(gn, x.broadcast("B", t, n), accB)
                 x.add_or_write(accA, add_, "pA", t, zero)
                 x.add_or_write(accB, add_, "pB", t, zero)
                 return g_new + s_new
 
-            carried = ([x.vload("g", n, zero) for n in ns]
-                       + [x.vload("sdA", n, zero) for n in ns])
+            carried = ([x.load("g", n, zero) for n in ns]
+                       + [x.load("sdA", n, zero) for n in ns])
             out = x.loop(L_, carried, body, "rev_loop")
             for k, n in enumerate(ns):
-                x.vstore(out[k], "g", n, zero)
-                x.vstore(out[K + k], "sdA", n, zero)
+                x.store(out[k], "g", n, zero)
+                x.store(out[K + k], "sdA", n, zero)
             return context.get_dummy_value()
         return sig, codegen
     return reverse
@@ -127,31 +117,31 @@ def _forward(K):
                 context, builder, signature, args, K,
                 ["dt", "bu", "dy", "a2", "h", "y", "abar", "ah", "dCl", "B", "C", "terms"])
             zero = x.c64(0)
-            a2v = [x.vload("a2", n, zero) for n in ns]
-            consts = [x.sload("terms", x.c64(i)) for i in range(8)]
+            a2v = [x.load("a2", n, zero) for n in ns]
+            consts = [x.broadcast("terms", x.c64(i)) for i in range(8)]
 
             def exp2(v):  # fast_exp2_normal, operation for operation
                 return x.exp2(v, consts, True)
 
             def body(t, hs):
-                dtv, buv, dyv = (x.vload(name, t, zero) for name in ("dt", "bu", "dy"))
+                dtv, buv, dyv = (x.load(name, t, zero) for name in ("dt", "bu", "dy"))
                 acc = ir.Constant(_VTY, [0.0] * W)
                 h_new = []
                 for k, n in enumerate(ns):
                     e = exp2(x.fmul(dtv, a2v[k]))
                     ahv = x.fmul(e, hs[k])
-                    hv = x.fma(buv, x.sload("B", t, n), ahv)
-                    x.vstore(e, "abar", t, n, zero)
-                    x.vstore(ahv, "ah", t, n, zero)
-                    x.vstore(x.fma(dyv, hv, x.vload("dCl", t, n, zero)), "dCl", t, n, zero)
-                    acc = x.fma(hv, x.sload("C", t, n), acc)
+                    hv = x.fma(buv, x.broadcast("B", t, n), ahv)
+                    x.store(e, "abar", t, n, zero)
+                    x.store(ahv, "ah", t, n, zero)
+                    x.store(x.fma(dyv, hv, x.load("dCl", t, n, zero)), "dCl", t, n, zero)
+                    acc = x.fma(hv, x.broadcast("C", t, n), acc)
                     h_new.append(hv)
                 x.add_or_write(acc, add_, "y", t, zero)
                 return h_new
 
-            out = x.loop(L_, [x.vload("h", n, zero) for n in ns], body, "fwd_loop")
+            out = x.loop(L_, [x.load("h", n, zero) for n in ns], body, "fwd_loop")
             for k, n in enumerate(ns):
-                x.vstore(out[k], "h", n, zero)
+                x.store(out[k], "h", n, zero)
             return context.get_dummy_value()
         return sig, codegen
     return forward

@@ -598,10 +598,9 @@ def fast_softplus_grad(x):
     its caller: compiled as a function of its own, the float64 version with the shared
     exponential was too large for LLVM to inline, and the loops that called it did not
     vectorize (17 ms per million elements instead of 2.4; the float64 backward ran twice
-    as long).  Below ``x = -87.33``
-    (float32; -708.39 in float64) the derivative is about the smallest normal number
-    instead of ``e^x`` (the absolute error of :func:`fast_softplus`).  NaN gives
-    ``(NaN, NaN)``, ``inf`` gives ``(inf, 1)``.
+    as long).  Below ``x = -87.33`` (float32; -708.39 in float64) the derivative is about
+    the smallest normal number instead of ``e^x`` (the absolute error of
+    :func:`fast_softplus`).  NaN gives ``(NaN, NaN)``, ``inf`` gives ``(inf, 1)``.
 
     Examples
     --------
