@@ -71,8 +71,8 @@ How it is computed
 * float32 channels that share B and C (variable or grouped form, at least
   16 channels per group: Mamba's case) run 16 channels per vector instead
   of 16 states (:mod:`fast.numba_tiles`): no sum across the lanes at each
-  step.  The forward always; the backward while its records fit in about
-  a level-2 cache (L N <= 4096).
+  step.  The forward always (long rows in time blocks, as the rows'); the
+  backward while its records fit in about a level-2 cache (L N <= 4096).
 * Backward: each row runs its forward again, keeping its decay factors
   Abar_t and the products Abar_t h_{t-1} (two (L, N) scratch arrays per
   thread), then the reverse scan of the reference.  That forward sweep is
@@ -1402,7 +1402,11 @@ def _forward(s, k, real):
     elif paired:
         _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
     elif tiled:
-        _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
+        block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
+        if s.length <= block:
+            _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
+        else:
+            _launch(_tiles.fwd_tiles_long, *args, block, exp2_terms(real))
     else:
         block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:

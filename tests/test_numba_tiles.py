@@ -27,8 +27,9 @@ TILE = numba_tiles.TILE
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the launches of the tile kernels: ``calls["fwd_tiles"]``, ``calls["bwd_tiles"]``."""
-    return count_calls(monkeypatch, numba_tiles, ("fwd_tiles", "bwd_tiles"))
+    """Count the launches of the tile kernels: ``calls["fwd_tiles"]``, ``calls["bwd_tiles"]``
+    (and ``calls["fwd_tiles_long"]``, the forward in time blocks)."""
+    return count_calls(monkeypatch, numba_tiles, ("fwd_tiles", "fwd_tiles_long", "bwd_tiles"))
 
 
 def tiled_case(rng, dtype=np.float32, *, dim=40, groups=1, length=37, dstate=5, **kw):
@@ -128,7 +129,9 @@ def test_tiles_apply(rng, change, expected):
     s = structure(kw)
     assert numba_tiles.tiles_apply(s, 64, dtype) is expected
     assert numba_tiles.tiles_apply(s, 64, dtype, "backward") is expected
-    assert numba_tiles.tiles_apply(s, 19, dtype) is False  # rows longer than a block
+    # rows longer than a block: the forward in tiles of time blocks, the backward in rows
+    assert numba_tiles.tiles_apply(s, 19, dtype) is expected
+    assert numba_tiles.tiles_apply(s, 19, dtype, "backward") is False
     with numba_tiles.forced(False):
         assert numba_tiles.tiles_apply(s, 64, dtype) is False
     with numba_tiles.forced(True):
@@ -193,6 +196,53 @@ def test_forward_matches_reference_and_rows(rng, calls, shape, extras):
 
 
 @pytest.mark.parametrize("shape", [
+    dict(length=100),  # 40 channels, blocks of 32 steps: 3 whole and one of 4
+    dict(dim=96, groups=2, length=64, dstate=16, batch=3),  # several tiles per thread
+    dict(dim=33, length=33, dstate=17),  # blocks of 32 and 1
+], ids=["D40-L100-N5", "B3-G2-D96-L64-N16", "D33-L33-N17"])
+@pytest.mark.parametrize("extras", [True, False], ids=["D-z-bias-softplus-h0", "plain"])
+def test_long_rows_forward_in_time_blocks(rng, calls, monkeypatch, shape, extras):
+    """Rows longer than the forward's block run fwd_tiles_long (B and C of a block: 32 steps
+    here): the same updates as fwd_tiles, block after block, so the same numbers to the
+    bit; and the reference's to rounding."""
+    kw = tiled_case(rng, extras=extras, **shape)
+    y_one, last_one = numba_cpu.selective_scan(**kw, return_last_state=True)  # one block
+    assert calls["fwd_tiles"] == 1 and calls["fwd_tiles_long"] == 0
+    dstate = kw["A"].shape[1]
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 32 * 2 * dstate * 4 + 7)  # T = 32
+    assert numba_cpu._fwd_block(dstate, np.float32) == 32 < kw["u"].shape[2]
+    y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+    assert calls["fwd_tiles"] == 1 and calls["fwd_tiles_long"] == 1
+    assert_close(y, y_one, kind="exact", err_msg="y against one block")
+    assert_close(last, last_one, kind="exact", err_msg="last state against one block")
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+
+
+def test_long_rows_forward_block_not_a_multiple_of_the_tile(rng, calls, monkeypatch):
+    """A block of 20 steps runs as blocks of 16 (whole 16 x 16 transposes)."""
+    kw = tiled_case(rng, length=45)
+    y_one = numba_cpu.selective_scan(**kw)
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 20 * 2 * 5 * 4)  # T = 20
+    assert numba_cpu._fwd_block(5, np.float32) == 20
+    y = numba_cpu.selective_scan(**kw)
+    assert calls["fwd_tiles_long"] == 1
+    assert_close(y, y_one, kind="exact", err_msg="y against one block")
+
+
+def test_long_rows_forward_screens_bad_input(rng, calls, monkeypatch):
+    """A NaN in the last block of the last channel reaches the screen: the reference's error."""
+    kw = tiled_case(rng, length=100)
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 32 * 2 * 5 * 4)
+    kw["delta"] = kw["delta"].copy()
+    kw["delta"][1, 39, 99] = np.nan
+    with pytest.raises(ValueError, match="delta"):
+        numba_cpu.selective_scan(**kw)
+    assert calls["fwd_tiles_long"] == 1
+
+
+@pytest.mark.parametrize("shape", [
     dict(),
     dict(dim=16, length=1, dstate=1),
     dict(dim=33, length=16, dstate=16),
@@ -244,7 +294,7 @@ def test_channels_whose_decay_underflows(rng, calls):
     y = numba_cpu.selective_scan(**kw)
     dout = rng.standard_normal(y.shape).astype(np.float32)
     g = numba_cpu.selective_scan_backward(dout, **kw)
-    assert calls == {"fwd_tiles": 1, "bwd_tiles": 1}
+    assert calls == {"fwd_tiles": 1, "fwd_tiles_long": 0, "bwd_tiles": 1}
     assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
     g_ref = ssm_ref.selective_scan_backward(dout, **kw)
     for key in ("u", "delta", "A", "B", "C"):
@@ -273,7 +323,7 @@ def test_screen_sees_nan_in_any_channel(rng, calls, where):
         ssm_ref.selective_scan(**kw)
     with pytest.raises(ValueError, match="u"):
         numba_cpu.selective_scan_backward(np.ones_like(kw["u"]), **kw)
-    assert calls == {"fwd_tiles": 1, "bwd_tiles": 1}
+    assert calls == {"fwd_tiles": 1, "fwd_tiles_long": 0, "bwd_tiles": 1}
 
 
 def test_float32_overflow_runs_again_in_float64(rng, calls):
