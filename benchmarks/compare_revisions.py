@@ -24,7 +24,10 @@ The cases are the scans that the library's users run most (``fast.selective_scan
 * ``vim-f64``: tiny Vim 32x32's in float64, the models' default dtype, B = 64, D = 48,
   L = 257, N = 8 (the pair kernels of ``fast.numba_pairs``).  Without a float64 case a
   change that made the float64 backward twice as slow went unseen for a session
-  (chapter 11, "Two passes over a row instead of four").
+  (chapter 11, "Two passes over a row instead of four");
+* ``long-16`` and ``long-64``: rows too long for the row-by-row kernels, B = 1, D = 256,
+  L = 65536, N = 16 and L = 16384, N = 64, variable B and C with z (the kernels in time
+  blocks: chapter 11, "Throughput against L and N").
 
 With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
 name, one per comparison the book quotes).  This script is a tool for
@@ -45,9 +48,12 @@ from _trees import ROOT, check_not_checkout, copy_packages, run_in  # noqa: E402
 CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
          "vmamba": (64, 192, 256, 8, 4, "float32"),
          "tiny": (64, 48, 17, 8, None, "float32"),
-         "vim-f64": (64, 48, 257, 8, None, "float64")}
+         "vim-f64": (64, 48, 257, 8, None, "float64"),
+         "long-16": (1, 256, 65536, 16, None, "float32"),
+         "long-64": (1, 256, 16384, 64, None, "float32")}
 #: timed calls per run of each case by default: about half a second's worth
-REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21}
+REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21, "long-16": 5,
+           "long-64": 5}
 PASSES = ("forward", "backward")
 
 

@@ -79,12 +79,15 @@ How it is computed
   written in LLVM IR (:mod:`fast._row_sweep`) after its first L mod 16
   steps: it sums the outputs y_t = <C_t, h_t> 16 steps at a time, one
   shuffle network for 16 sums across the lanes instead of one sum per step.
-  Rows longer than T
-  steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run in blocks of T
-  steps with the loop over blocks outside the loop over the thread's rows,
-  so that a block's B, C, dB and dC stay in cache; each row's state is
-  carried from block to block and every block's records are recomputed from
-  the state saved at its start.  Never (B, D, L, N).  Gradients of B and
+  Both sweeps run one block of 16 states after the other, so that the
+  reverse sweep reads the records of one block (2 L vectors) while they are
+  in cache.  Rows longer than T steps (records beyond ``_BWD_RECORD_BYTES``
+  per thread) run in blocks of T steps with the loop over blocks outside
+  the loop over the thread's rows, so that a block's B, C, dB and dC stay
+  in cache: a first pass carries each row's state alone through the blocks
+  and saves it at every block's start, and the second runs the blocks from
+  the last, each as a row of its own from its saved state.  Never
+  (B, D, L, N).  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
   at the end (no races, no atomics).
@@ -176,9 +179,11 @@ _NORMAL_LOW = -125.0
 #: (T = 16384 at N = 16 in float32), run row by row in _bwd_real, nothing recomputed;
 #: longer rows run in blocks of T steps with all of a thread's rows passing through one
 #: block before the next (_bwd_real_long), so that the block's B, C, dB and dC stay in
-#: cache, at the price of recomputing every block's records.  Measured (chapter 11):
-#: records of 2 MB per thread read back from the level-3 cache cost less than
-#: recomputing them; B, C, dB and dC rows of 4 MB each, as at L = 65536, do not.
+#: cache, at the price of a first pass that carries each row's state through the blocks
+#: (one more exponential per update).  Measured (chapter 11): records of 2 MB per thread
+#: read back from the level-3 cache cost less than that pass; B, C, dB and dC rows of
+#: 4 MB each, as at L = 65536, do not.  (The records of one block of 16 states are a
+#: quarter of that at N = 64: the sweeps run block by block, _bwd_row_sweeps.)
 _BWD_RECORD_BYTES = 2 * 1024 * 1024
 
 #: the forward pass streams, for every channel, its rows of B and C: 2 (L, N) arrays.
@@ -558,80 +563,107 @@ def _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, nor
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                       b_st, c_st, zero, normal, terms):
+    """The backward pass's forward sweep of states n0 .. n0 + 15 over the L steps of a row
+    (or of a time block).
+
+    Adds their part of y_t = <C_t, h_t> to ``y`` and of dy_t h_t to dC_t; saves the
+    states entering the steps in ``ck[0]``, and the records Abar_t and Abar_t h_{t-1}
+    in ``abar`` and ``ah`` (indexed from the first step).
+    """
+    for j in range(_LANES):
+        ck[0, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
+    for t in range(L):
+        tt = np.uint64(t)  # unsigned: no negative-index wraparound select
+        dtt = dt[tt]
+        but = bu[tt]
+        dyt = dy[tt]
+        Bt = B_row[tt * np.uint64(b_st)]
+        Ct = C_row[tt * np.uint64(c_st)]
+        dCt = dC_row[tt * np.uint64(c_st)]
+        abar_t = abar[tt]
+        ah_t = ah[tt]
+        acc = zero
+        for j in range(_LANES):
+            n = np.uint64(n0 + j)
+            at = _decay(dtt * a2[n], normal, terms)
+            ahn = at * h[n]
+            hn = ahn + but * Bt[n]
+            abar_t[n] = at
+            ah_t[n] = ahn
+            h[n] = hn
+            acc += hn * Ct[n]
+            dCt[n] += dyt * hn
+        y[tt] += acc
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
                      b_st, c_st, zero, normal, terms):
-    """The backward pass's forward sweep over the L steps of a row (or of a time block).
-
-    Adds y_t = <C_t, h_t> to ``y`` and dy_t h_t to dC_t; saves the state entering
-    the steps in ``ck[0]``, and the records Abar_t and Abar_t h_{t-1} in ``abar``
-    and ``ah`` (indexed from the first step).
-    """
+    """:func:`_bwd_block_forward` for every block of 16 states: the whole forward sweep,
+    all in Numba (the tests' twin of :func:`_bwd_sweep_forward`)."""
     for n0 in range(0, N, _LANES):
-        for j in range(_LANES):
-            ck[0, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
-        for t in range(L):
-            tt = np.uint64(t)  # unsigned: no negative-index wraparound select
-            dtt = dt[tt]
-            but = bu[tt]
-            dyt = dy[tt]
-            Bt = B_row[tt * np.uint64(b_st)]
-            Ct = C_row[tt * np.uint64(c_st)]
-            dCt = dC_row[tt * np.uint64(c_st)]
-            abar_t = abar[tt]
-            ah_t = ah[tt]
-            acc = zero
-            for j in range(_LANES):
-                n = np.uint64(n0 + j)
-                at = _decay(dtt * a2[n], normal, terms)
-                ahn = at * h[n]
-                hn = ahn + but * Bt[n]
-                abar_t[n] = at
-                ah_t[n] = ahn
-                h[n] = hn
-                acc += hn * Ct[n]
-                dCt[n] += dyt * hn
-            y[tt] += acc
+        _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                           b_st, c_st, zero, normal, terms)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                     b_st, c_st, zero, normal, terms):
+    """:func:`_bwd_block_forward`'s results, its first L mod 16 steps by it and the others by
+    :mod:`fast._row_sweep`, which sums the outputs y_t 16 steps at a time (chapter 11,
+    "Sixteen sums at a time")."""
+    head = L % _LANES
+    _bwd_block_forward(head, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                       b_st, c_st, zero, normal, terms)
+    if normal:
+        row_sweep_normal(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms, head,
+                         L // _LANES, n0, b_st, c_st)
+    else:
+        row_sweep_clamped(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms, head,
+                          L // _LANES, n0, b_st, c_st)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
 def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
                        b_st, c_st, zero, normal, terms):
-    """:func:`_bwd_row_forward`'s results, its first L mod 16 steps by it and the others by
-    :mod:`fast._row_sweep`, which sums the outputs y_t 16 steps at a time (chapter 11,
-    "Sixteen sums at a time")."""
-    head = L % _LANES
-    _bwd_row_forward(head, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
-                     b_st, c_st, zero, normal, terms)
+    """:func:`_bwd_row_forward`'s results by :func:`_bwd_block_sweep`, block after block."""
     for n0 in range(0, N, _LANES):
-        if normal:
-            row_sweep_normal(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms, head,
-                             L // _LANES, n0, b_st, c_st)
-        else:
-            row_sweep_clamped(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms,
-                              head, L // _LANES, n0, b_st, c_st)
+        _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                         b_st, c_st, zero, normal, terms)
 
 
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _bwd_block_records(k, T, tn, n0, dt, bu, a2, h, abar, ah, ck, B_row, b_st, normal, terms):
-    """Records Abar_t, Abar_t h_{t-1} of block ``k`` (``tn`` steps from k T), states n0..n0+15,
-    recomputed from the state saved at the block's start."""
-    t0 = np.uint64(k * T)
-    for j in range(_LANES):
-        h[np.uint64(n0 + j)] = ck[k, np.uint64(n0 + j)]
-    for i in range(tn):
-        t = t0 + np.uint64(i)  # unsigned: no negative-index wraparound select
-        dtt = dt[t]
-        but = bu[t]
-        Bt = B_row[t * np.uint64(b_st)]
-        abar_t = abar[i]
-        ah_t = ah[i]
-        for j in range(_LANES):
-            n = np.uint64(n0 + j)
-            at = _decay(dtt * a2[n], normal, terms)
-            ahn = at * h[n]
-            abar_t[n] = at
-            ah_t[n] = ahn
-            h[n] = ahn + but * Bt[n]
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row, C_row, dB_row,
+                    dC_row, b_st, c_st, pA, pB, zero, normal, terms):
+    """Both sweeps of a row (or of a time block) of the backward, one block of 16 states
+    after the other: :func:`_bwd_block_sweep`, then :func:`_bwd_block_reverse` over the
+    records it just wrote, which are then 2 L vectors (a row's 64 bytes per step each),
+    not 2 L N numbers: at N = 64 and L = 4096, 0.5 MB instead of 2 MB per thread, within
+    a core's level-2 cache.  ``g`` and ``sdA`` as in :func:`_bwd_block_reverse`; ``y``,
+    ``pA`` and ``pB`` are zeros on entry."""
+    for n0 in range(0, N, _LANES):
+        _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+                         b_st, c_st, zero, normal, terms)
+        _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row,
+                           b_st, c_st, pA, pB, zero)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
+def _row_advance(L, N, dt, bu, a2, h, B_row, b_st, normal, terms):
+    """The state ``h`` carried over L steps (written back), nothing else computed: the first
+    pass of :func:`_bwd_real_long`.  The update is :func:`_bwd_row_forward`'s, operation
+    for operation, so the states are the same to the bit."""
+    for n0 in range(0, N, _LANES):
+        for t in range(L):
+            tt = np.uint64(t)  # unsigned: no negative-index wraparound select
+            dtt = dt[tt]
+            but = bu[tt]
+            Bt = B_row[tt * np.uint64(b_st)]
+            for j in range(_LANES):
+                n = np.uint64(n0 + j)
+                h[n] = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
@@ -835,23 +867,17 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             dB_row = dB_c[c, bb, bg]
             dC_row = dC_c[c, cb, cg]
             # 1. forward again: y, dC_t = dy_t h_t and the records Abar_t, Abar_t h_{t-1}
-            # of the whole row (one block of T = L steps)
-            normal = _all_normal(dt[:L], a2[:N], zero)
-            if normal:  # two copies of the loop, each with one exp
-                _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                   dC_row, b_st, c_st, zero, True, terms)
-            else:
-                _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row,
-                                   dC_row, b_st, c_st, zero, False, terms)
-            # 2. reverse scan over the row's records: g = dLoss/dh_t
-            # (eq-selective-backward).  Time indices are unsigned (no negative-index
-            # wraparound selects).
+            # of the whole row (one block of T = L steps); 2. the reverse sweep over them:
+            # g = dLoss/dh_t (eq-selective-backward); both by blocks of 16 states
             for n in range(N):
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
-            for n0 in range(0, N, _LANES):
-                _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row,
-                                   dB_row, b_st, c_st, pA, pB, zero)
+            if _all_normal(dt[:L], a2[:N], zero):  # two copies of the loop, each with one exp
+                _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
+                                C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, True, terms)
+            else:
+                _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
+                                C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, False, terms)
             # 3. du, d delta and dz
             s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_row, Dd, du[b, d], ddelta[b, d], has_z,
                                  dout[b, d], z_row, sz, y, dz[b, d] if has_z else dz[0, 0], one)
@@ -870,11 +896,15 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                    has_D, has_z, has_bias, softplus, has_h0, has_dlast,
                    du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block,
                    terms):
-    # _bwd_real for L > block: the same arithmetic with the loops over time blocks outside
-    # and the thread's rows inside, so that a block's B, C, dB and dC (shared by the rows)
-    # stay in cache while every row passes through it; each row's state, dLoss/dh, dA sum
-    # and the state entering each block are carried between blocks in per-row scratch.
-    # Every block's records are recomputed in the reverse sweep (also the last one).
+    # _bwd_real for L > block, in time blocks of T = block steps with the loops over blocks
+    # outside and the thread's rows inside, so that a block's B, C, dB and dC (shared by
+    # the rows) and a row's records stay in cache while every row passes through it.
+    # 1. Blocks from the first: each row's state is only carried forward (_row_advance:
+    #    the exponential and the update, no output, no record) and saved at every block's
+    #    start.  2. Blocks from the last: from the saved state, each row's block runs as a
+    #    whole row of _bwd_real does (the forward sweep with records, y and dC, then the
+    #    reverse sweep and the input gradients); dLoss/dh, the dA sum and the row's sums
+    #    are carried from block to block.  The price of the blocks is pass 1.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -911,7 +941,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
         abar, ah, a, a2, dsp = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c]
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
-        # 1. forward sweep: y, dz and dC, and the state entering each block
+        # 1. the state entering each block (the last block's own steps are not needed)
         for k in range(nblocks):
             t0 = k * T
             tn = min(T, L - t0)
@@ -919,36 +949,25 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 r = row - r0
                 b = row // nd
                 d = row - b * nd
-                h, sums = h_s[c, r], sums_s[c, r]
-                bias_d = bias[d] if has_bias else zero
-                Dd = Dv[d] if has_D else zero
-                u_blk = u[b, d, t0:t0 + tn]
-                z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
-                dout_blk = dout[b, d, t0:t0 + tn]
-                s, sD = _row_prep(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dout_blk,
-                                  z_blk, has_z, dt, bu, dsp, sz, dy, zero)
-                for i in range(tn):
-                    y[i] = zero
+                h = h_s[c, r]
                 if k == 0:
                     _row_start(A, h0, b, d, has_h0, zero, a, h)
                 for n in range(N):
+                    ck_s[c, r, k, n] = h[n]
+                if k == nblocks - 1:
+                    continue
+                u_blk = u[b, d, t0:t0 + tn]
+                _row_steps(delta[b, d, t0:t0 + tn], u_blk, bias[d] if has_bias else zero,
+                           softplus, dt, bu, u_blk, False)  # the screen sums: in pass 2
+                for n in range(N):
                     a2[n] = A[d, n] * log2e
-                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                bb, bg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)[:2]
                 B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)  # (tn or 1, N)
-                C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
-                dC_blk = _time_slice(dC_c[c, cb, cg], t0, tn, c_st)
-                ck_k = ck_s[c, r, k:k + 1]
                 if _all_normal(dt[:tn], a2[:N], zero):
-                    _bwd_sweep_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                       C_blk, dC_blk, b_st, c_st, zero, True, terms)
+                    _row_advance(tn, N, dt, bu, a2, h, B_blk, b_st, True, terms)
                 else:
-                    _bwd_sweep_forward(tn, N, dt, bu, dy, a2, h, y, abar, ah, ck_k, B_blk,
-                                       C_blk, dC_blk, b_st, c_st, zero, False, terms)
-                if has_z:
-                    s += _row_dz(dout_blk, z_blk, sz, y, u_blk, Dd, dz[b, d, t0:t0 + tn], one)
-                sums[0] += s
-                sums[1] += sD
-        # 2. reverse sweep, blocks from the last: recompute the block's records, then back
+                    _row_advance(tn, N, dt, bu, a2, h, B_blk, b_st, False, terms)
+        # 2. blocks from the last: each as a whole row of _bwd_real, from its saved state
         for k in range(nblocks - 1, -1, -1):
             t0 = k * T
             tn = min(T, L - t0)
@@ -957,42 +976,42 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 b = row // nd
                 d = row - b * nd
                 h, g, sdA, sums = h_s[c, r], g_s[c, r], sdA_s[c, r], sums_s[c, r]
-                bias_d = bias[d] if has_bias else zero
                 Dd = Dv[d] if has_D else zero
                 u_blk = u[b, d, t0:t0 + tn]
                 z_blk = z[b, d, t0:t0 + tn] if has_z else u_blk
                 dout_blk = dout[b, d, t0:t0 + tn]
-                _row_prep(delta[b, d, t0:t0 + tn], u_blk, bias_d, softplus, dout_blk, z_blk,
-                          has_z, dt, bu, dsp, sz, dy, zero)  # again (the sums were taken)
+                s, sD = _row_prep(delta[b, d, t0:t0 + tn], u_blk, bias[d] if has_bias else zero,
+                                  softplus, dout_blk, z_blk, has_z, dt, bu, dsp, sz, dy, zero)
                 for i in range(tn):
+                    y[i] = zero
                     pA[i] = zero
                     pB[i] = zero
                 if k == nblocks - 1:
                     for n in range(N):
                         g[n] = dlast[b, d, n] if has_dlast else zero
                         sdA[n] = zero
+                ck_k = ck_s[c, r, k:k + 1]
                 for n in range(N):
                     a[n] = A[d, n]
                     a2[n] = A[d, n] * log2e
+                    h[n] = ck_k[0, n]
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
                 B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)
                 C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
                 dB_blk = _time_slice(dB_c[c, bb, bg], t0, tn, b_st)
-                ck_k = ck_s[c, r, k:k + 1]
-                normal = _all_normal(dt[:tn], a2[:N], zero)
-                for n0 in range(0, N, _LANES):
-                    if normal:
-                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
-                                           b_st, True, terms)
-                    else:
-                        _bwd_block_records(0, tn, tn, n0, dt, bu, a2, h, abar, ah, ck_k, B_blk,
-                                           b_st, False, terms)
-                    _bwd_block_reverse(0, tn, n0, dy, dt, bu, a, g, sdA, abar, ah, B_blk, C_blk,
-                                       dB_blk, b_st, c_st, pA, pB, zero)
-                s, sb = _row_grads(dt, pA, pB, dy, dsp, u_blk, Dd,
-                                   du[b, d, t0:t0 + tn], ddelta[b, d, t0:t0 + tn], False,
-                                   dout_blk, z_blk, sz, y, u_blk, one)  # dz: in the sweep
-                sums[0] += s
+                dC_blk = _time_slice(dC_c[c, cb, cg], t0, tn, c_st)
+                if _all_normal(dt[:tn], a2[:N], zero):  # it saves h into ck_k again: the same
+                    _bwd_row_sweeps(tn, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck_k, B_blk,
+                                    C_blk, dB_blk, dC_blk, b_st, c_st, pA, pB, zero, True, terms)
+                else:
+                    _bwd_row_sweeps(tn, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck_k, B_blk,
+                                    C_blk, dB_blk, dC_blk, b_st, c_st, pA, pB, zero, False,
+                                    terms)
+                s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_blk, Dd, du[b, d, t0:t0 + tn],
+                                     ddelta[b, d, t0:t0 + tn], has_z, dout_blk, z_blk, sz, y,
+                                     dz[b, d, t0:t0 + tn] if has_z else dz[0, 0, 0:1], one)
+                sums[0] += s + s_g
+                sums[1] += sD
                 sums[2] += sb
                 if k == 0:
                     dbias_c[c, d] += sums[2]
