@@ -654,7 +654,8 @@ def _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row, 
 def _row_advance(L, N, dt, bu, a2, h, B_row, b_st, normal, terms):
     """The state ``h`` carried over L steps (written back), nothing else computed: the first
     pass of :func:`_bwd_real_long`.  The update is :func:`_bwd_row_forward`'s, operation
-    for operation, so the states are the same to the bit."""
+    for operation (the FMA written out: left to LLVM, which product it fuses depends on
+    the code around the loop), so the states are the same to the bit."""
     for n0 in range(0, N, _LANES):
         for t in range(L):
             tt = np.uint64(t)  # unsigned: no negative-index wraparound select
@@ -663,7 +664,7 @@ def _row_advance(L, N, dt, bu, a2, h, B_row, b_st, normal, terms):
             Bt = B_row[tt * np.uint64(b_st)]
             for j in range(_LANES):
                 n = np.uint64(n0 + j)
-                h[n] = _decay(dtt * a2[n], normal, terms) * h[n] + but * Bt[n]
+                h[n] = _fma(but, Bt[n], _decay(dtt * a2[n], normal, terms) * h[n])
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out

@@ -208,6 +208,11 @@ def test_long_row_backward_in_time_blocks(rng, monkeypatch, form_B, form_C, dtyp
     for key in GRAD_NAMES:
         assert g[key].dtype == g_ref[key].dtype, key
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+    # the whole row at once (_bwd_real): the same updates, summed in another grouping
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 2 ** 20)
+    g_row = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    for key in GRAD_NAMES:
+        assert_close(g[key], g_row[key], kind="exact", err_msg=f"d{key} against one block")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
