@@ -114,6 +114,12 @@ def test_the_wheel_holds_every_module_and_the_license(wheel):
     assert in_wheel == _source_modules()
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE")
                for n in names), sorted(names)
+    # the license as an SPDX expression (the TOML table form is deprecated in setuptools and
+    # stops building on 2027-02-18)
+    with zipfile.ZipFile(wheel) as zf:
+        (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = zf.read(meta).decode().splitlines()
+    assert "License-Expression: MIT" in metadata, [m for m in metadata if "icense" in m]
 
 
 def test_every_module_imports_from_the_new_environment(venv, tmp_path):
