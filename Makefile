@@ -23,7 +23,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install --upgrade pip "setuptools>=77" >/dev/null  # 77: pyproject's SPDX license
 	$(PY) -m pip install -e ".[test,book,experiments]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
