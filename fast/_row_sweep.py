@@ -59,7 +59,7 @@ class Vectors:
     arrays of one intrinsic call (``names``, their Numba types ``tys`` and LLVM values);
     also used by the LLVM IR variants of ``benchmarks/_sweeps_ir.py``."""
 
-    def __init__(self, context, builder, dtype, names, tys, values):
+    def __init__(self, context, builder, dtype, names, tys, values, row_items=None):
         self.b = builder
         self.et = context.get_value_type(dtype)
         self.vty = ir.VectorType(self.et, WIDTH)
@@ -68,8 +68,12 @@ class Vectors:
         self.arrays = {}
         for name, ty, value in zip(names, tys, values):
             arr = context.make_array(ty)(context, builder, value)
-            self.arrays[name] = (builder.ptrtoint(arr.data, self.i64),
-                                 [builder.extract_value(arr.strides, i) for i in range(ty.ndim)])
+            strides = [builder.extract_value(arr.strides, i) for i in range(ty.ndim)]
+            if ty.layout == "C":  # the last stride is the item's size
+                strides[-1] = self.c64(self.align)
+                if ty.ndim == 2 and row_items is not None:  # rows of ``row_items`` items
+                    strides[0] = self.c64(row_items * self.align)
+            self.arrays[name] = (builder.ptrtoint(arr.data, self.i64), strides)
         fname = f"llvm.fma.v{WIDTH}{'f32' if self.align == 4 else 'f64'}"
         fma = builder.module.globals.get(fname)
         if fma is None:
@@ -183,14 +187,16 @@ def _dtype_of(arrays, ndims, terms):
     return dtype
 
 
-def _blocks(context, builder, signature, args, names, normal, step, scalars, label):
+def _blocks(context, builder, signature, args, names, normal, step, scalars, label,
+            row_items=None):
     """The loop over blocks of 16 steps shared by both sweeps.  The arguments are the arrays
     ``names``, ``terms``, ``t0``, ``nblocks``, ``n0``, ``b_st``, ``c_st`` and for the scan
     ``add``; ``step(x, t, tB, tC, s, e, hv, n0)`` makes the update ``hv = bu_t B_t + Abar_t
     hv`` and what else a step does, from the broadcasts ``s`` of the 1-D arrays ``scalars``
     at step t, and returns ``(hv, product for y)``."""
     m = len(names)
-    x = Vectors(context, builder, signature.args[0].dtype, names, signature.args[:m], args[:m])
+    x = Vectors(context, builder, signature.args[0].dtype, names, signature.args[:m], args[:m],
+                row_items)
     t0, nblocks, n0, b_st, c_st = (context.cast(builder, v, ty, types.int64)
                                    for v, ty in zip(args[m + 1:m + 6], signature.args[m + 1:]))
     add = (context.cast(builder, args[m + 6], signature.args[m + 6], types.boolean)
@@ -246,7 +252,8 @@ def _row_sweep(normal):
 
         def codegen(context, builder, signature, args):
             return _blocks(context, builder, signature, args, _ARRAYS, normal, _records_step,
-                           ("dt", "bu", "dy"), "row_sweep_" + ("normal" if normal else "clamped"))
+                           ("dt", "bu", "dy"), "row_sweep_" + ("normal" if normal else "clamped"),
+                           WIDTH)
         return sig, codegen
     row_sweep.__doc__ = (
         f"""Steps ``t0 .. t0 + 16 nblocks - 1`` of the backward's forward sweep of a row, for
@@ -256,8 +263,11 @@ def _row_sweep(normal):
         written back) and ``y`` (added to, 16 entries at a time) are 1-D; ``abar`` and
         ``ah`` (the records, row t written), ``dC`` (row ``t c_st`` added to), ``B`` and ``C``
         (rows ``t b_st`` and ``t c_st`` read; a stride 0 for a B or C constant in time) are
-        2-D with contiguous rows; ``terms`` is :func:`fast._fastexp.exp2_terms` of their
-        dtype.  Nothing is checked at run time.""")
+        2-D and C-contiguous with rows of exactly 16 items (one block of states, the row
+        backward's layout: their addresses are then constant offsets from step to step;
+        read from the arrays at run time, they were spilled to the stack); ``terms`` is
+        :func:`fast._fastexp.exp2_terms` of their dtype.  Nothing is checked at run
+        time.""")
     return row_sweep
 
 

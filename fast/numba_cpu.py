@@ -79,14 +79,16 @@ How it is computed
   written in LLVM IR (:mod:`fast._row_sweep`) after its first L mod 16
   steps: it sums the outputs y_t = <C_t, h_t> 16 steps at a time, one
   shuffle network for 16 sums across the lanes instead of one sum per step.
-  Both sweeps run one block of 16 states after the other, so that the
-  reverse sweep reads the records of one block (2 L vectors) while they are
-  in cache.  Rows longer than T steps (records beyond ``_BWD_RECORD_BYTES``
-  per thread) run in blocks of T steps with the loop over blocks outside
-  the loop over the thread's rows, so that a block's B, C, dB and dC stay
-  in cache: a first pass carries each row's state alone through the blocks
-  and saves it at every block's start, and the second runs the blocks from
-  the last, each as a row of its own from its saved state.  Never
+  Both sweeps run one block of 16 states after the other, on B, C, dB and dC
+  laid out in blocks of 16 states ((N / 16, L, 16), ``_blocks_of_16``), so
+  that a block's sweeps stream contiguous memory and the reverse sweep reads
+  the records of one block (2 L vectors) while they are in cache.  Rows
+  longer than T steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run
+  in blocks of T steps with the loop over blocks outside the loop over the
+  thread's rows, so that a block's B, C, dB and dC stay in cache: a first
+  pass carries each row's state alone through the blocks and saves it at
+  every block's start, and the second runs the blocks from the last, each
+  as a row of its own from its saved state.  Never
   (B, D, L, N).  Gradients of B and
   C are summed over the channels that share them, so each thread adds into
   its own copy of dB, dC, dA, dD and d delta_bias, and the copies are summed
@@ -269,8 +271,8 @@ def _bc_strides(Bx, Cx, nd):
     (0: constant in time) and the channels per group; the row reads
     ``Bx[b * b_sb, d // b_gd, t * b_st]``.
     """
-    return (1 if Bx.shape[0] > 1 else 0, 1 if Bx.shape[2] > 1 else 0, nd // Bx.shape[1],
-            1 if Cx.shape[0] > 1 else 0, 1 if Cx.shape[2] > 1 else 0, nd // Cx.shape[1])
+    return (1 if Bx.shape[0] > 1 else 0, 1 if Bx.shape[-2] > 1 else 0, nd // Bx.shape[1],
+            1 if Cx.shape[0] > 1 else 0, 1 if Cx.shape[-2] > 1 else 0, nd // Cx.shape[1])
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
@@ -626,45 +628,64 @@ def _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
-                       b_st, c_st, zero, normal, terms):
-    """:func:`_bwd_row_forward`'s results by :func:`_bwd_block_sweep`, block after block."""
+def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar3, ah3, ck, B3, C3, dC3, b_st, c_st,
+                       zero, normal, terms):
+    """:func:`_bwd_row_forward`'s results by :func:`_bwd_block_sweep`, block after block, on
+    the blocked layout of :func:`_blocks_of_16` (the records too: (N / 16, L, 16)); the
+    tests' view of the forward sweep of :func:`_bwd_row_sweeps`."""
     for n0 in range(0, N, _LANES):
-        _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
-                         b_st, c_st, zero, normal, terms)
+        k = n0 // _LANES
+        e = n0 + _LANES
+        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar3[k], ah3[k], ck[:, n0:e],
+                         B3[k], C3[k], dC3[k], b_st, c_st, zero, normal, terms)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row, C_row, dB_row,
-                    dC_row, b_st, c_st, pA, pB, zero, normal, terms):
-    """Both sweeps of a row (or of a time block) of the backward, one block of 16 states
-    after the other: :func:`_bwd_block_sweep`, then :func:`_bwd_block_reverse` over the
-    records it just wrote, which are then 2 L vectors (a row's 64 bytes per step each),
-    not 2 L N numbers: at N = 64 and L = 4096, 0.5 MB instead of 2 MB per thread, within
-    a core's level-2 cache.  ``g`` and ``sdA`` as in :func:`_bwd_block_reverse`; ``y``,
-    ``pA`` and ``pB`` are zeros on entry."""
+def _bwd_row_sweeps(L, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B3, C3, dB3, dC3,
+                    b_st, c_st, pA, pB, zero, normal, terms):
+    """Both sweeps of a row (or of the time block of L steps from ``t0``) of the backward,
+    one block of 16 states after the other: :func:`_bwd_block_sweep`, then
+    :func:`_bwd_block_reverse` over the records it just wrote.
+
+    ``B3``, ``C3``, ``dB3``, ``dC3`` are the row's B, C, dB and dC in blocks of 16
+    states, (N / 16, L|1, 16) (:func:`_blocks_of_16`), so that a block's sweeps stream
+    contiguous memory, and its records ``abar``, ``ah`` are (L, 16): with the whole-row
+    layout (L, N) the sweeps read one cache line in four at N = 64 (the blocked layout
+    measured 1.45x at L = 16384 on two threads, chapter 11).  The states of a block are
+    handed on as slices (``h[n0:n0 + 16]``, ...), so the sweeps see states 0..15.
+    ``g`` and ``sdA`` as in :func:`_bwd_block_reverse`; ``y``, ``pA`` and ``pB`` are
+    zeros on entry.
+    """
     for n0 in range(0, N, _LANES):
-        _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+        k = n0 // _LANES
+        e = n0 + _LANES
+        B_k = _time_slice(B3[k], t0, L, b_st)  # (L|1, 16), contiguous
+        C_k = _time_slice(C3[k], t0, L, c_st)
+        dB_k = _time_slice(dB3[k], t0, L, b_st)
+        dC_k = _time_slice(dC3[k], t0, L, c_st)
+        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar, ah, ck, B_k, C_k, dC_k,
                          b_st, c_st, zero, normal, terms)
-        _bwd_block_reverse(0, L, n0, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row,
-                           b_st, c_st, pA, pB, zero)
+        _bwd_block_reverse(0, L, 0, dy, dt, bu, a[n0:e], g[n0:e], sdA[n0:e], abar, ah, B_k, C_k,
+                           dB_k, b_st, c_st, pA, pB, zero)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _row_advance(L, N, dt, bu, a2, h, B_row, b_st, normal, terms):
-    """The state ``h`` carried over L steps (written back), nothing else computed: the first
-    pass of :func:`_bwd_real_long`.  The update is :func:`_bwd_row_forward`'s, operation
+def _row_advance(L, N, t0, dt, bu, a2, h, B3, b_st, normal, terms):
+    """The state ``h`` carried over the L steps from ``t0`` (written back), nothing else
+    computed: the first pass of :func:`_bwd_real_long` (``B3`` in blocks of 16 states, as
+    :func:`_bwd_row_sweeps` takes it).  The update is :func:`_bwd_row_forward`'s, operation
     for operation (the FMA written out: left to LLVM, which product it fuses depends on
     the code around the loop), so the states are the same to the bit."""
     for n0 in range(0, N, _LANES):
+        B_k = _time_slice(B3[n0 // _LANES], t0, L, b_st)
         for t in range(L):
             tt = np.uint64(t)  # unsigned: no negative-index wraparound select
             dtt = dt[tt]
             but = bu[tt]
-            Bt = B_row[tt * np.uint64(b_st)]
+            Bt = B_k[tt * np.uint64(b_st)]
             for j in range(_LANES):
                 n = np.uint64(n0 + j)
-                h[n] = _fma(but, Bt[n], _decay(dtt * a2[n], normal, terms) * h[n])
+                h[n] = _fma(but, Bt[j], _decay(dtt * a2[n], normal, terms) * h[n])
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
@@ -833,9 +854,9 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pB_s = np.empty((nchunks, L + _GAP), u.dtype)  # sum_n dLoss/dh_n * B_n per step
     sz_s = np.empty((nchunks, L + _GAP), u.dtype)  # sigmoid(z_t), for dy and dz
     dsp_s = np.empty((nchunks, L + _GAP), u.dtype)  # softplus'(delta_t + bias)
-    abar_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t = exp(dt_t A); +1: a gap
-    ah_s = np.empty((nchunks, L + 1, N), u.dtype)  # Abar_t * h_{t-1}
-    ck_s = np.empty((nchunks, 1, N), u.dtype)  # the state entering the row (one block)
+    abar_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # Abar_t = exp(dt_t A) of a block
+    ah_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # Abar_t * h_{t-1}; +1: a gap
+    ck_s = np.empty((nchunks, 1, _LANES), u.dtype)  # a block's state entering (not read)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
     a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     h_s = np.empty((nchunks, N + _GAP), u.dtype)
@@ -863,7 +884,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             for n in range(N):
                 a2[n] = a[n] * log2e  # exp(dt a) = 2^(dt a log2 e)
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-            B_row = Bx[bb, bg]  # (L or 1, N)
+            B_row = Bx[bb, bg]  # (N / 16, L or 1, 16)
             C_row = Cx[cb, cg]
             dB_row = dB_c[c, bb, bg]
             dC_row = dC_c[c, cb, cg]
@@ -874,10 +895,10 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
             if _all_normal(dt[:L], a2[:N], zero):  # two copies of the loop, each with one exp
-                _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
+                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
                                 C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, True, terms)
             else:
-                _bwd_row_sweeps(L, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
+                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
                                 C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, False, terms)
             # 3. du, d delta and dz
             s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_row, Dd, du[b, d], ddelta[b, d], has_z,
@@ -926,8 +947,9 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     pB_s = np.empty((nchunks, T + _GAP), u.dtype)
     sz_s = np.empty((nchunks, T + _GAP), u.dtype)
     dsp_s = np.empty((nchunks, T + _GAP), u.dtype)
-    abar_s = np.empty((nchunks, T + 1, N), u.dtype)
-    ah_s = np.empty((nchunks, T + 1, N), u.dtype)
+    abar_s = np.empty((nchunks, T + 1, _LANES), u.dtype)  # a block of 16 states' records
+    ah_s = np.empty((nchunks, T + 1, _LANES), u.dtype)
+    cd_s = np.empty((nchunks, 1, _LANES), u.dtype)  # the sweeps' saved state (not read)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
     a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     # per-row scratch carried from block to block
@@ -939,7 +961,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     for c in prange(nchunks):
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
-        abar, ah, a, a2, dsp = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c]
+        abar, ah, a, a2, dsp, cd = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c], cd_s[c]
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
         # 1. the state entering each block (the last block's own steps are not needed)
@@ -963,11 +985,10 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 for n in range(N):
                     a2[n] = A[d, n] * log2e
                 bb, bg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)[:2]
-                B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)  # (tn or 1, N)
                 if _all_normal(dt[:tn], a2[:N], zero):
-                    _row_advance(tn, N, dt, bu, a2, h, B_blk, b_st, True, terms)
+                    _row_advance(tn, N, t0, dt, bu, a2, h, Bx[bb, bg], b_st, True, terms)
                 else:
-                    _row_advance(tn, N, dt, bu, a2, h, B_blk, b_st, False, terms)
+                    _row_advance(tn, N, t0, dt, bu, a2, h, Bx[bb, bg], b_st, False, terms)
         # 2. blocks from the last: each as a whole row of _bwd_real, from its saved state
         for k in range(nblocks - 1, -1, -1):
             t0 = k * T
@@ -997,17 +1018,13 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     a2[n] = A[d, n] * log2e
                     h[n] = ck_k[0, n]
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-                B_blk = _time_slice(Bx[bb, bg], t0, tn, b_st)
-                C_blk = _time_slice(Cx[cb, cg], t0, tn, c_st)
-                dB_blk = _time_slice(dB_c[c, bb, bg], t0, tn, b_st)
-                dC_blk = _time_slice(dC_c[c, cb, cg], t0, tn, c_st)
-                if _all_normal(dt[:tn], a2[:N], zero):  # it saves h into ck_k again: the same
-                    _bwd_row_sweeps(tn, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck_k, B_blk,
-                                    C_blk, dB_blk, dC_blk, b_st, c_st, pA, pB, zero, True, terms)
+                B3, C3, dB3, dC3 = Bx[bb, bg], Cx[cb, cg], dB_c[c, bb, bg], dC_c[c, cb, cg]
+                if _all_normal(dt[:tn], a2[:N], zero):
+                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, cd, B3,
+                                    C3, dB3, dC3, b_st, c_st, pA, pB, zero, True, terms)
                 else:
-                    _bwd_row_sweeps(tn, N, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck_k, B_blk,
-                                    C_blk, dB_blk, dC_blk, b_st, c_st, pA, pB, zero, False,
-                                    terms)
+                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, cd, B3,
+                                    C3, dB3, dC3, b_st, c_st, pA, pB, zero, False, terms)
                 s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_blk, Dd, du[b, d, t0:t0 + tn],
                                      ddelta[b, d, t0:t0 + tn], has_z, dout_blk, z_blk, sz, y,
                                      dz[b, d, t0:t0 + tn] if has_z else dz[0, 0, 0:1], one)
@@ -1270,19 +1287,35 @@ def _pad_last(X, n_padded, dtype):
     return out
 
 
-def _layout_bc(X, form, work, n_padded, copies=1):
+def _layout_bc(X, form, work, n_padded, copies=1, blocked=False):
     """B or C -> (B or 1, G', L or 1, ``copies`` x N padded), contiguous, dtype ``work``.
 
     ``copies=2`` is the layout of :mod:`fast.numba_pairs`: the padded entries
-    written into both halves.
+    written into both halves.  ``blocked``: the real row backward's layout,
+    (B or 1, G', N padded / 16, L or 1, 16) (:func:`_blocks_of_16`).
     """
     X = np.swapaxes(X.reshape(form.view_shape(X.shape)), 2, 3)  # (B|1, G', N, L|1) -> (.., L|1, N)
+    if blocked:
+        return _blocks_of_16(_pad_last(X, n_padded, work))
     if copies == 1:
         return _pad_last(X, n_padded, work)
     out = np.zeros(X.shape[:-1] + (copies * n_padded,), work)
     for i in range(copies):
         out[..., i * n_padded:i * n_padded + X.shape[-1]] = X
     return out
+
+
+def _blocks_of_16(X):
+    """(..., L|1, Np) -> (..., Np / 16, L|1, 16), contiguous: the states in blocks of 16, each
+    block's steps one after the other (for N = 16 the same memory, reshaped)."""
+    shape = X.shape[:-1] + (X.shape[-1] // _LANES, _LANES)
+    return np.ascontiguousarray(np.swapaxes(X.reshape(shape), -3, -2))
+
+
+def _from_blocks_of_16(X):
+    """:func:`_blocks_of_16` undone: (..., Np / 16, L|1, 16) -> (..., L|1, Np)."""
+    X = np.swapaxes(X, -3, -2)
+    return X.reshape(X.shape[:-2] + (X.shape[-2] * _LANES,))
 
 
 def _paired(s, real, direction):
@@ -1313,14 +1346,17 @@ def _kernel_args(s, real, direction):
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
     copies = 2 if paired else 1
+    # the real row backward takes B and C in blocks of 16 states (_bwd_row_sweeps)
+    blocked = direction == "backward" and not (paired or tiled or s.is_complex)
     return dict(
         paired=paired,
         tiled=tiled,
+        blocked=blocked,
         u=_contiguous(s.u, real),
         delta=_contiguous(s.delta, real),
         A=_pad_last(s.A, npad, state_t),  # (D, Np)
-        Bx=_layout_bc(s.B, s.form_B, state_t, npad, copies),  # (B|1, G', L|1, Np or 16)
-        Cx=_layout_bc(s.C, s.form_C, state_t, npad, copies),
+        Bx=_layout_bc(s.B, s.form_B, state_t, npad, copies, blocked),  # (B|1, G', L|1, Np
+        Cx=_layout_bc(s.C, s.form_C, state_t, npad, copies, blocked),  # or 16), see there
         Dv=dummy1 if s.D is None else np.ascontiguousarray(s.D, dtype=real),
         z=dummy3 if s.z is None else _contiguous(s.z, real),
         bias=dummy1 if s.delta_bias is None
@@ -1474,6 +1510,8 @@ def _backward(s, k, real, dout, dlast_state):
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)
+        if k["blocked"]:
+            X = _from_blocks_of_16(X)
         X = X[..., :dstate]  # (B|1, G', L|1, N)
         return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
 

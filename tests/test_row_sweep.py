@@ -25,15 +25,19 @@ from fast._fastexp import exp2_terms
 
 
 @njit(fastmath=numba_cpu._FMK, error_model="numpy")  # the kernels' flags: the same FMAs
-def _sweep_pair(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st, zero, normal,
-                terms, new):
-    """One sweep of a row: the IR path (``new``) or the Numba loop alone."""
-    if new:
-        numba_cpu._bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st,
-                                     c_st, zero, normal, terms)
-    else:
-        numba_cpu._bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st,
-                                   c_st, zero, normal, terms)
+def _sweep_ir(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st, zero, normal,
+              terms):
+    """One sweep of a row by the IR path, on the blocked layout (blocks of 16 states)."""
+    numba_cpu._bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st,
+                                 zero, normal, terms)
+
+
+@njit(fastmath=numba_cpu._FMK, error_model="numpy")
+def _sweep_loop(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st, zero, normal,
+                terms):
+    """One sweep of a row by the Numba loop alone, on (L, N) rows."""
+    numba_cpu._bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st,
+                               zero, normal, terms)
 
 
 def _row_inputs(rng, L, N, dtype, normal, b_st, c_st):
@@ -63,8 +67,13 @@ def _run(new, L, N, dtype, normal, b_st, c_st, inputs):
     ah = np.full((L + 1, N), np.nan, dtype)
     ck = np.full((1, N), np.nan, dtype)
     dC = np.ones_like(C)
-    _sweep_pair(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st,
-                dtype(0), normal, exp2_terms(dtype), new)
+    if new:  # the IR sweep takes the row backward's layout: blocks of 16 states
+        blocks, unblock = numba_cpu._blocks_of_16, numba_cpu._from_blocks_of_16
+        abar, ah, B, C, dC = (blocks(x) for x in (abar, ah, B, C, dC))
+    (_sweep_ir if new else _sweep_loop)(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC,
+                                        b_st, c_st, dtype(0), normal, exp2_terms(dtype))
+    if new:
+        abar, ah, dC = (unblock(x) for x in (abar, ah, dC))
     return dict(y=y[:L], abar=abar[:L], ah=ah[:L], ck=ck, h=h[:N], dC=dC)
 
 
@@ -189,3 +198,15 @@ def test_row_forward_with_whole_blocks_matches_the_reference(rng, monkeypatch, d
     y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
     assert_close(y, y_ref, kind="backend", err_msg="y")
     assert_close(last, last_ref, kind="backend", err_msg="last state")
+
+
+def test_blocks_of_16_and_back():
+    """The row backward's layout of B and C: block k holds states 16 k .. 16 k + 15 of every
+    step, contiguous; undone exactly (and N = 16 keeps its memory order)."""
+    X = np.arange(2 * 3 * 5 * 48, dtype=np.float32).reshape(2, 3, 5, 48)  # (B, G, L, N)
+    blocks = numba_cpu._blocks_of_16(X)
+    assert blocks.shape == (2, 3, 3, 5, 16) and blocks.flags.c_contiguous
+    np.testing.assert_array_equal(blocks[1, 2, 1, 4], X[1, 2, 4, 16:32])
+    np.testing.assert_array_equal(numba_cpu._from_blocks_of_16(blocks), X)
+    one = X[..., :16].copy()
+    np.testing.assert_array_equal(numba_cpu._blocks_of_16(one).ravel(), one.ravel())
