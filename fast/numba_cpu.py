@@ -565,17 +565,15 @@ def _fwd_block_scan(L, n0, dt, bu, a2, h, y, B_row, C_row, b_st, c_st, zero, nor
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+def _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row,
                        b_st, c_st, zero, normal, terms):
     """The backward pass's forward sweep of states n0 .. n0 + 15 over the L steps of a row
     (or of a time block).
 
-    Adds their part of y_t = <C_t, h_t> to ``y`` and of dy_t h_t to dC_t; saves the
-    states entering the steps in ``ck[0]``, and the records Abar_t and Abar_t h_{t-1}
-    in ``abar`` and ``ah`` (indexed from the first step).
+    Adds their part of y_t = <C_t, h_t> to ``y`` and of dy_t h_t to dC_t, and writes the
+    records Abar_t and Abar_t h_{t-1} into ``abar`` and ``ah`` (indexed from the first
+    step).
     """
-    for j in range(_LANES):
-        ck[0, np.uint64(n0 + j)] = h[np.uint64(n0 + j)]
     for t in range(L):
         tt = np.uint64(t)  # unsigned: no negative-index wraparound select
         dtt = dt[tt]
@@ -601,23 +599,23 @@ def _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, 
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+def _bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row,
                      b_st, c_st, zero, normal, terms):
     """:func:`_bwd_block_forward` for every block of 16 states: the whole forward sweep,
     all in Numba (the tests' twin of :func:`_bwd_sweep_forward`)."""
     for n0 in range(0, N, _LANES):
-        _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+        _bwd_block_forward(L, n0, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row,
                            b_st, c_st, zero, normal, terms)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+def _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row,
                      b_st, c_st, zero, normal, terms):
     """:func:`_bwd_block_forward`'s results, its first L mod 16 steps by it and the others by
     :mod:`fast._row_sweep`, which sums the outputs y_t 16 steps at a time (chapter 11,
     "Sixteen sums at a time")."""
     head = L % _LANES
-    _bwd_block_forward(head, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC_row,
+    _bwd_block_forward(head, n0, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dC_row,
                        b_st, c_st, zero, normal, terms)
     if normal:
         row_sweep_normal(dt, bu, dy, a2, h, y, abar, ah, dC_row, B_row, C_row, terms, head,
@@ -628,7 +626,7 @@ def _bwd_block_sweep(L, n0, dt, bu, dy, a2, h, y, abar, ah, ck, B_row, C_row, dC
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar3, ah3, ck, B3, C3, dC3, b_st, c_st,
+def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar3, ah3, B3, C3, dC3, b_st, c_st,
                        zero, normal, terms):
     """:func:`_bwd_row_forward`'s results by :func:`_bwd_block_sweep`, block after block, on
     the blocked layout of :func:`_blocks_of_16` (the records too: (N / 16, L, 16)); the
@@ -636,12 +634,12 @@ def _bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar3, ah3, ck, B3, C3, dC3, 
     for n0 in range(0, N, _LANES):
         k = n0 // _LANES
         e = n0 + _LANES
-        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar3[k], ah3[k], ck[:, n0:e],
-                         B3[k], C3[k], dC3[k], b_st, c_st, zero, normal, terms)
+        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar3[k], ah3[k], B3[k],
+                         C3[k], dC3[k], b_st, c_st, zero, normal, terms)
 
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
-def _bwd_row_sweeps(L, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B3, C3, dB3, dC3,
+def _bwd_row_sweeps(L, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, B3, C3, dB3, dC3,
                     b_st, c_st, pA, pB, zero, normal, terms):
     """Both sweeps of a row (or of the time block of L steps from ``t0``) of the backward,
     one block of 16 states after the other: :func:`_bwd_block_sweep`, then
@@ -663,7 +661,7 @@ def _bwd_row_sweeps(L, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B3,
         C_k = _time_slice(C3[k], t0, L, c_st)
         dB_k = _time_slice(dB3[k], t0, L, b_st)
         dC_k = _time_slice(dC3[k], t0, L, c_st)
-        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar, ah, ck, B_k, C_k, dC_k,
+        _bwd_block_sweep(L, 0, dt, bu, dy, a2[n0:e], h[n0:e], y, abar, ah, B_k, C_k, dC_k,
                          b_st, c_st, zero, normal, terms)
         _bwd_block_reverse(0, L, 0, dy, dt, bu, a[n0:e], g[n0:e], sdA[n0:e], abar, ah, B_k, C_k,
                            dB_k, b_st, c_st, pA, pB, zero)
@@ -856,7 +854,6 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     dsp_s = np.empty((nchunks, L + _GAP), u.dtype)  # softplus'(delta_t + bias)
     abar_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # Abar_t = exp(dt_t A) of a block
     ah_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # Abar_t * h_{t-1}; +1: a gap
-    ck_s = np.empty((nchunks, 1, _LANES), u.dtype)  # a block's state entering (not read)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
     a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     h_s = np.empty((nchunks, N + _GAP), u.dtype)
@@ -865,7 +862,7 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     for c in prange(nchunks):  # one chunk of rows per thread, its own dA/dB/dC copies
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
-        abar, ah, ck, dsp = abar_s[c], ah_s[c], ck_s[c], dsp_s[c]
+        abar, ah, dsp = abar_s[c], ah_s[c], dsp_s[c]
         a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
         for row in range(c * nrows // nchunks, (c + 1) * nrows // nchunks):
             b = row // nd
@@ -895,11 +892,11 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 g[n] = dlast[b, d, n] if has_dlast else zero
                 sdA[n] = zero
             if _all_normal(dt[:L], a2[:N], zero):  # two copies of the loop, each with one exp
-                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
-                                C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, True, terms)
+                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, B_row, C_row,
+                                dB_row, dC_row, b_st, c_st, pA, pB, zero, True, terms)
             else:
-                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, ck, B_row,
-                                C_row, dB_row, dC_row, b_st, c_st, pA, pB, zero, False, terms)
+                _bwd_row_sweeps(L, N, 0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, B_row, C_row,
+                                dB_row, dC_row, b_st, c_st, pA, pB, zero, False, terms)
             # 3. du, d delta and dz
             s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_row, Dd, du[b, d], ddelta[b, d], has_z,
                                  dout[b, d], z_row, sz, y, dz[b, d] if has_z else dz[0, 0], one)
@@ -949,7 +946,6 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     dsp_s = np.empty((nchunks, T + _GAP), u.dtype)
     abar_s = np.empty((nchunks, T + 1, _LANES), u.dtype)  # a block of 16 states' records
     ah_s = np.empty((nchunks, T + 1, _LANES), u.dtype)
-    cd_s = np.empty((nchunks, 1, _LANES), u.dtype)  # the sweeps' saved state (not read)
     a_s = np.empty((nchunks, N + _GAP), u.dtype)
     a2_s = np.empty((nchunks, N + _GAP), u.dtype)
     # per-row scratch carried from block to block
@@ -961,7 +957,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     for c in prange(nchunks):
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
-        abar, ah, a, a2, dsp, cd = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c], cd_s[c]
+        abar, ah, a, a2, dsp = abar_s[c], ah_s[c], a_s[c], a2_s[c], dsp_s[c]
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
         # 1. the state entering each block (the last block's own steps are not needed)
@@ -1012,19 +1008,18 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     for n in range(N):
                         g[n] = dlast[b, d, n] if has_dlast else zero
                         sdA[n] = zero
-                ck_k = ck_s[c, r, k:k + 1]
                 for n in range(N):
                     a[n] = A[d, n]
                     a2[n] = A[d, n] * log2e
-                    h[n] = ck_k[0, n]
+                    h[n] = ck_s[c, r, k, n]
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
                 B3, C3, dB3, dC3 = Bx[bb, bg], Cx[cb, cg], dB_c[c, bb, bg], dC_c[c, cb, cg]
                 if _all_normal(dt[:tn], a2[:N], zero):
-                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, cd, B3,
-                                    C3, dB3, dC3, b_st, c_st, pA, pB, zero, True, terms)
+                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, B3, C3,
+                                    dB3, dC3, b_st, c_st, pA, pB, zero, True, terms)
                 else:
-                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, cd, B3,
-                                    C3, dB3, dC3, b_st, c_st, pA, pB, zero, False, terms)
+                    _bwd_row_sweeps(tn, N, t0, dt, bu, dy, a, a2, h, g, sdA, y, abar, ah, B3, C3,
+                                    dB3, dC3, b_st, c_st, pA, pB, zero, False, terms)
                 s_g, sb = _row_grads(dt, pA, pB, dy, dsp, u_blk, Dd, du[b, d, t0:t0 + tn],
                                      ddelta[b, d, t0:t0 + tn], has_z, dout_blk, z_blk, sz, y,
                                      dz[b, d, t0:t0 + tn] if has_z else dz[0, 0, 0:1], one)

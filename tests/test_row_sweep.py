@@ -25,18 +25,16 @@ from fast._fastexp import exp2_terms
 
 
 @njit(fastmath=numba_cpu._FMK, error_model="numpy")  # the kernels' flags: the same FMAs
-def _sweep_ir(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st, zero, normal,
-              terms):
+def _sweep_ir(L, N, dt, bu, dy, a2, h, y, abar, ah, B, C, dC, b_st, c_st, zero, normal, terms):
     """One sweep of a row by the IR path, on the blocked layout (blocks of 16 states)."""
-    numba_cpu._bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st,
+    numba_cpu._bwd_sweep_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, B, C, dC, b_st, c_st,
                                  zero, normal, terms)
 
 
 @njit(fastmath=numba_cpu._FMK, error_model="numpy")
-def _sweep_loop(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st, zero, normal,
-                terms):
+def _sweep_loop(L, N, dt, bu, dy, a2, h, y, abar, ah, B, C, dC, b_st, c_st, zero, normal, terms):
     """One sweep of a row by the Numba loop alone, on (L, N) rows."""
-    numba_cpu._bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC, b_st, c_st,
+    numba_cpu._bwd_row_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, B, C, dC, b_st, c_st,
                                zero, normal, terms)
 
 
@@ -65,16 +63,15 @@ def _run(new, L, N, dtype, normal, b_st, c_st, inputs):
     y = np.zeros(L + numba_cpu._GAP, dtype)
     abar = np.full((L + 1, N), np.nan, dtype)
     ah = np.full((L + 1, N), np.nan, dtype)
-    ck = np.full((1, N), np.nan, dtype)
     dC = np.ones_like(C)
     if new:  # the IR sweep takes the row backward's layout: blocks of 16 states
         blocks, unblock = numba_cpu._blocks_of_16, numba_cpu._from_blocks_of_16
         abar, ah, B, C, dC = (blocks(x) for x in (abar, ah, B, C, dC))
-    (_sweep_ir if new else _sweep_loop)(L, N, dt, bu, dy, a2, h, y, abar, ah, ck, B, C, dC,
+    (_sweep_ir if new else _sweep_loop)(L, N, dt, bu, dy, a2, h, y, abar, ah, B, C, dC,
                                         b_st, c_st, dtype(0), normal, exp2_terms(dtype))
     if new:
         abar, ah, dC = (unblock(x) for x in (abar, ah, dC))
-    return dict(y=y[:L], abar=abar[:L], ah=ah[:L], ck=ck, h=h[:N], dC=dC)
+    return dict(y=y[:L], abar=abar[:L], ah=ah[:L], h=h[:N], dC=dC)
 
 
 SWEEPS = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -89,11 +86,11 @@ STRIDES = pytest.mark.parametrize("b_st,c_st", [(1, 1), (0, 1), (1, 0)],
 @STRIDES
 @pytest.mark.parametrize("normal", [True, False], ids=["normal", "clamped"])
 def test_sweep_equals_the_numba_loop(rng, dtype, L, N, b_st, c_st, normal):
-    """Records, state, saved state and dC bit for bit; y within the exact tolerance."""
+    """Records, state and dC bit for bit; y within the exact tolerance."""
     inputs = _row_inputs(rng, L, N, dtype, normal, b_st, c_st)
     old = _run(False, L, N, dtype, normal, b_st, c_st, inputs)
     new = _run(True, L, N, dtype, normal, b_st, c_st, inputs)
-    for key in ("abar", "ah", "ck", "h", "dC"):
+    for key in ("abar", "ah", "h", "dC"):
         np.testing.assert_array_equal(new[key], old[key], err_msg=key)
     assert_close(new["y"], old["y"], kind="exact", err_msg="y")
     if not normal:  # the clamped exponential did flush some decays to 0
