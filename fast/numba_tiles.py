@@ -183,6 +183,15 @@ def tile_count(s):
 # ---------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _tile_grid(nb, nd, gsize):
+    """The kernels' numbering of tiles (:func:`tile_count`'s count, inside Numba): tiles per
+    group (the last one short when ``gsize`` is not a multiple of 16), groups, tiles."""
+    per_group = (gsize + TILE - 1) // TILE
+    ngroups = nd // gsize
+    return per_group, ngroups, nb * ngroups * per_group
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
 def _tile_of(tile, ngroups, per_group, gsize):
     """Tile number -> ``(b, d0, nv)``: batch element, first channel, channels in the tile."""
     b = tile // (ngroups * per_group)
@@ -263,9 +272,7 @@ def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     zero = u.dtype.type(0)
     log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
-    per_group = (gsize + TILE - 1) // TILE
-    ngroups = nd // gsize
-    ntiles = nb * ngroups * per_group
+    per_group, ngroups, ntiles = _tile_grid(nb, nd, gsize)
     Lp = (L + TILE - 1) // TILE * TILE  # whole 16 x 16 blocks
     # per-thread scratch: rows (channel, time) and their transposes (time, channel), each
     # array of its own, so that LLVM knows that a store into one leaves the others alone
@@ -341,9 +348,7 @@ def fwd_tiles_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     zero = u.dtype.type(0)
     log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
-    per_group = (gsize + TILE - 1) // TILE
-    ngroups = nd // gsize
-    ntiles = nb * ngroups * per_group
+    per_group, ngroups, ntiles = _tile_grid(nb, nd, gsize)
     T = max(TILE, min(block, L) // TILE * TILE)  # whole 16 x 16 blocks
     nblocks = (L + T - 1) // T
     maxtiles = ntiles // nchunks + 1
@@ -543,9 +548,7 @@ def bwd_tiles(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     one = u.dtype.type(1)
     log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
-    per_group = (gsize + TILE - 1) // TILE
-    ngroups = nd // gsize
-    ntiles = nb * ngroups * per_group
+    per_group, ngroups, ntiles = _tile_grid(nb, nd, gsize)
     nchunks = dA_c.shape[0]
     Lp = (L + TILE - 1) // TILE * TILE
     # per-thread scratch, each array of its own (see fwd_tiles)
