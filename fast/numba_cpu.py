@@ -45,7 +45,9 @@ How it is computed
   the comments at ``_LANES``, ``_FMK`` and ``_njit_noalias``): N padded to
   blocks of exactly 16 lanes with an unsigned index, ``error_model="numpy"``
   (no ZeroDivisionError branch), and ``noalias`` array arguments (no
-  run-time overlap checks in front of every 16-lane loop).  The
+  run-time overlap checks in front of every 16-lane loop); a fourth, that
+  those loops get 512-bit vectors on Intel's AVX-512 cores too, whose LLVM
+  tuning prefers 256 bits, is at ``_WideCodegen``.  The
   exponential's constants come in as a kernel argument
   (:func:`fast._fastexp.exp2_terms`), so that LLVM keeps them in registers
   instead of reloading them at every step.
@@ -124,11 +126,14 @@ overlap.  The same lock covers the package's other parallel kernels
 from __future__ import annotations
 
 import cmath
+import functools
 
 import numba
 import numpy as np
 from numba import njit, prange, types
+from numba.core import codegen as _numba_codegen
 from numba.core import cpu as _numba_cpu
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher, CPUTarget, cpu_target
 from numba.extending import overload
 
@@ -243,12 +248,57 @@ class _NoAliasTarget(CPUTarget):
         return cpu_target.typing_context
 
 
+# The same kernels are compiled with 512-bit vectors on every AVX-512 CPU.  LLVM vectorizes
+# the loops over 16 lanes itself, at the vector width that its tuning for the CPU prefers.
+# For AMD's Zen 4 that is 512 bits; for Intel's AVX-512 cores (Skylake-SP to Sapphire
+# Rapids, and the "rocketlake" that a virtual machine may report) the tuning carries
+# "prefer-256-bit" (early AVX-512 parts lowered their clock for 512-bit work), so those
+# loops ran as pairs of 256-bit vectors while the LLVM IR sweeps (fast._row_sweep) and
+# this project's measurements used 512 (chapter 11, "Deep dive: three compiler lessons",
+# has the gain on an Intel Xeon).  Numba's target context has to be shared (lowering
+# implementations register with it), so the kernels' dispatcher lends it a code generator
+# of its own (its own target machine and JIT engine) while it compiles, under Numba's
+# compiler lock.  What compiles meanwhile (a Numba function that a kernel calls, the first
+# time) gets it too; everything else keeps Numba's defaults.
+
+class _WideCodegen(_numba_codegen.JITCPUCodegen):
+    """Numba's JIT code generator, with LLVM's preference for 256-bit vectors lifted where the
+    CPU has 512-bit ones (AVX-512)."""
+
+    def _customize_tm_features(self):
+        features = super()._customize_tm_features()
+        if "+avx512f" in features.split(","):
+            features += ",-prefer-256-bit"
+        return features
+
+
+@functools.cache
+def _wide_codegen():
+    """The one :class:`_WideCodegen` of the process (made on the first compilation)."""
+    return _WideCodegen("numba.exec.ssm_ref_kernels")
+
+
 class _NoAliasDispatcher(CPUDispatcher):
+    """Numba's CPU dispatcher with :class:`_NoAliasTarget`, compiling with
+    :func:`_wide_codegen`."""
     targetdescr = _NoAliasTarget("cpu")
+
+    @global_compiler_lock
+    def compile(self, sig):
+        # what compiles inside (and Numba's cache, whose index names the code generator's
+        # CPU and features) sees the wide code generator; afterwards, Numba's again
+        context = self.targetdescr.target_context
+        saved = context._internal_codegen
+        context._internal_codegen = _wide_codegen()
+        try:
+            return super().compile(sig)
+        finally:
+            context._internal_codegen = saved
 
 
 def _njit_noalias(**options):
-    """``numba.njit(**options)`` whose array arguments are ``noalias``."""
+    """``numba.njit(**options)`` whose array arguments are ``noalias``, compiled with 512-bit
+    vectors where the CPU has them (:class:`_WideCodegen`)."""
     cache = options.pop("cache", False)
 
     def decorate(func):
