@@ -85,9 +85,11 @@ How it is computed
   laid out in blocks of 16 states ((N / 16, L, 16), ``_blocks_of_16``), so
   that a block's sweeps stream contiguous memory and the reverse sweep reads
   the records of one block (2 L vectors) while they are in cache.  Rows
-  longer than T steps (records beyond ``_BWD_RECORD_BYTES`` per thread) run
-  in blocks of T steps with the loop over blocks outside the loop over the
-  thread's rows, so that a block's B, C, dB and dC stay in cache: a first
+  longer than T steps (records beyond ``_BWD_RECORD_BYTES`` per thread; except
+  on AMD's Zen, also a block's working set beyond three quarters of the
+  level-2 cache, ``_BWD_CACHE_BYTES``) run in blocks of T steps with the
+  loop over blocks outside the loop over the thread's rows, so that a
+  block's B, C, dB and dC stay in cache: a first
   pass carries each row's state alone through the blocks and saves it at
   every block's start, and the second runs the blocks from the last, each
   as a row of its own from its saved state.  Never
@@ -127,7 +129,9 @@ from __future__ import annotations
 
 import cmath
 import functools
+from pathlib import Path
 
+import llvmlite.binding as _llvm
 import numba
 import numpy as np
 from numba import njit, prange, types
@@ -187,11 +191,48 @@ _NORMAL_LOW = -125.0
 #: longer rows run in blocks of T steps with all of a thread's rows passing through one
 #: block before the next (_bwd_real_long), so that the block's B, C, dB and dC stay in
 #: cache, at the price of a first pass that carries each row's state through the blocks
-#: (one more exponential per update).  Measured (chapter 11): records of 2 MB per thread
-#: read back from the level-3 cache cost less than that pass; B, C, dB and dC rows of
-#: 4 MB each, as at L = 65536, do not.  (The records of one block of 16 states are a
-#: quarter of that at N = 64: the sweeps run block by block, _bwd_row_sweeps.)
+#: (one more exponential per update).  Measured (chapter 11) on AMD's Zen 4: records of
+#: 2 MB per thread read back from the level-3 cache cost less than that pass; B, C, dB and
+#: dC rows of 4 MB each, as at L = 65536, do not.  (The records of one block of 16 states
+#: are a quarter of that at N = 64: the sweeps run block by block, _bwd_row_sweeps.)
 _BWD_RECORD_BYTES = 2 * 1024 * 1024
+
+#: where Linux describes the CPU's caches (one folder per cache of cpu0)
+_CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _level2_cache_bytes(root=None):
+    """One core's level-2 cache in bytes, as Linux's sysfs gives it (under ``root``,
+    :data:`_CACHE_SYSFS` by default); None where it cannot be read (another OS)."""
+    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    try:
+        for index in sorted(Path(root or _CACHE_SYSFS).glob("index*")):
+            kind = (index / "type").read_text().strip()
+            if (index / "level").read_text().strip() == "2" and kind in ("Unified", "Data"):
+                size = (index / "size").read_text().strip()  # "2048K", "1M"
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _default_cache_cap(cpu_name, level2):
+    """:data:`_BWD_CACHE_BYTES` for a CPU of LLVM's name ``cpu_name`` with ``level2`` bytes
+    of level-2 cache per core (None: unknown)."""
+    if cpu_name.startswith("znver") or not level2:
+        return None
+    return 3 * level2 // 4
+
+
+#: where the level-3 cache is slower than Zen 4's, a time block must fit a core's
+#: level-2 cache instead.  Measured on an Intel Xeon (2 MB of L2 per core; chapter 11,
+#: "Throughput against L and N"): at N = 16, blocks of T = 4096 steps ran the backward
+#: 1.35-1.75 times as fast as T = 16384 at L = 16384 and 65536.  So except on AMD's Zen
+#: CPUs (LLVM's "znver"), T is also capped so that a thread's working set in one block
+#: (the records of one block of 16 states and the row's B, C, dB and dC) fills at most
+#: this many bytes, three quarters of the level-2 cache (:func:`_level2_cache_bytes`);
+#: None: no cap (Zen, or the cache size is unknown).
+_BWD_CACHE_BYTES = _default_cache_cap(_llvm.get_host_cpu_name(), _level2_cache_bytes())
 
 #: the forward pass streams, for every channel, its rows of B and C: 2 (L, N) arrays.
 #: Up to this many bytes of them per row it runs row by row (_fwd_real); longer rows run
@@ -1482,8 +1523,15 @@ def _fwd_block(npad, dtype):
 
 def _bwd_block(npad, dtype):
     """Time steps per block of the real backward kernel: :data:`_BWD_RECORD_BYTES` for two
-    (T, ``npad``) records of ``dtype``, at least 16."""
-    return max(16, _BWD_RECORD_BYTES // (2 * npad * np.dtype(dtype).itemsize))
+    (T, ``npad``) records of ``dtype``, and where :data:`_BWD_CACHE_BYTES` is set, at most
+    what fits it per step (two records of 16 states, and B, C, dB and dC of ``npad``
+    states), a multiple of 16; at least 16."""
+    itemsize = np.dtype(dtype).itemsize
+    steps = _BWD_RECORD_BYTES // (2 * npad * itemsize)
+    if _BWD_CACHE_BYTES is not None:
+        fits = _BWD_CACHE_BYTES // ((2 * _LANES + 4 * npad) * itemsize)
+        steps = min(steps, fits // _LANES * _LANES)
+    return max(16, steps)
 
 
 def _forward(s, k, real):

@@ -215,6 +215,47 @@ def test_long_row_backward_in_time_blocks(rng, monkeypatch, form_B, form_C, dtyp
         assert_close(g[key], g_row[key], kind="exact", err_msg=f"d{key} against one block")
 
 
+def _fake_cache_folder(root, caches):
+    """A sysfs-like cache folder: ``index<i>/level``, ``type``, ``size`` per cache."""
+    for i, (level, kind, size) in enumerate(caches):
+        folder = root / f"index{i}"
+        folder.mkdir(parents=True)
+        for name, text in (("level", str(level)), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    return root
+
+
+def test_level2_cache_size_from_sysfs(tmp_path):
+    """The level-2 cache as Linux describes it; None where that cannot be read."""
+    xeon = _fake_cache_folder(tmp_path / "xeon", [(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                                  (2, "Unified", "2048K"), (3, "Unified", "480M")])
+    assert numba_cpu._level2_cache_bytes(xeon) == 2 * 1024 ** 2
+    other = _fake_cache_folder(tmp_path / "other", [(3, "Unified", "32M"), (2, "Unified", "1M")])
+    assert numba_cpu._level2_cache_bytes(other) == 1024 ** 2
+    garbled = _fake_cache_folder(tmp_path / "garbled", [(2, "Unified", "big")])
+    assert numba_cpu._level2_cache_bytes(garbled) is None
+    assert numba_cpu._level2_cache_bytes(tmp_path / "no such folder") is None
+
+
+def test_backward_time_blocks_fit_the_level2_cache(monkeypatch):
+    """On AMD's Zen (LLVM's "znver") or without a known level-2 size the records' budget alone
+    sets the block; elsewhere the block is the longest multiple of 16 steps whose working set
+    (two 16-state records, and B, C, dB, dC of N states) fits 3/4 of the level-2 cache."""
+    assert numba_cpu._default_cache_cap("znver4", 1024 ** 2) is None
+    assert numba_cpu._default_cache_cap("sapphirerapids", None) is None
+    cap = numba_cpu._default_cache_cap("rocketlake", 2 * 1024 ** 2)
+    assert cap == 3 * 2 * 1024 ** 2 // 4
+    monkeypatch.setattr(numba_cpu, "_BWD_CACHE_BYTES", cap)
+    for npad, dtype in [(16, np.float32), (64, np.float32), (16, np.float64)]:
+        steps = numba_cpu._bwd_block(npad, np.dtype(dtype))
+        per_step = (2 * 16 + 4 * npad) * np.dtype(dtype).itemsize
+        assert steps % 16 == 0 and steps * per_step <= cap < (steps + 16) * per_step
+        assert steps < numba_cpu._BWD_RECORD_BYTES // (2 * npad * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(numba_cpu, "_BWD_CACHE_BYTES", None)
+    assert (numba_cpu._bwd_block(16, np.dtype(np.float32))
+            == numba_cpu._BWD_RECORD_BYTES // (2 * 16 * 4))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("form_B,form_C", [("variable", "variable"), ("constant", "grouped"),
                                            ("grouped", "constant")])
