@@ -224,14 +224,14 @@ def _default_cache_cap(cpu_name, level2):
     return 3 * level2 // 4
 
 
-#: where the level-3 cache is slower than Zen 4's, a time block must fit a core's
-#: level-2 cache instead.  Measured on an Intel Xeon (2 MB of L2 per core; chapter 11,
-#: "Throughput against L and N"): at N = 16, blocks of T = 4096 steps ran the backward
-#: 1.35-1.75 times as fast as T = 16384 at L = 16384 and 65536.  So except on AMD's Zen
-#: CPUs (LLVM's "znver"), T is also capped so that a thread's working set in one block
-#: (the records of one block of 16 states and the row's B, C, dB and dC) fills at most
-#: this many bytes, three quarters of the level-2 cache (:func:`_level2_cache_bytes`);
-#: None: no cap (Zen, or the cache size is unknown).
+#: where reading a block back from the level-3 cache costs more than on Zen 4, a time
+#: block must fit a core's level-2 cache instead.  Measured on an Intel Xeon (2 MB of L2
+#: per core; chapter 11, "Throughput against L and N"): at N = 16, blocks of T = 4096
+#: steps ran the backward 1.35-1.75 times as fast as T = 16384 at L = 16384 and 65536.
+#: So except on AMD's Zen CPUs (LLVM's "znver"), T is also capped so that a thread's
+#: working set in one block (the records of one block of 16 states and the row's B, C,
+#: dB and dC) fills at most this many bytes, three quarters of the level-2 cache
+#: (:func:`_level2_cache_bytes`); None: no cap (Zen, or the cache size is unknown).
 _BWD_CACHE_BYTES = _default_cache_cap(_llvm.get_host_cpu_name(), _level2_cache_bytes())
 
 #: the forward pass streams, for every channel, its rows of B and C: 2 (L, N) arrays.
@@ -295,7 +295,7 @@ class _NoAliasTarget(CPUTarget):
 # Rapids, and the "rocketlake" that a virtual machine may report) the tuning carries
 # "prefer-256-bit" (early AVX-512 parts lowered their clock for 512-bit work), so those
 # loops ran as pairs of 256-bit vectors while the LLVM IR sweeps (fast._row_sweep) and
-# this project's measurements used 512 (chapter 11, "Deep dive: three compiler lessons",
+# this project's measurements used 512 (chapter 11, "Deep dive: four compiler lessons",
 # has the gain on an Intel Xeon).  Numba's target context has to be shared (lowering
 # implementations register with it), so the kernels' dispatcher lends it a code generator
 # of its own (its own target machine and JIT engine) while it compiles, under Numba's
