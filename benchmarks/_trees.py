@@ -19,7 +19,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fast", "ssm_ref")
 
-__all__ = ["ROOT", "copy_packages", "run_text", "run_in", "check_not_checkout"]
+__all__ = ["ROOT", "commit_of", "copy_packages", "run_text", "run_in", "check_not_checkout"]
+
+
+def commit_of(rev):
+    """The abbreviated hash of the commit that ``rev`` names (``HEAD``, a branch, a hash): what
+    a result file records, since ``HEAD`` names another commit after the next one.  A
+    revision git does not know stops the script."""
+    run = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"no revision {rev!r} to copy the library from: {run.stderr.strip()}")
+    return run.stdout.strip()
 
 
 def copy_packages(dest, rev=None):

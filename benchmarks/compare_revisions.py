@@ -30,7 +30,8 @@ The cases are the scans that the library's users run most (``fast.selective_scan
   blocks: chapter 11, "Throughput against L and N").
 
 With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
-name, one per comparison the book quotes).  This script is a tool for
+name, one per comparison the book quotes), the revision recorded as its commit's hash.
+This script is a tool for
 the chapter's measurements, not part of the library.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _trees import ROOT, check_not_checkout, copy_packages, run_in  # noqa: E402
+from _trees import ROOT, check_not_checkout, commit_of, copy_packages, run_in  # noqa: E402
 
 #: (batch, dim, length, dstate, groups of B and C or None for variable B and C with z, dtype)
 CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
@@ -118,6 +119,7 @@ def main(argv=None):
     if args.rounds < 1 or args.repeats < 0 or min(args.threads) < 1:
         parser.error(f"--rounds and --threads take positive numbers, --repeats one >= 0 "
                      f"(got {args.rounds}, {args.threads}, {args.repeats})")
+    commit = commit_of(args.rev)  # the JSON's "rev": a name like HEAD moves on
     sys.path.insert(0, str(ROOT))  # the main process reads the checkout's fast.bench
 
     import numpy as np
@@ -130,7 +132,7 @@ def main(argv=None):
     times = {run: {"rev": [], "tree": []} for run in runs}
     script = Path(__file__).resolve()
     with tempfile.TemporaryDirectory() as scratch:
-        trees = {"rev": copy_packages(Path(scratch) / "rev", args.rev),
+        trees = {"rev": copy_packages(Path(scratch) / "rev", commit),
                  "tree": copy_packages(Path(scratch) / "tree")}
         for rnd in range(args.rounds):
             for run in runs:
@@ -161,7 +163,7 @@ def main(argv=None):
                                         "dtype"), CASES[case])),
                      "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us})
     if args.out:
-        finish({"machine": machine, "rev": args.rev, "rounds": args.rounds, "rows": rows},
+        finish({"machine": machine, "rev": commit, "rounds": args.rounds, "rows": rows},
                args.out / args.name, t_start)
     return rows
 

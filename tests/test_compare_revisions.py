@@ -34,6 +34,18 @@ def test_a_revision_is_copied_as_committed(trees, tmp_path):
     assert (dest / "fast" / "__init__.py").read_text() == committed
 
 
+@needs_git
+def test_a_revision_is_recorded_as_its_commit(trees):
+    """The JSON's "rev" is the commit's hash, not a name such as HEAD that moves on."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    short = trees.commit_of("HEAD")
+    assert len(short) >= 7 and head.startswith(short)
+    assert trees.commit_of(head) == short
+    with pytest.raises(SystemExit, match="no revision 'no-such-rev-xyz'"):
+        trees.commit_of("no-such-rev-xyz")
+
+
 def test_the_working_tree_is_copied_without_caches(trees, tmp_path):
     dest = trees.copy_packages(tmp_path / "tree")
     assert (dest / "fast" / "numba_tiles.py").read_text() == (
