@@ -14,10 +14,12 @@ import itertools
 import json
 import math
 
+import numba
 import numpy as np
 import pytest
 
 from conftest import real_gpu_available
+from fast import numba_cpu
 from fast.bench import scan as bench_scan
 from fast.bench import train as bench_train
 
@@ -35,6 +37,20 @@ def test_records_machine_and_load(quick_result):
     assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     assert quick_result["quick"] is True
     assert quick_result["malloc"].split()[0] in ("kept", "unchanged:")  # what the run set
+
+
+def test_records_the_cpu_the_kernels_were_compiled_for(quick_result):
+    from llvmlite import binding
+    machine = quick_result["machine"]
+    assert machine["llvm_cpu"] == (numba.core.config.CPU_NAME or binding.get_host_cpu_name())
+    level2 = numba_cpu._level2_cache_bytes()
+    assert machine["level2_cache_kib"] == (level2 // 1024 if level2 else None)
+    assert f"LLVM {machine['llvm_cpu']}" in bench_scan.machine_line(machine)
+    assert bench_scan.cpu_line({"llvm_cpu": "znver3", "level2_cache_kib": 512}) == \
+        "LLVM znver3, L2 512 KiB per core"
+    assert bench_scan.cpu_line({"llvm_cpu": "znver3", "level2_cache_kib": None}) == \
+        "LLVM znver3, L2 size unknown"
+    assert bench_scan.cpu_line({"cpu": "AMD EPYC"}) == "LLVM CPU not recorded"  # older JSON
 
 
 def test_sweep_counts_page_faults_of_the_backward(quick_result):

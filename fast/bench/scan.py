@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
 from numba import njit, prange
 
 import fast
@@ -275,7 +276,13 @@ def machine_info():
                     break
     except OSError:
         pass
+    level2 = numba_cpu._level2_cache_bytes()
     return {"cpu": cpu, "simd": flags, "cores": os.cpu_count(),
+            # the CPU that the kernels were compiled for, by LLVM's name (which chooses their
+            # vector width and backward blocks: "AMD EPYC" is Zen 3 or Zen 4), and one core's
+            # level-2 cache (None where the OS does not say)
+            "llvm_cpu": numba.core.config.CPU_NAME or llvm_binding.get_host_cpu_name(),
+            "level2_cache_kib": level2 // 1024 if level2 else None,
             "numba_threads": numba.get_num_threads(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
             "load_average_start": list(os.getloadavg()),
@@ -292,9 +299,20 @@ def start(parser, out):
     return time.perf_counter(), machine_info()
 
 
+def cpu_line(machine):
+    """LLVM's name of the CPU and its level-2 cache, as :func:`machine_info` records them
+    ("LLVM CPU not recorded" for a JSON written before they were)."""
+    if "llvm_cpu" not in machine:
+        return "LLVM CPU not recorded"
+    level2 = machine.get("level2_cache_kib")
+    return f"LLVM {machine['llvm_cpu']}, " + (f"L2 {level2} KiB per core" if level2
+                                               else "L2 size unknown")
+
+
 def machine_line(machine):
     """The line that opens a run's output: CPU, cores, Numba threads, load."""
-    return (f"machine: {machine['cpu']} ({machine['simd']}), {machine['cores']} cores, "
+    return (f"machine: {machine['cpu']} ({machine['simd']}; {cpu_line(machine)}), "
+            f"{machine['cores']} cores, "
             f"numba {machine['numba']} with {machine['numba_threads']} threads, "
             f"numpy {machine['numpy']}; load average {machine['load_average_start']}")
 
