@@ -19,7 +19,9 @@ vector instructions, multiplies and FMAs, exponentials (a shift by 23 puts k int
 exponent: one per 2^k of :mod:`fast._fastexp`), operands on the stack (spilled registers
 and constants), shuffles and the like, divisions.  A loop is not named after its source:
 chapter 11 says which is which for the cases it quotes.  Samples outside every loop, and
-outside Numba's code (Python, NumPy, the C library), are counted apart.
+outside Numba's code (Python, NumPy, the C library), are counted apart.  The worker
+counts its calls while it is sampled, so each share is also given as milliseconds of a
+call.
 
 With ``--out`` it writes ``profile_loops_<case>_<pass>_cpu.json`` there.  This script is a
 tool for the chapter's measurements, not part of the library.
@@ -183,8 +185,11 @@ def worker(case, pass_name, threads, seconds, folder):
     folder = Path(folder)
     (folder / "pid").write_text(str(os.getpid()))
     t0 = time.perf_counter()
+    calls = 0
     while time.perf_counter() - t0 < seconds:
         fn()
+        calls += 1
+    (folder / "calls").write_text(f"{calls} {time.perf_counter() - t0}")
     asked = folder / "ranges"
     while not asked.exists():
         time.sleep(0.1)
@@ -213,7 +218,10 @@ def _wait_for(path, process, timeout):
 
 def profile(case, pass_name, threads, seconds):
     """Sample the case for ``seconds``: ``(rows of loop_table, percent outside Numba's
-    code)``."""
+    code, milliseconds per call)``; each row also has its share as milliseconds of a call
+    (``ms_per_call``: the process's time is the call's, since the worker does nothing
+    else while it is sampled).  Shares are of one run; times move with the machine's load,
+    as every timing does."""
     for tool in ("perf", "objdump"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: this tool needs Linux perf and binutils' "
@@ -243,6 +251,8 @@ def profile(case, pass_name, threads, seconds):
                 "\n".join(f"{lo:x} {hi:x}" for lo, hi in code_ranges(at)))
             _wait_for(folder / "pieces", process, timeout=60)
             process.wait(timeout=60)
+            calls, elapsed = (folder / "calls").read_text().split()
+            ms_per_call = 1e3 * float(elapsed) / int(calls)
             code = []
             for start in (folder / "pieces").read_text().split():
                 code += instructions(subprocess.run(
@@ -252,19 +262,23 @@ def profile(case, pass_name, threads, seconds):
         finally:
             if process.poll() is None:
                 process.kill()
-    return loop_table(code, at), elsewhere
+    rows = loop_table(code, at)
+    for row in rows:  # the share of the process's time, as milliseconds of a call
+        row["ms_per_call"] = round(row["share_pct"] / 100 * ms_per_call, 4)
+    return rows, elsewhere, ms_per_call
 
 
 def print_table(rows, elsewhere, top, show=0):
     """The loops' table; with ``show`` > 0, then the body of the ``show``-th loop."""
     kinds = list(KINDS)
-    print(f"{'share':>6}  {'loop (addresses)':<31} {'insns':>5} "
+    print(f"{'share':>6} {'ms':>7}  {'loop (addresses)':<31} {'insns':>5} "
           + " ".join(f"{k:>7}" for k in kinds))
     for row in rows[:top]:
+        head = f"{row['share_pct']:5.1f}% {row.get('ms_per_call', float('nan')):7.3f}"
         if row["loop"] == "outside loops":
-            print(f"{row['share_pct']:5.1f}%  outside loops")
+            print(f"{head}  outside loops")
             continue
-        print(f"{row['share_pct']:5.1f}%  {row['loop']:<31} {row['instructions']:>5} "
+        print(f"{head}  {row['loop']:<31} {row['instructions']:>5} "
               + " ".join(f"{row[k]:>7}" for k in kinds))
     print(f"{elsewhere:5.1f}%  outside Numba's code (Python, NumPy, the C library)")
     loops = [row for row in rows if "body" in row]
@@ -303,12 +317,14 @@ def main(argv=None):
     print(machine_line(machine))
     print(f"{args.case}, {args.pass_name}, {args.threads} thread(s), sampled for "
           f"{args.seconds:g} s; shares of all samples")
-    rows, elsewhere = profile(args.case, args.pass_name, args.threads, args.seconds)
+    rows, elsewhere, ms_per_call = profile(args.case, args.pass_name, args.threads,
+                                           args.seconds)
+    print(f"{ms_per_call:.3f} ms per call while sampled")
     print_table(rows, elsewhere, args.top, args.show)
     result = {"machine": machine, "case": args.case, "shape": dict(zip(
         ("batch", "dim", "length", "dstate", "groups", "dtype"), CASES[args.case])),
         "pass": args.pass_name, "threads": args.threads, "seconds": args.seconds,
-        "outside_numba_pct": round(elsewhere, 2), "loops": rows}
+        "ms_per_call": ms_per_call, "outside_numba_pct": round(elsewhere, 2), "loops": rows}
     if args.out is not None:
         path = args.out / f"profile_loops_{args.case}_{args.pass_name}_cpu.json"
         path.write_text(json.dumps(result, indent=1) + "\n")

@@ -133,3 +133,6 @@ def test_a_real_profile_finds_the_scan_loop(tmp_path):
     assert result["outside_numba_pct"] < 50
     assert any(r["mul/FMA"] > 0 and r["exp"] > 0 for r in loops[:3])
     assert "outside Numba's code" in run.stdout
+    assert result["ms_per_call"] > 0
+    assert loops[0]["ms_per_call"] == pytest.approx(
+        loops[0]["share_pct"] / 100 * result["ms_per_call"], rel=1e-3, abs=1e-4)
