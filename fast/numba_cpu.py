@@ -295,7 +295,7 @@ class _NoAliasTarget(CPUTarget):
 # Rapids, and the "rocketlake" that a virtual machine may report) the tuning carries
 # "prefer-256-bit" (early AVX-512 parts lowered their clock for 512-bit work), so those
 # loops ran as pairs of 256-bit vectors while the LLVM IR sweeps (fast._row_sweep) and
-# this project's measurements used 512 (chapter 11, "Deep dive: four compiler lessons",
+# this project's measurements used 512 (chapter 11, "Deep dive: five compiler lessons",
 # has the gain on an Intel Xeon).  Numba's target context has to be shared (lowering
 # implementations register with it), so the kernels' dispatcher lends it a code generator
 # of its own (its own target machine and JIT engine) while it compiles, under Numba's
