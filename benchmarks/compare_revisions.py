@@ -73,6 +73,16 @@ def inputs(case):
     return kw, dout
 
 
+def case_call(case, pass_name):
+    """The case's pass (``fast.selective_scan`` or ``fast.selective_scan_backward``,
+    ``backend="numba"``) as a function of no arguments, its inputs made once."""
+    import fast
+    kw, dout = inputs(case)
+    if pass_name == "forward":
+        return lambda: fast.selective_scan(**kw, backend="numba")
+    return lambda: fast.selective_scan_backward(dout, **kw, backend="numba")
+
+
 def worker(case, pass_name, threads, repeats):
     """In a version's process: the median time (µs) of ``repeats`` calls."""
     import numba
@@ -83,14 +93,7 @@ def worker(case, pass_name, threads, repeats):
     check_not_checkout(fast)
     keep_freed_memory()
     numba.set_num_threads(threads)
-    kw, dout = inputs(case)
-    if pass_name == "forward":
-        def fn():
-            return fast.selective_scan(**kw, backend="numba")
-    else:
-        def fn():
-            return fast.selective_scan_backward(dout, **kw, backend="numba")
-    return 1e6 * median_time(fn, repeats)
+    return 1e6 * median_time(case_call(case, pass_name), repeats)
 
 
 def main(argv=None):

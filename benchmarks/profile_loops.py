@@ -42,7 +42,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_revisions import CASES, PASSES, inputs  # noqa: E402
+from compare_revisions import CASES, PASSES, case_call  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,16 +171,8 @@ def worker(case, pass_name, threads, seconds, folder):
     readable parts of the spans of machine code that the parent asks for (``ranges``) into
     ``code_<start>.bin`` files, and list their starts in ``pieces``."""
     import numba
-
-    import fast
     numba.set_num_threads(threads)
-    kw, dout = inputs(case)
-    if pass_name == "forward":
-        def fn():
-            return fast.selective_scan(**kw, backend="numba")
-    else:
-        def fn():
-            return fast.selective_scan_backward(dout, **kw, backend="numba")
+    fn = case_call(case, pass_name)
     fn()  # compiled (or loaded from the cache) before the sampling starts
     folder = Path(folder)
     (folder / "pid").write_text(str(os.getpid()))

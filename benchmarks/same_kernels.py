@@ -101,11 +101,10 @@ def kernel_listings(cases):
 
     import fast
     check_not_checkout(fast)
-    from compare_revisions import inputs
+    from compare_revisions import PASSES, case_call
     for case in cases:
-        kw, dout = inputs(case)
-        fast.selective_scan(**kw, backend="numba")
-        fast.selective_scan_backward(dout, **kw, backend="numba")
+        for pass_name in PASSES:
+            case_call(case, pass_name)()
     listings = {}
     for module_name in MODULES:
         module = importlib.import_module(module_name)

@@ -101,3 +101,21 @@ def test_every_case_has_its_dtype_and_shapes():
         assert ("z" in kw) == (groups is None), case
     assert {spec[-1] for spec in compare.CASES.values()} == {"float32", "float64"}
     assert set(compare.REPEATS) == set(compare.CASES)  # every case runs without --repeats
+
+
+def test_a_case_call_runs_the_pass_it_names():
+    """case_call (the timed function of compare_revisions, profile_loops and same_kernels):
+    the forward returns the scan's output, the backward the gradients of the case's dout."""
+    import numpy as np
+
+    import fast
+    compare = script_module(SCRIPT, "compare_revisions")
+    kw, dout = compare.inputs("tiny")
+    out = compare.case_call("tiny", "forward")()
+    np.testing.assert_array_equal(out, fast.selective_scan(**kw, backend="numba"))
+    grads = compare.case_call("tiny", "backward")()
+    expected = fast.selective_scan_backward(dout, **kw, backend="numba")
+    assert len(grads) == len(expected)
+    for g, e in zip(grads, expected):
+        if e is not None:
+            np.testing.assert_array_equal(g, e)
