@@ -457,8 +457,26 @@ def _row_prep(delta_row, u_row, bias_d, softplus, dout_row, z_row, has_z, dt, bu
     from the same exponential: :func:`fast._fastexp.fast_softplus_grad`), with ``has_z``
     sigmoid(z) into ``sz``, and dy = dout silu(z) (dout without z), the gradient
     reaching y_t.  Returns the screen sum of u, delta, dt, z and dout, and the sum of
-    dy u (the row's dD).
+    dy u (the row's dD).  One loop per combination of ``softplus`` and ``has_z``
+    (:func:`_prep_loop` with constant flags), as :func:`_row_output`.
     """
+    if softplus:
+        if has_z:
+            return _prep_loop(delta_row, u_row, bias_d, True, dout_row, z_row, True, dt, bu,
+                              dsp, sz, dy, zero)
+        return _prep_loop(delta_row, u_row, bias_d, True, dout_row, z_row, False, dt, bu, dsp,
+                          sz, dy, zero)
+    if has_z:
+        return _prep_loop(delta_row, u_row, bias_d, False, dout_row, z_row, True, dt, bu, dsp,
+                          sz, dy, zero)
+    return _prep_loop(delta_row, u_row, bias_d, False, dout_row, z_row, False, dt, bu, dsp, sz,
+                      dy, zero)
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # flags: constants
+def _prep_loop(delta_row, u_row, bias_d, softplus, dout_row, z_row, has_z, dt, bu, dsp, sz, dy,
+               zero):
+    """:func:`_row_prep`'s loop for one combination of its flags."""
     s = zero
     sD = zero
     one = zero + 1
