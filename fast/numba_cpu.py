@@ -420,7 +420,7 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
     the four combinations of ``has_D`` and ``has_z`` is a loop of its own
     (:func:`_output_loop` with constant flags): with the flags tested inside one loop,
     LLVM turned the tests into masked loads and stores (``vmaskmovps``), measured on
-    AVX2 (chapter 11, "A CPU without AVX-512").
+    AVX2 (chapter 11, "A CPU without AVX-512"; also _row_prep and _row_grads).
     """
     if has_D:
         if has_z:
