@@ -418,9 +418,10 @@ def _row_output(y, u_row, Dd, has_D, z_row, has_z, out_row):
 
     Returns the sum of ``out_row``: a screen, not finite if an output is not.  Each of
     the four combinations of ``has_D`` and ``has_z`` is a loop of its own
-    (:func:`_output_loop` with constant flags): with the flags tested inside one loop,
-    LLVM turned the tests into masked loads and stores (``vmaskmovps``), measured on
-    AVX2 (chapter 11, "A CPU without AVX-512"; also _row_prep and _row_grads).
+    (:func:`_output_loop` with constant flags), as in :func:`_row_prep` and
+    :func:`_row_grads`: with the flags tested inside one loop, LLVM turned the tests into
+    masked loads and stores (``vmaskmovps``), which cost those two loops a third of their
+    time on AVX2 (chapter 11, "A CPU without AVX-512"; this loop's time did not change).
     """
     if has_D:
         if has_z:
