@@ -143,9 +143,10 @@ def innermost_loops(code):
 
 
 def loop_table(code, at):
-    """Rows, largest share first: each innermost loop's share of the samples, its span,
-    its body's counts (:data:`KINDS`) and the body itself (``"body"``: one instruction
-    per line); one row ``"outside loops"`` for the rest."""
+    """Rows, largest share first: each sampled innermost loop's share of the samples, its
+    span, its body's counts (:data:`KINDS`) and the body itself (``"body"``: one
+    instruction per line); one row ``"outside loops"`` for the rest.  Loops that no sample
+    hit (most of the copied code) get no row."""
     owner = innermost_loops(code)
     shares = Counter()
     for i, (a, _, _) in enumerate(code):
@@ -154,6 +155,8 @@ def loop_table(code, at):
     for loop, share in shares.most_common():
         if loop is None:
             rows.append({"loop": "outside loops", "share_pct": round(share, 2)})
+            continue
+        if not share:
             continue
         first, last = loop
         body = code[first:last + 1]

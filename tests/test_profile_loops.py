@@ -80,6 +80,9 @@ def test_samples_go_to_the_innermost_loop(prof):
         "vector": 3, "mul/FMA": 1, "exp": 1, "stack": 0, "shuffle": 0, "div": 1}
     assert rows[1]["stack"] == 1 and rows[1]["shuffle"] == 1  # the outer loop's whole body
     assert inner_row["body"][0] == "vfmadd213ps %ymm1,%ymm0,%ymm0"
+    only_inner = prof.loop_table(code, {0x1008: 40.0, 0x102A: 5.0})  # outer loop unsampled
+    assert [(r["loop"], r["share_pct"]) for r in only_inner] == [
+        ("0x1008-0x1019", 40.0), ("outside loops", 5.0)]
 
 
 def test_nothing_sampled_in_numba_code_is_an_error(prof):
