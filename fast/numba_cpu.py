@@ -567,19 +567,29 @@ def _row_dy(dout_row, z_row, u_row, has_z, sz, dy, zero):
     :func:`_row_input_grads` after them, the tile kernel's per-row passes
     (``fast.numba_tiles.bwd_tiles``): there the fused :func:`_row_prep` and
     :func:`_row_grads` were no faster at VMamba's size and 3-8% slower at tiny Vim's
-    (``benchmarks/compare_revisions.py``).
+    (``benchmarks/compare_revisions.py``).  One loop per value of ``has_z``
+    (:func:`_dy_loop` with a constant flag), as :func:`_row_output`.
     """
+    if has_z:
+        return _dy_loop(dout_row, z_row, u_row, True, sz, dy, zero)
+    return _dy_loop(dout_row, z_row, u_row, False, sz, dy, zero)
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # `has_z`: a constant
+def _dy_loop(dout_row, z_row, u_row, has_z, sz, dy, zero):
+    """:func:`_row_dy`'s loop for one value of ``has_z``."""
     s = zero
     sD = zero
     for t in range(dout_row.size):
-        s += dout_row[t]
+        g = dout_row[t]
+        s += g
         if has_z:
             zz = z_row[t]
-            sz[t] = fast_sigmoid(zz)
-            dy[t] = dout_row[t] * zz * sz[t]
-        else:
-            dy[t] = dout_row[t]
-        sD += dy[t] * u_row[t]
+            sg = fast_sigmoid(zz)
+            sz[t] = sg
+            g = g * zz * sg
+        dy[t] = g
+        sD += g * u_row[t]
     return s, sD
 
 
@@ -591,14 +601,27 @@ def _row_input_grads(dt, pA, pB, dy, u_row, Dd, delta_row, bias_d, softplus, du_
     du_t = dt_t pB_t + D dy_t; d delta_t = pA_t + u_t pB_t, through softplus
     (derivative sigmoid, 1 above 20) when ``softplus``.  Returns the sum of du
     and d delta before softplus (a screen) and that of d delta (the row's
-    d delta_bias).
+    d delta_bias).  One loop per value of ``softplus`` (:func:`_input_grads_loop` with a
+    constant flag), as :func:`_row_output`.
     """
+    if softplus:
+        return _input_grads_loop(dt, pA, pB, dy, u_row, Dd, delta_row, bias_d, True, du_row,
+                                 ddelta_row)
+    return _input_grads_loop(dt, pA, pB, dy, u_row, Dd, delta_row, bias_d, False, du_row,
+                             ddelta_row)
+
+
+@njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # `softplus`: a constant
+def _input_grads_loop(dt, pA, pB, dy, u_row, Dd, delta_row, bias_d, softplus, du_row,
+                      ddelta_row):
+    """:func:`_row_input_grads`'s loop for one value of ``softplus``."""
     s = dt[0] - dt[0]  # typed zero
     sb = s
     for t in range(du_row.size):
-        du_row[t] = dt[t] * pB[t] + Dd * dy[t]
+        g = dt[t] * pB[t] + Dd * dy[t]
+        du_row[t] = g
         gd = pA[t] + u_row[t] * pB[t]
-        s += du_row[t] + gd
+        s += g + gd
         if softplus:
             raw = delta_row[t] + bias_d
             gd = gd if raw > 20 else gd * fast_sigmoid(raw)
