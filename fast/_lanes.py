@@ -17,7 +17,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["WIDTH", "halve_in_rounds", "add_lane_sums", "transpose_block"]
+__all__ = ["WIDTH", "vector_bits", "halve_in_rounds", "add_lane_sums", "transpose_block"]
 
 #: lanes per vector, and vectors per sum or transpose: 16 float32 fill one AVX-512 register
 #: (float64 takes two, which LLVM handles as pairs)
@@ -99,46 +99,78 @@ def add_lane_sums(typingctx, src, r0, dst, k0):
     return sig, codegen
 
 
-@intrinsic
-def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
-    """``dst[q0 + i, k0 + j] = src[r0 + j, c0 + i]`` for i, j < 16: one 16 x 16 float32 block.
+def vector_bits(context):
+    """The widest vectors, in bits, of the CPU that ``context`` (a Numba target context)
+    compiles for: 512 with AVX-512, else 256 (AVX2; the kernels assume at least that)."""
+    features = context.codegen().magic_tuple()[2].split(",")
+    return 512 if "+avx512f" in features else 256
 
-    Both arrays are 2-D with contiguous rows (any row stride); nothing is
-    checked, the block must lie inside both.  The 16 rows are loaded as
-    vectors and the transpose is 4 rounds of 16 two-vector shuffles: round
-    k exchanges bit k of the row index with bit k of the column index (rows
-    a and a + 2^k, bit k of a clear, trade the entries whose column has bit
-    k set for the other's entries whose column has it clear), so after the
-    4 rounds entry (r, c) sits at (c, r).
-    """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == dst.ndim == 2 and src.dtype == dst.dtype == types.float32):
-        return None
-    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
-    w = WIDTH
 
-    def codegen(context, builder, signature, args):
-        s, r0, c0, d, q0, k0 = args
-        vty = ir.VectorType(context.get_value_type(types.float32), w)
-        s_at, s_stride = _address(context, builder, src, s, r0, c0)
-        d_at, d_stride = _address(context, builder, dst, d, q0, k0)
+def _transpose_square(builder, rows):
+    """The ``len(rows)`` LLVM vectors ``rows`` (as many lanes each, a power of two) as the
+    rows of a square matrix, transposed: log2(n) rounds of n two-vector shuffles.  Round
+    k exchanges bit k of the row index with bit k of the column index (rows a and a + 2^k,
+    bit k of a clear, trade the entries whose column has bit k set for the other's entries
+    whose column has it clear), so after the last round entry (r, c) sits at (c, r)."""
+    w = len(rows)
+    for k in range(w.bit_length() - 1):
+        bit = 1 << k
+        # shuffle masks over the 2w entries of (row a, row b): b's entries count from w
+        keep_low = [c if not c & bit else w + c - bit for c in range(w)]
+        keep_high = [c + bit if not c & bit else w + c for c in range(w)]
+        low = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_low)
+        high = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_high)
+        new = list(rows)
+        for a in range(w):
+            if not a & bit:
+                new[a] = builder.shuffle_vector(rows[a], rows[a | bit], low)
+                new[a | bit] = builder.shuffle_vector(rows[a], rows[a | bit], high)
+        rows = new
+    return rows
 
-        rows = [builder.load(_row_pointer(builder, s_at, s_stride, j, vty), align=4)
-                for j in range(w)]
-        for k in range(4):
-            bit = 1 << k
-            # shuffle masks over the 32 entries of (row a, row b): b's entries count from 16
-            keep_low = [c if not c & bit else w + c - bit for c in range(w)]
-            keep_high = [c + bit if not c & bit else w + c for c in range(w)]
-            low = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_low)
-            high = ir.Constant(ir.VectorType(ir.IntType(32), w), keep_high)
-            new = list(rows)
-            for a in range(w):
-                if not a & bit:
-                    new[a] = builder.shuffle_vector(rows[a], rows[a | bit], low)
-                    new[a | bit] = builder.shuffle_vector(rows[a], rows[a | bit], high)
-            rows = new
-        for i in range(w):
-            builder.store(rows[i], _row_pointer(builder, d_at, d_stride, i, vty), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
+
+def _make_transpose_block(piece=None):
+    """:func:`transpose_block`, transposing its 16 x 16 block as squares of ``piece`` x
+    ``piece`` (16 or 8; None: 16 on CPUs with 512-bit vectors, else 8)."""
+
+    @intrinsic
+    def transpose_block(typingctx, src, r0, c0, dst, q0, k0):
+        """``dst[q0 + i, k0 + j] = src[r0 + j, c0 + i]`` for i, j < 16: one 16 x 16 float32
+        block.
+
+        Both arrays are 2-D with contiguous rows (any row stride); nothing is checked, the
+        block must lie inside both.  With 512-bit vectors (AVX-512) the 16 rows are loaded
+        as vectors and transposed in 4 rounds of 16 two-vector shuffles
+        (:func:`_transpose_square`): 64 shuffles for 256 numbers.  With 256-bit vectors
+        (AVX2: 16 registers of 8 float32) those 16 rows would take all 32 halves of the
+        registers at once and go through the stack; there the block is four 8 x 8 squares,
+        each 8 vectors of 8 in 3 rounds (chapter 11, "A CPU without AVX-512").
+        """
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+                and src.ndim == dst.ndim == 2 and src.dtype == dst.dtype == types.float32):
+            return None
+        sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            s, r0, c0, d, q0, k0 = args
+            p = piece or vector_bits(context) // 32  # float32 lanes per vector
+            vty = ir.VectorType(context.get_value_type(types.float32), p)
+            i64 = ir.IntType(64)
+            for bi in range(0, WIDTH, p):  # source rows r0 + bi ..
+                for bj in range(0, WIDTH, p):  # .. and columns c0 + bj, to dst's (bj, bi)
+                    s_at, s_stride = _address(context, builder, src, s,
+                                              builder.add(r0, ir.Constant(i64, bi)),
+                                              builder.add(c0, ir.Constant(i64, bj)))
+                    d_at, d_stride = _address(context, builder, dst, d,
+                                              builder.add(q0, ir.Constant(i64, bj)),
+                                              builder.add(k0, ir.Constant(i64, bi)))
+                    rows = [builder.load(_row_pointer(builder, s_at, s_stride, j, vty), align=4)
+                            for j in range(p)]
+                    for i, row in enumerate(_transpose_square(builder, rows)):
+                        builder.store(row, _row_pointer(builder, d_at, d_stride, i, vty), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return transpose_block
+
+
+transpose_block = _make_transpose_block()

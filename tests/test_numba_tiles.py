@@ -19,7 +19,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import ssm_ref
-from fast import numba_cpu, numba_tiles
+from fast import _lanes, numba_cpu, numba_tiles
 from ssm_ref.scan_args import check_scan_structure
 
 TILE = numba_tiles.TILE
@@ -56,18 +56,52 @@ def _transpose_at(src, r0, c0, dst, q0, k0):
     numba_tiles.transpose_block(src, r0, c0, dst, q0, k0)
 
 
-def test_transpose_block_against_numpy(rng):
-    """One 16 x 16 block of a strided source into a strided destination; nothing else moves."""
+_transpose_8 = _lanes._make_transpose_block(8)
+_transpose_16 = _lanes._make_transpose_block(16)
+
+
+@njit
+def _transpose_at_8(src, r0, c0, dst, q0, k0):
+    _transpose_8(src, r0, c0, dst, q0, k0)
+
+
+@njit
+def _transpose_at_16(src, r0, c0, dst, q0, k0):
+    _transpose_16(src, r0, c0, dst, q0, k0)
+
+
+@pytest.mark.parametrize("transpose", [_transpose_at, _transpose_at_8, _transpose_at_16],
+                         ids=["this-cpu", "squares-of-8", "squares-of-16"])
+def test_transpose_block_against_numpy(rng, transpose):
+    """One 16 x 16 block of a strided source into a strided destination; nothing else moves.
+    Both ways of doing it (four 8 x 8 squares, for AVX2, or one of 16) on any CPU."""
     src = rng.standard_normal((40, 50)).astype(np.float32)
     dst = np.full((30, 45), np.float32(7.0))
-    _transpose_at(src, 3, 5, dst, 2, 20)
+    transpose(src, 3, 5, dst, 2, 20)
     expected = np.full_like(dst, 7.0)
     expected[2:2 + TILE, 20:20 + TILE] = src[3:3 + TILE, 5:5 + TILE].T
     assert np.array_equal(dst, expected)
     rows = src[::2]  # a row stride of two rows
     out = np.zeros((TILE, TILE), np.float32)
-    _transpose_at(rows, 1, 0, out, 0, 0)
+    transpose(rows, 1, 0, out, 0, 0)
     assert np.array_equal(out, rows[1:1 + TILE, :TILE].T)
+
+
+def test_vector_bits_follow_the_cpu():
+    """The transposes' choice: 512-bit vectors exactly where the CPU has AVX-512, as Linux
+    lists its flags (Numba compiles for the host unless told otherwise)."""
+    import os
+    from pathlib import Path
+
+    from numba.core.registry import cpu_target
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or os.environ.get("NUMBA_CPU_NAME") or os.environ.get(
+            "NUMBA_CPU_FEATURES"):
+        pytest.skip("needs Linux's /proc/cpuinfo and Numba compiling for the host")
+    flags = next(line for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("flags")).split()
+    bits = _lanes.vector_bits(cpu_target.target_context)
+    assert bits == (512 if "avx512f" in flags else 256)
 
 
 def test_transpose_block_is_float32_only():
