@@ -42,13 +42,14 @@ def _row_pointer(builder, at, stride, i, vty):
 
 
 def halve_in_rounds(builder, rows):
-    """The 16 LLVM vectors ``rows`` (16 lanes each) summed lane by lane: one vector whose
-    lane c is the sum of the lanes of ``rows[c]``.  Round k pairs vector a (bit k of a
-    clear) with vector a + 2^k and keeps, in each lane c, the sum of lanes c and c xor 2^k
-    of the first if bit k of c is clear, of the second if it is set (two shuffles and an add
-    per pair; the adds carry no fast-math flags, so the kernel's are theirs)."""
-    w = WIDTH
-    for k in range(4):
+    """The n LLVM vectors ``rows`` (n lanes each, n a power of two: 16 in the kernels, 8 in
+    :func:`add_lane_sums` on AVX2) summed lane by lane: one vector whose lane c is the sum
+    of the lanes of ``rows[c]``.  Round k pairs vector a (bit k of a clear) with vector
+    a + 2^k and keeps, in each lane c, the sum of lanes c and c xor 2^k of the first if bit
+    k of c is clear, of the second if it is set (two shuffles and an add per pair; the adds
+    carry no fast-math flags, so the kernel's are theirs)."""
+    w = len(rows)
+    for k in range(w.bit_length() - 1):
         bit = 1 << k
         own = [c if not c & bit else w + c for c in range(w)]  # lane c of a or of b
         other = [c ^ bit if not c & bit else w + (c ^ bit) for c in range(w)]
@@ -60,43 +61,74 @@ def halve_in_rounds(builder, rows):
     return rows[0]
 
 
-@intrinsic
-def add_lane_sums(typingctx, src, r0, dst, k0):
-    """``dst[k0 + i] += src[r0 + i, :16].sum()`` for i < 16, and those 16 rows of ``src``
-    set to zero: the sums of 16 vectors, one per row, as one vector.
+def _make_add_lane_sums(piece=None):
+    """:func:`add_lane_sums`, halving vectors of ``piece`` lanes (16 or 8; None: 16 on CPUs
+    with 512-bit vectors, else 8)."""
 
-    ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D and contiguous (its
-    Numba type says so), both float32; the indices are not checked.  The 16 rows are
-    loaded as vectors and halved in 4 rounds (:func:`halve_in_rounds`): 30 shuffles and
-    15 adds for 16 rows, where a sum across one vector's lanes takes 4 shuffles and 4 adds.
-    """
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.ndim == 2 and dst.ndim == 1 and dst.layout == "C"
-            and src.dtype == dst.dtype == types.float32):
-        return None
-    sig = types.void(src, types.intp, dst, types.intp)
-    w = WIDTH
+    @intrinsic
+    def add_lane_sums(typingctx, src, r0, dst, k0):
+        """``dst[k0 + i] += src[r0 + i, :16].sum()`` for i < 16, and those 16 rows of ``src``
+        set to zero: the sums of 16 vectors, one per row, as one vector.
 
-    def codegen(context, builder, signature, args):
-        s, r0, d, k0 = args
-        vty = ir.VectorType(context.get_value_type(types.float32), w)
-        i64 = ir.IntType(64)
-        zero_i = ir.Constant(i64, 0)
-        s_at, s_stride = _address(context, builder, src, s, r0, zero_i)
-        d_at, _ = _address(context, builder, dst, d, zero_i, k0)  # 1-D: entry k0
+        ``src`` is 2-D with contiguous rows (any row stride), ``dst`` 1-D and contiguous (its
+        Numba type says so), both float32; the indices are not checked.  With 512-bit
+        vectors the 16 rows are loaded as vectors and halved in 4 rounds
+        (:func:`halve_in_rounds`): 30 shuffles and 15 adds for 16 rows, where a sum across
+        one vector's lanes takes 4 shuffles and 4 adds.  With 256-bit vectors (AVX2) each
+        row's two halves are added first, and the 16 sums of 8 lanes are halved as two
+        groups of 8 in 3 rounds each, so that no more than 8 vectors are live.
+        """
+        if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+                and src.ndim == 2 and dst.ndim == 1 and dst.layout == "C"
+                and src.dtype == dst.dtype == types.float32):
+            return None
+        sig = types.void(src, types.intp, dst, types.intp)
+        w = WIDTH
 
-        def row_pointer(i):
-            return _row_pointer(builder, s_at, s_stride, i, vty)
+        def codegen(context, builder, signature, args):
+            s, r0, d, k0 = args
+            p = piece or vector_bits(context) // 32  # float32 lanes per vector
+            f32 = context.get_value_type(types.float32)
+            vty, pty = ir.VectorType(f32, w), ir.VectorType(f32, p)
+            i64 = ir.IntType(64)
+            zero_i = ir.Constant(i64, 0)
+            s_at, s_stride = _address(context, builder, src, s, r0, zero_i)
+            d_at, _ = _address(context, builder, dst, d, zero_i, k0)  # 1-D: entry k0
 
-        rows = [builder.load(row_pointer(j), align=4) for j in range(w)]
-        d_ptr = builder.inttoptr(d_at, vty.as_pointer())
-        builder.store(builder.fadd(builder.load(d_ptr, align=4), halve_in_rounds(builder, rows)),
-                      d_ptr, align=4)
-        zeros = ir.Constant(vty, [0.0] * w)
-        for j in range(w):
-            builder.store(zeros, row_pointer(j), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
+            def row_pointer(i, ty, at=s_at):
+                return _row_pointer(builder, at, s_stride, i, ty)
+
+            if p == w:
+                sums = halve_in_rounds(builder, [builder.load(row_pointer(j, vty), align=4)
+                                                 for j in range(w)])
+            else:  # rows of w lanes as w / p pieces of p lanes, added; then groups of p rows
+                rows = []
+                for j in range(w):
+                    total = None
+                    for q in range(0, w, p):
+                        at = builder.add(s_at, ir.Constant(i64, 4 * q))
+                        piece_j = builder.load(row_pointer(j, pty, at), align=4)
+                        total = piece_j if total is None else builder.fadd(total, piece_j)
+                    rows.append(total)
+                groups = [halve_in_rounds(builder, rows[g:g + p]) for g in range(0, w, p)]
+                while len(groups) > 1:  # concatenated: the sums of rows 0 .. w - 1
+                    n = 2 * groups[0].type.count
+                    groups = [builder.shuffle_vector(groups[a], groups[a + 1],
+                                                     ir.Constant(ir.VectorType(ir.IntType(32), n),
+                                                                 list(range(n))))
+                              for a in range(0, len(groups), 2)]
+                sums = groups[0]
+            d_ptr = builder.inttoptr(d_at, vty.as_pointer())
+            builder.store(builder.fadd(builder.load(d_ptr, align=4), sums), d_ptr, align=4)
+            zeros = ir.Constant(vty, [0.0] * w)
+            for j in range(w):
+                builder.store(zeros, row_pointer(j, vty), align=4)
+            return context.get_dummy_value()
+        return sig, codegen
+    return add_lane_sums
+
+
+add_lane_sums = _make_add_lane_sums()
 
 
 def vector_bits(context):

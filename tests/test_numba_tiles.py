@@ -114,9 +114,26 @@ def _lane_sums_at(src, r0, dst, k0):
     numba_tiles.add_lane_sums(src, r0, dst, k0)
 
 
-def test_add_lane_sums_against_numpy(rng):
+_lane_sums_8 = _lanes._make_add_lane_sums(8)
+_lane_sums_16 = _lanes._make_add_lane_sums(16)
+
+
+@njit
+def _lane_sums_at_8(src, r0, dst, k0):
+    _lane_sums_8(src, r0, dst, k0)
+
+
+@njit
+def _lane_sums_at_16(src, r0, dst, k0):
+    _lane_sums_16(src, r0, dst, k0)
+
+
+@pytest.mark.parametrize("lane_sums", [_lane_sums_at, _lane_sums_at_8, _lane_sums_at_16],
+                         ids=["this-cpu", "halves-of-8", "halves-of-16"])
+def test_add_lane_sums_against_numpy(rng, lane_sums):
     """16 rows of a strided source summed over their first 16 entries into 16 entries of the
-    destination (added to what is there) and set to zero; nothing else moves."""
+    destination (added to what is there) and set to zero; nothing else moves.  Both ways of
+    doing it (pieces of 8 lanes, for AVX2, or vectors of 16) on any CPU."""
     base = rng.standard_normal((60, 20)).astype(np.float32)
     base_before = base.copy()
     src = base[::2]  # a row stride of two rows, 20 entries per row
@@ -124,7 +141,7 @@ def test_add_lane_sums_against_numpy(rng):
     dst = rng.standard_normal(40).astype(np.float32)
     expected = dst.astype(np.float64)
     expected[7:7 + TILE] += before[3:3 + TILE, :TILE].astype(np.float64).sum(axis=1)
-    _lane_sums_at(src, 3, dst, 7)
+    lane_sums(src, 3, dst, 7)
     np.testing.assert_allclose(dst, expected, rtol=1e-6, atol=1e-6)
     untouched = np.ones(before.shape, bool)
     untouched[3:3 + TILE, :TILE] = False
