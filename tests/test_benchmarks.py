@@ -130,6 +130,11 @@ def test_rates_are_positive_and_below_the_machine_limit(quick_result):
     limit = head["machine_limit_G_per_s"]
     assert head["numba_forward_G_per_s"] < limit
     assert head["numba_backward_G_per_s"] < limit
+    limit_1 = head["machine_limit_1_thread_G_per_s"]  # the same kernels on one thread
+    assert head["numba_forward_1_thread_G_per_s"] < limit_1
+    assert head["numba_backward_1_thread_G_per_s"] < limit_1
+    assert head["forward_1_thread_fraction_of_limit"] == pytest.approx(
+        head["numba_forward_1_thread_G_per_s"] / limit_1)
     for row in quick_result["sweep"]:
         assert row["numba_forward_G_per_s"] > 0 and row["state_updates"] == (
             row["B"] * row["D"] * row["L"] * row["N"])

@@ -348,10 +348,11 @@ def run_headline(repeats, ref_dim_backward, limit):
     passes = [lambda: numba_cpu.selective_scan(**kw),
               lambda: numba_cpu.selective_scan_backward(dout, **kw)]
     t_fwd, t_bwd = alternating_blocks(passes, repeats)
-    threads = numba.get_num_threads()  # the same kernels on one thread: the per-core rate
-    numba.set_num_threads(1)
+    threads = numba.get_num_threads()  # the same kernels on one thread: the per-core rate,
+    numba.set_num_threads(1)  # and the limit kernel's on one thread beside it
     try:
         t_fwd_1, t_bwd_1 = alternating_blocks(passes, repeats)
+        limit_1 = machine_limit(n_up, repeats)
     finally:
         numba.set_num_threads(threads)
     t_plain = median_time(lambda: launch(
@@ -386,6 +387,8 @@ def run_headline(repeats, ref_dim_backward, limit):
         "machine_limit_G_per_s": limit,
         "forward_fraction_of_limit": g(t_fwd) / limit,
         "backward_fraction_of_limit": g(t_bwd) / limit,
+        "machine_limit_1_thread_G_per_s": limit_1,
+        "forward_1_thread_fraction_of_limit": g(t_fwd_1) / limit_1,
     }
 
 
@@ -739,7 +742,9 @@ def print_headline(h, machine):
           f"backward / forward = {h['backward_over_forward']:.2f}")
     print(f"on 1 thread: forward {h['numba_forward_1_thread_G_per_s']:.2f} G/s, backward "
           f"{h['numba_backward_1_thread_G_per_s']:.2f} G/s "
-          f"(backward / forward = {h['backward_over_forward_1_thread']:.2f})")
+          f"(backward / forward = {h['backward_over_forward_1_thread']:.2f}); machine limit "
+          f"{h['machine_limit_1_thread_G_per_s']:.2f} G/s, forward "
+          f"{h['forward_1_thread_fraction_of_limit']:.0%} of it")
 
 
 def main(argv=None, prog=None):
