@@ -9,7 +9,10 @@ of dB and dC (:func:`add_lane_sums`) and the transposes of their inputs
 per-step output ``y_t = <C_t, h_t>``, 16 steps at a time.
 
 The intrinsics here are called from ``@njit`` code only and check nothing at run time (the
-caller guarantees the indices).
+caller guarantees the indices).  Where the CPU that Numba compiles for has 256-bit vectors
+only (AVX2: 16 registers of 8 float32), 16 vectors of 16 lanes take all 32 register halves
+at once and go through the stack; there the transpose and the lane sums work in pieces of 8
+lanes (:func:`vector_bits` decides; chapter 11, "A CPU without AVX-512").
 """
 from __future__ import annotations
 
@@ -22,6 +25,13 @@ __all__ = ["WIDTH", "vector_bits", "halve_in_rounds", "add_lane_sums", "transpos
 #: lanes per vector, and vectors per sum or transpose: 16 float32 fill one AVX-512 register
 #: (float64 takes two, which LLVM handles as pairs)
 WIDTH = 16
+
+
+def vector_bits(context):
+    """The widest vectors, in bits, of the CPU that ``context`` (a Numba target context)
+    compiles for: 512 with AVX-512, else 256 (AVX2; the kernels assume at least that)."""
+    features = context.codegen().magic_tuple()[2].split(",")
+    return 512 if "+avx512f" in features else 256
 
 
 def _address(context, builder, aryty, ary, row, col):
@@ -129,13 +139,6 @@ def _make_add_lane_sums(piece=None):
 
 
 add_lane_sums = _make_add_lane_sums()
-
-
-def vector_bits(context):
-    """The widest vectors, in bits, of the CPU that ``context`` (a Numba target context)
-    compiles for: 512 with AVX-512, else 256 (AVX2; the kernels assume at least that)."""
-    features = context.codegen().magic_tuple()[2].split(",")
-    return 512 if "+avx512f" in features else 256
 
 
 def _transpose_square(builder, rows):
