@@ -33,7 +33,9 @@ The algorithm (Cody and Waite's range reduction, a polynomial, a scaling):
    coefficients 1/j! need no fitting; a minimax fit would save one term.
 3. ``e^x = p * 2^k``: ``p`` lies in [0.70, 1.42], so adding ``k`` to its
    exponent field (``bits(p) + (k << 23)``, ``<< 52`` for float64) is the
-   multiplication by 2^k, exact.
+   multiplication by 2^k, exact.  (In float64, ``k`` is read off the bits of
+   ``k + 1.5 * 2^52`` rather than converted: a vector float64-to-int64
+   conversion needs AVX-512, and on AVX2 LLVM converted lane by lane.)
 
 Edges (branch-free selects, so they do not stop vectorization): results
 below the smallest *normal* number are flushed to 0 (x < -87.33 in float32,
@@ -154,6 +156,11 @@ _EXP = {
 }
 
 
+#: 1.5 * 2^52: a whole float64 number k (|k| < 2^51) added to it lands, as an integer, in the
+#: low bits of the sum (the float64 exponentials' conversion of k, see _exp_core)
+_ROUND_64 = 6755399441055744.0
+
+
 def _constants(x):
     """``_EXP``'s entry for the Numba type ``x``; None where the overloads do not apply."""
     if isinstance(x, types.Float) and x.bitwidth in _EXP:
@@ -194,7 +201,24 @@ def _exp_core_impl(xc):
         for j in range(degree - 1, -1, -1):  # unrolled by LLVM: constant trip count
             p = _fma(p, r, poly[j])  # e^r, in [0.70, 1.42] at the end
         return from_bits(bits(p) + (int_t(kf) << shift))  # p * 2^k
-    return impl
+
+    # float64 -> int64 has a vector instruction only with AVX-512 (vcvttpd2qq): on AVX2
+    # LLVM converts lane by lane (4 scalar conversions and 7 moves and shuffles per vector).
+    # kf is a whole number, so adding 1.5 * 2^52 puts it, as a two's-complement integer,
+    # into the low bits of the sum: the bits of the sum less the bits of 1.5 * 2^52 are k,
+    # by two vector instructions and the same on every CPU.
+    round_bits = np.float64(_ROUND_64).view(np.int64)  # 0x4338000000000000
+
+    def impl_64(xc):
+        kf = np.floor(_fma(xc, log2e, half))
+        r = _fma(-kf, ln2_hi, xc)
+        r = _fma(-kf, ln2_lo, r)
+        p = poly[degree]
+        for j in range(degree - 1, -1, -1):
+            p = _fma(p, r, poly[j])
+        k = bits(kf + _ROUND_64) - round_bits  # int64(kf), |kf| <= 1025 after the clamp
+        return from_bits(bits(p) + (k << shift))
+    return impl_64 if xc.bitwidth == 64 else impl
 
 
 def fast_exp(x):

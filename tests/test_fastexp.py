@@ -7,6 +7,7 @@ counted in ulp of the result's dtype.
 from __future__ import annotations
 
 import math
+import platform
 import time
 
 import numpy as np
@@ -202,6 +203,25 @@ def test_vectorized_exp_is_faster_than_libm():
         return min(times)
 
     assert best(_serial_fast) < best(_serial_libm)
+
+
+@njit(fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
+def _exp_sigmoid_64(x, out):  # the kernels' fastmath flags
+    for i in range(x.size):
+        out[i] = fast_exp(x[i]) + fast_sigmoid(x[i])
+
+
+def test_float64_exp_converts_k_without_scalar_instructions():
+    """k reaches the exponent bits by vector instructions.  ``int64(k)`` of a float64 has a
+    vector form only with AVX-512 (``vcvttpd2qq``); without it (AVX2) LLVM converted lane
+    by lane with ``vcvttsd2si``, a quarter of the float64 exponential's instructions."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86 instruction is looked for")
+    x = np.zeros(64)
+    _exp_sigmoid_64(x, np.empty_like(x))
+    asm = "\n".join(_exp_sigmoid_64.inspect_asm().values())
+    assert "pd" in asm  # packed double: the loop is vectorized
+    assert "cvttsd2si" not in asm and "cvtsd2si" not in asm
 
 
 @njit(fastmath={"contract", "reassoc", "nsz", "arcp"}, error_model="numpy")
