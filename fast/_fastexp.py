@@ -157,7 +157,7 @@ _EXP = {
 
 
 #: 1.5 * 2^52: a whole float64 number k (|k| < 2^51) added to it lands, as an integer, in the
-#: low bits of the sum (the float64 exponentials' conversion of k, see _exp_core)
+#: low bits of the sum (the float64 exponentials' conversion of k, see _whole_to_int)
 _ROUND_64 = 6755399441055744.0
 
 
@@ -190,7 +190,7 @@ def _exp_core_impl(xc):
     if c is None:
         return None
     log2e, half, ln2_hi, ln2_lo = c["log2e"], c["half"], c["ln2_hi"], c["ln2_lo"]
-    bits, from_bits, int_t, shift = c["bits"], c["from_bits"], c["int_t"], c["shift"]
+    bits, from_bits, shift = c["bits"], c["from_bits"], c["shift"]
     poly, degree = c["poly"], len(c["poly"]) - 1
 
     def impl(xc):
@@ -200,25 +200,37 @@ def _exp_core_impl(xc):
         p = poly[degree]  # Horner: p = (...(c_deg r + c_deg-1) r + ...) r + c_0
         for j in range(degree - 1, -1, -1):  # unrolled by LLVM: constant trip count
             p = _fma(p, r, poly[j])  # e^r, in [0.70, 1.42] at the end
-        return from_bits(bits(p) + (int_t(kf) << shift))  # p * 2^k
+        return from_bits(bits(p) + (_whole_to_int(kf) << shift))  # p * 2^k
+    return impl
 
-    # float64 -> int64 has a vector instruction only with AVX-512 (vcvttpd2qq): on AVX2
-    # LLVM converts lane by lane (4 scalar conversions and 7 moves and shuffles per vector).
-    # kf is a whole number, so adding 1.5 * 2^52 puts it, as a two's-complement integer,
-    # into the low bits of the sum: the bits of the sum less the bits of 1.5 * 2^52 are k,
-    # by two vector instructions and the same on every CPU.
+
+def _whole_to_int(kf):
+    """The whole number ``kf`` (a float32 or float64) as an integer of the same width.
+
+    float32 -> int32 is one vector instruction on AVX2.  float64 -> int64 has a vector
+    instruction only with AVX-512 (``vcvttpd2qq``): on AVX2 LLVM converts lane by lane (4
+    scalar conversions and 7 moves and shuffles per vector).  So inside Numba a float64 is
+    added to 1.5 * 2^52, which puts it, as a two's-complement integer, into the low bits of
+    the sum: the bits of the sum less the bits of 1.5 * 2^52 are ``kf``, by two vector
+    instructions on every CPU (exact for ``|kf| < 2^51``).  From Python it is ``int``.
+    """
+    return int(kf)
+
+
+@overload(_whole_to_int, inline="always", fastmath=_FM,
+          jit_options={"fastmath": _FM, "error_model": "numpy"})
+def _whole_to_int_impl(kf):
+    c = _constants(kf)
+    if c is None:
+        return None
+    int_t, bits = c["int_t"], c["bits"]
+    if kf.bitwidth == 32:
+        return lambda kf: int_t(kf)
     round_bits = np.float64(_ROUND_64).view(np.int64)  # 0x4338000000000000
 
-    def impl_64(xc):
-        kf = np.floor(_fma(xc, log2e, half))
-        r = _fma(-kf, ln2_hi, xc)
-        r = _fma(-kf, ln2_lo, r)
-        p = poly[degree]
-        for j in range(degree - 1, -1, -1):
-            p = _fma(p, r, poly[j])
-        k = bits(kf + _ROUND_64) - round_bits  # int64(kf), |kf| <= 1025 after the clamp
-        return from_bits(bits(p) + (k << shift))
-    return impl_64 if xc.bitwidth == 64 else impl
+    def impl(kf):
+        return bits(kf + _ROUND_64) - round_bits
+    return impl
 
 
 def fast_exp(x):
