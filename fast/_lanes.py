@@ -108,26 +108,24 @@ def _make_add_lane_sums(piece=None):
             def row_pointer(i, ty, at=s_at):
                 return _row_pointer(builder, at, s_stride, i, ty)
 
-            if p == w:
-                sums = halve_in_rounds(builder, [builder.load(row_pointer(j, vty), align=4)
-                                                 for j in range(w)])
-            else:  # rows of w lanes as w / p pieces of p lanes, added; then groups of p rows
-                rows = []
-                for j in range(w):
-                    total = None
-                    for q in range(0, w, p):
-                        at = builder.add(s_at, ir.Constant(i64, 4 * q))
-                        piece_j = builder.load(row_pointer(j, pty, at), align=4)
-                        total = piece_j if total is None else builder.fadd(total, piece_j)
-                    rows.append(total)
-                groups = [halve_in_rounds(builder, rows[g:g + p]) for g in range(0, w, p)]
-                while len(groups) > 1:  # concatenated: the sums of rows 0 .. w - 1
-                    n = 2 * groups[0].type.count
-                    groups = [builder.shuffle_vector(groups[a], groups[a + 1],
-                                                     ir.Constant(ir.VectorType(ir.IntType(32), n),
-                                                                 list(range(n))))
-                              for a in range(0, len(groups), 2)]
-                sums = groups[0]
+            # each row of w lanes as w / p pieces of p lanes, added (one piece when p = w);
+            # then the rows halved in groups of p, and the groups' sums concatenated
+            rows = []
+            for j in range(w):
+                total = None
+                for q in range(0, w, p):
+                    at = builder.add(s_at, ir.Constant(i64, 4 * q))
+                    piece_j = builder.load(row_pointer(j, pty, at), align=4)
+                    total = piece_j if total is None else builder.fadd(total, piece_j)
+                rows.append(total)
+            groups = [halve_in_rounds(builder, rows[g:g + p]) for g in range(0, w, p)]
+            while len(groups) > 1:
+                n = 2 * groups[0].type.count
+                groups = [builder.shuffle_vector(groups[a], groups[a + 1],
+                                                 ir.Constant(ir.VectorType(ir.IntType(32), n),
+                                                             list(range(n))))
+                          for a in range(0, len(groups), 2)]
+            sums = groups[0]
             d_ptr = builder.inttoptr(d_at, vty.as_pointer())
             builder.store(builder.fadd(builder.load(d_ptr, align=4), sums), d_ptr, align=4)
             zeros = ir.Constant(vty, [0.0] * w)
