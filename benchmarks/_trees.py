@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fast", "ssm_ref")
 
-__all__ = ["ROOT", "commit_of", "copy_packages", "run_text", "run_in", "check_not_checkout"]
+__all__ = ["ROOT", "commit_of", "copy_packages", "run_text", "run_in", "Server",
+           "check_not_checkout"]
 
 
 def commit_of(rev):
@@ -53,12 +54,17 @@ def copy_packages(dest, rev=None):
     return dest
 
 
+def _env(tree):
+    """The environment of a run of the version in ``tree``: it first on ``PYTHONPATH``, its own
+    Numba cache."""
+    return dict(os.environ, PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(Path(tree) / ".numba_cache"))
+
+
 def run_text(tree, script, *args):
     """Run ``python script args`` with the version in ``tree``; what it prints.  A failing
     run stops the script with the run's error output."""
-    env = dict(os.environ, PYTHONPATH=str(tree), NUMBA_CACHE_DIR=str(Path(tree) / ".numba_cache"))
-    run = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=tree, env=env,
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=tree,
+                         env=_env(tree), capture_output=True, text=True)
     if run.returncode:
         raise SystemExit(f"{Path(script).name} {' '.join(map(str, args))} in {tree} failed:\n"
                          f"{run.stderr}")
@@ -68,6 +74,49 @@ def run_text(tree, script, *args):
 def run_in(tree, script, *args):
     """:func:`run_text`, and the last word it printed as a float (a time)."""
     return float(run_text(tree, script, *args).split()[-1])
+
+
+class Server:
+    """``python script args`` with the version in ``tree``, kept running: :meth:`ask` sends it a
+    line and returns the float that it prints back (one line per request), so that two
+    versions can take turns measurement by measurement, each in its own process and with
+    its kernels compiled or loaded once.  The script answers each line of its standard
+    input and ends at its end (:meth:`close`).  A server that stops or prints something
+    else stops the script with its error output."""
+
+    def __init__(self, tree, script, *args):
+        self.name = f"{Path(script).name} {' '.join(map(str, args))} in {tree}"
+        self.proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=tree,
+                                     env=_env(tree), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ask(self, line="go"):
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has stopped: the answer below is empty
+        answer = self.proc.stdout.readline()
+        try:
+            return float(answer)
+        except ValueError:
+            self.proc.kill()
+            raise SystemExit(f"{self.name} failed (answered {answer.strip()!r}):\n"
+                             f"{self.proc.stderr.read()}") from None
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.proc.kill()
+        self.close()
 
 
 def check_not_checkout(module):

@@ -3,14 +3,23 @@
 Usage (from the repository's root; a few minutes on 2 cores)::
 
     python benchmarks/compare_revisions.py HEAD~1
-    python benchmarks/compare_revisions.py main --cases tiny vmamba --threads 1 --rounds 5
+    python benchmarks/compare_revisions.py main --cases tiny vmamba --threads 1 --rounds 9
 
 Before a kernel change is kept, its gain has to stand out from the spread of single
-runs (5-10 % on the virtual machine of chapter 11).  This runs the library as committed
-at the revision and as it is in the working tree, each a copy in its own folder with its
-own Numba cache, one process per measurement, the two versions taking turns round by
-round, and prints the median of the rounds' medians, their range and the ratio
-(revision / working tree: above 1, the working tree is faster).
+runs.  This runs the library as committed at the revision and as it is in the working
+tree, each a copy in its own folder with its own Numba cache and in its own process, and
+the two processes take turns: in each round each version times ``--repeats`` calls of the
+case (their median), the one that goes first alternating from round to round.  It prints
+the median of the rounds' medians, their range, the ratio of the two medians and the median
+of the rounds' own ratios (revision / working tree: above 1, the working tree is faster).
+
+The rounds' own ratios are the figure to read on a shared machine.  On the virtual machines
+of chapter 11 the speed of the whole CPU changes in phases of seconds to minutes (the
+exp + FMA limit of the scan benchmark, which only computes, moved between 4.6 and 2.3 G/s
+from one minute to the next): two measurements a second apart share the phase, two in
+processes started one after the other often do not.  Each version's process stays up for
+all of a case's rounds (``benchmarks/_trees.py``'s ``Server``), so a round's two
+measurements are about a second apart.
 
 The cases are the scans that the library's users run most (``fast.selective_scan`` and
 ``fast.selective_scan_backward`` with ``backend="numba"``, float32 unless said):
@@ -43,7 +52,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _trees import ROOT, check_not_checkout, commit_of, copy_packages, run_in  # noqa: E402
+from _trees import ROOT, Server, check_not_checkout, commit_of, copy_packages  # noqa: E402
 
 #: (batch, dim, length, dstate, groups of B and C or None for variable B and C with z, dtype)
 CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
@@ -83,17 +92,31 @@ def case_call(case, pass_name):
     return lambda: fast.selective_scan_backward(dout, **kw, backend="numba")
 
 
-def worker(case, pass_name, threads, repeats):
-    """In a version's process: the median time (µs) of ``repeats`` calls."""
+def serve(case, pass_name, threads, repeats, lines=sys.stdin, out=sys.stdout,
+          check=check_not_checkout):
+    """A version's process: the case's pass made ready (compiled or loaded, run once), then for
+    each line of ``lines`` the median time (µs) of ``repeats`` calls, one line of ``out``.
+    ``check`` stops a process that imported the checkout's ``fast`` instead of its copy."""
     import numba
 
     import fast
     from fast.bench.scan import median_time
     from ssm_ref._malloc import keep_freed_memory
-    check_not_checkout(fast)
+    check(fast)
     keep_freed_memory()
     numba.set_num_threads(threads)
-    return 1e6 * median_time(case_call(case, pass_name), repeats)
+    call = case_call(case, pass_name)
+    call()
+    for _ in lines:
+        print(f"{1e6 * median_time(call, repeats):.1f}", file=out, flush=True)
+
+
+def paired(times):
+    """The rounds' own ratios (revision / working tree) of a case's times ``{"rev": [...],
+    "tree": [...]}``: their median, smallest and largest."""
+    import numpy as np
+    ratios = np.asarray(times["rev"]) / np.asarray(times["tree"])
+    return float(np.median(ratios)), float(ratios.min()), float(ratios.max())
 
 
 def main(argv=None):
@@ -103,19 +126,20 @@ def main(argv=None):
     parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
                         help="Numba thread counts (1 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs (3)")
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="rounds: each version times the case once per round (9)")
     parser.add_argument("--repeats", type=int, default=0,
                         help="timed calls per run (default: about half a second's worth)")
     parser.add_argument("--out", type=Path, help="a folder for the JSON")
     parser.add_argument("--name", default="compare_revisions_cpu.json",
                         help="the JSON's file name in --out (compare_revisions_cpu.json): one "
                              "per comparison the book quotes")
-    parser.add_argument("--worker", nargs=4, metavar=("CASE", "PASS", "THREADS", "REPEATS"),
+    parser.add_argument("--serve", nargs=4, metavar=("CASE", "PASS", "THREADS", "REPEATS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        case, pass_name, threads, repeats = args.worker
-        print(f"{worker(case, pass_name, int(threads), int(repeats)):.1f}")
+    if args.serve:
+        case, pass_name, threads, repeats = args.serve
+        serve(case, pass_name, int(threads), int(repeats))
         return None
     if Path(args.name).name != args.name or not args.name.endswith(".json"):
         parser.error(f"--name takes a file name ending in .json, not {args.name!r}")
@@ -137,34 +161,39 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"rev": copy_packages(Path(scratch) / "rev", commit),
                  "tree": copy_packages(Path(scratch) / "tree")}
-        for rnd in range(args.rounds):
-            for run in runs:
-                case, pass_name, threads = run
-                repeats = args.repeats or REPEATS[case]
-                for version, tree in trees.items():
-                    us = run_in(tree, script, args.rev, "--worker", case, pass_name, threads,
-                                repeats)
-                    times[run][version].append(us)
-                print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
-                      f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
-                      f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
-    print(f"\nmedians of the rounds' medians in µs (their range); ratio: "
-          f"{args.rev} / working tree")
+        for run in runs:
+            case, pass_name, threads = run
+            repeats = args.repeats or REPEATS[case]
+            with Server(trees["rev"], script, args.rev, "--serve", case, pass_name, threads,
+                        repeats) as rev, \
+                    Server(trees["tree"], script, args.rev, "--serve", case, pass_name,
+                           threads, repeats) as tree:
+                servers = {"rev": rev, "tree": tree}
+                for rnd in range(args.rounds):
+                    for version in ("rev", "tree") if rnd % 2 == 0 else ("tree", "rev"):
+                        times[run][version].append(servers[version].ask())
+                    print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
+                          f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
+                          f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
+    print(f"\nmedians of the rounds' medians in µs (their range); ratio: {args.rev} / "
+          f"working tree, of the two medians and the median of the rounds' own (their range)")
     print(f"{'case':9s} {'pass':9s} {'threads':>7s} {args.rev:>24s} {'working tree':>24s}"
-          f" {'ratio':>6s} {'G updates/s':>12s}")
+          f" {'ratio':>6s} {'rounds' + chr(39) + ' own':>18s} {'G updates/s':>12s}")
     rows = []
     for (case, pass_name, threads), t in times.items():
         rev_us, tree_us = float(np.median(t["rev"])), float(np.median(t["tree"]))
+        own, own_lo, own_hi = paired(t)
         batch, dim, length, dstate, _, _ = CASES[case]
         rate = updates(batch, dim, length, dstate) / (tree_us * 1e-6) / 1e9
         print(f"{case:9s} {pass_name:9s} {threads:7d} "
               f"{rev_us:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
               f"{tree_us:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
-              f"{rev_us / tree_us:6.2f} {rate:12.2f}")
+              f"{rev_us / tree_us:6.2f} {own:6.2f} ({own_lo:4.2f}-{own_hi:4.2f}) {rate:12.2f}")
         rows.append({"case": case, "pass": pass_name, "threads": threads,
                      "shape": dict(zip(("batch", "dim", "length", "dstate", "groups",
                                         "dtype"), CASES[case])),
-                     "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us})
+                     "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us,
+                     "paired_ratio": own, "paired_range": [own_lo, own_hi]})
     if args.out:
         finish({"machine": machine, "rev": commit, "rounds": args.rounds, "rows": rows},
                args.out / args.name, t_start)

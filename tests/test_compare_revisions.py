@@ -66,6 +66,41 @@ def test_a_failing_run_stops_with_its_error_output(trees, tmp_path):
         trees.run_in(tmp_path, bad)
 
 
+def test_a_server_answers_each_line_and_ends_with_its_input(trees, tmp_path):
+    """Server: one float back per line sent, in order, from one process (its state lives on);
+    closed, the process has ended."""
+    script = tmp_path / "count.py"
+    script.write_text("import sys\nn = 0\nfor line in sys.stdin:\n"
+                      "    n += 1\n    print(n * float(sys.argv[1]), flush=True)\n")
+    with trees.Server(tmp_path, script, 2.5) as server:
+        assert [server.ask() for _ in range(3)] == [2.5, 5.0, 7.5]
+    assert server.proc.returncode == 0
+
+
+def test_a_failing_server_stops_with_its_error_output(trees, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nsys.stdin.readline()\nraise RuntimeError('kernel exploded')\n")
+    with pytest.raises(SystemExit, match="(?s)answered ''.*kernel exploded"):
+        with trees.Server(tmp_path, bad) as server:
+            server.ask()
+
+
+def test_a_serving_version_times_its_case_once_per_line():
+    """serve: the case made ready once, then a positive time (µs) per request line; the
+    rounds' own ratios come out as their median and range."""
+    import io
+
+    import numba
+    compare = script_module(SCRIPT, "compare_revisions")
+    out = io.StringIO()
+    threads = numba.get_num_threads()  # as it is: serve sets it for the whole process
+    compare.serve("tiny", "forward", threads, 3, lines=["go\n", "go\n"], out=out,
+                  check=lambda module: None)  # the test runs the checkout itself
+    times = [float(x) for x in out.getvalue().split()]
+    assert len(times) == 2 and min(times) > 0
+    assert compare.paired({"rev": [2.0, 3.0, 8.0], "tree": [1.0, 2.0, 2.0]}) == (2.0, 1.5, 4.0)
+
+
 def test_a_worker_that_imported_the_checkout_stops(trees):
     import fast
     with pytest.raises(SystemExit, match="imported the checkout"):
