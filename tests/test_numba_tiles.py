@@ -51,23 +51,15 @@ def structure(kw):
 # the block transpose
 # ---------------------------------------------------------------------------
 
-@njit
-def _transpose_at(src, r0, c0, dst, q0, k0):
-    numba_tiles.transpose_block(src, r0, c0, dst, q0, k0)
+def _transpose_with(transpose):
+    """A jitted function that calls the intrinsic ``transpose`` (intrinsics run only inside
+    Numba)."""
+    return njit(lambda src, r0, c0, dst, q0, k0: transpose(src, r0, c0, dst, q0, k0))
 
 
-_transpose_8 = _lanes._make_transpose_block(8)
-_transpose_16 = _lanes._make_transpose_block(16)
-
-
-@njit
-def _transpose_at_8(src, r0, c0, dst, q0, k0):
-    _transpose_8(src, r0, c0, dst, q0, k0)
-
-
-@njit
-def _transpose_at_16(src, r0, c0, dst, q0, k0):
-    _transpose_16(src, r0, c0, dst, q0, k0)
+_transpose_at = _transpose_with(numba_tiles.transpose_block)
+_transpose_at_8 = _transpose_with(_lanes._make_transpose_block(8))
+_transpose_at_16 = _transpose_with(_lanes._make_transpose_block(16))
 
 
 @pytest.mark.parametrize("transpose", [_transpose_at, _transpose_at_8, _transpose_at_16],
@@ -109,23 +101,14 @@ def test_transpose_block_is_float32_only():
         _transpose_at(np.zeros((16, 16)), 0, 0, np.zeros((16, 16)), 0, 0)
 
 
-@njit
-def _lane_sums_at(src, r0, dst, k0):
-    numba_tiles.add_lane_sums(src, r0, dst, k0)
+def _lane_sums_with(add_lane_sums):
+    """A jitted function that calls the intrinsic ``add_lane_sums``."""
+    return njit(lambda src, r0, dst, k0: add_lane_sums(src, r0, dst, k0))
 
 
-_lane_sums_8 = _lanes._make_add_lane_sums(8)
-_lane_sums_16 = _lanes._make_add_lane_sums(16)
-
-
-@njit
-def _lane_sums_at_8(src, r0, dst, k0):
-    _lane_sums_8(src, r0, dst, k0)
-
-
-@njit
-def _lane_sums_at_16(src, r0, dst, k0):
-    _lane_sums_16(src, r0, dst, k0)
+_lane_sums_at = _lane_sums_with(numba_tiles.add_lane_sums)
+_lane_sums_at_8 = _lane_sums_with(_lanes._make_add_lane_sums(8))
+_lane_sums_at_16 = _lane_sums_with(_lanes._make_add_lane_sums(16))
 
 
 @pytest.mark.parametrize("lane_sums", [_lane_sums_at, _lane_sums_at_8, _lane_sums_at_16],
