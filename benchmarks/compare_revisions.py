@@ -34,6 +34,8 @@ The cases are the scans that the library's users run most (``fast.selective_scan
   L = 257, N = 8 (the pair kernels of ``fast.numba_pairs``).  Without a float64 case a
   change that made the float64 backward twice as slow went unseen for a session
   (chapter 11, "Two passes over a row instead of four");
+* ``tiny-f64``: tiny Vim 8x8's in float64, the scan of the default training step
+  (``ssm-ref train``; the pair kernels);
 * ``headline-f64``: the headline in float64, where the row kernels run (no tiles; N = 16,
   no pairs);
 * ``long-16`` and ``long-64``: rows too long for the row-by-row kernels, B = 1, D = 256,
@@ -61,12 +63,13 @@ CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
          "vmamba": (64, 192, 256, 8, 4, "float32"),
          "tiny": (64, 48, 17, 8, None, "float32"),
          "vim-f64": (64, 48, 257, 8, None, "float64"),
+         "tiny-f64": (64, 48, 17, 8, None, "float64"),
          "headline-f64": (1, 1536, 1024, 16, None, "float64"),
          "long-16": (1, 256, 65536, 16, None, "float32"),
          "long-64": (1, 256, 16384, 64, None, "float32")}
 #: timed calls per run of each case by default: about half a second's worth
-REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21, "headline-f64": 11,
-           "long-16": 5, "long-64": 5}
+REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21, "tiny-f64": 201,
+           "headline-f64": 11, "long-16": 5, "long-64": 5}
 PASSES = ("forward", "backward")
 
 
