@@ -81,8 +81,10 @@ class Server:
     line and returns the float that it prints back (one line per request), so that two
     versions can take turns measurement by measurement, each in its own process and with
     its kernels compiled or loaded once.  The script answers each line of its standard
-    input and ends at its end (:meth:`close`).  A server that stops or prints something
-    else stops the script with its error output."""
+    input and ends at its end (:meth:`close`); :meth:`wait` reads a line it prints
+    unasked (that it is ready: two servers started together compile at the same time, and
+    neither should time its first calls while the other still compiles).  A server that
+    stops or prints something else stops the script with its error output."""
 
     def __init__(self, tree, script, *args):
         self.name = f"{Path(script).name} {' '.join(map(str, args))} in {tree}"
@@ -91,6 +93,7 @@ class Server:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def ask(self, line="go"):
+        """Send ``line``; the float printed back."""
         try:
             self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
@@ -100,9 +103,18 @@ class Server:
         try:
             return float(answer)
         except ValueError:
-            self.proc.kill()
-            raise SystemExit(f"{self.name} failed (answered {answer.strip()!r}):\n"
-                             f"{self.proc.stderr.read()}") from None
+            self._fail(answer)
+
+    def wait(self, expected="ready"):
+        """Read the line ``expected``, printed without a request."""
+        answer = self.proc.stdout.readline()
+        if answer.strip() != expected:
+            self._fail(answer)
+
+    def _fail(self, answer):
+        self.proc.kill()
+        raise SystemExit(f"{self.name} failed (answered {answer.strip()!r}):\n"
+                         f"{self.proc.stderr.read()}")
 
     def close(self):
         self.proc.stdin.close()

@@ -7,19 +7,21 @@ Usage (from the repository's root; a few minutes on 2 cores)::
 
 Before a kernel change is kept, its gain has to stand out from the spread of single
 runs.  This runs the library as committed at the revision and as it is in the working
-tree, each a copy in its own folder with its own Numba cache and in its own process, and
-the two processes take turns: in each round each version times ``--repeats`` calls of the
-case (their median), the one that goes first alternating from round to round.  It prints
-the median of the rounds' medians, their range, the ratio of the two medians and the median
-of the rounds' own ratios (revision / working tree: above 1, the working tree is faster).
+tree, each a copy in its own folder with its own Numba cache.  In each round each version
+gets a new process (``benchmarks/_trees.py``'s ``Server``); once both have compiled or
+loaded the case, they take ``--turns`` turns, each timing ``--repeats`` calls (their
+median), the one that goes first alternating.  It prints the median of the rounds'
+medians, their range, the ratio of the two medians and the median of the rounds' own
+ratios (revision / working tree: above 1, the working tree is faster).
 
-The rounds' own ratios are the figure to read on a shared machine.  On the virtual machines
-of chapter 11 the speed of the whole CPU changes in phases of seconds to minutes (the
-exp + FMA limit of the scan benchmark, which only computes, moved between 4.6 and 2.3 G/s
-from one minute to the next): two measurements a second apart share the phase, two in
-processes started one after the other often do not.  Each version's process stays up for
-all of a case's rounds (``benchmarks/_trees.py``'s ``Server``), so a round's two
-measurements are about a second apart.
+The rounds' own ratios are the figure to read on a shared machine, for two reasons seen
+on the virtual machines of chapter 11.  The speed of the whole CPU changes in phases of
+a few seconds (the exp + FMA limit of the scan benchmark, which only computes, moved
+between 4.6 and 2.3 G/s within a minute): two measurements a second apart, as a round's
+turns are, share the phase more often than two processes started one after the other.  And one process can stay faster or slower than another running the same code
+(identical versions kept in two processes for all rounds measured a ratio of 1.26, 0.97 to
+1.36, for the headline backward on one thread, whose working set nearly fills the level-2
+cache: a guess is where its memory landed), so each round starts new ones.
 
 The cases are the scans that the library's users run most (``fast.selective_scan`` and
 ``fast.selective_scan_backward`` with ``backend="numba"``, float32 unless said):
@@ -100,9 +102,10 @@ def case_call(case, pass_name):
 
 def serve(case, pass_name, threads, repeats, lines=sys.stdin, out=sys.stdout,
           check=check_not_checkout):
-    """A version's process: the case's pass made ready (compiled or loaded, run once), then for
-    each line of ``lines`` the median time (µs) of ``repeats`` calls, one line of ``out``.
-    ``check`` stops a process that imported the checkout's ``fast`` instead of its copy."""
+    """A version's process: the case's pass made ready (compiled or loaded, run once) and
+    "ready" printed, then for each line of ``lines`` the median time (µs) of ``repeats``
+    calls, one line of ``out``.  ``check`` stops a process that imported the checkout's
+    ``fast`` instead of its copy."""
     import numba
 
     import fast
@@ -113,6 +116,7 @@ def serve(case, pass_name, threads, repeats, lines=sys.stdin, out=sys.stdout,
     numba.set_num_threads(threads)
     call = case_call(case, pass_name)
     call()
+    print("ready", file=out, flush=True)
     for _ in lines:
         print(f"{1e6 * median_time(call, repeats):.1f}", file=out, flush=True)
 
@@ -133,7 +137,9 @@ def main(argv=None):
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
                         help="Numba thread counts (1 2)")
     parser.add_argument("--rounds", type=int, default=9,
-                        help="rounds: each version times the case once per round (9)")
+                        help="rounds: a new process per version and case in each (9)")
+    parser.add_argument("--turns", type=int, default=4,
+                        help="turns of the two processes of a round (4)")
     parser.add_argument("--repeats", type=int, default=0,
                         help="timed calls per run (default: about half a second's worth)")
     parser.add_argument("--out", type=Path, help="a folder for the JSON")
@@ -149,9 +155,9 @@ def main(argv=None):
         return None
     if Path(args.name).name != args.name or not args.name.endswith(".json"):
         parser.error(f"--name takes a file name ending in .json, not {args.name!r}")
-    if args.rounds < 1 or args.repeats < 0 or min(args.threads) < 1:
-        parser.error(f"--rounds and --threads take positive numbers, --repeats one >= 0 "
-                     f"(got {args.rounds}, {args.threads}, {args.repeats})")
+    if args.rounds < 1 or args.turns < 1 or args.repeats < 0 or min(args.threads) < 1:
+        parser.error(f"--rounds, --turns and --threads take positive numbers, --repeats one "
+                     f">= 0 (got {args.rounds}, {args.turns}, {args.threads}, {args.repeats})")
     commit = commit_of(args.rev)  # the JSON's "rev": a name like HEAD moves on
     sys.path.insert(0, str(ROOT))  # the main process reads the checkout's fast.bench
 
@@ -167,20 +173,26 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         trees = {"rev": copy_packages(Path(scratch) / "rev", commit),
                  "tree": copy_packages(Path(scratch) / "tree")}
-        for run in runs:
-            case, pass_name, threads = run
-            repeats = args.repeats or REPEATS[case]
-            with Server(trees["rev"], script, args.rev, "--serve", case, pass_name, threads,
-                        repeats) as rev, \
-                    Server(trees["tree"], script, args.rev, "--serve", case, pass_name,
-                           threads, repeats) as tree:
-                servers = {"rev": rev, "tree": tree}
-                for rnd in range(args.rounds):
-                    for version in ("rev", "tree") if rnd % 2 == 0 else ("tree", "rev"):
-                        times[run][version].append(servers[version].ask())
-                    print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
-                          f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
-                          f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
+        for rnd in range(args.rounds):
+            for run in runs:
+                case, pass_name, threads = run
+                repeats = args.repeats or REPEATS[case]
+                turns = {"rev": [], "tree": []}
+                with Server(trees["rev"], script, args.rev, "--serve", case, pass_name,
+                            threads, repeats) as rev, \
+                        Server(trees["tree"], script, args.rev, "--serve", case, pass_name,
+                               threads, repeats) as tree:
+                    servers = {"rev": rev, "tree": tree}
+                    for server in servers.values():  # both compiled or loaded: nothing else runs
+                        server.wait("ready")
+                    for turn in range(args.turns):
+                        for version in ("rev", "tree") if turn % 2 == 0 else ("tree", "rev"):
+                            turns[version].append(servers[version].ask())
+                for version, us in turns.items():
+                    times[run][version].append(float(np.median(us)))
+                print(f"round {rnd + 1}: {case:8s} {pass_name:8s} {threads} thread(s): "
+                      f"{args.rev} {times[run]['rev'][-1]:9.0f} µs, working tree "
+                      f"{times[run]['tree'][-1]:9.0f} µs", flush=True)
     print(f"\nmedians of the rounds' medians in µs (their range); ratio: {args.rev} / "
           f"working tree, of the two medians and the median of the rounds' own (their range)")
     print(f"{'case':9s} {'pass':9s} {'threads':>7s} {args.rev:>24s} {'working tree':>24s}"

@@ -70,11 +70,15 @@ def test_a_server_answers_each_line_and_ends_with_its_input(trees, tmp_path):
     """Server: one float back per line sent, in order, from one process (its state lives on);
     closed, the process has ended."""
     script = tmp_path / "count.py"
-    script.write_text("import sys\nn = 0\nfor line in sys.stdin:\n"
+    script.write_text("import sys\nprint('ready', flush=True)\nn = 0\nfor line in sys.stdin:\n"
                       "    n += 1\n    print(n * float(sys.argv[1]), flush=True)\n")
     with trees.Server(tmp_path, script, 2.5) as server:
+        server.wait("ready")
         assert [server.ask() for _ in range(3)] == [2.5, 5.0, 7.5]
     assert server.proc.returncode == 0
+    with pytest.raises(SystemExit, match="answered 'ready'"):  # not the line expected
+        with trees.Server(tmp_path, script, 1.0) as server:
+            server.wait("set")
 
 
 def test_a_failing_server_stops_with_its_error_output(trees, tmp_path):
@@ -96,8 +100,9 @@ def test_a_serving_version_times_its_case_once_per_line():
     threads = numba.get_num_threads()  # as it is: serve sets it for the whole process
     compare.serve("tiny", "forward", threads, 3, lines=["go\n", "go\n"], out=out,
                   check=lambda module: None)  # the test runs the checkout itself
-    times = [float(x) for x in out.getvalue().split()]
-    assert len(times) == 2 and min(times) > 0
+    ready, *answers = out.getvalue().split()
+    times = [float(x) for x in answers]
+    assert ready == "ready" and len(times) == 2 and min(times) > 0
     assert compare.paired({"rev": [2.0, 3.0, 8.0], "tree": [1.0, 2.0, 2.0]}) == (2.0, 1.5, 4.0)
 
 
@@ -108,8 +113,9 @@ def test_a_worker_that_imported_the_checkout_stops(trees):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["HEAD", "--rounds", "0"], "--rounds and --threads take positive numbers"),
-    (["HEAD", "--threads", "0"], "--rounds and --threads take positive numbers"),
+    (["HEAD", "--rounds", "0"], "--rounds, --turns and --threads take positive numbers"),
+    (["HEAD", "--turns", "0"], "--rounds, --turns and --threads take positive numbers"),
+    (["HEAD", "--threads", "0"], "--rounds, --turns and --threads take positive numbers"),
     (["HEAD", "--cases", "huge"], "invalid choice: 'huge'"),
     (["HEAD", "--name", "../x.json"], "--name takes a file name ending in .json"),
     (["HEAD", "--name", "x.txt"], "--name takes a file name ending in .json"),
