@@ -18,10 +18,11 @@ The rounds' own ratios are the figure to read on a shared machine, for two reaso
 on the virtual machines of chapter 11.  The speed of the whole CPU changes in phases of
 a few seconds (the exp + FMA limit of the scan benchmark, which only computes, moved
 between 4.6 and 2.3 G/s within a minute): two measurements a second apart, as a round's
-turns are, share the phase more often than two processes started one after the other.  And one process can stay faster or slower than another running the same code
-(identical versions kept in two processes for all rounds measured a ratio of 1.26, 0.97 to
-1.36, for the headline backward on one thread, whose working set nearly fills the level-2
-cache: a guess is where its memory landed), so each round starts new ones.
+turns are, share the phase more often than two processes started one after the other.
+And one process can stay faster or slower than another running the same code (identical
+versions kept in two processes for all rounds measured a ratio of 1.26, 0.97 to 1.36, for
+the headline backward on one thread, whose working set nearly fills the level-2 cache: a
+guess is where its memory landed), so each round starts new ones.
 
 The cases are the scans that the library's users run most (``fast.selective_scan`` and
 ``fast.selective_scan_backward`` with ``backend="numba"``, float32 unless said):
@@ -52,6 +53,7 @@ the chapter's measurements, not part of the library.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -178,11 +180,10 @@ def main(argv=None):
                 case, pass_name, threads = run
                 repeats = args.repeats or REPEATS[case]
                 turns = {"rev": [], "tree": []}
-                with Server(trees["rev"], script, args.rev, "--serve", case, pass_name,
-                            threads, repeats) as rev, \
-                        Server(trees["tree"], script, args.rev, "--serve", case, pass_name,
-                               threads, repeats) as tree:
-                    servers = {"rev": rev, "tree": tree}
+                with contextlib.ExitStack() as stack:
+                    servers = {version: stack.enter_context(Server(
+                        tree, script, args.rev, "--serve", case, pass_name, threads, repeats))
+                        for version, tree in trees.items()}
                     for server in servers.values():  # both compiled or loaded: nothing else runs
                         server.wait("ready")
                     for turn in range(args.turns):
@@ -213,7 +214,8 @@ def main(argv=None):
                      "rev_us": t["rev"], "tree_us": t["tree"], "ratio": rev_us / tree_us,
                      "paired_ratio": own, "paired_range": [own_lo, own_hi]})
     if args.out:
-        finish({"machine": machine, "rev": commit, "rounds": args.rounds, "rows": rows},
+        finish({"machine": machine, "rev": commit, "rounds": args.rounds, "turns": args.turns,
+                "rows": rows},
                args.out / args.name, t_start)
     return rows
 
