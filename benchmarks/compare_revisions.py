@@ -4,6 +4,7 @@ Usage (from the repository's root; a few minutes on 2 cores)::
 
     python benchmarks/compare_revisions.py HEAD~1
     python benchmarks/compare_revisions.py main --cases tiny vmamba --threads 1 --rounds 9
+    python benchmarks/compare_revisions.py main --cases tiny-f64 --passes step
 
 Before a kernel change is kept, its gain has to stand out from the spread of single
 runs.  This runs the library as committed at the revision and as it is in the working
@@ -45,6 +46,13 @@ The cases are the scans that the library's users run most (``fast.selective_scan
   L = 65536, N = 16 and L = 16384, N = 64, variable B and C with z (the kernels in time
   blocks: chapter 11, "Throughput against L and N").
 
+``--passes step`` times one training step instead (``fast.bench.train``'s: forward,
+loss, backward, gradient clipping, AdamW; the numba backend with the fused inner path,
+BLAS on one thread) of the model each case's scan comes from: tiny Vim 8x8 for ``tiny``
+(float32) and ``tiny-f64``, tiny Vim 32x32 for ``vim-f64``, VMamba 32x32 for ``vmamba``;
+batch 64.  A change outside the scan (the convolution, the checks, the layouts) is judged
+there, paired like a kernel change.
+
 With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
 name, one per comparison the book quotes), the revision recorded as its commit's hash.
 This script is a tool for
@@ -75,6 +83,12 @@ CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
 REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21, "tiny-f64": 201,
            "headline-f64": 11, "long-16": 5, "long-64": 5}
 PASSES = ("forward", "backward")
+#: the training step each case's scan is taken from, the third pass ("step"; not in PASSES,
+#: which are the scan's): model, side of the square images, dtype (batch: the case's B)
+STEP_MODELS = {"tiny": ("vim", 8, "float32"), "tiny-f64": ("vim", 8, "float64"),
+               "vim-f64": ("vim", 32, "float64"), "vmamba": ("vmamba", 32, "float32")}
+#: timed steps per run: half a second's worth or more on 2 cores
+STEP_REPEATS = {"tiny": 35, "tiny-f64": 17, "vim-f64": 3, "vmamba": 3}
 
 
 def inputs(case):
@@ -94,12 +108,43 @@ def inputs(case):
 
 def case_call(case, pass_name):
     """The case's pass (``fast.selective_scan`` or ``fast.selective_scan_backward``,
-    ``backend="numba"``) as a function of no arguments, its inputs made once."""
+    ``backend="numba"``; or ``"step"``, :func:`training_step`) as a function of no
+    arguments, its inputs made once."""
     import fast
+    if pass_name == "step":
+        return training_step(case)
     kw, dout = inputs(case)
     if pass_name == "forward":
         return lambda: fast.selective_scan(**kw, backend="numba")
     return lambda: fast.selective_scan_backward(dout, **kw, backend="numba")
+
+
+def training_step(case):
+    """One training step (``fast.bench.train.make_step``: forward, loss, backward, clipping,
+    AdamW) of the model whose scan the case is, with the numba backend (the fused inner
+    path) and BLAS on one thread for the rest of the process, as ``ssm-ref train`` and
+    ``fast.bench.train`` run it; random images and labels, seeded."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from fast.bench.train import make_step
+    from ssm_ref.cli import resolve_backend
+    from ssm_ref.vision import build_model
+    if case not in STEP_MODELS:
+        raise ValueError(f"case {case!r} has no training step; the cases with one: "
+                         f"{', '.join(STEP_MODELS)}")
+    name, img, dtype = STEP_MODELS[case]
+    batch = CASES[case][0]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, img, img, 1)).astype(dtype)  # (B, H, W, C)
+    y = rng.integers(0, 10, batch)  # (B,)
+    fwd, bwd = resolve_backend("numba")
+    model = build_model(name, img_size=(img, img), in_chans=1, n_classes=10, seed=0,
+                        scan_fn=fwd, scan_backward_fn=bwd)
+    if dtype != "float64":
+        model.set_dtype(dtype)
+    threadpool_limits(limits=1, user_api="blas")  # called, not entered: for good
+    return make_step(model, x, y, dtype)
 
 
 def serve(case, pass_name, threads, repeats, lines=sys.stdin, out=sys.stdout,
@@ -135,7 +180,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare the working tree with")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--passes", nargs="+", choices=PASSES, default=list(PASSES))
+    parser.add_argument("--passes", nargs="+", choices=PASSES + ("step",),
+                        default=list(PASSES),
+                        help="forward, backward (the scan's; both by default) and step (one "
+                             "training step of the case's model: tiny, tiny-f64, vim-f64, "
+                             "vmamba)")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
                         help="Numba thread counts (1 2)")
     parser.add_argument("--rounds", type=int, default=9,
@@ -169,7 +218,11 @@ def main(argv=None):
     t_start, machine = (start(parser, args.out) if args.out
                         else (time.perf_counter(), machine_info()))
     print(machine_line(machine), flush=True)
-    runs = [(case, p, th) for case in args.cases for p in args.passes for th in args.threads]
+    runs = [(case, p, th) for case in args.cases for p in args.passes for th in args.threads
+            if p != "step" or case in STEP_MODELS]
+    if not runs:
+        parser.error(f"--passes step takes a case with a training step: "
+                     f"{', '.join(STEP_MODELS)} (got {', '.join(args.cases)})")
     times = {run: {"rev": [], "tree": []} for run in runs}
     script = Path(__file__).resolve()
     with tempfile.TemporaryDirectory() as scratch:
@@ -178,7 +231,8 @@ def main(argv=None):
         for rnd in range(args.rounds):
             for run in runs:
                 case, pass_name, threads = run
-                repeats = args.repeats or REPEATS[case]
+                repeats = args.repeats or (STEP_REPEATS if pass_name == "step"
+                                           else REPEATS)[case]
                 turns = {"rev": [], "tree": []}
                 with contextlib.ExitStack() as stack:
                     servers = {version: stack.enter_context(Server(
@@ -203,11 +257,12 @@ def main(argv=None):
         rev_us, tree_us = float(np.median(t["rev"])), float(np.median(t["tree"]))
         own, own_lo, own_hi = paired(t)
         batch, dim, length, dstate, _, _ = CASES[case]
-        rate = updates(batch, dim, length, dstate) / (tree_us * 1e-6) / 1e9
+        rate = ("-" if pass_name == "step"  # a step is more than the scan: no rate
+                else f"{updates(batch, dim, length, dstate) / (tree_us * 1e-6) / 1e9:.2f}")
         print(f"{case:9s} {pass_name:9s} {threads:7d} "
               f"{rev_us:9.0f} ({min(t['rev']):6.0f}-{max(t['rev']):6.0f}) "
               f"{tree_us:9.0f} ({min(t['tree']):6.0f}-{max(t['tree']):6.0f}) "
-              f"{rev_us / tree_us:6.2f} {own:6.2f} ({own_lo:4.2f}-{own_hi:4.2f}) {rate:12.2f}")
+              f"{rev_us / tree_us:6.2f} {own:6.2f} ({own_lo:4.2f}-{own_hi:4.2f}) {rate:>12s}")
         rows.append({"case": case, "pass": pass_name, "threads": threads,
                      "shape": dict(zip(("batch", "dim", "length", "dstate", "groups",
                                         "dtype"), CASES[case])),

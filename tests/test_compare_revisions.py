@@ -119,6 +119,8 @@ def test_a_worker_that_imported_the_checkout_stops(trees):
     (["HEAD", "--cases", "huge"], "invalid choice: 'huge'"),
     (["HEAD", "--name", "../x.json"], "--name takes a file name ending in .json"),
     (["HEAD", "--name", "x.txt"], "--name takes a file name ending in .json"),
+    (["HEAD", "--cases", "headline", "--passes", "step"],
+     "--passes step takes a case with a training step: tiny, tiny-f64"),
     (["no-such-rev-xyz", "--cases", "tiny", "--rounds", "1"], "no revision 'no-such-rev-xyz'"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message):
@@ -156,7 +158,32 @@ def test_a_case_call_runs_the_pass_it_names():
     np.testing.assert_array_equal(out, fast.selective_scan(**kw, backend="numba"))
     grads = compare.case_call("tiny", "backward")()
     expected = fast.selective_scan_backward(dout, **kw, backend="numba")
-    assert len(grads) == len(expected)
-    for g, e in zip(grads, expected):
-        if e is not None:
-            np.testing.assert_array_equal(g, e)
+    assert grads.keys() == expected.keys()
+    for name, e in expected.items():
+        if e is None:
+            assert grads[name] is None, name
+        else:
+            np.testing.assert_array_equal(grads[name], e, err_msg=name)
+
+
+def test_a_step_case_trains_the_model_its_scan_comes_from():
+    """case_call(case, "step"): one training step of the case's model, whose forward asks
+    the scan for the case's (B, D, L, N), each call an AdamW step (the loss moves); a case
+    without a model refuses "step" naming the cases that have one."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from ssm_ref.vision import build_model
+    compare = script_module(SCRIPT, "compare_revisions")
+    name, img, dtype = compare.STEP_MODELS["tiny-f64"]
+    config = build_model(name, img_size=(img, img), in_chans=1, n_classes=10).config
+    batch, dim, length, dstate, _, case_dtype = compare.CASES["tiny-f64"]
+    grid = img // config.patch_size
+    assert (dim, length, dstate, dtype) == (config.expand * config.embed_dim,
+                                            grid * grid + 1, config.d_state, case_dtype)
+    with threadpool_limits():  # the step limits BLAS for good: undone after the test
+        step = compare.case_call("tiny-f64", "step")
+        losses = [float(step()) for _ in range(3)]
+    assert all(np.isfinite(losses)) and len(set(losses)) == 3
+    with pytest.raises(ValueError, match="no training step; the cases with one: tiny, "):
+        compare.case_call("headline", "step")
