@@ -217,6 +217,37 @@ def test_numba_conv_matches_reference(rng, dtype, activation, with_bias, view):
             assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
 
 
+@DTYPES
+@pytest.mark.parametrize("shape", [(2, 3, 2, 4), (4, 7, 1, 3), (2, 5, 9, 1), (3, 41, 130, 4),
+                                   (1, 2, 2100, 4)],
+                         ids=["L<K", "L=1", "K=1", "blocks", "rows-over-a-block"])
+@pytest.mark.parametrize("view", ["contiguous", "channels-last", "flipped"])
+def test_numba_conv_rows_and_blocks_match_reference(rng, dtype, shape, view):
+    """The kernels take the rows a block of numba_fused._SILU_BLOCK elements at a time and
+    copy strided rows into scratch: rows shorter than the kernel, one step, one tap, blocks
+    with a remainder (41 x 130 rows, 15 per block), rows longer than a block; C-contiguous,
+    channels-last tokens (xz from (B, L, 2D)) and flipped views."""
+    batch, dim, length, k = shape
+    tokens = rng.standard_normal((batch, length, 2 * dim)).astype(dtype)  # (B, L, 2D)
+    xz = tokens.transpose(0, 2, 1)  # (B, 2D, L), channels last in memory
+    x = {"contiguous": np.ascontiguousarray(xz[:, :dim]), "channels-last": xz[:, :dim],
+         "flipped": xz[:, :dim, ::-1]}[view]
+    w = rng.standard_normal((dim, k)).astype(dtype)
+    b = rng.standard_normal(dim).astype(dtype)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    y = fast.causal_conv1d(x, w, b, "silu", backend="numba")
+    assert_close(y, sr.causal_conv1d(x64, w64, b64, "silu"), kind="backend", dtype=dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)[:, :, ::-1]  # a strided gradient too
+    got = fast.causal_conv1d_backward(dy, x, w, b, "silu", backend="numba")
+    want = sr.causal_conv1d_backward(dy.astype(np.float64), x64, w64, b64, "silu")
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
+    _, dw, db = fast.causal_conv1d_backward(dy, x, w, b, None, backend="numba")  # no SiLU
+    _, dw_ref, db_ref = sr.causal_conv1d_backward(dy.astype(np.float64), x64, w64, b64, None)
+    assert_close(dw, dw_ref, kind="backend", dtype=dtype)
+    assert_close(db, db_ref, kind="backend", dtype=dtype)
+
+
 def test_numba_conv_errors_are_the_reference_ones():
     for call in (lambda m: m.causal_conv1d(np.ones((1, 3, 5)), np.ones((2, 4))),
                  lambda m: m.causal_conv1d(np.ones((1, 3, 5)), np.ones((3, 4)), activation="gelu"),
