@@ -31,7 +31,7 @@ share: they name every missing, unknown or misshaped key.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, MutableMapping
+from collections.abc import ItemsView, Mapping, MutableMapping, ValuesView
 
 import numpy as np
 
@@ -44,6 +44,21 @@ __all__ = ["Module"]
 #: The pluggable scan functions and their reference defaults.
 _BACKEND_DEFAULTS = {"scan_fn": selective_scan, "scan_backward_fn": selective_scan_backward,
                      "state_update_fn": selective_state_update}
+
+
+class _WalkedItems(ItemsView):
+    """``Parameters.items()``: iterated by one walk of the module tree (the inherited view
+    looks every name up again through the tree, a walk per name)."""
+
+    def __iter__(self):
+        return self._mapping._module.named_parameters()
+
+
+class _WalkedValues(ValuesView):
+    """``Parameters.values()``, iterated by one walk of the module tree."""
+
+    def __iter__(self):
+        return (value for _, value in self._mapping._module.named_parameters())
 
 
 class Parameters(MutableMapping):
@@ -87,6 +102,12 @@ class Parameters(MutableMapping):
         except KeyError:
             return False
         return True
+
+    def items(self):
+        return _WalkedItems(self)
+
+    def values(self):
+        return _WalkedValues(self)
 
     def __repr__(self):
         return "Parameters({" + ", ".join(f"{k!r}: {v.shape}" for k, v in self.items()) + "})"

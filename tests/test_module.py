@@ -49,6 +49,22 @@ def test_params_view_reaches_the_array_the_block_computes_with(rng):
         del model.params[key]
 
 
+def test_params_items_and_values_walk_the_tree_in_state_dict_order():
+    """items() and values() (one walk of the tree, not a lookup per name) give what the
+    mapping gives name by name: the same arrays, in the same order, and act as views."""
+    model = build_model("vim", embed_dim=8, d_state=4, depth=2)
+    view = model.params
+    keys = list(view)
+    assert [k for k, _ in view.items()] == keys
+    assert all(a is view[k] for k, a in view.items())
+    assert all(a is view[k] for k, a in zip(keys, view.values()))
+    assert len(view.items()) == len(view.values()) == len(keys)
+    key = keys[3]
+    assert (key, view[key]) in view.items() and any(v is view[key] for v in view.values())
+    view[key] = np.zeros_like(view[key])  # a new array: the next walk sees it
+    assert dict(view.items())[key] is view[key]
+
+
 def test_load_state_dict_refuses_missing_extra_and_misshaped_keys_by_name():
     block = VimBlock(d_model=4, d_state=2)
     sd = block.state_dict()

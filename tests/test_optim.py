@@ -66,6 +66,85 @@ def test_adamw_matches_scalar_oracle(rng, dtype, wd):
     assert opt.t == n_steps
 
 
+def adamw_per_parameter(params, grads, lrs, beta1, beta2, eps, wd, no_wd, work):
+    """AdamW as a NumPy loop over the parameters, each in the working dtype ``work`` and
+    rounded to its own dtype after each step (the PyTorch pseudo-code, array by array)."""
+    m = {k: np.zeros(p.shape, work) for k, p in params.items()}
+    v = {k: np.zeros(p.shape, work) for k, p in params.items()}
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        for k, p in params.items():
+            gk = g[k].astype(work)
+            m[k] = beta1 * m[k] + (1.0 - beta1) * gk
+            v[k] = beta2 * v[k] + (1.0 - beta2) * (gk * gk)
+            p64 = p.astype(work)
+            p64 = p64 - lr * (0.0 if k in no_wd else wd) * p64
+            p64 = p64 - lr * (m[k] / (1.0 - beta1 ** t)) / (np.sqrt(v[k] / (1.0 - beta2 ** t))
+                                                             + eps)
+            p[...] = p64.astype(p.dtype)
+    return m, v
+
+
+@pytest.mark.parametrize("param_dtype, state_dtype", [(np.float64, np.float64),
+                                                      (np.float32, np.float64),
+                                                      (np.float32, np.float32)])
+def test_adamw_updates_all_parameters_as_one_vector_bit_for_bit(rng, param_dtype, state_dtype):
+    """The flat step (every parameter at once) is the per-parameter loop to the last bit, for
+    float32 training (state and arithmetic in float32) too; the state's arrays are views of
+    the flat moments, and an optimiser restored from a state dict mid-way ends the same."""
+    shapes = {"w": (3, 4), "b": (4,), "A_log": (2, 3), "scalar": ()}
+    start = {k: rng.standard_normal(s).astype(param_dtype) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s).astype(param_dtype) for k, s in shapes.items()}
+             for _ in range(6)]
+    lrs = [0.05, 0.2, 0.01, 0.1, 0.03, 0.07]
+    expected = {k: v.copy() for k, v in start.items()}
+    m, v = adamw_per_parameter(expected, grads, lrs, 0.8, 0.95, 1e-6, 0.3, {"A_log"},
+                               state_dtype)
+    params = {k: v.copy() for k, v in start.items()}
+    opt = AdamW(params, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.3,
+                no_weight_decay={"A_log"}, state_dtype=state_dtype)
+    for g, lr in zip(grads[:3], lrs[:3]):
+        opt.step(g, lr=lr)
+    restored = {k: p.copy() for k, p in params.items()}
+    opt2 = AdamW(restored, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.3,
+                 no_weight_decay={"A_log"}, state_dtype=state_dtype)
+    opt2.load_state_dict({k: np.array(x) for k, x in opt.state_dict().items()})
+    for g, lr in zip(grads[3:], lrs[3:]):
+        opt.step(g, lr=lr)
+        opt2.step(g, lr=lr)
+    for k in shapes:
+        for got in (params[k], restored[k]):
+            assert got.dtype == param_dtype
+            np.testing.assert_array_equal(got, expected[k], err_msg=k)
+        np.testing.assert_array_equal(opt.state["exp_avg"][k], m[k], err_msg=k)
+        np.testing.assert_array_equal(opt.state["exp_avg_sq"][k], v[k], err_msg=k)
+        assert opt.state["exp_avg"][k].dtype == state_dtype
+
+
+def test_adamw_reads_a_moment_set_by_hand(rng):
+    """An array put into ``state`` by hand replaces the flat moment's part (the flat buffers
+    are made again when the state's arrays are not their views)."""
+    p1, p2 = {"w": np.ones(3), "b": np.ones(2)}, {"w": np.ones(3), "b": np.ones(2)}
+    o1, o2 = AdamW(p1, lr=0.1), AdamW(p2, lr=0.1)
+    g = {"w": np.array([1.0, -2.0, 3.0]), "b": np.array([0.5, 0.5])}
+    o1.step(g)
+    o2.step(g)
+    o1.state["exp_avg"]["w"] = np.full(3, 7.0)  # by hand
+    o2.state["exp_avg"]["w"][...] = 7.0  # the same through the view
+    o1.step(g)
+    o2.step(g)
+    np.testing.assert_array_equal(p1["w"], p2["w"])
+    np.testing.assert_array_equal(o1.state["exp_avg"]["w"], o2.state["exp_avg"]["w"])
+
+
+def test_adamw_names_the_non_finite_gradient_and_changes_nothing(rng):
+    params = {"w": np.ones(3), "b": np.ones(2)}
+    opt = AdamW(params, lr=0.1)
+    with pytest.raises(ValueError, match=r"grads\['b'\] has 1 non-finite"):
+        opt.step({"w": np.ones(3), "b": np.array([1.0, np.nan])})
+    assert opt.t == 0 and not opt.state["exp_avg"]
+    np.testing.assert_array_equal(params["w"], np.ones(3))
+
+
 def test_adamw_excludes_named_parameters_from_decay(rng):
     params = {"w": rng.standard_normal(5), "A_log": rng.standard_normal(3), "D": np.ones(3)}
     start = {k: v.copy() for k, v in params.items()}
