@@ -161,7 +161,7 @@ def global_norm(arrays):
     xp = np
     for g in arrays.values():
         xp = array_module(g)
-        g64 = g.astype(xp.float64)
+        g64 = g.astype(xp.float64, copy=False)
         total = total + (g64 * g64).sum()
     norm = xp.sqrt(total)
     return float(norm) if xp is np else norm
@@ -211,9 +211,9 @@ def clip_grad_norm(grads, max_norm):
     norm = global_norm(grads)
     if isinstance(norm, float) and not math.isfinite(norm):
         raise ValueError(f"the global gradient norm is {norm}; cannot clip non-finite gradients")
-    for name, g in grads.items():
-        xp = array_module(g)
-        coef = xp.minimum(1.0, max_norm / (norm + 1e-6))  # () 1 when no clipping is needed
+    xp = array_module(*grads.values())
+    coef = xp.minimum(1.0, max_norm / (norm + 1e-6))  # () 1 when no clipping is needed
+    for g in grads.values():
         g *= xp.asarray(coef, dtype=g.dtype)
     return norm
 
