@@ -106,8 +106,9 @@ def _row_view(x, b, d, scratch):
     of ``xz``, channels-last tokens, a flipped sequence) is copied into
     ``scratch`` (L entries or more) and that is given.  Reading the taps from a
     strided row cost every tap a scalar load: copied once, the loops over it
-    vectorize (channels-last rows: 1.3-1.8 times as fast forward, 1.2-3 times
-    backward, the longer the rows the more; chapter 11).
+    vectorize (channels-last rows, with the blocks of :func:`_conv_fwd`: the
+    forward 1.04-1.96 times as fast, the backward 1.13-3.1 times, the longer
+    the rows the more; chapter 11, "Where the rest of a step goes").
     """
     raise NotImplementedError("_row_view runs inside Numba-compiled code only")
 
@@ -148,7 +149,7 @@ def _conv_fwd(x, weight, bias, silu, out, nchunks, block_rows):
     offset, so LLVM sees no negative index to wrap around and vectorizes it
     (as in fast.numba_cpu).  A SiLU loop per row cost Vim 8x8's rows (L = 17)
     a vector loop's set-up and a scalar remainder for every 17 elements: the
-    block's loop made the convolution 1.4 times as fast there.
+    block's loop made the convolution 1.1-1.4 times as fast there.
     """
     nb, nd, nl = x.shape
     K = weight.shape[1]
