@@ -140,3 +140,14 @@ def script_module(path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def script_refusal(path, *args):
+    """``(exit status, stderr)`` of the Python script ``path`` run with ``args`` from the
+    repository's root: how the benchmark scripts' tests check a bad command line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    run = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                         cwd=Path(path).resolve().parents[1])
+    return run.returncode, run.stderr

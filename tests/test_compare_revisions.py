@@ -3,10 +3,9 @@ the version comparisons time, and their errors (the timings themselves are bench
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
-from cases import script_module
+from cases import script_module, script_refusal
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "compare_revisions.py"
@@ -124,10 +123,8 @@ def test_a_worker_that_imported_the_checkout_stops(trees):
     (["no-such-rev-xyz", "--cases", "tiny", "--rounds", "1"], "no revision 'no-such-rev-xyz'"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message):
-    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                         cwd=ROOT)
-    assert run.returncode != 0
-    assert message in run.stderr
+    status, stderr = script_refusal(SCRIPT, *args)
+    assert status != 0 and message in stderr
 
 
 def test_every_case_has_its_dtype_and_shapes():

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from cases import script_module
+from cases import script_module, script_refusal
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "profile_loops.py"
@@ -109,9 +109,8 @@ def test_only_mapped_memory_is_copied(prof):
     (["--case", "huge"], "invalid choice: 'huge'"),
 ])
 def test_bad_arguments_are_refused_in_one_line(args, message):
-    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                         cwd=ROOT)
-    assert run.returncode == 2 and message in run.stderr
+    status, stderr = script_refusal(SCRIPT, *args)
+    assert status == 2 and message in stderr
 
 
 def _perf_can_sample():

@@ -3,11 +3,8 @@ compare equal and any other instruction compare different, the verdicts, and its
 end-to-end run compiles every scan kernel twice, minutes: it is run by hand)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from cases import script_module
+from cases import script_module, script_refusal
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "same_kernels.py"
@@ -70,10 +67,8 @@ def test_verdicts(same):
     (["no-such-rev-xyz", "--cases", "tiny"], "no revision 'no-such-rev-xyz'"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message):
-    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                         cwd=ROOT)
-    assert run.returncode != 0
-    assert message in run.stderr
+    status, stderr = script_refusal(SCRIPT, *args)
+    assert status != 0 and message in stderr
 
 
 def test_short_signature(same):

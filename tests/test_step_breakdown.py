@@ -2,11 +2,8 @@
 themselves are benchmarks)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from cases import script_module
+from cases import script_module, script_refusal
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "step_breakdown.py"
@@ -75,7 +72,5 @@ def test_a_step_is_broken_down_into_the_scan_and_the_rest(tool):
     (["--case", "headline"], "invalid choice: 'headline'"),
 ])
 def test_bad_arguments_get_one_clear_line(args, message):
-    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                         cwd=ROOT)
-    assert run.returncode != 0
-    assert message in run.stderr
+    status, stderr = script_refusal(SCRIPT, *args)
+    assert status != 0 and message in stderr
