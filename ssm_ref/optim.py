@@ -468,9 +468,10 @@ class AdamW(_Optimizer):
 
         All parameters are updated at once, as one flat vector (the moments live
         in two flat buffers; ``state[slot][name]`` are views of them): the same
-        arithmetic, element by element, as a loop over the parameters, in about
-        a tenth of its time for a model of a few dozen small arrays, where the
-        loop's per-array overhead was the cost (PyTorch's ``foreach`` idea).
+        arithmetic, element by element, as a loop over the parameters, without
+        the loop's dozen NumPy calls per array, which were the cost for a model
+        of a few dozen small arrays (tiny Vim's 41: 1.19 -> 0.49 ms a step;
+        PyTorch's ``foreach`` idea).
         """
         params = self._snapshot()
         self._check_grads(grads, finite=False, params=params)
