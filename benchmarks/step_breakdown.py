@@ -9,19 +9,21 @@ Usage (from the repository's root; about half a minute on 2 cores)::
 The step is ``compare_revisions.py``'s (``--passes step``): one training step of the
 model whose scan the case is (tiny Vim 8x8 for ``tiny`` and ``tiny-f64``, Vim 32x32 for
 ``vim-f64``, VMamba 32x32 for ``vmamba``), the numba backend with the fused inner path,
-BLAS on one thread.  While ``--steps`` steps run (after ``--warmup``), the clock is read
-around the public scan functions of ``fast.numba_cpu``, around the two parts of their
-Python that take time ("checks", ``_check_structure``: the reference's checks of shapes,
-dtypes and the small arrays; "layouts", ``_fitting_kernel_args``: the kernels' layouts of
-B and C, copies of strided inputs), and around every launch of a compiled kernel of
-``fast.numba_cpu`` and ``fast.numba_fused`` (by the kernel's name).  Each time is charged
-to the part it ran in, so the parts nest: a scan call holds its checks, its layouts (which
-may launch a copy kernel), its kernel and its own Python (the rest of its time: allocating
-the results, summing the threads' copies of the shared gradients, the screens, the
-casts).  The table gives, per part, its calls per step, the median over the steps of the
-time it took in each (ms) and that as a share of the step's median; "the rest" is the
-step less its top-level parts (NumPy's layers, AdamW, the Python of the models).  Medians
-over steps do not add up exactly.
+BLAS on one thread, glibc's malloc keeping freed memory (``ssm_ref._malloc``, as ``ssm-ref
+train`` and the other benchmarks run; without it a step whose footprint moves by a few MB
+can fault in a thousand pages, chapter 11).  While ``--steps`` steps run (after
+``--warmup``), the clock is read around the public scan functions of ``fast.numba_cpu``,
+around the two parts of their Python that take time ("checks", ``_check_structure``: the
+reference's checks of shapes, dtypes and the small arrays; "layouts",
+``_fitting_kernel_args``: the kernels' layouts of B and C, copies of strided inputs), and
+around every launch of a compiled kernel of ``fast.numba_cpu`` and ``fast.numba_fused``
+(by the kernel's name).  Each time is charged to the part it ran in, so the parts nest: a
+scan call holds its checks, its layouts (which may launch a copy kernel), its kernel and
+its own Python (the rest of its time: allocating the results, summing the threads' copies
+of the shared gradients, the screens, the casts).  The table gives, per part, its calls
+per step, the median over the steps of the time it took in each (ms) and that as a share
+of the step's median; "the rest" is the step less its top-level parts (NumPy's layers,
+AdamW, the Python of the models).  Medians over steps do not add up exactly.
 
 What is not timed here: the scan's kernels cannot be cheaper than the machine allows
 (``bench_scan``'s limit), and a part's time on a shared machine moves with the machine's
@@ -165,11 +167,14 @@ def main(argv=None):
     import numba
 
     from fast.bench.scan import finish, machine_info, machine_line, start
+    from ssm_ref._malloc import keep_freed_memory
     t_start, machine = (start(parser, args.out) if args.out
                         else (time.perf_counter(), machine_info()))
     if args.threads:
         numba.set_num_threads(args.threads)
+    malloc = keep_freed_memory()  # as ssm-ref train, fast.bench.train and compare_revisions
     print(machine_line(machine), flush=True)
+    print(f"malloc: {malloc}")
     step_s, rows = breakdown(args.case, args.steps, args.warmup)
     name, img, dtype = STEP_MODELS[args.case]
     print(f"{args.case}: one training step of {name} {img}x{img}, batch {CASES[args.case][0]}, "
@@ -184,7 +189,7 @@ def main(argv=None):
     if args.out:
         finish({"machine": machine, "case": args.case, "model": name, "img": img,
                 "dtype": dtype, "batch": CASES[args.case][0],
-                "threads": numba.get_num_threads(), "steps": args.steps,
+                "threads": numba.get_num_threads(), "steps": args.steps, "malloc": malloc,
                 "step_ms": 1e3 * step_s, "rows": rows},
                args.out / f"step_breakdown_{args.case}_cpu.json", t_start)
     return rows
