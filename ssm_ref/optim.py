@@ -606,10 +606,11 @@ class SGD(_Optimizer):
 
     def step(self, grads, lr=None):
         """Make one update of every parameter in place from ``grads``."""
-        self._check_grads(grads)
+        params = self._snapshot()
+        self._check_grads(grads, params=params)
         lr = self.lr if lr is None else check_positive_scalar(lr, "lr")
         self.t += 1
-        for name, p in self.params.items():
+        for name, p in params.items():
             p64 = p.astype(self.state_dtype)
             g = grads[name].astype(self.state_dtype) + self.decay_for(name) * p64
             if self.momentum > 0.0:
