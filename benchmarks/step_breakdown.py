@@ -12,10 +12,12 @@ model whose scan the case is (tiny Vim 8x8 for ``tiny`` and ``tiny-f64``, Vim 32
 BLAS on one thread, glibc's malloc keeping freed memory (``ssm_ref._malloc``, as ``ssm-ref
 train`` and the other benchmarks run; without it a step whose footprint moves by a few MB
 can fault in a thousand pages, chapter 11).  While ``--steps`` steps run (after
-``--warmup``), the clock is read around the public scan functions of ``fast.numba_cpu``,
-around the two parts of their Python that take time ("checks", ``_check_structure``: the
+``--warmup``), the clock is read around the scan functions of ``fast.numba_cpu``, around
+the two parts of their Python that take time ("checks", ``_check_structure``: the
 reference's checks of shapes, dtypes and the small arrays; "layouts",
-``_fitting_kernel_args``: the kernels' layouts of B and C, copies of strided inputs), and
+``_fitting_kernel_args``: the kernels' layouts of B and C, copies of strided inputs; in a
+backward that starts from its kept forward, ``_backward_kernel_args``: the forward's
+arrays, laid out again only where the backward's kernel takes another layout), and
 around every launch of a compiled kernel of ``fast.numba_cpu`` and ``fast.numba_fused``
 (by the kernel's name).  Each time is charged to the part it ran in, so the parts nest: a
 scan call holds its checks, its layouts (which may launch a copy kernel), its kernel and
@@ -47,9 +49,11 @@ from compare_revisions import CASES, STEP_MODELS, training_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: the Python functions of fast.numba_cpu that are timed, by their label
-FUNCTIONS = {"selective_scan": "scan forward", "selective_scan_backward": "scan backward",
-             "_check_structure": "checks", "_fitting_kernel_args": "layouts"}
+#: the Python functions of fast.numba_cpu that are timed, by their label (``_scan`` and
+#: ``_scan_backward``: the public scan functions' bodies, with and without a kept forward)
+FUNCTIONS = {"_scan": "scan forward", "_scan_backward": "scan backward",
+             "_check_structure": "checks", "_fitting_kernel_args": "layouts",
+             "_backward_kernel_args": "layouts"}
 
 
 class Clock:

@@ -371,7 +371,10 @@ def scan_functions(backend="auto"):
     its ``inner_forward`` on the first, ``inner_backward`` on the second),
     which :class:`ssm_ref.MambaBlock` and Vim's mixer run in place of their
     NumPy conv -> x_proj -> dt_proj -> scan layers
-    (:func:`ssm_ref.mamba.inner_path_functions`), and the fused depthwise
+    (:func:`ssm_ref.mamba.inner_path_functions`), the Numba scan's twins
+    with which that path keeps its scan's forward for the backward
+    (attributes ``for_backward`` and ``from_saved``,
+    :func:`fast.numba_fused.attach_saved_scan`), and the fused depthwise
     conv2d + SiLU (attribute ``conv2d_silu``) that VMamba's SS2D runs
     (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`).  ``"ref"`` gives
     the reference functions themselves.
@@ -404,6 +407,7 @@ def scan_functions(backend="auto"):
     bwd = functools.partial(selective_scan_backward, backend=backend)
     if backend == "numba":
         attach_inner_path(fwd, bwd)
+        importlib.import_module("fast.numba_fused").attach_saved_scan(fwd, bwd)
     return fwd, bwd
 
 

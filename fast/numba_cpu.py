@@ -152,7 +152,8 @@ from ._launch import launch
 from ._row_sweep import row_scan_clamped, row_scan_normal, row_sweep_clamped, row_sweep_normal
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
-           "selective_state_step"]
+           "selective_state_step", "selective_scan_for_backward",
+           "selective_scan_backward_saved", "SavedScan"]
 
 #: fastmath flags of the kernels: FMA contraction and reassociation (so the
 #: dot product over N vectorizes), but no "no NaN / no inf" assumptions.
@@ -1485,35 +1486,47 @@ def _tiled(s, real, direction):
     return _tiles.tiles_apply(s, block, real, direction)
 
 
-def _kernel_args(s, real, direction):
-    """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones.
+def _layout(s, real, direction):
+    """``(paired, tiled, blocked)``: the layout the ``direction`` of ``s`` takes its arrays in.
 
-    ``paired`` (a bool among the arrays) says whether they are laid out for the
-    pair kernels of ``direction`` (:func:`_paired`): N padded to 8 and B, C
-    doubled, instead of N padded to a multiple of 16; ``tiled`` whether for
-    the channel-tile kernel (:func:`_tiled`): N not padded.
+    ``paired``: for the pair kernels (:func:`_paired`), N padded to 8 and B, C
+    doubled; ``tiled``: for the channel tiles (:func:`_tiled`), N not padded;
+    ``blocked``: the 16-lane real row backward's B and C in blocks of 16
+    states (:func:`_blocks_of_16`); otherwise N padded to a multiple of 16.
     """
-    state_t = np.complex128 if s.is_complex else real
     # tiles first (they also avoid the padding of N <= 8), unless pairs are forced on
     tiled = not _pairs.forced_on() and _tiled(s, real, direction)
     paired = not tiled and _paired(s, real, direction)
+    blocked = direction == "backward" and not (paired or tiled or s.is_complex)
+    return paired, tiled, blocked
+
+
+def _kernel_args(s, real, direction, rows=None):
+    """The arrays the scan kernels take (from a ScanArgs), dummies for the missing ones.
+
+    ``paired``, ``tiled`` and ``blocked`` (bools among the arrays) say how they
+    are laid out (:func:`_layout`).  ``rows``: the (B, D, L) kernel arrays
+    ``u``, ``delta`` and ``z`` already made in ``real`` (by the forward, for
+    its backward), used instead of making them again.
+    """
+    state_t = np.complex128 if s.is_complex else real
+    paired, tiled, blocked = _layout(s, real, direction)
     npad = _pairs.HALF if paired else s.dstate if tiled else _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
     copies = 2 if paired else 1
-    # the real row backward takes B and C in blocks of 16 states (_bwd_row_sweeps)
-    blocked = direction == "backward" and not (paired or tiled or s.is_complex)
+    if rows is None:
+        rows = dict(u=_contiguous(s.u, real), delta=_contiguous(s.delta, real),
+                    z=dummy3 if s.z is None else _contiguous(s.z, real))
     return dict(
         paired=paired,
         tiled=tiled,
         blocked=blocked,
-        u=_contiguous(s.u, real),
-        delta=_contiguous(s.delta, real),
+        **rows,
         A=_pad_last(s.A, npad, state_t),  # (D, Np)
         Bx=_layout_bc(s.B, s.form_B, state_t, npad, copies, blocked),  # (B|1, G', L|1, Np
         Cx=_layout_bc(s.C, s.form_C, state_t, npad, copies, blocked),  # or 16), see there
         Dv=dummy1 if s.D is None else np.ascontiguousarray(s.D, dtype=real),
-        z=dummy3 if s.z is None else _contiguous(s.z, real),
         bias=dummy1 if s.delta_bias is None
         else np.ascontiguousarray(s.delta_bias, dtype=real),
         h0=np.zeros((1, 1, 1), state_t) if s.h0 is None
@@ -1690,6 +1703,104 @@ def _backward(s, k, real, dout, dlast_state):
 # public functions: the reference signatures
 # ---------------------------------------------------------------------------
 
+class SavedScan:
+    """A forward scan kept for its backward (:func:`selective_scan_for_backward`).
+
+    Holds the arguments as given (for the reference's error messages), what
+    checking them learnt (a :class:`~ssm_ref.scan_args.ScanArgs`), the compute
+    dtype the forward settled on and its kernel arrays, among them ``u``,
+    ``delta`` and ``z`` as C-contiguous arrays of that dtype (a channels-last
+    ``z`` is a copy: one (B, D, L) array more kept alive until the backward).
+    Only :func:`selective_scan_backward_saved` reads it.
+    """
+
+    __slots__ = ("args", "s", "real", "k", "maybe_negative")
+
+    def __init__(self, args, s, real, k, maybe_negative):
+        self.args, self.s, self.real, self.k = args, s, real, k
+        self.maybe_negative = maybe_negative
+
+
+def _scan(args, return_last_state):
+    """:func:`selective_scan` on ``args`` (its first ten, as a tuple): ``(y, last state or
+    None, SavedScan)``."""
+    def reference_check():
+        check_scan_args(*args)
+
+    s = _validated(lambda: _check_structure(*args), reference_check)
+    check_bool(return_last_state, "return_last_state")
+    maybe_negative = _maybe_negative(s)
+    real, k = _fitting_kernel_args(s, "forward")
+    out, last, screen = _forward(s, k, real)
+    if _screen_failed(screen, maybe_negative):
+        reference_check()  # raises the reference's error (non-finite input, negative step)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            k = _kernel_args(s, real, "forward")
+            out, last, _ = _forward(s, k, real)
+    y = out.astype(s.out_dtype, copy=False)
+    if return_last_state:
+        last = last[:, :, :s.dstate].astype(s.state_dtype)  # (B, D, N): drop the padding
+    return y, last if return_last_state else None, SavedScan(args, s, real, k, maybe_negative)
+
+
+def _check_dout(s, dout, dlast_state):
+    """``(dout, dlast_state)`` checked against the scan ``s``: (B, D, L) and (B, D, N)."""
+    dout_ = as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True)
+    check_shape(dout_, "dout", (s.batch, s.dim, s.length))
+    dlast = None
+    if dlast_state is not None:
+        dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
+                         bfloat16=True)
+        check_shape(dlast, "dlast_state", (s.batch, s.dim, s.dstate))
+        check_finite(dlast, "dlast_state")
+    return dout_, dlast
+
+
+def _backward_kernel_args(saved):
+    """The backward's kernel arrays from a forward's: the same arrays if both directions take
+    one layout (:func:`_layout`), else the backward's, reusing the forward's ``u``, ``delta``
+    and ``z``."""
+    s, real, k = saved.s, saved.real, saved.k
+    if _layout(s, real, "backward") == (k["paired"], k["tiled"], k["blocked"]):
+        return k
+    return _kernel_args(s, real, "backward", rows={name: k[name] for name in ("u", "delta", "z")})
+
+
+def _scan_backward(dout, dlast_state, args, saved=None):
+    """:func:`selective_scan_backward` of the scan ``args`` (its ten arguments, as a tuple),
+    or with ``saved`` (a :class:`SavedScan` of them) starting from its checked arguments
+    and kernel arrays."""
+    def reference_check():
+        ssm_ref.selective_scan_backward(dout, *args, dlast_state)
+
+    if saved is None:
+        def check():
+            s = _check_structure(*args)
+            return (s,) + _check_dout(s, dout, dlast_state)
+        s, dout_, dlast_ = _validated(check, reference_check)
+        maybe_negative = _maybe_negative(s)
+        real, k = _fitting_kernel_args(s, "backward")
+    else:
+        s, maybe_negative, real = saved.s, saved.maybe_negative, saved.real
+        dout_, dlast_ = _validated(lambda: _check_dout(s, dout, dlast_state), reference_check)
+        k = _backward_kernel_args(saved)
+    grads, screen = _backward(s, k, real, dout_, dlast_)
+    # the screen covers the per-row gradients; the shared ones are checked here
+    shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
+                                                                     "delta_bias")
+                        if grads[name] is not None)
+    if _screen_failed(screen, maybe_negative) or not shared_finite:
+        reference_check()  # raises the reference's error (non-finite input, negative step)
+        if real == np.float32:  # valid input that float32 could not hold: again in float64
+            real = np.dtype(np.float64)
+            grads, _ = _backward(s, _kernel_args(s, real, "backward"), real, dout_, dlast_)
+    for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
+        if grad is not None:          # interleaved again for an interleaved B/C)
+            grads[name] = np.ascontiguousarray(s.grad_as_given(name, grad))
+    return grads
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                    delta_softplus=False, return_last_state=False, h0=None):
     """Numba version of :func:`ssm_ref.selective_scan` (same signature and result).
@@ -1715,25 +1826,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     >>> y
     array([[[0.5       , 0.80326533, 0.98720505]]])
     """
-    def reference_check():
-        check_scan_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-
-    s = _validated(lambda: _check_structure(u, delta, A, B, C, D, z, delta_bias,
-                                            delta_softplus, h0), reference_check)
-    check_bool(return_last_state, "return_last_state")
-    maybe_negative = _maybe_negative(s)
-    real, k = _fitting_kernel_args(s, "forward")
-    out, last, screen = _forward(s, k, real)
-    if _screen_failed(screen, maybe_negative):
-        reference_check()  # raises the reference's error (non-finite input, negative step)
-        if real == np.float32:  # valid input that float32 could not hold: again in float64
-            real = np.dtype(np.float64)
-            out, last, _ = _forward(s, _kernel_args(s, real, "forward"), real)
-    y = out.astype(s.out_dtype, copy=False)
-    if not return_last_state:
-        return y
-    last = last[:, :, :s.dstate]  # (B, D, N): drop the padding
-    return y, last.astype(s.state_dtype)
+    y, last, _ = _scan((u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0),
+                       return_last_state)
+    return (y, last) if return_last_state else y
 
 
 def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -1764,39 +1859,54 @@ def selective_scan_backward(dout, u, delta, A, B, C, D=None, z=None, delta_bias=
     >>> g["u"]
     array([[[0.5, 0. , 0. ]]])
     """
-    def reference_check():
-        ssm_ref.selective_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias,
-                                        delta_softplus, h0, dlast_state)
+    return _scan_backward(dout, dlast_state, (u, delta, A, B, C, D, z, delta_bias,
+                                              delta_softplus, h0))
 
-    def check():
-        s = _check_structure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0)
-        dout_ = as_array(dout, "dout", allow_complex=False, ndim=3, bfloat16=True)
-        check_shape(dout_, "dout", (s.batch, s.dim, s.length))
-        dlast = None
-        if dlast_state is not None:
-            dlast = as_array(dlast_state, "dlast_state", allow_complex=s.is_complex, ndim=3,
-                             bfloat16=True)
-            check_shape(dlast, "dlast_state", (s.batch, s.dim, s.dstate))
-            check_finite(dlast, "dlast_state")
-        return s, dout_, dlast
 
-    s, dout_, dlast_ = _validated(check, reference_check)
-    maybe_negative = _maybe_negative(s)
-    real, k = _fitting_kernel_args(s, "backward")
-    grads, screen = _backward(s, k, real, dout_, dlast_)
-    # the screen covers the per-row gradients; the shared ones are checked here
-    shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
-                                                                     "delta_bias")
-                        if grads[name] is not None)
-    if _screen_failed(screen, maybe_negative) or not shared_finite:
-        reference_check()  # raises the reference's error (non-finite input, negative step)
-        if real == np.float32:  # valid input that float32 could not hold: again in float64
-            real = np.dtype(np.float64)
-            grads, _ = _backward(s, _kernel_args(s, real, "backward"), real, dout_, dlast_)
-    for name, grad in grads.items():  # each argument's own dtype and layout (real part, or
-        if grad is not None:          # interleaved again for an interleaved B/C)
-            grads[name] = np.ascontiguousarray(s.grad_as_given(name, grad))
-    return grads
+def selective_scan_for_backward(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                delta_softplus=False, return_last_state=False, h0=None):
+    """:func:`selective_scan`, keeping what its backward needs: ``(y, last_state or None,
+    saved)``.
+
+    ``saved`` (a :class:`SavedScan`) goes to :func:`selective_scan_backward_saved`,
+    which then skips what :func:`selective_scan_backward` would do again: the
+    checks of the arguments, the copies of strided ``u``, ``delta`` and ``z``,
+    the layouts of B and C (where the backward's kernel takes the forward's)
+    and the choice of the compute dtype.  As the official package's autograd
+    function keeps its tensors for the backward (``ctx.save_for_backward``);
+    the fused inner path (:mod:`fast.numba_fused`) scans this way.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fast.numba_cpu import selective_scan_for_backward, selective_scan_backward_saved
+    >>> u, delta = np.ones((1, 1, 3)), 0.5 * np.ones((1, 1, 3))
+    >>> y, _, saved = selective_scan_for_backward(u, delta, [[-1.0]], [[1.0]], [[1.0]])
+    >>> selective_scan_backward_saved(np.array([[[1.0, 0.0, 0.0]]]), saved)["u"]
+    array([[[0.5, 0. , 0. ]]])
+    """
+    return _scan((u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0), return_last_state)
+
+
+def selective_scan_backward_saved(dout, saved, dlast_state=None):
+    """:func:`selective_scan_backward` of the scan that
+    :func:`selective_scan_for_backward` ran and ``saved``: the same gradients, bit for bit.
+
+    The arguments must not have changed since the forward (their checked
+    copies are what the backward reads).
+
+    Raises
+    ------
+    TypeError
+        ``saved`` is not a :class:`SavedScan`.
+    ValueError, TypeError
+        ``dout`` or ``dlast_state`` not (B, D, L) / (B, D, N), not finite, or
+        of a wrong type (as :func:`selective_scan_backward`).
+    """
+    if not isinstance(saved, SavedScan):
+        raise TypeError(f"Parameter saved is a {type(saved).__name__}, but a SavedScan from "
+                        "fast.numba_cpu.selective_scan_for_backward was expected")
+    return _scan_backward(dout, dlast_state, saved.args, saved)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,

@@ -63,9 +63,13 @@ The blocks use the inner path of this module when their scan functions come
 from :func:`fast.scan_functions` with ``backend="numba"`` (see
 :func:`ssm_ref.mamba.inner_path_functions`); its ``inner_forward`` and
 ``inner_backward`` take and return what :func:`ssm_ref.mamba.inner_forward`
-and :func:`ssm_ref.mamba.inner_backward` do, with a cache of their own.
+and :func:`ssm_ref.mamba.inner_backward` do, with a cache of their own; the
+cache holds the scan's checked arguments and kernel arrays, which its
+backward starts from (:func:`attach_saved_scan`).
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit, prange
@@ -81,8 +85,9 @@ from ._fastexp import fast_sigmoid
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
-           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
-           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward"]
+           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "attach_saved_scan",
+           "depthwise_conv2d", "depthwise_conv2d_backward", "conv2d_silu_forward",
+           "conv2d_silu_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -378,11 +383,18 @@ def _path_forward(xz, w, scan_fn, Bgiven=None, Cgiven=None, softplus=True,
     delta = np.matmul(w["w_dt"].astype(real, copy=False), dt_low)  # (B, D, L)
     Bmat = x_dbl[:, R:R + N] if Bgiven is None else Bgiven  # (B, N, L)
     Cmat = x_dbl[:, R + N:] if Cgiven is None else Cgiven  # (B, N, L)
-    res = scan_fn(x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z, delta_bias=w["b_dt"],
-                  delta_softplus=softplus, return_last_state=return_last_state)
-    y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
+    args = (x_act, delta, w["A"], Bmat, Cmat)
+    kwargs = dict(D=w["D"], z=z, delta_bias=w["b_dt"], delta_softplus=softplus,
+                  return_last_state=return_last_state)
+    saving = getattr(scan_fn, "for_backward", None)  # see attach_saved_scan
+    if saving is not None:
+        y, last_state, saved = saving(*args, **kwargs)
+    else:
+        res = scan_fn(*args, **kwargs)
+        y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
+        saved = None
     cache = {"x": x, "z": z, "x_act": x_act, "x_dbl": x_dbl, "delta": delta,
-             "Bmat": Bmat, "Cmat": Cmat, "fused": True}
+             "Bmat": Bmat, "Cmat": Cmat, "scan": saved, "fused": True}
     return np.asarray(y), cache, last_state
 
 
@@ -392,8 +404,12 @@ def _path_backward(dy, c, w, scan_backward_fn, softplus=True, Bgiven=False, Cgiv
     nb, D, nl = c["x_act"].shape
     R = w["w_dt"].shape[1]
     N = w["A"].shape[1]
-    s = scan_backward_fn(dy, c["x_act"], c["delta"], w["A"], c["Bmat"], c["Cmat"], D=w["D"],
-                         z=c["z"], delta_bias=w["b_dt"], delta_softplus=softplus)
+    from_saved = getattr(scan_backward_fn, "from_saved", None)  # see attach_saved_scan
+    if from_saved is not None and c["scan"] is not None:
+        s = from_saved(dy, c["scan"])
+    else:
+        s = scan_backward_fn(dy, c["x_act"], c["delta"], w["A"], c["Bmat"], c["Cmat"],
+                             D=w["D"], z=c["z"], delta_bias=w["b_dt"], delta_softplus=softplus)
     g = {}
     w_dt, w_x = w["w_dt"].astype(real, copy=False), w["w_x"].astype(real, copy=False)
     ddelta = s["delta"]  # (B, D, L)
@@ -412,6 +428,29 @@ def _path_backward(dy, c, w, scan_backward_fn, softplus=True, Bgiven=False, Cgiv
     return dxz, s, g
 
 
+def attach_saved_scan(scan_fn, scan_backward_fn):
+    """Let the fused path run a pair of Numba scan functions as one forward and its backward.
+
+    Gives ``scan_fn`` the attribute ``for_backward``
+    (:func:`fast.numba_cpu.selective_scan_for_backward`) and
+    ``scan_backward_fn`` the attribute ``from_saved``
+    (:func:`fast.numba_cpu.selective_scan_backward_saved`): the path's
+    forward then keeps the scan's checked arguments and kernel arrays in its
+    cache, and its backward starts from them instead of checking and laying
+    out the same arrays again.  :func:`fast.scan_functions` attaches them to
+    the ``"numba"`` pair; a pair without them (the benchmarks' null scan)
+    runs as given.  Returns the pair.
+    """
+    scan_fn.for_backward = numba_cpu.selective_scan_for_backward
+    scan_backward_fn.from_saved = numba_cpu.selective_scan_backward_saved
+    return scan_fn, scan_backward_fn
+
+
+#: the Numba scan pair as :func:`mamba_inner_fn_backward` runs it (:func:`attach_saved_scan`)
+_SAVING_SCAN = attach_saved_scan(functools.partial(numba_cpu.selective_scan),
+                                 functools.partial(numba_cpu.selective_scan_backward))
+
+
 def inner_forward(xz, w, scan_fn, return_last_state=False):
     """The fused :func:`ssm_ref.mamba.inner_forward` (same arguments and results), unchecked.
 
@@ -419,7 +458,9 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
     :func:`ssm_ref.mamba.inner_path_weights`.  Returns ``(y, cache,
     last_state or None)``, ``y`` in ``xz``'s dtype; the cache is this
     module's (``x``, ``z``, ``x_act``, ``x_dbl``, ``delta``, ``Bmat``,
-    ``Cmat``) and only :func:`inner_backward` reads it.
+    ``Cmat``, and ``scan``: the kept forward of a scan function with
+    :func:`attach_saved_scan`'s twins, else None) and only
+    :func:`inner_backward` reads it.
     """
     return _path_forward(xz, w, scan_fn, return_last_state=return_last_state)
 
@@ -521,14 +562,14 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
     check_shape(dout, "dout", (n_batch, length, sizes[4]))
     check_finite(dout, "dout")
     _one_module({"dout": dout, "xz": a["xz"]})
-    y, c, _ = _path_forward(a["xz"].astype(real, copy=False), w, numba_cpu.selective_scan,
+    y, c, _ = _path_forward(a["xz"].astype(real, copy=False), w, _SAVING_SCAN[0],
                             a["B"], a["C"], delta_softplus)
     dout = dout.astype(real, copy=False)  # (B, L, d_model)
     g = {"out_proj_weight": _batch_outer(dout.transpose(0, 2, 1), y),  # (d_model, D)
          "out_proj_bias": None if a["out_proj_bias"] is None else dout.sum(axis=(0, 1))}
     dy = np.matmul(a["out_proj_weight"].astype(real, copy=False).T,
                    dout.transpose(0, 2, 1))  # (B, D, L)
-    dxz, s, gw = _path_backward(dy, c, w, numba_cpu.selective_scan_backward, delta_softplus,
+    dxz, s, gw = _path_backward(dy, c, w, _SAVING_SCAN[1], delta_softplus,
                                 a["B"] is not None, a["C"] is not None)
     g.update({"xz": dxz, "conv1d_weight": gw["w_conv"][:, None, :], "conv1d_bias": gw["b_conv"],
               "x_proj_weight": gw["w_x"], "delta_proj_weight": gw["w_dt"], "A": s["A"],

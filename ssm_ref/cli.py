@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import functools
 import importlib
 import os
 import sys
@@ -147,11 +146,11 @@ def resolve_backend(name):
     ----------
     name : {"ref", "numba", "cuda"}
         ``"ref"`` gives :func:`ssm_ref.selective_scan` and
-        :func:`ssm_ref.selective_scan_backward`; the others give
+        :func:`ssm_ref.selective_scan_backward`; the others
+        :func:`fast.scan_functions` of the name:
         ``functools.partial(fast.selective_scan, backend=name)`` and the same
         for ``fast.selective_scan_backward``; the ``"numba"`` pair also carries
-        the fused inner path (:func:`fast.attach_inner_path`), which the
-        Mamba and Vim blocks then run.
+        the fused inner path, which the Mamba and Vim blocks then run.
 
     Returns
     -------
@@ -179,11 +178,7 @@ def resolve_backend(name):
     if not available:
         have = ", ".join(b for b, (ok, _) in status.items() if ok)
         raise CLIError(f"backend {name!r} is not available here ({reason}); available: {have}")
-    pair = (functools.partial(fast.selective_scan, backend=name),
-            functools.partial(fast.selective_scan_backward, backend=name))
-    if name == "numba":  # the blocks then run the fused inner path (fast.numba_fused)
-        fast.attach_inner_path(*pair)
-    return pair
+    return fast.scan_functions(name)  # numba's pair carries the fused inner path
 
 
 def _parse_options(items, flag):

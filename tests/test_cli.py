@@ -204,20 +204,27 @@ def test_model_build_errors_are_one_line(monkeypatch, capsys, tmp_path):
 @pytest.fixture
 def fake_fast(monkeypatch):
     """``fast.backends()`` gives ``answer`` (chosen by the test, in the one shape fast
-    returns: {name: (available, reason)}); fast's scan functions are stand-ins."""
+    returns: {name: (available, reason)}); ``fast.scan_functions`` gives partials of
+    stand-ins."""
     answer = {"ref": (True, "NumPy reference"), "numba": (True, "Numba on the CPU"),
               "cuda": (False, "no CUDA GPU here")}
     monkeypatch.setattr(fast, "backends", lambda: dict(answer))
-    monkeypatch.setattr(fast, "selective_scan", lambda *a, **k: ("fwd", k))
-    monkeypatch.setattr(fast, "selective_scan_backward", lambda *a, **k: ("bwd", k))
+    monkeypatch.setattr(fast, "scan_functions", lambda name: (
+        functools.partial(lambda *a, **k: ("fwd", k), backend=name),
+        functools.partial(lambda *a, **k: ("bwd", k), backend=name)))
     return types.SimpleNamespace(answer=answer, module=fast)
 
 
-def test_resolve_backend_selects_fast_with_partial(fake_fast):
+def test_resolve_backend_gives_fast_scan_functions():
     fwd, bwd = cli.resolve_backend("numba")
-    assert isinstance(fwd, functools.partial) and fwd.func is fake_fast.module.selective_scan
-    assert bwd.func is fake_fast.module.selective_scan_backward
+    assert isinstance(fwd, functools.partial) and fwd.func is fast.selective_scan
+    assert bwd.func is fast.selective_scan_backward
     assert fwd.keywords == {"backend": "numba"} and bwd.keywords == {"backend": "numba"}
+    want_fwd, want_bwd = fast.scan_functions("numba")  # the fused path and the saved scan
+    for name in ("inner_path", "conv2d_silu", "for_backward"):
+        assert getattr(fwd, name) is getattr(want_fwd, name)
+    for name in ("inner_path", "conv2d_silu", "from_saved"):
+        assert getattr(bwd, name) is getattr(want_bwd, name)
     assert cli.resolve_backend("ref") == (ssm_ref.selective_scan, ssm_ref.selective_scan_backward)
 
 

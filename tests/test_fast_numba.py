@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 import pytest
-from cases import CASE_IDS, CASES, GRAD_NAMES, scan_case
+from cases import CASE_IDS, CASES, GRAD_NAMES, cotangents, count_calls, scan_case
 from conftest import assert_close
 
 import ssm_ref
@@ -539,3 +539,95 @@ def test_mixed_precision_backward_matches_reference(rng, case):
             assert g.dtype == want[name].dtype, name
             assert np.array_equal(np.isfinite(g), np.isfinite(want[name])), (case, name)
             assert_close(g, want[name], kind="backend", err_msg=f"{case}: d{name}")
+
+
+# ---------------------------------------------------------------------------
+# the forward kept for its backward (selective_scan_for_backward)
+# ---------------------------------------------------------------------------
+
+def _saved_against_plain(kw, dout, dlast):
+    """selective_scan_for_backward and selective_scan_backward_saved give what
+    selective_scan and selective_scan_backward give on the same arguments, bit for bit."""
+    y, last, saved = numba_cpu.selective_scan_for_backward(**kw, return_last_state=True)
+    y_plain, last_plain = numba_cpu.selective_scan(**kw, return_last_state=True)
+    for got, want in ((y, y_plain), (last, last_plain)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert numba_cpu.selective_scan_for_backward(**kw)[1] is None  # no last state asked for
+    g = numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    g_plain = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    for key in GRAD_NAMES:
+        if g_plain[key] is None:
+            assert g[key] is None, key
+            continue
+        assert g[key].dtype == g_plain[key].dtype, key
+        assert np.array_equal(g[key], g_plain[key]), f"d{key}"
+    return saved
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("form_B,form_C,complex_", CASES, ids=CASE_IDS)
+def test_saved_forward_gives_the_plain_results(rng, lanes, form_B, form_C, complex_, dtype):
+    """Every form, with pairs and 16 lanes: the float64 pairs take one layout both ways, the
+    float32 forward runs 16 lanes and its backward pairs, the 16-lane backward takes B and C
+    in blocks of 16 states: the backward lays them out again where they differ."""
+    kw = case(rng, form_B, form_C, complex_, dtype)
+    _saved_against_plain(kw, *cotangents(rng, kw))
+
+
+def test_saved_forward_of_tiles_and_time_blocks(rng, monkeypatch):
+    kw = case(rng, "grouped", "grouped", False, np.float32, dim=32, groups=2)  # channel tiles
+    saved = _saved_against_plain(kw, *cotangents(rng, kw))
+    assert saved.k["tiled"]
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * 8)  # blocks of 16 steps
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * 8)
+    kw = case(rng, "variable", "variable", False, np.float64, length=55)
+    _saved_against_plain(kw, *cotangents(rng, kw, dlast=False))
+
+
+@pytest.mark.parametrize("case_name", MIXED)
+def test_saved_forward_keeps_its_float64_fallback(rng, case_name):
+    """float32 input that float32 cannot hold: the forward settles on float64, and the
+    backward starts there (the plain backward first tries float32, then falls back)."""
+    kw = _mixed_precision_case(rng, case_name)
+    saved = _saved_against_plain(kw, rng.standard_normal(kw["u"].shape).astype(np.float32), None)
+    assert saved.real == np.float64
+
+
+def test_saved_backward_skips_the_checks_and_layouts(rng, monkeypatch):
+    """The backward of a kept forward checks only dout, and lays out B and C again only when
+    its kernel takes another layout than the forward's."""
+    kw = case(rng, "grouped", "grouped", False, np.float64)  # float64 pairs: one layout
+    dout, dlast = cotangents(rng, kw)
+    _, _, saved = numba_cpu.selective_scan_for_backward(**kw)
+    calls = count_calls(monkeypatch, numba_cpu, ["_check_structure", "_layout_bc",
+                                                 "_contiguous"])
+    numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    assert calls == {"_check_structure": 0, "_layout_bc": 0, "_contiguous": 1}  # dout's
+    with numba_pairs.forced(False):  # 16 lanes: the backward's B and C in blocks of 16
+        _, _, saved = numba_cpu.selective_scan_for_backward(**kw)
+        calls.update(dict.fromkeys(calls, 0))
+        numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    assert calls == {"_check_structure": 0, "_layout_bc": 2, "_contiguous": 1}
+    numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)  # the plain one does all
+    assert calls["_check_structure"] == 1 and calls["_contiguous"] == 5
+
+
+@pytest.mark.parametrize("dout,dlast", [
+    (np.ones((2, 4, 12)), None),
+    (np.full((2, 4, 13), np.nan), None),
+    (np.ones((2, 4, 13)) * 1j, None),
+    (np.ones((2, 4, 13)), np.ones((2, 4, 4))),
+    (np.ones((2, 4, 13)), np.full((2, 4, 5), np.inf)),
+], ids=["dout-shape", "dout-nan", "dout-complex", "dlast-shape", "dlast-inf"])
+def test_saved_backward_bad_gradients_same_error_as_reference(rng, dout, dlast):
+    kw = case(rng)
+    expected = _error(ssm_ref.selective_scan_backward, dout, **kw, dlast_state=dlast)
+    assert expected is not None
+    _, _, saved = numba_cpu.selective_scan_for_backward(**kw)
+    assert _error(numba_cpu.selective_scan_backward_saved, dout, saved, dlast) == expected
+
+
+def test_saved_backward_refuses_anything_but_a_saved_scan(rng):
+    kw = case(rng)
+    with pytest.raises(TypeError, match="Parameter saved is a dict, but a SavedScan"):
+        numba_cpu.selective_scan_backward_saved(np.ones(kw["u"].shape), kw)

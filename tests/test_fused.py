@@ -19,7 +19,7 @@ import fast
 import ssm_ref as sr
 from ssm_ref import MambaBlock
 from ssm_ref.fused import INNER_FN_ARGS, block_arguments, mamba_inner_fn, mamba_inner_fn_backward
-from fast import numba_fused
+from fast import numba_cpu, numba_fused
 
 SMALL = dict(d_model=8, d_state=4)
 
@@ -360,6 +360,37 @@ def test_fused_backward_refuses_the_reference_cache(rng):
     out, cache = ref_block.forward(x, return_cache=True)
     with pytest.raises(TypeError, match="cache"):
         numba_block.backward(np.ones_like(out), cache)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_path_keeps_its_scan_for_the_backward(rng, dtype, monkeypatch):
+    """With fast.scan_functions('numba') the block's backward starts from the scan its forward
+    kept (fast.numba_fused.attach_saved_scan): it checks none of the scan's arguments again,
+    and every result is that of the same pair without the saving twins, bit for bit."""
+    from cases import count_calls
+    blocks = {}
+    for label in ("saving", "plain"):
+        blocks[label] = sr.vision.VimBlock(d_model=8, d_state=4, seed=3)
+        blocks[label].set_dtype(dtype)
+    blocks["saving"].set_backend(*fast.scan_functions("numba"))
+    blocks["plain"].set_backend(*fast.attach_inner_path(
+        functools.partial(fast.selective_scan, backend="numba"),
+        functools.partial(fast.selective_scan_backward, backend="numba")))
+    x = rng.standard_normal((2, 9, 8)).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    results = {}
+    for label, block in blocks.items():
+        out, cache = block.forward(x, return_cache=True)
+        calls = count_calls(monkeypatch, numba_cpu, ["_check_structure"])
+        dx, grads = block.backward(dout, cache)
+        results[label] = (calls["_check_structure"], out, dx, grads)
+        monkeypatch.undo()
+    assert results["saving"][0] == 0 and results["plain"][0] == 2  # a VimBlock scans twice
+    for got, want in zip(results["saving"][1:3], results["plain"][1:3]):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert results["saving"][3].keys() == results["plain"][3].keys()
+    for name, g in results["saving"][3].items():
+        assert np.array_equal(g, results["plain"][3][name]), name
 
 
 # --------------------------------------------------------------------------- VMamba's conv2d + SiLU

@@ -36,18 +36,19 @@ def test_times_are_charged_to_the_path_they_ran_in(tool):
 
 def test_the_clock_is_taken_off_again_also_after_an_error(tool):
     from fast import numba_cpu, numba_fused
-    before = (numba_cpu.selective_scan, numba_cpu._launch, numba_fused._launch)
+    before = (numba_cpu._scan, numba_cpu._launch, numba_fused._launch)
     with pytest.raises(RuntimeError, match="inside"):
         with tool.clocked(tool.Clock()):
-            assert numba_cpu.selective_scan is not before[0]
+            assert numba_cpu._scan is not before[0]
             raise RuntimeError("inside")
-    assert (numba_cpu.selective_scan, numba_cpu._launch, numba_fused._launch) == before
+    assert (numba_cpu._scan, numba_cpu._launch, numba_fused._launch) == before
 
 
 def test_a_step_is_broken_down_into_the_scan_and_the_rest(tool):
     """tiny Vim 8x8 (depth 2, both directions): 4 scans forward and 4 backward per step, each
-    with its checks, layouts and one kernel; the fused convolution's kernels; the
-    rest; every part's time is some of the step's."""
+    with its layouts and one kernel, the forward with its checks (the backward starts from
+    the forward's checked arguments); the fused convolution's kernels; the rest; every
+    part's time is some of the step's."""
     from threadpoolctl import threadpool_limits
     with threadpool_limits():  # the step limits BLAS for good: undone after the test
         step_s, rows = tool.breakdown("tiny", steps=2, warmup=1)
@@ -57,9 +58,10 @@ def test_a_step_is_broken_down_into_the_scan_and_the_rest(tool):
         kernels = [p for p in by_path if p[0] == scan and len(p) == 2
                    and p[1].startswith("kernel ")]
         assert len(kernels) == 1 and by_path[kernels[0]]["calls_per_step"] == 4
-        for part in ("checks", "layouts"):
-            assert by_path[(scan, part)]["calls_per_step"] == 4
+        assert by_path[(scan, "layouts")]["calls_per_step"] == 4
         assert (scan, "its own Python") in by_path
+    assert by_path[("scan forward", "checks")]["calls_per_step"] == 4
+    assert ("scan backward", "checks") not in by_path
     assert {("kernel _conv_fwd",), ("kernel _conv_bwd",)} <= set(by_path)
     assert rows[-1]["path"] == ["the rest of the step"]
     assert step_s > 0 and all(0 < r["ms_per_step"] < 1e3 * step_s for r in rows
