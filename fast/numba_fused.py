@@ -65,7 +65,7 @@ from :func:`fast.scan_functions` with ``backend="numba"`` (see
 ``inner_backward`` take and return what :func:`ssm_ref.mamba.inner_forward`
 and :func:`ssm_ref.mamba.inner_backward` do, with a cache of their own; the
 cache holds the scan's checked arguments and kernel arrays, which its
-backward starts from (:func:`attach_saved_scan`).
+backward starts from (:func:`attach_saved_scan`, :mod:`ssm_ref.kept_scan`).
 """
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ from numba.extending import overload
 
 from ssm_ref._validation import as_array, check_finite, check_shape
 from ssm_ref.fused import INNER_FN_ARGS, check_inner_fn_args
+from ssm_ref.kept_scan import scan_backward_kept, scan_keeping
 from ssm_ref.nn import _check_activation, _check_conv1d, _check_conv2d
 from ssm_ref.selective import _one_module
 
@@ -383,33 +384,22 @@ def _path_forward(xz, w, scan_fn, Bgiven=None, Cgiven=None, softplus=True,
     delta = np.matmul(w["w_dt"].astype(real, copy=False), dt_low)  # (B, D, L)
     Bmat = x_dbl[:, R:R + N] if Bgiven is None else Bgiven  # (B, N, L)
     Cmat = x_dbl[:, R + N:] if Cgiven is None else Cgiven  # (B, N, L)
-    args = (x_act, delta, w["A"], Bmat, Cmat)
-    kwargs = dict(D=w["D"], z=z, delta_bias=w["b_dt"], delta_softplus=softplus,
-                  return_last_state=return_last_state)
-    saving = getattr(scan_fn, "for_backward", None)  # see attach_saved_scan
-    if saving is not None:
-        y, last_state, saved = saving(*args, **kwargs)
-    else:
-        res = scan_fn(*args, **kwargs)
-        y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
-        saved = None
+    res, kept = scan_keeping(scan_fn, x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z,
+                             delta_bias=w["b_dt"], delta_softplus=softplus,
+                             return_last_state=return_last_state)
+    y, last_state = res if return_last_state else (res, None)  # (B, D, L), (B, D, N)
     cache = {"x": x, "z": z, "x_act": x_act, "x_dbl": x_dbl, "delta": delta,
-             "Bmat": Bmat, "Cmat": Cmat, "scan": saved, "fused": True}
+             "Bmat": Bmat, "Cmat": Cmat, "scan": kept, "fused": True}
     return np.asarray(y), cache, last_state
 
 
-def _path_backward(dy, c, w, scan_backward_fn, softplus=True, Bgiven=False, Cgiven=False):
+def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False):
     """Gradients of :func:`_path_forward`: ``(dxz (B, 2D, L), scan grads, weight grads)``."""
     real = c["x_act"].dtype
     nb, D, nl = c["x_act"].shape
     R = w["w_dt"].shape[1]
     N = w["A"].shape[1]
-    from_saved = getattr(scan_backward_fn, "from_saved", None)  # see attach_saved_scan
-    if from_saved is not None and c["scan"] is not None:
-        s = from_saved(dy, c["scan"])
-    else:
-        s = scan_backward_fn(dy, c["x_act"], c["delta"], w["A"], c["Bmat"], c["Cmat"],
-                             D=w["D"], z=c["z"], delta_bias=w["b_dt"], delta_softplus=softplus)
+    s = scan_backward_kept(scan_backward_fn, dy, c["scan"])  # from the forward's kept scan
     g = {}
     w_dt, w_x = w["w_dt"].astype(real, copy=False), w["w_x"].astype(real, copy=False)
     ddelta = s["delta"]  # (B, D, L)
@@ -434,12 +424,14 @@ def attach_saved_scan(scan_fn, scan_backward_fn):
     Gives ``scan_fn`` the attribute ``for_backward``
     (:func:`fast.numba_cpu.selective_scan_for_backward`) and
     ``scan_backward_fn`` the attribute ``from_saved``
-    (:func:`fast.numba_cpu.selective_scan_backward_saved`): the path's
-    forward then keeps the scan's checked arguments and kernel arrays in its
-    cache, and its backward starts from them instead of checking and laying
-    out the same arrays again.  :func:`fast.scan_functions` attaches them to
-    the ``"numba"`` pair; a pair without them (the benchmarks' null scan)
-    runs as given.  Returns the pair.
+    (:func:`fast.numba_cpu.selective_scan_backward_saved`), the twins that
+    :func:`ssm_ref.kept_scan.scan_keeping` and
+    :func:`~ssm_ref.kept_scan.scan_backward_kept` look for: the fused path,
+    VMamba's SS2D and PlainMamba then keep the scan's checked arguments and
+    kernel arrays from the forward, and the backward starts from them instead
+    of checking and laying out the same arrays again.
+    :func:`fast.scan_functions` attaches them to the ``"numba"`` pair; a pair
+    without them (the benchmarks' null scan) runs as given.  Returns the pair.
     """
     scan_fn.for_backward = numba_cpu.selective_scan_for_backward
     scan_backward_fn.from_saved = numba_cpu.selective_scan_backward_saved
@@ -458,8 +450,8 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
     :func:`ssm_ref.mamba.inner_path_weights`.  Returns ``(y, cache,
     last_state or None)``, ``y`` in ``xz``'s dtype; the cache is this
     module's (``x``, ``z``, ``x_act``, ``x_dbl``, ``delta``, ``Bmat``,
-    ``Cmat``, and ``scan``: the kept forward of a scan function with
-    :func:`attach_saved_scan`'s twins, else None) and only
+    ``Cmat``, and ``scan``: the scan as
+    :func:`ssm_ref.kept_scan.scan_keeping` kept it) and only
     :func:`inner_backward` reads it.
     """
     return _path_forward(xz, w, scan_fn, return_last_state=return_last_state)
@@ -569,8 +561,8 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
          "out_proj_bias": None if a["out_proj_bias"] is None else dout.sum(axis=(0, 1))}
     dy = np.matmul(a["out_proj_weight"].astype(real, copy=False).T,
                    dout.transpose(0, 2, 1))  # (B, D, L)
-    dxz, s, gw = _path_backward(dy, c, w, _SAVING_SCAN[1], delta_softplus,
-                                a["B"] is not None, a["C"] is not None)
+    dxz, s, gw = _path_backward(dy, c, w, _SAVING_SCAN[1], a["B"] is not None,
+                                a["C"] is not None)
     g.update({"xz": dxz, "conv1d_weight": gw["w_conv"][:, None, :], "conv1d_bias": gw["b_conv"],
               "x_proj_weight": gw["w_x"], "delta_proj_weight": gw["w_dt"], "A": s["A"],
               "B": s["B"] if a["B"] is not None else None,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._validation import a_from_log
 from .._xp import array_module, on_module_cached
+from ..kept_scan import scan_backward_kept, scan_keeping
 from ..mamba import MambaConfig, config_from_sizes, mamba_init
 from ..module import (
     Module,
@@ -250,9 +251,9 @@ class PlainMambaMixer(Module):
         A = a_from_log(self._w("A_log"), "A_log")  # (D, N)
         shared = {"A": xp.tile(A, (K, 1)), "D": xp.tile(self._w("D"), K),
                   "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
-        y_all = xp.asarray(self.scan_fn(us, ds, shared["A"], Bs, Cs, D=shared["D"], z=None,
-                                        delta_bias=shared["b"], delta_softplus=True),
-                           dtype=us.dtype)  # (B, K·D, L)
+        y_all, kept = scan_keeping(self.scan_fn, us, ds, shared["A"], Bs, Cs, D=shared["D"],
+                                   z=None, delta_bias=shared["b"], delta_softplus=True)
+        y_all = xp.asarray(y_all, dtype=us.dtype)  # (B, K·D, L)
         y = xp.zeros((Bsz, H, W, D), us.dtype)  # (B, H, W, D)
         for k in range(K):
             y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W,
@@ -261,7 +262,7 @@ class PlainMambaMixer(Module):
         out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
         cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
                  "perms": perms, "codes": codes, "us": us, "ds": ds, "Bs": Bs, "Cs": Cs,
-                 "shared": shared, "y": y, "gate": gate}
+                 "shared": shared, "y": y, "gate": gate, "scan": kept}
         return out, cache
 
     def _backward(self, dout, cache):
@@ -278,7 +279,7 @@ class PlainMambaMixer(Module):
         c = self.config
         D, N = c.d_inner, c.d_state
         Bsz, H, W, _ = cache["u"].shape
-        perms, codes, sh = cache["perms"], cache["codes"], cache["shared"]
+        perms, codes = cache["perms"], cache["codes"]
         K = len(perms)
         xp = array_module(dout)
         g = {}
@@ -289,9 +290,7 @@ class PlainMambaMixer(Module):
         dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
         dys = xp.concatenate([to_sequence(dy, q, check=False).transpose(0, 2, 1) for q in perms],
                              axis=1)  # (B, K·D, L)
-        s = self.scan_backward_fn(dys, cache["us"], cache["ds"], sh["A"], cache["Bs"],
-                                  cache["Cs"], D=sh["D"], z=None, delta_bias=sh["b"],
-                                  delta_softplus=True)
+        s = scan_backward_kept(self.scan_backward_fn, dys, cache["scan"])
         s = {key: (None if v is None else xp.asarray(v, dtype=dys.dtype)) for key, v in s.items()}
         A = -xp.exp(self._w("A_log"))
         g["A_log"] = s["A"].reshape(K, D, N).sum(axis=0) * A  # shared: sum the K copies

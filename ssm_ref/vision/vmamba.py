@@ -20,6 +20,7 @@ import numpy as np
 
 from .._validation import a_from_log, as_array, check_positive_scalar, check_shape
 from .._xp import array_module, on_module_cached
+from ..kept_scan import scan_backward_kept, scan_keeping
 from ..mamba import MambaConfig, config_from_sizes, mamba_init
 from ..module import (
     Module,
@@ -286,18 +287,24 @@ class SS2D(Module):
             xs.append(xs_k)
         one_call = len({q.size for q in perms}) == 1
         if one_call:  # VMamba: one scan over K·D channels with K groups of B and C
-            y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
-                             w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
-                             z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, K·D, L)
+            u = xp.concatenate(xs, axis=1)  # (B, K·D, L)
+            xs = [u[:, k * D:(k + 1) * D] for k in range(K)]  # views: one copy kept, not two
+            delta = xp.concatenate(deltas, axis=1)
+            deltas = [delta[:, k * D:(k + 1) * D] for k in range(K)]
+            y, kept = scan_keeping(self.scan_fn, u, delta, w["A"], xp.stack(Bs, axis=1),
+                                   xp.stack(Cs, axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
+                                   delta_softplus=True)  # (B, K·D, L); kept for the backward
             y = xp.asarray(y, dtype=x_act.dtype)
             ys = [y[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
         else:  # sequences of different lengths: one scan per direction, its slice of parameters
-            ys = []
+            ys, kept = [], []
             for k in range(K):
                 sl = slice(k * D, (k + 1) * D)
-                ys.append(xp.asarray(self.scan_fn(
-                    xs[k], deltas[k], w["A"][sl], Bs[k], Cs[k], D=w["D"][sl], z=None,
-                    delta_bias=w["b_dt"][sl], delta_softplus=True), dtype=x_act.dtype))
+                y_k, kept_k = scan_keeping(self.scan_fn, xs[k], deltas[k], w["A"][sl], Bs[k],
+                                           Cs[k], D=w["D"][sl], z=None,
+                                           delta_bias=w["b_dt"][sl], delta_softplus=True)
+                ys.append(xp.asarray(y_k, dtype=x_act.dtype))
+                kept.append(kept_k)
         y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
         for k in range(K):
             _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
@@ -305,7 +312,7 @@ class SS2D(Module):
         if self.reduce == "mean":
             y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
-                 "Bs": Bs, "Cs": Cs, "one_call": one_call}
+                 "Bs": Bs, "Cs": Cs, "one_call": one_call, "scan": kept}
         return y_grid, cache
 
     def _core_backward(self, dy_grid, cache, w):
@@ -320,11 +327,8 @@ class SS2D(Module):
         dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
         dys = [xp.take(dy_cf, idx[k], axis=2) for k in range(K)]  # (B, D, L_k), C-contiguous
         if cache["one_call"]:
-            s = self.scan_backward_fn(
-                xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
-                xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
-                xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
-                delta_softplus=True)
+            s = scan_backward_kept(self.scan_backward_fn, xp.concatenate(dys, axis=1),
+                                   cache["scan"])
             s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                  for key, v in s.items()}
             dA, dDs, dbias = s["A"], s["D"], s["delta_bias"]
@@ -337,9 +341,7 @@ class SS2D(Module):
             du, ddelta, dB, dC = [], [], [], []
             for k in range(K):
                 sl = slice(k * D, (k + 1) * D)
-                s = self.scan_backward_fn(dys[k], xs[k], cache["deltas"][k], w["A"][sl],
-                                          cache["Bs"][k], cache["Cs"][k], D=w["D"][sl], z=None,
-                                          delta_bias=w["b_dt"][sl], delta_softplus=True)
+                s = scan_backward_kept(self.scan_backward_fn, dys[k], cache["scan"][k])
                 s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                      for key, v in s.items()}
                 dA[sl], dDs[sl], dbias[sl] = s["A"], s["D"], s["delta_bias"]
@@ -753,14 +755,18 @@ class MultiHeadSS2D(SS2D):
             Cs.append(x_dbl[:, R + N:])
             deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, c, L)
             xs.append(xs_k)
-        y = self.scan_fn(xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1),
-                         w["A"], xp.stack(Bs, axis=1), xp.stack(Cs, axis=1), D=w["D"],
-                         z=None, delta_bias=w["b_dt"], delta_softplus=True)  # (B, D, L)
+        u, delta = xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1)  # (B, D, L)
+        xs = [u[:, heads[k]] for k in range(K)]  # views: one copy kept, not two
+        deltas = [delta[:, heads[k]] for k in range(K)]
+        y, kept = scan_keeping(self.scan_fn, u, delta, w["A"], xp.stack(Bs, axis=1),
+                               xp.stack(Cs, axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
+                               delta_softplus=True)  # (B, D, L); kept for the backward
         y = xp.asarray(y, dtype=np.float64)
         y_grid = xp.concatenate(
             [from_sequence(y[:, heads[k]].transpose(0, 2, 1), perms[k], H, W, check=False)
              for k in range(K)], axis=-1)  # (B, H, W, D): each head put back in place
-        cache = {"perms": perms, "xs": xs, "dts": dts, "deltas": deltas, "Bs": Bs, "Cs": Cs}
+        cache = {"perms": perms, "xs": xs, "dts": dts, "deltas": deltas, "Bs": Bs, "Cs": Cs,
+                 "scan": kept}
         return y_grid, cache
 
     def _core_backward(self, dy_grid, cache, w):
@@ -771,11 +777,8 @@ class MultiHeadSS2D(SS2D):
         perms, xs, heads = cache["perms"], cache["xs"], self._heads()
         dys = [to_sequence(dy_grid[..., heads[k]], perms[k], check=False).transpose(0, 2, 1)
                for k in range(K)]  # K × (B, c, L)
-        s = self.scan_backward_fn(
-            xp.concatenate(dys, axis=1), xp.concatenate(xs, axis=1),
-            xp.concatenate(cache["deltas"], axis=1), w["A"], xp.stack(cache["Bs"], axis=1),
-            xp.stack(cache["Cs"], axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
-            delta_softplus=True)
+        s = scan_backward_kept(self.scan_backward_fn, xp.concatenate(dys, axis=1),
+                               cache["scan"])
         s = {key: (None if v is None else xp.asarray(v, dtype=np.float64)) for key, v in s.items()}
         g = {"A_logs": s["A"] * w["A"],  # A = -exp(A_logs)
              "Ds": s["D"], "dt_projs_bias": s["delta_bias"].reshape(K, -1),
