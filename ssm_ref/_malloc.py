@@ -18,8 +18,10 @@ training step: VMamba 32x32 with the Numba scan 782 -> 613 ms, Vim 32x32 with
 the reference 1535 -> 1291 ms; page faults per step ~30 000 -> ~0 after the
 first step.  The price is that memory freed after a peak stays with the
 process, as with PyTorch's caching allocator.  The setting is process-wide, so the library never makes it
-on import: the command line (``ssm-ref train``) and the benchmarks call
-:func:`keep_freed_memory` and record what it answered.
+on import: :func:`ssm_ref.train.train` makes it when it starts (unless called with
+``keep_freed_memory=False``), and so does ``ssm-ref train`` through it; the benchmarks
+call :func:`keep_freed_memory` themselves; each records what it answered.  A training
+loop of one's own can call it too (``from ssm_ref.train import keep_freed_memory``).
 """
 from __future__ import annotations
 

@@ -29,8 +29,9 @@ status 130.  ``train`` writes ``DIR/metrics.json``,
 (:data:`ssm_ref.vision.OFFICIAL_MODELS`, :func:`ssm_ref.vision.load_checkpoint`,
 :func:`ssm_ref.vision.imagenet_eval_transform`) and prints the top classes.
 ``train`` also tells glibc's malloc to keep freed memory in the process
-(``ssm_ref._malloc``; recorded in the metrics' settings): the models' large
-temporaries are then not faulted back in and zeroed by the kernel at every step.
+(:func:`ssm_ref.train.train` does, and records it in the metrics' settings): the
+models' large temporaries are then not faulted back in and zeroed by the kernel at
+every step.
 """
 from __future__ import annotations
 
@@ -387,7 +388,6 @@ def _build_model(name, **kwargs):
 
 def _cmd_train(args):
     from .data import DATASETS, load_dataset  # noqa: PLC0415
-    from ._malloc import keep_freed_memory  # noqa: PLC0415
     from .train import train  # noqa: PLC0415
 
     scan_fn, scan_backward_fn = resolve_backend(args.backend)
@@ -449,7 +449,6 @@ def _cmd_train(args):
                 "backend": args.backend, "device": device, "model_options": model_opts, "data_options": data_opts,
                 "dtype": args.dtype,
                 "blas_threads": args.blas_threads,
-                "malloc": keep_freed_memory(),  # ~15-30% faster steps on the CPU, ssm_ref/_malloc.py
                 "command": "ssm-ref " + " ".join(args.argv)}
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):

@@ -235,11 +235,25 @@ def test_dataset_given_by_name_and_float32():
     (dict(weight_decay=-1.0), ValueError, "weight_decay"),
     (dict(dataset=42), TypeError, "dataset"),
     (dict(model=object()), TypeError, "attribute 'params'"),
+    (dict(keep_freed_memory="yes"), TypeError, "keep_freed_memory"),
 ])
 def test_bad_arguments(digits, kwargs, exc, match):
     args = dict(model=TinyMLP(), dataset=_small(digits, 8, 4), progress=False) | kwargs
     with pytest.raises(exc, match=match):
         train(**args)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_train_keeps_freed_memory_unless_told_not_to(digits, monkeypatch, keep):
+    """train() switches glibc's malloc to keeping freed memory (as ssm-ref train did on its
+    own before) and records the answer; keep_freed_memory=False leaves malloc alone."""
+    import ssm_ref._malloc as malloc
+    calls = []
+    monkeypatch.setattr(malloc, "keep_freed_memory",
+                        lambda: calls.append(1) or "kept (a stand-in)")
+    m = train(TinyMLP(), _small(digits, 8, 4), epochs=1, progress=False, keep_freed_memory=keep)
+    assert calls == ([1] if keep else [])
+    assert m["settings"].get("malloc") == ("kept (a stand-in)" if keep else None)
 
 
 # --------------------------------------------------------------------------- the real tiny models
