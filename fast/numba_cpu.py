@@ -1892,8 +1892,9 @@ def selective_scan_backward_saved(dout, saved, dlast_state=None):
     """:func:`selective_scan_backward` of the scan that
     :func:`selective_scan_for_backward` ran and ``saved``: the same gradients, bit for bit.
 
-    The arguments must not have changed since the forward (their checked
-    copies are what the backward reads).
+    The arguments must not have changed since the forward: the backward reads
+    the forward's kernel arrays, which are the arguments themselves where they
+    were C-contiguous in the compute dtype (their copies otherwise).
 
     Raises
     ------
