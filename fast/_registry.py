@@ -374,7 +374,7 @@ def scan_functions(backend="auto"):
     (:func:`ssm_ref.mamba.inner_path_functions`), the Numba scan's twins
     with which that path keeps its scan's forward for the backward
     (attributes ``for_backward`` and ``from_saved``,
-    :func:`fast.numba_fused.attach_saved_scan`), and the fused depthwise
+    :func:`fast.numba_cpu.attach_saved_scan`), and the fused depthwise
     conv2d + SiLU (attribute ``conv2d_silu``) that VMamba's SS2D runs
     (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`).  ``"ref"`` gives
     the reference functions themselves.
@@ -407,15 +407,15 @@ def scan_functions(backend="auto"):
     bwd = functools.partial(selective_scan_backward, backend=backend)
     if backend == "numba":
         attach_inner_path(fwd, bwd)
-        importlib.import_module("fast.numba_fused").attach_saved_scan(fwd, bwd)
+        importlib.import_module(_MODULES["numba"]).attach_saved_scan(fwd, bwd)
     return fwd, bwd
 
 
 def attach_inner_path(scan_fn, scan_backward_fn):
     """Give a pair of Numba scan functions the fused inner path (see :func:`scan_functions`).
 
-    For callers that build their own ``functools.partial`` pair (the command
-    line, the benchmarks); returns the pair.
+    For callers that build their own ``functools.partial`` pair (the
+    benchmarks' null scan); returns the pair.
     """
     fused = importlib.import_module("fast.numba_fused")
     scan_fn.inner_path = fused.inner_forward

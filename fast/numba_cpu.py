@@ -153,7 +153,7 @@ from ._row_sweep import row_scan_clamped, row_scan_normal, row_sweep_clamped, ro
 
 __all__ = ["selective_scan", "selective_scan_backward", "selective_state_update",
            "selective_state_step", "selective_scan_for_backward",
-           "selective_scan_backward_saved", "SavedScan"]
+           "selective_scan_backward_saved", "SavedScan", "attach_saved_scan"]
 
 #: fastmath flags of the kernels: FMA contraction and reassociation (so the
 #: dot product over N vectorizes), but no "no NaN / no inf" assumptions.
@@ -1874,7 +1874,7 @@ def selective_scan_for_backward(u, delta, A, B, C, D=None, z=None, delta_bias=No
     the layouts of B and C (where the backward's kernel takes the forward's)
     and the choice of the compute dtype.  As the official package's autograd
     function keeps its tensors for the backward (``ctx.save_for_backward``);
-    the fused inner path (:mod:`fast.numba_fused`) scans this way.
+    the blocks reach it through :func:`attach_saved_scan`.
 
     Examples
     --------
@@ -1908,6 +1908,33 @@ def selective_scan_backward_saved(dout, saved, dlast_state=None):
         raise TypeError(f"Parameter saved is a {type(saved).__name__}, but a SavedScan from "
                         "fast.numba_cpu.selective_scan_for_backward was expected")
     return _scan_backward(dout, dlast_state, saved.args, saved)
+
+
+def attach_saved_scan(scan_fn, scan_backward_fn):
+    """Give a pair of Numba scan functions the twins that run them as one forward and its
+    backward; returns the pair.
+
+    ``scan_fn`` gets the attribute ``for_backward``
+    (:func:`selective_scan_for_backward`) and ``scan_backward_fn`` the attribute
+    ``from_saved`` (:func:`selective_scan_backward_saved`), which
+    :func:`ssm_ref.kept_scan.scan_keeping` and
+    :func:`~ssm_ref.kept_scan.scan_backward_kept` look for: the fused inner path,
+    VMamba's SS2D and PlainMamba then keep the scan's checked arguments and kernel
+    arrays from the forward, and the backward starts from them instead of checking
+    and laying out the same arrays again.  :func:`fast.scan_functions` attaches them to
+    the ``"numba"`` pair; a pair without them (the benchmarks' null scan) runs as given.
+
+    Examples
+    --------
+    >>> import functools
+    >>> fwd, bwd = attach_saved_scan(functools.partial(selective_scan),
+    ...                              functools.partial(selective_scan_backward))
+    >>> fwd.for_backward.__name__, bwd.from_saved.__name__
+    ('selective_scan_for_backward', 'selective_scan_backward_saved')
+    """
+    scan_fn.for_backward = selective_scan_for_backward
+    scan_backward_fn.from_saved = selective_scan_backward_saved
+    return scan_fn, scan_backward_fn
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,

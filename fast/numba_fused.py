@@ -65,7 +65,8 @@ from :func:`fast.scan_functions` with ``backend="numba"`` (see
 ``inner_backward`` take and return what :func:`ssm_ref.mamba.inner_forward`
 and :func:`ssm_ref.mamba.inner_backward` do, with a cache of their own; the
 cache holds the scan's checked arguments and kernel arrays, which its
-backward starts from (:func:`attach_saved_scan`, :mod:`ssm_ref.kept_scan`).
+backward starts from (:func:`fast.numba_cpu.attach_saved_scan`,
+:mod:`ssm_ref.kept_scan`).
 """
 from __future__ import annotations
 
@@ -86,9 +87,8 @@ from ._fastexp import fast_sigmoid
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
-           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "attach_saved_scan",
-           "depthwise_conv2d", "depthwise_conv2d_backward", "conv2d_silu_forward",
-           "conv2d_silu_backward"]
+           "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
+           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -418,29 +418,10 @@ def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False):
     return dxz, s, g
 
 
-def attach_saved_scan(scan_fn, scan_backward_fn):
-    """Let the fused path run a pair of Numba scan functions as one forward and its backward.
-
-    Gives ``scan_fn`` the attribute ``for_backward``
-    (:func:`fast.numba_cpu.selective_scan_for_backward`) and
-    ``scan_backward_fn`` the attribute ``from_saved``
-    (:func:`fast.numba_cpu.selective_scan_backward_saved`), the twins that
-    :func:`ssm_ref.kept_scan.scan_keeping` and
-    :func:`~ssm_ref.kept_scan.scan_backward_kept` look for: the fused path,
-    VMamba's SS2D and PlainMamba then keep the scan's checked arguments and
-    kernel arrays from the forward, and the backward starts from them instead
-    of checking and laying out the same arrays again.
-    :func:`fast.scan_functions` attaches them to the ``"numba"`` pair; a pair
-    without them (the benchmarks' null scan) runs as given.  Returns the pair.
-    """
-    scan_fn.for_backward = numba_cpu.selective_scan_for_backward
-    scan_backward_fn.from_saved = numba_cpu.selective_scan_backward_saved
-    return scan_fn, scan_backward_fn
-
-
-#: the Numba scan pair as :func:`mamba_inner_fn_backward` runs it (:func:`attach_saved_scan`)
-_SAVING_SCAN = attach_saved_scan(functools.partial(numba_cpu.selective_scan),
-                                 functools.partial(numba_cpu.selective_scan_backward))
+#: the Numba scan pair as :func:`mamba_inner_fn_backward` runs it, the backward from the
+#: forward's kept scan (:func:`fast.numba_cpu.attach_saved_scan`)
+_SAVING_SCAN = numba_cpu.attach_saved_scan(functools.partial(numba_cpu.selective_scan),
+                                           functools.partial(numba_cpu.selective_scan_backward))
 
 
 def inner_forward(xz, w, scan_fn, return_last_state=False):

@@ -14,7 +14,7 @@ better carry twins, as attributes: ``for_backward`` on ``scan_fn``, called
 with the scan's arguments and returning ``(y, last_state or None, saved)``,
 and ``from_saved`` on ``scan_backward_fn``, called as ``from_saved(dout,
 saved, dlast_state)``.  The pair of ``fast.scan_functions("numba")`` has them
-(``fast.numba_fused.attach_saved_scan``): its ``saved`` holds the checked
+(``fast.numba_cpu.attach_saved_scan``): its ``saved`` holds the checked
 arguments and the kernels' arrays, so that the backward neither checks nor
 lays them out again.  The results are the same either way.
 """

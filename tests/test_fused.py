@@ -378,7 +378,7 @@ KEEPING_BLOCKS = {  # a block whose scan's backward can start from its forward, 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_blocks_keep_their_scan_for_the_backward(rng, name, dtype, monkeypatch):
     """With fast.scan_functions('numba') a block's backward starts from the scan its forward
-    kept (ssm_ref.kept_scan, fast.numba_fused.attach_saved_scan): it checks none of the
+    kept (ssm_ref.kept_scan, fast.numba_cpu.attach_saved_scan): it checks none of the
     scan's arguments again, and every result is that of the same pair without the saving
     twins, bit for bit."""
     from cases import count_calls
