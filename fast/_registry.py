@@ -375,8 +375,10 @@ def scan_functions(backend="auto"):
     with which that path keeps its scan's forward for the backward
     (attributes ``for_backward`` and ``from_saved``,
     :func:`fast.numba_cpu.attach_saved_scan`), and the fused depthwise
-    conv2d + SiLU (attribute ``conv2d_silu``) that VMamba's SS2D runs
-    (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`).  ``"ref"`` gives
+    conv2d + SiLU (attribute ``conv2d_silu``) and gate ``y * silu(z)``
+    (attribute ``silu_gate``) that VMamba's SS2D runs
+    (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`,
+    :func:`~ssm_ref.vision.vmamba.silu_gate_functions`).  ``"ref"`` gives
     the reference functions themselves.
 
     Raises
@@ -422,4 +424,6 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     scan_backward_fn.inner_path = fused.inner_backward
     scan_fn.conv2d_silu = fused.conv2d_silu_forward  # VMamba's SS2D: 3x3 conv + SiLU fused
     scan_backward_fn.conv2d_silu = fused.conv2d_silu_backward
+    scan_fn.silu_gate = fused.silu_gate_forward  # and its gate y * silu(z)
+    scan_backward_fn.silu_gate = fused.silu_gate_backward
     return scan_fn, scan_backward_fn

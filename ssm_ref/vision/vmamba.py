@@ -385,8 +385,12 @@ class SS2D(Module):
         y, core = self._core_forward(x_act, self._core_weights())  # (B, H, W, D)
         y_norm = layer_norm(y, self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
                             check=False)
-        gate = silu(z, check=False)  # (B, H, W, D)
-        y_gated = y_norm * gate
+        silu_gate, _ = silu_gate_functions(self.scan_fn, self.scan_backward_fn)
+        if silu_gate is None:
+            gate = silu(z, check=False)  # (B, H, W, D)
+            y_gated = y_norm * gate
+        else:  # the Numba backend: y_norm * silu(z) in one pass (the sigmoid recomputed backward)
+            gate, y_gated = None, silu_gate(y_norm, z)
         out = linear(y_gated, self._w("out_proj.weight"), self._w("out_proj.bias"),
                      check=False)  # (B, H, W, C)
         # [/book:ss2d-forward]
@@ -406,8 +410,14 @@ class SS2D(Module):
         dy_gated, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y_gated"], self._w("out_proj.weight"), self._w("out_proj.bias"),
             check=False)  # (B, H, W, D)
-        dy_norm = dy_gated * cache["gate"]
-        dz = silu_backward(dy_gated * cache["y_norm"], cache["z"], check=False)  # (B, H, W, D)
+        _, silu_gate_backward = silu_gate_functions(self.scan_fn, self.scan_backward_fn)
+        if cache["gate"] is not None:
+            dy_norm = dy_gated * cache["gate"]
+            dz = silu_backward(dy_gated * cache["y_norm"], cache["z"], check=False)  # (B, H, W, D)
+        elif silu_gate_backward is not None:  # the forward ran the fused gate
+            dy_norm, dz = silu_gate_backward(dy_gated, cache["y_norm"], cache["z"])
+        else:
+            raise TypeError(_FUSED_CACHE)
         dy, g["out_norm.weight"], g["out_norm.bias"] = layer_norm_backward(
             dy_norm, cache["y"], self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
             check=False)
@@ -423,13 +433,17 @@ class SS2D(Module):
             dxc, dw_conv, g["conv2d.bias"] = conv_silu_backward(
                 dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
         else:
-            raise TypeError("Parameter cache comes from a forward on the fused Numba path; "
-                            "run backward with the same scan functions")
+            raise TypeError(_FUSED_CACHE)
         g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
         dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
+
+
+#: SS2D's backward on a cache whose forward ran a fused piece its scan functions lack
+_FUSED_CACHE = ("Parameter cache comes from a forward on the fused Numba path; run backward "
+                "with the same scan functions")
 
 
 def conv2d_silu_functions(scan_fn, scan_backward_fn):
@@ -440,8 +454,24 @@ def conv2d_silu_functions(scan_fn, scan_backward_fn):
     for the convolution and its SiLU, the pre-activation recomputed in the
     backward.  Used only when both functions have one.
     """
-    fwd = getattr(scan_fn, "conv2d_silu", None)
-    bwd = getattr(scan_backward_fn, "conv2d_silu", None)
+    return _fused_pair(scan_fn, scan_backward_fn, "conv2d_silu")
+
+
+def silu_gate_functions(scan_fn, scan_backward_fn):
+    """SS2D's fused gate ``y * silu(z)`` and its backward ``(dy, dz)``, or ``(None, None)``.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry them (a
+    ``silu_gate`` attribute on each, from ``fast.numba_fused``): one pass over
+    the tokens each way, the sigmoid recomputed in the backward instead of
+    kept.  Used only when both functions have one.
+    """
+    return _fused_pair(scan_fn, scan_backward_fn, "silu_gate")
+
+
+def _fused_pair(scan_fn, scan_backward_fn, name):
+    """The attribute ``name`` of both scan functions, or ``(None, None)`` unless both have it."""
+    fwd = getattr(scan_fn, name, None)
+    bwd = getattr(scan_backward_fn, name, None)
     return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
 
 
