@@ -584,15 +584,9 @@ def _gate_bwd(dout, y, z, dy, dz):
 
 
 def _rows(X, real):
-    """A (..., C) array as (rows, C) in dtype ``real``: a view where the leading axes allow
-    it (a channel slice of the tokens, as SS2D's gate ``z``), else a copy."""
-    X = X.astype(real, copy=False)
-    if X.strides[-1] != X.itemsize:
-        X = np.ascontiguousarray(X)
-    try:
-        return X.reshape(-1, X.shape[-1])  # a view unless the leading axes do not merge
-    except ValueError:
-        return np.ascontiguousarray(X).reshape(-1, X.shape[-1])
+    """A (..., C) array as (rows, C) in dtype ``real``: a view where the leading axes merge
+    (a channel slice of the tokens, as SS2D's gate ``z``), else NumPy's copy."""
+    return X.astype(real, copy=False).reshape(-1, X.shape[-1])
 
 
 def silu_gate_forward(y, z):
