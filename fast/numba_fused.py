@@ -583,6 +583,15 @@ def _gate_bwd(dout, y, z, dy, dz):
             dz[r, c] = g * y[r, c] * s * (1 + zz * (1 - s))
 
 
+def _check_gate_shapes(shape, **arrays):
+    """Raise ``ValueError`` naming an array not of ``shape`` (``y``'s): the gate's kernels
+    index every array by ``z``'s rows, so a mismatch would read out of bounds."""
+    for name, X in arrays.items():
+        if X.shape != shape:
+            raise ValueError(f"Parameter {name} has shape {X.shape} but should be {shape} "
+                             "(the gate is elementwise: y, z and dout of one shape)")
+
+
 def _rows(X, real):
     """A (..., C) array as (rows, C) in dtype ``real``: a view where the leading axes merge
     (a channel slice of the tokens, as SS2D's gate ``z``), else NumPy's copy."""
@@ -590,11 +599,13 @@ def _rows(X, real):
 
 
 def silu_gate_forward(y, z):
-    """``y * silu(z)`` in one pass (VMamba's gate after ``out_norm``), unchecked; ``y`` and
-    ``z`` of one shape (..., C), computed and returned in ``y``'s dtype (float32 or 64).
+    """``y * silu(z)`` in one pass (VMamba's gate after ``out_norm``); ``y`` and ``z`` of one
+    shape (..., C) (else ``ValueError``; values are not checked), computed and returned in
+    ``y``'s dtype (float32 or 64).
 
     The reference twin: ``y * ssm_ref.nn.silu(z)``.
     """
+    _check_gate_shapes(y.shape, z=z)
     real = y.dtype
     out = np.empty(y.shape, real)
     _launch(_gate_fwd, _rows(y, real), _rows(z, real), out.reshape(-1, y.shape[-1]))
@@ -602,10 +613,12 @@ def silu_gate_forward(y, z):
 
 
 def silu_gate_backward(dout, y, z):
-    """Gradients of :func:`silu_gate_forward`, unchecked: ``(dy, dz)`` in ``y``'s dtype.
+    """Gradients of :func:`silu_gate_forward`: ``(dy, dz)`` in ``y``'s dtype (shapes checked
+    as there).
 
     The reference twin: ``dout * silu(z)`` and ``ssm_ref.nn.silu_backward(dout * y, z)``.
     """
+    _check_gate_shapes(y.shape, dout=dout, z=z)
     real = y.dtype
     dy, dz = np.empty(y.shape, real), np.empty(y.shape, real)
     C = y.shape[-1]

@@ -454,6 +454,15 @@ def test_numba_silu_gate_matches_reference(rng, dtype, layout):
                  err_msg="dz")
 
 
+def test_numba_silu_gate_refuses_arrays_of_other_shapes(rng):
+    y = np.ones((2, 3, 4))
+    with pytest.raises(ValueError, match=r"Parameter z has shape \(2, 3, 5\) but should be "
+                                         r"\(2, 3, 4\)"):
+        numba_fused.silu_gate_forward(y, np.ones((2, 3, 5)))
+    with pytest.raises(ValueError, match=r"Parameter dout has shape \(2, 4, 4\)"):
+        numba_fused.silu_gate_backward(np.ones((2, 4, 4)), y, y)
+
+
 def test_ss2d_refuses_a_fused_cache_with_other_scan_functions(rng):
     """A cache whose forward ran the fused gate and conv cannot go to the reference backward."""
     block = sr.vision.SS2D(d_model=8, d_state=4, seed=0)
