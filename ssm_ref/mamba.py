@@ -455,11 +455,16 @@ def inner_path_functions(scan_fn, scan_backward_fn):
     Otherwise, the reference :func:`inner_forward` and :func:`inner_backward`.
     Both pairs take and return the same things; each reads only its own cache.
     """
-    fwd = getattr(scan_fn, "inner_path", None)
-    bwd = getattr(scan_backward_fn, "inner_path", None)
-    if fwd is None or bwd is None:
-        return inner_forward, inner_backward
-    return fwd, bwd
+    fwd, bwd = fused_pair(scan_fn, scan_backward_fn, "inner_path")
+    return (inner_forward, inner_backward) if fwd is None else (fwd, bwd)
+
+
+def fused_pair(scan_fn, scan_backward_fn, name):
+    """The attribute ``name`` of both scan functions (a fused piece a backend carries, as
+    ``fast.scan_functions("numba")`` does), or ``(None, None)`` unless both have it."""
+    fwd = getattr(scan_fn, name, None)
+    bwd = getattr(scan_backward_fn, name, None)
+    return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
 
 
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):

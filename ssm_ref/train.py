@@ -584,7 +584,7 @@ def train(model, dataset, epochs=10, batch_size=64, lr=3e-3, weight_decay=0.05, 
         ``ssm-ref train`` and the benchmarks run: a step's large temporaries
         are then not handed back to the kernel and faulted in again at every
         step (measured on a 2-core Zen 3 with glibc's defaults: 16,000 to
-        31,000 page faults a step for VMamba and Vim on 32x32 images, and a
+        32,000 page faults a step for VMamba and Vim on 32x32 images, and a
         VMamba float32 step 1.3 times slower).  The setting is process-wide
         and stays after the call; what it answered is recorded in the
         settings as ``"malloc"``.  False leaves the allocator alone; a

@@ -21,7 +21,7 @@ import numpy as np
 from .._validation import a_from_log, as_array, check_positive_scalar, check_shape
 from .._xp import array_module, on_module_cached
 from ..kept_scan import scan_backward_kept, scan_keeping
-from ..mamba import MambaConfig, config_from_sizes, mamba_init
+from ..mamba import MambaConfig, config_from_sizes, fused_pair, mamba_init
 from ..module import (
     Module,
     check_state_dstate,
@@ -454,7 +454,7 @@ def conv2d_silu_functions(scan_fn, scan_backward_fn):
     for the convolution and its SiLU, the pre-activation recomputed in the
     backward.  Used only when both functions have one.
     """
-    return _fused_pair(scan_fn, scan_backward_fn, "conv2d_silu")
+    return fused_pair(scan_fn, scan_backward_fn, "conv2d_silu")
 
 
 def silu_gate_functions(scan_fn, scan_backward_fn):
@@ -465,14 +465,7 @@ def silu_gate_functions(scan_fn, scan_backward_fn):
     the tokens each way, the sigmoid recomputed in the backward instead of
     kept.  Used only when both functions have one.
     """
-    return _fused_pair(scan_fn, scan_backward_fn, "silu_gate")
-
-
-def _fused_pair(scan_fn, scan_backward_fn, name):
-    """The attribute ``name`` of both scan functions, or ``(None, None)`` unless both have it."""
-    fwd = getattr(scan_fn, name, None)
-    bwd = getattr(scan_backward_fn, name, None)
-    return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
+    return fused_pair(scan_fn, scan_backward_fn, "silu_gate")
 
 
 def _add_back(out, seq, perm, xp):
