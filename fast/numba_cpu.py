@@ -930,11 +930,13 @@ def _fwd_real(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                    has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks,
-                   block, terms):
+                   block, starts, save, terms):
     # _fwd_real for rows longer than ``block`` steps: the same arithmetic with the loops over
     # time blocks outside and the thread's rows inside, so that a block's B and C (shared
     # by the rows of a group) stay in cache while every row passes through it; each row's
-    # state and screen sum are carried from block to block in per-row scratch.
+    # state and screen sum are carried from block to block in per-row scratch.  With
+    # ``save``, the state entering block k of row r is written to starts[r, k] (the chunk
+    # states _bwd_real_long starts its blocks from).
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -968,6 +970,9 @@ def _fwd_real_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                                softplus, dt, bu, z_blk, has_z)
                 if k == 0:
                     _row_start(A, h0, b, d, has_h0, zero, a, h)
+                if save:
+                    for n in range(N):
+                        starts[row, k, n] = h[n]
                 for n in range(N):
                     a[n] = A[d, n] * log2e  # exp(dt a) = 2^(dt a log2 e)
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
@@ -1075,16 +1080,18 @@ def _bwd_real(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
 def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                    has_D, has_z, has_bias, softplus, has_h0, has_dlast,
                    du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, block,
-                   terms):
+                   starts, has_starts, terms):
     # _bwd_real for L > block, in time blocks of T = block steps with the loops over blocks
     # outside and the thread's rows inside, so that a block's B, C, dB and dC (shared by
     # the rows) and a row's records stay in cache while every row passes through it.
     # 1. Blocks from the first: each row's state is only carried forward (_row_advance:
     #    the exponential and the update, no output, no record) and saved at every block's
-    #    start.  2. Blocks from the last: from the saved state, each row's block runs as a
-    #    whole row of _bwd_real does (the forward sweep with records, y and dC, then the
-    #    reverse sweep and the input gradients); dLoss/dh, the dA sum and the row's sums
-    #    are carried from block to block.  The price of the blocks is pass 1.
+    #    start, in starts[row, k].  2. Blocks from the last: from the saved state, each
+    #    row's block runs as a whole row of _bwd_real does (the forward sweep with records,
+    #    y and dC, then the reverse sweep and the input gradients); dLoss/dh, the dA sum and
+    #    the row's sums are carried from block to block.  The price of the blocks is pass 1;
+    #    ``has_starts``: a forward already wrote ``starts`` (the same states to the bit:
+    #    fwd_tiles_long or _fwd_real_long with ``save``), and pass 1 is skipped.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -1113,7 +1120,6 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     h_s = np.empty((nchunks, maxrows, N), u.dtype)
     g_s = np.empty((nchunks, maxrows, N), u.dtype)
     sdA_s = np.empty((nchunks, maxrows, N), u.dtype)
-    ck_s = np.empty((nchunks, maxrows, nblocks, N), u.dtype)  # state entering each block
     sums_s = np.zeros((nchunks, maxrows, 3), u.dtype)  # screen, dD and d delta_bias sums
     for c in prange(nchunks):
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
@@ -1122,7 +1128,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
         r0 = c * nrows // nchunks
         r1 = (c + 1) * nrows // nchunks
         # 1. the state entering each block (the last block's own steps are not needed)
-        for k in range(nblocks):
+        for k in range(0 if has_starts else nblocks):
             t0 = k * T
             tn = min(T, L - t0)
             for row in range(r0, r1):
@@ -1133,7 +1139,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 if k == 0:
                     _row_start(A, h0, b, d, has_h0, zero, a, h)
                 for n in range(N):
-                    ck_s[c, r, k, n] = h[n]
+                    starts[row, k, n] = h[n]
                 if k == nblocks - 1:
                     continue
                 u_blk = u[b, d, t0:t0 + tn]
@@ -1172,7 +1178,7 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 for n in range(N):
                     a[n] = A[d, n]
                     a2[n] = A[d, n] * log2e
-                    h[n] = ck_s[c, r, k, n]
+                    h[n] = starts[row, k, n]
                 bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
                 B3, C3, dB3, dC3 = Bx[bb, bg], Cx[cb, cg], dB_c[c, bb, bg], dC_c[c, cb, cg]
                 if _all_normal(dt[:tn], a2[:N], zero):
@@ -1607,17 +1613,37 @@ def _bwd_block(npad, dtype):
     """Time steps per block of the real backward kernel: :data:`_BWD_RECORD_BYTES` for two
     (T, ``npad``) records of ``dtype``, and where :data:`_BWD_CACHE_BYTES` is set, at most
     what fits it per step (two records of 16 states, and B, C, dB and dC of ``npad``
-    states), a multiple of 16; at least 16."""
+    states); a multiple of 16 (the tile forward's blocks, which save the backward's chunk
+    states, :func:`_forward`), at least 16."""
     itemsize = np.dtype(dtype).itemsize
     steps = _BWD_RECORD_BYTES // (2 * npad * itemsize)
     if _BWD_CACHE_BYTES is not None:
-        fits = _BWD_CACHE_BYTES // ((2 * _LANES + 4 * npad) * itemsize)
-        steps = min(steps, fits // _LANES * _LANES)
-    return max(16, steps)
+        steps = min(steps, _BWD_CACHE_BYTES // ((2 * _LANES + 4 * npad) * itemsize))
+    return max(16, steps // _LANES * _LANES)
 
 
-def _forward(s, k, real):
-    """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen)``."""
+def _keeps_starts(s, k, real):
+    """True if the forward of ``s`` on kernel arrays ``k`` (``real``) hands its backward the
+    state entering each of the backward's time blocks: a real scan longer than one block
+    (:func:`_bwd_block`), whose backward therefore runs :func:`_bwd_real_long`, and whose
+    forward runs tiles, or rows in blocks of the backward's length (as on AMD's Zen, where
+    both blocks come from the same 2 MB), so that its output is the plain forward's to the
+    bit.  The pairs take rows of one block only."""
+    if s.is_complex or k["paired"]:
+        return False
+    block = _bwd_block(_padded(s.dstate), real)
+    return s.length > block and (k["tiled"] or _fwd_block(k["A"].shape[1], real) == block)
+
+
+def _forward(s, k, real, keep_starts=False):
+    """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen, starts)``.
+
+    ``starts``: with ``keep_starts`` where :func:`_keeps_starts` allows, the state
+    entering each of the backward's time blocks, (B D, blocks, N padded to 16), for
+    :func:`_backward` (the official kernels' forward keeps its chunk states for its
+    backward in the same way); the forward then runs in the backward's blocks.
+    Otherwise None.
+    """
     paired = k["paired"]  # N <= 8: two rows per vector
     tiled = k["tiled"]  # 16 channels per vector: the tiles are the unit of parallel work
     nchunks = _threads(_tiles.tile_count(s) if tiled else s.batch * s.dim)
@@ -1628,27 +1654,43 @@ def _forward(s, k, real):
     args = (k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
             k["h0"], s.D is not None, s.z is not None, s.delta_bias is not None,
             s.delta_softplus, s.h0 is not None, out, last, screen, nchunks)
+    starts = None
+    if keep_starts and _keeps_starts(s, k, real):
+        block = _bwd_block(_padded(s.dstate), real)
+        starts = np.zeros((s.batch * s.dim, -(-s.length // block), _padded(s.dstate)), real)
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
         _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
     elif tiled:
-        block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
+        if starts is None:
+            block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
         if s.length <= block:
             _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
         else:
-            _launch(_tiles.fwd_tiles_long, *args, block, exp2_terms(real))
+            _launch(_tiles.fwd_tiles_long, *args, block, *_starts_args(starts, real))
     else:
-        block = _fwd_block(k["A"].shape[1], real)
+        if starts is None:
+            block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
             _launch(_fwd_real, *args, exp2_terms(real))
         else:
-            _launch(_fwd_real_long, *args, block, exp2_terms(real))
-    return out, last, screen
+            _launch(_fwd_real_long, *args, block, *_starts_args(starts, real))
+    return out, last, screen, starts
 
 
-def _backward(s, k, real, dout, dlast_state):
-    """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype."""
+def _starts_args(starts, real):
+    """The long kernels' last arguments: ``starts`` (a dummy when None), whether it is given
+    (the forward: write it; the backward: read it instead of pass 1), the exp's terms."""
+    given = starts is not None
+    return (starts if given else np.zeros((1, 1, 1), real)), given, exp2_terms(real)
+
+
+def _backward(s, k, real, dout, dlast_state, starts=None):
+    """Run the backward kernel: ``(grads, screen)``, gradients in the kernels' dtype.
+
+    ``starts``: the forward's states entering each time block (:func:`_forward`), or None.
+    """
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     tiled = k["tiled"]  # 16 channels per vector: the tiles are the unit of parallel work
@@ -1679,9 +1721,14 @@ def _backward(s, k, real, dout, dlast_state):
         _launch(_pairs.bwd_pairs, *args, exp2_terms(real))
     elif tiled:
         _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
+    elif length <= block:
+        _launch(_bwd_real, *args, block, exp2_terms(real))
     else:
-        _launch(_bwd_real if length <= block else _bwd_real_long, *args, block,
-                exp2_terms(real))
+        if starts is None:  # pass 1 of the kernel fills it
+            starts = np.empty((batch * dim, -(-length // block), npad), real)
+            _launch(_bwd_real_long, *args, block, starts, False, exp2_terms(real))
+        else:
+            _launch(_bwd_real_long, *args, block, *_starts_args(starts, real))
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)
@@ -1710,20 +1757,23 @@ class SavedScan:
     checking them learnt (a :class:`~ssm_ref.scan_args.ScanArgs`), the compute
     dtype the forward settled on and its kernel arrays, among them ``u``,
     ``delta`` and ``z`` as C-contiguous arrays of that dtype (a channels-last
-    ``z`` is a copy: one (B, D, L) array more kept alive until the backward).
-    Only :func:`selective_scan_backward_saved` reads it.
+    ``z`` is a copy: one (B, D, L) array more kept alive until the backward),
+    and for rows longer than the backward's time block the state entering each
+    block (``starts``, else None; :func:`_forward`).  Only
+    :func:`selective_scan_backward_saved` reads it.
     """
 
-    __slots__ = ("args", "s", "real", "k", "maybe_negative")
+    __slots__ = ("args", "s", "real", "k", "maybe_negative", "starts")
 
-    def __init__(self, args, s, real, k, maybe_negative):
+    def __init__(self, args, s, real, k, maybe_negative, starts=None):
         self.args, self.s, self.real, self.k = args, s, real, k
-        self.maybe_negative = maybe_negative
+        self.maybe_negative, self.starts = maybe_negative, starts
 
 
-def _scan(args, return_last_state):
+def _scan(args, return_last_state, keep_starts=False):
     """:func:`selective_scan` on ``args`` (its first ten, as a tuple): ``(y, last state or
-    None, SavedScan)``."""
+    None, SavedScan)``; ``keep_starts``: the forward keeps its backward's chunk states
+    (:func:`_forward`)."""
     def reference_check():
         check_scan_args(*args)
 
@@ -1731,17 +1781,18 @@ def _scan(args, return_last_state):
     check_bool(return_last_state, "return_last_state")
     maybe_negative = _maybe_negative(s)
     real, k = _fitting_kernel_args(s, "forward")
-    out, last, screen = _forward(s, k, real)
+    out, last, screen, starts = _forward(s, k, real, keep_starts)
     if _screen_failed(screen, maybe_negative):
         reference_check()  # raises the reference's error (non-finite input, negative step)
         if real == np.float32:  # valid input that float32 could not hold: again in float64
             real = np.dtype(np.float64)
             k = _kernel_args(s, real, "forward")
-            out, last, _ = _forward(s, k, real)
+            out, last, _, starts = _forward(s, k, real, keep_starts)
     y = out.astype(s.out_dtype, copy=False)
     if return_last_state:
         last = last[:, :, :s.dstate].astype(s.state_dtype)  # (B, D, N): drop the padding
-    return y, last if return_last_state else None, SavedScan(args, s, real, k, maybe_negative)
+    return (y, last if return_last_state else None,
+            SavedScan(args, s, real, k, maybe_negative, starts))
 
 
 def _check_dout(s, dout, dlast_state):
@@ -1785,7 +1836,7 @@ def _scan_backward(dout, dlast_state, args, saved=None):
         s, maybe_negative, real = saved.s, saved.maybe_negative, saved.real
         dout_, dlast_ = _validated(lambda: _check_dout(s, dout, dlast_state), reference_check)
         k = _backward_kernel_args(saved)
-    grads, screen = _backward(s, k, real, dout_, dlast_)
+    grads, screen = _backward(s, k, real, dout_, dlast_, None if saved is None else saved.starts)
     # the screen covers the per-row gradients; the shared ones are checked here
     shared_finite = all(np.isfinite(grads[name]).all() for name in ("A", "B", "C", "D",
                                                                      "delta_bias")
@@ -1876,6 +1927,15 @@ def selective_scan_for_backward(u, delta, A, B, C, D=None, z=None, delta_bias=No
     function keeps its tensors for the backward (``ctx.save_for_backward``);
     the blocks reach it through :func:`attach_saved_scan`.
 
+    Rows longer than the backward's time block (16384 steps at N = 16 in
+    float32 on AMD's Zen) also keep the state entering each block, as the
+    official CUDA forward keeps its chunk states (``x``, every 2048 steps):
+    the backward then starts its blocks from them instead of carrying every
+    row's state through the sequence again first (about a sixth of its time
+    at L = 65536; chapter 11, "Throughput against L and N").  They cost
+    B·D·N numbers per block.  ``y`` and the last state are
+    :func:`selective_scan`'s, bit for bit.
+
     Examples
     --------
     >>> import numpy as np
@@ -1885,7 +1945,8 @@ def selective_scan_for_backward(u, delta, A, B, C, D=None, z=None, delta_bias=No
     >>> selective_scan_backward_saved(np.array([[[1.0, 0.0, 0.0]]]), saved)["u"]
     array([[[0.5, 0. , 0. ]]])
     """
-    return _scan((u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0), return_last_state)
+    return _scan((u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0), return_last_state,
+                 keep_starts=True)
 
 
 def selective_scan_backward_saved(dout, saved, dlast_state=None):

@@ -97,6 +97,7 @@ from numba import njit, prange
 
 from ._lanes import WIDTH, add_lane_sums, transpose_block
 from ._override import Override
+from ._fastexp import _fma
 from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
                         _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
                         _row_steps, _time_slice)
@@ -222,8 +223,13 @@ def _tile_normal(L, N, dt_r, a2, zero):
 
 @njit(inline="always", cache=True)  # in Numba's IR: `normal` is a constant
 def _tile_step(dt, bu, a2, h, tt, nn, jj, bn, normal, terms):
-    """h[n] of lane j after step t: ``2^(dt a2[n]) h[n] + bu B_t[n]`` (written back, returned)."""
-    hv = _decay(dt[tt, jj] * a2[nn, jj], normal, terms) * h[nn, jj] + bu[tt, jj] * bn
+    """h[n] of lane j after step t: ``2^(dt a2[n]) h[n] + bu B_t[n]`` (written back, returned).
+
+    One FMA, written out as the row kernels write it (``fast.numba_cpu._fwd_block_scan``,
+    ``_row_advance``): the states a forward hands to its backward
+    (:func:`fwd_tiles_long` with ``save``) are then the backward's own to the bit.
+    """
+    hv = _fma(bu[tt, jj], bn, _decay(dt[tt, jj] * a2[nn, jj], normal, terms) * h[nn, jj])
     h[nn, jj] = hv
     return hv
 
@@ -332,7 +338,7 @@ def fwd_tiles(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def fwd_tiles_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                    has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks,
-                   block, terms):
+                   block, starts, save, terms):
     """:func:`fwd_tiles` for rows longer than ``block`` steps, in time blocks.
 
     The loop over blocks of T steps (``block`` rounded down to a multiple of
@@ -341,7 +347,9 @@ def fwd_tiles_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     through it (as :func:`fast.numba_cpu._fwd_real_long` does for rows).
     Each tile's state and its channels' screen sums are carried from block
     to block in per-thread scratch; the arithmetic is :func:`fwd_tiles`'s,
-    step by step.
+    step by step.  With ``save``, the state entering block k of row (b, d)
+    is written to ``starts[b * D + d, k, :N]`` (the chunk states that
+    ``fast.numba_cpu._bwd_real_long`` starts its blocks from).
     """
     nb, nd, L = u.shape
     N = A.shape[1]
@@ -385,6 +393,8 @@ def fwd_tiles_long(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                             a2[n, j] = A[d, n] * log2e
                             if k == 0:
                                 h[n, j] = h0[b, d, n] if has_h0 else zero
+                            if save:
+                                starts[b * nd + d, k, n] = h[n, j]
                     else:
                         for t in range(tn):
                             dt_r[j, t] = zero

@@ -584,6 +584,73 @@ def test_saved_forward_of_tiles_and_time_blocks(rng, monkeypatch):
     _saved_against_plain(kw, *cotangents(rng, kw, dlast=False))
 
 
+#: rows longer than the backward's block, laid out as the forward's kernels take them:
+#: channel tiles (float32, grouped B and C, groups of 16 channels), 16-lane rows in float32
+#: (B constant: no tiles) and in float64 (N = 5 padded to 16)
+_LONG_ROWS = {"tiles": dict(form_B="grouped", form_C="grouped", dtype=np.float32, dim=32,
+                            dstate=16),
+              "rows-f32": dict(form_B="constant", form_C="variable", dtype=np.float32, dim=3,
+                               dstate=16),
+              "rows-f64": dict(form_B="variable", form_C="grouped", dtype=np.float64, dim=4,
+                               dstate=5)}
+
+
+@pytest.mark.parametrize("layout", list(_LONG_ROWS))
+def test_saved_forward_hands_its_chunk_states_to_the_backward(rng, monkeypatch, layout):
+    """Rows longer than the backward's time block (16 steps here: 55 = 3 x 16 + 7): the
+    forward keeps the state entering each block, as the official kernels' forward keeps
+    its chunk states, and the backward starts its blocks from them instead of carrying
+    the states through the row again (pass 1 of _bwd_real_long).  The states are the
+    reference's (its last state after the first 16 k steps), the gradients the plain
+    backward's bit for bit, and the backward reads them: changed states change them."""
+    itemsize = np.dtype(_LONG_ROWS[layout]["dtype"]).itemsize
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * itemsize)
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * itemsize)  # rows: the same
+    kw = scan_case(rng, length=55, **_LONG_ROWS[layout])
+    dout, dlast = cotangents(rng, kw)
+    saved = _saved_against_plain(kw, dout, dlast)
+    assert saved.k["tiled"] == (layout == "tiles")
+    batch, dim, dstate = kw["h0"].shape
+    starts = saved.starts.reshape(batch, dim, 4, 16)  # (B D, blocks, N padded to 16)
+    assert starts.dtype == saved.real and not starts[..., dstate:].any()
+    for k in range(4):
+        t = 16 * k
+        want = kw["h0"] if k == 0 else ssm_ref.selective_scan(
+            **{name: (X[..., :t] if name in ("u", "delta", "z")
+                      or (name in "BC" and X.ndim > 2) else X) for name, X in kw.items()},
+            return_last_state=True)[1]
+        assert_close(starts[:, :, k, :dstate], want.astype(saved.real), kind="backend",
+                     err_msg=f"state entering block {k}")
+    g = numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    saved.starts[:, 2] *= 2  # the third block's starting states
+    g_changed = numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    # d delta_t depends on h_{t-1} (d u_t does not: the states are linear in u)
+    assert not np.array_equal(g_changed["delta"][:, :, 32:48], g["delta"][:, :, 32:48])
+    assert np.array_equal(g_changed["delta"][:, :, 48:], g["delta"][:, :, 48:])  # later blocks
+
+
+@pytest.mark.parametrize("change", ["short rows", "pairs", "complex", "other row blocks"])
+def test_saved_forward_keeps_no_chunk_states_where_it_cannot(rng, monkeypatch, change):
+    """Rows within one backward block run whole (no states to keep); so do the pairs'
+    (N <= 8, their rows never exceed a block); complex A has no blocked backward; a row
+    forward in longer blocks than the backward's would sum its outputs in another grouping
+    if it ran in the backward's (the backward then carries the states itself, pass 1)."""
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * 8)  # 16 steps
+    monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * 8)
+    kw = scan_case(rng, "grouped", "grouped", change == "complex",
+                   length=16 if change == "short rows" else 55, dstate=5)
+    if change == "pairs":
+        monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 2 ** 20)  # the pairs' forward: one block
+        monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 2 ** 20)
+    if change == "other row blocks":
+        monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 32 * 2 * 16 * 8)
+    with numba_pairs.forced(change == "pairs"):
+        _, _, saved = numba_cpu.selective_scan_for_backward(**kw)
+    assert saved.k["paired"] == (change == "pairs")
+    assert saved.starts is None
+    _saved_against_plain(kw, *cotangents(rng, kw))
+
+
 @pytest.mark.parametrize("case_name", MIXED)
 def test_saved_forward_keeps_its_float64_fallback(rng, case_name):
     """float32 input that float32 cannot hold: the forward settles on float64, and the
