@@ -46,6 +46,10 @@ The cases are the scans that the library's users run most (``fast.selective_scan
   L = 65536, N = 16 and L = 16384, N = 64, variable B and C with z (the kernels in time
   blocks: chapter 11, "Throughput against L and N").
 
+``--passes kept`` times the scan's backward as a training step runs it: from a forward
+kept for it (``fast.numba_cpu.selective_scan_for_backward`` once, then
+``selective_scan_backward_saved``; the revision must have them, from ``61bd6a7`` on).
+
 ``--passes step`` times one training step instead (``fast.bench.train``'s: forward,
 loss, backward, gradient clipping, AdamW; the numba backend with the fused inner path,
 BLAS on one thread) of the model each case's scan comes from: tiny Vim 8x8 for ``tiny``
@@ -108,14 +112,18 @@ def inputs(case):
 
 def case_call(case, pass_name):
     """The case's pass (``fast.selective_scan`` or ``fast.selective_scan_backward``,
-    ``backend="numba"``; or ``"step"``, :func:`training_step`) as a function of no
-    arguments, its inputs made once."""
+    ``backend="numba"``; ``"kept"``, the backward from a kept forward; or ``"step"``,
+    :func:`training_step`) as a function of no arguments, its inputs made once."""
     import fast
     if pass_name == "step":
         return training_step(case)
     kw, dout = inputs(case)
     if pass_name == "forward":
         return lambda: fast.selective_scan(**kw, backend="numba")
+    if pass_name == "kept":
+        from fast import numba_cpu
+        saved = numba_cpu.selective_scan_for_backward(**kw)[2]
+        return lambda: numba_cpu.selective_scan_backward_saved(dout, saved)
     return lambda: fast.selective_scan_backward(dout, **kw, backend="numba")
 
 
@@ -180,11 +188,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare the working tree with")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--passes", nargs="+", choices=PASSES + ("step",),
+    parser.add_argument("--passes", nargs="+", choices=PASSES + ("kept", "step"),
                         default=list(PASSES),
-                        help="forward, backward (the scan's; both by default) and step (one "
-                             "training step of the case's model: tiny, tiny-f64, vim-f64, "
-                             "vmamba)")
+                        help="forward, backward (the scan's; both by default), kept (the "
+                             "backward from a kept forward) and step (one training step of "
+                             "the case's model: tiny, tiny-f64, vim-f64, vmamba)")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
                         help="Numba thread counts (1 2)")
     parser.add_argument("--rounds", type=int, default=9,

@@ -59,6 +59,17 @@ def test_sweep_counts_page_faults_of_the_backward(quick_result):
         assert faults is None or faults >= 0
 
 
+def test_sweep_times_the_backward_from_a_kept_forward(quick_result):
+    """Each row also times the backward as a training step runs it; chunk states are kept
+    exactly where the row is longer than one backward block (float32, N padded to 16)."""
+    for row in quick_result["sweep"]:
+        assert row["numba_forward_keeping_s"] > 0 and row["numba_backward_kept_s"] > 0
+        assert row["numba_backward_kept_G_per_s"] == pytest.approx(
+            row["state_updates"] / row["numba_backward_kept_s"] / 1e9)
+        block = numba_cpu._bwd_block(-(-row["N"] // 16) * 16, np.float32)
+        assert row["chunk_states_kept"] == (row["L"] > block), row
+
+
 def test_pairs_section_times_both_layouts(quick_result):
     """Both dtypes and both passes, each timed with the pair kernels and with 16 lanes."""
     rows = quick_result["pairs"]

@@ -145,7 +145,8 @@ def test_every_case_has_its_dtype_and_shapes():
 
 def test_a_case_call_runs_the_pass_it_names():
     """case_call (the timed function of compare_revisions, profile_loops and same_kernels):
-    the forward returns the scan's output, the backward the gradients of the case's dout."""
+    the forward returns the scan's output, the backward and the backward from a kept forward
+    the gradients of the case's dout."""
     import numpy as np
 
     import fast
@@ -153,14 +154,15 @@ def test_a_case_call_runs_the_pass_it_names():
     kw, dout = compare.inputs("tiny")
     out = compare.case_call("tiny", "forward")()
     np.testing.assert_array_equal(out, fast.selective_scan(**kw, backend="numba"))
-    grads = compare.case_call("tiny", "backward")()
     expected = fast.selective_scan_backward(dout, **kw, backend="numba")
-    assert grads.keys() == expected.keys()
-    for name, e in expected.items():
-        if e is None:
-            assert grads[name] is None, name
-        else:
-            np.testing.assert_array_equal(grads[name], e, err_msg=name)
+    for pass_name in ("backward", "kept"):
+        grads = compare.case_call("tiny", pass_name)()
+        assert grads.keys() == expected.keys()
+        for name, e in expected.items():
+            if e is None:
+                assert grads[name] is None, name
+            else:
+                np.testing.assert_array_equal(grads[name], e, err_msg=f"{pass_name}: {name}")
 
 
 def test_a_step_case_trains_the_model_its_scan_comes_from():

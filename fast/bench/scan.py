@@ -23,7 +23,10 @@ What is measured (medians over ``--repeats`` runs after one warm-up call):
   be avoided per state update, one vectorized exp and one FMA
   (``y = exp(s x) y + x``, in L1 cache), over the same element count;
 * a sweep over L (256 ... 65536) and N (16, 64) at B=1, D=256, with the
-  minor page faults of a backward call (see "freed memory" below);
+  minor page faults of a backward call (see "freed memory" below), and the
+  backward as a training step runs it: from a forward kept for it
+  (``selective_scan_for_backward``, which beyond one backward time block
+  keeps the state entering each block, then ``selective_scan_backward_saved``);
 * small states (N = 8, VMamba's scan in a 32x32 training step: B=64, D=192
   in 4 groups of B and C, L=256), float64 and float32: the kernels of
   :mod:`fast.numba_pairs` (two rows per 16-lane block) against the same call
@@ -436,10 +439,21 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
                 lambda: numba_cpu.selective_scan_backward(dout, **kw))
             t_bwd = median_time(bwd, repeats)
             faults = faults_per_call()
+            # as a training step runs them: the forward keeping what its backward starts
+            # from (beyond one backward block, the state entering each block), then the
+            # backward from it
+            t_keep = median_time(lambda: numba_cpu.selective_scan_for_backward(**kw), repeats)
+            saved = numba_cpu.selective_scan_for_backward(**kw)[2]
+            t_kept = median_time(lambda: numba_cpu.selective_scan_backward_saved(dout, saved),
+                                 repeats)
             row = {"N": dstate, "L": length, "D": dim, "B": 1, "state_updates": n_up,
                    "numba_forward_s": t_fwd, "numba_forward_G_per_s": n_up / t_fwd / 1e9,
                    "numba_backward_s": t_bwd, "numba_backward_G_per_s": n_up / t_bwd / 1e9,
-                   "backward_page_faults_per_call": faults, "ref_measured": False}
+                   "backward_page_faults_per_call": faults,
+                   "numba_forward_keeping_s": t_keep,
+                   "chunk_states_kept": saved.starts is not None,
+                   "numba_backward_kept_s": t_kept,
+                   "numba_backward_kept_G_per_s": n_up / t_kept / 1e9, "ref_measured": False}
             if length <= ref_max_length:
                 kw_ref = make_inputs(1, ref_dim, length, dstate)
                 t_ref = median_time(lambda: ssm_ref.selective_scan(**kw_ref), 1)
@@ -451,6 +465,8 @@ def run_sweep(lengths, dstates, dim, repeats, ref_dim, ref_max_length):
             print(f"  N={dstate:3d} L={length:6d}: fwd {row['numba_forward_G_per_s']:.2f} G/s, "
                   f"bwd {row['numba_backward_G_per_s']:.2f} G/s "
                   f"({'?' if faults is None else f'{faults:.0f}'} page faults per call), "
+                  f"from a kept forward {row['numba_backward_kept_G_per_s']:.2f} G/s"
+                  f"{' (chunk states kept)' if row['chunk_states_kept'] else ''}, "
                   f"x{row['speedup_forward_vs_ref']:.0f} "
                   f"vs ref{'' if row['ref_measured'] else ' (ref rate from a shorter L)'}",
                   flush=True)
