@@ -1090,8 +1090,8 @@ def _bwd_real_long(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     #    row's block runs as a whole row of _bwd_real does (the forward sweep with records,
     #    y and dC, then the reverse sweep and the input gradients); dLoss/dh, the dA sum and
     #    the row's sums are carried from block to block.  The price of the blocks is pass 1;
-    #    ``has_starts``: a forward already wrote ``starts`` (the same states to the bit:
-    #    fwd_tiles_long or _fwd_real_long with ``save``), and pass 1 is skipped.
+    #    ``has_starts``: a forward already wrote ``starts`` (_fwd_real_long with ``save``:
+    #    the same states to the bit; fwd_tiles_long: to a rounding), and pass 1 is skipped.
     nb, nd, L = u.shape
     N = A.shape[1]
     zero = u.dtype.type(0)
@@ -1951,7 +1951,12 @@ def selective_scan_for_backward(u, delta, A, B, C, D=None, z=None, delta_bias=No
 
 def selective_scan_backward_saved(dout, saved, dlast_state=None):
     """:func:`selective_scan_backward` of the scan that
-    :func:`selective_scan_for_backward` ran and ``saved``: the same gradients, bit for bit.
+    :func:`selective_scan_for_backward` ran and ``saved``: the same gradients, bit for bit,
+    except where the forward kept chunk states from channel tiles (float32 rows longer than
+    one backward block, B and C shared by groups of 16 channels or more): the tiles round
+    their update's FMA the other way (``fast.numba_tiles._tile_step``), so the backward
+    starts its blocks from states a rounding away from those it would carry itself, and
+    the gradients agree to rounding.
 
     The arguments must not have changed since the forward: the backward reads
     the forward's kernel arrays, which are the arguments themselves where they

@@ -545,9 +545,10 @@ def test_mixed_precision_backward_matches_reference(rng, case):
 # the forward kept for its backward (selective_scan_for_backward)
 # ---------------------------------------------------------------------------
 
-def _saved_against_plain(kw, dout, dlast):
+def _saved_against_plain(kw, dout, dlast, grads_kind=None):
     """selective_scan_for_backward and selective_scan_backward_saved give what
-    selective_scan and selective_scan_backward give on the same arguments, bit for bit."""
+    selective_scan and selective_scan_backward give on the same arguments, bit for bit
+    (the gradients: to ``grads_kind``'s tolerance where given)."""
     y, last, saved = numba_cpu.selective_scan_for_backward(**kw, return_last_state=True)
     y_plain, last_plain = numba_cpu.selective_scan(**kw, return_last_state=True)
     for got, want in ((y, y_plain), (last, last_plain)):
@@ -560,7 +561,10 @@ def _saved_against_plain(kw, dout, dlast):
             assert g[key] is None, key
             continue
         assert g[key].dtype == g_plain[key].dtype, key
-        assert np.array_equal(g[key], g_plain[key]), f"d{key}"
+        if grads_kind is None:
+            assert np.array_equal(g[key], g_plain[key]), f"d{key}"
+        else:
+            assert_close(g[key], g_plain[key], kind=grads_kind, err_msg=f"d{key}")
     return saved
 
 
@@ -602,13 +606,14 @@ def test_saved_forward_hands_its_chunk_states_to_the_backward(rng, monkeypatch, 
     its chunk states, and the backward starts its blocks from them instead of carrying
     the states through the row again (pass 1 of _bwd_real_long).  The states are the
     reference's (its last state after the first 16 k steps), the gradients the plain
-    backward's bit for bit, and the backward reads them: changed states change them."""
+    backward's (bit for bit from rows; from tiles, whose update's FMA rounds the other
+    way, to rounding), and the backward reads them: changed states change them."""
     itemsize = np.dtype(_LONG_ROWS[layout]["dtype"]).itemsize
     monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * itemsize)
     monkeypatch.setattr(numba_cpu, "_FWD_BC_BYTES", 16 * 2 * 16 * itemsize)  # rows: the same
     kw = scan_case(rng, length=55, **_LONG_ROWS[layout])
     dout, dlast = cotangents(rng, kw)
-    saved = _saved_against_plain(kw, dout, dlast)
+    saved = _saved_against_plain(kw, dout, dlast, "exact" if layout == "tiles" else None)
     assert saved.k["tiled"] == (layout == "tiles")
     batch, dim, dstate = kw["h0"].shape
     starts = saved.starts.reshape(batch, dim, 4, 16)  # (B D, blocks, N padded to 16)
