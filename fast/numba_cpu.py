@@ -1680,8 +1680,8 @@ def _forward(s, k, real, keep_starts=False):
 
 
 def _starts_args(starts, real):
-    """The long kernels' last arguments: ``starts`` (a dummy when None), whether it is given
-    (the forward: write it; the backward: read it instead of pass 1), the exp's terms."""
+    """The long forward kernels' last arguments: ``starts`` (a dummy when None), whether to
+    write it, the exp's terms."""
     given = starts is not None
     return (starts if given else np.zeros((1, 1, 1), real)), given, exp2_terms(real)
 
@@ -1724,11 +1724,13 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     elif length <= block:
         _launch(_bwd_real, *args, block, exp2_terms(real))
     else:
-        if starts is None:  # pass 1 of the kernel fills it
-            starts = np.empty((batch * dim, -(-length // block), npad), real)
-            _launch(_bwd_real_long, *args, block, starts, False, exp2_terms(real))
-        else:
-            _launch(_bwd_real_long, *args, block, *_starts_args(starts, real))
+        shape = (batch * dim, -(-length // block), npad)
+        given = starts is not None
+        if given and starts.shape != shape:  # a forward that ran other blocks: a bug here
+            raise RuntimeError(f"the forward kept chunk states of shape {starts.shape}, the "
+                               f"backward's blocks need {shape}")
+        _launch(_bwd_real_long, *args, block, starts if given else np.empty(shape, real),
+                given, exp2_terms(real))  # not given: pass 1 of the kernel fills it
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
         X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)

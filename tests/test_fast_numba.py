@@ -15,6 +15,7 @@ too (``tests/test_numba_pairs.py`` tests the pairs themselves).
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -629,6 +630,12 @@ def test_saved_forward_hands_its_chunk_states_to_the_backward(rng, monkeypatch, 
     g = numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
     saved.starts[:, 2] *= 2  # the third block's starting states
     g_changed = numba_cpu.selective_scan_backward_saved(dout, saved, dlast)
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 32 * 2 * 16 * itemsize)
+    rows = batch * dim
+    message = f"chunk states of shape {(rows, 4, 16)}, the backward's blocks need {(rows, 2, 16)}"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        numba_cpu.selective_scan_backward_saved(dout, saved, dlast)  # blocks changed between
+    monkeypatch.setattr(numba_cpu, "_BWD_RECORD_BYTES", 16 * 2 * 16 * itemsize)
     # d delta_t depends on h_{t-1} (d u_t does not: the states are linear in u)
     assert not np.array_equal(g_changed["delta"][:, :, 32:48], g["delta"][:, :, 32:48])
     assert np.array_equal(g_changed["delta"][:, :, 48:], g["delta"][:, :, 48:])  # later blocks
