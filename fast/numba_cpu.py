@@ -192,7 +192,8 @@ _NORMAL_LOW = -125.0
 #: longer rows run in blocks of T steps with all of a thread's rows passing through one
 #: block before the next (_bwd_real_long), so that the block's B, C, dB and dC stay in
 #: cache, at the price of a first pass that carries each row's state through the blocks
-#: (one more exponential per update).  Measured (chapter 11) on AMD's Zen 4: records of
+#: (one more exponential per update; none after a forward that kept those states,
+#: :func:`selective_scan_for_backward`).  Measured (chapter 11) on AMD's Zen 4: records of
 #: 2 MB per thread read back from the level-3 cache cost less than that pass; B, C, dB and
 #: dC rows of 4 MB each, as at L = 65536, do not.  (The records of one block of 16 states
 #: are a quarter of that at N = 64: the sweeps run block by block, _bwd_row_sweeps.)
