@@ -1623,23 +1623,25 @@ def _bwd_block(npad, dtype):
     return max(16, steps // _LANES * _LANES)
 
 
-def _keeps_starts(s, k, real):
-    """True if the forward of ``s`` on kernel arrays ``k`` (``real``) hands its backward the
-    state entering each of the backward's time blocks: a real scan longer than one block
-    (:func:`_bwd_block`), whose backward therefore runs :func:`_bwd_real_long`, and whose
-    forward runs tiles, or rows in blocks of the backward's length (as on AMD's Zen, where
-    both blocks come from the same 2 MB), so that its output is the plain forward's to the
-    bit.  The pairs take rows of one block only."""
+def _starts_block(s, k, real):
+    """The backward's time block (:func:`_bwd_block`) if the forward of ``s`` on kernel arrays
+    ``k`` (``real``) can hand its backward the state entering each of its blocks, else None:
+    a real scan longer than one block, whose backward therefore runs :func:`_bwd_real_long`,
+    and whose forward runs tiles, or rows in blocks of the backward's length (as on AMD's
+    Zen, where both blocks come from the same 2 MB), so that its output is the plain
+    forward's to the bit.  The pairs take rows of one block only."""
     if s.is_complex or k["paired"]:
-        return False
+        return None
     block = _bwd_block(_padded(s.dstate), real)
-    return s.length > block and (k["tiled"] or _fwd_block(k["A"].shape[1], real) == block)
+    if s.length > block and (k["tiled"] or _fwd_block(k["A"].shape[1], real) == block):
+        return block
+    return None
 
 
 def _forward(s, k, real, keep_starts=False):
     """Run the forward kernel on the kernel arrays ``k``: ``(out, last, screen, starts)``.
 
-    ``starts``: with ``keep_starts`` where :func:`_keeps_starts` allows, the state
+    ``starts``: with ``keep_starts`` where :func:`_starts_block` allows, the state
     entering each of the backward's time blocks, (B D, blocks, N padded to 16), for
     :func:`_backward` (the official kernels' forward keeps its chunk states for its
     backward in the same way); the forward then runs in the backward's blocks.
@@ -1655,23 +1657,22 @@ def _forward(s, k, real, keep_starts=False):
     args = (k["u"], k["delta"], k["A"], k["Bx"], k["Cx"], k["Dv"], k["z"], k["bias"],
             k["h0"], s.D is not None, s.z is not None, s.delta_bias is not None,
             s.delta_softplus, s.h0 is not None, out, last, screen, nchunks)
-    starts = None
-    if keep_starts and _keeps_starts(s, k, real):
-        block = _bwd_block(_padded(s.dstate), real)
-        starts = np.zeros((s.batch * s.dim, -(-s.length // block), _padded(s.dstate)), real)
+    block = _starts_block(s, k, real) if keep_starts else None  # then the forward runs in it
+    starts = (None if block is None
+              else np.zeros((s.batch * s.dim, -(-s.length // block), _padded(s.dstate)), real))
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
         _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
     elif tiled:
-        if starts is None:
+        if block is None:
             block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
         if s.length <= block:
             _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
         else:
             _launch(_tiles.fwd_tiles_long, *args, block, *_starts_args(starts, real))
     else:
-        if starts is None:
+        if block is None:
             block = _fwd_block(k["A"].shape[1], real)
         if s.length <= block:
             _launch(_fwd_real, *args, exp2_terms(real))
