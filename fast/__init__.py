@@ -17,6 +17,8 @@ numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
                     SiLU and the inner function (conv -> x_proj -> dt_proj ->
                     scan -> gate), forward and backward; SS2D's depthwise
                     conv2d + SiLU
+numba_norms         LayerNorm and RMSNorm (the reference's signatures) and
+                    SS2D's out_norm + gate fused, forward and backward
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 _launch             the one lock every parallel Numba kernel is launched through
                     (thread safety under the "workqueue" layer)

@@ -375,11 +375,14 @@ def scan_functions(backend="auto"):
     with which that path keeps its scan's forward for the backward
     (attributes ``for_backward`` and ``from_saved``,
     :func:`fast.numba_cpu.attach_saved_scan`), and the fused depthwise
-    conv2d + SiLU (attribute ``conv2d_silu``) and gate ``y * silu(z)``
-    (attribute ``silu_gate``) that VMamba's SS2D runs
-    (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`,
-    :func:`~ssm_ref.vision.vmamba.silu_gate_functions`).  ``"ref"`` gives
-    the reference functions themselves.
+    conv2d + SiLU (attribute ``conv2d_silu``) and ``out_norm`` + gate
+    ``layer_norm(y) * silu(z)`` (attribute ``norm_gate``) that VMamba's SS2D
+    runs (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`,
+    :func:`~ssm_ref.vision.vmamba.norm_gate_functions`), and the Numba
+    LayerNorm and RMSNorm of :mod:`fast.numba_norms` (attributes
+    ``layer_norm`` and ``rms_norm``) that the pre-norm blocks and the
+    classifiers' heads run (:func:`ssm_ref.vision.prenorm.norm_functions`).
+    ``"ref"`` gives the reference functions themselves.
 
     Raises
     ------
@@ -424,6 +427,11 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     scan_backward_fn.inner_path = fused.inner_backward
     scan_fn.conv2d_silu = fused.conv2d_silu_forward  # VMamba's SS2D: 3x3 conv + SiLU fused
     scan_backward_fn.conv2d_silu = fused.conv2d_silu_backward
-    scan_fn.silu_gate = fused.silu_gate_forward  # and its gate y * silu(z)
-    scan_backward_fn.silu_gate = fused.silu_gate_backward
+    norms = importlib.import_module("fast.numba_norms")
+    scan_fn.norm_gate = norms.norm_gate_forward  # and its out_norm and gate, fused
+    scan_backward_fn.norm_gate = norms.norm_gate_backward
+    scan_fn.layer_norm = norms.layer_norm  # the blocks' and heads' norms
+    scan_backward_fn.layer_norm = norms.layer_norm_backward
+    scan_fn.rms_norm = norms.rms_norm
+    scan_backward_fn.rms_norm = norms.rms_norm_backward
     return scan_fn, scan_backward_fn

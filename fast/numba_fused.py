@@ -55,11 +55,8 @@ How it is computed
   (batch, image row) per job with the loop over channels innermost and
   contiguous; its backward recomputes the pre-activation once into a
   gradient array g and then gathers ``dx`` from g's neighbours (each job
-  writes only its own row: no races).  Its gate after ``out_norm``,
-  ``y * silu(z)`` (:func:`silu_gate_forward`), is one pass over the tokens,
-  and the backward one more (:func:`silu_gate_backward`: ``dy`` and ``dz``
-  with the sigmoid computed once), where the reference makes the sigmoid
-  twice and a temporary per operation.
+  writes only its own row: no races).  Its ``out_norm`` and gate are fused
+  in :mod:`fast.numba_norms`.
 * Precision: float32 ``xz`` (or ``x``) is computed in float32 (weights cast
   to float32), anything else in float64, as :mod:`fast.numba_cpu`.
 
@@ -92,8 +89,7 @@ from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _thre
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
            "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
-           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward",
-           "silu_gate_forward", "silu_gate_backward"]
+           "depthwise_conv2d_backward", "conv2d_silu_forward", "conv2d_silu_backward"]
 
 
 # ---------------------------------------------------------------------------
@@ -556,75 +552,6 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
               "delta_bias": s["delta_bias"]})
     return {k: None if a[k] is None else np.asarray(g[k]).astype(a[k].dtype, copy=False)
             for k in INNER_FN_ARGS}
-
-
-# ---------------------------------------------------------------------------
-# the SiLU gate y * silu(z) (channels last)
-# ---------------------------------------------------------------------------
-
-@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _gate_fwd(y, z, out):
-    """``out = y * silu(z)`` on (rows, C) arrays; ``z`` may have any row stride."""
-    for r in prange(z.shape[0]):
-        for c in range(z.shape[1]):
-            zz = z[r, c]
-            out[r, c] = y[r, c] * zz * fast_sigmoid(zz)
-
-
-@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _gate_bwd(dout, y, z, dy, dz):
-    """``dy = dout silu(z)`` and ``dz = dout y silu'(z)``, the sigmoid computed once."""
-    for r in prange(z.shape[0]):
-        for c in range(z.shape[1]):
-            zz = z[r, c]
-            s = fast_sigmoid(zz)
-            g = dout[r, c]
-            dy[r, c] = g * zz * s
-            dz[r, c] = g * y[r, c] * s * (1 + zz * (1 - s))
-
-
-def _check_gate_shapes(shape, **arrays):
-    """Raise ``ValueError`` naming an array not of ``shape`` (``y``'s): the gate's kernels
-    index every array by ``z``'s rows, so a mismatch would read out of bounds."""
-    for name, X in arrays.items():
-        if X.shape != shape:
-            raise ValueError(f"Parameter {name} has shape {X.shape} but should be {shape} "
-                             "(the gate is elementwise: y, z and dout of one shape)")
-
-
-def _rows(X, real):
-    """A (..., C) array as (rows, C) in dtype ``real``: a view where the leading axes merge
-    (a channel slice of the tokens, as SS2D's gate ``z``), else NumPy's copy."""
-    return X.astype(real, copy=False).reshape(-1, X.shape[-1])
-
-
-def silu_gate_forward(y, z):
-    """``y * silu(z)`` in one pass (VMamba's gate after ``out_norm``); ``y`` and ``z`` of one
-    shape (..., C) (else ``ValueError``; values are not checked), computed and returned in
-    ``y``'s dtype (float32 or 64).
-
-    The reference twin: ``y * ssm_ref.nn.silu(z)``.
-    """
-    _check_gate_shapes(y.shape, z=z)
-    real = y.dtype
-    out = np.empty(y.shape, real)
-    _launch(_gate_fwd, _rows(y, real), _rows(z, real), out.reshape(-1, y.shape[-1]))
-    return out
-
-
-def silu_gate_backward(dout, y, z):
-    """Gradients of :func:`silu_gate_forward`: ``(dy, dz)`` in ``y``'s dtype (shapes checked
-    as there).
-
-    The reference twin: ``dout * silu(z)`` and ``ssm_ref.nn.silu_backward(dout * y, z)``.
-    """
-    _check_gate_shapes(y.shape, dout=dout, z=z)
-    real = y.dtype
-    dy, dz = np.empty(y.shape, real), np.empty(y.shape, real)
-    C = y.shape[-1]
-    _launch(_gate_bwd, _rows(dout, real), _rows(y, real), _rows(z, real), dy.reshape(-1, C),
-            dz.reshape(-1, C))
-    return dy, dz
 
 
 # ---------------------------------------------------------------------------

@@ -221,9 +221,10 @@ def test_resolve_backend_gives_fast_scan_functions():
     assert bwd.func is fast.selective_scan_backward
     assert fwd.keywords == {"backend": "numba"} and bwd.keywords == {"backend": "numba"}
     want_fwd, want_bwd = fast.scan_functions("numba")  # the fused path and the saved scan
-    for name in ("inner_path", "conv2d_silu", "for_backward"):
+    fused = ("inner_path", "conv2d_silu", "norm_gate", "layer_norm", "rms_norm")
+    for name in fused + ("for_backward",):
         assert getattr(fwd, name) is getattr(want_fwd, name)
-    for name in ("inner_path", "conv2d_silu", "from_saved"):
+    for name in fused + ("from_saved",):
         assert getattr(bwd, name) is getattr(want_bwd, name)
     assert cli.resolve_backend("ref") == (ssm_ref.selective_scan, ssm_ref.selective_scan_backward)
 

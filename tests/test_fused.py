@@ -435,36 +435,9 @@ def test_numba_conv2d_matches_reference(rng, dtype, activation, k, with_bias):
             assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
 
 
-@DTYPES
-@pytest.mark.parametrize("layout", ["channel-slice", "transposed", "2-d"])
-def test_numba_silu_gate_matches_reference(rng, dtype, layout):
-    """y * silu(z) and its backward against the reference's silu and silu_backward, with z
-    a channel slice of the tokens (rows of a stride), a transposed view (copied) or 2-D."""
-    xz = rng.standard_normal((2, 3, 5, 8)).astype(dtype)
-    z = {"channel-slice": xz[..., 4:], "transposed": xz[..., :4].transpose(0, 2, 1, 3),
-         "2-d": xz[0, 0]}[layout]
-    y = rng.standard_normal(z.shape).astype(dtype)
-    dout = rng.standard_normal(z.shape).astype(dtype)
-    f64 = (lambda a: a.astype(np.float64))
-    got = numba_fused.silu_gate_forward(y, z)
-    assert_close(got, f64(y) * sr.silu(f64(z)), kind="backend", dtype=dtype)
-    dy, dz = numba_fused.silu_gate_backward(dout, y, z)
-    assert_close(dy, f64(dout) * sr.silu(f64(z)), kind="backend", dtype=dtype, err_msg="dy")
-    assert_close(dz, sr.silu_backward(f64(dout) * f64(y), f64(z)), kind="backend", dtype=dtype,
-                 err_msg="dz")
-
-
-def test_numba_silu_gate_refuses_arrays_of_other_shapes(rng):
-    y = np.ones((2, 3, 4))
-    with pytest.raises(ValueError, match=r"Parameter z has shape \(2, 3, 5\) but should be "
-                                         r"\(2, 3, 4\)"):
-        numba_fused.silu_gate_forward(y, np.ones((2, 3, 5)))
-    with pytest.raises(ValueError, match=r"Parameter dout has shape \(2, 4, 4\)"):
-        numba_fused.silu_gate_backward(np.ones((2, 4, 4)), y, y)
-
-
 def test_ss2d_refuses_a_fused_cache_with_other_scan_functions(rng):
-    """A cache whose forward ran the fused gate and conv cannot go to the reference backward."""
+    """A cache whose forward ran the fused out_norm + gate and conv cannot go to the reference
+    backward."""
     block = sr.vision.SS2D(d_model=8, d_state=4, seed=0)
     block.set_backend(*fast.scan_functions("numba"))
     out, cache = block.forward(rng.standard_normal((2, 3, 4, 8)), return_cache=True)
@@ -481,15 +454,14 @@ def test_ss2d_models_use_the_fused_conv_with_numba(rng, name, monkeypatch):
                                   d_state=4, seed=0)
     fused.set_backend(*fast.scan_functions("numba"))
     from cases import count_calls
-    calls = count_calls(monkeypatch, numba_fused, ["_conv2d", "_gate_fwd", "_gate_bwd"])
+    calls = count_calls(monkeypatch, numba_fused, ["_conv2d", "_conv2d_backward"])
     x = rng.standard_normal((3, 8, 8, 1))
     out, cache = fused.forward(x, return_cache=True)
     assert calls["_conv2d"], "SS2D did not run the fused conv2d + SiLU"
-    assert calls["_gate_fwd"] and not calls["_gate_bwd"], "SS2D did not run the fused gate"
     out_ref, cache_ref = ref.forward(x, return_cache=True)
     assert_close(out, out_ref, kind="backend")
     dout = rng.standard_normal(out.shape)
     grads, grads_ref = fused.backward(dout, cache), ref.backward(dout, cache_ref)
-    assert calls["_gate_bwd"] == calls["_gate_fwd"]  # one backward per gate
+    assert calls["_conv2d_backward"] == calls["_conv2d"]  # one backward per convolution
     for k in grads_ref:
         assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)

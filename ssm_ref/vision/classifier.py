@@ -45,10 +45,10 @@ import numpy as np
 from .._validation import as_array, check_finite, check_nonempty, check_shape
 from .._xp import array_module
 from ..module import Module, resolve_config, rng_from
-from ..nn import (layer_norm, layer_norm_backward, linear, linear_backward, rms_norm,
-                  rms_norm_backward)
+from ..nn import linear, linear_backward
 from .configs import BaseConfig
 from .patch_embed import PatchEmbed
+from .prenorm import norm_functions
 
 __all__: list[str] = []  # the base of the models; they are exported by their own modules
 
@@ -228,7 +228,8 @@ class Classifier(Module):
         is kept in ``cache["pre_norm"]`` (it is also the models' feature map).
         """
         cache["pre_norm"] = seq
-        normed = rms_norm(seq, self._w("norm_f.weight"), check=False)  # (B, L + 1, E)
+        norm, _ = norm_functions(self.scan_fn, self.scan_backward_fn, "rms")
+        normed = norm(seq, self._w("norm_f.weight"), check=False)  # (B, L + 1, E)
         pooled = normed[:, self.cls_index]  # (B, E) the class token
         cache["pooled"] = pooled
         return self._head_forward(pooled)  # (B, K)
@@ -246,8 +247,9 @@ class Classifier(Module):
         else:
             g["head.weight"] = xp.zeros(self._params["head.weight"].shape)
             g["head.bias"] = xp.zeros(self._params["head.bias"].shape)
-        dseq, g["norm_f.weight"] = rms_norm_backward(dnormed, seq, self._w("norm_f.weight"),
-                                                     check=False)
+        _, norm_backward = norm_functions(self.scan_fn, self.scan_backward_fn, "rms")
+        dseq, g["norm_f.weight"] = norm_backward(dnormed, seq, self._w("norm_f.weight"),
+                                                 check=False)
         return dseq
 
     def _pool_head_forward(self, t, eps, cache):
@@ -257,7 +259,8 @@ class Classifier(Module):
         ``cache["pre_norm"]`` (it is also the models' feature map).
         """
         cache["pre_norm"] = t
-        normed = layer_norm(t, self._w("norm.weight"), self._w("norm.bias"), eps, check=False)
+        norm, _ = norm_functions(self.scan_fn, self.scan_backward_fn, "layer")
+        normed = norm(t, self._w("norm.weight"), self._w("norm.bias"), eps, check=False)
         pooled = normed.mean(axis=tuple(range(1, t.ndim - 1)))  # (B, E)
         cache["pooled"] = pooled
         return self._head_forward(pooled)  # (B, K)
@@ -278,7 +281,8 @@ class Classifier(Module):
         else:
             g["head.weight"] = xp.zeros(self._params["head.weight"].shape)
             g["head.bias"] = xp.zeros(self._params["head.bias"].shape)
-        dt, g["norm.weight"], g["norm.bias"] = layer_norm_backward(
+        _, norm_backward = norm_functions(self.scan_fn, self.scan_backward_fn, "layer")
+        dt, g["norm.weight"], g["norm.bias"] = norm_backward(
             dnormed, t, self._w("norm.weight"), self._w("norm.bias"), eps, check=False)
         if dfeat is not None:  # the features are the stream before the final norm
             dt = dt + dfeat.reshape(t.shape)

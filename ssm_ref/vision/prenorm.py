@@ -17,10 +17,26 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_choice, check_positive_scalar
+from ..mamba import fused_pair
 from ..module import Module
 from ..nn import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 
 __all__: list[str] = []  # the base of VimBlock, VSSBlock and PlainMambaBlock; not re-exported
+
+
+def norm_functions(scan_fn, scan_backward_fn, norm):
+    """The forward and backward of ``norm`` ("layer" or "rms") to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry the Numba
+    versions (attributes ``layer_norm`` and ``rms_norm``, from
+    ``fast.numba_norms``, with the reference's signatures); any other pair
+    gets the reference's :func:`ssm_ref.nn.layer_norm` or
+    :func:`ssm_ref.nn.rms_norm` and their backwards.
+    """
+    fwd, bwd = fused_pair(scan_fn, scan_backward_fn, norm + "_norm")
+    if fwd is not None:
+        return fwd, bwd
+    return (layer_norm, layer_norm_backward) if norm == "layer" else (rms_norm, rms_norm_backward)
 
 
 class PreNormBlock(Module):
@@ -64,10 +80,11 @@ class PreNormBlock(Module):
     def _forward(self, u):
         """The layer on float64 input, unchecked: ``(out, cache)``."""
         w, b = self._w(self.norm_name + ".weight"), self._w(self.norm_name + ".bias")
+        norm, _ = norm_functions(self.scan_fn, self.scan_backward_fn, self.norm)
         if self.norm == "layer":
-            normed = layer_norm(u, w, b, self.eps, check=False)
+            normed = norm(u, w, b, self.eps, check=False)
         else:
-            normed = rms_norm(u, w, self.eps, check=False)
+            normed = norm(u, w, self.eps, check=False)
         h, mixer_cache = self._mixer._forward(normed)
         return u + h, {"u": u, "mixer": mixer_cache}
 
@@ -76,10 +93,11 @@ class PreNormBlock(Module):
         dnormed, g_mixer = self._mixer._backward(dout, cache["mixer"])
         w_name, b_name = self.norm_name + ".weight", self.norm_name + ".bias"
         g = {}
+        _, norm_backward = norm_functions(self.scan_fn, self.scan_backward_fn, self.norm)
         if self.norm == "layer":
-            dx_norm, g[w_name], g[b_name] = layer_norm_backward(
+            dx_norm, g[w_name], g[b_name] = norm_backward(
                 dnormed, cache["u"], self._w(w_name), self._w(b_name), self.eps, check=False)
         else:
-            dx_norm, g[w_name] = rms_norm_backward(dnormed, cache["u"], self._w(w_name),
-                                                   self.eps, check=False)
+            dx_norm, g[w_name] = norm_backward(dnormed, cache["u"], self._w(w_name), self.eps,
+                                               check=False)
         return dout + dx_norm, self._grads(g, {self.mixer_name: g_mixer})

@@ -383,14 +383,16 @@ class SS2D(Module):
             x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
                                             self._w("conv2d.bias"))  # (B, H, W, D)
         y, core = self._core_forward(x_act, self._core_weights())  # (B, H, W, D)
-        y_norm = layer_norm(y, self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
-                            check=False)
-        silu_gate, _ = silu_gate_functions(self.scan_fn, self.scan_backward_fn)
-        if silu_gate is None:
+        norm_gate, _ = norm_gate_functions(self.scan_fn, self.scan_backward_fn)
+        if norm_gate is None:
+            y_norm = layer_norm(y, self._w("out_norm.weight"), self._w("out_norm.bias"),
+                                self.eps, check=False)
             gate = silu(z, check=False)  # (B, H, W, D)
             y_gated = y_norm * gate
-        else:  # the Numba backend: y_norm * silu(z) in one pass (the sigmoid recomputed backward)
-            gate, y_gated = None, silu_gate(y_norm, z)
+        else:  # the Numba backend: out_norm and the gate in one pass, nothing kept for backward
+            y_norm, gate = None, None
+            y_gated = norm_gate(_channels_first(y), _tokens(z), self._w("out_norm.weight"),
+                                self._w("out_norm.bias"), self.eps).reshape(y.shape)
         out = linear(y_gated, self._w("out_proj.weight"), self._w("out_proj.bias"),
                      check=False)  # (B, H, W, C)
         # [/book:ss2d-forward]
@@ -410,17 +412,25 @@ class SS2D(Module):
         dy_gated, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y_gated"], self._w("out_proj.weight"), self._w("out_proj.bias"),
             check=False)  # (B, H, W, D)
-        _, silu_gate_backward = silu_gate_functions(self.scan_fn, self.scan_backward_fn)
+        _, norm_gate_backward = norm_gate_functions(self.scan_fn, self.scan_backward_fn)
+        y, z = cache["y"], cache["z"]
+        dxz = None
         if cache["gate"] is not None:
             dy_norm = dy_gated * cache["gate"]
-            dz = silu_backward(dy_gated * cache["y_norm"], cache["z"], check=False)  # (B, H, W, D)
-        elif silu_gate_backward is not None:  # the forward ran the fused gate
-            dy_norm, dz = silu_gate_backward(dy_gated, cache["y_norm"], cache["z"])
+            dz = silu_backward(dy_gated * cache["y_norm"], z, check=False)  # (B, H, W, D)
+            dy, g["out_norm.weight"], g["out_norm.bias"] = layer_norm_backward(
+                dy_norm, y, self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
+                check=False)
+        elif norm_gate_backward is not None:  # the forward ran the fused out_norm and gate
+            D = z.shape[-1]
+            dxz = np.empty(z.shape[:-1] + (2 * D,),
+                           np.result_type(y, z))  # (B, H, W, 2D): dz into its half
+            dy_cf, dz, g["out_norm.weight"], g["out_norm.bias"] = norm_gate_backward(
+                _tokens(dy_gated), _channels_first(y), _tokens(z), self._w("out_norm.weight"),
+                self._w("out_norm.bias"), self.eps, dz=_tokens(dxz)[..., D:])
+            dy = dy_cf.transpose(0, 2, 1).reshape(y.shape)  # (B, H, W, D), channels first
         else:
             raise TypeError(_FUSED_CACHE)
-        dy, g["out_norm.weight"], g["out_norm.bias"] = layer_norm_backward(
-            dy_norm, cache["y"], self._w("out_norm.weight"), self._w("out_norm.bias"), self.eps,
-            check=False)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
         g.update(gc)
         _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
@@ -435,7 +445,10 @@ class SS2D(Module):
         else:
             raise TypeError(_FUSED_CACHE)
         g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
-        dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
+        if dxz is None:
+            dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
+        else:  # dz is in place already
+            dxz[..., :dxc.shape[-1]] = dxc
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
@@ -457,15 +470,28 @@ def conv2d_silu_functions(scan_fn, scan_backward_fn):
     return fused_pair(scan_fn, scan_backward_fn, "conv2d_silu")
 
 
-def silu_gate_functions(scan_fn, scan_backward_fn):
-    """SS2D's fused gate ``y * silu(z)`` and its backward ``(dy, dz)``, or ``(None, None)``.
+def norm_gate_functions(scan_fn, scan_backward_fn):
+    """SS2D's ``out_norm`` and gate ``layer_norm(y) * silu(z)`` fused, or ``(None, None)``.
 
     Scan functions from ``fast.scan_functions("numba")`` carry them (a
-    ``silu_gate`` attribute on each, from ``fast.numba_fused``): one pass over
-    the tokens each way, the sigmoid recomputed in the backward instead of
-    kept.  Used only when both functions have one.
+    ``norm_gate`` attribute on each, from ``fast.numba_norms``): one pass over
+    the channels-first scan output each way, nothing kept for the backward
+    (the normalised rows and the sigmoid are recomputed), the gradient of
+    ``z`` written into its half of the input projection's gradient.  Used only
+    when both functions have one.
     """
-    return fused_pair(scan_fn, scan_backward_fn, "silu_gate")
+    return fused_pair(scan_fn, scan_backward_fn, "norm_gate")
+
+
+def _tokens(x):
+    """(B, H, W, C) as (B, H·W, C): a view for channels-last tokens and channel slices."""
+    return x.reshape(x.shape[0], -1, x.shape[-1])  # (B, HW, C)
+
+
+def _channels_first(y):
+    """SS2D's output (B, H, W, D) as (B, D, H·W): a C-contiguous view, since the core
+    scatters its directions back channels first (:meth:`SS2D._core_forward`)."""
+    return _tokens(y).transpose(0, 2, 1)  # (B, D, HW)
 
 
 def _add_back(out, seq, perm, xp):
