@@ -1,0 +1,134 @@
+"""The Numba norms (``fast.numba_norms``) against the reference's, at the models' sizes.
+
+Usage (from the repository's root; about half a minute on 2 cores)::
+
+    python benchmarks/bench_norms.py
+    python benchmarks/bench_norms.py --out benchmarks/results/amd_zen3
+
+Each case is one layer as a training step calls it, forward and backward, with the
+reference (``ssm_ref.nn``, NumPy, ``check=False`` as the blocks call it) and with the
+Numba kernels, the two timed in alternating turns in this one process (the median of
+each side's turns, each turn the median of ``--repeats`` calls), on the threads Numba
+starts with:
+
+* ``prenorm``: the LayerNorm of VMamba 32x32's blocks and head, tokens (64, 16, 16, 24)
+  channels last;
+* ``ss2d out_norm + gate``: SS2D's ``layer_norm(y) * silu(z)``, y channels first
+  (64, 48, 256) as the scan leaves it, z a channel slice of the input projection's
+  tokens; the reference's backward includes the transpose the scan's backward needs;
+* ``vim rms``: the RMSNorm of the tiny Vim 8x8 (64, 17, 24) and of the Vim 32x32
+  (64, 257, 24).
+
+Float64 (the models' default) and float32.  With ``--out`` it writes
+``norms_cpu.json`` there.  A tool for chapter 11's measurements, not part of the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fast import numba_norms  # noqa: E402
+from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
+from ssm_ref import nn  # noqa: E402
+
+
+def cases(dtype, rng):
+    """``{name: (shape, {side: (forward, backward)})}``: zero-argument calls of each side."""
+    out = {}
+    x = rng.standard_normal((64, 16, 16, 24)).astype(dtype)  # (B, H, W, C)
+    w, b = np.ones(24, dtype), np.zeros(24, dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    out["prenorm"] = (x.shape, {
+        "ref": (lambda: nn.layer_norm(x, w, b, check=False),
+                lambda: nn.layer_norm_backward(dy, x, w, b, check=False)),
+        "numba": (lambda: numba_norms.layer_norm(x, w, b, check=False),
+                  lambda: numba_norms.layer_norm_backward(dy, x, w, b, check=False))})
+
+    y_cf = rng.standard_normal((64, 48, 256)).astype(dtype)  # (B, D, T) as the scan leaves it
+    y = y_cf.transpose(0, 2, 1)  # (B, T, D) the tokens' view of it
+    z = rng.standard_normal((64, 256, 96)).astype(dtype)[..., 48:]  # (B, T, D) a channel slice
+    wd, bd = np.ones(48, dtype), np.zeros(48, dtype)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+
+    def ref_gate():
+        return nn.layer_norm(y, wd, bd, check=False) * nn.silu(z, check=False)
+
+    def ref_gate_backward():
+        y_norm = nn.layer_norm(y, wd, bd, check=False)
+        dz = nn.silu_backward(dout * y_norm, z, check=False)
+        dy_, dw_, db_ = nn.layer_norm_backward(dout * nn.silu(z, check=False), y, wd, bd,
+                                               check=False)
+        return np.ascontiguousarray(dy_.transpose(0, 2, 1)), dz, dw_, db_  # (B, D, T) for the scan
+
+    out["ss2d out_norm + gate"] = (y.shape, {
+        "ref": (ref_gate, ref_gate_backward),
+        "numba": (lambda: numba_norms.norm_gate_forward(y_cf, z, wd, bd),
+                  lambda: numba_norms.norm_gate_backward(dout, y_cf, z, wd, bd))})
+
+    for length in (17, 257):
+        xv = rng.standard_normal((64, length, 24)).astype(dtype)  # (B, L, C)
+        dyv = rng.standard_normal(xv.shape).astype(dtype)
+        out[f"vim rms L={length}"] = (xv.shape, {
+            "ref": (lambda xv=xv: nn.rms_norm(xv, w, check=False),
+                    lambda xv=xv, dyv=dyv: nn.rms_norm_backward(dyv, xv, w, check=False)),
+            "numba": (lambda xv=xv: numba_norms.rms_norm(xv, w, check=False),
+                      lambda xv=xv, dyv=dyv: numba_norms.rms_norm_backward(dyv, xv, w,
+                                                                           check=False))})
+    return out
+
+
+def run(turns, repeats):
+    rng = np.random.default_rng(0)
+    rows = []
+    for dtype in ("float64", "float32"):
+        for name, (shape, sides) in cases(np.dtype(dtype), rng).items():
+            for i, pass_name in enumerate(("forward", "backward")):
+                times = {"ref": [], "numba": []}
+                for side in times:
+                    sides[side][i]()  # compile or warm up
+                for turn in range(turns):
+                    order = ("ref", "numba") if turn % 2 == 0 else ("numba", "ref")
+                    for side in order:
+                        times[side].append(median_time(sides[side][i], repeats))
+                ref_ms, numba_ms = (1e3 * float(np.median(times[s])) for s in ("ref", "numba"))
+                rows.append({"case": name, "dtype": dtype, "pass": pass_name,
+                             "shape": list(shape), "ref_ms": ref_ms, "numba_ms": numba_ms,
+                             "ratio": ref_ms / numba_ms})
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=6, help="alternating turns per side (6)")
+    parser.add_argument("--repeats", type=int, default=9, help="calls per turn (9)")
+    parser.add_argument("--out", help="a folder for norms_cpu.json")
+    args = parser.parse_args(argv)
+    machine = machine_info()
+    print(machine_line(machine))
+    start = time.perf_counter()
+    rows = run(args.turns, args.repeats)
+    print(f"medians of {args.turns} alternating turns of {args.repeats} calls each\n")
+    print(f"{'case':22s} {'dtype':8s} {'pass':9s} {'shape':18s} {'ref ms':>9s} "
+          f"{'numba ms':>9s} {'ref / numba':>11s}")
+    for r in rows:
+        print(f"{r['case']:22s} {r['dtype']:8s} {r['pass']:9s} {str(tuple(r['shape'])):18s} "
+              f"{r['ref_ms']:9.2f} {r['numba_ms']:9.2f} {r['ratio']:10.1f}x")
+    if args.out:
+        path = Path(args.out) / "norms_cpu.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": machine, "turns": args.turns,
+                                    "repeats": args.repeats, "rows": rows,
+                                    "wall_time_s": time.perf_counter() - start}, indent=1) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
