@@ -1,4 +1,4 @@
-"""The Numba norms (``fast.numba_norms``) against their reference twins, and the models that run them.
+"""The Numba norms (``fast.numba_norms``) against their reference twins, and the models using them.
 
 LayerNorm and RMSNorm, forward and backward, against ``ssm_ref.nn``'s in float64 (the
 shared ``"backend"`` tolerance, float64 and float32 input); SS2D's fused out_norm + gate
