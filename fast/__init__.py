@@ -19,6 +19,8 @@ numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
                     conv2d + SiLU
 numba_norms         LayerNorm and RMSNorm (the reference's signatures) and
                     SS2D's out_norm + gate fused, forward and backward
+numba_cross         VMamba's cross-scan (its directions' gathers) and
+                    cross-merge (their adjoint)
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 _launch             the one lock every parallel Numba kernel is launched through
                     (thread safety under the "workqueue" layer)

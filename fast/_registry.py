@@ -378,7 +378,8 @@ def scan_functions(backend="auto"):
     conv2d + SiLU (attribute ``conv2d_silu``) and ``out_norm`` + gate
     ``layer_norm(y) * silu(z)`` (attribute ``norm_gate``) that VMamba's SS2D
     runs (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`,
-    :func:`~ssm_ref.vision.vmamba.norm_gate_functions`), and the Numba
+    :func:`~ssm_ref.vision.vmamba.norm_gate_functions`), its cross-scan and
+    cross-merge (attribute ``cross_scan``, :mod:`fast.numba_cross`), and the Numba
     LayerNorm and RMSNorm of :mod:`fast.numba_norms` (attributes
     ``layer_norm`` and ``rms_norm``) that the pre-norm blocks and the
     classifiers' heads run (:func:`ssm_ref.vision.prenorm.norm_functions`).
@@ -427,6 +428,9 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     scan_backward_fn.inner_path = fused.inner_backward
     scan_fn.conv2d_silu = fused.conv2d_silu_forward  # VMamba's SS2D: 3x3 conv + SiLU fused
     scan_backward_fn.conv2d_silu = fused.conv2d_silu_backward
+    cross = importlib.import_module("fast.numba_cross")
+    scan_fn.cross_scan = cross.cross_scan  # its directions' gathers, and their adjoint
+    scan_backward_fn.cross_scan = cross.cross_merge
     norms = importlib.import_module("fast.numba_norms")
     scan_fn.norm_gate = norms.norm_gate_forward  # and its out_norm and gate, fused
     scan_backward_fn.norm_gate = norms.norm_gate_backward

@@ -122,7 +122,8 @@ def test_numba_norm_gate_matches_reference(rng, dtype, tokens):
                        ("dweight", dw, want_dw), ("dbias", db, want_db)]:
         assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
     dy_new, dz_new, _, _ = numba_norms.norm_gate_backward(dout, y_cf, z, w, b)  # dz allocated
-    assert np.array_equal(dy_new, dy_cf) and np.array_equal(dz_new, dxz[..., D:])
+    assert_close(dy_new, dy_cf, kind="exact", dtype=dtype, err_msg="dy, dz allocated")
+    assert_close(dz_new, dxz[..., D:], kind="exact", dtype=dtype, err_msg="dz allocated")
 
 
 def test_numba_norm_gate_refuses_mismatched_shapes():

@@ -276,26 +276,27 @@ class SS2D(Module):
         perms, count = self._perms(H, W, xp)
         idx = [on_module_cached(q, xp) for q in perms]  # the orders on x_act's device
         x_cf = xp.ascontiguousarray(x_act.reshape(Bsz, H * W, D).transpose(0, 2, 1))  # (B, D, HW)
-        xs, dts, deltas, Bs, Cs = [], [], [], [], []
+        one_call = len({q.size for q in perms}) == 1
+        cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
+        if one_call:  # VMamba: the K sequences side by side, (B, K·D, L), for one scan
+            u = cross_scan(x_cf, perms)  # (B, K·D, L)
+            xs = [u[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L): views
+        else:  # sequences of different lengths
+            xs = [xp.take(x_cf, idx[k], axis=2) for k in range(K)]  # K × (B, D, L_k)
+        dts, deltas, Bs, Cs = [], [], [], []
         for k in range(K):
-            xs_k = xp.take(x_cf, idx[k], axis=2)  # (B, D, L_k): the sequence of direction k
-            x_dbl = xp.matmul(w["w_x"][k], xs_k)  # (B, R + 2N, L_k)
+            x_dbl = xp.matmul(w["w_x"][k], xs[k])  # (B, R + 2N, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
             Cs.append(x_dbl[:, R + N:])  # (B, N, L_k)
             deltas.append(xp.matmul(w["w_dt"][k], dts[k]))  # (B, D, L_k)
-            xs.append(xs_k)
-        one_call = len({q.size for q in perms}) == 1
-        if one_call:  # VMamba: one scan over K·D channels with K groups of B and C
-            u = xp.concatenate(xs, axis=1)  # (B, K·D, L)
-            xs = [u[:, k * D:(k + 1) * D] for k in range(K)]  # views: one copy kept, not two
+        if one_call:  # one scan over K·D channels with K groups of B and C
             delta = xp.concatenate(deltas, axis=1)
             deltas = [delta[:, k * D:(k + 1) * D] for k in range(K)]
             y, kept = scan_keeping(self.scan_fn, u, delta, w["A"], xp.stack(Bs, axis=1),
                                    xp.stack(Cs, axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                                    delta_softplus=True)  # (B, K·D, L); kept for the backward
-            y = xp.asarray(y, dtype=x_act.dtype)
-            ys = [y[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L)
+            y_cf = cross_merge(xp.asarray(y, dtype=x_act.dtype), perms, H * W)  # (B, D, HW)
         else:  # sequences of different lengths: one scan per direction, its slice of parameters
             ys, kept = [], []
             for k in range(K):
@@ -305,9 +306,9 @@ class SS2D(Module):
                                            delta_bias=w["b_dt"][sl], delta_softplus=True)
                 ys.append(xp.asarray(y_k, dtype=x_act.dtype))
                 kept.append(kept_k)
-        y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
-        for k in range(K):
-            _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
+            y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
+            for k in range(K):
+                _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
         y_grid = y_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         if self.reduce == "mean":
             y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
@@ -325,10 +326,10 @@ class SS2D(Module):
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
         dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
-        dys = [xp.take(dy_cf, idx[k], axis=2) for k in range(K)]  # (B, D, L_k), C-contiguous
+        cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
         if cache["one_call"]:
-            s = scan_backward_kept(self.scan_backward_fn, xp.concatenate(dys, axis=1),
-                                   cache["scan"])
+            s = scan_backward_kept(self.scan_backward_fn, cross_scan(dy_cf, perms),
+                                   cache["scan"])  # dy's K sequences (B, K·D, L) in, as y out
             s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                  for key, v in s.items()}
             dA, dDs, dbias = s["A"], s["D"], s["delta_bias"]
@@ -341,7 +342,8 @@ class SS2D(Module):
             du, ddelta, dB, dC = [], [], [], []
             for k in range(K):
                 sl = slice(k * D, (k + 1) * D)
-                s = scan_backward_kept(self.scan_backward_fn, dys[k], cache["scan"][k])
+                dy_k = xp.take(dy_cf, idx[k], axis=2)  # (B, D, L_k), C-contiguous
+                s = scan_backward_kept(self.scan_backward_fn, dy_k, cache["scan"][k])
                 s = {key: (None if v is None else xp.asarray(v, dtype=dy_grid.dtype))
                      for key, v in s.items()}
                 dA[sl], dDs[sl], dbias[sl] = s["A"], s["D"], s["delta_bias"]
@@ -352,7 +354,8 @@ class SS2D(Module):
         g = {"A_logs": dA * w["A"],  # A = -exp(A_logs)
              "Ds": dDs, "dt_projs_bias": dbias.reshape(K, D),
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
-        dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
+        if not cache["one_call"]:
+            dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
         for k in range(K):
             # delta_k = dt_projs_weight[k] @ dts_k: sum over the batch and the sequence
             g["dt_projs_weight"][k] = xp.matmul(ddelta[k], cache["dts"][k].transpose(0, 2, 1)
@@ -361,8 +364,13 @@ class SS2D(Module):
             # (dts, B, C) = x_proj_weight[k] @ xs_k
             d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
             g["x_proj_weight"][k] = xp.matmul(d_xdbl, xs[k].transpose(0, 2, 1)).sum(axis=0)
-            dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
-            _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
+            if cache["one_call"]:  # du[k] is direction k's slice of the scan's du: in place
+                du[k] += xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L)
+            else:
+                dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
+                _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
+        if cache["one_call"]:
+            dx_cf = cross_merge(s["u"], perms, H * W)  # (B, D, HW): adjoint of the cross-scan
         dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
         return dx_act, g
 
@@ -492,6 +500,44 @@ def _channels_first(y):
     """SS2D's output (B, H, W, D) as (B, D, H·W): a C-contiguous view, since the core
     scatters its directions back channels first (:meth:`SS2D._core_forward`)."""
     return _tokens(y).transpose(0, 2, 1)  # (B, D, HW)
+
+
+def cross_functions(scan_fn, scan_backward_fn):
+    """VMamba's cross-scan and cross-merge to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry compiled ones
+    (attribute ``cross_scan``: the scan on the first function, the merge on
+    the second, from ``fast.numba_cross``); any other pair gets
+    :func:`cross_scan` and :func:`cross_merge` below.
+    """
+    scan, merge = fused_pair(scan_fn, scan_backward_fn, "cross_scan")
+    return (cross_scan, cross_merge) if scan is None else (scan, merge)
+
+
+def cross_scan(x_cf, perms):
+    """The K directional sequences of ``x_cf`` (B, D, H·W) side by side: (B, K·D, L).
+
+    ``out[:, k·D + d, l] = x_cf[:, d, perms[k][l]]``: direction k's sequence
+    in channels ``k·D .. k·D + D`` (``eq-scan-gather``), the layout of VMamba's
+    one grouped scan (the official ``CrossScan``, whose (B, K, D, L) output
+    is this one's reshape).  Every order has the same length L.
+    """
+    xp = array_module(x_cf)
+    return xp.concatenate([xp.take(x_cf, on_module_cached(np.asarray(q), xp), axis=2)
+                           for q in perms], axis=1)  # (B, K·D, L)
+
+
+def cross_merge(ys, perms, n_cells):
+    """The adjoint of :func:`cross_scan`: (B, K·D, L) -> (B, D, n_cells), the K directions'
+    outputs scattered back to their cells and summed (``eq-scan-scatter``; the official
+    ``CrossMerge``); a cell no order visits gets 0."""
+    xp = array_module(ys)
+    K = len(perms)
+    D = ys.shape[1] // K
+    out = xp.zeros((ys.shape[0], D, n_cells), ys.dtype)  # (B, D, HW)
+    for k, q in enumerate(perms):
+        _add_back(out, ys[:, k * D:(k + 1) * D], np.asarray(q), xp)
+    return out
 
 
 def _add_back(out, seq, perm, xp):

@@ -1,4 +1,4 @@
-"""benchmarks/bench_norms.py: its cases compute what they are named for (the times themselves
+"""benchmarks/bench_layers.py: its cases compute what they are named for (the times themselves
 are benchmarks)."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from cases import script_module
 from conftest import ROOT, assert_close
 
-SCRIPT = ROOT / "benchmarks" / "bench_norms.py"
+SCRIPT = ROOT / "benchmarks" / "bench_layers.py"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    return script_module(SCRIPT, "bench_norms")
+    return script_module(SCRIPT, "bench_layers")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -33,8 +33,8 @@ def test_both_sides_of_each_case_compute_the_same_layer(tool, dtype):
 
 def test_a_run_writes_a_row_per_case_dtype_and_pass(tool, tmp_path, capsys):
     tool.main(["--turns", "1", "--repeats", "1", "--out", str(tmp_path)])
-    data = json.loads((tmp_path / "norms_cpu.json").read_text())
-    assert len(data["rows"]) == 4 * 2 * 2 and data["machine"]["cores"] >= 1
+    data = json.loads((tmp_path / "layers_cpu.json").read_text())
+    assert len(data["rows"]) == 5 * 2 * 2 and data["machine"]["cores"] >= 1
     for r in data["rows"]:
         assert r["ref_ms"] > 0 and r["numba_ms"] > 0
         assert r["ratio"] == pytest.approx(r["ref_ms"] / r["numba_ms"])

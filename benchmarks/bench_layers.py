@@ -1,9 +1,11 @@
-"""The Numba norms (``fast.numba_norms``) against the reference's, at the models' sizes.
+"""The Numba layers around the scan against the reference's, at the models' sizes.
+
+The norms (``fast.numba_norms``) and VMamba's cross-scan (``fast.numba_cross``).
 
 Usage (from the repository's root; about half a minute on 2 cores)::
 
-    python benchmarks/bench_norms.py
-    python benchmarks/bench_norms.py --out benchmarks/results/amd_zen3
+    python benchmarks/bench_layers.py
+    python benchmarks/bench_layers.py --out benchmarks/results/amd_zen3
 
 Each case is one layer as a training step calls it, forward and backward, with the
 reference (``ssm_ref.nn``, NumPy, ``check=False`` as the blocks call it) and with the
@@ -17,10 +19,13 @@ starts with:
   (64, 48, 256) as the scan leaves it, z a channel slice of the input projection's
   tokens; the reference's backward includes the transpose the scan's backward needs;
 * ``vim rms``: the RMSNorm of the tiny Vim 8x8 (64, 17, 24) and of the Vim 32x32
-  (64, 257, 24).
+  (64, 257, 24);
+* ``ss2d cross-scan``: SS2D's four directions of the channels-first tokens (64, 48, 256)
+  gathered side by side (forward: ``cross_scan``) and scattered back and summed
+  (backward: ``cross_merge``, its adjoint), in VMamba's orders on the 16x16 grid.
 
 Float64 (the models' default) and float32.  With ``--out`` it writes
-``norms_cpu.json`` there.  A tool for chapter 11's measurements, not part of the library.
+``layers_cpu.json`` there.  A tool for chapter 11's measurements, not part of the library.
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fast import numba_norms  # noqa: E402
+import ssm_ref as sr  # noqa: E402
+from fast import numba_cross, numba_norms  # noqa: E402
 from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
 from ssm_ref import nn  # noqa: E402
+from ssm_ref.vision import vmamba  # noqa: E402
 
 
 def cases(dtype, rng):
@@ -82,6 +89,14 @@ def cases(dtype, rng):
             "numba": (lambda xv=xv: numba_norms.rms_norm(xv, w, check=False),
                       lambda xv=xv, dyv=dyv: numba_norms.rms_norm_backward(dyv, xv, w,
                                                                            check=False))})
+
+    perms, _ = sr.vision.SS2D(d_model=24, d_state=8, seed=0)._perms(16, 16)  # VMamba's 4 orders
+    ys = rng.standard_normal((64, 4 * 48, 256)).astype(dtype)  # (B, K·D, L)
+    out["ss2d cross-scan"] = (y_cf.shape, {
+        "ref": (lambda: vmamba.cross_scan(y_cf, perms),
+                lambda: vmamba.cross_merge(ys, perms, 256)),
+        "numba": (lambda: numba_cross.cross_scan(y_cf, perms),
+                  lambda: numba_cross.cross_merge(ys, perms, 256))})
     return out
 
 
@@ -109,7 +124,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=6, help="alternating turns per side (6)")
     parser.add_argument("--repeats", type=int, default=9, help="calls per turn (9)")
-    parser.add_argument("--out", help="a folder for norms_cpu.json")
+    parser.add_argument("--out", help="a folder for layers_cpu.json")
     args = parser.parse_args(argv)
     machine = machine_info()
     print(machine_line(machine))
@@ -122,7 +137,7 @@ def main(argv=None):
         print(f"{r['case']:22s} {r['dtype']:8s} {r['pass']:9s} {str(tuple(r['shape'])):18s} "
               f"{r['ref_ms']:9.2f} {r['numba_ms']:9.2f} {r['ratio']:10.1f}x")
     if args.out:
-        path = Path(args.out) / "norms_cpu.json"
+        path = Path(args.out) / "layers_cpu.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"machine": machine, "turns": args.turns,
                                     "repeats": args.repeats, "rows": rows,
