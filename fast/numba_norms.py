@@ -136,13 +136,20 @@ def _norm_bwd(dy, x, weight, centre, inv_n, eps, one, dx, dw_part, db_part):
 # ---------------------------------------------------------------------------
 
 @njit(fastmath=_FMK, error_model="numpy", inline="always")
-def _tile_rows(y, b, t0, t1, tile):
-    """Tokens ``t0 .. t1`` of batch ``b`` of the (B, D, T) ``y`` as rows ``tile[:t1 - t0]``
-    (tokens, D): the transpose of one tile, read along T, in the level-1 cache."""
+def _tile_rows(y, job, tile):
+    """``(b, t0, t1)`` of job ``job`` (batch b, tokens t0 .. t1, ``_TILE`` of them or the
+    last few), with those tokens of the (B, D, T) ``y`` copied into ``tile[:t1 - t0]``
+    as rows (tokens, D): the transpose of one tile, read along T, in the level-1 cache."""
+    nt = y.shape[2]
+    ntiles = (nt + _TILE - 1) // _TILE
+    b = job // ntiles
+    t0 = (job - b * ntiles) * _TILE
+    t1 = min(t0 + _TILE, nt)
     for d in range(y.shape[1]):
         yd = y[b, d]
         for t in range(t0, t1):
             tile[t - t0, d] = yd[t]
+    return b, t0, t1
 
 
 @njit(fastmath=_FMK, error_model="numpy", inline="always")
@@ -166,10 +173,7 @@ def _norm_gate_fwd(y, z, weight, bias, inv_n, eps, one, out, nchunks):
     for ch in prange(nchunks):
         tile, zr = tiles[ch, :_TILE], tiles[ch, _TILE, :nd]
         for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
-            b = job // ntiles
-            t0 = (job - b * ntiles) * _TILE
-            t1 = min(t0 + _TILE, nt)
-            _tile_rows(y, b, t0, t1, tile)
+            b, t0, t1 = _tile_rows(y, job, tile)
             for t in range(t0, t1):
                 xr = tile[t - t0, :nd]
                 _copy_row(z[b, t], zr)
@@ -195,10 +199,7 @@ def _norm_gate_bwd(dout, y, z, weight, bias, inv_n, eps, one, dy, dz, dw_part, d
         zr, grow, dzr = tiles[ch, 0, _TILE, :nd], tiles[ch, 0, _TILE + 1, :nd], \
             tiles[ch, 0, _TILE + 2, :nd]
         for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
-            b = job // ntiles
-            t0 = (job - b * ntiles) * _TILE
-            t1 = min(t0 + _TILE, nt)
-            _tile_rows(y, b, t0, t1, tile)
+            b, t0, t1 = _tile_rows(y, job, tile)
             for t in range(t0, t1):
                 xr = tile[t - t0, :nd]
                 gr = dout[b, t]
