@@ -171,3 +171,35 @@ def test_models_on_numba_run_the_numba_norms(rng, name, kernels, monkeypatch):
         assert calls[k.replace("fwd", "bwd")] == calls[k], calls
     for k in grads_ref:
         assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_norms_on_random_shapes_and_thread_counts(threads):
+    """Random sizes (tokens not a multiple of the tile, more or fewer jobs than threads) on
+    one and two threads: the row kernels and the fused ones against the reference, and the
+    fused backward with ``dz`` given and allocated alike."""
+    import numba
+    rng = np.random.default_rng(threads)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for _ in range(12):
+            B, D, T = (int(v) for v in rng.integers((1, 3, 1), (4, 40, 100)))
+            x = (1 + 2 * rng.standard_normal((B, T, D)))  # (B, T, D) tokens
+            w, b = rng.standard_normal(D), rng.standard_normal(D)
+            dy = rng.standard_normal(x.shape)
+            got = numba_norms.layer_norm_backward(dy, x, w, b)
+            for g, r in zip(got, sr.nn.layer_norm_backward(dy, x, w, b)):
+                assert_close(g, r, kind="backend")
+            xz = rng.standard_normal((B, T, 2 * D))
+            y_cf = np.ascontiguousarray(x.transpose(0, 2, 1))  # (B, D, T)
+            want = sr.nn.layer_norm(x, w, b) * sr.nn.silu(xz[..., D:])
+            assert_close(numba_norms.norm_gate_forward(y_cf, xz[..., D:], w, b), want,
+                         kind="backend")
+            dxz = np.zeros_like(xz)
+            given = numba_norms.norm_gate_backward(dy, y_cf, xz[..., D:], w, b, dz=dxz[..., D:])
+            alone = numba_norms.norm_gate_backward(dy, y_cf, xz[..., D:], w, b)
+            for g, h in zip(given, alone):
+                assert_close(g, h, kind="exact")
+    finally:
+        numba.set_num_threads(saved)
