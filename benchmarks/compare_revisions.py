@@ -41,7 +41,8 @@ The cases are the scans that the library's users run most (``fast.selective_scan
 * ``tiny-f64``: tiny Vim 8x8's in float64, the scan of the default training step
   (``ssm-ref train``; the pair kernels);
 * ``vmamba-f64``: VMamba 32x32's in float64, the dtype of ``fast.bench.train``'s
-  VMamba row (the pair kernels);
+  VMamba row (the pair kernels); ``plainmamba-f64``: PlainMamba 32x32's, the same shapes
+  (its four snakes as four groups of B and C);
 * ``headline-f64``: the headline in float64, where the row kernels run (no tiles; N = 16,
   no pairs);
 * ``long-16`` and ``long-64``: rows too long for the row-by-row kernels, B = 1, D = 256,
@@ -56,7 +57,7 @@ kept for it (``fast.numba_cpu.selective_scan_for_backward`` once, then
 loss, backward, gradient clipping, AdamW; the numba backend with the fused inner path,
 BLAS on one thread) of the model each case's scan comes from: tiny Vim 8x8 for ``tiny``
 (float32) and ``tiny-f64``, tiny Vim 32x32 for ``vim-f64``, VMamba 32x32 for ``vmamba``
-and ``vmamba-f64``; batch 64.  A change outside the scan (the convolution, the checks, the layouts) is judged
+and ``vmamba-f64``, PlainMamba 32x32 for ``plainmamba-f64``; batch 64.  A change outside the scan (the convolution, the checks, the layouts) is judged
 there, paired like a kernel change.
 
 With ``--out`` it writes ``compare_revisions_cpu.json`` there (``--name``: another file
@@ -83,20 +84,23 @@ CASES = {"headline": (1, 1536, 1024, 16, None, "float32"),
          "vim-f64": (64, 48, 257, 8, None, "float64"),
          "tiny-f64": (64, 48, 17, 8, None, "float64"),
          "vmamba-f64": (64, 192, 256, 8, 4, "float64"),
+         "plainmamba-f64": (64, 192, 256, 8, 4, "float64"),
          "headline-f64": (1, 1536, 1024, 16, None, "float64"),
          "long-16": (1, 256, 65536, 16, None, "float32"),
          "long-64": (1, 256, 16384, 64, None, "float32")}
 #: timed calls per run of each case by default: about half a second's worth
 REPEATS = {"headline": 21, "vmamba": 15, "tiny": 201, "vim-f64": 21, "tiny-f64": 201,
-           "vmamba-f64": 9, "headline-f64": 11, "long-16": 5, "long-64": 5}
+           "vmamba-f64": 9, "plainmamba-f64": 9, "headline-f64": 11, "long-16": 5, "long-64": 5}
 PASSES = ("forward", "backward")
 #: the training step each case's scan is taken from, the third pass ("step"; not in PASSES,
 #: which are the scan's): model, side of the square images, dtype (batch: the case's B)
 STEP_MODELS = {"tiny": ("vim", 8, "float32"), "tiny-f64": ("vim", 8, "float64"),
                "vim-f64": ("vim", 32, "float64"), "vmamba": ("vmamba", 32, "float32"),
-               "vmamba-f64": ("vmamba", 32, "float64")}
+               "vmamba-f64": ("vmamba", 32, "float64"),
+               "plainmamba-f64": ("plainmamba", 32, "float64")}
 #: timed steps per run: half a second's worth or more on 2 cores
-STEP_REPEATS = {"tiny": 35, "tiny-f64": 17, "vim-f64": 3, "vmamba": 3, "vmamba-f64": 1}
+STEP_REPEATS = {"tiny": 35, "tiny-f64": 17, "vim-f64": 3, "vmamba": 3, "vmamba-f64": 1,
+                "plainmamba-f64": 1}
 
 
 def inputs(case):

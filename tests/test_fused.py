@@ -446,8 +446,9 @@ def test_ss2d_refuses_a_fused_cache_with_other_scan_functions(rng):
         block.backward(np.ones_like(out), cache)
 
 
-@pytest.mark.parametrize("name", ["vmamba", "localmamba", "efficientvmamba"])
+@pytest.mark.parametrize("name", ["vmamba", "localmamba", "efficientvmamba", "plainmamba"])
 def test_ss2d_models_use_the_fused_conv_with_numba(rng, name, monkeypatch):
+    """SS2D's 3x3 and PlainMamba's 7x7 depthwise convolution + SiLU run the Numba kernel."""
     ref = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
                                 d_state=4, seed=0)
     fused = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,

@@ -95,3 +95,22 @@ def test_ss2d_models_on_numba_run_the_numba_cross_scan(rng, name, monkeypatch):
     assert calls == {k: 2 * n for k, n in forwards.items()}
     for k in grads_ref:
         assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)
+
+
+def test_plainmamba_on_numba_runs_the_numba_cross_scan(rng, monkeypatch):
+    """PlainMamba's four snakes: x, delta, B and C cross-scanned and y merged forward, dy
+    scanned and the four gradients merged backward; the reference model's results."""
+    kw = dict(img_size=(8, 8), in_chans=1, embed_dim=8, depth=1, d_state=4, seed=0)
+    ref, fused = (sr.vision.build_model("plainmamba", **kw) for _ in range(2))
+    fused.set_backend(*fast.scan_functions("numba"))
+    calls = count_calls(monkeypatch, numba_cross, ["_cross_scan", "_cross_merge"])
+    x = rng.standard_normal((3, 8, 8, 1))
+    out, cache = fused.forward(x, return_cache=True)
+    assert calls == {"_cross_scan": 4, "_cross_merge": 1}
+    out_ref, cache_ref = ref.forward(x, return_cache=True)
+    assert_close(out, out_ref, kind="backend")
+    dout = rng.standard_normal(out.shape)
+    grads, grads_ref = fused.backward(dout, cache), ref.backward(dout, cache_ref)
+    assert calls == {"_cross_scan": 5, "_cross_merge": 5}
+    for k in grads_ref:
+        assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)

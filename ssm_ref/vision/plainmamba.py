@@ -40,7 +40,7 @@ from ..nn import (
 )
 from .multi import resolve_directions
 from .prenorm import PreNormBlock
-from .scan_orders import from_sequence, to_sequence
+from .vmamba import _FUSED_CACHE, conv2d_silu_functions, cross_functions
 
 __all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES"]
 
@@ -228,9 +228,14 @@ class PlainMambaMixer(Module):
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]
-        x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                                  check=False)
-        x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        conv_silu, _ = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if conv_silu is None:
+            x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0],
+                                      self._w("conv2d.bias"), check=False)
+            x_act = silu(x_conv, check=False)  # (B, H, W, D)
+        else:  # the Numba backend: conv and SiLU in one kernel (x_conv recomputed backward)
+            x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
+                                            self._w("conv2d.bias"))  # (B, H, W, D)
         x_dbl = linear(x_act, self._w("x_proj.weight"),
                        check=False)  # (B, H, W, R + 2N), once per token
         dt_low = x_dbl[..., :R]  # (B, H, W, R)
@@ -238,26 +243,23 @@ class PlainMambaMixer(Module):
         delta = linear(dt_low, self._w("dt_proj.weight"),
                        check=False)  # (B, H, W, D); bias goes to the scan
         dirB = self._w("direction_Bs")  # (5, N)
+        cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
 
-        def seq(t, perm):  # (B, H, W, F) -> (B, F, L) in scan order
-            return to_sequence(t, perm, check=False).transpose(0, 2, 1)
+        def seqs(t):  # (B, H, W, F) -> (B, K·F, L): the K snakes' sequences side by side
+            return cross_scan(_channels_first(t), perms)
 
-        us = xp.concatenate([seq(x_act, q) for q in perms], axis=1)  # (B, K·D, L)
-        ds = xp.concatenate([seq(delta, q) for q in perms], axis=1)  # (B, K·D, L)
+        us, ds = seqs(x_act), seqs(delta)  # (B, K·D, L) each
         codes_xp = [on_module_cached(cd, xp) for cd in codes]  # device copies made once
-        Bs = xp.stack([seq(Bt, q) + dirB[cd].T  # direction-aware B: (B, N, L) + (N, L)
-                       for q, cd in zip(perms, codes_xp)], axis=1)  # (B, K, N, L)
-        Cs = xp.stack([seq(Ct, q) for q in perms], axis=1)  # (B, K, N, L)
+        dirBs = xp.stack([dirB[cd].T for cd in codes_xp])  # (K, N, L): B_t += direction_Bs[c_t]
+        Bs = seqs(Bt).reshape(Bsz, K, N, -1) + dirBs  # (B, K, N, L)
+        Cs = seqs(Ct).reshape(Bsz, K, N, -1)  # (B, K, N, L)
         A = a_from_log(self._w("A_log"), "A_log")  # (D, N)
         shared = {"A": xp.tile(A, (K, 1)), "D": xp.tile(self._w("D"), K),
                   "b": xp.tile(self._w("dt_proj.bias"), K)}  # one set, repeated for K groups
         y_all, kept = scan_keeping(self.scan_fn, us, ds, shared["A"], Bs, Cs, D=shared["D"],
                                    z=None, delta_bias=shared["b"], delta_softplus=True)
         y_all = xp.asarray(y_all, dtype=us.dtype)  # (B, K·D, L)
-        y = xp.zeros((Bsz, H, W, D), us.dtype)  # (B, H, W, D)
-        for k in range(K):
-            y += from_sequence(y_all[:, k * D:(k + 1) * D].transpose(0, 2, 1), perms[k], H, W,
-                               check=False)
+        y = _grid(cross_merge(y_all, perms, H * W), H, W)  # (B, H, W, D): the snakes summed
         gate = silu(z, check=False)
         out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
         cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
@@ -288,8 +290,8 @@ class PlainMambaMixer(Module):
             self._w("out_proj.bias"), check=False)  # (B, H, W, D)
         dy = dyg * cache["gate"]
         dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
-        dys = xp.concatenate([to_sequence(dy, q, check=False).transpose(0, 2, 1) for q in perms],
-                             axis=1)  # (B, K·D, L)
+        cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
+        dys = cross_scan(_channels_first(dy), perms)  # (B, K·D, L)
         s = scan_backward_kept(self.scan_backward_fn, dys, cache["scan"])
         s = {key: (None if v is None else xp.asarray(v, dtype=dys.dtype)) for key, v in s.items()}
         A = -xp.exp(self._w("A_log"))
@@ -297,17 +299,15 @@ class PlainMambaMixer(Module):
         g["D"] = s["D"].reshape(K, D).sum(axis=0)
         g["dt_proj.bias"] = s["delta_bias"].reshape(K, D).sum(axis=0)
         g["direction_Bs"] = xp.zeros_like(self._w("direction_Bs"))  # (5, N)
-        dx_act = xp.zeros((Bsz, H, W, D), dys.dtype)
-        ddelta = xp.zeros((Bsz, H, W, D), dys.dtype)
-        dBt = xp.zeros((Bsz, H, W, N), dys.dtype)
-        dCt = xp.zeros((Bsz, H, W, N), dys.dtype)
+        L = s["B"].shape[-1]
+
+        def merged(seq):  # (B, K·F, L) -> (B, H, W, F): the adjoint of the forward's seqs
+            return _grid(cross_merge(seq, perms, H * W), H, W)
+
+        dx_act, ddelta = merged(s["u"]), merged(s["delta"])  # (B, H, W, D) each
+        dBt = merged(s["B"].reshape(Bsz, K * N, L))  # (B, H, W, N)
+        dCt = merged(s["C"].reshape(Bsz, K * N, L))
         for k in range(K):
-            sl = slice(k * D, (k + 1) * D)
-            dx_act += from_sequence(s["u"][:, sl].transpose(0, 2, 1), perms[k], H, W, check=False)
-            ddelta += from_sequence(s["delta"][:, sl].transpose(0, 2, 1), perms[k], H, W,
-                                    check=False)
-            dBt += from_sequence(s["B"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
-            dCt += from_sequence(s["C"][:, k].transpose(0, 2, 1), perms[k], H, W, check=False)
             # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
             # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
             xp.add.at(g["direction_Bs"], on_module_cached(codes[k], xp),
@@ -317,16 +317,34 @@ class PlainMambaMixer(Module):
         d_xdbl = xp.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, H, W, R + 2N)
         dx_tok, g["x_proj.weight"], _ = linear_backward(d_xdbl, cache["x_act"],
                                                         self._w("x_proj.weight"), check=False)
-        dx_act += dx_tok
-        dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)
-        dxc, dw, g["conv2d.bias"] = depthwise_conv2d_backward(
-            dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-            check=False)
+        dx_act = dx_act + dx_tok
+        _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
+        if cache["x_conv"] is not None:
+            dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)
+            dxc, dw, g["conv2d.bias"] = depthwise_conv2d_backward(
+                dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
+                check=False)
+        elif conv_silu_backward is not None:  # the forward ran the fused conv + SiLU
+            dxc, dw, g["conv2d.bias"] = conv_silu_backward(
+                dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
+        else:
+            raise TypeError(_FUSED_CACHE)
         g["conv2d.weight"] = dw[:, None]  # (D, 1, k, k)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
+
+
+def _channels_first(t):
+    """(B, H, W, F) tokens as (B, F, H·W), C-contiguous (a copy): the cross-scan's input."""
+    return array_module(t).ascontiguousarray(
+        t.reshape(t.shape[0], -1, t.shape[-1]).transpose(0, 2, 1))  # (B, F, HW)
+
+
+def _grid(t_cf, H, W):
+    """(B, F, H·W) channels first as (B, H, W, F) tokens (a view)."""
+    return t_cf.transpose(0, 2, 1).reshape(t_cf.shape[0], H, W, t_cf.shape[1])  # (B, H, W, F)
 
 
 class PlainMambaBlock(PreNormBlock):
