@@ -31,8 +31,6 @@ from ..module import (
     rng_from,
 )
 from ..nn import (
-    depthwise_conv2d,
-    depthwise_conv2d_backward,
     linear,
     linear_backward,
     silu,
@@ -40,7 +38,7 @@ from ..nn import (
 )
 from .multi import resolve_directions
 from .prenorm import PreNormBlock
-from .vmamba import _FUSED_CACHE, conv2d_silu_functions, cross_functions
+from .vmamba import conv_silu_backward, conv_silu_forward, cross_functions
 
 __all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES"]
 
@@ -228,14 +226,7 @@ class PlainMambaMixer(Module):
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]
-        conv_silu, _ = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
-        if conv_silu is None:
-            x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0],
-                                      self._w("conv2d.bias"), check=False)
-            x_act = silu(x_conv, check=False)  # (B, H, W, D)
-        else:  # the Numba backend: conv and SiLU in one kernel (x_conv recomputed backward)
-            x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
-                                            self._w("conv2d.bias"))  # (B, H, W, D)
+        x_conv, x_act = conv_silu_forward(self, xc)  # (B, H, W, D): conv k x k, then SiLU
         x_dbl = linear(x_act, self._w("x_proj.weight"),
                        check=False)  # (B, H, W, R + 2N), once per token
         dt_low = x_dbl[..., :R]  # (B, H, W, R)
@@ -318,18 +309,7 @@ class PlainMambaMixer(Module):
         dx_tok, g["x_proj.weight"], _ = linear_backward(d_xdbl, cache["x_act"],
                                                         self._w("x_proj.weight"), check=False)
         dx_act = dx_act + dx_tok
-        _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
-        if cache["x_conv"] is not None:
-            dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)
-            dxc, dw, g["conv2d.bias"] = depthwise_conv2d_backward(
-                dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                check=False)
-        elif conv_silu_backward is not None:  # the forward ran the fused conv + SiLU
-            dxc, dw, g["conv2d.bias"] = conv_silu_backward(
-                dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
-        else:
-            raise TypeError(_FUSED_CACHE)
-        g["conv2d.weight"] = dw[:, None]  # (D, 1, k, k)
+        dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)

@@ -382,14 +382,7 @@ class SS2D(Module):
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]  # (B, H, W, D) each
-        conv_silu, _ = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
-        if conv_silu is None:
-            x_conv = depthwise_conv2d(xc, self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                                      check=False)  # (B, H, W, D)
-            x_act = silu(x_conv, check=False)  # (B, H, W, D)
-        else:  # the Numba backend: conv and SiLU in one kernel (x_conv recomputed backward)
-            x_conv, x_act = None, conv_silu(xc, self._w("conv2d.weight")[:, 0],
-                                            self._w("conv2d.bias"))  # (B, H, W, D)
+        x_conv, x_act = conv_silu_forward(self, xc)  # (B, H, W, D): conv 3x3, then SiLU
         y, core = self._core_forward(x_act, self._core_weights())  # (B, H, W, D)
         norm_gate, _ = norm_gate_functions(self.scan_fn, self.scan_backward_fn)
         if norm_gate is None:
@@ -441,18 +434,7 @@ class SS2D(Module):
             raise TypeError(_FUSED_CACHE)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
         g.update(gc)
-        _, conv_silu_backward = conv2d_silu_functions(self.scan_fn, self.scan_backward_fn)
-        if cache["x_conv"] is not None:
-            dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
-            dxc, dw_conv, g["conv2d.bias"] = depthwise_conv2d_backward(
-                dx_conv, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"),
-                check=False)
-        elif conv_silu_backward is not None:  # the forward ran the fused conv + SiLU
-            dxc, dw_conv, g["conv2d.bias"] = conv_silu_backward(
-                dx_act, cache["xc"], self._w("conv2d.weight")[:, 0], self._w("conv2d.bias"))
-        else:
-            raise TypeError(_FUSED_CACHE)
-        g["conv2d.weight"] = dw_conv[:, None]  # (D, 1, k, k)
+        dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
         if dxz is None:
             dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
         else:  # dz is in place already
@@ -465,6 +447,41 @@ class SS2D(Module):
 #: SS2D's backward on a cache whose forward ran a fused piece its scan functions lack
 _FUSED_CACHE = ("Parameter cache comes from a forward on the fused Numba path; run backward "
                 "with the same scan functions")
+
+
+def conv_silu_forward(module, xc):
+    """``(x_conv, silu(x_conv))`` of the ``module``'s depthwise conv2d (``conv2d.weight``
+    (D, 1, k, k), ``conv2d.bias``) on ``xc`` (B, H, W, D), as SS2D and PlainMamba run it.
+
+    With the fused kernel of the module's scan functions
+    (:func:`conv2d_silu_functions`) it is one pass and ``x_conv`` is None: the
+    backward recomputes it.
+    """
+    weight, bias = module._w("conv2d.weight")[:, 0], module._w("conv2d.bias")  # (D, k, k)
+    fused, _ = conv2d_silu_functions(module.scan_fn, module.scan_backward_fn)
+    if fused is not None:
+        return None, fused(xc, weight, bias)
+    x_conv = depthwise_conv2d(xc, weight, bias, check=False)  # (B, H, W, D)
+    return x_conv, silu(x_conv, check=False)
+
+
+def conv_silu_backward(module, dx_act, cache):
+    """Gradients of :func:`conv_silu_forward` from the forward's ``cache`` (``xc``,
+    ``x_conv``): ``(dxc, dweight (D, 1, k, k), dbias or None)``.
+
+    Raises ``TypeError`` when the forward ran the fused kernel and the module's
+    scan functions now have none.
+    """
+    weight, bias = module._w("conv2d.weight")[:, 0], module._w("conv2d.bias")  # (D, k, k)
+    if cache["x_conv"] is not None:
+        dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
+        dxc, dw, db = depthwise_conv2d_backward(dx_conv, cache["xc"], weight, bias, check=False)
+    else:
+        _, fused = conv2d_silu_functions(module.scan_fn, module.scan_backward_fn)
+        if fused is None:
+            raise TypeError(_FUSED_CACHE)
+        dxc, dw, db = fused(dx_act, cache["xc"], weight, bias)
+    return dxc, dw[:, None], db  # dweight as (D, 1, k, k)
 
 
 def conv2d_silu_functions(scan_fn, scan_backward_fn):
