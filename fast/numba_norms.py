@@ -49,10 +49,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ssm_ref._validation import check_shape
 from ssm_ref.nn import _check_norm, _grad_like
 
 from ._fastexp import fast_sigmoid
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
+from .numba_fused import _bias_or_zeros
 
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
            "norm_gate_forward", "norm_gate_backward"]
@@ -240,8 +242,8 @@ def _norm(x, weight, bias, eps, centre, check):
     n_chan = x.shape[-1]
     rows = _as_rows(x, real)
     out = np.empty(rows.shape, real)  # (rows, C)
-    b = np.zeros(n_chan, real) if bias is None else np.ascontiguousarray(bias, dtype=real)
-    _launch(_norm_fwd, rows, np.ascontiguousarray(weight, dtype=real), b, centre,
+    _launch(_norm_fwd, rows, np.ascontiguousarray(weight, dtype=real),
+            _bias_or_zeros(bias, n_chan, real), centre,
             *_consts(real, n_chan, eps), out)
     return out.reshape(x.shape).astype(x.dtype, copy=False)
 
@@ -287,6 +289,11 @@ def rms_norm_backward(dy, x, weight, eps=1e-5, *, check=True):
     return dx, dweight
 
 
+def _tile_threads(nb, nt):
+    """Threads for the fused kernels: one job per batch element and tile of ``_TILE`` tokens."""
+    return _threads(nb * -(-nt // _TILE))
+
+
 def _check_gate_args(y_cf, z, weight, bias, dout=None):
     """Shapes of the fused out_norm + gate (values are not checked: the blocks call it)."""
     if y_cf.ndim != 3:
@@ -297,9 +304,7 @@ def _check_gate_args(y_cf, z, weight, bias, dout=None):
         want["dout"] = (nb, nt, nd)
     arrays = {"z": z, "weight": weight, "bias": bias, "dout": dout}
     for name, shape in want.items():
-        if arrays[name].shape != shape:
-            raise ValueError(f"Parameter {name} has shape {arrays[name].shape} but should be "
-                             f"{shape} (y_cf is (B, D, T) = {y_cf.shape})")
+        check_shape(arrays[name], name, shape)
 
 
 def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
@@ -317,7 +322,7 @@ def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
     out = np.empty((nb, nt, nd), real)  # (B, T, D)
     _launch(_norm_gate_fwd, np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False),
             np.ascontiguousarray(weight, dtype=real), np.ascontiguousarray(bias, dtype=real),
-            *_consts(real, nd, eps), out, _threads(nb * ((nt + _TILE - 1) // _TILE)))
+            *_consts(real, nd, eps), out, _tile_threads(nb, nt))
     return out
 
 
@@ -339,7 +344,7 @@ def norm_gate_backward(dout, y_cf, z, weight, bias, eps=1e-5, dz=None):
                          f"{dz.strides} but should be {(nb, nt, nd)} in {real} with "
                          "contiguous rows")
     dy = np.empty(y_cf.shape, real)  # (B, D, T)
-    nchunks = _threads(nb * ((nt + _TILE - 1) // _TILE))
+    nchunks = _tile_threads(nb, nt)
     dw_part = np.zeros((nchunks, nd), real)  # (threads, D)
     db_part = np.zeros((nchunks, nd), real)
     _launch(_norm_gate_bwd, np.ascontiguousarray(dout, dtype=real),
