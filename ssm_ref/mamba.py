@@ -459,12 +459,13 @@ def inner_path_functions(scan_fn, scan_backward_fn):
     return (inner_forward, inner_backward) if fwd is None else (fwd, bwd)
 
 
-def fused_pair(scan_fn, scan_backward_fn, name):
+def fused_pair(scan_fn, scan_backward_fn, name, default=(None, None)):
     """The attribute ``name`` of both scan functions (a fused piece a backend carries, as
-    ``fast.scan_functions("numba")`` does), or ``(None, None)`` unless both have it."""
+    ``fast.scan_functions("numba")`` does), or ``default`` (the reference's pair, or
+    ``(None, None)``) unless both have it."""
     fwd = getattr(scan_fn, name, None)
     bwd = getattr(scan_backward_fn, name, None)
-    return (fwd, bwd) if fwd is not None and bwd is not None else (None, None)
+    return (fwd, bwd) if fwd is not None and bwd is not None else default
 
 
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):

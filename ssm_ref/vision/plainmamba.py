@@ -38,7 +38,7 @@ from ..nn import (
 )
 from .multi import resolve_directions
 from .prenorm import PreNormBlock
-from .vmamba import conv_silu_backward, conv_silu_forward, cross_functions
+from .vmamba import channels_first, conv_silu_backward, conv_silu_forward, cross_functions, grid
 
 __all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES"]
 
@@ -237,7 +237,7 @@ class PlainMambaMixer(Module):
         cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
 
         def seqs(t):  # (B, H, W, F) -> (B, K·F, L): the K snakes' sequences side by side
-            return cross_scan(_channels_first(t), perms)
+            return cross_scan(channels_first(t), perms)
 
         us, ds = seqs(x_act), seqs(delta)  # (B, K·D, L) each
         codes_xp = [on_module_cached(cd, xp) for cd in codes]  # device copies made once
@@ -250,7 +250,7 @@ class PlainMambaMixer(Module):
         y_all, kept = scan_keeping(self.scan_fn, us, ds, shared["A"], Bs, Cs, D=shared["D"],
                                    z=None, delta_bias=shared["b"], delta_softplus=True)
         y_all = xp.asarray(y_all, dtype=us.dtype)  # (B, K·D, L)
-        y = _grid(cross_merge(y_all, perms, H * W), H, W)  # (B, H, W, D): the snakes summed
+        y = grid(cross_merge(y_all, perms, H * W), H, W)  # (B, H, W, D): the snakes summed
         gate = silu(z, check=False)
         out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
         cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
@@ -282,7 +282,7 @@ class PlainMambaMixer(Module):
         dy = dyg * cache["gate"]
         dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
         cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
-        dys = cross_scan(_channels_first(dy), perms)  # (B, K·D, L)
+        dys = cross_scan(channels_first(dy), perms)  # (B, K·D, L)
         s = scan_backward_kept(self.scan_backward_fn, dys, cache["scan"])
         s = {key: (None if v is None else xp.asarray(v, dtype=dys.dtype)) for key, v in s.items()}
         A = -xp.exp(self._w("A_log"))
@@ -293,7 +293,7 @@ class PlainMambaMixer(Module):
         L = s["B"].shape[-1]
 
         def merged(seq):  # (B, K·F, L) -> (B, H, W, F): the adjoint of the forward's seqs
-            return _grid(cross_merge(seq, perms, H * W), H, W)
+            return grid(cross_merge(seq, perms, H * W), H, W)
 
         dx_act, ddelta = merged(s["u"]), merged(s["delta"])  # (B, H, W, D) each
         dBt = merged(s["B"].reshape(Bsz, K * N, L))  # (B, H, W, N)
@@ -314,17 +314,6 @@ class PlainMambaMixer(Module):
             xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
-
-
-def _channels_first(t):
-    """(B, H, W, F) tokens as (B, F, H·W), C-contiguous (a copy): the cross-scan's input."""
-    return array_module(t).ascontiguousarray(
-        t.reshape(t.shape[0], -1, t.shape[-1]).transpose(0, 2, 1))  # (B, F, HW)
-
-
-def _grid(t_cf, H, W):
-    """(B, F, H·W) channels first as (B, H, W, F) tokens (a view)."""
-    return t_cf.transpose(0, 2, 1).reshape(t_cf.shape[0], H, W, t_cf.shape[1])  # (B, H, W, F)
 
 
 class PlainMambaBlock(PreNormBlock):

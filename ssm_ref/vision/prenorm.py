@@ -33,10 +33,9 @@ def norm_functions(scan_fn, scan_backward_fn, norm):
     gets the reference's :func:`ssm_ref.nn.layer_norm` or
     :func:`ssm_ref.nn.rms_norm` and their backwards.
     """
-    fwd, bwd = fused_pair(scan_fn, scan_backward_fn, norm + "_norm")
-    if fwd is not None:
-        return fwd, bwd
-    return (layer_norm, layer_norm_backward) if norm == "layer" else (rms_norm, rms_norm_backward)
+    reference = ((layer_norm, layer_norm_backward) if norm == "layer"
+                 else (rms_norm, rms_norm_backward))
+    return fused_pair(scan_fn, scan_backward_fn, norm + "_norm", default=reference)
 
 
 class PreNormBlock(Module):

@@ -275,7 +275,7 @@ class SS2D(Module):
         xp = array_module(x_act)
         perms, count = self._perms(H, W, xp)
         idx = [on_module_cached(q, xp) for q in perms]  # the orders on x_act's device
-        x_cf = xp.ascontiguousarray(x_act.reshape(Bsz, H * W, D).transpose(0, 2, 1))  # (B, D, HW)
+        x_cf = channels_first(x_act)  # (B, D, HW)
         one_call = len({q.size for q in perms}) == 1
         cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
         if one_call:  # VMamba: the K sequences side by side, (B, K·D, L), for one scan
@@ -309,7 +309,7 @@ class SS2D(Module):
             y_cf = xp.zeros((Bsz, D, H * W), x_act.dtype)  # (B, D, HW)
             for k in range(K):
                 _add_back(y_cf, ys[k], perms[k], xp)  # y_cf[:, :, perm_k] += y_k: scatter back
-        y_grid = y_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
+        y_grid = grid(y_cf, H, W)  # (B, H, W, D)
         if self.reduce == "mean":
             y_grid = y_grid / count.astype(y_grid.dtype, copy=False)
         cache = {"perms": perms, "count": count, "xs": xs, "dts": dts, "deltas": deltas,
@@ -325,7 +325,7 @@ class SS2D(Module):
         idx = [on_module_cached(q, xp) for q in perms]
         if self.reduce == "mean":
             dy_grid = dy_grid / cache["count"].astype(dy_grid.dtype, copy=False)
-        dy_cf = xp.ascontiguousarray(dy_grid.reshape(Bsz, H * W, D).transpose(0, 2, 1))
+        dy_cf = channels_first(dy_grid)  # (B, D, HW)
         cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
         if cache["one_call"]:
             s = scan_backward_kept(self.scan_backward_fn, cross_scan(dy_cf, perms),
@@ -371,7 +371,7 @@ class SS2D(Module):
                 _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
         if cache["one_call"]:
             dx_cf = cross_merge(s["u"], perms, H * W)  # (B, D, HW): adjoint of the cross-scan
-        dx_act = dx_cf.transpose(0, 2, 1).reshape(Bsz, H, W, D)  # (B, H, W, D)
+        dx_act = grid(dx_cf, H, W)  # (B, H, W, D)
         return dx_act, g
 
     # ------------------------------------------------------------------ forward / backward
@@ -392,7 +392,7 @@ class SS2D(Module):
             y_gated = y_norm * gate
         else:  # the Numba backend: out_norm and the gate in one pass, nothing kept for backward
             y_norm, gate = None, None
-            y_gated = norm_gate(_channels_first(y), _tokens(z), self._w("out_norm.weight"),
+            y_gated = norm_gate(channels_first(y), _tokens(z), self._w("out_norm.weight"),
                                 self._w("out_norm.bias"), self.eps).reshape(y.shape)
         out = linear(y_gated, self._w("out_proj.weight"), self._w("out_proj.bias"),
                      check=False)  # (B, H, W, C)
@@ -427,9 +427,9 @@ class SS2D(Module):
             dxz = np.empty(z.shape[:-1] + (2 * D,),
                            np.result_type(y, z))  # (B, H, W, 2D): dz into its half
             dy_cf, dz, g["out_norm.weight"], g["out_norm.bias"] = norm_gate_backward(
-                _tokens(dy_gated), _channels_first(y), _tokens(z), self._w("out_norm.weight"),
+                _tokens(dy_gated), channels_first(y), _tokens(z), self._w("out_norm.weight"),
                 self._w("out_norm.bias"), self.eps, dz=_tokens(dxz)[..., D:])
-            dy = dy_cf.transpose(0, 2, 1).reshape(y.shape)  # (B, H, W, D), channels first
+            dy = grid(dy_cf, *y.shape[1:3])  # (B, H, W, D), channels first
         else:
             raise TypeError(_FUSED_CACHE)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
@@ -513,10 +513,16 @@ def _tokens(x):
     return x.reshape(x.shape[0], -1, x.shape[-1])  # (B, HW, C)
 
 
-def _channels_first(y):
-    """SS2D's output (B, H, W, D) as (B, D, H·W): a C-contiguous view, since the core
-    scatters its directions back channels first (:meth:`SS2D._core_forward`)."""
-    return _tokens(y).transpose(0, 2, 1)  # (B, D, HW)
+def channels_first(t):
+    """Tokens (B, H, W, F) as C-contiguous (B, F, H·W), the cross-scan's layout: a copy, or
+    the array itself where ``t`` is already a view of one (:func:`grid`'s result, as SS2D's
+    output ``y``, which the core scatters back channels first)."""
+    return array_module(t).ascontiguousarray(_tokens(t).transpose(0, 2, 1))  # (B, F, HW)
+
+
+def grid(t_cf, H, W):
+    """Channels-first (B, F, H·W) as tokens (B, H, W, F): a view."""
+    return t_cf.transpose(0, 2, 1).reshape(t_cf.shape[0], H, W, t_cf.shape[1])  # (B, H, W, F)
 
 
 def cross_functions(scan_fn, scan_backward_fn):
@@ -527,8 +533,8 @@ def cross_functions(scan_fn, scan_backward_fn):
     the second, from ``fast.numba_cross``); any other pair gets
     :func:`cross_scan` and :func:`cross_merge` below.
     """
-    scan, merge = fused_pair(scan_fn, scan_backward_fn, "cross_scan")
-    return (cross_scan, cross_merge) if scan is None else (scan, merge)
+    return fused_pair(scan_fn, scan_backward_fn, "cross_scan",
+                      default=(cross_scan, cross_merge))
 
 
 def cross_scan(x_cf, perms):
