@@ -1696,8 +1696,9 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     state_t = np.dtype(np.complex128) if s.is_complex else real
     batch, dim, length, dstate = s.batch, s.dim, s.length, s.dstate
     tiled = k["tiled"]  # 16 channels per vector: the tiles are the unit of parallel work
-    nchunks = _threads(_tiles.tile_count(s) if tiled else batch * dim)
-    paired = k["paired"]  # N <= 8: two rows per vector
+    paired = k["paired"]  # N <= 8: two rows per vector, whole groups per thread
+    nchunks = _threads(_tiles.tile_count(s) if tiled else _pairs.unit_count(s) if paired
+                       else batch * dim)
     npad = k["A"].shape[1]  # 8 when paired
     block = _bwd_block(npad, state_t)  # the 16-lane kernels' (unused when paired)
     dlast = (np.zeros((1, 1, 1), state_t) if dlast_state is None
@@ -1707,8 +1708,12 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     dz = np.empty((batch, dim, length) if s.z is not None else (1, 1, 1), real)
     dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
     dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
-    dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G', L|1, N)
-    dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
+    if paired:  # written whole by the kernel, in the arguments' layout (B|1, G', N, L|1)
+        dB_c, dC_c = (np.empty(form.view_shape(X.shape), state_t)
+                      for X, form in ((s.B, s.form_B), (s.C, s.form_C)))
+    else:  # one copy per thread, summed below: (threads, B|1, G', L|1, N)
+        dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)
+        dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
     dD_c = np.zeros((nchunks, dim), real)
     dbias_c = np.zeros((nchunks, dim), real)
     screen = np.empty(batch * dim, real)
@@ -1720,7 +1725,7 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     if s.is_complex:
         _launch(_bwd_complex, *args, block)
     elif paired:
-        _launch(_pairs.bwd_pairs, *args, exp2_terms(real))
+        _launch(_pairs.bwd_pairs, *args, _pairs.chunk_unit(s), exp2_terms(real))
     elif tiled:
         _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
     elif length <= block:
@@ -1735,7 +1740,9 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
                 given, exp2_terms(real))  # not given: pass 1 of the kernel fills it
 
     def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
-        X = _pairs.fold_halves(Xc) if paired else Xc.sum(axis=0)
+        if paired:
+            return Xc.reshape(shape)
+        X = Xc.sum(axis=0)
         if k["blocked"]:
             X = _from_blocks_of_16(X)
         X = X[..., :dstate]  # (B|1, G', L|1, N)

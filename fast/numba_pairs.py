@@ -52,12 +52,22 @@ Layout
 ------
 A, h0 and the last state are padded to 8 entries, (D, 8) and (B, D, 8); B
 and C are laid out as in :mod:`fast.numba_cpu`, ``(B or 1, G, L, 16)``, with
-their 8 padded entries written into both halves (``fast.numba_cpu._layout_bc``).  The
-backward's dB and dC come out in the same doubled layout, one copy per thread:
-their halves are summed with the copies (:func:`fold_halves`).
+their 8 padded entries written into both halves (``fast.numba_cpu._layout_bc``).
+
+The backward's threads take whole groups of B and C (:func:`chunk_unit`): a
+thread adds a group's dB and dC into a scratch block of 16 lanes, ``(L, 16)``,
+and when the group's last pair is done writes the sum of its two halves into
+the gradient in the argument's own layout, ``(B, G, N, L)``.  No two threads
+add into one group, so there are no per-thread copies of dB and dC to zero,
+sum and transpose afterwards (16.8 MB each in VMamba's 32x32 float64 step:
+without them its scan backward ran 1.5x as fast on two threads; chapter 11,
+"dB and dC by whole groups").
 """
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -66,7 +76,7 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _b
                         _decay, _njit_noalias, _row_grads, _row_output, _row_prep,
                         _row_start, _row_steps)
 
-__all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "fold_halves", "fwd_pairs",
+__all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "chunk_unit", "fwd_pairs",
            "bwd_pairs", "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
@@ -115,7 +125,9 @@ def pairs_apply(s, block, dtype, direction):
     ``block`` is the longest row that the row-by-row kernels of
     :mod:`fast.numba_cpu` take with 16 lanes (longer rows run in time blocks,
     which have no pair version); ``dtype`` the compute dtype and
-    ``direction`` ``"forward"`` or ``"backward"`` (see :data:`PAIRED_DTYPES`).
+    ``direction`` ``"forward"`` or ``"backward"`` (see :data:`PAIRED_DTYPES`).  The backward
+    also needs a unit of work (:func:`chunk_unit`) for each of Numba's threads: with fewer,
+    a thread would sit idle, and the 16-lane kernels, which split rows, run instead.
     """
     forced_to = _override.value
     wanted = np.dtype(dtype) in PAIRED_DTYPES[direction] if forced_to is None else forced_to
@@ -125,13 +137,25 @@ def pairs_apply(s, block, dtype, direction):
         groups = form.view_shape(X.shape)[1]  # G': D for the constant form (B per channel)
         if groups == s.dim or (s.dim // groups) % 2:  # two rows of a pair read two B rows
             return False
-    return True
+    return direction == "forward" or unit_count(s) >= numba.get_num_threads()
 
 
-def fold_halves(Xc):
-    """Per-thread dB or dC copies (threads, ..., 16) -> the sum over threads and halves (..., 8)."""
-    X = Xc.sum(axis=0)
-    return X[..., :HALF] + X[..., HALF:]
+def chunk_unit(s):
+    """Pairs per unit of the backward's parallel work: the fewest consecutive pairs that hold
+    whole groups of both B and C (their channels per group, in pairs, have it as a multiple).
+
+    The backward gives each thread whole units, so that one thread adds into a group's dB
+    and dC.  Pairs run in order (b, d), so a group's pairs are consecutive, and a unit never
+    straddles two batch elements (it divides the D / 2 pairs of one).
+    """
+    per_group = [s.dim // form.view_shape(X.shape)[1]
+                 for X, form in ((s.B, s.form_B), (s.C, s.form_C))]  # channels, even
+    return math.lcm(*per_group) // 2
+
+
+def unit_count(s):
+    """How many units of :func:`chunk_unit` pairs the backward of ``s`` has."""
+    return s.batch * s.dim // 2 // chunk_unit(s)
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +261,17 @@ def _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row, 
 # ---------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _write_halves(acc, out, zero):
+    """A group's dB or dC, added up in 16 lanes ``acc`` (Lb, 16): its two halves' sum into
+    ``out`` (N, Lb), the argument's layout; ``acc`` is zeroed for the next group."""
+    for t in range(out.shape[1]):
+        for n in range(out.shape[0]):
+            out[n, t] = acc[t, n] + acc[t, n + HALF]
+        for n in range(_LANES):
+            acc[t, n] = zero
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h):
     """The pair's poles ``a`` (and ``a2 = a log2 e``) and initial state ``h``, 16 lanes."""
     for i in range(2):  # A and h0 hold 8 states: each row fills its half
@@ -291,15 +326,16 @@ def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
+              du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
     """``fast.numba_cpu._bwd_real`` with two rows per block; A, h0, dlast and dh0 with 8
-    states, Bx, Cx, dB_c and dC_c doubled (16 lanes)."""
+    states, Bx and Cx doubled (16 lanes); dB and dC in the layout (B|1, G', N, L|1), written
+    whole (see the module docstring); each thread takes whole units of ``unit`` pairs."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
     log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
-    npairs = nb * nd // 2
+    nunits = nb * nd // 2 // unit
     nchunks = dA_c.shape[0]
     # per-thread scratch, allocated here so the parallel body gets it as arguments
     dt_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
@@ -317,12 +353,14 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     g_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     sdA_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
-    for c in prange(nchunks):  # one chunk of pairs per thread, its own dA/dB/dC copies
+    dBs_s = np.zeros((nchunks, Bx.shape[2] + 1, _LANES), u.dtype)  # a group's dB, 16 lanes
+    dCs_s = np.zeros((nchunks, Cx.shape[2] + 1, _LANES), u.dtype)
+    for c in prange(nchunks):  # whole units of pairs per thread, its own dA copy
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
         abar, ah, a, a2, h, g, sdA = abar_s[c], ah_s[c], a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
-        dsp = dsp_s[c]
-        for p in range(c * npairs // nchunks, (c + 1) * npairs // nchunks):
+        dsp, dBs, dCs = dsp_s[c], dBs_s[c], dCs_s[c]
+        for p in range(c * nunits // nchunks * unit, (c + 1) * nunits // nchunks * unit):
             b = (2 * p) // nd
             d = 2 * p - b * nd  # even
             s = zero
@@ -340,19 +378,23 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             # 1. forward again: y, dC_t = dy_t h_t and the records of both rows
             if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
                                                                       zero):
-                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
-                                  dC_c[c, cb, cg], b_st, c_st, zero, True, terms)
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dCs, b_st,
+                                  c_st, zero, True, terms)
             else:
-                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row,
-                                  dC_c[c, cb, cg], b_st, c_st, zero, False, terms)
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dCs, b_st,
+                                  c_st, zero, False, terms)
             # 2. reverse scan over the records: g = dLoss/dh_t (eq-selective-backward)
             for i in range(2):
                 for n in range(HALF):
                     g[i * HALF + n] = dlast[b, d + i, n] if has_dlast else zero
             for n in range(_LANES):
                 sdA[n] = zero
-            _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_c[c, bb, bg],
-                              b_st, c_st, pA, pB, zero)
+            _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dBs, b_st,
+                              c_st, pA, pB, zero)
+            if (d + 2) % b_gd == 0:  # the group's last pair: its dB is whole
+                _write_halves(dBs, dB[bb, bg], zero)
+            if (d + 2) % c_gd == 0:
+                _write_halves(dCs, dC[cb, cg], zero)
             for i in range(2):
                 u_row = u[b, d + i]
                 z_row = z[b, d + i] if has_z else u_row

@@ -11,6 +11,7 @@ off one by one.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -116,6 +117,19 @@ def check_grads(g, g_ref, g_other, other):
         assert g[key].shape == g_ref[key].shape and g[key].dtype == g_ref[key].dtype, key
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
         assert_close(g[key], g_other[key], kind="exact", err_msg=f"d{key} against {other}")
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    """Numba's thread count set to ``n`` (at most ``NUMBA_NUM_THREADS``) inside the ``with``
+    block, and set back after it."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def count_calls(monkeypatch, module, names):

@@ -19,7 +19,8 @@ import re
 
 import numpy as np
 import pytest
-from cases import CASE_IDS, CASES, GRAD_NAMES, cotangents, count_calls, scan_case
+from cases import (CASE_IDS, CASES, GRAD_NAMES, cotangents, count_calls, numba_threads,
+                   scan_case)
 from conftest import assert_close
 
 import ssm_ref
@@ -155,16 +156,12 @@ def test_result_does_not_depend_on_thread_count(rng, dim):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one thread only: nothing to compare")
     kw = case(rng, dim=dim)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with numba_threads(1):
         y1 = numba_cpu.selective_scan(**kw)
         g1 = numba_cpu.selective_scan_backward(np.ones_like(y1), **kw)
-        numba.set_num_threads(2)
+    with numba_threads(2):
         y2 = numba_cpu.selective_scan(**kw)
         g2 = numba_cpu.selective_scan_backward(np.ones_like(y2), **kw)
-    finally:
-        numba.set_num_threads(before)
     assert_close(y1, y2, kind="backend")
     for key in GRAD_NAMES:
         assert_close(g1[key], g2[key], kind="backend", err_msg=key)

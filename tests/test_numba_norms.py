@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import count_calls
+from cases import count_calls, numba_threads
 from conftest import assert_close
 
 import fast
@@ -178,11 +178,8 @@ def test_numba_norms_on_random_shapes_and_thread_counts(threads):
     """Random sizes (tokens not a multiple of the tile, more or fewer jobs than threads) on
     one and two threads: the row kernels and the fused ones against the reference, and the
     fused backward with ``dz`` given and allocated alike."""
-    import numba
     rng = np.random.default_rng(threads)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
+    with numba_threads(threads):
         for _ in range(12):
             B, D, T = (int(v) for v in rng.integers((1, 3, 1), (4, 40, 100)))
             x = (1 + 2 * rng.standard_normal((B, T, D)))  # (B, T, D) tokens
@@ -201,5 +198,3 @@ def test_numba_norms_on_random_shapes_and_thread_counts(threads):
             alone = numba_norms.norm_gate_backward(dy, y_cf, xz[..., D:], w, b)
             for g, h in zip(given, alone):
                 assert_close(g, h, kind="exact")
-    finally:
-        numba.set_num_threads(saved)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import check_grads, count_calls, scan_case
+from cases import check_grads, count_calls, numba_threads, scan_case
 from conftest import assert_close
 
 import ssm_ref
@@ -104,6 +104,53 @@ def test_backward_matches_reference_and_16_lanes(rng, calls, dtype, dstate, extr
         g16 = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_pairs"] == 1
     check_grads(g, g_ref, g16, "16 lanes")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch, groups, unit", [
+    (3, (2, 1), 8),  # B: 4 pairs per group, C: one group of 8 pairs; 3 units over 2 threads
+    (5, (4, 2), 4),  # B: 2 pairs per group, C: 4; 5 units
+    (1, (8, 8), 1),  # one pair per group, 8 units in one batch element
+], ids=["B2-C1", "B4-C2", "B8-C8"])
+def test_backward_threads_take_whole_groups(rng, calls, threads, batch, groups, unit):
+    """Each thread adds into whole groups of B and C (``chunk_unit`` pairs at a time), which
+    may span several pairs and differ between B and C, and units need not divide evenly
+    between the threads: dB and dC match the reference and the 16-lane kernels."""
+    kw = scan_case(rng, "grouped", "grouped", False, np.float64, batch=batch, dim=16,
+                   dstate=5, groups=groups, length=13)
+    s = check_scan_structure(**{k: kw.get(k) for k in (
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
+    assert numba_pairs.chunk_unit(s) == unit
+    dout = rng.standard_normal(kw["u"].shape)
+    with numba_threads(threads):
+        g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls["bwd_pairs"] == 1
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    with numba_pairs.forced(False):
+        g16 = numba_cpu.selective_scan_backward(dout, **kw)
+    check_grads(g, g_ref, g16, "16 lanes")
+
+
+def test_backward_with_fewer_units_than_threads_runs_16_lanes(rng, calls):
+    """One image and one group: a single unit of work.  On two threads the pair backward
+    would leave one idle, so the 16-lane kernels (which split rows) run; on one, the pairs."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread only: no idle thread to avoid")
+    kw = scan_case(rng, "variable", "variable", False, np.float64, batch=1, dim=8, dstate=8)
+    s = check_scan_structure(**{k: kw.get(k) for k in (
+        "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "h0")})
+    assert numba_pairs.unit_count(s) == 1
+    dout = rng.standard_normal(kw["u"].shape)
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    for threads, pairs_ran in ((2, 0), (1, 1)):
+        with numba_threads(threads):
+            assert numba_pairs.pairs_apply(s, 64, np.float64, "backward") is bool(pairs_ran)
+            assert numba_pairs.pairs_apply(s, 64, np.float64, "forward") is True
+            g = numba_cpu.selective_scan_backward(dout, **kw)
+        assert calls["bwd_pairs"] == pairs_ran
+        for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"):
+            assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}, {threads}")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import check_grads, count_calls, scan_case
+from cases import check_grads, count_calls, numba_threads, scan_case
 from conftest import assert_close
 from numba import njit
 from numba.core.errors import TypingError
@@ -304,15 +304,10 @@ def test_backward_matches_reference_and_rows(rng, calls, shape, extras):
 def test_backward_on_one_thread_and_many(rng, calls):
     """The lanes of dB and dC are flushed per thread: one thread (all tiles in turn) and as
     many threads as tiles give the same gradients."""
-    import numba
     kw = tiled_case(rng, dim=64, groups=2, batch=2)  # 2 x 2 x 2 tiles
     dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
+    with numba_threads(1):
         g1 = numba_cpu.selective_scan_backward(dout, **kw)
-    finally:
-        numba.set_num_threads(threads)
     g = numba_cpu.selective_scan_backward(dout, **kw)
     assert calls["bwd_tiles"] == 2
     for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
