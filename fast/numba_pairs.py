@@ -34,8 +34,9 @@ row-by-row kernels (no time blocks), an even number of channels, and B and
 C given per batch element or per group (variable or grouped form) with an
 even number of channels per group, so that both rows of a pair read the
 same B and C, and a compute dtype that gains (:data:`PAIRED_DTYPES`: the
-float64 forward and backward, the float32 backward).  Otherwise the 16-lane
-kernels run.
+float64 forward and backward, the float32 backward); the backward also needs
+a unit of whole groups for each of Numba's threads (:func:`chunk_unit`).  Otherwise the
+16-lane kernels run.
 
 Measured on the 2-core AMD EPYC of chapter 11, on one thread, old and new
 kernels in alternating processes, VMamba's scan in a 32x32 training step

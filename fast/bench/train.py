@@ -350,7 +350,9 @@ def run_gpu(models, sizes, batch, repeats, warmup, cpu_rows, dtype="float64"):
 # table and plot
 # ---------------------------------------------------------------------------
 
-HEADER = (f"{'device':6s} {'model':8s} {'image':>7s} {'backend':8s} {'ms/step':>9s} "
+#: the model column's width: the longest name in the registry (efficientvmamba)
+_MODEL_W = max(map(len, MODELS))
+HEADER = (f"{'device':6s} {'model':{_MODEL_W}s} {'image':>7s} {'backend':8s} {'ms/step':>9s} "
           f"{'[min - max]':>19s} {'img/s':>8s} {'vs ref':>7s} {'/ floor':>8s} {'scan share':>10s}"
           f" {'others':>6s}")
 
@@ -358,8 +360,8 @@ HEADER = (f"{'device':6s} {'model':8s} {'image':>7s} {'backend':8s} {'ms/step':>
 def _print_rows(rows, device):
     for r in rows:
         vs = f"{r['speedup_vs_ref']:6.1f}x" if r["speedup_vs_ref"] else f"{'-':>7s}"
-        print(f"{device:6s} {r['model']:8s} {r['img']:3d}x{r['img']:<3d} {r['backend']:8s} "
-              f"{r['ms']:9.1f} [{r['ms_min']:8.1f} -{r['ms_max']:8.1f}] "
+        print(f"{device:6s} {r['model']:{_MODEL_W}s} {r['img']:3d}x{r['img']:<3d} "
+              f"{r['backend']:8s} {r['ms']:9.1f} [{r['ms_min']:8.1f} -{r['ms_max']:8.1f}] "
               f"{r['images_per_s']:8.0f} {vs} {r['step_over_floor']:7.2f}x "
               f"{r['scan_share']:10.0%} {_cores(r['other_processes_cores'])}", flush=True)
 
