@@ -1450,22 +1450,21 @@ def _pad_last(X, n_padded, dtype):
     return out
 
 
-def _layout_bc(X, form, work, n_padded, copies=1, blocked=False):
-    """B or C -> (B or 1, G', L or 1, ``copies`` x N padded), contiguous, dtype ``work``.
+def _layout_bc(X, form, work, n_padded, paired=False, blocked=False):
+    """B or C -> (B or 1, G', L or 1, N padded), contiguous, dtype ``work``.
 
-    ``copies=2`` is the layout of :mod:`fast.numba_pairs`: the padded entries
-    written into both halves.  ``blocked``: the real row backward's layout,
-    (B or 1, G', N padded / 16, L or 1, 16) (:func:`_blocks_of_16`).
+    ``paired``: the layout of :mod:`fast.numba_pairs`, the argument's own
+    (B or 1, G', N, L or 1) (no copy where ``X`` is contiguous in ``work``; the
+    pair kernels lay out each group as they reach it).  ``blocked``: the real
+    row backward's layout, (B or 1, G', N padded / 16, L or 1, 16) (:func:`_blocks_of_16`).
     """
-    X = np.swapaxes(X.reshape(form.view_shape(X.shape)), 2, 3)  # (B|1, G', N, L|1) -> (.., L|1, N)
+    X = X.reshape(form.view_shape(X.shape))  # (B|1, G', N, L|1)
+    if paired:
+        return np.ascontiguousarray(X, dtype=work)
+    X = np.swapaxes(X, 2, 3)  # (.., L|1, N)
     if blocked:
         return _blocks_of_16(_pad_last(X, n_padded, work))
-    if copies == 1:
-        return _pad_last(X, n_padded, work)
-    out = np.zeros(X.shape[:-1] + (copies * n_padded,), work)
-    for i in range(copies):
-        out[..., i * n_padded:i * n_padded + X.shape[-1]] = X
-    return out
+    return _pad_last(X, n_padded, work)
 
 
 def _blocks_of_16(X):
@@ -1496,8 +1495,9 @@ def _tiled(s, real, direction):
 def _layout(s, real, direction):
     """``(paired, tiled, blocked)``: the layout the ``direction`` of ``s`` takes its arrays in.
 
-    ``paired``: for the pair kernels (:func:`_paired`), N padded to 8 and B, C
-    doubled; ``tiled``: for the channel tiles (:func:`_tiled`), N not padded;
+    ``paired``: for the pair kernels (:func:`_paired`), A and h0 padded to 8 states, B
+    and C in the arguments' layout; ``tiled``: for the channel tiles (:func:`_tiled`), N
+    not padded;
     ``blocked``: the 16-lane real row backward's B and C in blocks of 16
     states (:func:`_blocks_of_16`); otherwise N padded to a multiple of 16.
     """
@@ -1521,7 +1521,6 @@ def _kernel_args(s, real, direction, rows=None):
     npad = _pairs.HALF if paired else s.dstate if tiled else _padded(s.dstate)
     dummy1 = np.zeros(1, real)
     dummy3 = np.zeros((1, 1, 1), real)
-    copies = 2 if paired else 1
     if rows is None:
         rows = dict(u=_contiguous(s.u, real), delta=_contiguous(s.delta, real),
                     z=dummy3 if s.z is None else _contiguous(s.z, real))
@@ -1531,8 +1530,8 @@ def _kernel_args(s, real, direction, rows=None):
         blocked=blocked,
         **rows,
         A=_pad_last(s.A, npad, state_t),  # (D, Np)
-        Bx=_layout_bc(s.B, s.form_B, state_t, npad, copies, blocked),  # (B|1, G', L|1, Np
-        Cx=_layout_bc(s.C, s.form_C, state_t, npad, copies, blocked),  # or 16), see there
+        Bx=_layout_bc(s.B, s.form_B, state_t, npad, paired, blocked),  # (B|1, G', L|1, Np),
+        Cx=_layout_bc(s.C, s.form_C, state_t, npad, paired, blocked),  # or see there
         Dv=dummy1 if s.D is None else np.ascontiguousarray(s.D, dtype=real),
         bias=dummy1 if s.delta_bias is None
         else np.ascontiguousarray(s.delta_bias, dtype=real),
@@ -1709,8 +1708,7 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
     dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
     if paired:  # written whole by the kernel, in the arguments' layout (B|1, G', N, L|1)
-        dB_c, dC_c = (np.empty(form.view_shape(X.shape), state_t)
-                      for X, form in ((s.B, s.form_B), (s.C, s.form_C)))
+        dB_c, dC_c = np.empty(k["Bx"].shape, state_t), np.empty(k["Cx"].shape, state_t)
     else:  # one copy per thread, summed below: (threads, B|1, G', L|1, N)
         dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)
         dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)

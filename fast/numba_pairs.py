@@ -51,9 +51,14 @@ lanes per row (:data:`PAIRED_DTYPES`).
 
 Layout
 ------
-A, h0 and the last state are padded to 8 entries, (D, 8) and (B, D, 8); B
-and C are laid out as in :mod:`fast.numba_cpu`, ``(B or 1, G, L, 16)``, with
-their 8 padded entries written into both halves (``fast.numba_cpu._layout_bc``).
+A, h0 and the last state are padded to 8 entries, (D, 8) and (B, D, 8).  B
+and C come in the arguments' own layout, ``(B or 1, G, N, L)`` (no copy where
+the argument is contiguous in the compute dtype); a thread lays out the group
+its pair reads, ``(L, 16)``, its N entries written into both halves, in a
+scratch block of its own when it reaches the group (:func:`_double_group`):
+once per group.  Laying out all of B and C beforehand, twice as large, took 9 of
+the scan forward's 32 ms in VMamba's 32x32 float64 step; without it the forward
+ran 1.2x as fast on two threads (chapter 11, "dB and dC by whole groups").
 
 The backward's threads take whole groups of B and C (:func:`chunk_unit`): a
 thread adds a group's dB and dC into a scratch block of 16 lanes, ``(L, 16)``,
@@ -73,9 +78,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._override import Override
-from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _bc_strides,
-                        _decay, _njit_noalias, _row_grads, _row_output, _row_prep,
-                        _row_start, _row_steps)
+from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _decay,
+                        _njit_noalias, _row_grads, _row_output, _row_prep, _row_start,
+                        _row_steps)
 
 __all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "chunk_unit", "fwd_pairs",
            "bwd_pairs", "HALF"]
@@ -261,6 +266,42 @@ def _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dB_row, 
 # the kernels: the arguments of _fwd_real and _bwd_real, with the layout above
 # ---------------------------------------------------------------------------
 
+@njit(cache=True)
+def _group_strides(Bx, Cx, nd):
+    """How pair (b, d) reads B and C in their (Bb, G, N, Lb) layouts, as 6 ints (compare
+    ``fast.numba_cpu._bc_strides``): for B then C the batch stride (0: one for the batch),
+    the time stride (0: one step) and the channels per group."""
+    return (1 if Bx.shape[0] > 1 else 0, 1 if Bx.shape[3] > 1 else 0, nd // Bx.shape[1],
+            1 if Cx.shape[0] > 1 else 0, 1 if Cx.shape[3] > 1 else 0, nd // Cx.shape[1])
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _double_group(X_g, out):
+    """A group's B or C, ``X_g`` (N, Lb) in the argument's layout, into the pairs' block
+    ``out`` (Lb, 16): entry n in lanes n and 8 + n, for each row of the pair.  The lanes
+    N..7 and 8 + N..15 are left as they are (zeros: the scratch is allocated zeroed)."""
+    for n in range(X_g.shape[0]):
+        for t in range(X_g.shape[1]):
+            v = X_g[n, t]
+            out[t, n] = v
+            out[t, n + HALF] = v
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _load_groups(Bx, Cx, b, d, b_sb, b_gd, c_sb, c_gd, Bd, Cd, b_at, c_at):
+    """Pair (b, d)'s groups of B and C doubled into the blocks ``Bd`` and ``Cd`` unless they
+    hold them already (``b_at``, ``c_at``: which they hold, -1 for none); returns which they
+    hold now."""
+    bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+    b_key = bb * Bx.shape[1] + bg
+    c_key = cb * Cx.shape[1] + cg
+    if b_key != b_at:
+        _double_group(Bx[bb, bg], Bd)
+    if c_key != c_at:
+        _double_group(Cx[cb, cg], Cd)
+    return b_key, c_key
+
+
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def _write_halves(acc, out, zero):
     """A group's dB or dC, added up in 16 lanes ``acc`` (Lb, 16): its two halves' sum into
@@ -284,11 +325,12 @@ def _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h):
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
               has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
-    """``fast.numba_cpu._fwd_real`` with two rows per block; A (D, 8), Bx and Cx doubled."""
+    """``fast.numba_cpu._fwd_real`` with two rows per block; A (D, 8), Bx and Cx (Bb, G, N,
+    Lb) as the arguments, each group doubled into the thread's block when first read."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     log2e = u.dtype.type(_LOG2E)
-    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
     npairs = nb * nd // 2
     dt_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
     bu_s = np.empty((nchunks, 2, L + _GAP), u.dtype)
@@ -296,8 +338,12 @@ def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     a2_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    Bd_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # the group's B, doubled
+    Cd_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
     for c in prange(nchunks):  # one block of pairs per thread
         dt, bu, y, h, a, a2 = dt_s[c], bu_s[c], y_s[c], h_s[c], a_s[c], a2_s[c]
+        Bd, Cd = Bd_s[c], Cd_s[c]
+        b_at, c_at = -1, -1  # the groups the blocks hold: bb * G + bg, none yet
         for p in range(c * npairs // nchunks, (c + 1) * npairs // nchunks):
             b = (2 * p) // nd
             d = 2 * p - b * nd  # even
@@ -307,14 +353,12 @@ def fwd_pairs(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                                 softplus, dt[i], bu[i], z[b, d + i] if has_z else u[b, d + i],
                                 has_z)
             _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
-            bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+            b_at, c_at = _load_groups(Bx, Cx, b, d, b_sb, b_gd, c_sb, c_gd, Bd, Cd, b_at, c_at)
             if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
                                                                       zero):
-                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, True,
-                           terms)
+                _pair_scan(L, dt, bu, a2, h, y, Bd, Cd, b_st, c_st, zero, True, terms)
             else:
-                _pair_scan(L, dt, bu, a2, h, y, Bx[bb, bg], Cx[cb, cg], b_st, c_st, zero, False,
-                           terms)
+                _pair_scan(L, dt, bu, a2, h, y, Bd, Cd, b_st, c_st, zero, False, terms)
             for i in range(2):
                 s += _row_output(y[i], u[b, d + i], Dv[d + i] if has_D else zero, has_D,
                                  z[b, d + i] if has_z else u[b, d + i], has_z, out[b, d + i])
@@ -329,13 +373,14 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
               du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
     """``fast.numba_cpu._bwd_real`` with two rows per block; A, h0, dlast and dh0 with 8
-    states, Bx and Cx doubled (16 lanes); dB and dC in the layout (B|1, G', N, L|1), written
-    whole (see the module docstring); each thread takes whole units of ``unit`` pairs."""
+    states; Bx, Cx and dB, dC in the arguments' layout (B|1, G', N, L|1), each group doubled
+    into the thread's 16-lane blocks (see the module docstring); each thread takes whole
+    units of ``unit`` pairs."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
     log2e = u.dtype.type(_LOG2E)
-    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
     nunits = nb * nd // 2 // unit
     nchunks = dA_c.shape[0]
     # per-thread scratch, allocated here so the parallel body gets it as arguments
@@ -354,13 +399,16 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     g_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
     sdA_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
-    dBs_s = np.zeros((nchunks, Bx.shape[2] + 1, _LANES), u.dtype)  # a group's dB, 16 lanes
-    dCs_s = np.zeros((nchunks, Cx.shape[2] + 1, _LANES), u.dtype)
+    dBs_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # a group's dB, 16 lanes
+    dCs_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
+    Bd_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # the group's B, doubled
+    Cd_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
     for c in prange(nchunks):  # whole units of pairs per thread, its own dA copy
         dt, bu, y, dy, pA, pB, sz = (dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c],
                                       sz_s[c])
         abar, ah, a, a2, h, g, sdA = abar_s[c], ah_s[c], a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
-        dsp, dBs, dCs = dsp_s[c], dBs_s[c], dCs_s[c]
+        dsp, dBs, dCs, Bd, Cd = dsp_s[c], dBs_s[c], dCs_s[c], Bd_s[c], Cd_s[c]
+        b_at, c_at = -1, -1  # the groups the blocks hold: bb * G + bg, none yet
         for p in range(c * nunits // nchunks * unit, (c + 1) * nunits // nchunks * unit):
             b = (2 * p) // nd
             d = 2 * p - b * nd  # even
@@ -374,15 +422,15 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 s += s_in
                 dD_c[c, d + i] += sD
             _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
+            b_at, c_at = _load_groups(Bx, Cx, b, d, b_sb, b_gd, c_sb, c_gd, Bd, Cd, b_at, c_at)
             bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
-            B_row, C_row = Bx[bb, bg], Cx[cb, cg]  # (L or 1, 16)
             # 1. forward again: y, dC_t = dy_t h_t and the records of both rows
             if _all_normal(dt[0, :L], a2[:HALF], zero) and _all_normal(dt[1, :L], a2[HALF:_LANES],
                                                                       zero):
-                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dCs, b_st,
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, Bd, Cd, dCs, b_st,
                                   c_st, zero, True, terms)
             else:
-                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, B_row, C_row, dCs, b_st,
+                _pair_bwd_forward(L, dt, bu, dy, a2, h, y, abar, ah, Bd, Cd, dCs, b_st,
                                   c_st, zero, False, terms)
             # 2. reverse scan over the records: g = dLoss/dh_t (eq-selective-backward)
             for i in range(2):
@@ -390,7 +438,7 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     g[i * HALF + n] = dlast[b, d + i, n] if has_dlast else zero
             for n in range(_LANES):
                 sdA[n] = zero
-            _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, B_row, C_row, dBs, b_st,
+            _pair_bwd_reverse(L, dy, dt, bu, a, g, sdA, abar, ah, Bd, Cd, dBs, b_st,
                               c_st, pA, pB, zero)
             if (d + 2) % b_gd == 0:  # the group's last pair: its dB is whole
                 _write_halves(dBs, dB[bb, bg], zero)

@@ -131,6 +131,25 @@ def test_backward_threads_take_whole_groups(rng, calls, threads, batch, groups, 
     check_grads(g, g_ref, g16, "16 lanes")
 
 
+@pytest.mark.parametrize("batch, length", [(1, 1), (1, 6), (3, 1)],
+                         ids=["one-image-one-step", "one-image", "one-step"])
+def test_one_image_or_one_step(rng, calls, batch, length):
+    """B and C read with no batch stride (one image) or no time stride (one step): each
+    thread's doubled block of the group matches the reference both ways."""
+    kw = scan_case(rng, "grouped", "variable", False, np.float64, batch=batch, dim=8,
+                   dstate=6, groups=(4, 1), length=length)
+    dout = rng.standard_normal(kw["u"].shape)
+    with numba_threads(1):
+        y = numba_cpu.selective_scan(**kw)
+        g = numba_cpu.selective_scan_backward(dout, **kw)
+    assert calls == {"fwd_pairs": 1, "bwd_pairs": 1}
+    assert_close(y, ssm_ref.selective_scan(**kw), kind="backend", err_msg="y")
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    with numba_pairs.forced(False):
+        g16 = numba_cpu.selective_scan_backward(dout, **kw)
+    check_grads(g, g_ref, g16, "16 lanes")
+
+
 def test_backward_with_fewer_units_than_threads_runs_16_lanes(rng, calls):
     """One image and one group: a single unit of work.  On two threads the pair backward
     would leave one idle, so the 16-lane kernels (which split rows) run; on one, the pairs."""
