@@ -163,13 +163,20 @@ def test_backward_with_fewer_units_than_threads_runs_16_lanes(rng, calls):
     dout = rng.standard_normal(kw["u"].shape)
     g_ref = ssm_ref.selective_scan_backward(dout, **kw)
     for threads, pairs_ran in ((2, 0), (1, 1)):
+        calls.update(dict.fromkeys(calls, 0))
         with numba_threads(threads):
             assert numba_pairs.pairs_apply(s, 64, np.float64, "backward") is bool(pairs_ran)
             assert numba_pairs.pairs_apply(s, 64, np.float64, "forward") is True
             g = numba_cpu.selective_scan_backward(dout, **kw)
-        assert calls["bwd_pairs"] == pairs_ran
+            # a forward kept for its backward: in pairs either way; on two threads its
+            # backward lays B and C out for the 16 lanes from the forward's arrays
+            _, _, saved = numba_cpu.selective_scan_for_backward(**kw)
+            g_saved = numba_cpu.selective_scan_backward_saved(dout, saved)
+        assert calls == {"fwd_pairs": 1, "bwd_pairs": 2 * pairs_ran}
         for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"):
-            assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}, {threads}")
+            for got, how in ((g, "plain"), (g_saved, "kept")):
+                assert_close(got[key], g_ref[key], kind="backend",
+                             err_msg=f"d{key}, {threads} threads, {how}")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
