@@ -1662,7 +1662,8 @@ def _forward(s, k, real, keep_starts=False):
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
-        _launch(_pairs.fwd_pairs, *args, exp2_terms(real))
+        _launch(_pairs.fwd_pairs_short if s.length < _pairs.SPAN_BELOW else _pairs.fwd_pairs,
+                *args, exp2_terms(real))  # short rows: per-row passes over spans of rows
     elif tiled:
         if block is None:
             block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
@@ -1723,7 +1724,8 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     if s.is_complex:
         _launch(_bwd_complex, *args, block)
     elif paired:
-        _launch(_pairs.bwd_pairs, *args, _pairs.chunk_unit(s), exp2_terms(real))
+        _launch(_pairs.bwd_pairs_short if length < _pairs.SPAN_BELOW else _pairs.bwd_pairs,
+                *args, _pairs.chunk_unit(s), exp2_terms(real))
     elif tiled:
         _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
     elif length <= block:

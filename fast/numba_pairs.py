@@ -68,6 +68,21 @@ add into one group, so there are no per-thread copies of dB and dC to zero,
 sum and transpose afterwards (8.4 MB per copy in VMamba's 32x32 float64 step:
 without them its scan backward ran 1.5x as fast on two threads; chapter 11,
 "dB and dC by whole groups").
+
+Short rows
+----------
+Around the recurrence each row has its passes over the steps: softplus of the steps and
+the gated output in the forward; the steps, derivatives and dy before the sweeps and du,
+d delta and dz after them in the backward (:mod:`fast.numba_cpu`'s ``_row_steps``,
+``_row_output``, ``_row_prep``, ``_row_grads``).  LLVM vectorizes them 8 float64 lanes x 4
+at a time, so a row shorter than 32 steps runs them all in the scalar remainder, one
+exponential at a time.  For rows shorter than :data:`SPAN_BELOW` steps,
+:func:`fwd_pairs_short` and :func:`bwd_pairs_short` run them over spans of consecutive
+rows (:func:`_span_pairs`: consecutive in the (B, D, L) arrays, so a span is one loop),
+each row's bias and D spread over its steps by passes of their own; otherwise the
+recurrence is that of :func:`fwd_pairs` and :func:`bwd_pairs`, which longer rows run.
+Measured in tiny Vim 8x8's training step (L = 17, float64; chapter 11, "Spans of rows and
+BLAS threads").
 """
 from __future__ import annotations
 
@@ -83,7 +98,7 @@ from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _d
                         _row_steps)
 
 __all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "chunk_unit", "fwd_pairs",
-           "bwd_pairs", "HALF"]
+           "bwd_pairs", "fwd_pairs_short", "bwd_pairs_short", "SPAN_BELOW", "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
@@ -458,3 +473,291 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     dh0[b, d + i, n] = g[i * HALF + n]
                     s += g[i * HALF + n]
                 screen[2 * p + i] = s  # the pair's sum so far: any non-finite term shows
+
+
+# ---------------------------------------------------------------------------
+# short rows: the per-row passes over spans of rows
+# ---------------------------------------------------------------------------
+
+#: rows shorter than this many steps run the pair kernels for short rows
+#: (:func:`fwd_pairs_short`, :func:`bwd_pairs_short`), their per-row passes over spans of
+#: rows; longer ones :func:`fwd_pairs` and :func:`bwd_pairs`, row by row
+SPAN_BELOW = 64
+
+#: a span of short rows holds about this many elements (rows x steps)
+SPAN_ITEMS = 2048
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _span_pairs(L):
+    """Pairs per span of the per-row passes: about :data:`SPAN_ITEMS` elements, at least one.
+
+    The passes (softplus of the steps, the gate, the backward's derivatives) are loops over
+    a row's steps that LLVM vectorizes 8 float64 lanes x 4 at a time, with a scalar
+    remainder that evaluates its exponentials one by one: a row of 17 steps (tiny Vim 8x8)
+    never reached the vector loop, and the passes took 60% of the forward kernel.  The
+    rows of consecutive pairs are consecutive in the (B, D, L) arrays, so a span of them is
+    one loop; each row's bias and D then take passes of their own (:func:`_with_bias`,
+    :func:`_add_scaled`), which cost more than the remainder saves once the rows reach the
+    vector loop by themselves (:data:`SPAN_BELOW`; chapter 11, "Spans of rows and BLAS
+    threads").
+    """
+    return max(1, SPAN_ITEMS // (2 * L))
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _with_bias(delta1, bias, r0, r1, nd, L, out):
+    """``out[(r - r0) L + t] = delta[r, t] + bias[r mod nd]`` for the rows r0 .. r1 - 1 of a
+    span (``delta1``: all rows, one after the other): the passes then take the span with a
+    bias of 0, the sum as the row kernels form it.  (Here and below each row is a slice
+    indexed from 0 by the loop: an index computed as ``base + t`` gets Numba's
+    negative-index select, and the loop did not vectorize.)"""
+    for r in range(r0, r1):
+        bd = bias[r % nd]
+        src = delta1[r * L:(r + 1) * L]
+        dst = out[(r - r0) * L:(r - r0 + 1) * L]
+        for t in range(L):
+            dst[t] = src[t] + bd
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _add_scaled(X, Y, values, r0, r1, nd, L):
+    """``X[j] += values[r mod nd] Y[j]``, j = (r - r0) L + t, for the rows r0 .. r1 - 1 of a
+    span (``X``, ``Y``: the span's stretch): D u into the outputs y before the gate, D dy
+    into du."""
+    for r in range(r0, r1):
+        v = values[r % nd]
+        i = (r - r0) * L
+        x, y = X[i:i + L], Y[i:i + L]
+        for t in range(L):
+            x[t] += v * y[t]
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _row_sums(X, Y, times, r0, r1, L, nd, out, c):
+    """``out[c, r mod nd] += sum_t X[j] Y[j]`` (``times`` False: X alone), j = (r - r0) L +
+    t, for the rows r0 .. r1 - 1 of a span (``X``, ``Y``: the span's stretch): a channel's
+    share of dD or d delta_bias."""
+    for r in range(r0, r1):
+        i = (r - r0) * L
+        x, y = X[i:i + L], Y[i:i + L]
+        acc = x[0] - x[0]  # typed zero
+        for t in range(L):
+            acc += x[t] * y[t] if times else x[t]
+        out[c, r % nd] += acc
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb, dt1, bu1,
+                zero):
+    """:func:`fast.numba_cpu._row_steps` for the rows r0 .. r1 - 1 (``*1``: all rows, one after
+    the other): their dt and bu one after the other into ``dt1`` and ``bu1``; the screen
+    sum, in one pass over the span."""
+    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
+    if has_bias:
+        _with_bias(delta1, bias, r0, r1, nd, L, xb)
+    return _row_steps(xb[:n] if has_bias else delta1[w], u1[w], zero, softplus, dt1, bu1,
+                      z1[w] if has_z else u1[w], has_z)
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero):
+    """:func:`fast.numba_cpu._row_output` for the rows r0 .. r1 - 1, their outputs before D u
+    one after the other in ``y1`` (D u added there first); the screen sum."""
+    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
+    if has_D:
+        _add_scaled(y1[:n], u1[w], Dv, r0, r1, nd, L)  # y + D u, as _row_output adds it
+    return _row_output(y1[:n], u1[w], zero, False, z1[w] if has_z else u1[w], has_z, out1[w])
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb, dt1,
+               bu1, dsp1, sz1, dy1, dD_c, c, zero):
+    """:func:`fast.numba_cpu._row_prep` for the rows r0 .. r1 - 1, as :func:`_span_steps`;
+    adds each row's dD (the sum of dy u) into ``dD_c[c]``; the screen sum."""
+    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
+    if has_bias:
+        _with_bias(delta1, bias, r0, r1, nd, L, xb)
+    s, _ = _row_prep(xb[:n] if has_bias else delta1[w], u1[w], zero, softplus, dout1[w],
+                     z1[w] if has_z else u1[w], has_z, dt1, bu1, dsp1, sz1, dy1, zero)
+    _row_sums(dy1[:n], u1[w], True, r0, r1, L, nd, dD_c, c)  # dD: the sum of dy u
+    return s
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z, r0, r1,
+                nd, L, du1, ddelta1, dz1, dbias_c, c, one):
+    """:func:`fast.numba_cpu._row_grads` for the rows r0 .. r1 - 1 (the span's per-step
+    arrays one after the other); adds each row's d delta_bias into ``dbias_c[c]``; the
+    screen sum.  D's terms come around it (a D of 0 there): D u into y before (for dz) and
+    D dy into du after."""
+    zero = one - one
+    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
+    if has_D:
+        _add_scaled(y1[:n], u1[w], Dv, r0, r1, nd, L)
+    s, _ = _row_grads(dt1[:n], pA1[:n], pB1[:n], dy1[:n], dsp1[:n], u1[w], zero, du1[w],
+                      ddelta1[w], has_z, dout1[w], z1[w] if has_z else u1[w], sz1[:n], y1[:n],
+                      dz1[w] if has_z else dz1[:1], one)
+    if has_D:
+        du = du1[w]
+        _add_scaled(du, dy1[:n], Dv, r0, r1, nd, L)
+        for j in range(n):  # du with D dy in the screen, as the row kernels' sum has it
+            s += du[j]
+    _row_sums(ddelta1[w], u1[w], False, r0, r1, L, nd, dbias_c, c)  # d delta_bias
+    return s
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
+    """:func:`fwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
+    over spans of :func:`_span_pairs` pairs, whose screen sum each of their rows gets."""
+    nb, nd, L = u.shape
+    zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
+    npairs = nb * nd // 2
+    span = _span_pairs(L)
+    items = 2 * span * L
+    u1, delta1, z1, out1 = (u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
+                            out.reshape(out.size))  # the rows one after the other
+    # per-thread scratch, allocated here so the parallel body gets it as arguments
+    dt_s = np.empty((nchunks, items + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, items + _GAP), u.dtype)
+    y_s = np.empty((nchunks, items + _GAP), u.dtype)
+    xb_s = np.empty((nchunks, items + _GAP), u.dtype)  # a span's delta + bias
+    h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    Bd_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # the group's B, doubled
+    Cd_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
+    for c in prange(nchunks):  # one block of pairs per thread, span after span
+        dt1, bu1, y1, xb, h, a, a2 = dt_s[c], bu_s[c], y_s[c], xb_s[c], h_s[c], a_s[c], a2_s[c]
+        dt = dt1[:items].reshape((2 * span, L))  # the span's rows
+        bu = bu1[:items].reshape((2 * span, L))
+        y = y1[:items].reshape((2 * span, L))
+        Bd, Cd = Bd_s[c], Cd_s[c]
+        b_at, c_at = -1, -1  # the groups the blocks hold: bb * G + bg, none yet
+        p_end = (c + 1) * npairs // nchunks
+        for p0 in range(c * npairs // nchunks, p_end, span):
+            r0, r1 = 2 * p0, 2 * min(p0 + span, p_end)  # the span's rows
+            s = _span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb,
+                            dt1, bu1, zero)
+            for q in range(r0, r1, 2):  # the span's pairs
+                b = q // nd
+                d = q - b * nd  # even
+                k = q - r0
+                dtp, bup, yp = dt[k:k + 2], bu[k:k + 2], y[k:k + 2]
+                _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
+                b_at, c_at = _load_groups(Bx, Cx, b, d, b_sb, b_gd, c_sb, c_gd, Bd, Cd, b_at,
+                                          c_at)
+                if _all_normal(dtp[0], a2[:HALF], zero) and _all_normal(dtp[1], a2[HALF:_LANES],
+                                                                        zero):
+                    _pair_scan(L, dtp, bup, a2, h, yp, Bd, Cd, b_st, c_st, zero, True, terms)
+                else:
+                    _pair_scan(L, dtp, bup, a2, h, yp, Bd, Cd, b_st, c_st, zero, False, terms)
+                for i in range(2):
+                    for m in range(HALF):
+                        last[b, d + i, m] = h[i * HALF + m]
+                        s += h[i * HALF + m]
+            s += _span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero)
+            for r in range(r0, r1):
+                screen[r] = s  # the span's sum: any non-finite term shows
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+              has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+              du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
+    """:func:`bwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
+    over spans of :func:`_span_pairs` pairs, as :func:`fwd_pairs_short`."""
+    nb, nd, L = u.shape
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
+    nunits = nb * nd // 2 // unit
+    nchunks = dA_c.shape[0]
+    span = _span_pairs(L)
+    items = 2 * span * L
+    dout1, u1, delta1, z1, du1, ddelta1, dz1 = (  # the rows one after the other
+        dout.reshape(dout.size), u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
+        du.reshape(du.size), ddelta.reshape(ddelta.size), dz.reshape(dz.size))
+    # per-thread scratch, allocated here so the parallel body gets it as arguments
+    dt_s = np.empty((nchunks, items + _GAP), u.dtype)
+    bu_s = np.empty((nchunks, items + _GAP), u.dtype)
+    y_s = np.empty((nchunks, items + _GAP), u.dtype)
+    dy_s = np.empty((nchunks, items + _GAP), u.dtype)
+    pA_s = np.empty((nchunks, items + _GAP), u.dtype)
+    pB_s = np.empty((nchunks, items + _GAP), u.dtype)
+    sz_s = np.empty((nchunks, items + _GAP), u.dtype)
+    dsp_s = np.empty((nchunks, items + _GAP), u.dtype)
+    xb_s = np.empty((nchunks, items + _GAP), u.dtype)  # the span's delta + bias
+    abar_s = np.empty((nchunks, L + 1, _LANES), u.dtype)  # +1: a gap between threads
+    ah_s = np.empty((nchunks, L + 1, _LANES), u.dtype)
+    a_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    a2_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    h_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    g_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    sdA_s = np.empty((nchunks, _LANES + _GAP), u.dtype)
+    dBs_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # a group's dB, 16 lanes
+    dCs_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
+    Bd_s = np.zeros((nchunks, Bx.shape[3] + 1, _LANES), u.dtype)  # the group's B, doubled
+    Cd_s = np.zeros((nchunks, Cx.shape[3] + 1, _LANES), u.dtype)
+    for c in prange(nchunks):  # whole units of pairs per thread, its own dA copy
+        dt1, bu1, y1, dy1, pA1, pB1, sz1, dsp1, xb = (
+            dt_s[c], bu_s[c], y_s[c], dy_s[c], pA_s[c], pB_s[c], sz_s[c], dsp_s[c], xb_s[c])
+        dt = dt1[:items].reshape((2 * span, L))  # the span's rows
+        bu = bu1[:items].reshape((2 * span, L))
+        y = y1[:items].reshape((2 * span, L))
+        dy = dy1[:items].reshape((2 * span, L))
+        pA = pA1[:items].reshape((2 * span, L))
+        pB = pB1[:items].reshape((2 * span, L))
+        abar, ah, a, a2, h, g, sdA = abar_s[c], ah_s[c], a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
+        dBs, dCs, Bd, Cd = dBs_s[c], dCs_s[c], Bd_s[c], Cd_s[c]
+        b_at, c_at = -1, -1  # the groups the blocks hold: bb * G + bg, none yet
+        p_end = (c + 1) * nunits // nchunks * unit
+        for p0 in range(c * nunits // nchunks * unit, p_end, span):
+            r0, r1 = 2 * p0, 2 * min(p0 + span, p_end)  # the span's rows
+            s = _span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L,
+                           xb, dt1, bu1, dsp1, sz1, dy1, dD_c, c, zero)
+            for q in range(r0, r1, 2):  # the span's pairs
+                b = q // nd
+                d = q - b * nd  # even
+                k = q - r0
+                dtp, bup, yp, dyp, pAp, pBp = (dt[k:k + 2], bu[k:k + 2], y[k:k + 2],
+                                               dy[k:k + 2], pA[k:k + 2], pB[k:k + 2])
+                _pair_start(A, h0, b, d, has_h0, zero, log2e, a, a2, h)
+                b_at, c_at = _load_groups(Bx, Cx, b, d, b_sb, b_gd, c_sb, c_gd, Bd, Cd, b_at,
+                                          c_at)
+                bb, bg, cb, cg = _bc_offsets(b, d, b_sb, b_gd, c_sb, c_gd)
+                # 1. forward again: y, dC_t = dy_t h_t and the records of both rows
+                if _all_normal(dtp[0], a2[:HALF], zero) and _all_normal(dtp[1], a2[HALF:_LANES],
+                                                                        zero):
+                    _pair_bwd_forward(L, dtp, bup, dyp, a2, h, yp, abar, ah, Bd, Cd, dCs, b_st,
+                                      c_st, zero, True, terms)
+                else:
+                    _pair_bwd_forward(L, dtp, bup, dyp, a2, h, yp, abar, ah, Bd, Cd, dCs, b_st,
+                                      c_st, zero, False, terms)
+                # 2. reverse scan over the records: g = dLoss/dh_t (eq-selective-backward)
+                for i in range(2):
+                    for m in range(HALF):
+                        g[i * HALF + m] = dlast[b, d + i, m] if has_dlast else zero
+                for m in range(_LANES):
+                    sdA[m] = zero
+                _pair_bwd_reverse(L, dyp, dtp, bup, a, g, sdA, abar, ah, Bd, Cd, dBs, b_st,
+                                  c_st, pAp, pBp, zero)
+                if (d + 2) % b_gd == 0:  # the group's last pair: its dB is whole
+                    _write_halves(dBs, dB[bb, bg], zero)
+                if (d + 2) % c_gd == 0:
+                    _write_halves(dCs, dC[cb, cg], zero)
+                for i in range(2):
+                    for m in range(HALF):
+                        dA_c[c, d + i, m] += sdA[i * HALF + m]
+                        dh0[b, d + i, m] = g[i * HALF + m]
+                        s += g[i * HALF + m]
+            # 3. du, d delta and dz
+            s += _span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z,
+                             r0, r1, nd, L, du1, ddelta1, dz1, dbias_c, c, one)
+            for r in range(r0, r1):
+                screen[r] = s  # the span's sum: any non-finite term shows

@@ -135,13 +135,14 @@ def numba_threads(n):
 def count_calls(monkeypatch, module, names):
     """Replace the functions ``names`` of ``module`` by spies that count their calls and call
     them: returns the dict of counts, one per name (the kernel-family tests prove with it
-    which kernel ran)."""
-    counts = {name: 0 for name in names}
-    for name in names:
+    which kernel ran).  ``names`` may map a function's name to the count it adds to (one
+    count for a family's variants)."""
+    counts = {key: 0 for key in (names.values() if isinstance(names, dict) else names)}
+    for name, key in (names.items() if isinstance(names, dict) else zip(names, names)):
         kernel = getattr(module, name)
 
-        def spy(*args, _kernel=kernel, _name=name):
-            counts[_name] += 1
+        def spy(*args, _kernel=kernel, _key=key):
+            counts[_key] += 1
             return _kernel(*args)
         monkeypatch.setattr(module, name, spy)
     return counts

@@ -20,8 +20,11 @@ from ssm_ref.scan_args import check_scan_structure
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Count the launches of the pair kernels: ``calls["fwd_pairs"]``, ``calls["bwd_pairs"]``."""
-    return count_calls(monkeypatch, numba_pairs, ("fwd_pairs", "bwd_pairs"))
+    """Count the launches of the pair kernels: ``calls["fwd_pairs"]``, ``calls["bwd_pairs"]``
+    (with those of their versions for short rows, ``fwd_pairs_short``, ``bwd_pairs_short``)."""
+    return count_calls(monkeypatch, numba_pairs, {
+        "fwd_pairs": "fwd_pairs", "fwd_pairs_short": "fwd_pairs",
+        "bwd_pairs": "bwd_pairs", "bwd_pairs_short": "bwd_pairs"})
 
 
 def vmamba_case(rng, dtype, dstate=8, **kw):
@@ -128,6 +131,47 @@ def test_backward_threads_take_whole_groups(rng, calls, threads, batch, groups, 
     g_ref = ssm_ref.selective_scan_backward(dout, **kw)
     with numba_pairs.forced(False):
         g16 = numba_cpu.selective_scan_backward(dout, **kw)
+    check_grads(g, g_ref, g16, "16 lanes")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("length, spans", [(17, 2), (63, 5), (64, None)],
+                         ids=["tiny-vim", "short", "long"])
+def test_short_rows_run_in_spans(rng, monkeypatch, threads, dtype, length, spans):
+    """Rows shorter than ``SPAN_BELOW`` = 64 steps run the kernels for short rows, whose
+    per-row passes go over spans of consecutive rows (``_span_pairs``): at L = 17 a span of
+    60 pairs holds rows of three images and the last span is shorter; at L = 64 the rows
+    run ``fwd_pairs`` and ``bwd_pairs``.  Channels take their own bias and D in a span (and
+    their own shares of dD and d delta_bias), B and C are grouped differently (5 and 25
+    groups of 50 channels), and the spans need not fit the threads' units of whole groups.
+    Against the 16-lane kernels in float64 only: in float32 the two layouts' outputs drift
+    apart over hundreds of steps by more than the "exact" tolerance (1 of 45,000 at L =
+    300, for the long rows' kernels too); both stay within the reference's."""
+    kernels = ("fwd_pairs", "bwd_pairs", "fwd_pairs_short", "bwd_pairs_short")
+    calls = count_calls(monkeypatch, numba_pairs, kernels)
+    kw = scan_case(rng, "grouped", "grouped", False, dtype, batch=3, dim=50, dstate=8,
+                   groups=(5, 25), length=length)
+    if spans is not None:
+        assert -(-(3 * 50 // 2) // numba_pairs._span_pairs.py_func(length)) == spans
+    dout = rng.standard_normal(kw["u"].shape).astype(dtype)
+    with numba_threads(threads), numba_pairs.forced(True):
+        y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+        g = numba_cpu.selective_scan_backward(dout, **kw)
+    short = spans is not None
+    assert calls == dict(zip(kernels, (int(not short),) * 2 + (int(short),) * 2))
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw)
+    if dtype == np.float32:
+        for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias"):
+            assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+        return
+    with numba_pairs.forced(False):
+        y16 = numba_cpu.selective_scan(**kw)
+        g16 = numba_cpu.selective_scan_backward(dout, **kw)
+    assert_close(y, y16, kind="exact", err_msg="y against 16 lanes")
     check_grads(g, g_ref, g16, "16 lanes")
 
 

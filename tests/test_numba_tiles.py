@@ -189,7 +189,8 @@ def test_tiles_come_before_pairs_unless_pairs_are_forced(rng, calls, monkeypatch
     dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
     numba_cpu.selective_scan_backward(dout, **kw)  # the float32 backward has pairs by default
     assert calls["bwd_tiles"] == 1
-    pair_calls = count_calls(monkeypatch, numba_pairs, ("bwd_pairs",))
+    pair_calls = count_calls(monkeypatch, numba_pairs, {"bwd_pairs": "bwd_pairs",
+                                                        "bwd_pairs_short": "bwd_pairs"})
     with numba_pairs.forced(True):
         g = numba_cpu.selective_scan_backward(dout, **kw)
     assert calls["bwd_tiles"] == 1 and pair_calls == {"bwd_pairs": 1}
