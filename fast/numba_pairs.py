@@ -609,9 +609,14 @@ def _span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
-              has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
+                    has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
     """:func:`fwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
-    over spans of :func:`_span_pairs` pairs, whose screen sum each of their rows gets."""
+    over spans of :func:`_span_pairs` pairs, whose screen sum each of their rows gets.
+
+    The recurrence of a pair is :func:`fwd_pairs`' written out again: with both row lengths
+    in one kernel, the long rows' code measured 0.94x though its loops were the same
+    (chapter 11, "Spans of rows and BLAS threads"), so :func:`fwd_pairs` is left as it was.
+    """
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     log2e = u.dtype.type(_LOG2E)
@@ -667,10 +672,11 @@ def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
-              has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
+                    has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+                    du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
     """:func:`bwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
-    over spans of :func:`_span_pairs` pairs, as :func:`fwd_pairs_short`."""
+    over spans of :func:`_span_pairs` pairs, as :func:`fwd_pairs_short` (and the sweeps of a
+    pair written out again for the same reason)."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
