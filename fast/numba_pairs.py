@@ -511,7 +511,8 @@ def _with_bias(delta1, bias, r0, r1, nd, L, out):
     span (``delta1``: all rows, one after the other): the passes then take the span with a
     bias of 0, the sum as the row kernels form it.  (Here and below each row is a slice
     indexed from 0 by the loop: an index computed as ``base + t`` gets Numba's
-    negative-index select, and the loop did not vectorize.)"""
+    negative-index select, which LLVM vectorizes only as a gather; see the comment at
+    ``fast.numba_cpu._LANES``.)"""
     for r in range(r0, r1):
         bd = bias[r % nd]
         src = delta1[r * L:(r + 1) * L]
