@@ -1662,7 +1662,7 @@ def _forward(s, k, real, keep_starts=False):
     if s.is_complex:
         _launch(_fwd_complex, *args)
     elif paired:
-        _launch(_pairs.fwd_pairs_short if s.length < _pairs.SPAN_BELOW else _pairs.fwd_pairs,
+        _launch(_pairs.fwd_pairs_short if s.length < _spans.SPAN_BELOW else _pairs.fwd_pairs,
                 *args, exp2_terms(real))  # short rows: per-row passes over spans of rows
     elif tiled:
         if block is None:
@@ -1724,7 +1724,7 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     if s.is_complex:
         _launch(_bwd_complex, *args, block)
     elif paired:
-        _launch(_pairs.bwd_pairs_short if length < _pairs.SPAN_BELOW else _pairs.bwd_pairs,
+        _launch(_pairs.bwd_pairs_short if length < _spans.SPAN_BELOW else _pairs.bwd_pairs,
                 *args, _pairs.chunk_unit(s), exp2_terms(real))
     elif tiled:
         _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
@@ -2142,6 +2142,8 @@ def _state_step(q):
     return y, h, valid
 
 
-# the pair kernels (N <= 8) import this module's row helpers, so they are imported last
+# the span helpers and the pair and tile kernels import this module's row helpers, so they
+# are imported last
+from . import _spans  # noqa: E402
 from . import numba_pairs as _pairs  # noqa: E402
 from . import numba_tiles as _tiles  # noqa: E402

@@ -76,9 +76,9 @@ the gated output in the forward; the steps, derivatives and dy before the sweeps
 d delta and dz after them in the backward (:mod:`fast.numba_cpu`'s ``_row_steps``,
 ``_row_output``, ``_row_prep``, ``_row_grads``).  LLVM vectorizes them 8 float64 lanes x 4
 at a time, so a row shorter than 32 steps runs them all in the scalar remainder, one
-exponential at a time.  For rows shorter than :data:`SPAN_BELOW` steps,
+exponential at a time.  For rows shorter than :data:`~fast._spans.SPAN_BELOW` steps,
 :func:`fwd_pairs_short` and :func:`bwd_pairs_short` run them over spans of consecutive
-rows (:func:`_span_pairs`: consecutive in the (B, D, L) arrays, so a span is one loop),
+rows (:mod:`fast._spans`: consecutive in the (B, D, L) arrays, so a span is one loop),
 each row's bias and D spread over its steps by passes of their own; otherwise the
 recurrence is that of :func:`fwd_pairs` and :func:`bwd_pairs`, which longer rows run.
 Measured in tiny Vim 8x8's training step (L = 17, float64; chapter 11, "Spans of rows and
@@ -93,12 +93,13 @@ import numpy as np
 from numba import njit, prange
 
 from ._override import Override
+from ._spans import span_grads, span_output, span_prep, span_steps, span_units
 from .numba_cpu import (_FMK, _GAP, _LANES, _LOG2E, _all_normal, _bc_offsets, _decay,
                         _njit_noalias, _row_grads, _row_output, _row_prep, _row_start,
                         _row_steps)
 
 __all__ = ["pairs_apply", "forced", "forced_on", "PAIRED_DTYPES", "chunk_unit", "fwd_pairs",
-           "bwd_pairs", "fwd_pairs_short", "bwd_pairs_short", "SPAN_BELOW", "HALF"]
+           "bwd_pairs", "fwd_pairs_short", "bwd_pairs_short", "HALF"]
 
 #: lanes per row in a shared block: half of ``_LANES``; rows with N <= HALF pair up
 HALF = _LANES // 2
@@ -475,144 +476,12 @@ def bwd_pairs(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                 screen[2 * p + i] = s  # the pair's sum so far: any non-finite term shows
 
 
-# ---------------------------------------------------------------------------
-# short rows: the per-row passes over spans of rows
-# ---------------------------------------------------------------------------
-
-#: rows shorter than this many steps run the pair kernels for short rows
-#: (:func:`fwd_pairs_short`, :func:`bwd_pairs_short`), their per-row passes over spans of
-#: rows; longer ones :func:`fwd_pairs` and :func:`bwd_pairs`, row by row
-SPAN_BELOW = 64
-
-#: a span of short rows holds about this many elements (rows x steps)
-SPAN_ITEMS = 2048
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _span_pairs(L):
-    """Pairs per span of the per-row passes: about :data:`SPAN_ITEMS` elements, at least one.
-
-    The passes (softplus of the steps, the gate, the backward's derivatives) are loops over
-    a row's steps that LLVM vectorizes 8 float64 lanes x 4 at a time, with a scalar
-    remainder that evaluates its exponentials one by one: a row of 17 steps (tiny Vim 8x8)
-    never reached the vector loop, and the passes took 60% of the forward kernel.  The
-    rows of consecutive pairs are consecutive in the (B, D, L) arrays, so a span of them is
-    one loop; each row's bias and D then take passes of their own (:func:`_with_bias`,
-    :func:`_add_scaled`), which cost more than the remainder saves once the rows reach the
-    vector loop by themselves (:data:`SPAN_BELOW`; chapter 11, "Spans of rows and BLAS
-    threads").
-    """
-    return max(1, SPAN_ITEMS // (2 * L))
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _with_bias(delta1, bias, r0, r1, nd, L, out):
-    """``out[(r - r0) L + t] = delta[r, t] + bias[r mod nd]`` for the rows r0 .. r1 - 1 of a
-    span (``delta1``: all rows, one after the other): the passes then take the span with a
-    bias of 0, the sum as the row kernels form it.  (Here and below each row is a slice
-    indexed from 0 by the loop: an index computed as ``base + t`` gets Numba's
-    negative-index select, which LLVM vectorizes only as a gather; see the comment at
-    ``fast.numba_cpu._LANES``.)"""
-    for r in range(r0, r1):
-        bd = bias[r % nd]
-        src = delta1[r * L:(r + 1) * L]
-        dst = out[(r - r0) * L:(r - r0 + 1) * L]
-        for t in range(L):
-            dst[t] = src[t] + bd
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _add_scaled(X, Y, values, r0, r1, nd, L):
-    """``X[j] += values[r mod nd] Y[j]``, j = (r - r0) L + t, for the rows r0 .. r1 - 1 of a
-    span (``X``, ``Y``: the span's stretch): D u into the outputs y before the gate, D dy
-    into du."""
-    for r in range(r0, r1):
-        v = values[r % nd]
-        i = (r - r0) * L
-        x, y = X[i:i + L], Y[i:i + L]
-        for t in range(L):
-            x[t] += v * y[t]
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _row_sums(X, Y, times, r0, r1, L, nd, out, c):
-    """``out[c, r mod nd] += sum_t X[j] Y[j]`` (``times`` False: X alone), j = (r - r0) L +
-    t, for the rows r0 .. r1 - 1 of a span (``X``, ``Y``: the span's stretch): a channel's
-    share of dD or d delta_bias."""
-    for r in range(r0, r1):
-        i = (r - r0) * L
-        x, y = X[i:i + L], Y[i:i + L]
-        acc = x[0] - x[0]  # typed zero
-        for t in range(L):
-            acc += x[t] * y[t] if times else x[t]
-        out[c, r % nd] += acc
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb, dt1, bu1,
-                zero):
-    """:func:`fast.numba_cpu._row_steps` for the rows r0 .. r1 - 1 (``*1``: all rows, one after
-    the other): their dt and bu one after the other into ``dt1`` and ``bu1``; the screen
-    sum, in one pass over the span."""
-    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
-    if has_bias:
-        _with_bias(delta1, bias, r0, r1, nd, L, xb)
-    return _row_steps(xb[:n] if has_bias else delta1[w], u1[w], zero, softplus, dt1, bu1,
-                      z1[w] if has_z else u1[w], has_z)
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero):
-    """:func:`fast.numba_cpu._row_output` for the rows r0 .. r1 - 1, their outputs before D u
-    one after the other in ``y1`` (D u added there first); the screen sum."""
-    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
-    if has_D:
-        _add_scaled(y1[:n], u1[w], Dv, r0, r1, nd, L)  # y + D u, as _row_output adds it
-    return _row_output(y1[:n], u1[w], zero, False, z1[w] if has_z else u1[w], has_z, out1[w])
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb, dt1,
-               bu1, dsp1, sz1, dy1, dD_c, c, zero):
-    """:func:`fast.numba_cpu._row_prep` for the rows r0 .. r1 - 1, as :func:`_span_steps`;
-    adds each row's dD (the sum of dy u) into ``dD_c[c]``; the screen sum."""
-    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
-    if has_bias:
-        _with_bias(delta1, bias, r0, r1, nd, L, xb)
-    s, _ = _row_prep(xb[:n] if has_bias else delta1[w], u1[w], zero, softplus, dout1[w],
-                     z1[w] if has_z else u1[w], has_z, dt1, bu1, dsp1, sz1, dy1, zero)
-    _row_sums(dy1[:n], u1[w], True, r0, r1, L, nd, dD_c, c)  # dD: the sum of dy u
-    return s
-
-
-@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
-def _span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z, r0, r1,
-                nd, L, du1, ddelta1, dz1, dbias_c, c, one):
-    """:func:`fast.numba_cpu._row_grads` for the rows r0 .. r1 - 1 (the span's per-step
-    arrays one after the other); adds each row's d delta_bias into ``dbias_c[c]``; the
-    screen sum.  D's terms come around it (a D of 0 there): D u into y before (for dz) and
-    D dy into du after."""
-    zero = one - one
-    w, n = slice(r0 * L, r1 * L), (r1 - r0) * L
-    if has_D:
-        _add_scaled(y1[:n], u1[w], Dv, r0, r1, nd, L)
-    s, _ = _row_grads(dt1[:n], pA1[:n], pB1[:n], dy1[:n], dsp1[:n], u1[w], zero, du1[w],
-                      ddelta1[w], has_z, dout1[w], z1[w] if has_z else u1[w], sz1[:n], y1[:n],
-                      dz1[w] if has_z else dz1[:1], one)
-    if has_D:
-        du = du1[w]
-        _add_scaled(du, dy1[:n], Dv, r0, r1, nd, L)
-        for j in range(n):  # du with D dy in the screen, as the row kernels' sum has it
-            s += du[j]
-    _row_sums(ddelta1[w], u1[w], False, r0, r1, L, nd, dbias_c, c)  # d delta_bias
-    return s
-
-
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                     has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
-    """:func:`fwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
-    over spans of :func:`_span_pairs` pairs, whose screen sum each of their rows gets.
+    """:func:`fwd_pairs` for rows shorter than :data:`~fast._spans.SPAN_BELOW` steps: the
+    per-row passes over spans of pairs (:mod:`fast._spans`), whose screen sum each of their
+    rows gets.
 
     The recurrence of a pair is :func:`fwd_pairs`' written out again: with both row lengths
     in one kernel, the long rows' code measured 0.94x though its loops were the same
@@ -623,7 +492,7 @@ def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
     log2e = u.dtype.type(_LOG2E)
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
     npairs = nb * nd // 2
-    span = _span_pairs(L)
+    span = span_units(L, 2)
     items = 2 * span * L
     u1, delta1, z1, out1 = (u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
                             out.reshape(out.size))  # the rows one after the other
@@ -647,8 +516,8 @@ def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
         p_end = (c + 1) * npairs // nchunks
         for p0 in range(c * npairs // nchunks, p_end, span):
             r0, r1 = 2 * p0, 2 * min(p0 + span, p_end)  # the span's rows
-            s = _span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb,
-                            dt1, bu1, zero)
+            s = span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb,
+                           dt1, bu1, zero)
             for q in range(r0, r1, 2):  # the span's pairs
                 b = q // nd
                 d = q - b * nd  # even
@@ -666,7 +535,7 @@ def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
                     for m in range(HALF):
                         last[b, d + i, m] = h[i * HALF + m]
                         s += h[i * HALF + m]
-            s += _span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero)
+            s += span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero)
             for r in range(r0, r1):
                 screen[r] = s  # the span's sum: any non-finite term shows
 
@@ -675,9 +544,9 @@ def fwd_pairs_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     has_D, has_z, has_bias, softplus, has_h0, has_dlast,
                     du, ddelta, dz, dh0, dA_c, dB, dC, dD_c, dbias_c, screen, unit, terms):
-    """:func:`bwd_pairs` for rows shorter than :data:`SPAN_BELOW` steps: the per-row passes
-    over spans of :func:`_span_pairs` pairs, as :func:`fwd_pairs_short` (and the sweeps of a
-    pair written out again for the same reason)."""
+    """:func:`bwd_pairs` for rows shorter than :data:`~fast._spans.SPAN_BELOW` steps: the
+    per-row passes over spans of pairs, as :func:`fwd_pairs_short` (and the sweeps of a pair
+    written out again for the same reason)."""
     nb, nd, L = u.shape
     zero = u.dtype.type(0)
     one = u.dtype.type(1)
@@ -685,7 +554,7 @@ def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
     b_sb, b_st, b_gd, c_sb, c_st, c_gd = _group_strides(Bx, Cx, nd)
     nunits = nb * nd // 2 // unit
     nchunks = dA_c.shape[0]
-    span = _span_pairs(L)
+    span = span_units(L, 2)
     items = 2 * span * L
     dout1, u1, delta1, z1, du1, ddelta1, dz1 = (  # the rows one after the other
         dout.reshape(dout.size), u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
@@ -726,8 +595,8 @@ def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
         p_end = (c + 1) * nunits // nchunks * unit
         for p0 in range(c * nunits // nchunks * unit, p_end, span):
             r0, r1 = 2 * p0, 2 * min(p0 + span, p_end)  # the span's rows
-            s = _span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L,
-                           xb, dt1, bu1, dsp1, sz1, dy1, dD_c, c, zero)
+            s = span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L,
+                          xb, dt1, bu1, dsp1, sz1, dy1, dD_c, c, zero)
             for q in range(r0, r1, 2):  # the span's pairs
                 b = q // nd
                 d = q - b * nd  # even
@@ -764,7 +633,7 @@ def bwd_pairs_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                         dh0[b, d + i, m] = g[i * HALF + m]
                         s += g[i * HALF + m]
             # 3. du, d delta and dz
-            s += _span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z,
-                             r0, r1, nd, L, du1, ddelta1, dz1, dbias_c, c, one)
+            s += span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z,
+                            r0, r1, nd, L, du1, ddelta1, dz1, dbias_c, c, one)
             for r in range(r0, r1):
                 screen[r] = s  # the span's sum: any non-finite term shows

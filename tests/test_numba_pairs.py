@@ -14,7 +14,7 @@ from cases import check_grads, count_calls, numba_threads, scan_case
 from conftest import assert_close
 
 import ssm_ref
-from fast import numba_cpu, numba_pairs
+from fast import _spans, numba_cpu, numba_pairs
 from ssm_ref.scan_args import check_scan_structure
 
 
@@ -140,7 +140,7 @@ def test_backward_threads_take_whole_groups(rng, calls, threads, batch, groups, 
                          ids=["tiny-vim", "short", "long"])
 def test_short_rows_run_in_spans(rng, monkeypatch, threads, dtype, length, spans):
     """Rows shorter than ``SPAN_BELOW`` = 64 steps run the kernels for short rows, whose
-    per-row passes go over spans of consecutive rows (``_span_pairs``): at L = 17 a span of
+    per-row passes go over spans of consecutive rows (``fast._spans``): at L = 17 a span of
     60 pairs holds rows of three images and the last span is shorter; at L = 64 the rows
     run ``fwd_pairs`` and ``bwd_pairs``.  Channels take their own bias and D in a span (and
     their own shares of dD and d delta_bias), B and C are grouped differently (5 and 25
@@ -153,7 +153,7 @@ def test_short_rows_run_in_spans(rng, monkeypatch, threads, dtype, length, spans
     kw = scan_case(rng, "grouped", "grouped", False, dtype, batch=3, dim=50, dstate=8,
                    groups=(5, 25), length=length)
     if spans is not None:
-        assert -(-(3 * 50 // 2) // numba_pairs._span_pairs.py_func(length)) == spans
+        assert -(-(3 * 50 // 2) // _spans.span_units.py_func(length, 2)) == spans
     dout = rng.standard_normal(kw["u"].shape).astype(dtype)
     with numba_threads(threads), numba_pairs.forced(True):
         y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
