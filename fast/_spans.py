@@ -6,14 +6,14 @@ steps and the gated output in the forward (:mod:`fast.numba_cpu`'s ``_row_steps`
 and dz after them in the backward (``_row_prep``, ``_row_grads``).  LLVM vectorizes these
 loops several lanes times four at a time (8 float64 or 16 float32 lanes on AVX-512) and
 ends each in a scalar remainder that evaluates its exponentials one by one, so a row of
-17 steps (tiny Vim 8x8) never reaches the vector loop: the passes took 60% of the pair
-kernels' forward at that length.
+17 steps (tiny Vim 8x8) never reaches the vector loop: at that length the passes took 60%
+of the float64 pair kernels' forward and 44% of the float32 channel tiles'.
 
 The rows of a scan are consecutive in its (B, D, L) arrays, and the pair kernels
-(:mod:`fast.numba_pairs`) take their rows in that order.  So for rows shorter than
-:data:`SPAN_BELOW` steps their kernels for short rows run each pass once over a span of
-about :data:`SPAN_ITEMS` elements, rows r0 .. r1 - 1 in one loop, with the helpers below.
-What differs from row to row, the bias of delta and D, takes passes of its own
+(:mod:`fast.numba_pairs`) and the channel tiles (:mod:`fast.numba_tiles`) take their rows
+in that order.  So for rows shorter than :data:`SPAN_BELOW` steps their kernels for short
+rows run each pass once over a span of about :data:`SPAN_ITEMS` elements, rows r0 .. r1 - 1
+in one loop, with the helpers below.  What differs from row to row, the bias of delta and D, takes passes of its own
 (:func:`_with_bias`, :func:`_add_scaled`; the row passes then get a bias and a D of 0),
 and so do each row's shares of dD and d delta_bias (:func:`_row_sums`).  The row passes
 themselves are called unchanged.  A span's screen sum goes to each of its rows: a caller
@@ -38,7 +38,7 @@ SPAN_ITEMS = 2048
 
 @njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
 def span_units(L, rows):
-    """Units of ``rows`` rows each (a pair: 2) per span of the per-row passes: about
+    """Units of ``rows`` rows each (a pair: 2, a tile: 16) per span of the per-row passes: about
     :data:`SPAN_ITEMS` elements, at least one unit.
 
     Each row's bias and D take passes of their own in a span (:func:`_with_bias`,

@@ -1667,8 +1667,9 @@ def _forward(s, k, real, keep_starts=False):
     elif tiled:
         if block is None:
             block = _fwd_block(s.dstate, real)  # the tiles' N is not padded
-        if s.length <= block:
-            _launch(_tiles.fwd_tiles, *args, exp2_terms(real))
+        if s.length <= block:  # short rows: per-row passes over spans of tiles
+            _launch(_tiles.fwd_tiles_short if s.length < _spans.SPAN_BELOW else _tiles.fwd_tiles,
+                    *args, exp2_terms(real))
         else:
             _launch(_tiles.fwd_tiles_long, *args, block, *_starts_args(starts, real))
     else:
@@ -1727,7 +1728,8 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
         _launch(_pairs.bwd_pairs_short if length < _spans.SPAN_BELOW else _pairs.bwd_pairs,
                 *args, _pairs.chunk_unit(s), exp2_terms(real))
     elif tiled:
-        _launch(_tiles.bwd_tiles, *args, exp2_terms(real))
+        _launch(_tiles.bwd_tiles_short if length < _spans.SPAN_BELOW else _tiles.bwd_tiles,
+                *args, exp2_terms(real))
     elif length <= block:
         _launch(_bwd_real, *args, block, exp2_terms(real))
     else:

@@ -69,6 +69,20 @@ fit in about a core's level-2 cache (:data:`BWD_TILE_BYTES`, L N <= 4096 in
 float32, which covers VMamba's scan but not the headline size, where they
 measured as fast as the row kernels and no faster).
 
+Short rows
+----------
+The per-row passes around the recurrence (softplus of the steps, the gated output; in
+the backward the steps, derivatives and dy before the sweeps, du, d delta and dz after
+them) are loops over a row's steps that LLVM vectorizes 16 float32 lanes x 4 at a time;
+a row of 17 steps (tiny Vim 8x8) runs them in the scalar remainder, and left out they
+were 44% of the forward kernel and 35% of the backward on one thread.  For rows shorter
+than :data:`~fast._spans.SPAN_BELOW` steps, :func:`fwd_tiles_short` and
+:func:`bwd_tiles_short` run them over spans of whole tiles, whose rows are consecutive
+in the (B, D, L) arrays (:mod:`fast._spans`), and transpose a tile's 16 rows straight
+from and into the span's rows (:func:`_rows_to_lanes`, :func:`_lanes_to_rows`).  The
+recurrence is that of :func:`fwd_tiles` and :func:`bwd_tiles`, which longer rows run.
+Measured: chapter 11, "Spans of rows and BLAS threads".
+
 When they run
 -------------
 :func:`fast.numba_cpu.selective_scan` and
@@ -97,12 +111,14 @@ from numba import njit, prange
 
 from ._lanes import WIDTH, add_lane_sums, transpose_block
 from ._override import Override
+from ._spans import span_grads, span_output, span_prep, span_steps, span_units
 from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _NORMAL_LOW,
                         _njit_noalias, _row_dy, _row_dz, _row_input_grads, _row_output,
                         _row_steps, _time_slice)
 
 __all__ = ["tiles_apply", "backward_fits", "tile_count", "forced", "TILED_DTYPES", "TILE",
-           "fwd_tiles", "fwd_tiles_long", "bwd_tiles", "transpose_block", "add_lane_sums"]
+           "fwd_tiles", "fwd_tiles_long", "bwd_tiles", "fwd_tiles_short", "bwd_tiles_short",
+           "transpose_block", "add_lane_sums"]
 
 #: channels per tile: one float32 AVX-512 vector
 TILE = WIDTH
@@ -668,3 +684,239 @@ def bwd_tiles(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             if tile == t_hi - 1 or (tile + 1) // per_group != tile // per_group:
                 _flush_lanes(L, N, dBl, dB_c[c, bb, bg], zero)
                 _flush_lanes(L, N, dCl, dC_c[c, cb, cg], zero)
+
+
+# ---------------------------------------------------------------------------
+# short rows: the per-row passes over spans of tiles
+# ---------------------------------------------------------------------------
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _span_rows(tile0, tile1, ngroups, per_group, gsize, nd):
+    """The rows ``r0 .. r1 - 1`` (row ``b nd + d``) of the tiles ``tile0 .. tile1 - 1``.
+
+    Tiles are numbered by batch element, group and channel, so a run of them
+    covers consecutive channels, and across a batch element's end, consecutive
+    rows of the (B, D, L) arrays.
+    """
+    b, d0, _ = _tile_of(tile0, ngroups, per_group, gsize)
+    bl, dl, nvl = _tile_of(tile1 - 1, ngroups, per_group, gsize)
+    return b * nd + d0, bl * nd + dl + nvl
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _rows_to_lanes(L, k, nv, rows, lanes, zero):
+    """Rows ``k .. k + 15`` of a span's (rows, L) array into ``lanes`` (time steps by the
+    tile's channels), the lanes of missing channels (``nv .. 15``) set to 0.
+
+    The 16 x 16 transposes read whole blocks of 16 steps: past a row's L steps
+    they read the next row's first steps (past the span's last row, what the
+    scratch holds there), which land in the lanes' steps L .. Lp - 1, never read.
+    """
+    for t0 in range(0, L, TILE):
+        transpose_block(rows, k, t0, lanes, t0, 0)
+    for t in range(L):
+        for j in range(nv, TILE):
+            lanes[t, j] = zero
+
+
+@njit(inline="always", cache=True)  # in Numba's IR: the kernel's code as written out
+def _lanes_to_rows(Lp, k, lanes, rows):
+    """``lanes`` (time steps by channels) into rows ``k .. k + 15`` of a span's (rows, L)
+    array, the block of the last 16 steps first.
+
+    A block's row of 16 steps that runs past the row's L steps writes what the lanes
+    hold there over the next row's first ``Lp - L`` (< 16) steps.  Within a transpose
+    the next row's own store comes later; across blocks, the first block (steps
+    0 .. 15) comes last.  The 16th row's spill goes to the next tile's rows, which that
+    tile writes afterwards, or past the span's rows.  Rows of missing channels take
+    what their lanes hold: the next tile's rows, written again by it, or past the span.
+    """
+    for t0 in range(Lp - TILE, -1, -TILE):
+        transpose_block(lanes, t0, 0, rows, k, t0)
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def fwd_tiles_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
+                    has_D, has_z, has_bias, softplus, has_h0, out, last, screen, nchunks, terms):
+    """:func:`fwd_tiles` for rows shorter than :data:`~fast._spans.SPAN_BELOW` steps: the
+    per-row passes over spans of tiles (:mod:`fast._spans`), whose screen sum each of their
+    rows gets.
+
+    A span's steps and outputs stay in its rows' order, one row after the other; the
+    transposes read and write a tile's 16 rows there (:func:`_rows_to_lanes`,
+    :func:`_lanes_to_rows`).  The recurrence of a tile is :func:`fwd_tiles`' (the same
+    helpers), in a kernel of its own so that :func:`fwd_tiles` keeps its machine code
+    (the pair kernels' reason, :func:`fast.numba_pairs.fwd_pairs_short`).
+    """
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    per_group, ngroups, ntiles = _tile_grid(nb, nd, gsize)
+    Lp = (L + TILE - 1) // TILE * TILE
+    span = span_units(L, TILE)
+    items = TILE * span * L
+    u1, delta1, z1, out1 = (u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
+                            out.reshape(out.size))  # the rows one after the other
+    # per-thread scratch: a span's rows (and what the transposes touch past them), a tile's
+    # steps by time, each array of its own (see fwd_tiles)
+    dt_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    bu_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    y_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    xb_s = np.empty((nchunks, items + _GAP), u.dtype)  # a span's delta + bias
+    dt_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    bu_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    y_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    a2_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    h_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    for c in prange(nchunks):  # one block of tiles per thread, span after span
+        dt1, bu1, y1, xb = dt_s[c], bu_s[c], y_s[c], xb_s[c]
+        dt_r = dt1[:items].reshape((TILE * span, L))  # the span's rows
+        bu_r = bu1[:items].reshape((TILE * span, L))
+        y_r = y1[:items].reshape((TILE * span, L))
+        dt, bu, y, a2, h = dt_ts[c], bu_ts[c], y_ts[c], a2_s[c], h_s[c]
+        t_end = (c + 1) * ntiles // nchunks
+        for tile0 in range(c * ntiles // nchunks, t_end, span):
+            tile1 = min(tile0 + span, t_end)
+            r0, r1 = _span_rows(tile0, tile1, ngroups, per_group, gsize, nd)
+            s = span_steps(delta1, u1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L, xb,
+                           dt1, bu1, zero)
+            for tile in range(tile0, tile1):
+                b, d0, nv = _tile_of(tile, ngroups, per_group, gsize)
+                k = b * nd + d0 - r0  # the tile's first row in the span
+                for j in range(TILE):  # missing channels: zeros
+                    for n in range(N):
+                        a2[n, j] = A[d0 + j, n] * log2e if j < nv else zero
+                        h[n, j] = h0[b, d0 + j, n] if has_h0 and j < nv else zero
+                _rows_to_lanes(L, k, nv, dt_r, dt, zero)
+                _rows_to_lanes(L, k, nv, bu_r, bu, zero)
+                bb, bg, cb, cg = _bc_offsets(b, d0, b_sb, gsize, c_sb, c_gd)
+                B_row = Bx[bb, bg]  # (L, N)
+                C_row = Cx[cb, cg]
+                # the rows past nv are other tiles' (or stale): they can only send a tile
+                # to the clamped exponential, which is right for any tile
+                if _tile_normal(L, N, dt_r[k:k + TILE], a2, zero):
+                    _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, True, terms)
+                else:
+                    _tile_scan(L, N, dt, bu, a2, h, y, B_row, C_row, False, terms)
+                _lanes_to_rows(Lp, k, y, y_r)
+                for j in range(nv):
+                    for n in range(N):
+                        last[b, d0 + j, n] = h[n, j]
+                        s += h[n, j]
+            s += span_output(y1, u1, z1, Dv, has_D, has_z, r0, r1, nd, L, out1, zero)
+            for r in range(r0, r1):
+                screen[r] = s  # the span's sum: any non-finite term shows
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def bwd_tiles_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
+                    has_D, has_z, has_bias, softplus, has_h0, has_dlast,
+                    du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
+    """:func:`bwd_tiles` for rows shorter than :data:`~fast._spans.SPAN_BELOW` steps: the
+    per-row passes over spans of tiles, as :func:`fwd_tiles_short`.  They are the two passes
+    of the pair kernels (:func:`fast._spans.span_prep`, :func:`~fast._spans.span_grads`:
+    the softplus derivative kept from the first), not :func:`bwd_tiles`' four; the sweeps
+    and the lanes of dB and dC are :func:`bwd_tiles`'."""
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    one = u.dtype.type(1)
+    log2e = u.dtype.type(_LOG2E)
+    b_sb, b_st, gsize, c_sb, c_st, c_gd = _bc_strides(Bx, Cx, nd)
+    per_group, ngroups, ntiles = _tile_grid(nb, nd, gsize)
+    nchunks = dA_c.shape[0]
+    Lp = (L + TILE - 1) // TILE * TILE
+    span = span_units(L, TILE)
+    items = TILE * span * L
+    dout1, u1, delta1, z1, du1, ddelta1, dz1 = (  # the rows one after the other
+        dout.reshape(dout.size), u.reshape(u.size), delta.reshape(delta.size), z.reshape(z.size),
+        du.reshape(du.size), ddelta.reshape(ddelta.size), dz.reshape(dz.size))
+    # per-thread scratch (see fwd_tiles_short): a span's rows ...
+    dt_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    bu_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    dy_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    y_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    pA_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    pB_s = np.zeros((nchunks, items + Lp + _GAP), u.dtype)
+    dsp_s = np.empty((nchunks, items + _GAP), u.dtype)  # softplus'(delta + bias)
+    sz_s = np.empty((nchunks, items + _GAP), u.dtype)  # sigmoid(z)
+    xb_s = np.empty((nchunks, items + _GAP), u.dtype)  # delta + bias
+    # ... a tile's steps by time, its records, the lanes of dB and dC, its per-lane numbers
+    dt_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    bu_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    dy_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    y_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    pA_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    pB_ts = np.empty((nchunks, Lp + _GAP, TILE), u.dtype)
+    abar_s = np.empty((nchunks, L + 1, N, TILE), u.dtype)  # +1: a gap
+    ah_s = np.empty((nchunks, L + 1, N, TILE), u.dtype)
+    dBl_s = np.zeros((nchunks, L + 1, N, TILE), u.dtype)
+    dCl_s = np.zeros((nchunks, L + 1, N, TILE), u.dtype)
+    a_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    a2_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    h_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    g_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    sdA_s = np.empty((nchunks, N + 1, TILE), u.dtype)
+    for c in prange(nchunks):  # one block of tiles per thread, its own dA/dB/dC copies
+        dt1, bu1, dy1, y1, pA1, pB1, dsp1, sz1, xb = (
+            dt_s[c], bu_s[c], dy_s[c], y_s[c], pA_s[c], pB_s[c], dsp_s[c], sz_s[c], xb_s[c])
+        dt_r = dt1[:items].reshape((TILE * span, L))  # the span's rows
+        bu_r = bu1[:items].reshape((TILE * span, L))
+        dy_r = dy1[:items].reshape((TILE * span, L))
+        y_r = y1[:items].reshape((TILE * span, L))
+        pA_r = pA1[:items].reshape((TILE * span, L))
+        pB_r = pB1[:items].reshape((TILE * span, L))
+        dt, bu, dy, y, pA, pB = dt_ts[c], bu_ts[c], dy_ts[c], y_ts[c], pA_ts[c], pB_ts[c]
+        abar, ah, dBl, dCl = abar_s[c], ah_s[c], dBl_s[c], dCl_s[c]
+        a, a2, h, g, sdA = a_s[c], a2_s[c], h_s[c], g_s[c], sdA_s[c]
+        t_hi = (c + 1) * ntiles // nchunks
+        for tile0 in range(c * ntiles // nchunks, t_hi, span):
+            tile1 = min(tile0 + span, t_hi)
+            r0, r1 = _span_rows(tile0, tile1, ngroups, per_group, gsize, nd)
+            s = span_prep(delta1, u1, dout1, z1, bias, has_bias, softplus, has_z, r0, r1, nd, L,
+                          xb, dt1, bu1, dsp1, sz1, dy1, dD_c, c, zero)
+            for tile in range(tile0, tile1):
+                b, d0, nv = _tile_of(tile, ngroups, per_group, gsize)
+                k = b * nd + d0 - r0  # the tile's first row in the span
+                for j in range(TILE):  # missing channels: zeros
+                    for n in range(N):
+                        a[n, j] = A[d0 + j, n] if j < nv else zero
+                        a2[n, j] = a[n, j] * log2e  # exp(dt a) = 2^(dt a log2 e)
+                        h[n, j] = h0[b, d0 + j, n] if has_h0 and j < nv else zero
+                        g[n, j] = dlast[b, d0 + j, n] if has_dlast and j < nv else zero
+                        sdA[n, j] = zero
+                _rows_to_lanes(L, k, nv, dt_r, dt, zero)
+                _rows_to_lanes(L, k, nv, bu_r, bu, zero)
+                _rows_to_lanes(L, k, nv, dy_r, dy, zero)
+                bb, bg, cb, cg = _bc_offsets(b, d0, b_sb, gsize, c_sb, c_gd)
+                B_row = Bx[bb, bg]  # (L, N)
+                C_row = Cx[cb, cg]
+                # 1. forward again: y, the records and the lanes of dC
+                if _tile_normal(L, N, dt_r[k:k + TILE], a2, zero):  # rows past nv: as forward
+                    _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row,
+                                      True, terms)
+                else:
+                    _tile_bwd_forward(L, N, dt, bu, dy, a2, h, y, abar, ah, dCl, B_row, C_row,
+                                      False, terms)
+                # 2. the reverse sweep over the records
+                _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row,
+                                  C_row)
+                _lanes_to_rows(Lp, k, y, y_r)
+                _lanes_to_rows(Lp, k, pA, pA_r)
+                _lanes_to_rows(Lp, k, pB, pB_r)
+                for j in range(nv):
+                    for n in range(N):
+                        dA_c[c, d0 + j, n] += sdA[n, j]
+                        dh0[b, d0 + j, n] = g[n, j]
+                        s += g[n, j]
+                # the lanes hold this batch element's and group's dB, dC (see bwd_tiles)
+                if tile == t_hi - 1 or (tile + 1) // per_group != tile // per_group:
+                    _flush_lanes(L, N, dBl, dB_c[c, bb, bg], zero)
+                    _flush_lanes(L, N, dCl, dC_c[c, cb, cg], zero)
+            # 3. du, d delta and dz
+            s += span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z,
+                            r0, r1, nd, L, du1, ddelta1, dz1, dbias_c, c, one)
+            for r in range(r0, r1):
+                screen[r] = s  # the span's sum: any non-finite term shows

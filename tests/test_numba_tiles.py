@@ -19,7 +19,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 import ssm_ref
-from fast import _lanes, numba_cpu, numba_tiles
+from fast import _lanes, _spans, numba_cpu, numba_tiles
 from ssm_ref.scan_args import check_scan_structure
 
 TILE = numba_tiles.TILE
@@ -28,8 +28,12 @@ TILE = numba_tiles.TILE
 @pytest.fixture
 def calls(monkeypatch):
     """Count the launches of the tile kernels: ``calls["fwd_tiles"]``, ``calls["bwd_tiles"]``
-    (and ``calls["fwd_tiles_long"]``, the forward in time blocks)."""
-    return count_calls(monkeypatch, numba_tiles, ("fwd_tiles", "fwd_tiles_long", "bwd_tiles"))
+    (with those of their versions for short rows, ``fwd_tiles_short``, ``bwd_tiles_short``),
+    and ``calls["fwd_tiles_long"]``, the forward in time blocks."""
+    return count_calls(monkeypatch, numba_tiles, {
+        "fwd_tiles": "fwd_tiles", "fwd_tiles_short": "fwd_tiles",
+        "fwd_tiles_long": "fwd_tiles_long",
+        "bwd_tiles": "bwd_tiles", "bwd_tiles_short": "bwd_tiles"})
 
 
 def tiled_case(rng, dtype=np.float32, *, dim=40, groups=1, length=37, dstate=5, **kw):
@@ -300,6 +304,50 @@ def test_backward_matches_reference_and_rows(rng, calls, shape, extras):
         g_rows = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
     assert calls["bwd_tiles"] == 1
     check_grads(g, g_ref, g_rows, "the rows")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("length, spans", [(1, (1, 1)), (17, (3, 2)), (63, (9, 5)), (64, None)],
+                         ids=["one-step", "tiny-vim", "short", "long"])
+def test_short_rows_run_in_spans(rng, monkeypatch, threads, length, spans):
+    """Rows shorter than ``SPAN_BELOW`` = 64 steps run the tile kernels for short rows, whose
+    per-row passes go over spans of whole tiles (``fast._spans``): 3 images x 2 groups of
+    36 channels are 18 tiles of 16, 16 and 4 channels, so at L = 17 a span of 7 tiles crosses
+    groups and images and holds short tiles inside it (their transposes write rows of the
+    next tile), and the last span of a thread is shorter; at L = 64 the rows run
+    ``fwd_tiles`` and ``bwd_tiles``.  Each channel has its own bias, D, h0 and dlast_state.
+    Against the reference; against the row kernels to rounding where a result is not a sum
+    over many steps: in float32 the two layouts' sums drift apart where they cancel (d
+    delta_bias, 189 terms at L = 63: 3e-4 relative on a sum of 0.009), the tiles' as close
+    to the float64 reference as the rows' (4e-8 to 2e-7 of the terms' absolute sum, the
+    tiles for long rows alike)."""
+    kernels = ("fwd_tiles", "bwd_tiles", "fwd_tiles_short", "bwd_tiles_short")
+    calls = count_calls(monkeypatch, numba_tiles, kernels)
+    kw = tiled_case(rng, dim=72, groups=2, batch=3, length=length, dstate=7)
+    assert numba_tiles.tile_count(structure(kw)) == 18
+    if spans is not None:  # spans per thread: 18 tiles on one thread, 9 on each of two
+        per_span = _spans.span_units.py_func(length, TILE)
+        assert -(-(18 // threads) // per_span) == spans[threads - 1]
+    dout = rng.standard_normal(kw["u"].shape).astype(np.float32)
+    dlast = rng.standard_normal((3, 72, 7)).astype(np.float32)
+    with numba_threads(threads):
+        y, last = numba_cpu.selective_scan(**kw, return_last_state=True)
+        g = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    short = spans is not None
+    assert calls == dict(zip(kernels, (int(not short),) * 2 + (int(short),) * 2))
+    y_ref, last_ref = ssm_ref.selective_scan(**kw, return_last_state=True)
+    assert_close(y, y_ref, kind="backend", err_msg="y")
+    assert_close(last, last_ref, kind="backend", err_msg="last state")
+    with numba_tiles.forced(False):
+        y_rows, last_rows = numba_cpu.selective_scan(**kw, return_last_state=True)
+        g_rows = numba_cpu.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    assert_close(y, y_rows, kind="exact", err_msg="y against the row kernel")
+    assert_close(last, last_rows, kind="exact", err_msg="last state against the row kernel")
+    g_ref = ssm_ref.selective_scan_backward(dout, **kw, dlast_state=dlast)
+    for key in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"):
+        assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
+    for key in ("u", "delta", "z", "h0"):  # per step (h0: per channel)
+        assert_close(g[key], g_rows[key], kind="exact", err_msg=f"d{key} against the rows")
 
 
 def test_backward_on_one_thread_and_many(rng, calls):
