@@ -13,10 +13,10 @@ The rows of a scan are consecutive in its (B, D, L) arrays, and the pair kernels
 (:mod:`fast.numba_pairs`) and the channel tiles (:mod:`fast.numba_tiles`) take their rows
 in that order.  So for rows shorter than :data:`SPAN_BELOW` steps their kernels for short
 rows run each pass once over a span of about :data:`SPAN_ITEMS` elements, rows r0 .. r1 - 1
-in one loop, with the helpers below.  What differs from row to row, the bias of delta and D, takes passes of its own
-(:func:`_with_bias`, :func:`_add_scaled`; the row passes then get a bias and a D of 0),
-and so do each row's shares of dD and d delta_bias (:func:`_row_sums`).  The row passes
-themselves are called unchanged.  A span's screen sum goes to each of its rows: a caller
+in one loop, with the helpers below.  What differs from row to row, the bias of delta and
+D, takes passes of its own (:func:`_with_bias`, :func:`_add_scaled`; the row passes then
+get a bias and a D of 0), and so do each row's shares of dD and d delta_bias
+(:func:`_row_sums`).  The row passes themselves are called unchanged.  A span's screen sum goes to each of its rows: a caller
 only asks whether all are finite.
 
 Measured: chapter 11, "Spans of rows and BLAS threads".
