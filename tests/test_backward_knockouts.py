@@ -18,6 +18,7 @@ def knockouts():
 
 def test_every_edit_applies_once(knockouts):
     source = (ROOT / "fast" / "numba_tiles.py").read_text()
+    assert source.count(knockouts.SHORT_ROWS) == 1  # the kernels for short rows come after it
     for name, (_, _, edits) in knockouts.VARIANTS.items():
         changed = knockouts.edited(source, edits)
         assert (changed != source) == bool(edits), name
@@ -30,6 +31,12 @@ def test_an_edit_that_no_longer_matches_stops_the_script(knockouts):
         knockouts.edited("x = 1\n", [("y = 2", "y = 3")])
     with pytest.raises(SystemExit, match="matches 2 times"):
         knockouts.edited("y = 2\ny = 2\n", [("y = 2", "y = 3")])
+
+
+def test_edits_leave_the_short_rows_kernels_alone(knockouts):
+    source = "y = 2\n" + knockouts.SHORT_ROWS + "y = 2\n"
+    assert knockouts.edited(source, [("y = 2", "y = 3")]) == (
+        "y = 3\n" + knockouts.SHORT_ROWS + "y = 2\n")
 
 
 def test_extra_files_exist(knockouts):
