@@ -11,10 +11,13 @@ case.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from cases import check_grads, count_calls, numba_threads, scan_case
-from conftest import assert_close
+from conftest import ROOT, assert_close
 from numba import njit
 from numba.core.errors import TypingError
 
@@ -348,6 +351,22 @@ def test_short_rows_run_in_spans(rng, monkeypatch, threads, length, spans):
         assert_close(g[key], g_ref[key], kind="backend", err_msg=f"d{key}")
     for key in ("u", "delta", "z", "h0"):  # per step (h0: per channel)
         assert_close(g[key], g_rows[key], kind="exact", err_msg=f"d{key} against the rows")
+
+
+@pytest.mark.parametrize("first", ["fast._spans", "fast.numba_tiles", "fast.numba_pairs",
+                                   "fast.numba_cpu"])
+def test_kernel_modules_import_in_any_order(first):
+    """``fast.numba_cpu`` imports the kernel modules at its end, they import ``fast._spans``'
+    helpers, and ``_spans`` imports ``numba_cpu``'s row passes at its end: whichever of them
+    a program imports first, all of them come out whole (a fresh interpreter each)."""
+    code = (f"import {first}\n"
+            "from fast import _spans, numba_cpu, numba_pairs, numba_tiles\n"
+            "assert numba_tiles.span_steps is _spans.span_steps is numba_pairs.span_steps\n"
+            "assert _spans._row_steps is numba_cpu._row_steps\n"
+            "assert numba_cpu._tiles is numba_tiles and numba_cpu._spans is _spans\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_backward_on_one_thread_and_many(rng, calls):
