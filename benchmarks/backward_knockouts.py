@@ -36,8 +36,9 @@ small case (in their first round).  ``--only WORD ...`` runs the variants whose 
 contain one of the words (a quick look).
 
 Each variant is a copy of ``fast/`` and ``ssm_ref/`` in a temporary folder with
-``fast/numba_tiles.py`` edited (every edit must match the source exactly once,
-or the script stops), run in its own process with its own Numba cache, in
+``fast/numba_tiles.py`` edited (every edit must match the source before its
+kernels for short rows, which neither shape runs, exactly once, or the script
+stops), run in its own process with its own Numba cache, in
 rounds that take turns.  The JSON keeps every round's median.  This script is
 the evidence for the chapter, not part of the library.
 """
