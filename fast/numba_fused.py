@@ -72,6 +72,7 @@ backward starts from (:func:`fast.numba_cpu.attach_saved_scan`,
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -559,15 +560,17 @@ def mamba_inner_fn_backward(dout, xz, conv1d_weight, conv1d_bias, x_proj_weight,
 # ---------------------------------------------------------------------------
 
 @njit(fastmath=_FMK, error_model="numpy", inline="always")
-def _conv2d_row_pre(x, weight, bias, b, i, out):
+def _conv2d_row_pre(x, c0, weight, bias, b, i, out):
     """The pre-activation of image row ``i`` of batch element ``b``: bias plus the taps.
 
-    ``weight`` is (kh, kw, C): the loop over C is innermost and contiguous in
-    both the image and the weight, so it vectorizes; zero padding is the
-    taps skipped at the border.
+    ``x`` is C-contiguous (B, H, W, S) and the image is its channels ``c0 ..
+    c0 + C`` (SS2D's ``xz[..., :D]`` read in place: a strided view's loop over
+    C would not vectorize).  ``weight`` is (kh, kw, C): the loop over C is
+    innermost and contiguous in both the image and the weight, so it
+    vectorizes; zero padding is the taps skipped at the border.
     """
-    H, W, C = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = weight.shape[0], weight.shape[1]
+    H, W = x.shape[1], x.shape[2]
+    kh, kw, C = weight.shape
     top, left = (kh - 1) // 2, (kw - 1) // 2
     for j in range(W):
         for c in range(C):
@@ -580,18 +583,19 @@ def _conv2d_row_pre(x, weight, bias, b, i, out):
                 jj = j + q - left
                 if jj < 0 or jj >= W:
                     continue
+                xr = x[b, ii, jj, c0:c0 + C]
                 for c in range(C):
-                    out[b, i, j, c] += weight[p, q, c] * x[b, ii, jj, c]
+                    out[b, i, j, c] += weight[p, q, c] * xr[c]
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv2d_fwd(x, weight, bias, silu, out):
-    """``out = act(depthwise_conv2d(x))`` on (B, H, W, C), one (batch, image row) per job."""
-    nb, H, W, C = x.shape
+def _conv2d_fwd(x, c0, weight, bias, silu, out):
+    """``out = act(depthwise_conv2d(x[..., c0:c0 + C]))``, one (batch, image row) per job."""
+    nb, H, W, C = out.shape
     for job in prange(nb * H):
         b = job // H
         i = job - b * H
-        _conv2d_row_pre(x, weight, bias, b, i, out)
+        _conv2d_row_pre(x, c0, weight, bias, b, i, out)
         if silu:
             for j in range(W):
                 for c in range(C):
@@ -600,13 +604,13 @@ def _conv2d_fwd(x, weight, bias, silu, out):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv2d_grad_pre(dy, x, weight, bias, g):
+def _conv2d_grad_pre(dy, x, c0, weight, bias, g):
     """g = dy * silu'(pre) with the pre-activation recomputed, per (batch, image row)."""
-    nb, H, W, C = x.shape
+    nb, H, W, C = g.shape
     for job in prange(nb * H):
         b = job // H
         i = job - b * H
-        _conv2d_row_pre(x, weight, bias, b, i, g)
+        _conv2d_row_pre(x, c0, weight, bias, b, i, g)
         for j in range(W):
             for c in range(C):
                 v = g[b, i, j, c]
@@ -615,13 +619,14 @@ def _conv2d_grad_pre(dy, x, weight, bias, g):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv2d_bwd(g, x, weight, dx, dw_rows, db_rows):
+def _conv2d_bwd(g, x, c0, weight, dx, dw_rows, db_rows):
     """dx, and dweight / dbias per (batch, image row), from g at the pre-activation.
 
-    ``dx[b, i, j] = sum_{p,q} weight[p, q] g[b, i - p + top, j - q + left]`` (a
-    gather, so each job writes only its own row of dx).
+    ``x`` and ``c0`` as in :func:`_conv2d_row_pre`.  ``dx[b, i, j] = sum_{p,q}
+    weight[p, q] g[b, i - p + top, j - q + left]`` (a gather, so each job
+    writes only its own row of dx).
     """
-    nb, H, W, C = x.shape
+    nb, H, W, C = g.shape
     kh, kw = weight.shape[0], weight.shape[1]
     top, left = (kh - 1) // 2, (kw - 1) // 2
     for job in prange(nb * H):
@@ -643,20 +648,42 @@ def _conv2d_bwd(g, x, weight, dx, dw_rows, db_rows):
                 for q in range(kw):
                     jj = j + q - left
                     if 0 <= ii < H and 0 <= jj < W:
+                        xr = x[b, ii, jj, c0:c0 + C]
                         for c in range(C):
-                            dw_rows[job, p, q, c] += g[b, i, j, c] * x[b, ii, jj, c]
+                            dw_rows[job, p, q, c] += g[b, i, j, c] * xr[c]
                     jo = j - q + left
                     if 0 <= io < H and 0 <= jo < W:
                         for c in range(C):
                             dx[b, i, j, c] += weight[p, q, c] * g[b, io, jo, c]
 
 
+def _channels_of(x):
+    """``(parent, c0)``: ``x`` (..., C) as channels ``c0 .. c0 + C`` of a C-contiguous array.
+
+    Without a copy when ``x`` is such a slice of the array that owns its
+    memory (SS2D's ``xz[..., :D]``, ``xz`` fresh from ``in_proj``); otherwise
+    ``x`` copied to a contiguous array, ``c0 = 0``.
+    """
+    base = x.base
+    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == x.dtype
+            and x.ndim >= 2 and x.strides[-1] == x.itemsize
+            and x.strides[-2] % x.itemsize == 0):
+        lead, width = x.shape[:-1], x.strides[-2] // x.itemsize
+        offset = x.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        if base.size == math.prod(lead) * width and 0 <= offset and offset % x.itemsize == 0:
+            parent = base.reshape(lead + (width,))
+            c0 = offset // x.itemsize
+            if c0 + x.shape[-1] <= width and parent[..., c0:c0 + x.shape[-1]].strides == x.strides:
+                return parent, c0
+    return np.ascontiguousarray(x), 0
+
+
 def _conv2d(x, weight, bias, silu):
     """Forward on a ``real`` (float32/64) x (B, H, W, C) and (C, kh, kw) weight, unchecked."""
     real = x.dtype
     out = np.empty(x.shape, real)  # (B, H, W, C)
-    _launch(_conv2d_fwd, np.ascontiguousarray(x), np.ascontiguousarray(
-        weight.transpose(1, 2, 0), dtype=real), _bias_or_zeros(bias, x.shape[3], real), silu, out)
+    _launch(_conv2d_fwd, *_channels_of(x), np.ascontiguousarray(weight.transpose(1, 2, 0),
+            dtype=real), _bias_or_zeros(bias, x.shape[3], real), silu, out)
     return out
 
 
@@ -664,18 +691,18 @@ def _conv2d_backward(dy, x, weight, bias, silu):
     """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype."""
     real = x.dtype
     nb, H, _, C = x.shape
-    x = np.ascontiguousarray(x)
+    x_c0 = _channels_of(x)
     w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
     if silu:
         g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation
-        _launch(_conv2d_grad_pre, np.ascontiguousarray(dy, dtype=real), x, w_t,
+        _launch(_conv2d_grad_pre, np.ascontiguousarray(dy, dtype=real), *x_c0, w_t,
                 _bias_or_zeros(bias, C, real), g)
     else:
         g = np.ascontiguousarray(dy, dtype=real)
     dx = np.empty(x.shape, real)
     dw_rows = np.empty((nb * H,) + w_t.shape, real)  # (B·H, kh, kw, C)
     db_rows = np.empty((nb * H, C), real)
-    _launch(_conv2d_bwd, g, x, w_t, dx, dw_rows, db_rows)
+    _launch(_conv2d_bwd, g, *x_c0, w_t, dx, dw_rows, db_rows)
     dw = dw_rows.sum(axis=0).transpose(2, 0, 1)  # (C, kh, kw)
     return dx, dw, None if bias is None else db_rows.sum(axis=0)
 

@@ -409,12 +409,37 @@ def test_blocks_keep_their_scan_for_the_backward(rng, name, dtype, monkeypatch):
 
 
 # --------------------------------------------------------------------------- VMamba's conv2d + SiLU
+#: images (B, H, W, 4) cut from a (2, 5, 7, 8) array in the ways the kernels' callers hand
+#: them over: channel slices read in place (SS2D's xc, and the other half), and views that
+#: are not such a slice (copied first)
+CONV2D_VIEWS = {"first channels": lambda xz: xz[..., :4], "last channels": lambda xz: xz[..., 4:],
+                "middle channels": lambda xz: xz[..., 2:6],
+                "every other channel": lambda xz: xz[..., ::2],
+                "rows of a slice": lambda xz: xz[:, 1:, :, :4],
+                "transposed": lambda xz: xz[..., :4].transpose(0, 2, 1, 3)[:, :5, :7],
+                "contiguous": lambda xz: np.ascontiguousarray(xz[..., :4])}
+
+
+@pytest.mark.parametrize("view", CONV2D_VIEWS)
+def test_conv2d_reads_channel_slices_in_place(view):
+    """``_channels_of`` gives the slice's own memory (a parent and its first channel) when
+    the image is a channel slice of the array owning the memory, else a contiguous copy."""
+    xz = np.arange(2 * 5 * 7 * 8, dtype=np.float64).reshape(2, 5, 7, 8)
+    x = CONV2D_VIEWS[view](xz)
+    parent, c0 = numba_fused._channels_of(x)
+    assert parent.flags.c_contiguous
+    np.testing.assert_array_equal(parent[..., c0:c0 + x.shape[-1]], x)
+    in_place = view.endswith("channels") and view != "every other channel"
+    assert np.shares_memory(parent, xz) == in_place, view
+
+
 @DTYPES
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("k, with_bias", [(3, True), (3, False), (2, True), (5, True)])
-def test_numba_conv2d_matches_reference(rng, dtype, activation, k, with_bias):
+@pytest.mark.parametrize("view", ["first channels", "last channels", "rows of a slice"])
+def test_numba_conv2d_matches_reference(rng, dtype, activation, k, with_bias, view):
     xz = rng.standard_normal((2, 5, 7, 8)).astype(dtype)  # (B, H, W, 2C)
-    x = xz[..., :4]  # a channel slice, as SS2D's xc
+    x = CONV2D_VIEWS[view](xz)  # a channel slice, as SS2D's xc, or a copied view
     w = rng.standard_normal((4, k, k)).astype(dtype)
     b = rng.standard_normal(4).astype(dtype) if with_bias else None
     f64 = (lambda a: None if a is None else a.astype(np.float64))
