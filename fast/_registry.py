@@ -379,7 +379,9 @@ def scan_functions(backend="auto"):
     ``layer_norm(y) * silu(z)`` (attribute ``norm_gate``) that VMamba's SS2D
     runs (:func:`ssm_ref.vision.vmamba.conv2d_silu_functions`,
     :func:`~ssm_ref.vision.vmamba.norm_gate_functions`), its cross-scan and
-    cross-merge (attribute ``cross_scan``, :mod:`fast.numba_cross`), and the Numba
+    cross-merge (attribute ``cross_scan``, :mod:`fast.numba_cross`), its
+    per-direction projections (attribute ``projections``,
+    :mod:`fast.numba_projections`), and the Numba
     LayerNorm and RMSNorm of :mod:`fast.numba_norms` (attributes
     ``layer_norm`` and ``rms_norm``) that the pre-norm blocks and the
     classifiers' heads run (:func:`ssm_ref.vision.prenorm.norm_functions`).
@@ -431,6 +433,9 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     cross = importlib.import_module("fast.numba_cross")
     scan_fn.cross_scan = cross.cross_scan  # its directions' gathers, and their adjoint
     scan_backward_fn.cross_scan = cross.cross_merge
+    projections = importlib.import_module("fast.numba_projections")
+    scan_fn.projections = projections.direction_projections  # and each direction's products
+    scan_backward_fn.projections = projections.direction_projections_backward
     norms = importlib.import_module("fast.numba_norms")
     scan_fn.norm_gate = norms.norm_gate_forward  # and its out_norm and gate, fused
     scan_backward_fn.norm_gate = norms.norm_gate_backward

@@ -55,8 +55,11 @@ How it is computed
   (batch, image row) per job with the loop over channels innermost and
   contiguous; its backward recomputes the pre-activation once into a
   gradient array g and then gathers ``dx`` from g's neighbours (each job
-  writes only its own row: no races).  Its ``out_norm`` and gate are fused
-  in :mod:`fast.numba_norms`.
+  writes only its own row: no races).  SS2D's input ``xz[..., :D]`` is read
+  in place, as ``xz`` and its first channel (:func:`fast._views.in_parent`):
+  copying the strided view took about a third of the forward.  Its
+  ``out_norm`` and gate are fused in :mod:`fast.numba_norms`, its
+  per-direction products in :mod:`fast.numba_projections`.
 * Precision: float32 ``xz`` (or ``x``) is computed in float32 (weights cast
   to float32), anything else in float64, as :mod:`fast.numba_cpu`.
 
@@ -72,7 +75,6 @@ backward starts from (:func:`fast.numba_cpu.attach_saved_scan`,
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from numba import njit, prange
@@ -86,6 +88,7 @@ from ssm_ref.selective import _one_module
 
 from . import numba_cpu
 from ._fastexp import fast_sigmoid
+from ._views import in_parent
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
@@ -657,32 +660,11 @@ def _conv2d_bwd(g, x, c0, weight, dx, dw_rows, db_rows):
                             dx[b, i, j, c] += weight[p, q, c] * g[b, io, jo, c]
 
 
-def _channels_of(x):
-    """``(parent, c0)``: ``x`` (..., C) as channels ``c0 .. c0 + C`` of a C-contiguous array.
-
-    Without a copy when ``x`` is such a slice of the array that owns its
-    memory (SS2D's ``xz[..., :D]``, ``xz`` fresh from ``in_proj``); otherwise
-    ``x`` copied to a contiguous array, ``c0 = 0``.
-    """
-    base = x.base
-    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == x.dtype
-            and x.ndim >= 2 and x.strides[-1] == x.itemsize
-            and x.strides[-2] % x.itemsize == 0):
-        lead, width = x.shape[:-1], x.strides[-2] // x.itemsize
-        offset = x.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        if base.size == math.prod(lead) * width and 0 <= offset and offset % x.itemsize == 0:
-            parent = base.reshape(lead + (width,))
-            c0 = offset // x.itemsize
-            if c0 + x.shape[-1] <= width and parent[..., c0:c0 + x.shape[-1]].strides == x.strides:
-                return parent, c0
-    return np.ascontiguousarray(x), 0
-
-
 def _conv2d(x, weight, bias, silu):
     """Forward on a ``real`` (float32/64) x (B, H, W, C) and (C, kh, kw) weight, unchecked."""
     real = x.dtype
     out = np.empty(x.shape, real)  # (B, H, W, C)
-    _launch(_conv2d_fwd, *_channels_of(x), np.ascontiguousarray(weight.transpose(1, 2, 0),
+    _launch(_conv2d_fwd, *in_parent(x, 3), np.ascontiguousarray(weight.transpose(1, 2, 0),
             dtype=real), _bias_or_zeros(bias, x.shape[3], real), silu, out)
     return out
 
@@ -691,7 +673,7 @@ def _conv2d_backward(dy, x, weight, bias, silu):
     """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype."""
     real = x.dtype
     nb, H, _, C = x.shape
-    x_c0 = _channels_of(x)
+    x_c0 = in_parent(x, 3)
     w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
     if silu:
         g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation

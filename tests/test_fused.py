@@ -20,6 +20,7 @@ import ssm_ref as sr
 from ssm_ref import MambaBlock
 from ssm_ref.fused import INNER_FN_ARGS, block_arguments, mamba_inner_fn, mamba_inner_fn_backward
 from fast import numba_cpu, numba_fused
+from fast._views import in_parent
 
 SMALL = dict(d_model=8, d_state=4)
 
@@ -422,11 +423,12 @@ CONV2D_VIEWS = {"first channels": lambda xz: xz[..., :4], "last channels": lambd
 
 @pytest.mark.parametrize("view", CONV2D_VIEWS)
 def test_conv2d_reads_channel_slices_in_place(view):
-    """``_channels_of`` gives the slice's own memory (a parent and its first channel) when
-    the image is a channel slice of the array owning the memory, else a contiguous copy."""
+    """The kernels get the slice's own memory (``fast._views.in_parent``: a parent and its
+    first channel) when the image is a channel slice of the array owning the memory, else a
+    contiguous copy."""
     xz = np.arange(2 * 5 * 7 * 8, dtype=np.float64).reshape(2, 5, 7, 8)
     x = CONV2D_VIEWS[view](xz)
-    parent, c0 = numba_fused._channels_of(x)
+    parent, c0 = in_parent(x, 3)
     assert parent.flags.c_contiguous
     np.testing.assert_array_equal(parent[..., c0:c0 + x.shape[-1]], x)
     in_place = view.endswith("channels") and view != "every other channel"

@@ -283,16 +283,18 @@ class SS2D(Module):
             xs = [u[:, k * D:(k + 1) * D] for k in range(K)]  # K × (B, D, L): views
         else:  # sequences of different lengths
             xs = [xp.take(x_cf, idx[k], axis=2) for k in range(K)]  # K × (B, D, L_k)
+        projections, _ = projection_functions(self.scan_fn, self.scan_backward_fn)
+        if one_call:  # the K directions' steps side by side, (B, K·D, L), as u
+            delta = xp.empty(u.shape, u.dtype)
         dts, deltas, Bs, Cs = [], [], [], []
-        for k in range(K):
-            x_dbl = xp.matmul(w["w_x"][k], xs[k])  # (B, R + 2N, L_k)
+        for k in range(K):  # x_dbl = x_proj_weight[k] @ xs_k, delta_k = dt_projs_weight[k] @ dts_k
+            x_dbl, delta_k = projections(xs[k], w["w_x"][k], w["w_dt"][k], R, out=(
+                delta[:, k * D:(k + 1) * D] if one_call else None))  # (B, R + 2N, L_k), (B, D, L_k)
             dts.append(x_dbl[:, :R])  # (B, R, L_k)
             Bs.append(x_dbl[:, R:R + N])  # (B, N, L_k)
             Cs.append(x_dbl[:, R + N:])  # (B, N, L_k)
-            deltas.append(xp.matmul(w["w_dt"][k], dts[k]))  # (B, D, L_k)
+            deltas.append(delta_k)
         if one_call:  # one scan over K·D channels with K groups of B and C
-            delta = xp.concatenate(deltas, axis=1)
-            deltas = [delta[:, k * D:(k + 1) * D] for k in range(K)]
             y, kept = scan_keeping(self.scan_fn, u, delta, w["A"], xp.stack(Bs, axis=1),
                                    xp.stack(Cs, axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                                    delta_softplus=True)  # (B, K·D, L); kept for the backward
@@ -356,19 +358,13 @@ class SS2D(Module):
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
         if not cache["one_call"]:
             dx_cf = xp.zeros((Bsz, D, H * W), dy_grid.dtype)  # (B, D, HW)
-        for k in range(K):
-            # delta_k = dt_projs_weight[k] @ dts_k: sum over the batch and the sequence
-            g["dt_projs_weight"][k] = xp.matmul(ddelta[k], cache["dts"][k].transpose(0, 2, 1)
-                                                ).sum(axis=0)  # (D, R): over batch and sequence
-            d_dts = xp.matmul(w["w_dt"][k].T, ddelta[k])  # (B, R, L_k)
-            # (dts, B, C) = x_proj_weight[k] @ xs_k
-            d_xdbl = xp.concatenate([d_dts, dB[k], dC[k]], axis=1)  # (B, R + 2N, L_k)
-            g["x_proj_weight"][k] = xp.matmul(d_xdbl, xs[k].transpose(0, 2, 1)).sum(axis=0)
-            if cache["one_call"]:  # du[k] is direction k's slice of the scan's du: in place
-                du[k] += xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L)
-            else:
-                dxs = du[k] + xp.matmul(w["w_x"][k].T, d_xdbl)  # (B, D, L_k)
-                _add_back(dx_cf, dxs, perms[k], xp)  # adjoint of the gather
+        _, projections_backward = projection_functions(self.scan_fn, self.scan_backward_fn)
+        for k in range(K):  # du[k] += the gradient through the projections, in place
+            g["x_proj_weight"][k], g["dt_projs_weight"][k] = projections_backward(
+                ddelta[k], dB[k], dC[k], xs[k], cache["dts"][k], w["w_x"][k], w["w_dt"][k],
+                du[k])
+            if not cache["one_call"]:
+                _add_back(dx_cf, du[k], perms[k], xp)  # adjoint of the gather
         if cache["one_call"]:
             dx_cf = cross_merge(s["u"], perms, H * W)  # (B, D, HW): adjoint of the cross-scan
         dx_act = grid(dx_cf, H, W)  # (B, H, W, D)
@@ -493,6 +489,54 @@ def conv2d_silu_functions(scan_fn, scan_backward_fn):
     backward.  Used only when both functions have one.
     """
     return fused_pair(scan_fn, scan_backward_fn, "conv2d_silu")
+
+
+def direction_projections(x, w_x, w_dt, dt_rank, out=None):
+    """One direction's projections in SS2D's core: ``(x_dbl, delta)``.
+
+    ``x_dbl = w_x @ x`` (B, R + 2N, L), whose rows are the direction's
+    low-rank steps ``dts``, its B and its C, and ``delta = w_dt @ dts`` (B, D,
+    L) with ``dts = x_dbl[:, :R]`` (the official ``x_proj_weight`` and
+    ``dt_projs_weight`` of one direction k: ``w_x`` (R + 2N, D), ``w_dt`` (D,
+    R)); one matrix product per batch element each.  ``out``: a (B, D, L)
+    array (a view) that receives delta, which is then returned.
+
+    Scan functions may carry a compiled twin (:func:`projection_functions`).
+    """
+    xp = array_module(x)
+    x_dbl = xp.matmul(w_x, x)  # (B, R + 2N, L)
+    return x_dbl, xp.matmul(w_dt, x_dbl[:, :dt_rank], out=out)  # (B, D, L)
+
+
+def direction_projections_backward(ddelta, dB, dC, x, dts, w_x, w_dt, dx):
+    """Gradients of :func:`direction_projections`: ``(dw_x, dw_dt)``, and ``dx`` in place.
+
+    ``ddelta`` (B, D, L), ``dB`` and ``dC`` (B, N, L) are the gradients of
+    delta and of x_dbl's B and C rows; ``dts`` is x_dbl's first R rows.  The
+    gradient reaching ``x`` through ``x_dbl`` is added into ``dx`` (B, D, L),
+    which holds what reached it another way (the scan's ``du``).  The weight
+    gradients sum over the batch and the sequence.
+    """
+    xp = array_module(x)
+    dw_dt = xp.matmul(ddelta, dts.transpose(0, 2, 1)).sum(axis=0)  # (D, R)
+    d_dts = xp.matmul(w_dt.T, ddelta)  # (B, R, L)
+    d_xdbl = xp.concatenate([d_dts, dB, dC], axis=1)  # (B, R + 2N, L)
+    dw_x = xp.matmul(d_xdbl, x.transpose(0, 2, 1)).sum(axis=0)  # (R + 2N, D)
+    dx += xp.matmul(w_x.T, d_xdbl)  # (B, D, L)
+    return dw_x, dw_dt
+
+
+def projection_functions(scan_fn, scan_backward_fn):
+    """SS2D's per-direction projections and their backward to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry compiled ones
+    (attribute ``projections``, from ``fast.numba_projections``: each batch
+    element's products one after the other while its slice is in cache, on all
+    cores); any other pair gets :func:`direction_projections` and
+    :func:`direction_projections_backward`.
+    """
+    return fused_pair(scan_fn, scan_backward_fn, "projections",
+                      default=(direction_projections, direction_projections_backward))
 
 
 def norm_gate_functions(scan_fn, scan_backward_fn):
@@ -863,15 +907,16 @@ class MultiHeadSS2D(SS2D):
         R, N, K = c.dt_rank, c.d_state, self.n_directions
         xp = array_module(x_act)
         perms, heads = self._head_perms(H, W), self._heads()
+        projections, _ = projection_functions(self.scan_fn, self.scan_backward_fn)
         xs, dts, deltas, Bs, Cs = [], [], [], [], []
         for k in range(K):
             xs_k = to_sequence(x_act[..., heads[k]], perms[k],
                                check=False).transpose(0, 2, 1)  # (B, c, L)
-            x_dbl = xp.einsum("bdl,cd->bcl", xs_k, w["w_x"][k])  # (B, R + 2N, L)
+            x_dbl, delta_k = projections(xs_k, w["w_x"][k], w["w_dt"][k], R)  # (B, R + 2N, L)
             dts.append(x_dbl[:, :R])
             Bs.append(x_dbl[:, R:R + N])
             Cs.append(x_dbl[:, R + N:])
-            deltas.append(xp.einsum("brl,dr->bdl", dts[k], w["w_dt"][k]))  # (B, c, L)
+            deltas.append(delta_k)  # (B, c, L)
             xs.append(xs_k)
         u, delta = xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1)  # (B, D, L)
         xs = [u[:, heads[k]] for k in range(K)]  # views: one copy kept, not two
@@ -901,15 +946,14 @@ class MultiHeadSS2D(SS2D):
         g = {"A_logs": s["A"] * w["A"],  # A = -exp(A_logs)
              "Ds": s["D"], "dt_projs_bias": s["delta_bias"].reshape(K, -1),
              "x_proj_weight": xp.zeros_like(w["w_x"]), "dt_projs_weight": xp.zeros_like(w["w_dt"])}
+        _, projections_backward = projection_functions(self.scan_fn, self.scan_backward_fn)
         parts = []
         for k in range(K):
             sl = heads[k]
-            ddelta, du = s["delta"][:, sl], s["u"][:, sl]  # (B, c, L)
-            g["dt_projs_weight"][k] = xp.einsum("bdl,brl->dr", ddelta, cache["dts"][k])
-            d_dts = xp.einsum("bdl,dr->brl", ddelta, w["w_dt"][k])  # (B, R, L)
-            d_xdbl = xp.concatenate([d_dts, s["B"][:, k], s["C"][:, k]], axis=1)  # (B, R+2N, L)
-            g["x_proj_weight"][k] = xp.einsum("bcl,bdl->cd", d_xdbl, xs[k])
-            dxs = du + xp.einsum("bcl,cd->bdl", d_xdbl, w["w_x"][k])  # (B, c, L)
+            dxs = s["u"][:, sl]  # (B, c, L): the scan's du, and the projections' added in place
+            g["x_proj_weight"][k], g["dt_projs_weight"][k] = projections_backward(
+                s["delta"][:, sl], s["B"][:, k], s["C"][:, k], xs[k], cache["dts"][k],
+                w["w_x"][k], w["w_dt"][k], dxs)
             parts.append(from_sequence(dxs.transpose(0, 2, 1), perms[k], H, W,
                                        check=False))  # adjoint of the head's gather
         return xp.concatenate(parts, axis=-1), g
