@@ -23,8 +23,14 @@ starts with:
 * ``ss2d cross-scan``: SS2D's four directions of the channels-first tokens (64, 48, 256)
   gathered side by side (forward: ``cross_scan``) and scattered back and summed
   (backward: ``cross_merge``, its adjoint), in VMamba's orders on the 16x16 grid.
+* ``ss2d projections``: one direction's products in SS2D's core, ``x_dbl = w_x @ x`` and
+  ``delta = w_dt @ dts`` (written into the grouped scan's (64, 192, 256) input) and their
+  backward (the weight gradients, and the gradient added into the scan's ``du`` in place),
+  x direction 1's channels of the grouped scan's input: the reference twins
+  (``ssm_ref.vision.vmamba.direction_projections``) against ``fast.numba_projections``.
 
-Float64 (the models' default) and float32.  With ``--out`` it writes
+Float64 (the models' default) and float32, BLAS on one thread as in a training step.  With
+``--out`` it writes
 ``layers_cpu.json`` there.  A tool for chapter 11's measurements, not part of the library.
 """
 from __future__ import annotations
@@ -36,12 +42,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssm_ref as sr  # noqa: E402
-from fast import numba_cross, numba_norms  # noqa: E402
+from fast import numba_cross, numba_norms, numba_projections  # noqa: E402
 from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
 from ssm_ref import nn  # noqa: E402
 from ssm_ref.vision import vmamba  # noqa: E402
@@ -97,6 +104,28 @@ def cases(dtype, rng):
                 lambda: vmamba.cross_merge(ys, perms, 256)),
         "numba": (lambda: numba_cross.cross_scan(y_cf, perms),
                   lambda: numba_cross.cross_merge(ys, perms, 256))})
+
+    D, R, N = 48, 3, 8  # VMamba 32x32's SS2D: d_inner, dt_rank, d_state; direction k = 1
+    xk = rng.standard_normal((64, 4 * D, 256)).astype(dtype)[:, D:2 * D]  # (B, D, L) a slice
+    w_x = rng.standard_normal((R + 2 * N, D)).astype(dtype)
+    w_dt = rng.standard_normal((D, R)).astype(dtype)
+    x_dbl = rng.standard_normal((64, R + 2 * N, 256)).astype(dtype)
+    grads = rng.standard_normal((64, 4 * D, 256)).astype(dtype)  # the scan's ddelta
+    dBC = rng.standard_normal((2, 64, 4, N, 256)).astype(dtype)  # its dB and dC (B, K, N, L)
+    du_given = rng.standard_normal((64, 4 * D, 256)).astype(dtype)  # the scan's du
+    sides = {}
+    for side, module in (("ref", vmamba), ("numba", numba_projections)):
+        delta, du = np.empty((64, 4 * D, 256), dtype), du_given.copy()  # each side's own
+
+        def forward(module=module, delta=delta):
+            return module.direction_projections(xk, w_x, w_dt, R, out=delta[:, D:2 * D])
+
+        def backward(module=module, du=du):
+            return module.direction_projections_backward(
+                grads[:, D:2 * D], dBC[0, :, 1], dBC[1, :, 1], xk, x_dbl[:, :R], w_x, w_dt,
+                du[:, D:2 * D]) + (du[:, D:2 * D],)
+        sides[side] = (forward, backward)
+    out["ss2d projections"] = (xk.shape, sides)
     return out
 
 
@@ -129,7 +158,8 @@ def main(argv=None):
     machine = machine_info()
     print(machine_line(machine))
     start = time.perf_counter()
-    rows = run(args.turns, args.repeats)
+    with threadpool_limits(limits=1, user_api="blas"):  # as a training step runs
+        rows = run(args.turns, args.repeats)
     print(f"medians of {args.turns} alternating turns of {args.repeats} calls each\n")
     print(f"{'case':22s} {'dtype':8s} {'pass':9s} {'shape':18s} {'ref ms':>9s} "
           f"{'numba ms':>9s} {'ref / numba':>11s}")
