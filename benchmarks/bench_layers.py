@@ -1,6 +1,7 @@
 """The Numba layers around the scan against the reference's, at the models' sizes.
 
-The norms (``fast.numba_norms``) and VMamba's cross-scan (``fast.numba_cross``).
+The norms (``fast.numba_norms``), VMamba's cross-scan (``fast.numba_cross``) and its
+products (``fast.numba_projections``, ``fast.numba_linear``).
 
 Usage (from the repository's root; about half a minute on 2 cores)::
 
@@ -28,6 +29,9 @@ starts with:
   backward (the weight gradients, and the gradient added into the scan's ``du`` in place),
   x direction 1's channels of the grouped scan's input: the reference twins
   (``ssm_ref.vision.vmamba.direction_projections``) against ``fast.numba_projections``.
+* ``linear in_proj``, ``linear out_proj``: VMamba 32x32's in- and out-projections, tokens
+  (64, 16, 16, 24) to 96 features and (64, 16, 16, 48) to 24, ``ssm_ref.nn.linear``
+  against ``fast.numba_linear``.
 
 Float64 (the models' default) and float32, BLAS on one thread as in a training step.  With
 ``--out`` it writes
@@ -48,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssm_ref as sr  # noqa: E402
-from fast import numba_cross, numba_norms, numba_projections  # noqa: E402
+from fast import numba_cross, numba_linear, numba_norms, numba_projections  # noqa: E402
 from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
 from ssm_ref import nn  # noqa: E402
 from ssm_ref.vision import vmamba  # noqa: E402
@@ -126,6 +130,16 @@ def cases(dtype, rng):
                 du[:, D:2 * D]) + (du[:, D:2 * D],)
         sides[side] = (forward, backward)
     out["ss2d projections"] = (xk.shape, sides)
+
+    for proj, n_in, n_out in (("in_proj", 24, 96), ("out_proj", 48, 24)):  # VMamba 32x32's
+        xt = rng.standard_normal((64, 16, 16, n_in)).astype(dtype)  # (B, H, W, in) tokens
+        wt, bt = (rng.standard_normal(s).astype(dtype) for s in ((n_out, n_in), (n_out,)))
+        dyt = rng.standard_normal((64, 16, 16, n_out)).astype(dtype)
+        out[f"linear {proj}"] = (xt.shape, {
+            side: (lambda f=f, xt=xt, wt=wt, bt=bt: f.linear(xt, wt, bt, check=False),
+                   lambda f=f, xt=xt, wt=wt, bt=bt, dyt=dyt: f.linear_backward(
+                       dyt, xt, wt, bt, check=False))
+            for side, f in (("ref", nn), ("numba", numba_linear))})
     return out
 
 

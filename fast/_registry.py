@@ -381,7 +381,9 @@ def scan_functions(backend="auto"):
     :func:`~ssm_ref.vision.vmamba.norm_gate_functions`), its cross-scan and
     cross-merge (attribute ``cross_scan``, :mod:`fast.numba_cross`), its
     per-direction projections (attribute ``projections``,
-    :mod:`fast.numba_projections`), and the Numba
+    :mod:`fast.numba_projections`), the mixers' in- and out-projections
+    (attribute ``linear``, :mod:`fast.numba_linear`,
+    :func:`ssm_ref.mamba.linear_functions`), and the Numba
     LayerNorm and RMSNorm of :mod:`fast.numba_norms` (attributes
     ``layer_norm`` and ``rms_norm``) that the pre-norm blocks and the
     classifiers' heads run (:func:`ssm_ref.vision.prenorm.norm_functions`).
@@ -433,6 +435,8 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     cross = importlib.import_module("fast.numba_cross")
     scan_fn.cross_scan = cross.cross_scan  # its directions' gathers, and their adjoint
     scan_backward_fn.cross_scan = cross.cross_merge
+    scan_fn.linear = importlib.import_module("fast.numba_linear").linear  # the mixers'
+    scan_backward_fn.linear = importlib.import_module("fast.numba_linear").linear_backward
     projections = importlib.import_module("fast.numba_projections")
     scan_fn.projections = projections.direction_projections  # and each direction's products
     scan_backward_fn.projections = projections.direction_projections_backward

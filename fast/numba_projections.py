@@ -26,10 +26,11 @@ its own batch elements, and an element's products follow one another while
 its (D, L) slices are in cache: the forward's two, the backward's four (the
 weight gradients summed per thread, the threads' sums added at the end).
 Each product is a BLAS call (``np.dot`` with an output array, which Numba
-hands to SciPy's BLAS; the step limits BLAS to one thread per call, so the
-threads do not compete).  Slices of a larger array (direction k's channels
-of the grouped scan's ``u``, ``delta`` and ``du``) are read and written in
-place as the array and the slice's first channel (:func:`fast._views.in_parent`).
+hands to SciPy's BLAS, on one thread per call: :func:`fast._blas.one_blas_thread`,
+so that the two pools of threads do not compete).  Slices of a larger array
+(direction k's channels of the grouped scan's ``u``, ``delta`` and ``du``) are
+read and written in place as the array and the slice's first channel
+(:func:`fast._views.in_parent`).
 Inputs in float32 are computed in float32, anything else in float64.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ._blas import one_blas_thread
 from ._views import in_parent
 from .numba_cpu import _compute_dtype, _launch, _njit_noalias, _threads
 
@@ -109,8 +111,9 @@ def direction_projections(x, w_x, w_dt, dt_rank, out=None):
         delta, d0 = np.empty((n, D, L), real), 0
     else:
         delta, d0 = in_parent(out, 1)
-    _launch(_projections_fwd, *in_parent(x.astype(real, copy=False), 1), w_x, w_dt, x_dbl,
-            delta, d0)  # w_dt has dt_rank columns
+    with one_blas_thread():
+        _launch(_projections_fwd, *in_parent(x.astype(real, copy=False), 1), w_x, w_dt, x_dbl,
+                delta, d0)  # w_dt has dt_rank columns
     if out is None:
         return x_dbl, delta
     if not np.may_share_memory(delta, out):  # out was not a slice the kernel could write
@@ -130,9 +133,10 @@ def direction_projections_backward(ddelta, dB, dC, x, dts, w_x, w_dt, dx):
     dw_dt = np.empty((threads, D, R), real)
     parts = [in_parent(a.astype(real, copy=False), 1) for a in (ddelta, dB, dC, x, dts)]
     grad, f0 = in_parent(dx, 1) if dx.dtype == real else (dx.astype(real), 0)
-    _launch(_projections_bwd, *(v for part in parts for v in part),
-            np.ascontiguousarray(w_x.T, dtype=real), np.ascontiguousarray(w_dt.T, dtype=real),
-            grad, f0, dw_x, dw_dt)
+    with one_blas_thread():
+        _launch(_projections_bwd, *(v for part in parts for v in part),
+                np.ascontiguousarray(w_x.T, dtype=real),
+                np.ascontiguousarray(w_dt.T, dtype=real), grad, f0, dw_x, dw_dt)
     if not np.may_share_memory(grad, dx):  # dx was not a slice the kernel could add into
         dx[...] = grad[:, f0:f0 + D]
     return dw_x.sum(axis=0), dw_dt.sum(axis=0)

@@ -468,6 +468,18 @@ def fused_pair(scan_fn, scan_backward_fn, name, default=(None, None)):
     return (fwd, bwd) if fwd is not None and bwd is not None else default
 
 
+def linear_functions(scan_fn, scan_backward_fn):
+    """The affine layer and its backward to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry compiled ones
+    (attribute ``linear``, from ``fast.numba_linear``, with the reference's
+    signatures: blocks of tokens on all cores); any other pair gets
+    :func:`ssm_ref.nn.linear` and :func:`ssm_ref.nn.linear_backward`.  The
+    mixers' in- and out-projections run through it.
+    """
+    return fused_pair(scan_fn, scan_backward_fn, "linear", default=(linear, linear_backward))
+
+
 def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     """Gradients of :func:`mamba_inner_forward`, layer by layer in reverse order.
 
@@ -759,6 +771,7 @@ class MambaBlock(Module):
     def _forward(self, u, return_last_state=False):
         """The data path on float64 tokens u (B, L, d_model), unchecked; (out, cache, last_state)."""
         # [book:mamba-block-forward]
+        linear, _ = linear_functions(self.scan_fn, self.scan_backward_fn)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, L, 2D)
         path_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
@@ -827,6 +840,7 @@ class MambaBlock(Module):
         g = {}
         # [book:mamba-block-backward]
         # out = out_proj(y)
+        _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)

@@ -27,14 +27,18 @@ def test_both_sides_of_each_case_compute_the_same_layer(tool, dtype):
             ref, got = ((ref,), (got,)) if isinstance(ref, np.ndarray) else (ref, got)
             assert len(ref) == len(got), name
             for r, g in zip(ref, got):
-                assert_close(g, r.astype(np.float64), kind="backend", dtype=dtype,
-                             err_msg=f"{name} pass {i}")
+                # relative to the array's largest entry (at least 1): the linear layers' dW
+                # and db sum 16384 tokens, whose float32 rounding goes with the terms, not
+                # with an entry that cancels (both sides err alike against float64)
+                scale = max(1.0, float(np.abs(r).max()))
+                assert_close(g / dtype(scale), r.astype(np.float64) / scale, kind="backend",
+                             dtype=dtype, err_msg=f"{name} pass {i}")
 
 
 def test_a_run_writes_a_row_per_case_dtype_and_pass(tool, tmp_path, capsys):
     tool.main(["--turns", "1", "--repeats", "1", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "layers_cpu.json").read_text())
-    assert len(data["rows"]) == 6 * 2 * 2 and data["machine"]["cores"] >= 1
+    assert len(data["rows"]) == 8 * 2 * 2 and data["machine"]["cores"] >= 1
     for r in data["rows"]:
         assert r["ref_ms"] > 0 and r["numba_ms"] > 0
         assert r["ratio"] == pytest.approx(r["ref_ms"] / r["numba_ms"])

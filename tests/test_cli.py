@@ -221,7 +221,8 @@ def test_resolve_backend_gives_fast_scan_functions():
     assert bwd.func is fast.selective_scan_backward
     assert fwd.keywords == {"backend": "numba"} and bwd.keywords == {"backend": "numba"}
     want_fwd, want_bwd = fast.scan_functions("numba")  # the fused path and the saved scan
-    fused = ("inner_path", "conv2d_silu", "norm_gate", "layer_norm", "rms_norm", "projections")
+    fused = ("inner_path", "conv2d_silu", "norm_gate", "layer_norm", "rms_norm", "projections",
+             "linear")
     for name in fused + ("for_backward",):
         assert getattr(fwd, name) is getattr(want_fwd, name)
     for name in fused + ("from_saved",):

@@ -18,7 +18,7 @@ import numpy as np
 from .._validation import a_from_log
 from .._xp import array_module, on_module_cached
 from ..kept_scan import scan_backward_kept, scan_keeping
-from ..mamba import MambaConfig, config_from_sizes, mamba_init
+from ..mamba import MambaConfig, config_from_sizes, linear_functions, mamba_init
 from ..module import (
     Module,
     check_state_dstate,
@@ -31,8 +31,6 @@ from ..module import (
     rng_from,
 )
 from ..nn import (
-    linear,
-    linear_backward,
     silu,
     silu_backward,
 )
@@ -223,6 +221,7 @@ class PlainMambaMixer(Module):
         perms, codes = self._orders(H, W)
         K = len(perms)
         xp = array_module(u)
+        linear, _ = linear_functions(self.scan_fn, self.scan_backward_fn)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]
@@ -276,6 +275,7 @@ class PlainMambaMixer(Module):
         K = len(perms)
         xp = array_module(dout)
         g = {}
+        _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
         dyg, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y"] * cache["gate"], self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)  # (B, H, W, D)

@@ -25,6 +25,7 @@ from ..mamba import (
     config_from_sizes,
     inner_path_functions,
     inner_path_weights,
+    linear_functions,
     mamba_init,
 )
 from ..module import (
@@ -38,7 +39,6 @@ from ..module import (
     resolve_config,
     rng_from,
 )
-from ..nn import linear, linear_backward
 from .prenorm import PreNormBlock
 
 __all__ = ["VimMixer", "VimBlock"]
@@ -197,6 +197,7 @@ class VimMixer(Module):
         fwd_w = inner_path_weights(self._params, dtype=self.compute_dtype)
         bwd_w = inner_path_weights(self._params, _BACKWARD_NAMES, self.compute_dtype)
         # [book:vim-mixer-forward]
+        linear, _ = linear_functions(self.scan_fn, self.scan_backward_fn)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False).transpose(0, 2, 1)  # (B, 2D, L)
         inner_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
@@ -222,6 +223,7 @@ class VimMixer(Module):
         """
         xp = array_module(dout)
         g = {}
+        _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)

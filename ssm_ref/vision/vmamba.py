@@ -21,7 +21,7 @@ import numpy as np
 from .._validation import a_from_log, as_array, check_positive_scalar, check_shape
 from .._xp import array_module, on_module_cached
 from ..kept_scan import scan_backward_kept, scan_keeping
-from ..mamba import MambaConfig, config_from_sizes, fused_pair, mamba_init
+from ..mamba import MambaConfig, config_from_sizes, fused_pair, linear_functions, mamba_init
 from ..module import (
     Module,
     check_state_dstate,
@@ -38,8 +38,6 @@ from ..nn import (
     depthwise_conv2d_backward,
     layer_norm,
     layer_norm_backward,
-    linear,
-    linear_backward,
     silu,
     silu_backward,
 )
@@ -375,6 +373,7 @@ class SS2D(Module):
         """SS2D on a float64 image u (B, H, W, d_model), unchecked: ``(out, cache)``."""
         D = self.config.d_inner
         # [book:ss2d-forward]
+        linear, _ = linear_functions(self.scan_fn, self.scan_backward_fn)
         xz = linear(u, self._w("in_proj.weight"), self._w("in_proj.bias"),
                     check=False)  # (B, H, W, 2D)
         xc, z = xz[..., :D], xz[..., D:]  # (B, H, W, D) each
@@ -403,9 +402,10 @@ class SS2D(Module):
         ``out_proj`` -> gate (``d y_norm = d y_gated * silu(z)``, ``dz = d y_gated *
         y_norm * silu'(z)``) -> LayerNorm -> the directional core (gather the
         gradient in each direction, the grouped scan's backward, the two
-        einsum projections, scatter back) -> SiLU -> depthwise conv -> ``in_proj``.
+        projections of each direction, scatter back) -> SiLU -> depthwise conv -> ``in_proj``.
         """
         g = {}
+        _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
         dy_gated, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y_gated"], self._w("out_proj.weight"), self._w("out_proj.bias"),
             check=False)  # (B, H, W, D)

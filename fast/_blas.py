@@ -1,0 +1,41 @@
+"""BLAS called from inside parallel Numba kernels: one BLAS thread per call.
+
+``np.dot`` in a Numba kernel calls SciPy's BLAS (OpenBLAS in the wheels).  When
+each of Numba's threads makes such a call while OpenBLAS may use all cores for
+one product, the two pools of threads compete for the same cores: a (16384 x
+24) by (24 x 96) product cut into two halves, one per Numba thread, took 8 ms
+that way against 1.1 ms with OpenBLAS on one thread (2-core Xeon).  OpenBLAS
+keeps products below its threshold on one thread anyway, so the harm comes with
+size.  The kernels that call BLAS are therefore launched inside
+:func:`one_blas_thread`, which sets every BLAS library loaded in the process to
+one thread and restores what was set afterwards (``threadpoolctl``; about 10 us
+a launch).  ``ssm-ref train`` and the benchmarks already run with one BLAS
+thread (``--blas-threads``); a caller of the models' functions may not.
+"""
+from __future__ import annotations
+
+import functools
+
+__all__: list[str] = []  # used by fast's modules; nothing is re-exported
+
+
+@functools.cache
+def _controller():
+    """threadpoolctl's controller of the BLAS libraries, made once (it scans the loaded
+    libraries), after SciPy's BLAS, which Numba's ``np.dot`` calls, has been loaded."""
+    import scipy.linalg.cython_blas  # noqa: F401, PLC0415: loads the BLAS Numba calls
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which every BLAS library runs one thread per call (restored on exit).
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_info
+    >>> with one_blas_thread():
+    ...     {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    {1}
+    """
+    return _controller().limit(limits=1, user_api="blas")

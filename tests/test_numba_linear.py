@@ -1,0 +1,112 @@
+"""The affine layer with Numba (``fast.numba_linear``) against ``ssm_ref.nn.linear``.
+
+Forward and backward with the shared ``"backend"`` tolerance, the reference's
+dtype rules (a checked call in float64, an unchecked float32 call in float32,
+results in the arguments' dtypes), token counts that split into uneven blocks,
+strided inputs, no tokens, the reference's errors, the BLAS setting restored
+after a call, and the mixers running it with Numba's scan functions.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from cases import count_calls
+from conftest import assert_close
+from threadpoolctl import threadpool_info
+
+import fast
+import ssm_ref as sr
+from fast import numba_linear
+from ssm_ref import nn
+
+CASES = [  # (leading shape, in, out, bias, dtype, check)
+    ((5,), 3, 4, True, np.float64, True),
+    ((2, 3), 6, 2, False, np.float32, False),  # float32 arithmetic
+    ((2, 3), 6, 2, True, np.float32, True),  # checked: float64 arithmetic, float32 results
+    ((3, 1025), 5, 7, True, np.float64, False),  # 3075 tokens: uneven blocks of ~512
+    ((64, 16, 16), 24, 96, True, np.float64, False),  # VMamba 32x32's in_proj
+    ((0, 3), 3, 2, True, np.float64, True),  # no tokens
+]
+
+
+@pytest.mark.parametrize("lead, n_in, n_out, bias, dtype, check", CASES)
+def test_matches_the_reference(rng, lead, n_in, n_out, bias, dtype, check):
+    x = rng.standard_normal(lead + (n_in,)).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype) if bias else None
+    want = nn.linear(x, W, b, check=check)
+    got = numba_linear.linear(x, W, b, check=check)
+    precision = np.float32 if dtype == np.float32 and not check else np.float64
+    assert_close(got, want, kind="backend", dtype=want.dtype, precision=precision)
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    for name, g, r in zip(("dx", "dW", "db"), numba_linear.linear_backward(dy, x, W, b,
+                                                                          check=check),
+                          nn.linear_backward(dy, x, W, b, check=check)):
+        if r is None:
+            assert g is None
+        else:
+            assert_close(g, r, kind="backend", dtype=r.dtype, precision=precision,
+                         err_msg=name)
+
+
+def test_strided_tokens_and_gradients(rng, monkeypatch):
+    """A transposed view (Vim's ``y.transpose(0, 2, 1)``) and a channel slice as dy: the
+    reference's NumPy code reads them in place (no kernel launch), same results."""
+    calls = count_calls(monkeypatch, numba_linear, ["_linear_fwd", "_linear_bwd"])
+    x = rng.standard_normal((3, 8, 17)).transpose(0, 2, 1)  # (B, L, D) view
+    W, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+    assert_close(numba_linear.linear(x, W, b, check=False), nn.linear(x, W, b, check=False),
+                 kind="backend")
+    dy = rng.standard_normal((3, 17, 10))[..., 5:]
+    for g, r in zip(numba_linear.linear_backward(dy, x, W, b, check=False),
+                    nn.linear_backward(dy, x, W, b, check=False)):
+        assert_close(g, r, kind="backend")
+    assert calls == {"_linear_fwd": 0, "_linear_bwd": 0}
+
+
+@pytest.mark.parametrize("call", [
+    lambda f: f(np.ones((2, 3)), np.ones((4, 2))),  # x's last axis is not W's in
+    lambda f: f(np.ones((2, 3)), np.ones(3)),  # W not 2-D
+    lambda f: f(np.ones((2, 3)), np.ones((4, 3)), np.ones(3)),  # b not (out,)
+    lambda f: f(np.full((2, 3), np.nan), np.ones((4, 3))),  # not finite
+])
+def test_bad_input_raises_the_references_error(call):
+    with pytest.raises(ValueError) as want:
+        call(nn.linear)
+    with pytest.raises(ValueError, match=re.escape(str(want.value))):
+        call(numba_linear.linear)
+
+
+def test_the_blas_setting_is_restored():
+    """The kernels run with one BLAS thread per call; what the caller had is set again."""
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    before = blas_threads()
+    numba_linear.linear(np.ones((600, 4)), np.ones((3, 4)))
+    numba_linear.linear_backward(np.ones((600, 3)), np.ones((600, 4)), np.ones((3, 4)))
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("name", ["vim", "vmamba", "plainmamba"])
+def test_the_mixers_run_it_with_numba(rng, name, monkeypatch):
+    """In- and out-projections (and PlainMamba's x_proj, dt_proj) through the Numba layer,
+    the model's output and gradients as the reference's."""
+    ref = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
+                                d_state=4, seed=0)
+    model = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
+                                  d_state=4, seed=0)
+    model.set_backend(*fast.scan_functions("numba"))
+    calls = count_calls(monkeypatch, numba_linear, ["_linear_fwd", "_linear_bwd"])
+    x = rng.standard_normal((3, 8, 8, 1))
+    out, cache = model.forward(x, return_cache=True)
+    out_ref, cache_ref = ref.forward(x, return_cache=True)
+    assert calls["_linear_fwd"] >= 1  # in_proj; out_proj too but in Vim (a transposed view)
+    assert_close(out, out_ref, kind="backend")
+    dout = rng.standard_normal(out.shape)
+    grads, grads_ref = model.backward(dout, cache), ref.backward(dout, cache_ref)
+    # Vim's gradients come back transposed into in_proj, and out_proj's x was transposed
+    assert calls["_linear_bwd"] >= (0 if name == "vim" else 1)
+    for key in grads_ref:
+        assert_close(grads[key], grads_ref[key], kind="backend", err_msg=key)
