@@ -148,6 +148,41 @@ def count_calls(monkeypatch, module, names):
     return counts
 
 
+def small_model(name):
+    """A builder of a one-layer model of ``ssm_ref.vision.build_model`` on 8x8 one-channel
+    images (embedding 8, state 4, seed 0), for :func:`numba_against_reference`."""
+    def build():
+        import ssm_ref  # noqa: PLC0415
+        return ssm_ref.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8,
+                                          depth=1, d_state=4, seed=0)
+    return build
+
+
+def numba_against_reference(monkeypatch, build, module, kernels, x, rng):
+    """A model (or block) on Numba's scan functions against the same one on the reference's:
+    ``build()`` makes each; the calls of ``kernels`` of ``module`` are counted (as
+    :func:`count_calls`) while a forward and a backward on ``x`` run on both, and the
+    outputs and every gradient must agree within the ``"backend"`` tolerance.  Returns the
+    counts after the forward and after the backward."""
+    import fast  # noqa: PLC0415: the tests' helpers import fast only where they need it
+    from conftest import assert_close  # noqa: PLC0415
+    ref, model = build(), build()
+    model.set_backend(*fast.scan_functions("numba"))
+    calls = count_calls(monkeypatch, module, kernels)
+    out, cache = model.forward(x, return_cache=True)
+    after_forward = dict(calls)
+    out_ref, cache_ref = ref.forward(x, return_cache=True)
+    assert_close(out, out_ref, kind="backend")
+    dout = rng.standard_normal(out.shape)
+    grads, grads_ref = model.backward(dout, cache), ref.backward(dout, cache_ref)
+    if isinstance(grads, tuple):  # a block: (dx, grads)
+        assert_close(grads[0], grads_ref[0], kind="backend", err_msg="dx")
+        grads, grads_ref = grads[1], grads_ref[1]
+    for key in grads_ref:
+        assert_close(grads[key], grads_ref[key], kind="backend", err_msg=key)
+    return after_forward, dict(calls)
+
+
 def script_module(path, name):
     """The Python file ``path`` (a script outside the packages) imported as module ``name``."""
     import importlib.util

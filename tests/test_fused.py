@@ -476,20 +476,9 @@ def test_ss2d_refuses_a_fused_cache_with_other_scan_functions(rng):
 @pytest.mark.parametrize("name", ["vmamba", "localmamba", "efficientvmamba", "plainmamba"])
 def test_ss2d_models_use_the_fused_conv_with_numba(rng, name, monkeypatch):
     """SS2D's 3x3 and PlainMamba's 7x7 depthwise convolution + SiLU run the Numba kernel."""
-    ref = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
-                                d_state=4, seed=0)
-    fused = sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
-                                  d_state=4, seed=0)
-    fused.set_backend(*fast.scan_functions("numba"))
-    from cases import count_calls
-    calls = count_calls(monkeypatch, numba_fused, ["_conv2d", "_conv2d_backward"])
-    x = rng.standard_normal((3, 8, 8, 1))
-    out, cache = fused.forward(x, return_cache=True)
-    assert calls["_conv2d"], "SS2D did not run the fused conv2d + SiLU"
-    out_ref, cache_ref = ref.forward(x, return_cache=True)
-    assert_close(out, out_ref, kind="backend")
-    dout = rng.standard_normal(out.shape)
-    grads, grads_ref = fused.backward(dout, cache), ref.backward(dout, cache_ref)
-    assert calls["_conv2d_backward"] == calls["_conv2d"]  # one backward per convolution
-    for k in grads_ref:
-        assert_close(grads[k], grads_ref[k], kind="backend", err_msg=k)
+    from cases import numba_against_reference, small_model
+    forward, both = numba_against_reference(monkeypatch, small_model(name), numba_fused,
+                                            ["_conv2d", "_conv2d_backward"],
+                                            rng.standard_normal((3, 8, 8, 1)), rng)
+    assert forward["_conv2d"], "SS2D did not run the fused conv2d + SiLU"
+    assert both["_conv2d_backward"] == both["_conv2d"]  # one backward per convolution

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import count_calls
+from cases import numba_against_reference, small_model
 from conftest import assert_close, numerical_gradient
 
-import fast
 import ssm_ref as sr
 from fast import numba_projections
 from ssm_ref.vision.vmamba import direction_projections, direction_projections_backward
@@ -115,25 +114,10 @@ def test_numba_projections_match_twins(rng, dtype, view):
 def test_ss2d_models_use_the_numba_projections(rng, name, monkeypatch):
     """The SS2D variants run the compiled projections with Numba's scan functions, once per
     direction each way, and match the reference's output and gradients."""
-    def build():
-        if name == "multihead":
-            return sr.vision.MultiHeadSS2D(d_model=8, d_state=4, seed=0)
-        return sr.vision.build_model(name, img_size=(8, 8), in_chans=1, embed_dim=8, depth=1,
-                                     d_state=4, seed=0)
-    ref, fused = build(), build()
-    fused.set_backend(*fast.scan_functions("numba"))
-    calls = count_calls(monkeypatch, numba_projections, ["_projections_fwd",
-                                                         "_projections_bwd"])
+    build = ((lambda: sr.vision.MultiHeadSS2D(d_model=8, d_state=4, seed=0))
+             if name == "multihead" else small_model(name))
     x = rng.standard_normal((3, 8, 8, 8 if name == "multihead" else 1))
-    out, cache = fused.forward(x, return_cache=True)
-    assert calls["_projections_fwd"] > 0 and calls["_projections_fwd"] % 2 == 0
-    out_ref, cache_ref = ref.forward(x, return_cache=True)
-    assert_close(out, out_ref, kind="backend")
-    dout = rng.standard_normal(out.shape)
-    grads, grads_ref = fused.backward(dout, cache), ref.backward(dout, cache_ref)
-    assert calls["_projections_bwd"] == calls["_projections_fwd"]
-    if name == "multihead":  # a block: (dx, grads)
-        assert_close(grads[0], grads_ref[0], kind="backend", err_msg="dx")
-        grads, grads_ref = grads[1], grads_ref[1]
-    for key in grads_ref:
-        assert_close(grads[key], grads_ref[key], kind="backend", err_msg=key)
+    forward, both = numba_against_reference(monkeypatch, build, numba_projections,
+                                            ["_projections_fwd", "_projections_bwd"], x, rng)
+    assert forward["_projections_fwd"] > 0 and forward["_projections_fwd"] % 2 == 0
+    assert both["_projections_bwd"] == both["_projections_fwd"]
