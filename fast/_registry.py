@@ -435,8 +435,6 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     cross = importlib.import_module("fast.numba_cross")
     scan_fn.cross_scan = cross.cross_scan  # its directions' gathers, and their adjoint
     scan_backward_fn.cross_scan = cross.cross_merge
-    scan_fn.linear = importlib.import_module("fast.numba_linear").linear  # the mixers'
-    scan_backward_fn.linear = importlib.import_module("fast.numba_linear").linear_backward
     projections = importlib.import_module("fast.numba_projections")
     scan_fn.projections = projections.direction_projections  # and each direction's products
     scan_backward_fn.projections = projections.direction_projections_backward
@@ -447,4 +445,7 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     scan_backward_fn.layer_norm = norms.layer_norm_backward
     scan_fn.rms_norm = norms.rms_norm
     scan_backward_fn.rms_norm = norms.rms_norm_backward
+    linear = importlib.import_module("fast.numba_linear")
+    scan_fn.linear = linear.linear  # the mixers' in- and out-projections
+    scan_backward_fn.linear = linear.linear_backward
     return scan_fn, scan_backward_fn
