@@ -23,8 +23,8 @@ around every launch of a compiled kernel of ``fast.numba_cpu``, ``fast.numba_fus
 ``fast.numba_linear`` (by the kernel's name).  Each time is charged to the part it ran
 in, so the parts nest: a scan call holds its checks, its layouts (which may launch a copy
 kernel), its kernel and its own Python (the rest of its time: allocating the results,
-summing the threads' copies of the shared gradients, the screens, the casts).  The table gives, per part, its calls
-per step, the median over the steps of the time it took in each (ms) and that as a share
+summing the threads' copies of the shared gradients, the screens, the casts).  The table
+gives, per part, its calls per step, the median over the steps of the time it took in each (ms) and that as a share
 of the step's median; "the rest" is the step less its top-level parts (NumPy's layers,
 AdamW, the Python of the models).  Medians over steps do not add up exactly.
 
