@@ -6,8 +6,8 @@ Usage (from the repository's root; about half a minute on 2 cores)::
     python benchmarks/step_breakdown.py --case tiny-f64
     python benchmarks/step_breakdown.py --case vmamba --threads 1 --out benchmarks/results
 
-The step is ``compare_revisions.py``'s (``--passes step``): one training step of the
-model whose scan the case is (tiny Vim 8x8 for ``tiny`` and ``tiny-f64``, Vim 32x32 for
+The step is ``compare_revisions.py``'s (``--passes step``): one training step of the model
+whose scan the case is (tiny Vim 8x8 for ``tiny`` and ``tiny-f64``, Vim 32x32 for
 ``vim-f64``, VMamba 32x32 for ``vmamba``), the numba backend with the fused inner path,
 BLAS on one thread, glibc's malloc keeping freed memory (``ssm_ref._malloc``, as ``ssm-ref
 train`` and the other benchmarks run; without it a step whose footprint moves by a few MB
@@ -17,16 +17,17 @@ the two parts of their Python that take time ("checks", ``_check_structure``: th
 reference's checks of shapes, dtypes and the small arrays; "layouts",
 ``_fitting_kernel_args``: the kernels' layouts of B and C, copies of strided inputs; in a
 backward that starts from its kept forward, ``_backward_kernel_args``: the forward's
-arrays, laid out again only where the backward's kernel takes another layout), and
-around every launch of a compiled kernel of ``fast.numba_cpu``, ``fast.numba_fused``,
+arrays, laid out again only where the backward's kernel takes another layout), and around
+every launch of a compiled kernel of ``fast.numba_cpu``, ``fast.numba_fused``,
 ``fast.numba_norms``, ``fast.numba_cross``, ``fast.numba_projections`` and
-``fast.numba_linear`` (by the kernel's name).  Each time is charged to the part it ran
-in, so the parts nest: a scan call holds its checks, its layouts (which may launch a copy
+``fast.numba_linear`` (by the kernel's name).  Each time is charged to the part it ran in,
+so the parts nest: a scan call holds its checks, its layouts (which may launch a copy
 kernel), its kernel and its own Python (the rest of its time: allocating the results,
 summing the threads' copies of the shared gradients, the screens, the casts).  The table
-gives, per part, its calls per step, the median over the steps of the time it took in each (ms) and that as a share
-of the step's median; "the rest" is the step less its top-level parts (NumPy's layers,
-AdamW, the Python of the models).  Medians over steps do not add up exactly.
+gives, per part, its calls per step, the median over the steps of the time it took in each
+(ms) and that as a share of the step's median; "the rest" is the step less its top-level
+parts (NumPy's layers, AdamW, the Python of the models).  Medians over steps do not add up
+exactly.
 
 What is not timed here: the scan's kernels cannot be cheaper than the machine allows
 (``bench_scan``'s limit), and a part's time on a shared machine moves with the machine's
