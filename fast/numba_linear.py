@@ -136,7 +136,7 @@ def linear_backward(dy, x, W, b=None, *, check=True):
     if M:
         with one_blas_thread():
             _launch(_linear_bwd, dy2, x2, np.ascontiguousarray(W, dtype=real), dx, dW, db,
-                    max(threads, _blocks(M)))
+                    _blocks(M))  # at least `threads` blocks: each thread has a run
     return (dx.reshape(x.shape).astype(x.dtype, copy=False),
             dW.sum(axis=0).astype(W.dtype, copy=False),
             None if b is None else db.sum(axis=0).astype(b.dtype, copy=False))
