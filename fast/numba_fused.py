@@ -48,8 +48,9 @@ How it is computed
   and B, C already in the scan's (B, N, L) layout; ``delta = W_dt @ dt``
   is (B, D, L) directly.  No token-major copy and no transpose is made,
   where the reference goes through (B, L, ·) tokens for its ``linear``
-  layers.  The matrix products are NumPy's (BLAS); the weight gradients sum
-  over the batch as one batched product and a sum each.
+  layers.  The products and their backward are :mod:`fast.numba_projections`'
+  (one batch element's products after the other on each core, where that
+  pays; NumPy's batched products otherwise).
 * VMamba's SS2D has a 3x3 depthwise convolution on channels-last images
   followed by SiLU: :func:`depthwise_conv2d` does both in one kernel, one
   (batch, image row) per job with the loop over channels innermost and
@@ -90,6 +91,7 @@ from . import numba_cpu
 from ._fastexp import fast_sigmoid
 from ._views import in_parent
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
+from .numba_projections import direction_projections, direction_projections_backward
 
 __all__ = ["causal_conv1d", "causal_conv1d_backward", "mamba_inner_fn",
            "mamba_inner_fn_backward", "inner_forward", "inner_backward", "depthwise_conv2d",
@@ -379,14 +381,12 @@ def _path_forward(xz, w, scan_fn, Bgiven=None, Cgiven=None, softplus=True,
     ``b_dt``, ``A``, ``D`` (those of :func:`ssm_ref.mamba.inner_path_weights`).
     Returns ``(y (B, D, L), cache, last_state or None)``.
     """
-    real = xz.dtype
     D = xz.shape[1] // 2
     R, N = w["w_dt"].shape[1], w["A"].shape[1]
     x, z = xz[:, :D], xz[:, D:]  # (B, D, L) views
     x_act = _conv(x, w["w_conv"], w["b_conv"], True)  # (B, D, L)
-    x_dbl = np.matmul(w["w_x"].astype(real, copy=False), x_act)  # (B, R + 2N, L)
-    dt_low = x_dbl[:, :R]  # (B, R, L)
-    delta = np.matmul(w["w_dt"].astype(real, copy=False), dt_low)  # (B, D, L)
+    x_dbl, delta = direction_projections(x_act, w["w_x"], w["w_dt"], R)  # (B, R + 2N, L),
+    # (B, D, L): each batch element's x_proj and dt_proj, on all cores
     Bmat = x_dbl[:, R:R + N] if Bgiven is None else Bgiven  # (B, N, L)
     Cmat = x_dbl[:, R + N:] if Cgiven is None else Cgiven  # (B, N, L)
     res, kept = scan_keeping(scan_fn, x_act, delta, w["A"], Bmat, Cmat, D=w["D"], z=z,
@@ -406,16 +406,11 @@ def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False):
     N = w["A"].shape[1]
     s = scan_backward_kept(scan_backward_fn, dy, c["scan"])  # from the forward's kept scan
     g = {}
-    w_dt, w_x = w["w_dt"].astype(real, copy=False), w["w_x"].astype(real, copy=False)
-    ddelta = s["delta"]  # (B, D, L)
-    g["w_dt"] = _batch_outer(ddelta, c["x_dbl"][:, :R])  # (D, R)
-    d_xdbl = np.empty(c["x_dbl"].shape, real)  # (B, R + 2N, L)
-    np.matmul(w_dt.T, ddelta, out=d_xdbl[:, :R])  # (B, R, L)
-    d_xdbl[:, R:R + N] = 0 if Bgiven else s["B"]  # a given B took no part in x_proj
-    d_xdbl[:, R + N:] = 0 if Cgiven else s["C"]
-    g["w_x"] = _batch_outer(d_xdbl, c["x_act"])  # (R + 2N, D)
-    dx_act = np.matmul(w_x.T, d_xdbl)  # (B, D, L): x_proj's input ...
-    dx_act += s["u"]  # ... and the scan's
+    zeros = np.zeros((nb, N, nl), real) if Bgiven or Cgiven else None  # (B, N, L)
+    dx_act = s["u"]  # (B, D, L): the scan's input, x_proj's input's gradient added below
+    g["w_x"], g["w_dt"] = direction_projections_backward(
+        s["delta"], zeros if Bgiven else s["B"], zeros if Cgiven else s["C"],  # a given B, C
+        c["x_act"], c["x_dbl"][:, :R], w["w_x"], w["w_dt"], dx_act)  # took no part in x_proj
     dxz = np.empty((nb, 2 * D, nl), real)  # (B, 2D, L)
     _, g["w_conv"], g["b_conv"] = _conv_backward(dx_act, c["x"], w["w_conv"], w["b_conv"], True,
                                                  out=dxz, c0=0)  # dx into dxz[:, :D]

@@ -1,4 +1,9 @@
-"""SS2D's per-direction projections with Numba: each batch element's products, on all cores.
+"""The projections into the scan's steps, B and C, with Numba: each batch element's products
+on all cores.
+
+They are SS2D's per-direction projections and the Mamba inner path's ``x_proj``
+and ``dt_proj`` (:mod:`fast.numba_fused` calls them for Mamba and Vim): the
+same two products on a channels-first (B, D, L) input.
 
 Glossary
 --------
@@ -32,17 +37,49 @@ so that the two pools of threads do not compete).  Slices of a larger array
 read and written in place as the array and the slice's first channel
 (:func:`fast._views.in_parent`).
 Inputs in float32 are computed in float32, anything else in float64.
+
+When it pays
+------------
+Each thread's products are the same BLAS calls NumPy makes, one batch element
+at a time, so what this buys is the second core, and only where an element's
+products are large enough to carry the calls around them.  Measured on the
+2-core Intel Xeon (batch 64, D = 48, R + 2N = 18, medians in µs,
+NumPy / Numba):
+
+=======  ==============  ================  ================  =================
+L        forward, 1 th.  forward, 2 th.    backward, 1 th.   backward, 2 th.
+=======  ==============  ================  ================  =================
+17       35 / 54         35 / 37           145 / 248         156 / 199
+33       70 / 103        69 / 51           247 / 333         249 / 193
+257      805 / 873       810 / 456         1963 / 1577       1953 / 866
+=======  ==============  ================  ================  =================
+
+(float64; float32 alike.)  So the kernels run when there are two threads or
+more and at least :data:`MIN_LENGTH` steps; otherwise the reference twins'
+NumPy products do (Vim 8x8's 17 tokens: the kernels made its training step
+1.05-1.09 times as slow).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
+
+from ssm_ref.vision import vmamba
 
 from ._blas import one_blas_thread
 from ._views import in_parent
 from .numba_cpu import _compute_dtype, _launch, _njit_noalias, _threads
 
 __all__ = ["direction_projections", "direction_projections_backward"]
+
+#: the shortest sequence whose products go to the kernels (see "When it pays")
+MIN_LENGTH = 32
+
+
+def _kernels_pay(x):
+    """Whether the kernels beat NumPy's products on ``x`` (B, D, L): two threads or more, and
+    at least :data:`MIN_LENGTH` steps."""
+    return _threads(x.shape[0]) > 1 and x.shape[2] >= MIN_LENGTH
 
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
@@ -52,6 +89,15 @@ def _projections_fwd(x, x0, w_x, w_dt, x_dbl, delta, d0):
     for i in prange(x.shape[0]):
         np.dot(w_x, x[i, x0:x0 + D], x_dbl[i])
         np.dot(w_dt, x_dbl[i, :R], delta[i, d0:d0 + D])
+
+
+@njit(error_model="numpy", inline="always")
+def _add_into(out, a):
+    """``out += a`` for 2-D arrays, as loops (Numba's ``+=`` on a slice of a 3-D array ran
+    at about 1 ns an element, a fifth of these loops' speed)."""
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[r, c] += a[r, c]
 
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
@@ -87,7 +133,7 @@ def _projections_bwd(ddelta, e0, dB, b0, dC, c0, x, x0, dts, t0, w_xT, w_dtT, dx
             np.dot(dd, dts[i, t0:t0 + R].T, dw_dt_s[t])
             dw_dt[t] += dw_dt_s[t]
             np.dot(w_xT, d_xdbl, dx_s[t])
-            dx[i, f0:f0 + D] += dx_s[t]
+            _add_into(dx[i, f0:f0 + D], dx_s[t])
 
 
 def direction_projections(x, w_x, w_dt, dt_rank, out=None):
@@ -103,6 +149,9 @@ def direction_projections(x, w_x, w_dt, dt_rank, out=None):
     (array([2., 2., 2.]), array([4., 4., 4.]))
     """
     real = _compute_dtype(x.dtype)
+    if not _kernels_pay(x):
+        return vmamba.direction_projections(*(a.astype(real, copy=False) for a in (x, w_x, w_dt)),
+                                            dt_rank, out)
     n, D, L = x.shape
     w_x = np.ascontiguousarray(w_x, dtype=real)  # (M, D)
     w_dt = np.ascontiguousarray(w_dt, dtype=real)  # (D, R)
@@ -126,6 +175,9 @@ def direction_projections_backward(ddelta, dB, dC, x, dts, w_x, w_dt, dx):
     unchecked: ``(dw_x, dw_dt)``, and the gradient through the projections added into ``dx``.
     """
     real = _compute_dtype(x.dtype)
+    if not _kernels_pay(x):
+        return vmamba.direction_projections_backward(
+            *(a.astype(real, copy=False) for a in (ddelta, dB, dC, x, dts, w_x, w_dt)), dx)
     n, D, _ = x.shape
     threads = _threads(n)
     M, R = w_x.shape[0], w_dt.shape[1]

@@ -1,4 +1,5 @@
-"""SS2D's per-direction projections: the reference twins and their Numba versions.
+"""SS2D's per-direction projections (and the Mamba inner path's x_proj and dt_proj): the
+reference twins and their Numba versions.
 
 ``ssm_ref.vision.vmamba.direction_projections`` (``x_dbl = w_x @ x``, ``delta =
 w_dt @ x_dbl[:, :R]``) and its backward against ``np.einsum`` and central
@@ -6,12 +7,15 @@ differences; ``fast.numba_projections`` against the twins with the shared
 ``"backend"`` tolerance, float64 and float32, for the views the models hand over
 (direction k's channels of the grouped scan's arrays, transposed sequences,
 other views that must be copied, and an output that must be written in place).
+Its kernels run only where they pay (two threads, long enough sequences); the
+fixture ``kernels`` makes them run on these tests' small sizes, and one test
+checks the rule itself.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import numba_against_reference, small_model
+from cases import count_calls, numba_against_reference, small_model
 from conftest import assert_close, numerical_gradient
 
 import ssm_ref as sr
@@ -21,6 +25,12 @@ from ssm_ref.vision.vmamba import direction_projections, direction_projections_b
 DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 B, K, D, L, N, R = 3, 4, 5, 7, 2, 3  # batch, directions, channels, length, state, rank
 M = R + 2 * N
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """The compiled kernels for every size and thread count (the tests' sizes are small)."""
+    monkeypatch.setattr(numba_projections, "_kernels_pay", lambda x: True)
 
 
 def weights(rng, dtype=np.float64):
@@ -78,7 +88,7 @@ def test_twin_backward_matches_finite_differences(rng):
 
 @DTYPES
 @pytest.mark.parametrize("view", VIEWS)
-def test_numba_projections_match_twins(rng, dtype, view):
+def test_numba_projections_match_twins(rng, dtype, view, kernels):
     """Forward and backward against the twins; ``out`` and ``dx`` slices written in place,
     other layouts copied in and (for ``dx``) back."""
     cut = VIEWS[view]
@@ -111,7 +121,7 @@ def test_numba_projections_match_twins(rng, dtype, view):
 
 
 @pytest.mark.parametrize("name", ["vmamba", "localmamba", "efficientvmamba", "multihead"])
-def test_ss2d_models_use_the_numba_projections(rng, name, monkeypatch):
+def test_ss2d_models_use_the_numba_projections(rng, name, monkeypatch, kernels):
     """The SS2D variants run the compiled projections with Numba's scan functions, once per
     direction each way, and match the reference's output and gradients."""
     build = ((lambda: sr.vision.MultiHeadSS2D(d_model=8, d_state=4, seed=0))
@@ -121,3 +131,49 @@ def test_ss2d_models_use_the_numba_projections(rng, name, monkeypatch):
                                             ["_projections_fwd", "_projections_bwd"], x, rng)
     assert forward["_projections_fwd"] > 0 and forward["_projections_fwd"] % 2 == 0
     assert both["_projections_bwd"] == both["_projections_fwd"]
+
+
+@pytest.mark.parametrize("name", ["vim", "mamba-block"])
+def test_mamba_inner_path_uses_the_numba_projections(rng, name, monkeypatch, kernels):
+    """The fused inner path (Vim's two directions, the Mamba block's one) runs x_proj and
+    dt_proj through the compiled projections with Numba's scan functions."""
+    build = ((lambda: sr.MambaBlock(d_model=8, d_state=4, seed=0)) if name == "mamba-block"
+             else small_model(name))
+    x = rng.standard_normal((3, 9, 8) if name == "mamba-block" else (3, 8, 8, 1))
+    forward, both = numba_against_reference(monkeypatch, build, numba_projections,
+                                            ["_projections_fwd", "_projections_bwd"], x, rng)
+    assert forward["_projections_fwd"] == (1 if name == "mamba-block" else 2)
+    assert both["_projections_bwd"] == both["_projections_fwd"]
+
+
+@pytest.mark.parametrize("length", [numba_projections.MIN_LENGTH - 1,
+                                    numba_projections.MIN_LENGTH])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_run_where_they_pay(rng, monkeypatch, length, threads):
+    """Two threads or more and at least ``MIN_LENGTH`` steps: the kernels; otherwise the
+    twins' NumPy products, with the same results either way."""
+    import numba
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} thread(s) on this machine")
+    calls = count_calls(monkeypatch, numba_projections, ["_projections_fwd", "_projections_bwd"])
+    x = rng.standard_normal((B, D, length))
+    w_x, w_dt = weights(rng)
+    dd, dB, dC = (rng.standard_normal(s) for s in ((B, D, length), (B, N, length),
+                                                   (B, N, length)))
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        got = numba_projections.direction_projections(x, w_x, w_dt, R)
+        dx = np.zeros_like(x)
+        dw = numba_projections.direction_projections_backward(dd, dB, dC, x, got[0][:, :R],
+                                                              w_x, w_dt, dx)
+    finally:
+        numba.set_num_threads(before)
+    runs = threads > 1 and length >= numba_projections.MIN_LENGTH
+    assert calls == {"_projections_fwd": int(runs), "_projections_bwd": int(runs)}
+    want = direction_projections(x, w_x, w_dt, R)
+    dx_want = np.zeros_like(x)
+    dw_want = direction_projections_backward(dd, dB, dC, x, want[0][:, :R], w_x, w_dt, dx_want)
+    for name, a, b in zip(("x_dbl", "delta", "dx", "dw_x", "dw_dt"), (*got, dx, *dw),
+                          (*want, dx_want, *dw_want)):
+        assert_close(a, b, kind="backend", err_msg=name)
