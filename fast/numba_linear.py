@@ -18,24 +18,29 @@ thread's run of blocks and, per block, ``dx = dy W`` and ``dy^T x`` into the
 thread's own sum of ``dW``, and the block's column sums into its sum of
 ``db``; the threads' sums are added at the end.
 
-Tokens that are a strided view (Vim's out-projection reads the scan's
-channels-first output transposed, its in-projection's gradient comes back
-that way) go to the reference's NumPy code, whose batched product reads them
-in place: copied into blocks first, Vim 32x32's out-projection took 3.4 ms
-against NumPy's 1.3 in a training step on one thread.
+Tokens given channels first, as the transpose (B, L, in) of a C-contiguous
+(B, in, L) array (Vim's out-projection reads the scan's channels-first output
+that way, and its in-projection's gradient comes back that way), are read in
+place: a parallel loop over the batch gives each element's product to BLAS
+with the channels-first matrix as the transposed operand (BLAS reads either
+order), and the backward's ``dx`` for such an ``x`` is written channels first
+too (the same values; its transpose is then C-contiguous, the layout the scan
+wants).  Copied into token blocks first, Vim 32x32's out-projection took 3.4 ms
+against NumPy's 1.3 on one thread.  Any other strided view goes to the
+reference's NumPy code.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from ssm_ref import nn
 from ssm_ref.nn import _check_linear, _grad_like, _real, _work_dtype
 from ssm_ref._validation import as_array, check_shape
 
-from ._blas import one_blas_thread
+from ._blas import add_into, one_blas_thread
 from .numba_cpu import _launch, _njit_noalias, _threads
 
 __all__ = ["linear", "linear_backward"]
@@ -53,9 +58,42 @@ def _linear_fwd(x, wT, b, out, nblocks):
     for k in prange(nblocks):
         r0, r1 = k * M // nblocks, (k + 1) * M // nblocks
         np.dot(x[r0:r1], wT, out[r0:r1])
-        if b.size:
-            for r in range(r0, r1):
-                out[r] += b
+        _add_bias(out[r0:r1], b)
+
+
+@njit(error_model="numpy", inline="always")
+def _add_bias(out, b):
+    """``out[r] += b`` for every row of the 2-D ``out`` (nothing when ``b`` is empty)."""
+    if b.size:
+        for r in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                out[r, c] += b[c]
+
+
+@njit(error_model="numpy", inline="always")
+def _add_row_sums(out, a):
+    """``out[c] += sum_r a[r, c]`` for the 2-D ``a``."""
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            out[c] += a[r, c]
+
+
+@njit(error_model="numpy", inline="always")
+def _add_column_sums(out, a):
+    """``out[r] += sum_c a[r, c]`` for the 2-D ``a``."""
+    for r in range(a.shape[0]):
+        acc = a[r, 0] - a[r, 0]  # typed zero
+        for c in range(a.shape[1]):
+            acc += a[r, c]
+        out[r] += acc
+
+
+@_njit_noalias(parallel=True, error_model="numpy", cache=True)
+def _linear_fwd_cf(x_cf, wT, b, out):
+    """``out[i] = x_cf[i].T @ wT + b`` for channels-first (B, in, L) ``x_cf``, by batch element."""
+    for i in prange(x_cf.shape[0]):
+        np.dot(x_cf[i].T, wT, out[i])
+        _add_bias(out[i], b)
 
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
@@ -71,14 +109,55 @@ def _linear_bwd(dy, x, w, dx, dW, db, nblocks):
             r0, r1 = k * M // nblocks, (k + 1) * M // nblocks
             np.dot(dy[r0:r1], w, dx[r0:r1])
             np.dot(dy[r0:r1].T, x[r0:r1], part[t])
-            dW[t] += part[t]
-            for r in range(r0, r1):
-                db[t] += dy[r]
+            add_into(dW[t], part[t])
+            _add_row_sums(db[t], dy[r0:r1])
+
+
+@_njit_noalias(parallel=True, error_model="numpy", cache=True)
+def _linear_bwd_x_cf(dy, x_cf, wT, dx_cf, dW, db):
+    """As :func:`_linear_bwd` by batch element, ``x`` and ``dx`` channels first (B, in, L):
+    ``dx_cf[i] = wT @ dy[i].T``, ``dW[t] += dy[i].T @ x_cf[i].T``."""
+    n = dy.shape[0]
+    T = dW.shape[0]
+    part = np.empty_like(dW)
+    for t in prange(T):
+        dW[t] = 0
+        db[t] = 0
+        for i in range(t * n // T, (t + 1) * n // T):
+            np.dot(wT, dy[i].T, dx_cf[i])
+            np.dot(dy[i].T, x_cf[i].T, part[t])
+            add_into(dW[t], part[t])
+            _add_row_sums(db[t], dy[i])
+
+
+@_njit_noalias(parallel=True, error_model="numpy", cache=True)
+def _linear_bwd_dy_cf(dy_cf, x, w, dx, dW, db):
+    """As :func:`_linear_bwd` by batch element, ``dy`` channels first (B, out, L):
+    ``dx[i] = dy_cf[i].T @ w``, ``dW[t] += dy_cf[i] @ x[i]``."""
+    n = x.shape[0]
+    T = dW.shape[0]
+    part = np.empty_like(dW)
+    for t in prange(T):
+        dW[t] = 0
+        db[t] = 0
+        for i in range(t * n // T, (t + 1) * n // T):
+            np.dot(dy_cf[i].T, w, dx[i])
+            np.dot(dy_cf[i], x[i], part[t])
+            add_into(dW[t], part[t])
+            _add_column_sums(db[t], dy_cf[i])
 
 
 def _blocks(rows):
     """Blocks of about :data:`BLOCK_ROWS` rows, at least one per thread where rows allow."""
     return max(1, min(rows, max(_threads(rows), -(-rows // BLOCK_ROWS))))
+
+
+def _channels_first(a):
+    """The C-contiguous (B, C, L) array whose transpose is the strided (B, L, C) ``a``, or None
+    (``a`` C-contiguous, or strided another way)."""
+    if a.ndim == 3 and not a.flags.c_contiguous and a.transpose(0, 2, 1).flags.c_contiguous:
+        return a.transpose(0, 2, 1)
+    return None
 
 
 def linear(x, W, b=None, *, check=True):
@@ -92,24 +171,31 @@ def linear(x, W, b=None, *, check=True):
     array([[1. , 3.5]])
     """
     x, W = _check_linear(x, W, check)
-    if not x.flags.c_contiguous:  # a strided view: NumPy's product reads it in place
+    x_cf = _channels_first(x)
+    if not x.flags.c_contiguous and x_cf is None:  # strided another way: NumPy reads it
         return nn.linear(x, W, b, check=check)
     if b is not None and check:
         b = check_shape(_real(b, "b"), "b", (W.shape[0],))
     real = _work_dtype(check, x, W)
     M = math.prod(x.shape[:-1])  # tokens
-    x2 = np.ascontiguousarray(x.reshape(M, W.shape[1]), dtype=real)  # (M, in)
-    out = np.empty((M, W.shape[0]), real)  # (M, out)
+    out = np.empty(x.shape[:-1] + (W.shape[0],), real)  # (..., out)
     bias = np.zeros(0, real) if b is None else np.ascontiguousarray(b, dtype=real)
+    wT = np.ascontiguousarray(W.T, dtype=real)  # (in, out)
     if M:
         with one_blas_thread():
-            _launch(_linear_fwd, x2, np.ascontiguousarray(W.T, dtype=real), bias, out,
-                    _blocks(M))
-    return out.reshape(x.shape[:-1] + (W.shape[0],)).astype(x.dtype, copy=False)
+            if x_cf is None:
+                _launch(_linear_fwd, np.ascontiguousarray(x.reshape(M, W.shape[1]), dtype=real),
+                        wT, bias, out.reshape(M, W.shape[0]), _blocks(M))
+            else:
+                _launch(_linear_fwd_cf, x_cf.astype(real, copy=False), wT, bias, out)
+    return out.astype(x.dtype, copy=False)
 
 
 def linear_backward(dy, x, W, b=None, *, check=True):
     """Numba version of :func:`ssm_ref.nn.linear_backward` (same signature and result).
+
+    A channels-first ``x`` (see the module's docstring) gets its ``dx`` in
+    the same layout.
 
     Examples
     --------
@@ -121,22 +207,36 @@ def linear_backward(dy, x, W, b=None, *, check=True):
     """
     x, W = _check_linear(x, W, check)
     dy = _grad_like(dy, x.shape[:-1] + (W.shape[0],), "dy", check)
-    if not (x.flags.c_contiguous and dy.flags.c_contiguous):  # as in linear
+    x_cf, dy_cf = _channels_first(x), _channels_first(dy)
+    by_blocks = x.flags.c_contiguous and dy.flags.c_contiguous
+    if not (by_blocks or (x_cf is not None and dy.flags.c_contiguous)
+            or (dy_cf is not None and x.flags.c_contiguous)):  # NumPy reads other views
         return nn.linear_backward(dy, x, W, b, check=check)
     if b is not None and check:
         b = as_array(b, "b", allow_complex=False)
     real = _work_dtype(check, x, W, dy)
     M = math.prod(x.shape[:-1])  # tokens
-    dy2 = np.ascontiguousarray(dy.reshape(M, W.shape[0]), dtype=real)  # (M, out)
-    x2 = np.ascontiguousarray(x.reshape(M, W.shape[1]), dtype=real)  # (M, in)
-    threads = _threads(max(M, 1))
-    dx = np.empty(x2.shape, real)
+    threads = _threads(max(M if by_blocks else x.shape[0], 1))
     dW = np.zeros((threads,) + W.shape, real)  # one sum per thread
     db = np.zeros((threads, W.shape[0]), real)
+    w = np.ascontiguousarray(W, dtype=real)  # (out, in)
+    if x_cf is not None:
+        dx = np.empty(x_cf.shape, real).transpose(0, 2, 1)  # (B, L, in), channels first
+    else:
+        dx = np.empty(x.shape, real)  # (..., in)
     if M:
         with one_blas_thread():
-            _launch(_linear_bwd, dy2, x2, np.ascontiguousarray(W, dtype=real), dx, dW, db,
-                    _blocks(M))  # at least `threads` blocks: each thread has a run
-    return (dx.reshape(x.shape).astype(x.dtype, copy=False),
+            if by_blocks:  # at least `threads` blocks: each thread has a run
+                _launch(_linear_bwd, np.ascontiguousarray(dy.reshape(M, W.shape[0]), dtype=real),
+                        np.ascontiguousarray(x.reshape(M, W.shape[1]), dtype=real), w,
+                        dx.reshape(M, W.shape[1]), dW, db, _blocks(M))
+            elif x_cf is not None:
+                _launch(_linear_bwd_x_cf, dy.astype(real, copy=False),
+                        x_cf.astype(real, copy=False), np.ascontiguousarray(w.T),
+                        dx.transpose(0, 2, 1), dW, db)
+            else:
+                _launch(_linear_bwd_dy_cf, dy_cf.astype(real, copy=False),
+                        x.astype(real, copy=False), w, dx, dW, db)
+    return (dx.astype(x.dtype, copy=False),
             dW.sum(axis=0).astype(W.dtype, copy=False),
             None if b is None else db.sum(axis=0).astype(b.dtype, copy=False))

@@ -62,11 +62,11 @@ NumPy products do (Vim 8x8's 17 tokens: the kernels made its training step
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from ssm_ref.vision import vmamba
 
-from ._blas import one_blas_thread
+from ._blas import add_into, one_blas_thread
 from ._views import in_parent
 from .numba_cpu import _compute_dtype, _launch, _njit_noalias, _threads
 
@@ -89,15 +89,6 @@ def _projections_fwd(x, x0, w_x, w_dt, x_dbl, delta, d0):
     for i in prange(x.shape[0]):
         np.dot(w_x, x[i, x0:x0 + D], x_dbl[i])
         np.dot(w_dt, x_dbl[i, :R], delta[i, d0:d0 + D])
-
-
-@njit(error_model="numpy", inline="always")
-def _add_into(out, a):
-    """``out += a`` for 2-D arrays, as loops (Numba's ``+=`` on a slice of a 3-D array ran
-    at about 1 ns an element, a fifth of these loops' speed)."""
-    for r in range(out.shape[0]):
-        for c in range(out.shape[1]):
-            out[r, c] += a[r, c]
 
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
@@ -133,7 +124,7 @@ def _projections_bwd(ddelta, e0, dB, b0, dC, c0, x, x0, dts, t0, w_xT, w_dtT, dx
             np.dot(dd, dts[i, t0:t0 + R].T, dw_dt_s[t])
             dw_dt[t] += dw_dt_s[t]
             np.dot(w_xT, d_xdbl, dx_s[t])
-            _add_into(dx[i, f0:f0 + D], dx_s[t])
+            add_into(dx[i, f0:f0 + D], dx_s[t])
 
 
 def direction_projections(x, w_x, w_dt, dt_rank, out=None):

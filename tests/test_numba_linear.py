@@ -3,7 +3,7 @@
 Forward and backward with the shared ``"backend"`` tolerance, the reference's
 dtype rules (a checked call in float64, an unchecked float32 call in float32,
 results in the arguments' dtypes), token counts that split into uneven blocks,
-strided inputs, no tokens, the reference's errors, the BLAS setting restored
+channels-first and other strided inputs, no tokens, the reference's errors, the BLAS setting restored
 after a call, and the mixers running it with Numba's scan functions.
 """
 from __future__ import annotations
@@ -49,19 +49,52 @@ def test_matches_the_reference(rng, lead, n_in, n_out, bias, dtype, check):
                          err_msg=name)
 
 
-def test_strided_tokens_and_gradients(rng, monkeypatch):
-    """A transposed view (Vim's ``y.transpose(0, 2, 1)``) and a channel slice as dy: the
-    reference's NumPy code reads them in place (no kernel launch), same results."""
-    calls = count_calls(monkeypatch, numba_linear, ["_linear_fwd", "_linear_bwd"])
-    x = rng.standard_normal((3, 8, 17)).transpose(0, 2, 1)  # (B, L, D) view
-    W, b = rng.standard_normal((5, 8)), rng.standard_normal(5)
+LAYOUTS = {  # (x's layout, dy's layout) -> the kernel that must run (None: NumPy's code)
+    ("C", "C"): "_linear_bwd",
+    ("channels first", "C"): "_linear_bwd_x_cf",  # Vim's out_proj: x = y.transpose(0, 2, 1)
+    ("C", "channels first"): "_linear_bwd_dy_cf",  # Vim's in_proj: dy = dxz.transpose(0, 2, 1)
+    ("channels first", "channels first"): None,
+    ("C", "a channel slice"): None,
+    ("every other token", "C"): None,
+}
+KERNELS = ["_linear_fwd", "_linear_fwd_cf", "_linear_bwd", "_linear_bwd_x_cf",
+           "_linear_bwd_dy_cf"]
+
+
+def laid_out(a, layout):
+    """The (B, L, C) array ``a`` in ``layout``: the same values, other strides."""
+    if layout == "channels first":  # the transpose of a C-contiguous (B, C, L) array
+        return np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    if layout == "a channel slice":
+        return np.concatenate([a, a], axis=-1)[..., :a.shape[-1]]
+    if layout == "every other token":
+        return np.repeat(a, 2, axis=1)[:, ::2]
+    return a
+
+
+@pytest.mark.parametrize("layouts", LAYOUTS, ids=[" & ".join(k) for k in LAYOUTS])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_strided_tokens_and_gradients(rng, monkeypatch, layouts, dtype):
+    """Tokens and gradients laid out as the mixers hand them over: channels-first views
+    read in place by their kernels (and ``dx`` for a channels-first ``x`` written channels
+    first), any other view by the reference's NumPy code; the same results."""
+    calls = count_calls(monkeypatch, numba_linear, KERNELS)
+    B, L, n_in, n_out = 3, 17, 8, 5
+    x = laid_out(rng.standard_normal((B, L, n_in)).astype(dtype), layouts[0])
+    dy = laid_out(rng.standard_normal((B, L, n_out)).astype(dtype), layouts[1])
+    W, b = (rng.standard_normal(s).astype(dtype) for s in ((n_out, n_in), n_out))
+    precision = np.float32 if dtype == np.float32 else np.float64
     assert_close(numba_linear.linear(x, W, b, check=False), nn.linear(x, W, b, check=False),
-                 kind="backend")
-    dy = rng.standard_normal((3, 17, 10))[..., 5:]
-    for g, r in zip(numba_linear.linear_backward(dy, x, W, b, check=False),
-                    nn.linear_backward(dy, x, W, b, check=False)):
-        assert_close(g, r, kind="backend")
-    assert calls == {"_linear_fwd": 0, "_linear_bwd": 0}
+                 kind="backend", dtype=dtype, precision=precision)
+    got = numba_linear.linear_backward(dy, x, W, b, check=False)
+    for name, g, r in zip(("dx", "dW", "db"), got, nn.linear_backward(dy, x, W, b,
+                                                                      check=False)):
+        assert_close(g, r, kind="backend", dtype=dtype, precision=precision, err_msg=name)
+    forward = {"C": "_linear_fwd", "channels first": "_linear_fwd_cf"}.get(layouts[0])
+    want = {k: int(k in (forward, LAYOUTS[layouts])) for k in KERNELS}
+    assert calls == want
+    if LAYOUTS[layouts] == "_linear_bwd_x_cf":  # dx laid out as x
+        assert got[0].transpose(0, 2, 1).flags.c_contiguous
 
 
 @pytest.mark.parametrize("call", [
@@ -92,8 +125,11 @@ def test_the_mixers_run_it_with_numba(rng, name, monkeypatch):
     """In- and out-projections (and PlainMamba's x_proj, dt_proj) through the Numba layer,
     the model's output and gradients as the reference's."""
     forward, both = numba_against_reference(monkeypatch, small_model(name), numba_linear,
-                                            ["_linear_fwd", "_linear_bwd"],
-                                            rng.standard_normal((3, 8, 8, 1)), rng)
-    assert forward["_linear_fwd"] >= 1  # in_proj; out_proj too but in Vim (a transposed view)
-    # Vim's gradients come back transposed into in_proj, and out_proj's x was transposed
-    assert both["_linear_bwd"] >= (0 if name == "vim" else 1)
+                                            KERNELS, rng.standard_normal((3, 8, 8, 1)), rng)
+    assert forward["_linear_fwd"] >= 1  # in_proj, and out_proj but in Vim:
+    if name == "vim":  # out_proj reads the scan's output channels first, and in_proj's
+        # gradient comes back channels first
+        assert forward["_linear_fwd_cf"] == 1
+        assert both["_linear_bwd_x_cf"] == both["_linear_bwd_dy_cf"] == 1
+    else:
+        assert both["_linear_bwd"] >= 1
