@@ -98,13 +98,12 @@ def _linear_fwd_cf(x_cf, wT, b, out):
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
 def _linear_bwd(dy, x, w, dx, dW, db, nblocks):
-    """``dx = dy w``; ``dW[t] = sum dy^T x`` and ``db[t] = sum dy`` over thread t's blocks."""
+    """``dx = dy w``; ``dW[t] += sum dy^T x`` and ``db[t] += sum dy`` over thread t's blocks
+    (``dW`` and ``db`` come zeroed)."""
     M = x.shape[0]
     T = dW.shape[0]
     part = np.empty_like(dW)
     for t in prange(T):
-        dW[t] = 0
-        db[t] = 0
         for k in range(t * nblocks // T, (t + 1) * nblocks // T):
             r0, r1 = k * M // nblocks, (k + 1) * M // nblocks
             np.dot(dy[r0:r1], w, dx[r0:r1])
@@ -121,8 +120,6 @@ def _linear_bwd_x_cf(dy, x_cf, wT, dx_cf, dW, db):
     T = dW.shape[0]
     part = np.empty_like(dW)
     for t in prange(T):
-        dW[t] = 0
-        db[t] = 0
         for i in range(t * n // T, (t + 1) * n // T):
             np.dot(wT, dy[i].T, dx_cf[i])
             np.dot(dy[i].T, x_cf[i].T, part[t])
@@ -138,8 +135,6 @@ def _linear_bwd_dy_cf(dy_cf, x, w, dx, dW, db):
     T = dW.shape[0]
     part = np.empty_like(dW)
     for t in prange(T):
-        dW[t] = 0
-        db[t] = 0
         for i in range(t * n // T, (t + 1) * n // T):
             np.dot(dy_cf[i].T, w, dx[i])
             np.dot(dy_cf[i], x[i], part[t])
