@@ -49,15 +49,19 @@ NumPy / Numba):
 =======  ==============  ================  ================  =================
 L        forward, 1 th.  forward, 2 th.    backward, 1 th.   backward, 2 th.
 =======  ==============  ================  ================  =================
-17       35 / 54         35 / 37           145 / 248         156 / 199
-33       70 / 103        69 / 51           247 / 333         249 / 193
-257      805 / 873       810 / 456         1963 / 1577       1953 / 866
+17       35 / 55         35 / 37           148 / 190         162 / 173
+33       76 / 109        76 / 51           252 / 288         257 / 173
+65       206 / 248       204 / 105         536 / 477         515 / 295
+257      824 / 887       823 / 465         2035 / 1574       2031 / 852
 =======  ==============  ================  ================  =================
 
 (float64; float32 alike.)  So the kernels run when there are two threads or
 more and at least :data:`MIN_LENGTH` steps; otherwise the reference twins'
-NumPy products do (Vim 8x8's 17 tokens: the kernels made its training step
-1.04-1.10 times as slow).
+NumPy products do.  (Run everywhere, in a version whose weight gradients were
+summed with Numba's ``+=``, the kernels made Vim 8x8's training step, 17 tokens,
+1.04-1.10 times as slow.)  On two threads a short sequence's kernels do not
+run at twice the speed of one: what surrounds the products (the wrapper's
+Python, about 50 µs with the BLAS setting, and BLAS's own calls) stays.
 """
 from __future__ import annotations
 
