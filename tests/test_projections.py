@@ -41,7 +41,7 @@ def weights(rng, dtype=np.float64):
 #: direction 1's (B, D, L) sequences, cut in the ways the models cut them
 VIEWS = {"channels of the grouped scan": lambda a: a[:, D:2 * D],  # SS2D: u[:, k·D:(k+1)·D]
          "contiguous": lambda a: np.ascontiguousarray(a[:, D:2 * D]),
-         "transposed tokens": lambda a: np.ascontiguousarray(  # MultiHeadSS2D: (B, L, c).T
+         "transposed tokens": lambda a: np.ascontiguousarray(  # a sequence (B, L, c).T
              a[:, D:2 * D].transpose(0, 2, 1)).transpose(0, 2, 1),
          "every other step": lambda a: np.ascontiguousarray(
              np.repeat(a[:, D:2 * D], 2, axis=2))[:, :, ::2]}

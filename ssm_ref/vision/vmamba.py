@@ -908,19 +908,19 @@ class MultiHeadSS2D(SS2D):
         xp = array_module(x_act)
         perms, heads = self._head_perms(H, W), self._heads()
         projections, _ = projection_functions(self.scan_fn, self.scan_backward_fn)
-        xs, dts, deltas, Bs, Cs = [], [], [], [], []
+        u = xp.empty((Bsz, D, H * W), x_act.dtype)  # (B, D, L): head k's sequences in its
+        delta = xp.empty_like(u)  # channels, and its steps: the scan's inputs, no concatenation
+        xs = [u[:, heads[k]] for k in range(K)]  # K × (B, c, L) views
+        deltas = [delta[:, heads[k]] for k in range(K)]
+        dts, Bs, Cs = [], [], []
         for k in range(K):
-            xs_k = to_sequence(x_act[..., heads[k]], perms[k],
-                               check=False).transpose(0, 2, 1)  # (B, c, L)
-            x_dbl, delta_k = projections(xs_k, w["w_x"][k], w["w_dt"][k], R)  # (B, R + 2N, L)
+            xs[k][...] = to_sequence(x_act[..., heads[k]], perms[k],
+                                     check=False).transpose(0, 2, 1)
+            x_dbl, _ = projections(xs[k], w["w_x"][k], w["w_dt"][k], R,
+                                   out=deltas[k])  # (B, R + 2N, L); delta into its view
             dts.append(x_dbl[:, :R])
             Bs.append(x_dbl[:, R:R + N])
             Cs.append(x_dbl[:, R + N:])
-            deltas.append(delta_k)  # (B, c, L)
-            xs.append(xs_k)
-        u, delta = xp.concatenate(xs, axis=1), xp.concatenate(deltas, axis=1)  # (B, D, L)
-        xs = [u[:, heads[k]] for k in range(K)]  # views: one copy kept, not two
-        deltas = [delta[:, heads[k]] for k in range(K)]
         y, kept = scan_keeping(self.scan_fn, u, delta, w["A"], xp.stack(Bs, axis=1),
                                xp.stack(Cs, axis=1), D=w["D"], z=None, delta_bias=w["b_dt"],
                                delta_softplus=True)  # (B, D, L); kept for the backward
