@@ -3,8 +3,9 @@
 Forward and backward with the shared ``"backend"`` tolerance, the reference's
 dtype rules (a checked call in float64, an unchecked float32 call in float32,
 results in the arguments' dtypes), token counts that split into uneven blocks,
-channels-first and other strided inputs, no tokens, the reference's errors, the BLAS setting restored
-after a call, and the mixers running it with Numba's scan functions.
+channels-first and other strided inputs, no tokens, the reference's errors, the
+BLAS setting restored after a call, and the mixers running it with Numba's scan
+functions.
 """
 from __future__ import annotations
 
