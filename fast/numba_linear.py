@@ -19,15 +19,16 @@ thread's own sum of ``dW``, and the block's column sums into its sum of
 ``db``; the threads' sums are added at the end.
 
 Tokens given channels first, as the transpose (B, L, in) of a C-contiguous
-(B, in, L) array (Vim's out-projection reads the scan's channels-first output
-that way, and its in-projection's gradient comes back that way), are read in
+(B, in, L) array (the out-projections of Vim and the Mamba block read the
+scan's channels-first output that way, and their in-projections' gradients
+come back that way), are read in
 place: a parallel loop over the batch gives each element's product to BLAS
 with the channels-first matrix as the transposed operand (BLAS reads either
 order), and the backward's ``dx`` for such an ``x`` is written channels first
 too (the same values; its transpose is then C-contiguous, the layout the scan
 wants).  Copied into token blocks first, Vim 32x32's out-projection took 3.4 ms
-against NumPy's 1.3 on one thread.  Any other strided view goes to the
-reference's NumPy code.
+against NumPy's 1.3 on one thread.  Any other strided view (or ``x`` and
+``dy`` both channels first) goes to the reference's NumPy code.
 """
 from __future__ import annotations
 
