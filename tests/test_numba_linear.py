@@ -121,15 +121,18 @@ def test_the_blas_setting_is_restored():
     assert blas_threads() == before
 
 
-@pytest.mark.parametrize("name", ["vim", "vmamba", "plainmamba"])
+@pytest.mark.parametrize("name", ["vim", "vmamba", "plainmamba", "mamba-block"])
 def test_the_mixers_run_it_with_numba(rng, name, monkeypatch):
     """In- and out-projections (and PlainMamba's x_proj, dt_proj) through the Numba layer,
     the model's output and gradients as the reference's."""
-    forward, both = numba_against_reference(monkeypatch, small_model(name), numba_linear,
-                                            KERNELS, rng.standard_normal((3, 8, 8, 1)), rng)
-    assert forward["_linear_fwd"] >= 1  # in_proj, and out_proj but in Vim:
-    if name == "vim":  # out_proj reads the scan's output channels first, and in_proj's
-        # gradient comes back channels first
+    import ssm_ref
+    build = ((lambda: ssm_ref.MambaBlock(d_model=8, d_state=4, seed=0))
+             if name == "mamba-block" else small_model(name))
+    x = rng.standard_normal((3, 9, 8) if name == "mamba-block" else (3, 8, 8, 1))
+    forward, both = numba_against_reference(monkeypatch, build, numba_linear, KERNELS, x, rng)
+    assert forward["_linear_fwd"] >= 1  # in_proj, and out_proj but in Vim and Mamba:
+    if name in ("vim", "mamba-block"):  # out_proj reads the scan's output channels first,
+        # and in_proj's gradient comes back channels first
         assert forward["_linear_fwd_cf"] == 1
         assert both["_linear_bwd_x_cf"] == both["_linear_bwd_dy_cf"] == 1
     else:
