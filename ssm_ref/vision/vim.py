@@ -238,7 +238,8 @@ class VimMixer(Module):
                                     self.scan_backward_fn)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})
-        dxz = dxz_f + dxz_b[:, :, ::-1]  # (B, 2D, L)
+        dxz = dxz_f  # (B, 2D, L): the path's own new array, the flipped path's added in place
+        dxz += dxz_b[:, :, ::-1]
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz.transpose(0, 2, 1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)  # (B, L, d_model)
