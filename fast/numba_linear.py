@@ -216,10 +216,8 @@ def linear_backward(dy, x, W, b=None, *, check=True):
     dW = np.zeros((threads,) + W.shape, real)  # one sum per thread
     db = np.zeros((threads, W.shape[0]), real)
     w = np.ascontiguousarray(W, dtype=real)  # (out, in)
-    if x_cf is not None:
-        dx = np.empty(x_cf.shape, real).transpose(0, 2, 1)  # (B, L, in), channels first
-    else:
-        dx = np.empty(x.shape, real)  # (..., in)
+    dx_cf = None if x_cf is None else np.empty(x_cf.shape, real)  # (B, in, L): dx laid out
+    dx = np.empty(x.shape, real) if dx_cf is None else dx_cf.transpose(0, 2, 1)  # as x, (..., in)
     if M:
         with one_blas_thread():
             if by_blocks:  # at least `threads` blocks: each thread has a run
@@ -228,8 +226,8 @@ def linear_backward(dy, x, W, b=None, *, check=True):
                         dx.reshape(M, W.shape[1]), dW, db, _blocks(M))
             elif x_cf is not None:
                 _launch(_linear_bwd_x_cf, dy.astype(real, copy=False),
-                        x_cf.astype(real, copy=False), np.ascontiguousarray(w.T),
-                        dx.transpose(0, 2, 1), dW, db)
+                        x_cf.astype(real, copy=False), np.ascontiguousarray(w.T), dx_cf, dW,
+                        db)
             else:
                 _launch(_linear_bwd_dy_cf, dy_cf.astype(real, copy=False),
                         x.astype(real, copy=False), w, dx, dW, db)

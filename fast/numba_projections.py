@@ -102,7 +102,7 @@ def _projections_bwd(ddelta, e0, dB, b0, dC, c0, x, x0, dts, t0, w_xT, w_dtT, dx
     ``dw_x += d_xdbl @ x.T``, ``dw_dt += ddelta @ dts.T``, ``dx += w_x.T @ d_xdbl``.
 
     Each array comes with the first channel of its slice (``e0``, ``b0``, ...).
-    ``dw_x`` (T, M, D) and ``dw_dt`` (T, D, R): one sum per thread's run of
+    ``dw_x`` (T, M, D) and ``dw_dt`` (T, D, R), zeroed: one sum per thread's run of
     batch elements, T runs.
     """
     n, L = x.shape[0], x.shape[2]
@@ -115,8 +115,6 @@ def _projections_bwd(ddelta, e0, dB, b0, dC, c0, x, x0, dts, t0, w_xT, w_dtT, dx
     dw_dt_s = np.empty((T, D, R), x.dtype)
     dx_s = np.empty((T, D, L), x.dtype)
     for t in prange(T):
-        dw_x[t] = 0
-        dw_dt[t] = 0
         d_xdbl = d_xdbl_s[t]
         for i in range(t * n // T, (t + 1) * n // T):
             dd = ddelta[i, e0:e0 + D]
@@ -176,8 +174,8 @@ def direction_projections_backward(ddelta, dB, dC, x, dts, w_x, w_dt, dx):
     n, D, _ = x.shape
     threads = _threads(n)
     M, R = w_x.shape[0], w_dt.shape[1]
-    dw_x = np.empty((threads, M, D), real)  # one sum per thread's run of the batch
-    dw_dt = np.empty((threads, D, R), real)
+    dw_x = np.zeros((threads, M, D), real)  # one sum per thread's run of the batch
+    dw_dt = np.zeros((threads, D, R), real)
     parts = [in_parent(a.astype(real, copy=False), 1) for a in (ddelta, dB, dC, x, dts)]
     grad, f0 = in_parent(dx, 1) if dx.dtype == real else (dx.astype(real), 0)
     with one_blas_thread():
