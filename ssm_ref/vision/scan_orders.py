@@ -865,8 +865,12 @@ def from_sequence(y, perm, H, W, *, check=True):
 
     Notes
     -----
-    Implements eq-scan-scatter.  Written as an addition into zeros so that the
-    merge of several directions (``multi_merge``) is a plain sum of these.
+    Implements eq-scan-scatter, an addition into zeros so that the merge of
+    several directions (``multi_merge``) is a plain sum of these.  ``perm`` has
+    no repeats, so each cell is added to once and the addition is an
+    assignment: ``out[:, perm] = y`` (NumPy's ``out[:, perm] += y`` gathers,
+    adds and scatters; the assignment took a quarter of its time at B, L, C =
+    64, 256, 24).
 
     Examples
     --------
@@ -891,8 +895,9 @@ def from_sequence(y, perm, H, W, *, check=True):
     xp = array_module(y)
     # [book:scan-scatter]
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
-    # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]  (perm is distinct)
-    out[:, on_module_cached(perm, xp)] += y
+    # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]; perm has no repeats,
+    # so each cell is written once and += into zeros is =
+    out[:, on_module_cached(perm, xp)] = y
     return out.reshape(Bsz, H, W, C)  # (B, H, W, C)
     # [/book:scan-scatter]
 
