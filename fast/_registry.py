@@ -383,7 +383,9 @@ def scan_functions(backend="auto"):
     per-direction projections (attribute ``projections``,
     :mod:`fast.numba_projections`), the mixers' in- and out-projections
     (attribute ``linear``, :mod:`fast.numba_linear`,
-    :func:`ssm_ref.mamba.linear_functions`), and the Numba
+    :func:`ssm_ref.mamba.linear_functions`), Vim's merge of its two paths
+    and its backward (attribute ``bidirectional``,
+    :mod:`fast.numba_bidirectional`), and the Numba
     LayerNorm and RMSNorm of :mod:`fast.numba_norms` (attributes
     ``layer_norm`` and ``rms_norm``) that the pre-norm blocks and the
     classifiers' heads run (:func:`ssm_ref.vision.prenorm.norm_functions`).
@@ -445,6 +447,9 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     scan_backward_fn.layer_norm = norms.layer_norm_backward
     scan_fn.rms_norm = norms.rms_norm
     scan_backward_fn.rms_norm = norms.rms_norm_backward
+    bidirectional = importlib.import_module("fast.numba_bidirectional")
+    scan_fn.bidirectional = bidirectional.merge_directions  # Vim's merge of its two paths
+    scan_backward_fn.bidirectional = bidirectional.merge_directions_backward
     linear = importlib.import_module("fast.numba_linear")
     scan_fn.linear = linear.linear  # the mixers' in- and out-projections
     scan_backward_fn.linear = linear.linear_backward

@@ -23,6 +23,7 @@ from ..mamba import (
     INNER_KEYS,
     MambaConfig,
     config_from_sizes,
+    fused_pair,
     inner_path_functions,
     inner_path_weights,
     linear_functions,
@@ -53,6 +54,62 @@ _VIM_KEYS = ("A_log", "A_b_log", "D", "D_b", "in_proj.weight", "in_proj.bias",
              "conv1d_b.weight", "conv1d_b.bias", "x_proj_b.weight", "dt_proj_b.weight",
              "dt_proj_b.bias", "out_proj.weight", "out_proj.bias")
 _VIM_OPTIONAL = ("in_proj.bias", "out_proj.bias", "conv1d.bias", "conv1d_b.bias")
+
+
+def bidirectional_functions(scan_fn, scan_backward_fn):
+    """Vim's merge of its two paths and the merge's backward, to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry compiled ones
+    (attribute ``bidirectional``: the merge on the first function, its
+    backward on the second, from ``fast.numba_bidirectional``); any other
+    pair gets :func:`merge_directions` and :func:`merge_directions_backward`.
+    """
+    return fused_pair(scan_fn, scan_backward_fn, "bidirectional",
+                      default=(merge_directions, merge_directions_backward))
+
+
+def _check_same_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(f"Parameter {name_b} has shape {tuple(b.shape)} but should have "
+                         f"{name_a}'s shape {tuple(a.shape)}")
+
+
+def merge_directions(y_f, y_b, scale=1.0, out=None):
+    """``scale * (y_f + flip(y_b))``, the flip along the last axis: Vim's merge of its paths.
+
+    ``y_f`` and ``y_b`` (..., L) of one shape: the forward path's output and the
+    backward path's, which ran on the flipped sequence and is flipped back here
+    (``eq-vim-bidirectional``; ``scale`` 1/2 for the average).  ``out``: an
+    array of that shape to write into (``y_f`` itself in the mixer's backward,
+    which adds the flipped path's ``dxz`` into the forward path's with scale 1:
+    the adjoint of reading ``xz`` flipped).  Returns ``out`` or a new array.
+
+    Examples
+    --------
+    >>> merge_directions(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0]), 0.5)
+    array([15.5, 11. ,  6.5])
+    """
+    _check_same_shape(y_f, y_b, "y_f", "y_b")
+    out = array_module(y_f).add(y_f, y_b[..., ::-1], out=out)
+    if scale != 1:
+        out *= scale
+    return out
+
+
+def merge_directions_backward(dy, scale=1.0):
+    """Gradients of :func:`merge_directions` with respect to ``y_f`` and ``y_b``.
+
+    ``dy`` (..., L): the merged output's gradient.  Returns ``(dy_f, dy_b)``,
+    new arrays: ``scale * dy`` and its flip along the last axis (C-contiguous:
+    the backward path's gradient in the order it scanned).
+
+    Examples
+    --------
+    >>> merge_directions_backward(np.array([1.0, 2.0, 4.0]), 0.5)
+    (array([0.5, 1. , 2. ]), array([2. , 1. , 0.5]))
+    """
+    dy_f = scale * dy
+    return dy_f, array_module(dy).ascontiguousarray(dy_f[..., ::-1])
 
 
 class VimMixer(Module):
@@ -203,7 +260,8 @@ class VimMixer(Module):
         inner_forward, _ = inner_path_functions(self.scan_fn, self.scan_backward_fn)
         y_f, cache_f, _ = inner_forward(xz, fwd_w, self.scan_fn)  # (B, D, L)
         y_b, cache_b, _ = inner_forward(xz[:, :, ::-1], bwd_w, self.scan_fn)  # on the flip
-        y = self._scale * (y_f + y_b[:, :, ::-1])  # (B, D, L): average (1/2) or sum (1)
+        merge, _ = bidirectional_functions(self.scan_fn, self.scan_backward_fn)
+        y = merge(y_f, y_b, self._scale)  # (B, D, L): scale * (y_f + flip(y_b)), the average
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:vim-mixer-forward]
@@ -221,25 +279,26 @@ class VimMixer(Module):
         gradient is flipped in, its ``dxz`` flipped out) -> sum the two ``dxz``
         -> ``in_proj``.
         """
-        xp = array_module(dout)
         g = {}
         _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
         dy_tok, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
             dout, cache["y"].transpose(0, 2, 1), self._w("out_proj.weight"),
             self._w("out_proj.bias"), check=False)
-        dy = self._scale * dy_tok.transpose(0, 2, 1)  # (B, D, L)
+        merge, merge_backward = bidirectional_functions(self.scan_fn, self.scan_backward_fn)
+        dy_f, dy_b = merge_backward(dy_tok.transpose(0, 2, 1), self._scale)  # (B, D, L) each,
+        # dy_b flipped into the order the backward path scanned
         _, inner_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
-        dxz_f, g_f = inner_backward(dy, cache["f"],
+        dxz_f, g_f = inner_backward(dy_f, cache["f"],
                                     inner_path_weights(self._params, dtype=self.compute_dtype),
                                     self.scan_backward_fn)
-        dxz_b, g_b = inner_backward(xp.ascontiguousarray(dy[:, :, ::-1]), cache["b"],
+        dxz_b, g_b = inner_backward(dy_b, cache["b"],
                                     inner_path_weights(self._params, _BACKWARD_NAMES,
                                                        self.compute_dtype),
                                     self.scan_backward_fn)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})
-        dxz = dxz_f  # (B, 2D, L): the path's own new array, the flipped path's added in place
-        dxz += dxz_b[:, :, ::-1]
+        dxz = merge(dxz_f, dxz_b, out=dxz_f)  # (B, 2D, L): the flipped path's flipped back,
+        # added into the forward path's own new array
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz.transpose(0, 2, 1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)  # (B, L, d_model)
