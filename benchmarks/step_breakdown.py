@@ -19,8 +19,8 @@ reference's checks of shapes, dtypes and the small arrays; "layouts",
 backward that starts from its kept forward, ``_backward_kernel_args``: the forward's
 arrays, laid out again only where the backward's kernel takes another layout), and around
 every launch of a compiled kernel of ``fast.numba_cpu``, ``fast.numba_fused``,
-``fast.numba_norms``, ``fast.numba_cross``, ``fast.numba_projections`` and
-``fast.numba_linear`` (by the kernel's name).  Each time is charged to the part it ran in,
+``fast.numba_norms``, ``fast.numba_cross``, ``fast.numba_projections``,
+``fast.numba_linear`` and ``fast.numba_bidirectional`` (by the kernel's name).  Each time is charged to the part it ran in,
 so the parts nest: a scan call holds its checks, its layouts (which may launch a copy
 kernel), its kernel and its own Python (the rest of its time: allocating the results,
 summing the threads' copies of the shared gradients, the screens, the casts).  The table
@@ -97,12 +97,12 @@ class Clock:
 def clocked(clock):
     """fast.numba_cpu's timed functions and the launches of its kernel modules replaced by
     timing ones while the block runs (restored afterwards, also on an error)."""
-    from fast import (numba_cpu, numba_cross, numba_fused, numba_linear, numba_norms,
-                      numba_projections)
+    from fast import (numba_bidirectional, numba_cpu, numba_cross, numba_fused, numba_linear,
+                      numba_norms, numba_projections)
     saved = [(numba_cpu, name, getattr(numba_cpu, name)) for name in FUNCTIONS]
     saved += [(module, "_launch", module._launch)
               for module in (numba_cpu, numba_fused, numba_norms, numba_cross, numba_projections,
-                             numba_linear)]
+                             numba_linear, numba_bidirectional)]
     try:
         for module, name, fn in saved:
             setattr(module, name, clock.launcher(fn) if name == "_launch"

@@ -21,6 +21,12 @@ numba_norms         LayerNorm and RMSNorm (the reference's signatures) and
                     SS2D's out_norm + gate fused, forward and backward
 numba_cross         VMamba's cross-scan (its directions' gathers) and
                     cross-merge (their adjoint)
+numba_projections   SS2D's per-direction products and the inner path's x_proj,
+                    dt_proj, one batch element at a time on all cores
+numba_linear        the mixers' in- and out-projections: blocks of tokens or,
+                    channels first, batch elements on all cores
+numba_bidirectional Vim's merge of its two paths, scale * (y_f + flip(y_b)),
+                    and its backward, one pass each
 _fastexp            an exp that LLVM vectorizes (the CPU scan's inner loop)
 _launch             the one lock every parallel Numba kernel is launched through
                     (thread safety under the "workqueue" layer)
