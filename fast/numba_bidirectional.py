@@ -16,12 +16,18 @@ How it is computed
 ------------------
 * NumPy reads a flipped view (stride -8 bytes) through its generic strided
   loop, one element at a time, and the mixer's merge ``scale * (y_f +
-  flip(y_b))`` is two passes: at Vim 32x32's size (64 x 96 channels x 257
-  tokens, float64) 2.2 ms on one core; the backward's ``scale * dy`` and its
-  flipped copy are two more, and the flipped path's ``dxz`` added into the
-  forward path's 2.3 ms.  Here one parallel loop over the rows does each:
-  the merge in 1.1 ms on one thread and 0.6 on two, the ``dxz`` addition in 1.7
-  and 1.1 (alone, the Xeon of chapter 11).
+  flip(y_b))`` is two passes.  Here one parallel loop over the rows does each
+  of the three.  Alone at Vim 32x32's size (64 x 48 channels x 257 tokens,
+  float64; ms, NumPy / Numba on the Xeon of chapter 11):
+
+  ==========================  ===========  ===========
+  pass                        one thread   two threads
+  ==========================  ===========  ===========
+  the merge, scale 1/2        1.06 / 0.57  1.08 / 0.29
+  its backward (two outputs)  0.80 / 0.67  0.82 / 0.35
+  ``dxz``'s merge (2D rows)   1.16 / 0.84  1.19 / 0.42
+  ==========================  ===========  ===========
+
 * Float32 and float64; arrays of other strides are copied C-contiguous first.
 """
 from __future__ import annotations

@@ -118,7 +118,8 @@ _ZIGMA_CORNERS = ((False, False), (False, True), (True, False), (True, True))
 
 
 def _zigzag(H, W, index=0):
-    """ZigMa's zigzag number ``index`` (0..7): corner index // 2, row snake if even else column snake."""
+    """ZigMa's zigzag number ``index`` (0..7): corner ``index // 2``, a row snake if ``index``
+    is even, else a column snake."""
     from_bottom, from_right = _ZIGMA_CORNERS[index // 2]
     if index % 2 == 0:
         return _row_snake_from(H, W, from_bottom, from_right)
@@ -292,7 +293,8 @@ def _local_column(H, W, window=2):
 
 
 def _quadtree(H, W, depth=2):
-    """Blocks of side 2^depth row-major; inside each, its four half-side blocks row-major, recursively.
+    """Blocks of side 2^depth row-major; inside each, its four half-side blocks row-major,
+    recursively.
 
     The read order of one level of a quadtree pyramid (the hierarchical scan):
     every aligned block of side 2^k, k <= depth, is one contiguous run of the
@@ -790,7 +792,8 @@ def _check_tokens(x, name):
 
 
 def to_sequence(x, perm, *, check=True):
-    """Gather image tokens into a sequence in the scan order ``perm``: ``seq[:, t] = x[:, perm[t]]``.
+    """Gather image tokens into a sequence in the scan order ``perm``:
+    ``seq[:, t] = x[:, perm[t]]``.
 
     Parameters
     ----------
