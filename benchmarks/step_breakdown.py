@@ -21,9 +21,10 @@ arrays, laid out again only where the backward's kernel takes another layout), a
 every launch of a compiled kernel of ``fast.numba_cpu``, ``fast.numba_fused``,
 ``fast.numba_norms``, ``fast.numba_cross``, ``fast.numba_projections``,
 ``fast.numba_linear`` and ``fast.numba_bidirectional`` (by the kernel's name).  Each
-time is charged to the part it ran in, so the parts nest: a scan call holds its checks, its layouts (which may launch a copy
-kernel), its kernel and its own Python (the rest of its time: allocating the results,
-summing the threads' copies of the shared gradients, the screens, the casts).  The table
+time is charged to the part it ran in, so the parts nest: a scan call holds its checks,
+its layouts (which may launch a copy kernel), its kernel and its own Python (the rest of
+its time: allocating the results, summing the threads' copies of the shared gradients,
+the screens, the casts).  The table
 gives, per part, its calls per step, the median over the steps of the time it took in each
 (ms) and that as a share of the step's median; "the rest" is the step less its top-level
 parts (NumPy's layers, AdamW, the Python of the models).  Medians over steps do not add up
