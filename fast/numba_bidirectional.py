@@ -71,17 +71,15 @@ def _rows(a, real):
 
 
 def _real(**arrays):
-    """The arrays' common dtype, float32 or float64 (else ``TypeError``); ``ValueError`` for
-    an array without the L axis."""
+    """The arrays' common dtype; ``TypeError`` for one that is not float32 or float64,
+    ``ValueError`` for one without the L axis."""
     for name, a in arrays.items():
+        if a.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Parameter {name} has dtype {a.dtype} but float32 or float64 "
+                            "was expected")
         if a.ndim < 1:
             raise ValueError(f"Parameter {name} is a scalar but should be an array (..., L)")
-    real = np.result_type(*arrays.values())
-    if real not in (np.float32, np.float64):
-        raise TypeError(", ".join(f"Parameter {name} has dtype {a.dtype}"
-                                  for name, a in arrays.items())
-                        + " but float32 or float64 was expected")
-    return real
+    return np.result_type(*arrays.values())
 
 
 def merge_directions(y_f, y_b, scale=1.0, out=None):

@@ -89,8 +89,10 @@ def test_both_merges_refuse_arrays_of_two_shapes(call, error, message):
      ValueError, r"Parameter out has shape \(2, 3\), dtype float32"),
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2)).T),
      ValueError, r"C-contiguous False"),
-    (lambda: nb.merge_directions(np.ones(3, int), np.ones(3, int)), TypeError,
-     r"Parameter y_f has dtype int64, Parameter y_b has dtype int64 but float32 or float64"),
+    (lambda: nb.merge_directions(np.ones(3), np.ones(3, int)), TypeError,
+     r"Parameter y_b has dtype int64 but float32 or float64 was expected"),
+    (lambda: nb.merge_directions_backward(np.ones(3, np.float16)), TypeError,
+     r"Parameter dy has dtype float16 but float32 or float64 was expected"),
     (lambda: nb.merge_directions_backward(np.float64(1.0)), ValueError,
      r"Parameter dy is a scalar but should be an array \(\.\.\., L\)"),
 ])
