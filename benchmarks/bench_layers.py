@@ -1,7 +1,8 @@
 """The Numba layers around the scan against the reference's, at the models' sizes.
 
 The norms (``fast.numba_norms``), VMamba's cross-scan (``fast.numba_cross``) and its
-products (``fast.numba_projections``, ``fast.numba_linear``).
+products (``fast.numba_projections``, ``fast.numba_linear``), and Vim's merge of its two
+paths (``fast.numba_bidirectional``).
 
 Usage (from the repository's root; about half a minute on 2 cores)::
 
@@ -32,6 +33,11 @@ starts with:
 * ``linear in_proj``, ``linear out_proj``: VMamba 32x32's in- and out-projections, tokens
   (64, 16, 16, 24) to 96 features and (64, 16, 16, 48) to 24, ``ssm_ref.nn.linear``
   against ``fast.numba_linear``.
+* ``vim merge``: Vim 32x32's merge of its two paths, ``0.5 * (y_f + flip(y_b))`` on
+  (64, 48, 257) (forward), and the mixer's backward of it: ``0.5 * dy`` and its flip, then
+  the flipped path's ``dxz`` (64, 96, 257) merged into the forward path's in place;
+  ``ssm_ref.vision.vim.merge_directions`` and its backward against
+  ``fast.numba_bidirectional``.
 
 Float64 (the models' default) and float32, BLAS on one thread as in a training step.  With
 ``--out`` it writes
@@ -52,10 +58,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ssm_ref as sr  # noqa: E402
-from fast import numba_cross, numba_linear, numba_norms, numba_projections  # noqa: E402
+from fast import (  # noqa: E402
+    numba_bidirectional,
+    numba_cross,
+    numba_linear,
+    numba_norms,
+    numba_projections,
+)
 from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
 from ssm_ref import nn  # noqa: E402
-from ssm_ref.vision import vmamba  # noqa: E402
+from ssm_ref.vision import vim, vmamba  # noqa: E402
 
 
 def cases(dtype, rng):
@@ -140,6 +152,19 @@ def cases(dtype, rng):
                    lambda f=f, xt=xt, wt=wt, bt=bt, dyt=dyt: f.linear_backward(
                        dyt, xt, wt, bt, check=False))
             for side, f in (("ref", nn), ("numba", numba_linear))})
+
+    y_f, y_b, dyv = (rng.standard_normal((64, 48, 257)).astype(dtype) for _ in range(3))
+    dxz_b = rng.standard_normal((64, 96, 257)).astype(dtype)  # the flipped path's dxz
+    dxz_f = rng.standard_normal(dxz_b.shape).astype(dtype)
+    sides = {}
+    for side, module in (("ref", vim), ("numba", numba_bidirectional)):
+        dxz = dxz_f.copy()  # each side's own, merged into in place
+
+        def backward(module=module, dxz=dxz):
+            return module.merge_directions_backward(dyv, 0.5) + (
+                module.merge_directions(dxz, dxz_b, out=dxz),)
+        sides[side] = (lambda module=module: module.merge_directions(y_f, y_b, 0.5), backward)
+    out["vim merge"] = (y_f.shape, sides)
     return out
 
 

@@ -17,16 +17,17 @@ How it is computed
 * NumPy reads a flipped view (stride -8 bytes) through its generic strided
   loop, one element at a time, and the mixer's merge ``scale * (y_f +
   flip(y_b))`` is two passes.  Here one parallel loop over the rows does each
-  of the three.  Alone at Vim 32x32's size (64 x 48 channels x 257 tokens,
-  float64; ms, NumPy / Numba on the Xeon of chapter 11):
+  of the three passes of Vim's mixer (the merge forward; backward, ``0.5 *
+  dy`` with its flip, and the ``dxz`` merge).  Alone at Vim 32x32's size (64 x
+  48 channels x 257 tokens, float64; ms, NumPy / Numba on the Xeon of chapter
+  11; ``benchmarks/bench_layers.py``, case "vim merge"):
 
-  ==========================  ===========  ===========
-  pass                        one thread   two threads
-  ==========================  ===========  ===========
-  the merge, scale 1/2        1.06 / 0.57  1.08 / 0.29
-  its backward (two outputs)  0.80 / 0.67  0.82 / 0.35
-  ``dxz``'s merge (2D rows)   1.16 / 0.84  1.19 / 0.42
-  ==========================  ===========  ===========
+  ==============================  ===========  ===========
+  pass                            one thread   two threads
+  ==============================  ===========  ===========
+  the merge, scale 1/2            1.07 / 0.56  1.05 / 0.28
+  the backward's two merges       1.93 / 1.47  1.90 / 0.74
+  ==============================  ===========  ===========
 
 * Float32 and float64; arrays of other strides are copied C-contiguous first.
 """
