@@ -68,12 +68,6 @@ def bidirectional_functions(scan_fn, scan_backward_fn):
                       default=(merge_directions, merge_directions_backward))
 
 
-def _check_same_shape(a, b, name_a, name_b):
-    if a.shape != b.shape:
-        raise ValueError(f"Parameter {name_b} has shape {tuple(b.shape)} but should have "
-                         f"{name_a}'s shape {tuple(a.shape)}")
-
-
 def merge_directions(y_f, y_b, scale=1.0, out=None):
     """``scale * (y_f + flip(y_b))``, the flip along the last axis: Vim's merge of its paths.
 
@@ -89,7 +83,9 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
     >>> merge_directions(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0]), 0.5)
     array([15.5, 11. ,  6.5])
     """
-    _check_same_shape(y_f, y_b, "y_f", "y_b")
+    if y_f.shape != y_b.shape:  # no broadcast
+        raise ValueError(f"Parameter y_b has shape {tuple(y_b.shape)} but should have y_f's "
+                         f"shape {tuple(y_f.shape)}")
     out = array_module(y_f).add(y_f, y_b[..., ::-1], out=out)
     if scale != 1:
         out *= scale
@@ -261,7 +257,7 @@ class VimMixer(Module):
         y_f, cache_f, _ = inner_forward(xz, fwd_w, self.scan_fn)  # (B, D, L)
         y_b, cache_b, _ = inner_forward(xz[:, :, ::-1], bwd_w, self.scan_fn)  # on the flip
         merge, _ = bidirectional_functions(self.scan_fn, self.scan_backward_fn)
-        y = merge(y_f, y_b, self._scale)  # (B, D, L): scale * (y_f + flip(y_b)), the average
+        y = merge(y_f, y_b, self._scale)  # (B, D, L): scale * (y_f + flip(y_b)), 1/2 or 1
         out = linear(y.transpose(0, 2, 1), self._w("out_proj.weight"),
                      self._w("out_proj.bias"), check=False)  # (B, L, d_model)
         # [/book:vim-mixer-forward]
