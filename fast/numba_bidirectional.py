@@ -38,6 +38,8 @@ import math
 import numpy as np
 from numba import prange
 
+from ssm_ref._validation import check_shape
+
 from .numba_cpu import _launch, _njit_noalias
 
 __all__ = ["merge_directions", "merge_directions_backward"]
@@ -97,9 +99,7 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
     >>> merge_directions(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0]), 0.5)
     array([15.5, 11. ,  6.5])
     """
-    if y_f.shape != y_b.shape:
-        raise ValueError(f"Parameter y_b has shape {y_b.shape} but should have y_f's shape "
-                         f"{y_f.shape}")
+    check_shape(y_b, "y_b", y_f.shape)  # no broadcast
     real = _real(y_f=y_f, y_b=y_b)
     if out is None:
         out = np.empty(y_f.shape, real)

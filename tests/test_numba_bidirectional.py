@@ -69,9 +69,9 @@ def test_numba_merge_writes_into_out_even_where_out_is_an_input(rng, dtype):
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda m: m.merge_directions(np.ones((2, 3)), np.ones((3, 2))), ValueError,
-     r"Parameter y_b has shape \(3, 2\) but should have y_f's shape \(2, 3\)"),
+     r"Parameter y_b has shape \(3, 2\) but should be \(2, 3\)"),
     (lambda m: m.merge_directions(np.ones(3), np.ones((2, 3))), ValueError,
-     r"Parameter y_b has shape \(2, 3\) but should have y_f's shape \(3,\)"),
+     r"Parameter y_b has shape \(2, 3\) but should be \(3,\)"),
 ])
 def test_both_merges_refuse_arrays_of_two_shapes(call, error, message):
     """No silent broadcast: the reference and the Numba version raise the same error."""

@@ -83,9 +83,7 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
     >>> merge_directions(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0]), 0.5)
     array([15.5, 11. ,  6.5])
     """
-    if y_f.shape != y_b.shape:  # no broadcast
-        raise ValueError(f"Parameter y_b has shape {tuple(y_b.shape)} but should have y_f's "
-                         f"shape {tuple(y_f.shape)}")
+    check_shape(y_b, "y_b", tuple(y_f.shape))  # no broadcast
     out = array_module(y_f).add(y_f, y_b[..., ::-1], out=out)
     if scale != 1:
         out *= scale
