@@ -1,4 +1,5 @@
-"""Slices of a contiguous array handed to the kernels as that array and a first index.
+"""Arrays laid out for the kernels: slices of a contiguous array handed over as that array and
+a first index (:func:`in_parent`), and arrays seen as rows (:func:`as_rows`).
 
 A model's arrays are often slices: SS2D's ``xc = xz[..., :D]`` (the first half
 of the input projection's channels), direction k's sequences ``u[:, k·D:(k+1)·D]``
@@ -49,3 +50,16 @@ def in_parent(x, axis):
                 if view.shape == x.shape and view.strides == x.strides:
                     return parent, start
     return np.ascontiguousarray(x), 0
+
+
+def as_rows(a, dtype):
+    """``a`` (..., C) as a C-contiguous (rows, C) array of ``dtype``: a view where it can be
+    (a copy of a strided view or of another dtype); an empty ``a`` gives (0, C) or (rows, 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> as_rows(np.zeros((2, 3, 4)), np.float32).shape
+    (6, 4)
+    """
+    return np.ascontiguousarray(a, dtype=dtype).reshape(math.prod(a.shape[:-1]), a.shape[-1])

@@ -33,13 +33,12 @@ How it is computed
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
 from ssm_ref._validation import check_shape
 
+from ._views import as_rows
 from .numba_cpu import _launch, _njit_noalias
 
 __all__ = ["merge_directions", "merge_directions_backward"]
@@ -66,11 +65,6 @@ def _merge_backward(dy, scale, dy_f, dy_b):
             v = scale * g[t]
             f[t] = v
             b[nl - 1 - t] = v
-
-
-def _rows(a, real):
-    """``a`` (..., L) as C-contiguous (rows, L) in ``real``: a view where it can be."""
-    return np.ascontiguousarray(a, dtype=real).reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def _real(**arrays):
@@ -109,7 +103,7 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
                          f"{real} array of shape {y_f.shape}")
     elif np.may_share_memory(out, y_b):
         y_b = y_b.copy()  # the merge reads y_b backwards while it writes out forwards
-    _launch(_merge, _rows(y_f, real), _rows(y_b, real), real.type(scale), _rows(out, real))
+    _launch(_merge, as_rows(y_f, real), as_rows(y_b, real), real.type(scale), as_rows(out, real))
     return out
 
 
@@ -126,6 +120,6 @@ def merge_directions_backward(dy, scale=1.0):
     """
     real = _real(dy=dy)
     dy_f, dy_b = np.empty(dy.shape, real), np.empty(dy.shape, real)
-    _launch(_merge_backward, _rows(dy, real), real.type(scale), _rows(dy_f, real),
-            _rows(dy_b, real))
+    _launch(_merge_backward, as_rows(dy, real), real.type(scale), as_rows(dy_f, real),
+            as_rows(dy_b, real))
     return dy_f, dy_b

@@ -53,6 +53,7 @@ from ssm_ref._validation import check_shape
 from ssm_ref.nn import _check_norm, _grad_like
 
 from ._fastexp import fast_sigmoid
+from ._views import as_rows
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 from .numba_fused import _bias_or_zeros
 
@@ -231,16 +232,11 @@ def _consts(real, n_chan, eps):
     return real.type(1.0 / n_chan), real.type(eps), real.type(1.0)
 
 
-def _as_rows(X, real):
-    """A (..., C) array as C-contiguous (rows, C) in ``real``: a view where it can be."""
-    return np.ascontiguousarray(X, dtype=real).reshape(-1, X.shape[-1])
-
-
 def _norm(x, weight, bias, eps, centre, check):
     x, weight, bias = _check_norm(x, weight, bias, centre, check)
     real = _compute_dtype(x.dtype)
     n_chan = x.shape[-1]
-    rows = _as_rows(x, real)
+    rows = as_rows(x, real)
     out = np.empty(rows.shape, real)  # (rows, C)
     _launch(_norm_fwd, rows, np.ascontiguousarray(weight, dtype=real),
             _bias_or_zeros(bias, n_chan, real), centre,
@@ -253,12 +249,12 @@ def _norm_backward(dy, x, weight, bias, eps, centre, check):
     dy = _grad_like(dy, x.shape, "dy", check)
     real = _compute_dtype(np.result_type(x.dtype, dy.dtype))
     n_chan = x.shape[-1]
-    rows = _as_rows(x, real)
+    rows = as_rows(x, real)
     dx = np.empty(rows.shape, real)  # (rows, C)
     nchunks = _threads(rows.shape[0])
     dw_part = np.zeros((nchunks, n_chan), real)  # (threads, C)
     db_part = np.zeros((nchunks, n_chan), real)
-    _launch(_norm_bwd, _as_rows(dy, real), rows, np.ascontiguousarray(weight, dtype=real),
+    _launch(_norm_bwd, as_rows(dy, real), rows, np.ascontiguousarray(weight, dtype=real),
             centre, *_consts(real, n_chan, eps), dx, dw_part, db_part)
     dweight = dw_part.sum(axis=0).astype(weight.dtype, copy=False)
     dbias = None if bias is None else db_part.sum(axis=0).astype(bias.dtype, copy=False)
