@@ -21,8 +21,8 @@ How it is computed
   directions of ``x`` and four of ``dy`` a layer, and scatters four back each
   way with a ``take`` by the inverse order and an addition.  Here each
   (batch, channel) row is one job, parallel over the rows: the scan reads the
-  row once (in the level-1 cache) and writes its K sequences, the merge adds
-  the row's K sequences into a zeroed output row by the orders themselves (a
+  row once (in the level-1 cache) and writes its K sequences, the merge zeroes
+  an output row and adds the row's K sequences into it by the orders themselves (a
   scatter inside one row, so no two jobs write the same element, and an order
   that visits only part of the grid, as EfficientVMamba's, needs no case of
   its own).
@@ -56,13 +56,16 @@ def _cross_scan(x, perms, out):
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def _cross_merge(ys, perms, out):
-    """``out[b, d, perms[k, l]] += ys[b, k D + d, l]`` over k and l into a zeroed ``out``."""
-    nb, nd, _ = out.shape
+    """``out[b, d, c] = sum of ys[b, k D + d, l]`` over the k, l with ``perms[k, l] = c`` (0
+    for a cell no order visits); all C-contiguous, ``out``'s values never read."""
+    nb, nd, n_cells = out.shape
     K, L = perms.shape
     for row in prange(nb * nd):
         b = row // nd
         d = row - b * nd
         o = out[b, d]
+        for c in range(n_cells):  # the row zeroed here, in cache, on every thread
+            o[c] = 0
         for k in range(K):
             yr = ys[b, k * nd + d]
             q = perms[k]
@@ -103,6 +106,6 @@ def cross_merge(ys, perms, n_cells):
     if ys.ndim != 3 or ys.shape[1] % K or ys.shape[2] != L:
         raise ValueError(f"Parameter ys has shape {ys.shape} but should be (B, K·D, L) with "
                          f"K = {K} directions of L = {L} steps")
-    out = np.zeros((ys.shape[0], ys.shape[1] // K, n_cells), ys.dtype)  # (B, D, HW)
+    out = np.empty((ys.shape[0], ys.shape[1] // K, n_cells), ys.dtype)  # (B, D, HW)
     _launch(_cross_merge, np.ascontiguousarray(ys), P, out)
     return out
