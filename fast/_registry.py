@@ -443,6 +443,8 @@ def attach_inner_path(scan_fn, scan_backward_fn):
     norms = importlib.import_module("fast.numba_norms")
     scan_fn.norm_gate = norms.norm_gate_forward  # and its out_norm and gate, fused
     scan_backward_fn.norm_gate = norms.norm_gate_backward
+    scan_fn.gate = norms.gate_forward  # PlainMamba's gate, without the norm
+    scan_backward_fn.gate = norms.gate_backward
     scan_fn.layer_norm = norms.layer_norm  # the blocks' and heads' norms
     scan_backward_fn.layer_norm = norms.layer_norm_backward
     scan_fn.rms_norm = norms.rms_norm

@@ -1,4 +1,5 @@
-"""LayerNorm and RMSNorm on the CPU with Numba, and VMamba's ``out_norm`` fused with its gate.
+"""LayerNorm and RMSNorm on the CPU with Numba, VMamba's ``out_norm`` fused with its gate, and
+PlainMamba's gate alone.
 
 Glossary
 --------
@@ -14,7 +15,10 @@ Same signatures and results as the reference twins, whose docstrings are the
 specification: :func:`ssm_ref.nn.layer_norm`, :func:`ssm_ref.nn.layer_norm_backward`,
 :func:`ssm_ref.nn.rms_norm` and :func:`ssm_ref.nn.rms_norm_backward`.  The fused
 :func:`norm_gate_forward` is ``layer_norm(y) * silu(z)`` (VMamba's ``out_norm``
-and the gate after it) and :func:`norm_gate_backward` its gradients.
+and the gate after it) and :func:`norm_gate_backward` its gradients;
+:func:`gate_forward` and :func:`gate_backward` are PlainMamba's ``y * silu(z)``
+without the norm, twins of :func:`ssm_ref.vision.plainmamba.gate_forward` and
+:func:`ssm_ref.vision.plainmamba.gate_backward`.
 
 How it is computed
 ------------------
@@ -38,7 +42,10 @@ How it is computed
   output projection reads.  The backward writes ``dy`` back channels first,
   the layout the scan's backward takes, and ``dz`` into a view the caller
   gives (the z half of the input projection's gradient), so neither
-  ``y_norm`` nor the gate is ever stored.
+  ``y_norm`` nor the gate is ever stored.  PlainMamba's gate kernels are the
+  same tiles without the norm: in its 32x32 float64 training step NumPy's
+  ``silu(z)`` and ``silu_backward`` (a stable sigmoid, then several
+  temporaries) took 5 and 10 ms a layer (Xeon, two threads).
 * Precision: float32 input is computed in float32 (the statistics too, by
   the stable two-pass form), anything else in float64, as
   :mod:`fast.numba_cpu`; results in ``x``'s dtype, weight gradients in the
@@ -58,7 +65,7 @@ from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _thre
 from .numba_fused import _bias_or_zeros
 
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
-           "norm_gate_forward", "norm_gate_backward"]
+           "norm_gate_forward", "norm_gate_backward", "gate_forward", "gate_backward"]
 
 #: tokens per job of the fused kernels: a (tokens, D) tile of 32 x 48 float64 is 12 KB
 _TILE = 32
@@ -223,6 +230,54 @@ def _norm_gate_bwd(dout, y, z, weight, bias, inv_n, eps, one, dy, dz, dw_part, d
                     dyd[t] = dtile[t - t0, d]
 
 
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _gate_fwd(y, z, out, nchunks):
+    """``out[b, t] = y[b, :, t] * silu(z[b, t])``, :func:`_norm_gate_fwd` without the norm
+    (PlainMamba's gate); the same layouts."""
+    nb, nd, nt = y.shape
+    jobs = nb * ((nt + _TILE - 1) // _TILE)
+    tiles = np.empty((nchunks, _TILE + 1, nd + _GAP), y.dtype)  # y's rows, then z's row
+    for ch in prange(nchunks):
+        tile, zr = tiles[ch, :_TILE], tiles[ch, _TILE, :nd]
+        for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
+            b, t0, t1 = _tile_rows(y, job, tile)
+            for t in range(t0, t1):
+                yr = tile[t - t0, :nd]
+                _copy_row(z[b, t], zr)
+                o = out[b, t]
+                for d in range(nd):
+                    zz = zr[d]
+                    o[d] = yr[d] * zz * fast_sigmoid(zz)
+
+
+@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
+def _gate_bwd(dout, y, z, dy, dz, nchunks):
+    """Gradients of :func:`_gate_fwd`: ``dy = dout silu(z)`` into (B, D, T) C-contiguous,
+    ``dz = dout y silu'(z)`` into (B, T, D) of any row stride; the sigmoid recomputed."""
+    nb, nd, nt = y.shape
+    jobs = nb * ((nt + _TILE - 1) // _TILE)
+    tiles = np.empty((nchunks, 2, _TILE + 2, nd + _GAP), y.dtype)  # y's rows, dy's rows, 2 rows
+    for ch in prange(nchunks):
+        tile, dtile = tiles[ch, 0, :_TILE], tiles[ch, 1, :_TILE]
+        zr, dzr = tiles[ch, 0, _TILE, :nd], tiles[ch, 0, _TILE + 1, :nd]
+        for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
+            b, t0, t1 = _tile_rows(y, job, tile)
+            for t in range(t0, t1):
+                yr, dyr = tile[t - t0, :nd], dtile[t - t0, :nd]
+                gr = dout[b, t]
+                _copy_row(z[b, t], zr)
+                for d in range(nd):
+                    zz = zr[d]
+                    s = fast_sigmoid(zz)
+                    dyr[d] = gr[d] * zz * s
+                    dzr[d] = gr[d] * yr[d] * s * (1 + zz * (1 - s))
+                _copy_row(dzr, dz[b, t])
+            for d in range(nd):  # the tile's dy back to channels first
+                dyd = dy[b, d]
+                for t in range(t0, t1):
+                    dyd[t] = dtile[t - t0, d]
+
+
 # ---------------------------------------------------------------------------
 # the public functions
 # ---------------------------------------------------------------------------
@@ -290,17 +345,29 @@ def _tile_threads(nb, nt):
     return _threads(nb * -(-nt // _TILE))
 
 
-def _check_gate_args(y_cf, z, weight, bias, dout=None):
-    """Shapes of the fused out_norm + gate (values are not checked: the blocks call it)."""
+def _check_gate_args(y_cf, z, dout=None, **norm):
+    """Shapes of the fused gates, with the norm's ``weight`` and ``bias`` where given (values
+    are not checked: the blocks call them)."""
     if y_cf.ndim != 3:
         raise ValueError(f"Parameter y_cf has shape {y_cf.shape} but should be (B, D, T)")
     nb, nd, nt = y_cf.shape
-    want = {"z": (nb, nt, nd), "weight": (nd,), "bias": (nd,)}
+    check_shape(z, "z", (nb, nt, nd))
+    for name, arr in norm.items():
+        check_shape(arr, name, (nd,))
     if dout is not None:
-        want["dout"] = (nb, nt, nd)
-    arrays = {"z": z, "weight": weight, "bias": bias, "dout": dout}
-    for name, shape in want.items():
-        check_shape(arrays[name], name, shape)
+        check_shape(dout, "dout", (nb, nt, nd))
+
+
+def _dz_out(dz, nb, nt, nd, real):
+    """The gates' ``dz``: a new (B, T, D) array, or the caller's, checked (any row stride,
+    contiguous rows, the compute dtype: the kernels write into it)."""
+    if dz is None:
+        return np.empty((nb, nt, nd), real)  # (B, T, D)
+    if dz.shape != (nb, nt, nd) or dz.dtype != real or dz.strides[-1] != real.itemsize:
+        raise ValueError(f"Parameter dz has shape {dz.shape}, dtype {dz.dtype} and strides "
+                         f"{dz.strides} but should be {(nb, nt, nd)} in {real} with "
+                         "contiguous rows")
+    return dz
 
 
 def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
@@ -312,7 +379,7 @@ def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
     The reference twin: ``ssm_ref.nn.layer_norm(y_cf.transpose(0, 2, 1), weight,
     bias, eps) * ssm_ref.nn.silu(z)``.
     """
-    _check_gate_args(y_cf, z, weight, bias)
+    _check_gate_args(y_cf, z, weight=weight, bias=bias)
     real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
     nb, nd, nt = y_cf.shape
     out = np.empty((nb, nt, nd), real)  # (B, T, D)
@@ -330,15 +397,10 @@ def norm_gate_backward(dout, y_cf, z, weight, bias, eps=1e-5, dz=None):
     projection's gradient) or a new one.  In the forward's dtype; the reference
     twin: ``ssm_ref.nn.silu_backward`` and ``ssm_ref.nn.layer_norm_backward``.
     """
-    _check_gate_args(y_cf, z, weight, bias, dout)
+    _check_gate_args(y_cf, z, dout, weight=weight, bias=bias)
     real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
     nb, nd, nt = y_cf.shape
-    if dz is None:
-        dz = np.empty((nb, nt, nd), real)  # (B, T, D)
-    elif dz.shape != (nb, nt, nd) or dz.dtype != real or dz.strides[-1] != real.itemsize:
-        raise ValueError(f"Parameter dz has shape {dz.shape}, dtype {dz.dtype} and strides "
-                         f"{dz.strides} but should be {(nb, nt, nd)} in {real} with "
-                         "contiguous rows")
+    dz = _dz_out(dz, nb, nt, nd, real)
     dy = np.empty(y_cf.shape, real)  # (B, D, T)
     nchunks = _tile_threads(nb, nt)
     dw_part = np.zeros((nchunks, nd), real)  # (threads, D)
@@ -349,3 +411,40 @@ def norm_gate_backward(dout, y_cf, z, weight, bias, eps=1e-5, dz=None):
             np.ascontiguousarray(bias, dtype=real), *_consts(real, nd, eps), dy, dz, dw_part,
             db_part)
     return dy, dz, dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+def gate_forward(y_cf, z):
+    """PlainMamba's gate ``y * silu(z)`` for the channels-first ``y_cf`` (B, D, T).
+
+    ``z`` is (B, T, D) (a channel slice of the tokens is read in place); the
+    result (B, T, D) is C-contiguous, in float32 when ``y_cf`` and ``z`` are
+    both float32, else in float64.  The reference twin:
+    :func:`ssm_ref.vision.plainmamba.gate_forward`.
+    """
+    _check_gate_args(y_cf, z)
+    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
+    nb, nd, nt = y_cf.shape
+    out = np.empty((nb, nt, nd), real)  # (B, T, D)
+    _launch(_gate_fwd, np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False), out,
+            _tile_threads(nb, nt))
+    return out
+
+
+def gate_backward(dout, y_cf, z, dz=None):
+    """Gradients of :func:`gate_forward`: ``(dy_cf, dz)``.
+
+    ``dy_cf`` (B, D, T) is C-contiguous, the layout the cross-scan reads; ``dz``
+    (B, T, D) is written into the given array (rows of any stride but
+    contiguous, e.g. the z half of the input projection's gradient, in the
+    compute dtype) or a new one.  The reference twin:
+    :func:`ssm_ref.vision.plainmamba.gate_backward`.
+    """
+    _check_gate_args(y_cf, z, dout)
+    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
+    nb, nd, nt = y_cf.shape
+    dz = _dz_out(dz, nb, nt, nd, real)
+    dy = np.empty(y_cf.shape, real)  # (B, D, T)
+    _launch(_gate_bwd, np.ascontiguousarray(dout, dtype=real),
+            np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False), dy, dz,
+            _tile_threads(nb, nt))
+    return dy, dz

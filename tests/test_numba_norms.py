@@ -2,7 +2,8 @@
 
 LayerNorm and RMSNorm, forward and backward, against ``ssm_ref.nn``'s in float64 (the
 shared ``"backend"`` tolerance, float64 and float32 input); SS2D's fused out_norm + gate
-against the reference's ``layer_norm`` then ``y * silu(z)``; then the blocks and
+against the reference's ``layer_norm`` then ``y * silu(z)``; PlainMamba's gate alone (its
+reference twin against a loop and finite differences first); then the blocks and
 classifiers on the Numba backend, which must run these kernels and agree with the
 reference models.  The reference norms themselves are checked against finite
 differences in ``tests/test_nn.py``.
@@ -12,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import count_calls, numba_threads
-from conftest import assert_close
+from conftest import assert_close, numerical_gradient
 
 import fast
 import ssm_ref as sr
 from fast import numba_norms
+from ssm_ref.vision import plainmamba
 
 DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32])
 
@@ -145,12 +147,89 @@ def test_numba_norm_gate_refuses_mismatched_shapes():
                                        np.ones(4), dz=strided)
 
 
+# --------------------------------------------------------------------------- PlainMamba's gate
+def test_reference_gate_follows_its_definition_and_finite_differences(rng):
+    """``out[b, t, d] = y[b, d, t] silu(z[b, t, d])`` by a loop over every index; the
+    gradients of ``<dout, out>`` against central differences in y and z."""
+    B, D, T = 2, 3, 4
+    y_cf, z, dout = (rng.standard_normal(s) for s in ((B, D, T), (B, T, D), (B, T, D)))
+    want = np.empty((B, T, D))
+    for b in range(B):
+        for t in range(T):
+            for d in range(D):
+                v = z[b, t, d]
+                want[b, t, d] = y_cf[b, d, t] * v / (1 + np.exp(-v))
+    assert_close(plainmamba.gate_forward(y_cf, z), want, kind="exact")
+    dy_cf, dz = plainmamba.gate_backward(dout, y_cf, z)
+    assert dy_cf.shape == y_cf.shape and dy_cf.flags.c_contiguous
+    num_y = numerical_gradient(lambda a: np.vdot(dout, plainmamba.gate_forward(a, z)), y_cf)
+    num_z = numerical_gradient(lambda a: np.vdot(dout, plainmamba.gate_forward(y_cf, a)), z)
+    assert_close(dy_cf, num_y, kind="fd", err_msg="dy")
+    assert_close(dz, num_z, kind="fd", err_msg="dz")
+
+
+@DTYPES
+@pytest.mark.parametrize("tokens", [5, 32, 77])  # below, at and past a tile of 32 tokens
+def test_numba_gate_matches_reference(rng, dtype, tokens):
+    """Forward and backward against the reference twins with z a channel slice of the
+    tokens; dz written into the z half of a (B, T, 2D) array whose other half stays, and
+    the same dz when it is allocated."""
+    B, D = 2, 6
+    y_cf = rng.standard_normal((B, D, tokens)).astype(dtype)  # (B, D, T)
+    xz = rng.standard_normal((B, tokens, 2 * D)).astype(dtype)
+    z = xz[..., D:]  # (B, T, D), rows of stride 2D
+    out = numba_norms.gate_forward(y_cf, z)
+    assert out.dtype == dtype and out.shape == (B, tokens, D) and out.flags.c_contiguous
+    assert_close(out, plainmamba.gate_forward(f64(y_cf), f64(z)), kind="backend", dtype=dtype)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dxz = np.full(xz.shape, 7.0, dtype)
+    dy_cf, dz = numba_norms.gate_backward(dout, y_cf, z, dz=dxz[..., D:])
+    assert np.shares_memory(dz, dxz) and np.all(dxz[..., :D] == 7.0)
+    assert dy_cf.dtype == dtype and dy_cf.flags.c_contiguous
+    want_dy, want_dz = plainmamba.gate_backward(f64(dout), f64(y_cf), f64(z))
+    assert_close(dy_cf, want_dy, kind="backend", dtype=dtype, err_msg="dy")
+    assert_close(dxz[..., D:], want_dz, kind="backend", dtype=dtype, err_msg="dz")
+    dy_new, dz_new = numba_norms.gate_backward(dout, y_cf, z)  # dz allocated
+    assert_close(dy_new, dy_cf, kind="exact", dtype=dtype, err_msg="dy, dz allocated")
+    assert_close(dz_new, dxz[..., D:], kind="exact", dtype=dtype, err_msg="dz allocated")
+    ref_dxz = np.full(xz.shape, 7.0)  # the reference writes into a given dz too
+    plainmamba.gate_backward(f64(dout), f64(y_cf), f64(z), dz=ref_dxz[..., D:])
+    assert_close(ref_dxz[..., D:], want_dz, kind="exact")
+    assert np.all(ref_dxz[..., :D] == 7.0)
+
+
+@pytest.mark.parametrize("module", [plainmamba, numba_norms], ids=["reference", "numba"])
+def test_both_gates_refuse_mismatched_shapes(module):
+    """No silent broadcast: the same errors, naming the argument, from both twins."""
+    y = np.ones((2, 4, 5))  # (B, D, T)
+    with pytest.raises(ValueError, match=r"Parameter z has shape \(2, 4, 5\) but should be "
+                                         r"\(2, 5, 4\)"):
+        module.gate_forward(y, np.ones((2, 4, 5)))
+    with pytest.raises(ValueError, match=r"Parameter y_cf has shape \(4, 5\) but should be "
+                                         r"\(B, D, T\)"):
+        module.gate_forward(np.ones((4, 5)), np.ones((5, 4)))
+    with pytest.raises(ValueError, match=r"Parameter dout has shape \(2, 4, 5\) but should be "
+                                         r"\(2, 5, 4\)"):
+        module.gate_backward(np.ones((2, 4, 5)), y, np.ones((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"Parameter dz has shape \(2, 5, 3\)"):
+        module.gate_backward(np.ones((2, 5, 4)), y, np.ones((2, 5, 4)), dz=np.ones((2, 5, 3)))
+
+
+def test_numba_gate_refuses_a_dz_it_cannot_write():
+    """Rows not contiguous, or another dtype than the compute dtype: the kernel would
+    misread them, so the call raises instead."""
+    y, z, dout = np.ones((2, 4, 5)), np.ones((2, 5, 4)), np.ones((2, 5, 4))
+    for dz in (np.ones((2, 5, 8))[..., ::2], np.ones((2, 5, 4), np.float32)):
+        with pytest.raises(ValueError, match=r"Parameter dz has shape \(2, 5, 4\), dtype "):
+            numba_norms.gate_backward(dout, y, z, dz=dz)
+
+
 # --------------------------------------------------------------------------- the models
 @pytest.mark.parametrize("name, kernels", [
     ("vmamba", ["_norm_gate_fwd", "_norm_gate_bwd", "_norm_fwd", "_norm_bwd"]),
     ("localmamba", ["_norm_gate_fwd", "_norm_gate_bwd", "_norm_fwd", "_norm_bwd"]),
     ("vim", ["_norm_fwd", "_norm_bwd"]),  # RMSNorm in the blocks and the head
-    ("plainmamba", ["_norm_fwd", "_norm_bwd"]),
+    ("plainmamba", ["_gate_fwd", "_gate_bwd", "_norm_fwd", "_norm_bwd"]),
 ])
 def test_models_on_numba_run_the_numba_norms(rng, name, kernels, monkeypatch):
     """Each model on the Numba backend runs these kernels (counted), as many backwards as
@@ -198,3 +277,8 @@ def test_numba_norms_on_random_shapes_and_thread_counts(threads):
             alone = numba_norms.norm_gate_backward(dy, y_cf, xz[..., D:], w, b)
             for g, h in zip(given, alone):
                 assert_close(g, h, kind="exact")
+            assert_close(numba_norms.gate_forward(y_cf, xz[..., D:]),
+                         plainmamba.gate_forward(y_cf, xz[..., D:]), kind="backend")
+            given = numba_norms.gate_backward(dy, y_cf, xz[..., D:], dz=dxz[..., D:])
+            for g, r in zip(given, plainmamba.gate_backward(dy, y_cf, xz[..., D:])):
+                assert_close(g, r, kind="backend")

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import a_from_log
+from .._validation import a_from_log, check_shape
 from .._xp import array_module, on_module_cached
 from ..kept_scan import scan_backward_kept, scan_keeping
-from ..mamba import MambaConfig, config_from_sizes, linear_functions, mamba_init
+from ..mamba import MambaConfig, config_from_sizes, fused_pair, linear_functions, mamba_init
 from ..module import (
     Module,
     check_state_dstate,
@@ -36,9 +36,17 @@ from ..nn import (
 )
 from .multi import resolve_directions
 from .prenorm import PreNormBlock
-from .vmamba import channels_first, conv_silu_backward, conv_silu_forward, cross_functions, grid
+from .vmamba import (
+    _tokens,
+    channels_first,
+    conv_silu_backward,
+    conv_silu_forward,
+    cross_functions,
+    grid,
+)
 
-__all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES"]
+__all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES", "gate_forward",
+           "gate_backward", "gate_functions"]
 
 
 #: Codes of the step that leads to a token (PlainMamba's order): start, right, left, up, down.
@@ -58,6 +66,73 @@ def _direction_codes(perm, W):
                 f"of the previous one), but step {t} jumps from cell ({i0}, {j0}) to ({i1}, {j1})")
         codes[t] = _MOVES[move]
     return codes
+
+
+def _check_gate(y_cf, z, dout=None):
+    """The gate's shapes: ``y_cf`` (B, D, T), ``z`` and ``dout`` (B, T, D); no broadcast."""
+    if y_cf.ndim != 3:
+        raise ValueError(f"Parameter y_cf has shape {y_cf.shape} but should be (B, D, T)")
+    nb, nd, nt = y_cf.shape
+    check_shape(z, "z", (nb, nt, nd))
+    if dout is not None:
+        check_shape(dout, "dout", (nb, nt, nd))
+
+
+def gate_forward(y_cf, z):
+    """PlainMamba's gate ``y * silu(z)`` on the merged scans ``y_cf`` (B, D, T): (B, T, D).
+
+    ``y_cf`` is channels first, as the cross-merge writes the snakes' sum; ``z``
+    (B, T, D) is the gate's half of the input projection, channels last, as is
+    the result (the output projection's input).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gate_forward(np.ones((1, 2, 3)), np.zeros((1, 3, 2)))  # silu(0) = 0
+    array([[[0., 0.],
+            [0., 0.],
+            [0., 0.]]])
+    """
+    _check_gate(y_cf, z)
+    return y_cf.transpose(0, 2, 1) * silu(z, check=False)
+
+
+def gate_backward(dout, y_cf, z, dz=None):
+    """Gradients of :func:`gate_forward`: ``(dy_cf, dz)``.
+
+    ``dy_cf = dout * silu(z)`` comes back channels first and C-contiguous, the
+    layout the cross-scan reads; ``dz = dout * y * silu'(z)`` (B, T, D) is
+    written into ``dz`` when one is given (the z half of the input projection's
+    gradient), else into a new array.  Nothing is kept from the forward: the
+    sigmoid is computed again.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dy_cf, dz = gate_backward(np.ones((1, 3, 2)), np.ones((1, 2, 3)), np.zeros((1, 3, 2)))
+    >>> dy_cf.shape, float(dz[0, 0, 0])  # silu'(0) = 1/2
+    ((1, 2, 3), 0.5)
+    """
+    _check_gate(y_cf, z, dout)
+    xp = array_module(dout)
+    dy_cf = xp.ascontiguousarray((dout * silu(z, check=False)).transpose(0, 2, 1))
+    grad_z = silu_backward(dout * y_cf.transpose(0, 2, 1), z, check=False)
+    if dz is None:
+        return dy_cf, grad_z
+    check_shape(dz, "dz", grad_z.shape)
+    dz[...] = grad_z
+    return dy_cf, dz
+
+
+def gate_functions(scan_fn, scan_backward_fn):
+    """PlainMamba's gate and its backward to run with these scan functions.
+
+    Scan functions from ``fast.scan_functions("numba")`` carry compiled ones
+    (attribute ``gate``, from ``fast.numba_norms``: one pass each way, the
+    tokens transposed a tile at a time in cache); any other pair gets
+    :func:`gate_forward` and :func:`gate_backward`.
+    """
+    return fused_pair(scan_fn, scan_backward_fn, "gate", default=(gate_forward, gate_backward))
 
 
 _PLAIN_KEYS = ("A_log", "D", "direction_Bs", "in_proj.weight", "in_proj.bias", "conv2d.weight",
@@ -249,12 +324,13 @@ class PlainMambaMixer(Module):
         y_all, kept = scan_keeping(self.scan_fn, us, ds, shared["A"], Bs, Cs, D=shared["D"],
                                    z=None, delta_bias=shared["b"], delta_softplus=True)
         y_all = xp.asarray(y_all, dtype=us.dtype)  # (B, K·D, L)
-        y = grid(cross_merge(y_all, perms, H * W), H, W)  # (B, H, W, D): the snakes summed
-        gate = silu(z, check=False)
-        out = linear(y * gate, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
+        y_cf = cross_merge(y_all, perms, H * W)  # (B, D, L): the snakes summed, channels first
+        gate, _ = gate_functions(self.scan_fn, self.scan_backward_fn)
+        y_gated = gate(y_cf, _tokens(z)).reshape(z.shape)  # (B, H, W, D): y * silu(z)
+        out = linear(y_gated, self._w("out_proj.weight"), self._w("out_proj.bias"), check=False)
         cache = {"u": u, "xc": xc, "z": z, "x_conv": x_conv, "x_act": x_act, "dt_low": dt_low,
                  "perms": perms, "codes": codes, "us": us, "ds": ds, "Bs": Bs, "Cs": Cs,
-                 "shared": shared, "y": y, "gate": gate, "scan": kept}
+                 "shared": shared, "y_cf": y_cf, "y_gated": y_gated, "scan": kept}
         return out, cache
 
     def _backward(self, dout, cache):
@@ -276,13 +352,17 @@ class PlainMambaMixer(Module):
         xp = array_module(dout)
         g = {}
         _, linear_backward = linear_functions(self.scan_fn, self.scan_backward_fn)
-        dyg, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
-            dout, cache["y"] * cache["gate"], self._w("out_proj.weight"),
-            self._w("out_proj.bias"), check=False)  # (B, H, W, D)
-        dy = dyg * cache["gate"]
-        dz = silu_backward(dyg * cache["y"], cache["z"], check=False)  # (B, H, W, D)
+        dy_gated, g["out_proj.weight"], g["out_proj.bias"] = linear_backward(
+            dout, cache["y_gated"], self._w("out_proj.weight"), self._w("out_proj.bias"),
+            check=False)  # (B, H, W, D)
+        z = cache["z"]
+        dxz = xp.empty(z.shape[:-1] + (2 * D,),
+                       xp.result_type(dy_gated, z))  # (B, H, W, 2D): dz into its half
+        _, gate_backward = gate_functions(self.scan_fn, self.scan_backward_fn)
+        dy_cf, _ = gate_backward(_tokens(dy_gated), cache["y_cf"], _tokens(z),
+                                 dz=_tokens(dxz)[..., D:])  # dy (B, D, L) channels first
         cross_scan, cross_merge = cross_functions(self.scan_fn, self.scan_backward_fn)
-        dys = cross_scan(channels_first(dy), perms)  # (B, K·D, L)
+        dys = cross_scan(dy_cf, perms)  # (B, K·D, L)
         s = scan_backward_kept(self.scan_backward_fn, dys, cache["scan"])
         s = {key: (None if v is None else xp.asarray(v, dtype=dys.dtype)) for key, v in s.items()}
         A = -xp.exp(self._w("A_log"))
@@ -310,9 +390,9 @@ class PlainMambaMixer(Module):
                                                         self._w("x_proj.weight"), check=False)
         dx_act = dx_act + dx_tok
         dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
+        dxz[..., :D] = dxc
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
-            xp.concatenate([dxc, dz], axis=-1), cache["u"], self._w("in_proj.weight"),
-            self._w("in_proj.bias"), check=False)
+            dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
 
 
