@@ -582,6 +582,21 @@ def test_plainmamba_matches_original_orders_and_codes(rng):
     assert m.params["direction_Bs"].shape == (5, 2)
 
 
+def test_plainmamba_keeps_each_grids_orders(rng):
+    """One mixer on 2x3, 3x2 and 2x3 again: the hand-worked 2x3 oracle each time on 2x3, a
+    fresh mixer's output on 3x2 (the orders kept per grid size, never mixed up), and the
+    kept orders and codes read-only."""
+    m = plain_mixer(rng)
+    for H, W in [(2, 3), (3, 2), (2, 3)]:
+        u = rng.standard_normal((2, H, W, 4))
+        out, cache = m.forward(u, return_cache=True)
+        if (H, W) == (2, 3):
+            assert_close(out, plain_oracle(m.state_dict(), u, PLAIN_2x3))
+        else:
+            assert_close(out, PlainMambaMixer.from_state_dict(m.state_dict())(u), kind="exact")
+        assert not any(a.flags.writeable for a in cache["perms"] + cache["codes"])
+
+
 def test_plainmamba_direction_embedding_matters(rng):
     m = plain_mixer(rng)
     u = rng.standard_normal((1, 3, 3, 4))

@@ -42,7 +42,6 @@ from .vmamba import (
     conv_silu_backward,
     conv_silu_forward,
     cross_functions,
-    grid,
 )
 
 __all__ = ["PlainMambaMixer", "PlainMambaBlock", "DIRECTION_CODES", "gate_forward",
@@ -219,6 +218,7 @@ class PlainMambaMixer(Module):
         super().__init__()
         c = self.config = resolve_config(MambaConfig, config, config_fields, self.config_defaults)
         self._build, _, self.directions = resolve_directions(directions, direction_options)
+        self._order_cache = {}  # (H, W) -> (perms, codes), see _orders
         rng = rng_from(seed)
         D, k = c.d_inner, c.d_conv
         p = dict(mamba_init(c, seed=rng))
@@ -280,13 +280,20 @@ class PlainMambaMixer(Module):
         return obj
 
     def _orders(self, H, W):
-        perms = [np.asarray(q, dtype=np.int64) for q in self._build(H, W)]
-        for q in perms:
-            if q.size != H * W:
-                raise ValueError(f"directions {self.directions!r} give a sequence of "
-                                 f"{q.size} tokens on a {H}x{W} grid; PlainMamba needs full "
-                                 "scan orders")
-        return perms, [_direction_codes(q, W) for q in perms]
+        """``(perms, codes)``: the snakes on an H x W grid and the code of each step, built
+        on the first call for that grid (a Python loop over the tokens) and kept, read-only."""
+        if (H, W) not in self._order_cache:
+            perms = [np.array(q, dtype=np.int64) for q in self._build(H, W)]
+            for q in perms:
+                if q.size != H * W:
+                    raise ValueError(f"directions {self.directions!r} give a sequence of "
+                                     f"{q.size} tokens on a {H}x{W} grid; PlainMamba needs "
+                                     "full scan orders")
+            codes = [_direction_codes(q, W) for q in perms]
+            for a in perms + codes:
+                a.flags.writeable = False
+            self._order_cache[(H, W)] = perms, codes
+        return self._order_cache[(H, W)]
 
     def _forward(self, u):
         """The mixer on a float64 image u (B, H, W, d_model), unchecked: ``(out, cache)``."""
@@ -303,7 +310,8 @@ class PlainMambaMixer(Module):
         x_conv, x_act = conv_silu_forward(self, xc)  # (B, H, W, D): conv k x k, then SiLU
         x_dbl = linear(x_act, self._w("x_proj.weight"),
                        check=False)  # (B, H, W, R + 2N), once per token
-        dt_low = x_dbl[..., :R]  # (B, H, W, R)
+        dt_low = xp.ascontiguousarray(x_dbl[..., :R])  # (B, H, W, R): a channel slice would
+        # send the Numba linear (dt_proj and its backward) to NumPy, 0.3 and 2 ms a layer slower
         Bt, Ct = x_dbl[..., R:R + N], x_dbl[..., R + N:]  # (B, H, W, N) each
         delta = linear(dt_low, self._w("dt_proj.weight"),
                        check=False)  # (B, H, W, D); bias goes to the scan
@@ -372,23 +380,25 @@ class PlainMambaMixer(Module):
         g["direction_Bs"] = xp.zeros_like(self._w("direction_Bs"))  # (5, N)
         L = s["B"].shape[-1]
 
-        def merged(seq):  # (B, K·F, L) -> (B, H, W, F): the adjoint of the forward's seqs
-            return grid(cross_merge(seq, perms, H * W), H, W)
+        # The gradients as tokens (B, L, F) over channels-first merges: the Numba linear's
+        # backward reads such 3-D views in place (the (B, H, W, F) views went to NumPy)
+        def merged(seq):  # (B, K·F, L) -> (B, L, F): the adjoint of the forward's seqs, a
+            return cross_merge(seq, perms, H * W).transpose(0, 2, 1)  # view of (B, F, L)
 
-        dx_act, ddelta = merged(s["u"]), merged(s["delta"])  # (B, H, W, D) each
-        dBt = merged(s["B"].reshape(Bsz, K * N, L))  # (B, H, W, N)
+        dx_act, ddelta = merged(s["u"]), merged(s["delta"])  # (B, L, D) each
+        dBt = merged(s["B"].reshape(Bsz, K * N, L))  # (B, L, N)
         dCt = merged(s["C"].reshape(Bsz, K * N, L))
         for k in range(K):
             # B_t += direction_Bs[code_t], so: for t: g[code_t] += sum_b dB[b, :, t].  One
             # unbuffered scatter-add instead of a loop over t (L tiny kernels on a GPU)
             xp.add.at(g["direction_Bs"], on_module_cached(codes[k], xp),
                       s["B"][:, k].sum(axis=0).T)  # (L,) codes, (L, N) values
-        d_dt_low, g["dt_proj.weight"], _ = linear_backward(ddelta, cache["dt_low"],
-                                                           self._w("dt_proj.weight"), check=False)
-        d_xdbl = xp.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, H, W, R + 2N)
-        dx_tok, g["x_proj.weight"], _ = linear_backward(d_xdbl, cache["x_act"],
-                                                        self._w("x_proj.weight"), check=False)
-        dx_act = dx_act + dx_tok
+        d_dt_low, g["dt_proj.weight"], _ = linear_backward(
+            ddelta, _tokens(cache["dt_low"]), self._w("dt_proj.weight"), check=False)  # (B, L, R)
+        d_xdbl = xp.concatenate([d_dt_low, dBt, dCt], axis=-1)  # (B, L, R + 2N)
+        dx_tok, g["x_proj.weight"], _ = linear_backward(
+            d_xdbl, _tokens(cache["x_act"]), self._w("x_proj.weight"), check=False)  # (B, L, D)
+        dx_act = (dx_act + dx_tok).reshape(cache["x_act"].shape)  # (B, H, W, D)
         dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
         dxz[..., :D] = dxc
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
