@@ -617,12 +617,13 @@ def _conv2d_grad_pre(dy, x, c0, weight, bias, g):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _conv2d_bwd(g, x, c0, weight, dx, dw_rows, db_rows):
+def _conv2d_bwd(g, x, c0, weight, dx, dx0, dw_rows, db_rows):
     """dx, and dweight / dbias per (batch, image row), from g at the pre-activation.
 
-    ``x`` and ``c0`` as in :func:`_conv2d_row_pre`.  ``dx[b, i, j] = sum_{p,q}
-    weight[p, q] g[b, i - p + top, j - q + left]`` (a gather, so each job
-    writes only its own row of dx).
+    ``x`` and ``c0`` as in :func:`_conv2d_row_pre`, and so ``dx`` and ``dx0``: the
+    gradient goes to channels ``dx0 .. dx0 + C`` of the C-contiguous ``dx``.
+    ``dx[b, i, j] = sum_{p,q} weight[p, q] g[b, i - p + top, j - q + left]`` (a
+    gather, so each job writes only its own row of dx).
     """
     nb, H, W, C = g.shape
     kh, kw = weight.shape[0], weight.shape[1]
@@ -637,9 +638,10 @@ def _conv2d_bwd(g, x, c0, weight, dx, dw_rows, db_rows):
                 for c in range(C):
                     dw_rows[job, p, q, c] = 0
         for j in range(W):
+            dxr = dx[b, i, j, dx0:dx0 + C]
             for c in range(C):
                 db_rows[job, c] += g[b, i, j, c]
-                dx[b, i, j, c] = 0
+                dxr[c] = 0
             for p in range(kh):
                 ii = i + p - top  # the input row tap p reads for output row i ...
                 io = i - p + top  # ... and the output row that reads input row i with tap p
@@ -652,7 +654,7 @@ def _conv2d_bwd(g, x, c0, weight, dx, dw_rows, db_rows):
                     jo = j - q + left
                     if 0 <= io < H and 0 <= jo < W:
                         for c in range(C):
-                            dx[b, i, j, c] += weight[p, q, c] * g[b, io, jo, c]
+                            dxr[c] += weight[p, q, c] * g[b, io, jo, c]
 
 
 def _conv2d(x, weight, bias, silu):
@@ -664,8 +666,9 @@ def _conv2d(x, weight, bias, silu):
     return out
 
 
-def _conv2d_backward(dy, x, weight, bias, silu):
-    """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype."""
+def _conv2d_backward(dy, x, weight, bias, silu, dx=None):
+    """Backward, unchecked: ``(dx, dweight (C, kh, kw), dbias or None)`` in ``x``'s dtype,
+    ``dx`` written into the given array (checked: see :func:`conv2d_silu_backward`)."""
     real = x.dtype
     nb, H, _, C = x.shape
     x_c0 = in_parent(x, 3)
@@ -676,10 +679,15 @@ def _conv2d_backward(dy, x, weight, bias, silu):
                 _bias_or_zeros(bias, C, real), g)
     else:
         g = np.ascontiguousarray(dy, dtype=real)
-    dx = np.empty(x.shape, real)
+    dx = np.empty(x.shape, real) if dx is None else dx
+    dx_c0 = in_parent(dx, 3)
+    if dx.shape != x.shape or dx.dtype != real or not np.may_share_memory(dx_c0[0], dx):
+        raise ValueError(f"Parameter dx has shape {dx.shape} and dtype {dx.dtype} but should "
+                         f"be {x.shape} in {real}, C-contiguous or a channel slice of a "
+                         "C-contiguous array")
     dw_rows = np.empty((nb * H,) + w_t.shape, real)  # (B·H, kh, kw, C)
     db_rows = np.empty((nb * H, C), real)
-    _launch(_conv2d_bwd, g, *x_c0, w_t, dx, dw_rows, db_rows)
+    _launch(_conv2d_bwd, g, *x_c0, w_t, *dx_c0, dw_rows, db_rows)
     dw = dw_rows.sum(axis=0).transpose(2, 0, 1)  # (C, kh, kw)
     return dx, dw, None if bias is None else db_rows.sum(axis=0)
 
@@ -728,7 +736,13 @@ def conv2d_silu_forward(x, weight, bias):
     return _conv2d(x, weight.astype(x.dtype, copy=False), bias, True)
 
 
-def conv2d_silu_backward(dy, x, weight, bias):
-    """Gradients of :func:`conv2d_silu_forward`, unchecked: ``(dx, dweight, dbias or None)``."""
+def conv2d_silu_backward(dy, x, weight, bias, dx=None):
+    """Gradients of :func:`conv2d_silu_forward`, unchecked: ``(dx, dweight, dbias or None)``.
+
+    ``dx``, when given, is where the gradient of ``x`` is written: an array of
+    ``x``'s shape and dtype, C-contiguous or a channel slice of a C-contiguous
+    array (the x half of the input projection's gradient); ``ValueError`` for
+    any other.
+    """
     return _conv2d_backward(np.ascontiguousarray(dy, dtype=x.dtype), x,
-                            weight.astype(x.dtype, copy=False), bias, True)
+                            weight.astype(x.dtype, copy=False), bias, True, dx)

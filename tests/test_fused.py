@@ -462,6 +462,40 @@ def test_numba_conv2d_matches_reference(rng, dtype, activation, k, with_bias, vi
             assert_close(g, r, kind="backend", dtype=dtype, err_msg=name)
 
 
+@DTYPES
+@pytest.mark.parametrize("into", ["first channels", "last channels", "contiguous"])
+def test_numba_conv2d_silu_backward_writes_dx_where_it_is_told(rng, dtype, into):
+    """``dx=`` a channel slice of a (B, H, W, 2C) array (the mixers' input-projection
+    gradient) or a whole array: the same values as without it, written there, and the rest
+    of the parent untouched."""
+    x = rng.standard_normal((2, 5, 7, 4)).astype(dtype)
+    w, b = rng.standard_normal((4, 3, 3)).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    alone = numba_fused.conv2d_silu_backward(dy, x, w, b)
+    parent = np.full((2, 5, 7, 8), 7.0, dtype)
+    dx = CONV2D_VIEWS[into](parent) if into != "contiguous" else np.full(x.shape, 7.0, dtype)
+    got = numba_fused.conv2d_silu_backward(dy, x, w, b, dx=dx)
+    assert got[0] is dx
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, alone):
+        assert_close(g, r, kind="exact", dtype=dtype, err_msg=name)
+    if into != "contiguous":
+        rest = parent[..., 4:] if into == "first channels" else parent[..., :4]
+        assert np.all(rest == 7.0)
+
+
+@pytest.mark.parametrize("dx, message", [
+    (np.ones((2, 5, 7, 8))[..., ::2], "should be \\(2, 5, 7, 4\\) in float64, C-contiguous or a "
+                                      "channel slice"),
+    (np.ones((2, 5, 7, 3)), "Parameter dx has shape \\(2, 5, 7, 3\\)"),
+    (np.ones((2, 5, 7, 4), np.float32), "dtype float32"),
+])
+def test_numba_conv2d_silu_backward_refuses_a_dx_it_cannot_write(dx, message):
+    """Every other channel (the kernel would write into a copy), another shape or dtype."""
+    x = np.ones((2, 5, 7, 4))
+    with pytest.raises(ValueError, match=message):
+        numba_fused.conv2d_silu_backward(np.ones_like(x), x, np.ones((4, 3, 3)), None, dx=dx)
+
+
 def test_ss2d_refuses_a_fused_cache_with_other_scan_functions(rng):
     """A cache whose forward ran the fused out_norm + gate and conv cannot go to the reference
     backward."""

@@ -399,8 +399,8 @@ class PlainMambaMixer(Module):
         dx_tok, g["x_proj.weight"], _ = linear_backward(
             d_xdbl, _tokens(cache["x_act"]), self._w("x_proj.weight"), check=False)  # (B, L, D)
         dx_act = (dx_act + dx_tok).reshape(cache["x_act"].shape)  # (B, H, W, D)
-        dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
-        dxz[..., :D] = dxc
+        _, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache,
+                                                                     out=dxz[..., :D])
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)

@@ -430,11 +430,10 @@ class SS2D(Module):
             raise TypeError(_FUSED_CACHE)
         dx_act, gc = self._core_backward(dy, cache["core"], self._core_weights())
         g.update(gc)
-        dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(self, dx_act, cache)
+        dxc, g["conv2d.weight"], g["conv2d.bias"] = conv_silu_backward(
+            self, dx_act, cache, out=None if dxz is None else dxz[..., :z.shape[-1]])
         if dxz is None:
             dxz = array_module(dxc).concatenate([dxc, dz], axis=-1)  # (B, H, W, 2D)
-        else:  # dz is in place already
-            dxz[..., :dxc.shape[-1]] = dxc
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz, cache["u"], self._w("in_proj.weight"), self._w("in_proj.bias"), check=False)
         return du, self._grads(g)
@@ -461,14 +460,17 @@ def conv_silu_forward(module, xc):
     return x_conv, silu(x_conv, check=False)
 
 
-def conv_silu_backward(module, dx_act, cache):
+def conv_silu_backward(module, dx_act, cache, out=None):
     """Gradients of :func:`conv_silu_forward` from the forward's ``cache`` (``xc``,
     ``x_conv``): ``(dxc, dweight (D, 1, k, k), dbias or None)``.
 
-    Raises ``TypeError`` when the forward ran the fused kernel and the module's
-    scan functions now have none.
+    ``out``, a (B, H, W, D) array, receives ``dxc`` (and is returned as it): the
+    mixers give the x half of the input projection's gradient, which the fused
+    kernel writes in place.  Raises ``TypeError`` when the forward ran the fused
+    kernel and the module's scan functions now have none.
     """
     weight, bias = module._w("conv2d.weight")[:, 0], module._w("conv2d.bias")  # (D, k, k)
+    in_place = False
     if cache["x_conv"] is not None:
         dx_conv = silu_backward(dx_act, cache["x_conv"], check=False)  # (B, H, W, D)
         dxc, dw, db = depthwise_conv2d_backward(dx_conv, cache["xc"], weight, bias, check=False)
@@ -476,7 +478,11 @@ def conv_silu_backward(module, dx_act, cache):
         _, fused = conv2d_silu_functions(module.scan_fn, module.scan_backward_fn)
         if fused is None:
             raise TypeError(_FUSED_CACHE)
-        dxc, dw, db = fused(dx_act, cache["xc"], weight, bias)
+        in_place = out is not None and out.dtype == cache["xc"].dtype  # the kernel's dtype
+        dxc, dw, db = fused(dx_act, cache["xc"], weight, bias, dx=out if in_place else None)
+    if out is not None and not in_place:
+        out[...] = dxc
+        dxc = out
     return dxc, dw[:, None], db  # dweight as (D, 1, k, k)
 
 
