@@ -17,8 +17,9 @@ numba_fused         the Mamba block's fused pieces on the CPU: causal conv1d +
                     SiLU and the inner function (conv -> x_proj -> dt_proj ->
                     scan -> gate), forward and backward; SS2D's depthwise
                     conv2d + SiLU
-numba_norms         LayerNorm and RMSNorm (the reference's signatures) and
-                    SS2D's out_norm + gate fused, forward and backward
+numba_norms         LayerNorm and RMSNorm (the reference's signatures),
+                    SS2D's out_norm + gate fused and PlainMamba's gate,
+                    forward and backward
 numba_cross         VMamba's cross-scan (its directions' gathers) and
                     cross-merge (their adjoint)
 numba_projections   SS2D's per-direction products and the inner path's x_proj,
