@@ -483,6 +483,33 @@ def test_numba_conv2d_silu_backward_writes_dx_where_it_is_told(rng, dtype, into)
         assert np.all(rest == 7.0)
 
 
+@DTYPES
+def test_numba_conv2d_silu_backward_reads_channels_first_dy_in_place(rng, dtype, monkeypatch):
+    """``dy`` as the transpose of a C-contiguous (B, C, H, W) array, as the mixers' gradients
+    come from the cross-merge: the kernel gets that array itself (no copy) and the results
+    are those of its channels-last copy, exactly; another dtype is copied instead."""
+    x = rng.standard_normal((2, 5, 7, 4)).astype(dtype)
+    w, b = rng.standard_normal((4, 3, 3)).astype(dtype), rng.standard_normal(4).astype(dtype)
+    dy_cf = rng.standard_normal((2, 4, 5, 7)).astype(dtype)  # (B, C, H, W)
+    dy = dy_cf.transpose(0, 2, 3, 1)  # (B, H, W, C), channels first underneath
+    seen = []
+    kernel = numba_fused._conv2d_grad_pre
+
+    def spy(*args):
+        seen.append((args[0], args[1]))
+        return kernel(*args)
+    monkeypatch.setattr(numba_fused, "_conv2d_grad_pre", spy)
+    got = numba_fused.conv2d_silu_backward(dy, x, w, b)
+    want = numba_fused.conv2d_silu_backward(np.ascontiguousarray(dy), x, w, b)
+    other = numba_fused.conv2d_silu_backward(dy.astype(np.float16), x, w, b)
+    assert np.shares_memory(seen[0][0], dy_cf) and seen[0][1]
+    assert not seen[1][1] and not seen[2][1]  # channels last: C-contiguous, or copied
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(g, r, kind="exact", dtype=dtype, err_msg=name)
+    assert_close(other[0], numba_fused.conv2d_silu_backward(
+        dy.astype(np.float16).astype(dtype), x, w, b)[0], kind="exact", dtype=dtype)
+
+
 @pytest.mark.parametrize("dx, message", [
     (np.ones((2, 5, 7, 8))[..., ::2], "should be \\(2, 5, 7, 4\\) in float64, C-contiguous or a "
                                       "channel slice"),
