@@ -42,8 +42,8 @@ How it is computed
   output projection reads.  The backward writes ``dy`` back channels first,
   the layout the scan's backward takes, and ``dz`` into a view the caller
   gives (the z half of the input projection's gradient), so neither
-  ``y_norm`` nor the gate is ever stored.  PlainMamba's gate kernels are the
-  same tiles without the norm: in its 32x32 float64 training step NumPy's
+  ``y_norm`` nor the gate is ever stored.  PlainMamba's gate runs the same
+  kernels with the norm switched off: in its 32x32 float64 training step NumPy's
   ``silu(z)`` and ``silu_backward`` (a stable sigmoid, then several
   temporaries) took 5 and 10 ms a layer (Xeon, two threads).
 * Precision: float32 input is computed in float32 (the statistics too, by
@@ -173,9 +173,10 @@ def _copy_row(src, dst):
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _norm_gate_fwd(y, z, weight, bias, inv_n, eps, one, out, nchunks):
-    """``out[b, t] = layer_norm(y[b, :, t]) * silu(z[b, t])``; y (B, D, T) C-contiguous,
-    z (B, T, D) of any row stride, out (B, T, D) C-contiguous."""
+def _norm_gate_fwd(y, z, normalise, weight, bias, inv_n, eps, one, out, nchunks):
+    """``out[b, t] = layer_norm(y[b, :, t]) * silu(z[b, t])``, or without ``normalise``
+    ``y[b, :, t] * silu(z[b, t])`` (PlainMamba's gate; ``weight`` and ``bias`` unread); y
+    (B, D, T) C-contiguous, z (B, T, D) of any row stride, out (B, T, D) C-contiguous."""
     nb, nd, nt = y.shape
     ntiles = (nt + _TILE - 1) // _TILE
     jobs = nb * ntiles
@@ -188,17 +189,24 @@ def _norm_gate_fwd(y, z, weight, bias, inv_n, eps, one, out, nchunks):
                 xr = tile[t - t0, :nd]
                 _copy_row(z[b, t], zr)
                 o = out[b, t]
-                mu, r = _row_stats(xr, True, inv_n, eps, one)
-                for d in range(nd):
-                    zz = zr[d]
-                    o[d] = ((xr[d] - mu) * r * weight[d] + bias[d]) * zz * fast_sigmoid(zz)
+                if normalise:
+                    mu, r = _row_stats(xr, True, inv_n, eps, one)
+                    for d in range(nd):
+                        zz = zr[d]
+                        o[d] = ((xr[d] - mu) * r * weight[d] + bias[d]) * zz * fast_sigmoid(zz)
+                else:
+                    for d in range(nd):
+                        zz = zr[d]
+                        o[d] = xr[d] * zz * fast_sigmoid(zz)
 
 
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _norm_gate_bwd(dout, y, z, weight, bias, inv_n, eps, one, dy, dz, dw_part, db_part):
+def _norm_gate_bwd(dout, y, z, normalise, weight, bias, inv_n, eps, one, dy, dz, dw_part,
+                   db_part):
     """Gradients of :func:`_norm_gate_fwd`: ``dy`` (B, D, T) C-contiguous, ``dz`` (B, T, D)
-    of any row stride; ``dweight``, ``dbias`` per thread into the zeroed (threads, D)
-    partial rows.  The normalised row and the sigmoid are recomputed, never stored."""
+    of any row stride; with ``normalise``, ``dweight`` and ``dbias`` per thread into the
+    zeroed (threads, D) partial rows (untouched without).  The normalised row and the
+    sigmoid are recomputed, never stored."""
     nb, nd, nt = y.shape
     nchunks = dw_part.shape[0]
     ntiles = (nt + _TILE - 1) // _TILE
@@ -211,68 +219,27 @@ def _norm_gate_bwd(dout, y, z, weight, bias, inv_n, eps, one, dy, dz, dw_part, d
         for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
             b, t0, t1 = _tile_rows(y, job, tile)
             for t in range(t0, t1):
-                xr = tile[t - t0, :nd]
+                xr, dxr = tile[t - t0, :nd], dtile[t - t0, :nd]
                 gr = dout[b, t]
                 _copy_row(z[b, t], zr)
-                mu, r = _row_stats(xr, True, inv_n, eps, one)
-                for d in range(nd):  # through the gate: g = dout silu(z), dz = dout y silu'(z)
-                    zz = zr[d]
-                    s = fast_sigmoid(zz)
-                    yn = (xr[d] - mu) * r * weight[d] + bias[d]
-                    grow[d] = gr[d] * zz * s
-                    dzr[d] = gr[d] * yn * s * (1 + zz * (1 - s))
+                if normalise:
+                    mu, r = _row_stats(xr, True, inv_n, eps, one)
+                    for d in range(nd):  # through the gate: g = dout silu(z), dz = dout y silu'(z)
+                        zz = zr[d]
+                        s = fast_sigmoid(zz)
+                        yn = (xr[d] - mu) * r * weight[d] + bias[d]
+                        grow[d] = gr[d] * zz * s
+                        dzr[d] = gr[d] * yn * s * (1 + zz * (1 - s))
+                    _row_backward(xr, grow, weight, True, inv_n, eps, one, dxr, dw_part[ch],
+                                  db_part[ch])
+                else:  # the gate alone: its g is dy
+                    for d in range(nd):
+                        zz = zr[d]
+                        s = fast_sigmoid(zz)
+                        dxr[d] = gr[d] * zz * s
+                        dzr[d] = gr[d] * xr[d] * s * (1 + zz * (1 - s))
                 _copy_row(dzr, dz[b, t])
-                _row_backward(xr, grow, weight, True, inv_n, eps, one, dtile[t - t0, :nd],
-                              dw_part[ch], db_part[ch])
             for d in range(nd):  # the tile's dx back to channels first
-                dyd = dy[b, d]
-                for t in range(t0, t1):
-                    dyd[t] = dtile[t - t0, d]
-
-
-@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _gate_fwd(y, z, out, nchunks):
-    """``out[b, t] = y[b, :, t] * silu(z[b, t])``, :func:`_norm_gate_fwd` without the norm
-    (PlainMamba's gate); the same layouts."""
-    nb, nd, nt = y.shape
-    jobs = nb * ((nt + _TILE - 1) // _TILE)
-    tiles = np.empty((nchunks, _TILE + 1, nd + _GAP), y.dtype)  # y's rows, then z's row
-    for ch in prange(nchunks):
-        tile, zr = tiles[ch, :_TILE], tiles[ch, _TILE, :nd]
-        for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
-            b, t0, t1 = _tile_rows(y, job, tile)
-            for t in range(t0, t1):
-                yr = tile[t - t0, :nd]
-                _copy_row(z[b, t], zr)
-                o = out[b, t]
-                for d in range(nd):
-                    zz = zr[d]
-                    o[d] = yr[d] * zz * fast_sigmoid(zz)
-
-
-@_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
-def _gate_bwd(dout, y, z, dy, dz, nchunks):
-    """Gradients of :func:`_gate_fwd`: ``dy = dout silu(z)`` into (B, D, T) C-contiguous,
-    ``dz = dout y silu'(z)`` into (B, T, D) of any row stride; the sigmoid recomputed."""
-    nb, nd, nt = y.shape
-    jobs = nb * ((nt + _TILE - 1) // _TILE)
-    tiles = np.empty((nchunks, 2, _TILE + 2, nd + _GAP), y.dtype)  # y's rows, dy's rows, 2 rows
-    for ch in prange(nchunks):
-        tile, dtile = tiles[ch, 0, :_TILE], tiles[ch, 1, :_TILE]
-        zr, dzr = tiles[ch, 0, _TILE, :nd], tiles[ch, 0, _TILE + 1, :nd]
-        for job in range(ch * jobs // nchunks, (ch + 1) * jobs // nchunks):
-            b, t0, t1 = _tile_rows(y, job, tile)
-            for t in range(t0, t1):
-                yr, dyr = tile[t - t0, :nd], dtile[t - t0, :nd]
-                gr = dout[b, t]
-                _copy_row(z[b, t], zr)
-                for d in range(nd):
-                    zz = zr[d]
-                    s = fast_sigmoid(zz)
-                    dyr[d] = gr[d] * zz * s
-                    dzr[d] = gr[d] * yr[d] * s * (1 + zz * (1 - s))
-                _copy_row(dzr, dz[b, t])
-            for d in range(nd):  # the tile's dy back to channels first
                 dyd = dy[b, d]
                 for t in range(t0, t1):
                     dyd[t] = dtile[t - t0, d]
@@ -370,6 +337,45 @@ def _dz_out(dz, nb, nt, nd, real):
     return dz
 
 
+def _gated(y_cf, z, weight, bias, eps):
+    """The fused gates' forward after their checks: ``weight`` None for the gate alone."""
+    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
+    nb, nd, nt = y_cf.shape
+    out = np.empty((nb, nt, nd), real)  # (B, T, D)
+    _launch(_norm_gate_fwd, np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False),
+            weight is not None, *_norm_weights(weight, bias, nd, real), *_consts(real, nd, eps),
+            out, _tile_threads(nb, nt))
+    return out
+
+
+def _gated_backward(dout, y_cf, z, weight, bias, eps, dz):
+    """The fused gates' backward after their checks: ``(dy_cf, dz, dweight, dbias)``, the
+    last two None for the gate alone (``weight`` None)."""
+    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
+    nb, nd, nt = y_cf.shape
+    dz = _dz_out(dz, nb, nt, nd, real)
+    dy = np.empty(y_cf.shape, real)  # (B, D, T)
+    normalise = weight is not None
+    nchunks = _tile_threads(nb, nt)
+    dw_part = np.zeros((nchunks, nd), real)  # (threads, D)
+    db_part = np.zeros((nchunks, nd), real)
+    _launch(_norm_gate_bwd, np.ascontiguousarray(dout, dtype=real),
+            np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False), normalise,
+            *_norm_weights(weight, bias, nd, real), *_consts(real, nd, eps), dy, dz, dw_part,
+            db_part)
+    if not normalise:
+        return dy, dz, None, None
+    return dy, dz, dw_part.sum(axis=0), db_part.sum(axis=0)
+
+
+def _norm_weights(weight, bias, nd, real):
+    """The norm's weight and bias as the kernels take them; for the gate alone, which does
+    not read them, ones and zeros of the right size."""
+    if weight is None:
+        return np.ones(nd, real), np.zeros(nd, real)
+    return np.ascontiguousarray(weight, dtype=real), np.ascontiguousarray(bias, dtype=real)
+
+
 def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
     """``layer_norm(y) * silu(z)`` for SS2D's channels-first ``y_cf`` (B, D, T).
 
@@ -380,13 +386,7 @@ def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
     bias, eps) * ssm_ref.nn.silu(z)``.
     """
     _check_gate_args(y_cf, z, weight=weight, bias=bias)
-    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
-    nb, nd, nt = y_cf.shape
-    out = np.empty((nb, nt, nd), real)  # (B, T, D)
-    _launch(_norm_gate_fwd, np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False),
-            np.ascontiguousarray(weight, dtype=real), np.ascontiguousarray(bias, dtype=real),
-            *_consts(real, nd, eps), out, _tile_threads(nb, nt))
-    return out
+    return _gated(y_cf, z, weight, bias, eps)
 
 
 def norm_gate_backward(dout, y_cf, z, weight, bias, eps=1e-5, dz=None):
@@ -398,19 +398,7 @@ def norm_gate_backward(dout, y_cf, z, weight, bias, eps=1e-5, dz=None):
     twin: ``ssm_ref.nn.silu_backward`` and ``ssm_ref.nn.layer_norm_backward``.
     """
     _check_gate_args(y_cf, z, dout, weight=weight, bias=bias)
-    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
-    nb, nd, nt = y_cf.shape
-    dz = _dz_out(dz, nb, nt, nd, real)
-    dy = np.empty(y_cf.shape, real)  # (B, D, T)
-    nchunks = _tile_threads(nb, nt)
-    dw_part = np.zeros((nchunks, nd), real)  # (threads, D)
-    db_part = np.zeros((nchunks, nd), real)
-    _launch(_norm_gate_bwd, np.ascontiguousarray(dout, dtype=real),
-            np.ascontiguousarray(y_cf, dtype=real),
-            z.astype(real, copy=False), np.ascontiguousarray(weight, dtype=real),
-            np.ascontiguousarray(bias, dtype=real), *_consts(real, nd, eps), dy, dz, dw_part,
-            db_part)
-    return dy, dz, dw_part.sum(axis=0), db_part.sum(axis=0)
+    return _gated_backward(dout, y_cf, z, weight, bias, eps, dz)
 
 
 def gate_forward(y_cf, z):
@@ -422,12 +410,7 @@ def gate_forward(y_cf, z):
     :func:`ssm_ref.vision.plainmamba.gate_forward`.
     """
     _check_gate_args(y_cf, z)
-    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
-    nb, nd, nt = y_cf.shape
-    out = np.empty((nb, nt, nd), real)  # (B, T, D)
-    _launch(_gate_fwd, np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False), out,
-            _tile_threads(nb, nt))
-    return out
+    return _gated(y_cf, z, None, None, 0.0)
 
 
 def gate_backward(dout, y_cf, z, dz=None):
@@ -440,11 +423,4 @@ def gate_backward(dout, y_cf, z, dz=None):
     :func:`ssm_ref.vision.plainmamba.gate_backward`.
     """
     _check_gate_args(y_cf, z, dout)
-    real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
-    nb, nd, nt = y_cf.shape
-    dz = _dz_out(dz, nb, nt, nd, real)
-    dy = np.empty(y_cf.shape, real)  # (B, D, T)
-    _launch(_gate_bwd, np.ascontiguousarray(dout, dtype=real),
-            np.ascontiguousarray(y_cf, dtype=real), z.astype(real, copy=False), dy, dz,
-            _tile_threads(nb, nt))
-    return dy, dz
+    return _gated_backward(dout, y_cf, z, None, None, 0.0, dz)[:2]

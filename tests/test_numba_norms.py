@@ -229,7 +229,7 @@ def test_numba_gate_refuses_a_dz_it_cannot_write():
     ("vmamba", ["_norm_gate_fwd", "_norm_gate_bwd", "_norm_fwd", "_norm_bwd"]),
     ("localmamba", ["_norm_gate_fwd", "_norm_gate_bwd", "_norm_fwd", "_norm_bwd"]),
     ("vim", ["_norm_fwd", "_norm_bwd"]),  # RMSNorm in the blocks and the head
-    ("plainmamba", ["_gate_fwd", "_gate_bwd", "_norm_fwd", "_norm_bwd"]),
+    ("plainmamba", ["_norm_gate_fwd", "_norm_gate_bwd", "_norm_fwd", "_norm_bwd"]),
 ])
 def test_models_on_numba_run_the_numba_norms(rng, name, kernels, monkeypatch):
     """Each model on the Numba backend runs these kernels (counted), as many backwards as
