@@ -415,7 +415,7 @@ def _cmd_train(args):
                        f"{args.dataset!r} (it accepts: {', '.join(sorted(spec.options))})")
     try:
         dataset = load_dataset(args.dataset, seed=args.seed, **data_opts)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ImportError) as exc:  # ImportError: an extra not installed
         raise CLIError(f"data set {args.dataset!r}: {exc}") from exc
     H, W, C = dataset.image_shape
     model_kwargs.setdefault("img_size", (H, W))

@@ -156,6 +156,19 @@ def test_out_that_cannot_be_a_directory_is_one_line_before_training(where, built
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_a_data_set_whose_extra_is_missing_is_one_line(built, capsys, monkeypatch, tmp_path):
+    """The digits need scikit-learn (the experiments extra), which a bare wheel lacks: one
+    line naming the package to install, not a traceback, and nothing trained."""
+    for name in ("sklearn", "sklearn.datasets"):  # as if it were not installed (an earlier
+        monkeypatch.setitem(sys.modules, name, None)  # test may have imported it)
+    rc = cli.main(_train_args(tmp_path / "run"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("ssm-ref train: error: data set 'digits': ")
+    assert "pip install scikit-learn" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_in_an_unwritable_place_is_one_line(built, capsys, monkeypatch, tmp_path):
     """A directory where no file can be created (a read-only mount, or no permission): the
     probe write fails, here made to fail the way the system would."""
