@@ -1,8 +1,8 @@
 """The Numba layers around the scan against the reference's, at the models' sizes.
 
 The norms (``fast.numba_norms``), VMamba's cross-scan (``fast.numba_cross``) and its
-products (``fast.numba_projections``, ``fast.numba_linear``), and Vim's merge of its two
-paths (``fast.numba_bidirectional``).
+products (``fast.numba_projections``, ``fast.numba_linear``), Vim's merge of its two
+paths (``fast.numba_bidirectional``) and PlainMamba's gate (``fast.numba_norms``).
 
 Usage (from the repository's root; about half a minute on 2 cores)::
 
@@ -38,6 +38,11 @@ starts with:
   the flipped path's ``dxz`` (64, 96, 257) merged into the forward path's in place;
   ``ssm_ref.vision.vim.merge_directions`` and its backward against
   ``fast.numba_bidirectional``.
+* ``plainmamba gate``: PlainMamba 32x32's ``y * silu(z)``, y channels first (64, 48, 256)
+  as the cross-merge leaves it, z a channel slice of the input projection's tokens, and
+  its backward with ``dz`` written into that half of a (64, 256, 96) gradient:
+  ``ssm_ref.vision.plainmamba.gate_forward`` and ``gate_backward`` against
+  ``fast.numba_norms``.
 
 Float64 (the models' default) and float32, BLAS on one thread as in a training step.  With
 ``--out`` it writes
@@ -67,7 +72,7 @@ from fast import (  # noqa: E402
 )
 from fast.bench.scan import machine_info, machine_line, median_time  # noqa: E402
 from ssm_ref import nn  # noqa: E402
-from ssm_ref.vision import vim, vmamba  # noqa: E402
+from ssm_ref.vision import plainmamba, vim, vmamba  # noqa: E402
 
 
 def cases(dtype, rng):
@@ -165,6 +170,15 @@ def cases(dtype, rng):
                 module.merge_directions(dxz, dxz_b, out=dxz),)
         sides[side] = (lambda module=module: module.merge_directions(y_f, y_b, 0.5), backward)
     out["vim merge"] = (y_f.shape, sides)
+
+    sides = {}
+    for side, module in (("ref", plainmamba), ("numba", numba_norms)):
+        dxz_p = np.empty((64, 256, 96), dtype)  # each side's own: dz into its z half
+
+        def backward(module=module, dxz_p=dxz_p):
+            return module.gate_backward(dout, y_cf, z, dz=dxz_p[..., 48:])
+        sides[side] = (lambda module=module: module.gate_forward(y_cf, z), backward)
+    out["plainmamba gate"] = (y_cf.shape, sides)
     return out
 
 

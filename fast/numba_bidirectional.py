@@ -25,8 +25,8 @@ How it is computed
   ==============================  ===========  ===========
   pass                            one thread   two threads
   ==============================  ===========  ===========
-  the merge, scale 1/2            1.07 / 0.56  1.05 / 0.28
-  the backward's two merges       1.93 / 1.47  1.90 / 0.74
+  the merge, scale 1/2            1.12 / 0.58  1.10 / 0.30
+  the backward's two merges       2.07 / 1.62  2.05 / 0.80
   ==============================  ===========  ===========
 
 * Float32 and float64; arrays of other strides are copied C-contiguous first.

@@ -38,7 +38,7 @@ def test_both_sides_of_each_case_compute_the_same_layer(tool, dtype):
 def test_a_run_writes_a_row_per_case_dtype_and_pass(tool, tmp_path, capsys):
     tool.main(["--turns", "1", "--repeats", "1", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "layers_cpu.json").read_text())
-    assert len(data["rows"]) == 9 * 2 * 2 and data["machine"]["cores"] >= 1
+    assert len(data["rows"]) == 10 * 2 * 2 and data["machine"]["cores"] >= 1
     for r in data["rows"]:
         assert r["ref_ms"] > 0 and r["numba_ms"] > 0
         assert r["ratio"] == pytest.approx(r["ref_ms"] / r["numba_ms"])
