@@ -680,6 +680,12 @@ def _conv2d_backward(dy, x, weight, bias, silu, dx=None):
     real = x.dtype
     nb, H, _, C = x.shape
     x_c0 = in_parent(x, 3)
+    dx = np.empty(x.shape, real) if dx is None else dx
+    dx_c0 = in_parent(dx, 3)
+    if dx.shape != x.shape or dx.dtype != real or not np.may_share_memory(dx_c0[0], dx):
+        raise ValueError(f"Parameter dx has shape {dx.shape} and dtype {dx.dtype} but should "
+                         f"be {x.shape} in {real}, C-contiguous or a channel slice of a "
+                         "C-contiguous array")
     w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
     if silu:
         g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation
@@ -689,12 +695,6 @@ def _conv2d_backward(dy, x, weight, bias, silu, dx=None):
                 _bias_or_zeros(bias, C, real), g)
     else:
         g = np.ascontiguousarray(dy, dtype=real)
-    dx = np.empty(x.shape, real) if dx is None else dx
-    dx_c0 = in_parent(dx, 3)
-    if dx.shape != x.shape or dx.dtype != real or not np.may_share_memory(dx_c0[0], dx):
-        raise ValueError(f"Parameter dx has shape {dx.shape} and dtype {dx.dtype} but should "
-                         f"be {x.shape} in {real}, C-contiguous or a channel slice of a "
-                         "C-contiguous array")
     dw_rows = np.empty((nb * H,) + w_t.shape, real)  # (B·H, kh, kw, C)
     db_rows = np.empty((nb * H, C), real)
     _launch(_conv2d_bwd, g, *x_c0, w_t, *dx_c0, dw_rows, db_rows)
