@@ -337,6 +337,14 @@ def _dz_out(dz, nb, nt, nd, real):
     return dz
 
 
+def _norm_weights(weight, bias, nd, real):
+    """The norm's weight and bias as the kernels take them; for the gate alone, which does
+    not read them, ones and zeros of the right size."""
+    if weight is None:
+        return np.ones(nd, real), np.zeros(nd, real)
+    return np.ascontiguousarray(weight, dtype=real), np.ascontiguousarray(bias, dtype=real)
+
+
 def _gated(y_cf, z, weight, bias, eps):
     """The fused gates' forward after their checks: ``weight`` None for the gate alone."""
     real = _compute_dtype(np.result_type(y_cf.dtype, z.dtype))
@@ -366,14 +374,6 @@ def _gated_backward(dout, y_cf, z, weight, bias, eps, dz):
     if not normalise:
         return dy, dz, None, None
     return dy, dz, dw_part.sum(axis=0), db_part.sum(axis=0)
-
-
-def _norm_weights(weight, bias, nd, real):
-    """The norm's weight and bias as the kernels take them; for the gate alone, which does
-    not read them, ones and zeros of the right size."""
-    if weight is None:
-        return np.ones(nd, real), np.zeros(nd, real)
-    return np.ascontiguousarray(weight, dtype=real), np.ascontiguousarray(bias, dtype=real)
 
 
 def norm_gate_forward(y_cf, z, weight, bias, eps=1e-5):
