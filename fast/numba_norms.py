@@ -58,6 +58,7 @@ from numba import njit, prange
 
 from ssm_ref._validation import check_shape
 from ssm_ref.nn import _check_norm, _grad_like
+from ssm_ref.vision.plainmamba import _check_gate
 
 from ._fastexp import fast_sigmoid
 from ._views import as_rows
@@ -313,16 +314,11 @@ def _tile_threads(nb, nt):
 
 
 def _check_gate_args(y_cf, z, dout=None, **norm):
-    """Shapes of the fused gates, with the norm's ``weight`` and ``bias`` where given (values
-    are not checked: the blocks call them)."""
-    if y_cf.ndim != 3:
-        raise ValueError(f"Parameter y_cf has shape {y_cf.shape} but should be (B, D, T)")
-    nb, nd, nt = y_cf.shape
-    check_shape(z, "z", (nb, nt, nd))
+    """Shapes of the fused gates (the reference gate's check), with the norm's ``weight`` and
+    ``bias`` where given (values are not checked: the blocks call them)."""
+    _check_gate(y_cf, z, dout)
     for name, arr in norm.items():
-        check_shape(arr, name, (nd,))
-    if dout is not None:
-        check_shape(dout, "dout", (nb, nt, nd))
+        check_shape(arr, name, (y_cf.shape[1],))
 
 
 def _dz_out(dz, nb, nt, nd, real):
