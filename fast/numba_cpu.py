@@ -1709,8 +1709,13 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
     dz = np.empty((batch, dim, length) if s.z is not None else (1, 1, 1), real)
     dh0 = np.empty((batch, dim, npad), state_t)  # (B, D, Np)
     dA_c = np.zeros((nchunks,) + k["A"].shape, state_t)  # (threads, D, N)
+    touched = (None, None)  # the tiles': which units of each thread's copy it wrote
     if paired:  # written whole by the kernel, in the arguments' layout (B|1, G', N, L|1)
         dB_c, dC_c = np.empty(k["Bx"].shape, state_t), np.empty(k["Cx"].shape, state_t)
+    elif tiled:  # one copy per thread, written where its tiles went (marked in touched)
+        dB_c = np.empty((nchunks,) + k["Bx"].shape, state_t)  # (threads, B|1, G, L, N)
+        dC_c = np.empty((nchunks,) + k["Cx"].shape, state_t)
+        touched = (np.zeros(dB_c.shape[:3], np.uint8), np.zeros(dC_c.shape[:3], np.uint8))
     else:  # one copy per thread, summed below: (threads, B|1, G', L|1, N)
         dB_c = np.zeros((nchunks,) + k["Bx"].shape, state_t)
         dC_c = np.zeros((nchunks,) + k["Cx"].shape, state_t)
@@ -1729,7 +1734,7 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
                 *args, _pairs.chunk_unit(s), exp2_terms(real))
     elif tiled:
         _launch(_tiles.bwd_tiles_short if length < _spans.SPAN_BELOW else _tiles.bwd_tiles,
-                *args, exp2_terms(real))
+                *args, *touched, exp2_terms(real))
     elif length <= block:
         _launch(_bwd_real, *args, block, exp2_terms(real))
     else:
@@ -1741,9 +1746,13 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
         _launch(_bwd_real_long, *args, block, starts if given else np.empty(shape, real),
                 given, exp2_terms(real))  # not given: pass 1 of the kernel fills it
 
-    def unlayout(Xc, shape):  # sum the per-thread copies, back to the argument's layout
+    def unlayout(Xc, shape, touched):  # the per-thread copies summed, in the argument's layout
         if paired:
             return Xc.reshape(shape)
+        if tiled:  # N not padded: the touched units summed and laid out in one pass
+            X = np.empty(Xc.shape[1:3] + (Xc.shape[4], Xc.shape[3]), state_t)
+            _launch(_tiles.sum_copies, Xc, touched, X)
+            return X.reshape(shape)
         X = Xc.sum(axis=0)
         if k["blocked"]:
             X = _from_blocks_of_16(X)
@@ -1751,7 +1760,8 @@ def _backward(s, k, real, dout, dlast_state, starts=None):
         return np.swapaxes(X, 2, 3).reshape(shape)  # (B|1, G', N, L|1) -> shape
 
     grads = {"u": du, "delta": ddelta, "A": dA_c.sum(axis=0)[:, :dstate],
-             "B": unlayout(dB_c, s.B.shape), "C": unlayout(dC_c, s.C.shape),
+             "B": unlayout(dB_c, s.B.shape, touched[0]),
+             "C": unlayout(dC_c, s.C.shape, touched[1]),
              "D": dD_c.sum(axis=0) if s.D is not None else None,
              "z": dz if s.z is not None else None,
              "delta_bias": dbias_c.sum(axis=0) if s.delta_bias is not None else None,

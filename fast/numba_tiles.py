@@ -118,7 +118,7 @@ from .numba_cpu import (_FMK, _GAP, _LOG2E, _bc_offsets, _bc_strides, _decay, _N
 
 __all__ = ["tiles_apply", "backward_fits", "tile_count", "forced", "TILED_DTYPES", "TILE",
            "fwd_tiles", "fwd_tiles_long", "bwd_tiles", "fwd_tiles_short", "bwd_tiles_short",
-           "transpose_block", "add_lane_sums"]
+           "sum_copies", "transpose_block", "add_lane_sums"]
 
 #: channels per tile: one float32 AVX-512 vector
 TILE = WIDTH
@@ -531,6 +531,19 @@ def _tile_bwd_reverse(L, N, dt, bu, dy, a, g, sdA, abar, ah, dBl, pA, pB, B_row,
                 pB[tt, jj] += vB
 
 
+@njit(inline="always", cache=True)  # in Numba's IR: the kernels' code as written out
+def _flush_unit(L, N, lanes, Xc, touched, c, xb, xg, zero):
+    """:func:`_flush_lanes` into thread ``c``'s copy of dB or dC at batch entry ``xb`` and group
+    ``xg``; that (L, N) unit of the copy (given unset) is zeroed at the thread's first flush
+    into it, and ``touched[c, xb, xg]`` set, so the copies are only ever written, and
+    :func:`sum_copies` read, where the thread's tiles went."""
+    X_row = Xc[c, xb, xg]
+    if touched[c, xb, xg] == 0:
+        X_row[:, :] = zero
+        touched[c, xb, xg] = 1
+    _flush_lanes(L, N, lanes, X_row, zero)
+
+
 @njit(inline="always", fastmath=_FMK, error_model="numpy", cache=True)  # no call per tile
 def _flush_lanes(L, N, lanes, X_row, zero):
     """``X_row[t, n] += sum_j lanes[t, n, j]`` (dB or dC of one batch element and group), and
@@ -559,10 +572,14 @@ def _flush_lanes(L, N, lanes, X_row, zero):
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def bwd_tiles(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
               has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
+              du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, touched_B,
+              touched_C, terms):
     """``fast.numba_cpu._bwd_real`` by tiles of 16 channels; A, h0, dlast, dh0, dA_c with N
     states (not padded), Bx, Cx, dB_c, dC_c (.., B|1, G, L, N) with groups of at least 16
-    channels.
+    channels.  ``dB_c`` and ``dC_c`` (threads, B|1, G, L, N) come unset, ``touched_B``
+    and ``touched_C`` (threads, B|1, G) zero: thread c writes the units of its copy that its
+    tiles reach and marks them in its row of ``touched_*`` (:func:`_flush_unit`), the
+    units :func:`sum_copies` adds.
 
     dB_t and dC_t are sums over the channels that share them.  Within a tile
     the 16 channels are the lanes, so each step adds its products into a
@@ -682,8 +699,44 @@ def bwd_tiles(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
             # the lanes hold this batch element's and group's dB, dC: summed when the next
             # tile of the thread (if any) belongs to another (tile // per_group: b and group)
             if tile == t_hi - 1 or (tile + 1) // per_group != tile // per_group:
-                _flush_lanes(L, N, dBl, dB_c[c, bb, bg], zero)
-                _flush_lanes(L, N, dCl, dC_c[c, cb, cg], zero)
+                _flush_unit(L, N, dBl, dB_c, touched_B, c, bb, bg, zero)
+                _flush_unit(L, N, dCl, dC_c, touched_C, c, cb, cg, zero)
+
+
+@_njit_noalias(parallel=True, error_model="numpy", cache=True)
+def sum_copies(Xc, touched, out):
+    """``out[p, g, n, t] = sum_c Xc[c, p, g, t, n]`` over the copies c with ``touched[c, p,
+    g]``: the tile backward's per-thread copies of dB or dC, (threads, B|1, G, L, N),
+    summed into the argument's layout (B|1, G, N, L); a unit no copy touched is zero.
+
+    One parallel pass over the (batch element, group) units, each unit's
+    touched copies read once (most units lie in one thread's tiles) and its
+    (N, L) sum written once: the first touched copy stored, the others added.
+    NumPy's way, whole zeroed copies summed on one thread and the sum copied
+    transposed, took three passes (0.56 against 0.17 ms an array at VMamba
+    32x32's size on chapter 11's Xeon, two threads).  The sums are those of
+    ``Xc.sum(axis=0)`` with the untouched units zero (the same order of additions).
+    """
+    ncopies, npb, ng, nl, nn = Xc.shape
+    for unit in prange(npb * ng):
+        p = unit // ng
+        g = unit - p * ng
+        o = out[p, g]  # (N, L)
+        first = True
+        for c in range(ncopies):
+            if touched[c, p, g]:
+                X = Xc[c, p, g]  # (L, N)
+                if first:
+                    for t in range(nl):
+                        for n in range(nn):
+                            o[n, t] = X[t, n]
+                else:
+                    for t in range(nl):
+                        for n in range(nn):
+                            o[n, t] += X[t, n]
+                first = False
+        if first:
+            o[:, :] = Xc.dtype.type(0)
 
 
 # ---------------------------------------------------------------------------
@@ -813,7 +866,8 @@ def fwd_tiles_short(u, delta, A, Bx, Cx, Dv, z, bias, h0,
 @_njit_noalias(parallel=True, fastmath=_FMK, error_model="numpy", cache=True)
 def bwd_tiles_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                     has_D, has_z, has_bias, softplus, has_h0, has_dlast,
-                    du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, terms):
+                    du, ddelta, dz, dh0, dA_c, dB_c, dC_c, dD_c, dbias_c, screen, touched_B,
+                    touched_C, terms):
     """:func:`bwd_tiles` for rows shorter than :data:`~fast._spans.SPAN_BELOW` steps: the
     per-row passes over spans of tiles, as :func:`fwd_tiles_short`.  They are the two passes
     of the pair kernels (:func:`fast._spans.span_prep`, :func:`~fast._spans.span_grads`:
@@ -913,8 +967,8 @@ def bwd_tiles_short(dout, u, delta, A, Bx, Cx, Dv, z, bias, h0, dlast,
                         s += g[n, j]
                 # the lanes hold this batch element's and group's dB, dC (see bwd_tiles)
                 if tile == t_hi - 1 or (tile + 1) // per_group != tile // per_group:
-                    _flush_lanes(L, N, dBl, dB_c[c, bb, bg], zero)
-                    _flush_lanes(L, N, dCl, dC_c[c, cb, cg], zero)
+                    _flush_unit(L, N, dBl, dB_c, touched_B, c, bb, bg, zero)
+                    _flush_unit(L, N, dCl, dC_c, touched_C, c, cb, cg, zero)
             # 3. du, d delta and dz
             s += span_grads(dt1, pA1, pB1, dy1, dsp1, y1, sz1, u1, dout1, z1, Dv, has_D, has_z,
                             r0, r1, nd, L, du1, ddelta1, dz1, dbias_c, c, one)

@@ -382,6 +382,22 @@ def test_backward_on_one_thread_and_many(rng, calls):
         assert_close(g1[key], g[key], kind="exact", err_msg=f"d{key}")
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 2, 37, 5), (1, 1, 1, 16, 16), (3, 2, 4, 1, 8)])
+def test_sum_copies_adds_the_touched_units_transposed(rng, shape):
+    """The threads' copies of dB or dC: the touched units summed (exactly NumPy's sums of the
+    copies with the untouched units zero), (L, N) -> (N, L); untouched units are never read
+    (NaN there) and a unit no copy touched comes out zero."""
+    Xc = rng.standard_normal(shape).astype(np.float32)
+    touched = rng.integers(0, 2, shape[:3]).astype(np.uint8)
+    touched[:, 0, 0] = 0  # touched by no copy
+    want = np.swapaxes(np.where(touched[..., None, None] == 1, Xc, 0).sum(axis=0), 2, 3)
+    Xc[touched == 0] = np.nan
+    out = np.full(shape[1:3] + (shape[4], shape[3]), np.nan, np.float32)
+    numba_cpu._launch(numba_tiles.sum_copies, Xc, touched, out)
+    np.testing.assert_array_equal(out, want)
+    assert not out[0, 0].any()
+
+
 def test_channels_whose_decay_underflows(rng, calls):
     """One channel with steps whose exp(dt A) is below 2^-125 (the clamped exponential for
     its tile), the others moderate: all match the reference."""
