@@ -35,7 +35,7 @@ starts with:
   against ``fast.numba_linear``.
 * ``vim merge``: Vim 32x32's merge of its two paths, ``0.5 * (y_f + flip(y_b))`` on
   (64, 48, 257) (forward), and the mixer's backward of it: ``0.5 * dy`` and its flip, then
-  the flipped path's ``dxz`` (64, 96, 257) merged into the forward path's in place;
+  the two paths' ``dx`` and ``dz`` merged into the halves of one ``dxz`` (64, 96, 257);
   ``ssm_ref.vision.vim.merge_directions`` and its backward against
   ``fast.numba_bidirectional``.
 * ``plainmamba gate``: PlainMamba 32x32's ``y * silu(z)``, y channels first (64, 48, 256)
@@ -159,15 +159,16 @@ def cases(dtype, rng):
             for side, f in (("ref", nn), ("numba", numba_linear))})
 
     y_f, y_b, dyv = (rng.standard_normal((64, 48, 257)).astype(dtype) for _ in range(3))
-    dxz_b = rng.standard_normal((64, 96, 257)).astype(dtype)  # the flipped path's dxz
-    dxz_f = rng.standard_normal(dxz_b.shape).astype(dtype)
+    dx_f, dx_b, dz_f, dz_b = (rng.standard_normal((64, 48, 257)).astype(dtype)
+                              for _ in range(4))  # the two paths' dx and dz
     sides = {}
     for side, module in (("ref", vim), ("numba", numba_bidirectional)):
-        dxz = dxz_f.copy()  # each side's own, merged into in place
+        dxz = np.empty((64, 96, 257), dtype)  # each side's own, written half by half
 
         def backward(module=module, dxz=dxz):
             return module.merge_directions_backward(dyv, 0.5) + (
-                module.merge_directions(dxz, dxz_b, out=dxz),)
+                module.merge_directions(dx_f, dx_b, out=dxz[:, :48]),
+                module.merge_directions(dz_f, dz_b, out=dxz[:, 48:]))
         sides[side] = (lambda module=module: module.merge_directions(y_f, y_b, 0.5), backward)
     out["vim merge"] = (y_f.shape, sides)
 

@@ -17,16 +17,18 @@ How it is computed
 * NumPy reads a flipped view (stride -8 bytes) through its generic strided
   loop, one element at a time, and the mixer's merge ``scale * (y_f +
   flip(y_b))`` is two passes.  Here one parallel loop over the rows does each
-  of the three passes of Vim's mixer (the merge forward; backward, ``0.5 *
-  dy`` with its flip, and the ``dxz`` merge).  Alone at Vim 32x32's size (64 x
-  48 channels x 257 tokens, float64; ms, NumPy / Numba on the Xeon of chapter
-  11; ``benchmarks/bench_layers.py``, case "vim merge"):
+  of the passes of Vim's mixer (the merge forward; backward, ``0.5 * dy`` with
+  its flip, and the merges of the two paths' ``dx`` and ``dz``, each written
+  into its half of one ``dxz``, a channel slice the kernel writes in place).
+  Alone at Vim 32x32's size (64 x 48 channels x 257 tokens, float64; ms,
+  NumPy / Numba on the Xeon of chapter 11, in a slow stretch of the machine;
+  ``benchmarks/bench_layers.py``, case "vim merge"):
 
   ==============================  ===========  ===========
   pass                            one thread   two threads
   ==============================  ===========  ===========
-  the merge, scale 1/2            1.12 / 0.58  1.10 / 0.30
-  the backward's two merges       2.07 / 1.62  2.05 / 0.80
+  the merge, scale 1/2            1.53 / 0.81  1.37 / 0.39
+  the backward's merges           4.36 / 2.56  4.38 / 1.28
   ==============================  ===========  ===========
 
 * Float32 and float64; arrays of other strides are copied C-contiguous first.
@@ -38,19 +40,22 @@ from numba import prange
 
 from ssm_ref._validation import check_shape
 
-from ._views import as_rows
+from ._views import as_rows, in_parent
 from .numba_cpu import _launch, _njit_noalias
 
 __all__ = ["merge_directions", "merge_directions_backward"]
 
 
 @_njit_noalias(parallel=True, error_model="numpy", cache=True)
-def _merge(y_f, y_b, scale, out):
-    """``out[r, t] = scale * (y_f[r, t] + y_b[r, L - 1 - t])``; (rows, L), C-contiguous;
-    ``out`` may be ``y_f``, not ``y_b``."""
+def _merge(y_f, y_b, scale, out, per, out_per, first):
+    """``out[o, t] = scale * (y_f[r, t] + y_b[r, L - 1 - t])``; (rows, L), C-contiguous;
+    ``out`` may be ``y_f``, not ``y_b``.  Row r of the inputs is row ``o = (r // per) *
+    out_per + first + r % per`` of ``out``: in each block of ``out_per`` rows of ``out``
+    (a batch element's channels), the ``per`` from ``first`` on (``o = r`` where ``per =
+    out_per``, ``first = 0``)."""
     nrows, nl = y_f.shape
     for r in prange(nrows):
-        f, b, o = y_f[r], y_b[r], out[r]
+        f, b, o = y_f[r], y_b[r], out[(r // per) * out_per + first + r % per]
         for t in range(nl):
             o[t] = scale * (f[t] + b[nl - 1 - t])
 
@@ -82,9 +87,11 @@ def _real(**arrays):
 def merge_directions(y_f, y_b, scale=1.0, out=None):
     """Numba version of :func:`ssm_ref.vision.vim.merge_directions` (same result).
 
-    ``out``, if given, must be a C-contiguous array of ``y_f``'s shape and the
-    result's dtype (``y_f`` itself may be it; an ``out`` sharing memory with
-    ``y_b`` gets ``y_b`` copied first).
+    ``out``, if given, must be an array of ``y_f``'s shape and the result's
+    dtype, C-contiguous or, for (B, C, L) arrays, a channel slice of a
+    C-contiguous array (Vim's ``dxz[:, :D]``: written in place); ``y_f``
+    itself may be it; an ``out`` sharing memory with ``y_b`` gets ``y_b``
+    copied first.
 
     Examples
     --------
@@ -97,14 +104,28 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
     real = _real(y_f=y_f, y_b=y_b)
     if out is None:
         out = np.empty(y_f.shape, real)
-    elif out.shape != y_f.shape or out.dtype != real or not out.flags.c_contiguous:
-        raise ValueError(f"Parameter out has shape {out.shape}, dtype {out.dtype} and "
-                         f"C-contiguous {out.flags.c_contiguous} but should be a C-contiguous "
-                         f"{real} array of shape {y_f.shape}")
-    elif np.may_share_memory(out, y_b):
+    parent, first = _out_rows(out, y_f.shape, real)
+    if np.may_share_memory(out, y_b):
         y_b = y_b.copy()  # the merge reads y_b backwards while it writes out forwards
-    _launch(_merge, as_rows(y_f, real), as_rows(y_b, real), real.type(scale), as_rows(out, real))
+    per = y_f.shape[1] if y_f.ndim == 3 else 1  # (B, C, L): the channels, out's in parent's
+    _launch(_merge, as_rows(y_f, real), as_rows(y_b, real), real.type(scale),
+            as_rows(parent, real), per, parent.shape[1] if y_f.ndim == 3 else 1, first)
     return out
+
+
+def _out_rows(out, shape, real):
+    """``(parent, first)``: a given ``out`` as the C-contiguous array it is or whose channels
+    ``first ..`` it is (:func:`fast._views.in_parent`); ``ValueError`` for another array."""
+    if out.shape == shape and out.dtype == real:
+        if out.flags.c_contiguous:
+            return out, 0
+        if out.ndim == 3:
+            parent, first = in_parent(out, 1)
+            if np.may_share_memory(parent, out):  # not a copy
+                return parent, first
+    raise ValueError(f"Parameter out has shape {out.shape} and dtype {out.dtype} but should be "
+                     f"{shape} in {real}, C-contiguous or a channel slice (B, C, L) of a "
+                     "C-contiguous array")
 
 
 def merge_directions_backward(dy, scale=1.0):

@@ -398,8 +398,10 @@ def _path_forward(xz, w, scan_fn, Bgiven=None, Cgiven=None, softplus=True,
     return np.asarray(y), cache, last_state
 
 
-def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False):
-    """Gradients of :func:`_path_forward`: ``(dxz (B, 2D, L), scan grads, weight grads)``."""
+def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False, split=False):
+    """Gradients of :func:`_path_forward`: ``(dxz (B, 2D, L), scan grads, weight grads)``;
+    with ``split``, ``(dx, dz)`` (B, D, L) each in place of ``dxz``: the scan's ``dz`` as it
+    came, not copied into ``dxz``."""
     real = c["x_act"].dtype
     nb, D, nl = c["x_act"].shape
     R = w["w_dt"].shape[1]
@@ -411,9 +413,11 @@ def _path_backward(dy, c, w, scan_backward_fn, Bgiven=False, Cgiven=False):
     g["w_x"], g["w_dt"] = direction_projections_backward(
         s["delta"], zeros if Bgiven else s["B"], zeros if Cgiven else s["C"],  # a given B, C
         c["x_act"], c["x_dbl"][:, :R], w["w_x"], w["w_dt"], dx_act)  # took no part in x_proj
-    dxz = np.empty((nb, 2 * D, nl), real)  # (B, 2D, L)
-    _, g["w_conv"], g["b_conv"] = _conv_backward(dx_act, c["x"], w["w_conv"], w["b_conv"], True,
-                                                 out=dxz, c0=0)  # dx into dxz[:, :D]
+    dxz = None if split else np.empty((nb, 2 * D, nl), real)  # (B, 2D, L)
+    dx, g["w_conv"], g["b_conv"] = _conv_backward(dx_act, c["x"], w["w_conv"], w["b_conv"],
+                                                  True, out=dxz, c0=0)  # into dxz[:, :D]
+    if split:
+        return (dx, s["z"]), s, g
     dxz[:, D:] = s["z"]
     return dxz, s, g
 
@@ -438,16 +442,18 @@ def inner_forward(xz, w, scan_fn, return_last_state=False):
     return _path_forward(xz, w, scan_fn, return_last_state=return_last_state)
 
 
-def inner_backward(dy, cache, w, scan_backward_fn):
+def inner_backward(dy, cache, w, scan_backward_fn, split=False):
     """The fused :func:`ssm_ref.mamba.inner_backward` (same arguments and results), unchecked.
 
-    Returns ``(dxz (B, 2D, L), grads by state-dict name)``, in the cache's dtype.
+    Returns ``(dxz (B, 2D, L), grads by state-dict name)``, in the cache's dtype;
+    with ``split``, ``(dx, dz)`` in place of ``dxz``.
     """
     if not cache.get("fused"):
         raise TypeError("Parameter cache must be the dict from fast.numba_fused.inner_forward "
                         "(the block's forward ran another inner path)")
     real = cache["x_act"].dtype
-    dxz, s, g = _path_backward(np.ascontiguousarray(dy, dtype=real), cache, w, scan_backward_fn)
+    dxz, s, g = _path_backward(np.ascontiguousarray(dy, dtype=real), cache, w, scan_backward_fn,
+                               split=split)
     grads = {"A_log": s["A"] * w["A"], "D": s["D"], "dt_proj.bias": s["delta_bias"],
              "dt_proj.weight": g["w_dt"], "x_proj.weight": g["w_x"],
              "conv1d.weight": g["w_conv"][:, None, :], "conv1d.bias": g["b_conv"]}

@@ -537,8 +537,13 @@ def mamba_inner_backward(dy, cache, params, *, scan_backward_fn=None):
     return dxz.astype(dy_in.dtype), g
 
 
-def inner_backward(dy, cache, w, scan_backward_fn):
-    """:func:`mamba_inner_backward` on float64 ``dy`` and :func:`inner_path_weights`, unchecked."""
+def inner_backward(dy, cache, w, scan_backward_fn, split=False):
+    """:func:`mamba_inner_backward` on float64 ``dy`` and :func:`inner_path_weights`, unchecked.
+
+    ``split``: return ``(dx, dz)``, each (B, D, L), in place of ``dxz``: the
+    gradients of ``xz``'s two halves not concatenated, for a caller that adds
+    each into another path's (Vim's mixer).
+    """
     xp = array_module(dy)
     g = {}
     # [book:mamba-inner-backward]
@@ -568,6 +573,8 @@ def inner_backward(dy, cache, w, scan_backward_fn):
     g["conv1d.weight"] = dw_conv[:, None, :]  # (D, 1, K)
 
     # x = xz[:, :D], z = xz[:, D:]
+    if split:  # the halves apart, for a caller that adds them into another path's (Vim)
+        return (dx, s["z"]), g
     dxz = xp.concatenate([dx, s["z"]], axis=1)  # (B, 2D, L)
     # [/book:mamba-inner-backward]
     return dxz, g

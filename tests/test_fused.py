@@ -363,6 +363,30 @@ def test_fused_backward_refuses_the_reference_cache(rng):
         numba_block.backward(np.ones_like(out), cache)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_inner_backward_split_gives_the_halves_of_dxz(rng, dtype):
+    """``split=True`` (Vim's mixer, which merges each half with its other path's): ``(dx,
+    dz)`` are exactly ``dxz``'s two halves, for the reference path and the fused one."""
+    from ssm_ref.mamba import inner_path_weights, mamba_init
+    params = mamba_init(sr.MambaConfig(d_model=4, d_state=3), seed=1)
+    w = inner_path_weights(params, dtype=dtype)
+    xz = rng.standard_normal((2, 16, 7)).astype(dtype)
+    fwd, bwd = fast.scan_functions("numba")
+    for inner_forward, inner_backward, scan_fn, scan_backward_fn in (
+            (sr.mamba.inner_forward, sr.mamba.inner_backward, sr.selective_scan,
+             sr.selective_scan_backward),
+            (numba_fused.inner_forward, numba_fused.inner_backward, fwd, bwd)):
+        y, cache, _ = inner_forward(xz, w, scan_fn)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dxz, g = inner_backward(dy, cache, w, scan_backward_fn)
+        (dx, dz), g_split = inner_backward(dy, cache, w, scan_backward_fn, split=True)
+        assert dx.shape == dz.shape == (2, 8, 7) and dx.dtype == dz.dtype == dxz.dtype
+        np.testing.assert_array_equal(dx, dxz[:, :8])
+        np.testing.assert_array_equal(dz, dxz[:, 8:])
+        for name, grad in g.items():
+            np.testing.assert_array_equal(g_split[name], grad, err_msg=name)
+
+
 KEEPING_BLOCKS = {  # a block whose scan's backward can start from its forward, and its input
     "vim-block": (functools.partial(sr.vision.VimBlock, d_model=8, d_state=4, seed=3), (2, 9, 8)),
     "ss2d": (functools.partial(sr.vision.SS2D, d_model=8, d_state=4, seed=3), (2, 3, 4, 8)),

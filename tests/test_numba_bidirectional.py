@@ -82,13 +82,19 @@ def test_both_merges_refuse_arrays_of_two_shapes(call, error, message):
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2))),
-     ValueError, r"Parameter out has shape \(3, 2\).* should be a C-contiguous float64 array "
-     r"of shape \(2, 3\)"),
+     ValueError, r"Parameter out has shape \(3, 2\) and dtype float64 but should be \(2, 3\) "
+     r"in float64, C-contiguous or a channel slice \(B, C, L\) of a C-contiguous array"),
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)),
                                  out=np.ones((2, 3), np.float32)),
-     ValueError, r"Parameter out has shape \(2, 3\), dtype float32"),
+     ValueError, r"Parameter out has shape \(2, 3\) and dtype float32 but should be"),
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2)).T),
-     ValueError, r"C-contiguous False"),
+     ValueError, r"Parameter out has shape \(2, 3\) and dtype float64 but should be"),
+    (lambda: nb.merge_directions(np.ones((2, 3, 4)), np.ones((2, 3, 4)),
+                                 out=np.ones((2, 4, 3)).transpose(0, 2, 1)),  # not channels
+     ValueError, r"Parameter out has shape \(2, 3, 4\) and dtype float64 but should be"),
+    (lambda: nb.merge_directions(np.ones((2, 3, 4)), np.ones((2, 3, 4)),
+                                 out=np.ones((2, 6, 8))[:, :3, ::2]),  # steps strided
+     ValueError, r"Parameter out has shape \(2, 3, 4\) and dtype float64 but should be"),
     (lambda: nb.merge_directions(np.ones(3), np.ones(3, int)), TypeError,
      r"Parameter y_b has dtype int64 but float32 or float64 was expected"),
     (lambda: nb.merge_directions_backward(np.ones(3, np.float16)), TypeError,
@@ -101,10 +107,25 @@ def test_numba_merge_refuses_bad_input(call, error, message):
         call()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_merge_writes_a_channel_slice_in_place(rng, dtype):
+    """Vim's backward merges the x and z halves of its two paths' gradients straight into the
+    halves of one (B, 2D, L) array: the Numba merge writes each channel slice in place, as
+    the reference does, and leaves the other half alone."""
+    y_f, y_b = (rng.standard_normal((3, 4, 5)).astype(dtype) for _ in range(2))
+    for module in (sr.vision.vim, nb):
+        dxz = np.full((3, 8, 5), 7.0, dtype)
+        got = module.merge_directions(y_f, y_b, 0.5, out=dxz[:, 4:])
+        assert np.shares_memory(got, dxz)
+        assert_close(dxz[:, 4:], 0.5 * (y_f + y_b[..., ::-1]), kind="exact")
+        assert np.all(dxz[:, :4] == 7.0)
+
+
+
 @pytest.mark.parametrize("divide_out", [True, False])
 def test_vim_on_numba_runs_the_numba_merge(rng, monkeypatch, divide_out):
-    """One merge forward per layer; the merge's backward and the dxz merge backward; the
-    reference model's output and gradients (the average and the sum)."""
+    """One merge forward per layer; the merge's backward and the merges of dx and dz
+    backward; the reference model's output and gradients (the average and the sum)."""
     def build():
         model = small_model("vim")()
         for blk in model.layers:
@@ -113,4 +134,4 @@ def test_vim_on_numba_runs_the_numba_merge(rng, monkeypatch, divide_out):
     x = rng.standard_normal((3, 8, 8, 1))
     forward, both = numba_against_reference(monkeypatch, build, nb, KERNELS, x, rng)
     assert forward == {"_merge": 1, "_merge_backward": 0}
-    assert both == {"_merge": 2, "_merge_backward": 1}
+    assert both == {"_merge": 3, "_merge_backward": 1}

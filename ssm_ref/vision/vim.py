@@ -270,7 +270,8 @@ class VimMixer(Module):
         """Gradients on float64 ``dout``, unchecked: ``(du, grads by Vim's names)``.
 
         ``out_proj`` -> halve -> each path's backward (the backward path's
-        gradient is flipped in, its ``dxz`` flipped out) -> sum the two ``dxz``
+        gradient is flipped in, its ``dx`` and ``dz`` flipped out) -> the two
+        paths' ``dx`` summed into ``dxz[:, :D]``, their ``dz`` into ``dxz[:, D:]``
         -> ``in_proj``.
         """
         g = {}
@@ -282,17 +283,19 @@ class VimMixer(Module):
         dy_f, dy_b = merge_backward(dy_tok.transpose(0, 2, 1), self._scale)  # (B, D, L) each,
         # dy_b flipped into the order the backward path scanned
         _, inner_backward = inner_path_functions(self.scan_fn, self.scan_backward_fn)
-        dxz_f, g_f = inner_backward(dy_f, cache["f"],
-                                    inner_path_weights(self._params, dtype=self.compute_dtype),
-                                    self.scan_backward_fn)
-        dxz_b, g_b = inner_backward(dy_b, cache["b"],
-                                    inner_path_weights(self._params, _BACKWARD_NAMES,
-                                                       self.compute_dtype),
-                                    self.scan_backward_fn)
+        (dx_f, dz_f), g_f = inner_backward(
+            dy_f, cache["f"], inner_path_weights(self._params, dtype=self.compute_dtype),
+            self.scan_backward_fn, split=True)  # the gradients of x and z apart, (B, D, L) each
+        (dx_b, dz_b), g_b = inner_backward(
+            dy_b, cache["b"], inner_path_weights(self._params, _BACKWARD_NAMES,
+                                                 self.compute_dtype),
+            self.scan_backward_fn, split=True)
         g.update(g_f)
         g.update({_BACKWARD_NAMES[k]: v for k, v in g_b.items()})
-        dxz = merge(dxz_f, dxz_b, out=dxz_f)  # (B, 2D, L): the flipped path's flipped back,
-        # added into the forward path's own new array
+        nb, D, nl = dx_f.shape
+        dxz = array_module(dx_f).empty((nb, 2 * D, nl), dx_f.dtype)  # (B, 2D, L)
+        merge(dx_f, dx_b, out=dxz[:, :D])  # each half: the flipped path's flipped back and
+        merge(dz_f, dz_b, out=dxz[:, D:])  # added to the forward path's, written in place
         du, g["in_proj.weight"], g["in_proj.bias"] = linear_backward(
             dxz.transpose(0, 2, 1), cache["u"], self._w("in_proj.weight"),
             self._w("in_proj.bias"), check=False)  # (B, L, d_model)
