@@ -311,6 +311,20 @@ def test_to_sequence_from_sequence_round_trip(rng, dtype, name):
     assert np.array_equal(to_sequence(flat, perm), seq)
 
 
+@pytest.mark.parametrize("name", ["raster", "spiral", "hilbert"])
+def test_from_sequence_of_a_full_order_against_a_loop(rng, name):
+    """A full order takes the gather by the inverse order: each cell perm[t] gets y[:, t]
+    (a loop over t), on a y that to_sequence did not make."""
+    H, W = 4, 6
+    perm = scan_order(name, H, W)
+    y = rng.standard_normal((3, H * W, 2))
+    out = from_sequence(y, perm, H, W)
+    assert out.shape == (3, H, W, 2) and out.flags.c_contiguous
+    flat = out.reshape(3, H * W, 2)
+    for t in range(H * W):
+        assert np.array_equal(flat[:, perm[t]], y[:, t])
+
+
 def test_from_sequence_of_part_of_the_grid_leaves_zeros(rng):
     H, W = 4, 4
     sub = atrous_subgrids(H, W, 2)[1]

@@ -873,7 +873,10 @@ def from_sequence(y, perm, H, W, *, check=True):
     no repeats, so each cell is added to once and the addition is an
     assignment: ``out[:, perm] = y`` (NumPy's ``out[:, perm] += y`` gathers,
     adds and scatters; the assignment took a quarter of its time at B, L, C =
-    64, 256, 24).
+    64, 256, 24).  A full order (L' = H·W) leaves no cell at zero, and the
+    same values are the gather ``y[:, inverse(perm)]``, NumPy's ``take``: no
+    zeros written first, and 0.35-0.40 ms against 0.86-0.97 for the assignment
+    at that size (float64).
 
     Examples
     --------
@@ -896,6 +899,10 @@ def from_sequence(y, perm, H, W, *, check=True):
             )
     Bsz, L, C = y.shape
     xp = array_module(y)
+    if L == H * W:  # a full order: cell perm[t] gets y[:, t], so out[:, c] = y[:, inv[c]]
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(L)
+        return xp.take(y, on_module_cached(inv, xp), axis=1).reshape(Bsz, H, W, C)
     # [book:scan-scatter]
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]; perm has no repeats,
