@@ -46,9 +46,10 @@ def test_the_clock_is_taken_off_again_also_after_an_error(tool):
 
 def test_a_step_is_broken_down_into_the_scan_and_the_rest(tool):
     """tiny Vim 8x8 (depth 2, both directions): 4 scans forward and 4 backward per step, each
-    with its layouts and one kernel, the forward with its checks (the backward starts from
-    the forward's checked arguments); the fused convolution's kernels; the rest; every
-    part's time is some of the step's."""
+    with its layouts and one scan kernel (the tiles' backward also sums its threads' copies
+    of dB and dC, two calls of sum_copies a scan), the forward with its checks (the backward
+    starts from the forward's checked arguments); the fused convolution's kernels; the
+    rest; every part's time is some of the step's."""
     from threadpoolctl import threadpool_limits
     with threadpool_limits():  # the step limits BLAS for good: undone after the test
         step_s, rows = tool.breakdown("tiny", steps=2, warmup=1)
@@ -56,10 +57,12 @@ def test_a_step_is_broken_down_into_the_scan_and_the_rest(tool):
     for scan in ("scan forward", "scan backward"):
         assert by_path[(scan,)]["calls_per_step"] == 4
         kernels = [p for p in by_path if p[0] == scan and len(p) == 2
-                   and p[1].startswith("kernel ")]
+                   and p[1].startswith("kernel ") and p[1] != "kernel sum_copies"]
         assert len(kernels) == 1 and by_path[kernels[0]]["calls_per_step"] == 4
         assert by_path[(scan, "layouts")]["calls_per_step"] == 4
         assert (scan, "its own Python") in by_path
+    assert by_path[("scan backward", "kernel sum_copies")]["calls_per_step"] == 8
+    assert ("scan forward", "kernel sum_copies") not in by_path
     assert by_path[("scan forward", "checks")]["calls_per_step"] == 4
     assert ("scan backward", "checks") not in by_path
     assert {("kernel _conv_fwd",), ("kernel _conv_bwd",)} <= set(by_path)
