@@ -1464,6 +1464,8 @@ def _layout_bc(X, form, work, n_padded, paired=False, blocked=False):
     X = np.swapaxes(X, 2, 3)  # (.., L|1, N)
     if blocked:
         return _blocks_of_16(_pad_last(X, n_padded, work))
+    if X.shape[-1] == n_padded:  # nothing to pad (the tiles): transposed by tiles, all cores
+        return _contiguous(X.reshape((-1,) + X.shape[2:]), work).reshape(X.shape)
     return _pad_last(X, n_padded, work)
 
 
