@@ -123,9 +123,9 @@ def _out_rows(out, shape, real):
             parent, first = in_parent(out, 1)
             if np.may_share_memory(parent, out):  # not a copy
                 return parent, first
-    raise ValueError(f"Parameter out has shape {out.shape} and dtype {out.dtype} but should be "
-                     f"{shape} in {real}, C-contiguous or a channel slice (B, C, L) of a "
-                     "C-contiguous array")
+    raise ValueError(f"Parameter out has shape {out.shape}, dtype {out.dtype} and strides "
+                     f"{out.strides} but should be {shape} in {real}, C-contiguous or a "
+                     "channel slice (B, C, L) of a C-contiguous array")
 
 
 def merge_directions_backward(dy, scale=1.0):

@@ -82,19 +82,20 @@ def test_both_merges_refuse_arrays_of_two_shapes(call, error, message):
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2))),
-     ValueError, r"Parameter out has shape \(3, 2\) and dtype float64 but should be \(2, 3\) "
-     r"in float64, C-contiguous or a channel slice \(B, C, L\) of a C-contiguous array"),
+     ValueError, r"Parameter out has shape \(3, 2\), dtype float64 and strides \(16, 8\) but "
+     r"should be \(2, 3\) in float64, C-contiguous or a channel slice \(B, C, L\) of a "
+     r"C-contiguous array"),
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)),
                                  out=np.ones((2, 3), np.float32)),
-     ValueError, r"Parameter out has shape \(2, 3\) and dtype float32 but should be"),
+     ValueError, r"Parameter out has shape \(2, 3\), dtype float32 and strides"),
     (lambda: nb.merge_directions(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2)).T),
-     ValueError, r"Parameter out has shape \(2, 3\) and dtype float64 but should be"),
+     ValueError, r"Parameter out has shape \(2, 3\), dtype float64 and strides \(8, 16\)"),
     (lambda: nb.merge_directions(np.ones((2, 3, 4)), np.ones((2, 3, 4)),
                                  out=np.ones((2, 4, 3)).transpose(0, 2, 1)),  # not channels
-     ValueError, r"Parameter out has shape \(2, 3, 4\) and dtype float64 but should be"),
+     ValueError, r"Parameter out has shape \(2, 3, 4\), dtype float64 and strides \(96, 8, 24\)"),
     (lambda: nb.merge_directions(np.ones((2, 3, 4)), np.ones((2, 3, 4)),
                                  out=np.ones((2, 6, 8))[:, :3, ::2]),  # steps strided
-     ValueError, r"Parameter out has shape \(2, 3, 4\) and dtype float64 but should be"),
+     ValueError, r"Parameter out has shape \(2, 3, 4\), dtype float64 and strides \(384, 64, 16\)"),
     (lambda: nb.merge_directions(np.ones(3), np.ones(3, int)), TypeError,
      r"Parameter y_b has dtype int64 but float32 or float64 was expected"),
     (lambda: nb.merge_directions_backward(np.ones(3, np.float16)), TypeError,
