@@ -52,6 +52,26 @@ def in_parent(x, axis):
     return np.ascontiguousarray(x), 0
 
 
+def writable_in_parent(out, name, shape, dtype, axis, slice_of="a channel slice"):
+    """``(parent, start)`` of an array a kernel is to write into: ``out`` itself if it is
+    C-contiguous, else :func:`in_parent` along ``axis`` (None: C-contiguous only).
+
+    ``ValueError`` naming ``out`` (``name``: its shape, dtype and strides) unless it has
+    ``shape`` and ``dtype`` and is one of those: :func:`in_parent` would hand over a copy,
+    whose writes the caller would never see.
+    """
+    if out.shape == tuple(shape) and out.dtype == dtype:
+        if out.flags.c_contiguous:
+            return out, 0
+        if axis is not None:
+            parent, start = in_parent(out, axis)
+            if np.may_share_memory(parent, out):  # not a copy
+                return parent, start
+    raise ValueError(f"Parameter {name} has shape {out.shape}, dtype {out.dtype} and strides "
+                     f"{out.strides} but should be {tuple(shape)} in {np.dtype(dtype)}, "
+                     f"C-contiguous or {slice_of} of a C-contiguous array")
+
+
 def as_rows(a, dtype):
     """``a`` (..., C) as a C-contiguous (rows, C) array of ``dtype``: a view where it can be
     (a copy of a strided view or of another dtype); an empty ``a`` gives (0, C) or (rows, 0).

@@ -40,7 +40,7 @@ from numba import prange
 
 from ssm_ref._validation import check_shape
 
-from ._views import as_rows, in_parent
+from ._views import as_rows, writable_in_parent
 from .numba_cpu import _launch, _njit_noalias
 
 __all__ = ["merge_directions", "merge_directions_backward"]
@@ -104,28 +104,14 @@ def merge_directions(y_f, y_b, scale=1.0, out=None):
     real = _real(y_f=y_f, y_b=y_b)
     if out is None:
         out = np.empty(y_f.shape, real)
-    parent, first = _out_rows(out, y_f.shape, real)
+    parent, first = writable_in_parent(out, "out", y_f.shape, real,
+                                       1 if y_f.ndim == 3 else None, "a channel slice (B, C, L)")
     if np.may_share_memory(out, y_b):
         y_b = y_b.copy()  # the merge reads y_b backwards while it writes out forwards
     per = y_f.shape[1] if y_f.ndim == 3 else 1  # (B, C, L): the channels, out's in parent's
     _launch(_merge, as_rows(y_f, real), as_rows(y_b, real), real.type(scale),
             as_rows(parent, real), per, parent.shape[1] if y_f.ndim == 3 else 1, first)
     return out
-
-
-def _out_rows(out, shape, real):
-    """``(parent, first)``: a given ``out`` as the C-contiguous array it is or whose channels
-    ``first ..`` it is (:func:`fast._views.in_parent`); ``ValueError`` for another array."""
-    if out.shape == shape and out.dtype == real:
-        if out.flags.c_contiguous:
-            return out, 0
-        if out.ndim == 3:
-            parent, first = in_parent(out, 1)
-            if np.may_share_memory(parent, out):  # not a copy
-                return parent, first
-    raise ValueError(f"Parameter out has shape {out.shape}, dtype {out.dtype} and strides "
-                     f"{out.strides} but should be {shape} in {real}, C-contiguous or a "
-                     "channel slice (B, C, L) of a C-contiguous array")
 
 
 def merge_directions_backward(dy, scale=1.0):

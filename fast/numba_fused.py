@@ -89,7 +89,7 @@ from ssm_ref.selective import _one_module
 
 from . import numba_cpu
 from ._fastexp import fast_sigmoid
-from ._views import in_parent
+from ._views import in_parent, writable_in_parent
 from .numba_cpu import _FMK, _GAP, _compute_dtype, _launch, _njit_noalias, _threads
 from .numba_projections import direction_projections, direction_projections_backward
 
@@ -687,11 +687,7 @@ def _conv2d_backward(dy, x, weight, bias, silu, dx=None):
     nb, H, _, C = x.shape
     x_c0 = in_parent(x, 3)
     dx = np.empty(x.shape, real) if dx is None else dx
-    dx_c0 = in_parent(dx, 3)
-    if dx.shape != x.shape or dx.dtype != real or not np.may_share_memory(dx_c0[0], dx):
-        raise ValueError(f"Parameter dx has shape {dx.shape} and dtype {dx.dtype} but should "
-                         f"be {x.shape} in {real}, C-contiguous or a channel slice of a "
-                         "C-contiguous array")
+    dx_c0 = writable_in_parent(dx, "dx", x.shape, real, 3)
     w_t = np.ascontiguousarray(weight.transpose(1, 2, 0), dtype=real)  # (kh, kw, C)
     if silu:
         g = np.empty(x.shape, real)  # (B, H, W, C): the gradient at the pre-activation
