@@ -776,10 +776,13 @@ def inverse(perm):
     >>> perm.tolist(), inverse(perm).tolist()
     ([0, 3, 1, 4, 2, 5], [0, 2, 4, 1, 3, 5])
     """
-    perm = _as_index(perm, "perm")
+    return _inverted(_as_index(perm, "perm"))
+
+
+def _inverted(perm):
+    """:func:`inverse` of a host ``perm`` known to be a permutation, unchecked."""
     inv = np.empty_like(perm)
-    for t in range(perm.size):
-        inv[perm[t]] = t
+    inv[perm] = np.arange(perm.size)  # inv[perm[t]] = t for every t
     return inv
 
 
@@ -900,9 +903,8 @@ def from_sequence(y, perm, H, W, *, check=True):
     Bsz, L, C = y.shape
     xp = array_module(y)
     if L == H * W:  # a full order: cell perm[t] gets y[:, t], so out[:, c] = y[:, inv[c]]
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(L)
-        return xp.take(y, on_module_cached(inv, xp), axis=1).reshape(Bsz, H, W, C)
+        inv = on_module_cached(_inverted(perm), xp)
+        return xp.take(y, inv, axis=1).reshape(Bsz, H, W, C)
     # [book:scan-scatter]
     out = xp.zeros((Bsz, H * W, C), dtype=y.dtype)  # (B, L, C) on y's device
     # vectorised form of: for t in range(L): out[:, perm[t]] += y[:, t]; perm has no repeats,
